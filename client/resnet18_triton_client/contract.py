@@ -1,0 +1,45 @@
+"""Names and shapes shared by the exporter, the model repository, the server and the client.
+
+Triton-side model code (``model_repository/*/1/model.py``) reads these from its ``config.pbtxt``
+instead of importing this module, so that the repository also runs inside the official container
+where this package is not installed.
+"""
+
+from __future__ import annotations
+
+# The ensemble a client talks to: encoded image bytes in, softmax probabilities out.
+ENSEMBLE_MODEL = "resnet18"
+ENSEMBLE_INPUT = "IMAGE"
+ENSEMBLE_OUTPUT = "PROBABILITIES"
+
+# The steps of the ensemble.
+PREPROCESS_MODEL = "preprocess"
+PREPROCESS_INPUT = "IMAGE"
+PREPROCESS_OUTPUT = "NORMALIZED_IMAGE"
+
+ONNX_MODEL = "resnet18_onnx"
+ONNX_INPUT = "input"
+ONNX_OUTPUT = "logits"
+
+POSTPROCESS_MODEL = "postprocess"
+POSTPROCESS_INPUT = "LOGITS"
+POSTPROCESS_OUTPUT = "PROBABILITIES"
+
+# Load order for explicit model control: steps first, ensemble last.
+SERVED_MODELS = (PREPROCESS_MODEL, ONNX_MODEL, POSTPROCESS_MODEL, ENSEMBLE_MODEL)
+
+IMAGE_SIZE = 224
+RESIZE_SIZE = 256
+NUM_CLASSES = 1000
+CHANNELS = 3
+
+# torchvision's ResNet18_Weights.IMAGENET1K_V1.transforms() normalisation.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+LABELS_FILENAME = "labels.txt"
+# Model-config parameter that carries where the weights came from (see export).
+PROVENANCE_PARAMETER = "weights_provenance"
+
+DEFAULT_URL = "127.0.0.1:8000"
+URL_ENV_VAR = "RESNET18_TRITON_URL"
