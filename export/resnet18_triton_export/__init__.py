@@ -1,0 +1,1 @@
+"""Export torchvision ResNet-18 to ONNX, verify it against PyTorch, fill the model repository."""

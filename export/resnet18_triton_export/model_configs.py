@@ -1,0 +1,206 @@
+"""Triton model configs built as ``ModelConfig`` protobuf messages and rendered to text.
+
+One function per model of the repository. Nothing here pastes strings together: the messages come
+from ``tritonclient.grpc.model_config_pb2`` (Triton's own schema), so a misspelt field fails here,
+not at server start.
+
+The core budget rule
+--------------------
+ONNX Runtime instances x intra-op threads must not exceed the cores given to inference, or the
+threads of different instances fight over the same cores (and a spinning ORT pool starves the
+Python preprocessing). ``ServingSettings.from_core_budget`` derives the thread count from the cores
+and the instance count: ``intra_op_threads = cores // instances`` (at least 1), and refuses a plan
+that would oversubscribe. One instance using every core gives the lowest latency at batch 1; more
+instances with fewer threads each trade latency for throughput only when the cores outnumber what a
+single batched session run can use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from resnet18_triton_client import contract
+from resnet18_triton_export.errors import ExportError
+
+
+def available_cores() -> int:
+    """Cores this process may run on (honours taskset/cgroup affinity, unlike os.cpu_count)."""
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Every knob the rendered configs depend on, with the defaults the measurements chose."""
+
+    cores: int = 2
+    onnx_instances: int = 1
+    intra_op_threads: int = 2
+    inter_op_threads: int = 1
+    preprocess_instances: int = 1
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = field(default_factory=tuple)
+    max_image_pixels: int = 40_000_000
+    max_image_bytes: int = 32 * 1024 * 1024
+
+    @classmethod
+    def from_core_budget(
+        cls, cores: int | None = None, onnx_instances: int = 1, **overrides: object
+    ) -> "ServingSettings":
+        """Derive intra-op threads from the cores given to inference (see the module docstring)."""
+        cores = cores or available_cores()
+        if cores < 1 or onnx_instances < 1:
+            raise ExportError("the core budget and the instance count must be at least 1")
+        intra = overrides.pop("intra_op_threads", None) or max(1, cores // onnx_instances)
+        settings = cls(cores=cores, onnx_instances=onnx_instances, intra_op_threads=intra, **overrides)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse plans that oversubscribe the cores or cannot batch."""
+        threads = self.onnx_instances * self.intra_op_threads
+        if threads > self.cores:
+            raise ExportError(
+                f"{self.onnx_instances} ONNX Runtime instance(s) x {self.intra_op_threads} intra-op "
+                f"threads = {threads} threads oversubscribe the {self.cores}-core budget; lower "
+                "the instances or threads, or raise --cores"
+            )
+        if self.max_batch_size < 1:
+            raise ExportError("max_batch_size must be at least 1")
+        too_big = [size for size in self.preferred_batch_sizes if size > self.max_batch_size]
+        if too_big:
+            raise ExportError(f"preferred batch sizes {too_big} exceed max_batch_size {self.max_batch_size}")
+
+
+def _string_parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+
+
+def _dynamic_batching(config: mc.ModelConfig, settings: ServingSettings) -> None:
+    config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
+
+
+def _cpu_instances(config: mc.ModelConfig, count: int) -> None:
+    group = config.instance_group.add()
+    group.count = count
+    group.kind = mc.ModelInstanceGroup.KIND_CPU
+
+
+def onnx_model_config(settings: ServingSettings, provenance_json: str) -> mc.ModelConfig:
+    """The raw classifier: 1 NCHW FP32 input, 1 logits output, so stock Triton clients work."""
+    config = mc.ModelConfig(name=contract.ONNX_MODEL, backend="onnxruntime")
+    config.max_batch_size = settings.max_batch_size
+    config.input.add(
+        name=contract.ONNX_INPUT,
+        data_type=mc.TYPE_FP32,
+        format=mc.ModelInput.FORMAT_NCHW,
+        dims=[contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE],
+    )
+    config.output.add(
+        name=contract.ONNX_OUTPUT,
+        data_type=mc.TYPE_FP32,
+        dims=[contract.NUM_CLASSES],
+        label_filename=contract.LABELS_FILENAME,
+    )
+    _cpu_instances(config, settings.onnx_instances)
+    _dynamic_batching(config, settings)
+    _string_parameters(
+        config,
+        {
+            "intra_op_thread_count": str(settings.intra_op_threads),
+            "inter_op_thread_count": str(settings.inter_op_threads),
+            "execution_mode": "0",
+            "enable_mem_arena": "1",
+            "enable_mem_pattern": "1",
+            contract.PROVENANCE_PARAMETER: provenance_json,
+        },
+    )
+    return config
+
+
+def preprocess_model_config(settings: ServingSettings) -> mc.ModelConfig:
+    """Encoded image bytes in, normalised NCHW tensor out (Python backend)."""
+    config = mc.ModelConfig(name=contract.PREPROCESS_MODEL, backend="python")
+    config.max_batch_size = settings.max_batch_size
+    config.input.add(name=contract.PREPROCESS_INPUT, data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(
+        name=contract.PREPROCESS_OUTPUT,
+        data_type=mc.TYPE_FP32,
+        dims=[contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE],
+    )
+    _cpu_instances(config, settings.preprocess_instances)
+    _dynamic_batching(config, settings)
+    _string_parameters(
+        config,
+        {
+            "max_image_pixels": str(settings.max_image_pixels),
+            "max_image_bytes": str(settings.max_image_bytes),
+        },
+    )
+    return config
+
+
+def postprocess_model_config(settings: ServingSettings) -> mc.ModelConfig:
+    """Logits in, softmax probabilities out (Python backend)."""
+    config = mc.ModelConfig(name=contract.POSTPROCESS_MODEL, backend="python")
+    config.max_batch_size = settings.max_batch_size
+    config.input.add(name=contract.POSTPROCESS_INPUT, data_type=mc.TYPE_FP32, dims=[contract.NUM_CLASSES])
+    config.output.add(name=contract.POSTPROCESS_OUTPUT, data_type=mc.TYPE_FP32, dims=[contract.NUM_CLASSES])
+    _cpu_instances(config, 1)
+    _dynamic_batching(config, settings)
+    return config
+
+
+def ensemble_model_config(settings: ServingSettings) -> mc.ModelConfig:
+    """IMAGE bytes -> preprocess -> resnet18_onnx -> postprocess -> labelled PROBABILITIES."""
+    config = mc.ModelConfig(name=contract.ENSEMBLE_MODEL, platform="ensemble")
+    config.max_batch_size = settings.max_batch_size
+    config.input.add(name=contract.ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(
+        name=contract.ENSEMBLE_OUTPUT,
+        data_type=mc.TYPE_FP32,
+        dims=[contract.NUM_CLASSES],
+        label_filename=contract.LABELS_FILENAME,
+    )
+    steps = (
+        (contract.PREPROCESS_MODEL,
+         {contract.PREPROCESS_INPUT: contract.ENSEMBLE_INPUT},
+         {contract.PREPROCESS_OUTPUT: "preprocessed_image"}),
+        (contract.ONNX_MODEL,
+         {contract.ONNX_INPUT: "preprocessed_image"},
+         {contract.ONNX_OUTPUT: "logits"}),
+        (contract.POSTPROCESS_MODEL,
+         {contract.POSTPROCESS_INPUT: "logits"},
+         {contract.POSTPROCESS_OUTPUT: contract.ENSEMBLE_OUTPUT}),
+    )
+    for model_name, input_map, output_map in steps:
+        step = config.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
+        step.input_map.update(input_map)
+        step.output_map.update(output_map)
+    return config
+
+
+def all_model_configs(settings: ServingSettings, provenance_json: str) -> list[mc.ModelConfig]:
+    """Every config of the repository, steps before the ensemble."""
+    return [
+        preprocess_model_config(settings),
+        onnx_model_config(settings, provenance_json),
+        postprocess_model_config(settings),
+        ensemble_model_config(settings),
+    ]
+
+
+def render(config: mc.ModelConfig) -> str:
+    """The config.pbtxt text Triton reads."""
+    return text_format.MessageToString(config)
+
+
+def parse(text: str) -> mc.ModelConfig:
+    """Parse config.pbtxt text with Triton's schema (raises on unknown fields)."""
+    return text_format.Parse(text, mc.ModelConfig())

@@ -1,0 +1,280 @@
+"""Unit tests of the export library: weights, ONNX export and verification (random weights only,
+so they run offline)."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from resnet18_triton_client.contract import (
+    CHANNELS,
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+    PROVENANCE_PARAMETER,
+)
+from resnet18_triton_client.errors import ResNet18TritonError
+from resnet18_triton_export import weights as weights_module
+from resnet18_triton_export.errors import (
+    ExportError,
+    VerificationError,
+    WeightsUnavailableError,
+)
+from resnet18_triton_export.onnx_export import export_onnx
+from resnet18_triton_export.verify import VerificationReport, verify_onnx
+from resnet18_triton_export.weights import (
+    Provenance,
+    imagenet_cache_path,
+    imagenet_categories,
+    load_resnet18,
+)
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(ExportError, ResNet18TritonError)
+    assert issubclass(WeightsUnavailableError, ExportError)
+    assert issubclass(VerificationError, ExportError)
+
+
+# --- provenance ---------------------------------------------------------------------------------
+
+
+def test_provenance_json_round_trip_is_compact_and_sorted() -> None:
+    provenance = Provenance("file", path="/w.pth", sha256="ab" * 32)
+    text = provenance.to_json()
+    assert " " not in text
+    assert text.index('"path"') < text.index('"sha256"') < text.index('"source"')
+    assert Provenance.from_json(text) == provenance
+
+
+def test_provenance_describe_flags_random_weights() -> None:
+    random_provenance = Provenance("random", seed=0)
+    assert random_provenance.is_random
+    assert random_provenance.describe() == "RANDOM weights (seed 0): labels are meaningless"
+    assert not Provenance("imagenet").is_random
+    assert "ImageNet" in Provenance("imagenet").describe()
+
+
+def test_provenance_rejects_unknown_source() -> None:
+    with pytest.raises(ValueError):
+        Provenance.from_json('{"source": "internet"}')
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+
+def test_random_weights_are_deterministic_per_seed_and_differ_across_seeds() -> None:
+    first, provenance = load_resnet18("random", seed=0)
+    again, _ = load_resnet18("random", seed=0)
+    other, _ = load_resnet18("random", seed=1)
+    assert provenance == Provenance("random", seed=0)
+    assert not first.training
+    assert _same_state(first, again)
+    assert not _same_state(first, other)
+
+
+def test_random_weights_leave_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_resnet18("random", seed=7)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
+def test_weights_file_round_trip(tmp_path: Path, wrap: str | None) -> None:
+    source, _ = load_resnet18("random", seed=3)
+    path = tmp_path / "weights.pth"
+    state = source.state_dict()
+    torch.save(state if wrap is None else {wrap: state, "epoch": 9}, path)
+
+    model, provenance = load_resnet18(str(path))
+
+    assert _same_state(model, source)
+    assert not model.training
+    assert provenance.source == "file"
+    assert provenance.path == str(path.resolve())
+    assert provenance.sha256 == weights_module.file_sha256(path)
+    assert len(provenance.sha256) == 64
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        load_resnet18(str(tmp_path / "nope.pth"))
+
+
+def test_wrong_keys_and_shapes_are_named(tmp_path: Path) -> None:
+    state = load_resnet18("random")[0].state_dict()
+    state["fc.weight"] = torch.zeros(10, 512)  # a 10-class fine-tune
+    state["extra.weight"] = torch.zeros(1)
+    del state["conv1.weight"]
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+
+    with pytest.raises(WeightsUnavailableError) as caught:
+        load_resnet18(str(path))
+
+    message = str(caught.value)
+    assert "conv1.weight" in message  # missing
+    assert "extra.weight" in message  # unexpected
+    assert "fc.weight (10, 512) (expected (1000, 512))" in message
+
+
+def test_file_that_is_not_a_state_dict_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(WeightsUnavailableError, match="not a state dict"):
+        load_resnet18(str(path))
+
+
+def test_imagenet_categories_need_no_download() -> None:
+    categories = imagenet_categories()
+    assert len(categories) == NUM_CLASSES
+    assert categories[0] == "tench"
+
+
+@pytest.mark.skipif(
+    imagenet_cache_path().is_file(), reason="ImageNet weights are cached: no download to fail"
+)
+@pytest.mark.timeout(60)
+def test_imagenet_offline_fails_fast_with_alternatives() -> None:
+    # This machine is offline: the real download must fail within seconds, not hang.
+    started = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as caught:
+        load_resnet18("imagenet")
+    assert time.monotonic() - started < 45
+    message = str(caught.value)
+    assert "--weights random" in message
+    assert "--weights PATH" in message
+    assert "TORCH_HOME" in message
+    assert str(imagenet_cache_path()) in message
+
+
+def test_imagenet_download_failure_message_without_network(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same message on a machine that is online: the download is made to fail."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("simulated: no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    with pytest.raises(WeightsUnavailableError, match="simulated: no network") as caught:
+        load_resnet18("imagenet")
+    assert "--weights random" in str(caught.value)
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_imagenet_uses_a_cached_checkpoint_without_network(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A checkpoint copied into the torch cache (the offline workaround) loads without network."""
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("must not download when the checkpoint is cached")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    source, _ = load_resnet18("random", seed=4)  # stands in for the real ImageNet file
+    imagenet_cache_path().parent.mkdir(parents=True)
+    torch.save(source.state_dict(), imagenet_cache_path())
+
+    model, provenance = load_resnet18("imagenet")
+
+    assert _same_state(model, source)
+    assert provenance == Provenance(
+        "imagenet", sha256=weights_module.file_sha256(imagenet_cache_path())
+    )
+
+
+# --- export and verify --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_model() -> tuple[torch.nn.Module, Provenance]:
+    return load_resnet18("random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, random_model: tuple[torch.nn.Module, Provenance]
+) -> Path:
+    """One export for the whole module: it is the slow step (a few seconds)."""
+    model, provenance = random_model
+    directory = tmp_path_factory.mktemp("export")
+    return export_onnx(model, directory / "model.onnx", provenance=provenance)
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
+    return [dim.dim_param or dim.dim_value for dim in value_info.type.tensor_type.shape.dim]
+
+
+def test_export_writes_one_file_with_contract_names_and_dynamic_batch(exported: Path) -> None:
+    model = onnx.load(str(exported))
+    assert [value.name for value in model.graph.input] == [ONNX_INPUT]
+    assert [value.name for value in model.graph.output] == [ONNX_OUTPUT]
+    input_dims, output_dims = _dims(model.graph.input[0]), _dims(model.graph.output[0])
+    assert isinstance(input_dims[0], str) and input_dims[0] == output_dims[0]  # symbolic batch
+    assert input_dims[1:] == [CHANNELS, IMAGE_SIZE, IMAGE_SIZE]
+    assert output_dims[1:] == [NUM_CLASSES]
+    opset = {entry.domain: entry.version for entry in model.opset_import}[""]
+    assert opset >= 17
+    # Weights embedded, no side files, no leftover temporary file.
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert [path.name for path in exported.parent.iterdir()] == [exported.name]
+
+
+def test_export_records_provenance_and_producer(exported: Path, random_model: tuple) -> None:
+    metadata = {prop.key: prop.value for prop in onnx.load(str(exported)).metadata_props}
+    assert Provenance.from_json(metadata[PROVENANCE_PARAMETER]) == random_model[1]
+    assert metadata["producer"] == "resnet18_triton_export"
+    assert metadata["torch_version"] == torch.__version__
+
+
+def test_export_rejects_opset_the_dynamo_exporter_cannot_emit(tmp_path: Path) -> None:
+    model, _ = load_resnet18("random")
+    with pytest.raises(ExportError, match="dynamo=False"):
+        export_onnx(model, tmp_path / "model.onnx", opset=17, dynamo=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_matches_the_source_model(exported: Path, random_model: tuple) -> None:
+    report = verify_onnx(random_model[0], exported, num_inputs=4, batch_sizes=(1, 3))
+    assert isinstance(report, VerificationReport)
+    assert report.passed
+    assert report.batch_sizes == (1, 3, 1, 3)
+    assert report.num_images == report.top1_agree == report.top5_agree == 8
+    assert report.max_abs_diff <= report.atol == 1e-3
+    assert 0 <= report.mean_abs_diff <= report.max_abs_diff
+    assert "top-1 agreement 8/8" in report.summary()
+
+
+def test_verify_rejects_a_model_that_does_not_match(exported: Path) -> None:
+    other_model, _ = load_resnet18("random", seed=1)
+    with pytest.raises(VerificationError, match="does NOT match") as caught:
+        verify_onnx(other_model, exported)
+    report = caught.value.report
+    assert report is not None and not report.passed
+    assert report.max_abs_diff > report.atol
+
+
+def test_verify_rejects_a_file_that_is_not_onnx(tmp_path: Path, random_model: tuple) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not a protobuf")
+    with pytest.raises(VerificationError, match="not a valid ONNX model"):
+        verify_onnx(random_model[0], path)
