@@ -1,0 +1,1 @@
+"""The embedded Triton server: the real tritonserver binary from the nvidia-pytriton wheel."""
