@@ -69,6 +69,10 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Image.Image:
             f"cannot identify an image in {len(data)} bytes (expected JPEG, PNG or another "
             "format Pillow reads)"
         ) from None
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(f"image too large: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRejected(f"corrupt or truncated image header: {error}") from None
     # The header is read, the pixels are not: refuse decompression bombs before decoding.
     width, height = image.size
     if width * height > limits.max_image_pixels:
@@ -80,10 +84,8 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as error:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as error:
         raise ImageRejected(f"corrupt or truncated {image.format or 'image'} data: {error}") from None
-    if width < 1 or height < 1:
-        raise ImageRejected(f"image has no pixels ({width}x{height})")
     return image.convert("RGB")
 
 

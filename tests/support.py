@@ -1,0 +1,119 @@
+"""Helpers shared by unit and integration tests: test images, module loading, the reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES_DIR = PROJECT_ROOT / "tests" / "data" / "samples"
+MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
+SAMPLE_FILES = sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix in (".png", ".jpg"))
+
+# Served probabilities vs PyTorch (same weights, torchvision transforms, softmax). Preprocessing is
+# bit-identical (same Pillow), so what remains is ONNX Runtime vs PyTorch float rounding: logits
+# differ by ~3e-6, probabilities by ~1e-8. 1e-6 leaves room and still catches any real change
+# (random-weight probability vectors of different images are ~1e-3 apart).
+PROBABILITY_ATOL = 1e-6
+LOGIT_ATOL = 1e-3
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import a file that is not part of a package (the Triton models' model.py)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def preprocess_module() -> ModuleType:
+    return load_module(MODEL_REPOSITORY / "preprocess" / "1" / "model.py", "preprocess_model")
+
+
+def postprocess_module() -> ModuleType:
+    return load_module(MODEL_REPOSITORY / "postprocess" / "1" / "model.py", "postprocess_model")
+
+
+def encode(image, fmt: str, **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()
+
+
+def gradient_image(width: int, height: int, seed: int):
+    """A deterministic, textured RGB image (distinct per seed) that compresses like a photo."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.uniform(0, 6.28, size=3)
+    freq = rng.uniform(0.005, 0.05, size=3)
+    channels = [127 + 120 * np.sin(freq[c] * (x + 0.7 * y) + phase[c]) for c in range(3)]
+    noise = rng.normal(0, 12, size=(height, width, 3))
+    pixels = np.clip(np.stack(channels, axis=-1) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def varied_images() -> dict[str, bytes]:
+    """Encoded images of every kind the preprocessing must turn into RGB, named by what they are."""
+    from PIL import Image
+
+    base = gradient_image(500, 375, seed=1)
+    images = {path.name: path.read_bytes() for path in SAMPLE_FILES}
+    images.update(
+        {
+            "gradient_500x375.jpg": encode(base, "JPEG", quality=90),
+            "gradient_500x375.png": encode(base, "PNG"),
+            "grayscale_L.jpg": encode(base.convert("L"), "JPEG"),
+            "rgba.png": encode(_with_alpha(base), "PNG"),
+            "palette_P.png": encode(base.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+            "cmyk.jpg": encode(base.convert("CMYK"), "JPEG"),
+            "tall_300x900.jpg": encode(gradient_image(300, 900, seed=2), "JPEG"),
+            "tiny_1x1.png": encode(gradient_image(1, 1, seed=3), "PNG"),
+            "small_31x17.png": encode(gradient_image(31, 17, seed=4), "PNG"),
+            "exact_256x256.png": encode(gradient_image(256, 256, seed=5), "PNG"),
+            "large_3000x2000.jpg": encode(gradient_image(3000, 2000, seed=6), "JPEG", quality=85),
+            "bitmap.bmp": encode(gradient_image(120, 90, seed=7), "BMP"),
+        }
+    )
+    return images
+
+
+def _with_alpha(image):
+    rgba = image.convert("RGBA")
+    rgba.putalpha(128)
+    return rgba
+
+
+class TorchReference:
+    """The pure PyTorch answer: torchvision transforms + the same ResNet-18 weights + softmax."""
+
+    def __init__(self, seed: int = 0) -> None:
+        import torch
+        from torchvision.models import ResNet18_Weights
+
+        from resnet18_triton_export.weights import load_resnet18
+
+        self.torch = torch
+        self.model, self.provenance = load_resnet18("random", seed=seed)
+        self.transform = ResNet18_Weights.IMAGENET1K_V1.transforms()
+
+    def tensor(self, data: bytes):
+        from PIL import Image
+
+        return self.transform(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    def logits(self, batch) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(batch).numpy()
+
+    def probabilities(self, images: list[bytes]) -> np.ndarray:
+        batch = self.torch.stack([self.tensor(data) for data in images])
+        with self.torch.inference_mode():
+            return self.torch.softmax(self.model(batch), dim=1).numpy()

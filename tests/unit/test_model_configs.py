@@ -1,0 +1,98 @@
+"""Rendered configs parse as Triton's ModelConfig, the ensemble is wired right, cores are not oversubscribed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc")
+from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
+
+from resnet18_triton_client import contract  # noqa: E402
+from resnet18_triton_export.errors import ExportError  # noqa: E402
+from resnet18_triton_export.model_configs import (  # noqa: E402
+    ServingSettings,
+    all_model_configs,
+    parse,
+    render,
+)
+from resnet18_triton_export.repository import write_configs  # noqa: E402
+
+PROVENANCE = '{"seed":0,"source":"random"}'
+
+
+def configs_by_name(settings: ServingSettings = ServingSettings()) -> dict[str, mc.ModelConfig]:
+    return {config.name: config for config in all_model_configs(settings, PROVENANCE)}
+
+
+def test_every_config_round_trips_through_text(tmp_path: Path) -> None:
+    written = write_configs(tmp_path, ServingSettings(), PROVENANCE)
+    assert sorted(path.parent.name for path in written) == sorted(contract.SERVED_MODELS)
+    for path in written:
+        config = parse(path.read_text())
+        assert render(config) == path.read_text()
+    assert (tmp_path / contract.ENSEMBLE_MODEL / "1").is_dir()
+
+
+def test_parse_rejects_unknown_fields() -> None:
+    with pytest.raises(Exception, match="no_such_field"):
+        parse('name: "x"\nno_such_field: 1\n')
+
+
+def _tensors(config: mc.ModelConfig, kind: str) -> dict[str, tuple[int, tuple[int, ...]]]:
+    return {t.name: (t.data_type, tuple(t.dims)) for t in getattr(config, kind)}
+
+
+def test_ensemble_wiring_matches_its_steps() -> None:
+    configs = configs_by_name()
+    ensemble = configs[contract.ENSEMBLE_MODEL]
+    # Every ensemble tensor (its inputs, then each step's outputs) has one dtype and shape.
+    known = _tensors(ensemble, "input")
+    for step in ensemble.ensemble_scheduling.step:
+        model = configs[step.model_name]
+        assert model.max_batch_size >= ensemble.max_batch_size
+        inputs, outputs = _tensors(model, "input"), _tensors(model, "output")
+        assert set(step.input_map) == set(inputs), step.model_name
+        for model_input, ensemble_tensor in step.input_map.items():
+            assert known[ensemble_tensor] == inputs[model_input], (step.model_name, model_input)
+        for model_output, ensemble_tensor in step.output_map.items():
+            known[ensemble_tensor] = outputs[model_output]
+    for name, spec in _tensors(ensemble, "output").items():
+        assert known[name] == spec
+
+
+def test_raw_model_suits_stock_image_clients() -> None:
+    config = configs_by_name()[contract.ONNX_MODEL]
+    assert config.backend == "onnxruntime"
+    assert len(config.input) == 1 and len(config.output) == 1
+    assert config.input[0].format == mc.ModelInput.FORMAT_NCHW
+    assert list(config.input[0].dims) == [3, 224, 224]
+    assert config.output[0].label_filename == contract.LABELS_FILENAME
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert config.parameters[contract.PROVENANCE_PARAMETER].string_value == PROVENANCE
+    assert config.HasField("dynamic_batching")
+
+
+def test_ensemble_output_carries_labels_for_the_classification_extension() -> None:
+    ensemble = configs_by_name()[contract.ENSEMBLE_MODEL]
+    assert ensemble.output[0].label_filename == contract.LABELS_FILENAME
+
+
+@pytest.mark.parametrize(
+    "cores, instances, expected_threads", [(2, 1, 2), (4, 2, 2), (8, 3, 2), (1, 1, 1), (16, 4, 4)]
+)
+def test_core_budget_rule(cores: int, instances: int, expected_threads: int) -> None:
+    settings = ServingSettings.from_core_budget(cores, instances)
+    assert settings.intra_op_threads == expected_threads
+    assert settings.onnx_instances * settings.intra_op_threads <= cores
+    onnx = configs_by_name(settings)[contract.ONNX_MODEL]
+    assert onnx.instance_group[0].count == instances
+    assert onnx.parameters["intra_op_thread_count"].string_value == str(expected_threads)
+
+
+def test_oversubscription_is_refused() -> None:
+    with pytest.raises(ExportError, match="oversubscribe the 2-core budget"):
+        ServingSettings.from_core_budget(2, 3)
+    with pytest.raises(ExportError, match="oversubscribe"):
+        ServingSettings.from_core_budget(2, 1, intra_op_threads=4)
