@@ -1,0 +1,100 @@
+"""Served answers against a pure PyTorch reference: same weights, torchvision transforms, softmax."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from resnet18_triton_client import contract
+from tests.support import LOGIT_ATOL, PROBABILITY_ATOL, TorchReference, varied_images
+
+IMAGES = varied_images()
+
+
+def serve_probabilities(client, images: list[bytes]) -> np.ndarray:
+    data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
+    data.set_data_from_numpy(np.array([[image] for image in images], dtype=object))
+    result = client.infer(contract.ENSEMBLE_MODEL, [data],
+                          outputs=[httpclient.InferRequestedOutput(contract.ENSEMBLE_OUTPUT)])
+    return result.as_numpy(contract.ENSEMBLE_OUTPUT)
+
+
+def assert_same_answer(served: np.ndarray, expected: np.ndarray) -> None:
+    assert served.shape == expected.shape == (1000,)
+    assert int(served.argmax()) == int(expected.argmax()), "top-1 differs"
+    assert list(np.argsort(-served)[:5]) == list(np.argsort(-expected)[:5]), "top-5 differs"
+    np.testing.assert_allclose(served, expected, rtol=0, atol=PROBABILITY_ATOL)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_ensemble_matches_pytorch(http_client, reference: TorchReference, name: str) -> None:
+    served = serve_probabilities(http_client, [IMAGES[name]])[0]
+    assert_same_answer(served, reference.probabilities([IMAGES[name]])[0])
+
+
+def test_batched_request_answers_each_image_in_order(http_client, reference: TorchReference) -> None:
+    names = sorted(IMAGES)[:6]
+    images = [IMAGES[name] for name in names]
+    served = serve_probabilities(http_client, images)
+    expected = reference.probabilities(images)
+    for position, name in enumerate(names):
+        assert_same_answer(served[position], expected[position])
+    # The comparison would notice two answers swapped: images are far apart next to the tolerance.
+    assert np.abs(expected[0] - expected[1]).max() > 100 * PROBABILITY_ATOL
+
+
+def test_classification_extension_gives_labelled_top5(http_client, reference: TorchReference) -> None:
+    from resnet18_triton_export.weights import imagenet_categories
+
+    image = IMAGES["chelsea.png"]
+    data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
+    data.set_data_from_numpy(np.array([[image]], dtype=object))
+    wanted = httpclient.InferRequestedOutput(contract.ENSEMBLE_OUTPUT, class_count=5)
+    rows = http_client.infer(contract.ENSEMBLE_MODEL, [data], outputs=[wanted]).as_numpy(
+        contract.ENSEMBLE_OUTPUT
+    )[0]
+    parsed = [row.decode().split(":", 2) for row in rows]
+    expected = reference.probabilities([image])[0]
+    categories = imagenet_categories()
+    assert [int(index) for _, index, _ in parsed] == list(np.argsort(-expected)[:5])
+    for probability, index, label in parsed:
+        assert label == categories[int(index)]
+        assert float(probability) == pytest.approx(expected[int(index)], abs=1e-6)
+
+
+def test_raw_model_over_plain_kserve_json(url: str, reference: TorchReference) -> None:
+    """No tritonclient: the v2 JSON protocol a stock client (curl, image_client.py) would use."""
+    tensor = reference.tensor(IMAGES["rocket.jpg"]).numpy()
+    body = {
+        "inputs": [{"name": contract.ONNX_INPUT, "shape": [1, 3, 224, 224], "datatype": "FP32",
+                    "data": tensor.reshape(-1).tolist()}],
+        "outputs": [{"name": contract.ONNX_OUTPUT}],
+    }
+    request = urllib.request.Request(
+        f"http://{url}/v2/models/{contract.ONNX_MODEL}/infer", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        answer = json.load(reply)
+    output = answer["outputs"][0]
+    assert output["name"] == contract.ONNX_OUTPUT and output["shape"] == [1, 1000]
+    import torch
+
+    expected = reference.logits(torch.from_numpy(tensor[None]))[0]
+    np.testing.assert_allclose(np.array(output["data"], dtype=np.float32), expected, atol=LOGIT_ATOL)
+    assert int(np.argmax(output["data"])) == int(expected.argmax())
+
+
+def test_raw_model_metadata_is_stock_client_shaped(http_client) -> None:
+    metadata = http_client.get_model_metadata(contract.ONNX_MODEL)
+    assert [i["name"] for i in metadata["inputs"]] == [contract.ONNX_INPUT]
+    assert metadata["inputs"][0]["shape"] == [-1, 3, 224, 224]
+    assert [o["name"] for o in metadata["outputs"]] == [contract.ONNX_OUTPUT]
+    config = http_client.get_model_config(contract.ONNX_MODEL)
+    assert config["input"][0]["format"] == "FORMAT_NCHW"
+    provenance = json.loads(config["parameters"][contract.PROVENANCE_PARAMETER]["string_value"])
+    assert (provenance["source"], provenance["seed"]) == ("random", 0)
