@@ -1,0 +1,38 @@
+"""Many concurrent requests with distinct images: each client gets its own answer, never another's."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tritonclient.http as httpclient
+
+from resnet18_triton_client import contract
+from tests.support import PROBABILITY_ATOL, TorchReference, encode, gradient_image
+
+CONCURRENT_REQUESTS = 40
+
+
+def classify_one(url: str, image: bytes) -> np.ndarray:
+    # One client per thread: tritonclient.http is gevent-based and not shared across OS threads.
+    client = httpclient.InferenceServerClient(url, network_timeout=120.0)
+    try:
+        data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
+        data.set_data_from_numpy(np.array([[image]], dtype=object))
+        result = client.infer(contract.ENSEMBLE_MODEL, [data])
+        return result.as_numpy(contract.ENSEMBLE_OUTPUT)[0]
+    finally:
+        client.close()
+
+
+def test_concurrent_distinct_images_each_get_their_own_answer(url: str, reference: TorchReference) -> None:
+    images = [encode(gradient_image(200 + i, 150 + 2 * i, seed=100 + i), "JPEG") for i in range(CONCURRENT_REQUESTS)]
+    expected = reference.probabilities(images)
+    with ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS) as pool:
+        served = list(pool.map(lambda image: classify_one(url, image), images))
+    for position, answer in enumerate(served):
+        distances = np.abs(expected - answer).max(axis=1)
+        # Its own reference is within tolerance; every other image's answer is far away.
+        assert distances[position] <= PROBABILITY_ATOL, f"request {position} got a wrong answer"
+        others = np.delete(distances, position)
+        assert others.min() > 10 * PROBABILITY_ATOL, f"request {position} is ambiguous"

@@ -1,0 +1,93 @@
+"""The launcher: clear failures (port taken, empty repository), clean stop with no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton_server.errors import ServerStartError
+
+CLI = [sys.executable, "-m", "resnet18_triton_client.cli"]
+
+
+def test_empty_repository_fails_with_a_hint(tmp_path: Path) -> None:
+    server = EmbeddedServer(ServerOptions(repository=tmp_path, http_port=free_port()))
+    with pytest.raises(ServerStartError, match="resnet18-triton export"):
+        server.start()
+
+
+def test_port_taken_is_named(exported_repository: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        options = ServerOptions(repository=exported_repository, http_port=port,
+                                grpc_port=free_port(), metrics_port=free_port())
+        with pytest.raises(ServerStartError, match=f"127.0.0.1:{port}"):
+            EmbeddedServer(options).start()
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("serve did not become ready")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_without_orphans(exported_repository: Path, stop_signal: int) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [*CLI, "serve", "--repo", str(exported_repository), "--http-port", str(port),
+         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--quiet",
+         "--exit-timeout", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_ready(f"127.0.0.1:{port}", process)
+        family = psutil.Process(process.pid).children(recursive=True)
+        assert any("tritonserver" in p.name() for p in family)
+        assert sum("triton_python_backend_stub" in " ".join(p.cmdline()) for p in family) >= 3
+        process.send_signal(stop_signal)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "stopped" in stderr
+    gone, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, f"orphans left: {[p.pid for p in alive]}"
+
+
+def test_killed_launcher_takes_the_server_with_it(exported_repository: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [*CLI, "serve", "--repo", str(exported_repository), "--http-port", str(port),
+         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_ready(f"127.0.0.1:{port}", process)
+        family = psutil.Process(process.pid).children(recursive=True)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    gone, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, f"orphans left after SIGKILL of the launcher: {[p.pid for p in alive]}"
