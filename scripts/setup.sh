@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian/Ubuntu x86_64 machine: system libraries, a virtual environment in .venv,
+# and the project with every extra. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# libpython3.11: the Triton Python-backend stub embeds it. libb64-0d: perf_analyzer needs it.
+# docker-compose: the tests validate docker-compose.yml offline (no Docker engine needed).
+APT_PACKAGES=(libpython3.11 libb64-0d docker-compose)
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]} (apt)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The Triton stub is built for the system's Python 3.11; the venv must be the same minor version.
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PYTHON"
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+fi
+# torch and torchvision are pinned in pyproject.toml (export extra): pip takes them from local
+# disk where they lie there, otherwise from PyPI.
+echo "setup: installing resnet18-triton[dev] into .venv (the first run takes a few minutes)"
+.venv/bin/python -m pip install -q -e ".[dev]"
