@@ -20,6 +20,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "health": ("resnet18_triton_client.commands", "health", "", "Show server and model health."),
     "export": ("resnet18_triton_export.cli", "export", "export", "Export ResNet-18 to ONNX."),
     "serve": ("resnet18_triton_server.cli", "serve", "server", "Run the embedded Triton server."),
+    "quantize": ("resnet18_triton_export.quantize_cli", "quantize", "export",
+                 "Quantise the exported model to INT8 (static, calibrated)."),
+    "loadtest": ("resnet18_triton_perf.cli", "loadtest", "perf", "Load-test a server with perf_analyzer."),
+    "bench": ("resnet18_triton_perf.cli", "bench", "perf", "Benchmark engines and the served paths."),
 }
 
 EXIT_OK = 0
