@@ -1,0 +1,487 @@
+"""The ``classify`` and ``health`` commands, end to end through ``cli.main``.
+
+A small in-process fake of Triton's HTTP/KServe v2 API stands in for the server, so that batching,
+the split of a rejected batch, retries and exit codes are checked without starting Triton (the
+integration tests do that against the real server).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from resnet18_triton_client import contract
+from resnet18_triton_client.api import ImageClassifier, RetryPolicy
+from resnet18_triton_client.cli import main
+from resnet18_triton_client.errors import ImageError, ServerUnavailableError
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+MAX_BATCH_SIZE = 4
+
+
+@dataclass
+class FakeTriton:
+    """What the fake server answers, and what it was asked."""
+
+    max_batch_size: int = MAX_BATCH_SIZE
+    provenance: str = '{"source": "random", "seed": 0}'
+    not_ready: set[str] = field(default_factory=set)
+    unavailable_answers: int = 0  # answer this many inference requests with 503 first
+    index_restricted: bool = False  # like `resnet18-triton serve` without the admin key
+    batch_sizes: list[int] = field(default_factory=list)
+    url: str = ""
+
+
+def _bytes_elements(body: bytes, size: int) -> list[bytes]:
+    """Decode a BYTES tensor in Triton's binary format: 4-byte little-endian length, then data."""
+    elements, offset = [], 0
+    while offset < size:
+        (length,) = struct.unpack_from("<I", body, offset)
+        elements.append(body[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    return elements
+
+
+def _handler(fake: FakeTriton) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, payload: object = None) -> None:
+            body = b"" if payload is None else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            parts = self.path.strip("/").split("/")
+            if parts[:2] == ["v2", "health"]:
+                self._send(200)
+            elif parts[:2] == ["v2", "models"] and len(parts) >= 3:
+                self._model_get(parts[2], parts[3:])
+            else:
+                self._send(404, {"error": "not found"})
+
+        def _model_get(self, name: str, rest: list[str]) -> None:
+            known = name in contract.SERVED_MODELS
+            if rest == ["ready"]:
+                self._send(200 if known and name not in fake.not_ready else 400)
+            elif not known or name in fake.not_ready:
+                self._send(400, {"error": f"Request for unknown model: '{name}' is not found"})
+            elif rest == ["config"]:
+                self._send(200, self._config(name))
+            else:
+                self._send(200, {"name": name, "versions": ["1"]})
+
+        def _config(self, name: str) -> dict:
+            config: dict = {"name": name, "max_batch_size": fake.max_batch_size}
+            if name == contract.ONNX_MODEL:
+                config["parameters"] = {
+                    contract.PROVENANCE_PARAMETER: {"string_value": fake.provenance}
+                }
+            return config
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path.endswith("/repository/index") and fake.index_restricted:
+                self._send(
+                    403, {"error": "This API is restricted, expecting header 'triton-admin-key'"}
+                )
+            elif self.path.endswith("/repository/index"):
+                entries = [
+                    {"name": name, "version": "1", "state": "READY"}
+                    for name in contract.SERVED_MODELS
+                ]
+                for entry in entries:
+                    if entry["name"] in fake.not_ready:
+                        entry.update(state="UNAVAILABLE", reason="load failed: no model.onnx")
+                self._send(200, entries)
+            else:
+                self._infer(body)
+
+        def _infer(self, body: bytes) -> None:
+            if fake.unavailable_answers > 0:
+                fake.unavailable_answers -= 1
+                self._send(503, {"error": "Server not ready"})
+                return
+            header_size = int(self.headers["Inference-Header-Content-Length"])
+            request = json.loads(body[:header_size])
+            size = request["inputs"][0]["parameters"]["binary_data_size"]
+            images = _bytes_elements(body[header_size:], size)
+            fake.batch_sizes.append(len(images))
+            for position, image in enumerate(images, start=1):
+                if image.startswith(b"bad"):
+                    prefix = f"image {position} of {len(images)}: " if len(images) > 1 else ""
+                    error = f"in ensemble 'resnet18', {prefix}cannot identify an image"
+                    self._send(400, {"error": error})
+                    return
+            top_k = request["outputs"][0]["parameters"]["classification"]
+            rows = [
+                [f"0.{9 - rank}:{rank}:label {rank}, with: colon" for rank in range(top_k)]
+                for _ in images
+            ]
+            output = {"name": "PROBABILITIES", "datatype": "BYTES", "shape": [len(images), top_k]}
+            self._send(
+                200,
+                {
+                    "model_name": "resnet18",
+                    "outputs": [{**output, "data": [e for row in rows for e in row]}],
+                },
+            )
+
+    return Handler
+
+
+@pytest.fixture
+def fake_triton() -> Iterator[FakeTriton]:
+    fake = FakeTriton()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    fake.url = f"127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(contract.URL_ENV_VAR, raising=False)
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the real entry point; returns (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    """Six good images and one the fake server rejects, in a known order."""
+    paths = []
+    for number in range(7):
+        path = tmp_path / f"img{number}.png"
+        path.write_bytes(b"bad image" if number == 3 else b"good image %d" % number)
+        paths.append(path)
+    return paths
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["classify", "--help"], ["health", "--help"]])
+def test_help_works(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    assert "Usage:" in out
+
+
+def test_classify_help_lists_options(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(["classify", "--help"], capsys)
+    for option in (
+        "--url",
+        "--top-k",
+        "--batch-size",
+        "--concurrency",
+        "--json",
+        "--timeout",
+        "--recursive",
+        "--no-progress",
+    ):
+        assert option in out
+    assert contract.URL_ENV_VAR in out
+
+
+@pytest.mark.parametrize("top_k", ["0", "1001", "-1"])
+def test_top_k_out_of_range_is_a_usage_error(
+    top_k: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["classify", str(SAMPLES / "rocket.jpg"), "--top-k", top_k], capsys)
+    assert code == 2
+    assert "--top-k" in err
+
+
+def test_glob_matching_nothing_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pattern = str(tmp_path / "*.jpg")
+    code, _, err = run(["classify", pattern, "--url", f"127.0.0.1:{closed_port()}"], capsys)
+    assert code == 2
+    assert pattern in err
+
+
+def test_no_arguments_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["classify"], capsys)
+    assert code == 2
+    assert "IMAGE_OR_DIR_OR_GLOB" in err
+
+
+def test_the_thin_client_imports_neither_torch_nor_pillow() -> None:
+    code = (
+        "import sys, resnet18_triton_client.commands; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'PIL'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+# --- unreachable server ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["classify", "health"])
+def test_closed_port_exits_2_with_a_readable_message(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"127.0.0.1:{closed_port()}"
+    argv = [command, "--url", address] + (
+        [str(SAMPLES / "rocket.jpg")] if command == "classify" else []
+    )
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert out == ""
+    assert f"cannot reach Triton at {address}: connection refused" in err
+    assert "Traceback" not in err and "Errno" not in err
+
+
+@pytest.mark.parametrize("url", ["", "localhost", "localhost:http", "127.0.0.1:99999", "ftp://h:1"])
+def test_invalid_url_exits_2(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["health", "--url", url], capsys)
+    assert code == 2
+    assert f"invalid Triton URL '{url}'" in err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_url_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"127.0.0.1:{closed_port()}"
+    monkeypatch.setenv(contract.URL_ENV_VAR, address)
+    code, _, err = run(["health"], capsys)
+    assert code == 2
+    assert address in err
+
+
+# --- classify against the fake server -------------------------------------------------------
+
+
+def test_json_lines_in_input_order(
+    fake_triton: FakeTriton, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = [path for path in images if path.name != "img3.png"]
+    code, out, _ = run(
+        ["classify", "--url", fake_triton.url, "--json", "--top-k", "2", *map(str, good)], capsys
+    )
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [record["image"] for record in records] == [str(path) for path in good]
+    assert records[0] == {
+        "image": str(good[0]),
+        "top": [
+            {"label": "label 0, with: colon", "index": 0, "probability": 0.9},
+            {"label": "label 1, with: colon", "index": 1, "probability": 0.8},
+        ],
+    }
+
+
+def test_a_rejected_image_fails_alone(
+    fake_triton: FakeTriton, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        ["classify", "--url", fake_triton.url, "--json", *map(str, images)], capsys
+    )
+    assert code == 1
+    records = {record["image"]: record for record in map(json.loads, out.splitlines())}
+    assert len(records) == len(images)
+    assert records[str(images[3])] == {"image": str(images[3]), "error": "cannot identify an image"}
+    assert all("top" in records[str(path)] for path in images if path != images[3])
+    # The first batch (images 0-3) was rejected as a whole, then resent image by image.
+    assert sorted(fake_triton.batch_sizes) == [1, 1, 1, 1, 3, MAX_BATCH_SIZE]
+    assert "1 of 7 images failed" in err
+
+
+def test_batches_never_exceed_max_batch_size(
+    fake_triton: FakeTriton, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = [str(path) for path in images if path.name != "img3.png"]
+    code, _, err = run(["classify", "--url", fake_triton.url, "--batch-size", "100", *good], capsys)
+    assert code == 0
+    assert sorted(fake_triton.batch_sizes) == [2, MAX_BATCH_SIZE]
+    assert f"using {MAX_BATCH_SIZE}" in err
+
+
+def test_unreadable_files_are_per_image_errors(
+    fake_triton: FakeTriton, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.jpg"
+    code, out, _ = run(
+        ["classify", "--url", fake_triton.url, str(SAMPLES / "rocket.jpg"), str(missing)], capsys
+    )
+    assert code == 1
+    assert out.splitlines()[0] == str(SAMPLES / "rocket.jpg")
+    assert f"{missing}\n  error: no such file" in out
+
+
+def test_table_output(fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]) -> None:
+    image = str(SAMPLES / "rocket.jpg")
+    code, out, _ = run(["classify", "--url", fake_triton.url, "--top-k", "2", image], capsys)
+    assert code == 0
+    assert out.splitlines() == [
+        image,
+        "  1  0.9000    0  label 0, with: colon",
+        "  2  0.8000    1  label 1, with: colon",
+    ]
+
+
+def test_random_weights_are_flagged_when_classifying(
+    fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, _, err = run(["classify", "--url", fake_triton.url, str(SAMPLES / "rocket.jpg")], capsys)
+    assert "RANDOM weights" in err
+
+
+def test_model_not_ready_exits_2(
+    fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_triton.not_ready.add(contract.ENSEMBLE_MODEL)
+    code, out, err = run(
+        ["classify", "--url", fake_triton.url, str(SAMPLES / "rocket.jpg")], capsys
+    )
+    assert code == 2
+    assert out == ""
+    assert f"model '{contract.ENSEMBLE_MODEL}' is not ready" in err
+    assert fake_triton.batch_sizes == []
+
+
+def test_503_is_retried(fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_triton.unavailable_answers = 2
+    code, out, _ = run(["classify", "--url", fake_triton.url, str(SAMPLES / "rocket.jpg")], capsys)
+    assert code == 0
+    assert "label 0" in out
+
+
+def test_retries_are_bounded(fake_triton: FakeTriton) -> None:
+    fake_triton.unavailable_answers = 100
+    retry = RetryPolicy(attempts=3, initial_delay=0.01)
+    unavailable = pytest.raises(ServerUnavailableError, match="is unavailable: Server not ready")
+    with ImageClassifier(fake_triton.url, retry=retry) as classifier, unavailable:
+        list(classifier.classify_files([SAMPLES / "rocket.jpg"]))
+    assert fake_triton.unavailable_answers == 97
+
+
+def test_progress_bar_stays_off_when_not_a_tty(
+    fake_triton: FakeTriton, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for number in range(12):
+        shutil.copy(SAMPLES / "rocket.jpg", tmp_path / f"copy{number}.jpg")
+    code, out, err = run(
+        ["classify", "--url", fake_triton.url, "--top-k", "1", str(tmp_path)], capsys
+    )
+    assert code == 0
+    assert out.count("label 0") == 12
+    assert "image/s" not in err and "%|" not in err
+
+
+# --- the library against the fake server ---------------------------------------------------
+
+
+def test_classify_files_yields_in_order_with_per_image_errors(
+    fake_triton: FakeTriton, images: list[Path]
+) -> None:
+    paths = [images[0], images[1].parent, images[3], images[2]]
+    with ImageClassifier(fake_triton.url, concurrency=2) as classifier:
+        results = list(classifier.classify_files(paths, top_k=3, batch_size=2))
+    assert [result.path for result in results] == [str(path) for path in paths]
+    assert [result.error for result in results] == [
+        None,
+        "is a directory",
+        "cannot identify an image",
+        None,
+    ]
+    assert [len(result.predictions) for result in results] == [3, 0, 0, 3]
+    assert results[0].predictions[0].label == "label 0, with: colon"
+    assert max(fake_triton.batch_sizes) == 2
+
+
+def test_classify_bytes(fake_triton: FakeTriton) -> None:
+    with ImageClassifier(fake_triton.url) as classifier:
+        answers = classifier.classify_bytes([b"one", b"two", b"three"], top_k=1)
+        assert [[p.index for p in answer] for answer in answers] == [[0], [0], [0]]
+        with pytest.raises(ImageError, match=r"^image 1: cannot identify an image$"):
+            classifier.classify_bytes([b"good", b"bad"], top_k=1)
+
+
+def test_classify_bytes_rejects_a_bad_top_k(fake_triton: FakeTriton) -> None:
+    with ImageClassifier(fake_triton.url) as classifier, pytest.raises(ValueError, match="top_k"):
+        classifier.classify_bytes([b"good"], top_k=0)
+
+
+# --- health against the fake server ---------------------------------------------------------
+
+
+def test_health_all_ready_with_random_weights(
+    fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["health", "--url", fake_triton.url], capsys)
+    assert code == 0
+    for name in contract.SERVED_MODELS:
+        assert any(line.split()[:2] == [name, "ready"] for line in out.splitlines())
+    assert "weights: source=random, seed=0" in out
+    assert out.splitlines()[-1].startswith("WARNING: the served model has RANDOM weights")
+
+
+def test_health_model_not_ready_exits_1(
+    fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_triton.not_ready.add(contract.ONNX_MODEL)
+    fake_triton.provenance = '{"source": "imagenet"}'
+    code, out, _ = run(["health", "--url", fake_triton.url], capsys)
+    assert code == 1
+    assert "NOT READY" in out and "load failed: no model.onnx" in out
+    assert "WARNING" not in out
+
+
+def test_health_without_the_repository_index(
+    fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_triton.index_restricted = True
+    fake_triton.not_ready.add(contract.POSTPROCESS_MODEL)
+    code, out, _ = run(["health", "--url", fake_triton.url], capsys)
+    assert code == 1
+    assert f"  {contract.POSTPROCESS_MODEL}    NOT READY  not ready" in out.splitlines()
+    assert "restricted" not in out
+
+
+def test_health_json(fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_triton.provenance = '{"source": "imagenet"}'
+    code, out, err = run(["health", "--url", fake_triton.url, "--json"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert report["live"] and report["ready"] and report["all_ready"]
+    assert [model["name"] for model in report["models"]] == list(contract.SERVED_MODELS)
+    assert report["weights_provenance"] == {"source": "imagenet"}
+    assert report["random_weights"] is False
+    assert err == ""
