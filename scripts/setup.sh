@@ -23,9 +23,15 @@ PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PYTHON"
   "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 fi
 # torch and torchvision are pinned in pyproject.toml (export extra): pip takes them from local
 # disk where they lie there, otherwise from PyPI.
 echo "setup: installing resnet18-triton[dev] into .venv (the first run takes a few minutes)"
-.venv/bin/python -m pip install -q -e ".[dev]"
+log="$(mktemp -t resnet18-triton-pip.XXXXXX.log)"
+if ! .venv/bin/python -m pip install -e ".[dev]" >"$log" 2>&1; then
+  tail -40 "$log" >&2
+  echo "setup: pip install failed (full log: $log)" >&2
+  exit 1
+fi
+rm -f "$log"
