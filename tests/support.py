@@ -91,6 +91,18 @@ def _with_alpha(image):
     return rgba
 
 
+def reference_rgb(data: bytes):
+    """The reference's decoding, with the two decisions the served preprocessing makes too
+    (docs/reliability.md): EXIF orientation honoured, 16-bit grayscale scaled to 8 bits (Pillow's
+    ``convert("RGB")`` would clip it to white). Everything else is plain ``convert("RGB")``."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    if image.mode.startswith("I;16") or image.mode == "I":
+        image = Image.fromarray((np.asarray(image, dtype=np.int64) // 256).clip(0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 class TorchReference:
     """The pure PyTorch answer: torchvision transforms + the same ResNet-18 weights + softmax."""
 
@@ -105,9 +117,7 @@ class TorchReference:
         self.transform = ResNet18_Weights.IMAGENET1K_V1.transforms()
 
     def tensor(self, data: bytes):
-        from PIL import Image
-
-        return self.transform(Image.open(io.BytesIO(data)).convert("RGB"))
+        return self.transform(reference_rgb(data))
 
     def logits(self, batch) -> np.ndarray:
         with self.torch.inference_mode():

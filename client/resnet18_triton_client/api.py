@@ -109,10 +109,12 @@ class RetryPolicy:
     """Bounded exponential backoff for inference that failed on a connection error or 503.
 
     Inference is idempotent, so resending is safe; timeouts are not retried because a server
-    that is too slow once would only make the user wait ``attempts`` times as long.
+    that is too slow once would only make the user wait ``attempts`` times as long. The default
+    waits up to 5.75 s in all, longer than the ~3 s the server needs to replace a backend process
+    that died (docs/reliability.md).
     """
 
-    attempts: int = 3
+    attempts: int = 6
     initial_delay: float = 0.25
     max_delay: float = 2.0
 
@@ -528,10 +530,19 @@ def _not_ready_detail(name: str, index: dict[str, list[dict[str, Any]]] | None) 
     )
 
 
+# Server-side failures that heal by themselves: a backend stub that died (500) until the
+# server reloads its model, and the ensemble while that reload runs (404). Not the image's fault.
+_TRANSIENT_MESSAGES = ("is not healthy", "has no available versions")
+
+
 def _is_transient(error: BaseException) -> bool:
-    """Worth resending: the server was briefly unreachable or said 503 (busy, not ready yet)."""
+    """Worth resending: the server was briefly unreachable, said 503 (busy, not ready yet), or
+    is replacing a backend process that died (see ``_TRANSIENT_MESSAGES``)."""
     if isinstance(error, InferenceServerException):
-        return error.status() == "503"
+        if error.status() == "503":
+            return True
+        message = error.message() or ""
+        return error.status() in ("500", "404") and any(m in message for m in _TRANSIENT_MESSAGES)
     return isinstance(error, (ConnectionError, HTTPParseError))
 
 

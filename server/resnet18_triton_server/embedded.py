@@ -31,10 +31,10 @@ from typing import TextIO
 from resnet18_triton_client import contract
 from resnet18_triton_server.errors import ServerStartError
 from resnet18_triton_server.layout import missing_files
+from resnet18_triton_server.watchdog import ADMIN_KEY_HEADER, StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = Path(__file__).parent / "backends" / "onnxruntime" / "model.py"
 RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
-ADMIN_KEY_HEADER = "triton-admin-key"
 ADMIN_KEY_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY"
 
 
@@ -94,6 +94,11 @@ class ServerOptions:
     ready_timeout_s: float = 180.0
     log_verbose: int = 0
     extra_args: tuple[str, ...] = ()
+    # Triton 2.51's Python backend never restarts a stub that died (SIGKILL, OOM kill): the
+    # model stays READY but answers 500 "Stub process ... is not healthy" forever. The launcher
+    # watches the stubs and reloads the model of a dead one (docs/reliability.md).
+    restart_dead_stubs: bool = True
+    watchdog_interval_s: float = 0.5
     # A per-start secret when none is given: the restricted endpoints stay closed by default.
     generated_admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
@@ -202,6 +207,7 @@ class EmbeddedServer:
         self._log_tail: collections.deque[str] = collections.deque(maxlen=400)
         self._backends: Path | None = None
         self._reader: threading.Thread | None = None
+        self._watchdog: StubWatchdog | None = None
 
     @property
     def url(self) -> str:
@@ -245,7 +251,25 @@ class EmbeddedServer:
         except BaseException:
             self.stop()
             raise
+        if self.options.restart_dead_stubs:
+            self._watchdog = StubWatchdog(self, self.options.watchdog_interval_s).start()
         return self
+
+    @property
+    def stub_recoveries(self) -> list[StubRecovery]:
+        """Dead stubs the watchdog found and the model reloads it did, oldest first."""
+        return list(self._watchdog.recoveries) if self._watchdog is not None else []
+
+    def log_note(self, message: str) -> None:
+        """Add a launcher message to the server log (tail and stream)."""
+        line = f"[resnet18-triton] {message}\n"
+        self._log_tail.append(line)
+        if self.log_stream is not None:
+            try:
+                self.log_stream.write(line)
+                self.log_stream.flush()
+            except (OSError, ValueError):  # the stream was closed under us
+                pass
 
     def _pump_log(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -293,6 +317,9 @@ class EmbeddedServer:
 
     def stop(self) -> int | None:
         """SIGTERM, wait for in-flight requests (exit timeout), then SIGKILL the process group."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         process, self.process = self.process, None
         code = None
         if process is not None:

@@ -1,0 +1,64 @@
+"""Issue #4, load: a short soak (the long one is scripts/soak.py) and 64 concurrent clients.
+
+The soak runs against the session server: high concurrency for SOAK_SECONDS after a warm-up,
+then 0 failed requests, 0 wrong answers, RSS of every server process (tritonserver and each
+Python stub) grown by less than 10 % since the warm-up, answers still equal to the reference.
+``RESNET18_SOAK_SECONDS`` lengthens it (e.g. 600 for ten minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tritonclient.http as httpclient
+
+from resnet18_triton_client import contract
+from tests.support import PROBABILITY_ATOL, PROJECT_ROOT, load_module
+
+soak = load_module(PROJECT_ROOT / "scripts" / "soak.py", "soak_script")
+
+SOAK_SECONDS = float(os.environ.get("RESNET18_SOAK_SECONDS", "20"))
+WARMUP_SECONDS = 8.0
+SOAK_CONCURRENCY = 32
+MAX_RSS_GROWTH_PERCENT = 10.0
+CONCURRENT_CLIENTS = 64
+
+
+def test_soak_loses_nothing_and_does_not_grow(server, url, reference) -> None:
+    images = soak.distinct_images(32, seed=7000)
+    summary = soak.run_soak(url, server.process.pid, SOAK_SECONDS, SOAK_CONCURRENCY,
+                            WARMUP_SECONDS, reference=reference.probabilities(images),
+                            images=images)
+    print("FIGURE " + json.dumps(summary, sort_keys=True))
+    print(soak.markdown(summary))
+    assert summary["requests_failed"] == 0, summary["errors"]
+    assert summary["answers_wrong"] == 0, summary["errors"]
+    assert summary["requests_ok"] > 0
+    assert summary["max_difference_from_reference"] <= PROBABILITY_ATOL
+    assert summary["answers_after_soak_equal"]
+    assert summary["pids_unchanged"] and summary["processes_alive_at_end"]
+    assert summary["max_rss_growth_percent"] < MAX_RSS_GROWTH_PERCENT, summary["rss_growth_percent_after_warmup"]
+
+
+def _classify(url: str, image: bytes) -> np.ndarray:
+    client = httpclient.InferenceServerClient(url, connection_timeout=10.0, network_timeout=120.0)
+    try:
+        return soak.infer_one(client, image)
+    finally:
+        client.close()
+
+
+def test_64_concurrent_clients_with_distinct_images_each_get_their_own_answer(url, reference) -> None:
+    images = soak.distinct_images(CONCURRENT_CLIENTS, seed=8000)
+    expected = reference.probabilities(images)
+    with ThreadPoolExecutor(max_workers=CONCURRENT_CLIENTS) as pool:
+        served = list(pool.map(lambda image: _classify(url, image), images))
+    distances = np.abs(np.stack(served)[:, None, :] - expected[None, :, :]).max(axis=2)
+    for position in range(CONCURRENT_CLIENTS):
+        assert distances[position, position] <= PROBABILITY_ATOL, f"client {position}: wrong answer"
+        others = np.delete(distances[position], position)
+        assert others.min() > 10 * PROBABILITY_ATOL, f"client {position}: ambiguous images"
+    assert served[0].shape == (contract.NUM_CLASSES,)

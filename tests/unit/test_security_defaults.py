@@ -1,0 +1,151 @@
+"""Issue #4, safe defaults: loopback, explicit model control, restricted admin APIs, limits.
+
+No server is started: these check the arguments the launcher would pass, the compose file, the
+Dockerfile and the preprocessing's limits, so a change of default fails here first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from resnet18_triton_server.embedded import (
+    ADMIN_KEY_HEADER,
+    RESTRICTED_APIS,
+    ServerOptions,
+    TritonInstall,
+    server_arguments,
+)
+from tests.support import PROJECT_ROOT, preprocess_module
+
+INSTALL = TritonInstall(
+    server_binary=Path("/x/tritonserver"), library_dir=Path("/x/lib"),
+    python_backend_dir=Path("/x/python"), python_stub=Path("/x/stub"), cache_dir=Path("/x/caches"),
+)
+
+
+def _args(**options) -> list[str]:
+    return server_arguments(ServerOptions(repository=Path("/repo"), **options), INSTALL, Path("/b"))
+
+
+def _value(args: list[str], flag: str) -> list[str]:
+    return [arg.split("=", 1)[1] for arg in args if arg.startswith(flag + "=")]
+
+
+def test_embedded_server_listens_on_loopback_only_by_default() -> None:
+    args = _args()
+    for flag in ("--http-address", "--grpc-address", "--metrics-address"):
+        assert _value(args, flag) == ["127.0.0.1"], flag
+
+
+def test_serve_command_defaults_to_loopback() -> None:
+    from resnet18_triton_server.cli import serve
+
+    host = next(p for p in serve.params if p.name == "host")
+    assert host.default == "127.0.0.1"
+
+
+def test_model_control_is_explicit_and_loads_only_the_served_models() -> None:
+    args = _args()
+    assert _value(args, "--model-control-mode") == ["explicit"]
+    assert _value(args, "--load-model") == ["preprocess", "resnet18_onnx", "postprocess", "resnet18"]
+    assert not any(arg.startswith("--repository-poll-secs") for arg in args)
+
+
+@pytest.mark.parametrize("api", ["model-repository", "shared-memory", "logging", "trace"])
+def test_admin_apis_are_restricted_on_http_and_grpc(api: str) -> None:
+    args = _args(admin_key="secret")
+    for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+        (value,) = _value(args, flag)
+        apis, key = value.split(":", 1)
+        assert api in apis.split(",")
+        assert key == f"{ADMIN_KEY_HEADER}=secret"
+    assert api in RESTRICTED_APIS.split(",")
+
+
+def test_without_an_admin_key_a_random_one_keeps_the_admin_apis_closed() -> None:
+    first, second = ServerOptions(repository=Path("/r")), ServerOptions(repository=Path("/r"))
+    assert first.admin_key is None
+    assert len(first.effective_admin_key) >= 24
+    assert first.effective_admin_key != second.effective_admin_key
+    (value,) = _value(server_arguments(first, INSTALL, Path("/b")), "--http-restricted-api")
+    assert value.endswith(f"{ADMIN_KEY_HEADER}={first.effective_admin_key}")
+
+
+def test_strict_readiness_and_a_bounded_exit_timeout() -> None:
+    args = _args()
+    assert _value(args, "--strict-readiness") == ["true"]
+    assert 0 < int(_value(args, "--exit-timeout-secs")[0]) <= 60
+
+
+def test_dead_backend_stubs_are_watched_by_default() -> None:
+    assert ServerOptions(repository=Path("/r")).restart_dead_stubs
+
+
+def test_compose_publishes_on_loopback_with_restricted_apis_and_explicit_control() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    triton = compose["services"]["triton"]
+    assert all(str(port).startswith("127.0.0.1:") for port in triton["ports"])
+    command = " ".join(triton["command"])
+    assert "--model-control-mode=explicit" in command
+    assert "--http-restricted-api=model-repository,shared-memory,logging" in command
+    assert "--grpc-restricted-protocol=model-repository,shared-memory,logging" in command
+    assert "--model-repository=/models" in command
+    assert any(volume.endswith(":ro") for volume in triton["volumes"])
+
+
+def test_container_runs_as_non_root() -> None:
+    lines = (PROJECT_ROOT / "docker" / "Dockerfile").read_text().splitlines()
+    users = [line.split()[1] for line in lines if line.strip().upper().startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+
+
+def test_pixel_and_byte_limits_are_explicit_configured_and_enforced_in_pillow() -> None:
+    from PIL import Image
+
+    from resnet18_triton_export.model_configs import ServingSettings, preprocess_model_config
+
+    preprocess = preprocess_module()
+    settings = ServingSettings(max_image_pixels=1_000_000, max_image_bytes=2_000_000)
+    config = preprocess_model_config(settings)
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert parameters["max_image_pixels"] == "1000000"
+    assert parameters["max_image_bytes"] == "2000000"
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        model = preprocess.TritonPythonModel()
+        model.initialize({"model_config": json.dumps({
+            "input": [{"name": "IMAGE"}], "output": [{"name": "NORMALIZED_IMAGE"}],
+            "parameters": {key: {"string_value": value} for key, value in parameters.items()},
+        })})
+        assert model.limits == preprocess.Limits(1_000_000, 2_000_000)
+        assert Image.MAX_IMAGE_PIXELS == 1_000_000  # Pillow's own bomb check follows the limit
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    # The defaults exported are the model's own defaults: explicit, not Pillow's.
+    defaults = ServingSettings()
+    assert defaults.max_image_pixels == preprocess.DEFAULT_MAX_IMAGE_PIXELS
+    assert defaults.max_image_bytes == preprocess.DEFAULT_MAX_IMAGE_BYTES
+
+
+def test_decompression_bomb_is_refused_from_its_header() -> None:
+    from tests.corpus import jpeg_bomb, png_bomb
+
+    preprocess = preprocess_module()
+    small = preprocess.Limits(max_image_pixels=10_000)
+    for data in (png_bomb(50_000, 50_000), jpeg_bomb(60_000, 60_000)):
+        with pytest.raises(preprocess.ImageRejected, match="image too large"):
+            preprocess.decode_image(data)
+    with pytest.raises(preprocess.ImageRejected, match="exceeds the limit of 10000 pixels"):
+        preprocess.decode_image(png_bomb(200, 200), small)
+
+
+def test_the_cli_documents_the_admin_key() -> None:
+    from resnet18_triton_server.cli import serve
+
+    result = CliRunner().invoke(serve, ["--help"])
+    assert "triton-admin-key" in result.output and "random key" in result.output
