@@ -3,8 +3,16 @@
 The transform is torchvision's ``ResNet18_Weights.IMAGENET1K_V1.transforms()`` done with Pillow and
 NumPy, so that the served tensor is the one PyTorch would compute (bit for bit on the same Pillow):
 resize the shorter side to 256 (bilinear, Pillow's resize is antialiased), centre-crop 224, scale
-to [0, 1], normalise with the ImageNet mean and std. Grayscale, RGBA, palette, CMYK and 16-bit
-inputs are converted to RGB with ``Image.convert("RGB")``, as the reference does.
+to [0, 1], normalise with the ImageNet mean and std. Grayscale, LA, RGBA, palette and CMYK inputs
+are converted to RGB with ``Image.convert("RGB")``, as the reference does. Two decisions go beyond
+torchvision's transform (the test reference in ``tests/support.py`` makes the same ones):
+
+- the EXIF orientation is honoured (``ImageOps.exif_transpose``): the model sees the photo the way
+  every viewer shows it, not the sensor's raw landscape buffer;
+- 16-bit (and 32-bit integer) grayscale is scaled to 8 bits (``value >> 8``) before the RGB
+  conversion; Pillow's ``convert`` would clip it, turning almost every such image white.
+
+Animated images (GIF, WebP, APNG) are classified by their first frame.
 
 This file is self-contained (Pillow + NumPy only): it runs unchanged in the embedded server and in
 the official Triton container, where this project's Python package is not installed. Everything it
@@ -19,7 +27,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 try:  # Present inside the Triton Python-backend stub; absent when unit tests import this file.
     import triton_python_backend_utils as pb_utils
@@ -54,8 +62,14 @@ def resized_size(width: int, height: int, short_side: int = RESIZE_SIZE) -> tupl
     return int(short_side * width / height), short_side
 
 
-def decode_image(data: bytes, limits: Limits = Limits()) -> Image.Image:
-    """Decode encoded bytes to an RGB image, refusing what is not an image or is too large."""
+def decode_image(data: bytes, limits: Limits = Limits(), draft_min_size: int = 0) -> Image.Image:
+    """Decode encoded bytes to an RGB image, refusing what is not an image or is too large.
+
+    ``draft_min_size`` > 0 lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (``Image.draft``,
+    DCT-domain downscaling) as long as both sides stay >= ``draft_min_size``. Off (0) by default:
+    it changes the pixels of large JPEGs slightly (see docs/performance.md for the tolerance);
+    images smaller than twice the limit on either side decode exactly as without it.
+    """
     if not data:
         raise ImageRejected("empty image: the request carried 0 bytes")
     if len(data) > limits.max_image_bytes:
@@ -80,12 +94,28 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Image.Image:
             f"image too large: {width}x{height} = {width * height} pixels exceeds the limit of "
             f"{limits.max_image_pixels} pixels"
         )
+    if draft_min_size > 0 and image.format == "JPEG":
+        image.draft(None, (draft_min_size, draft_min_size))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as error:
         raise ImageRejected(f"corrupt or truncated {image.format or 'image'} data: {error}") from None
+    return to_rgb(image)
+
+
+EXIF_ORIENTATION_TAG = 0x0112
+WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB: EXIF orientation applied, wide integer grayscale scaled to 8 bits."""
+    if image.getexif().get(EXIF_ORIENTATION_TAG, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in WIDE_INTEGER_MODES:
+        pixels = np.asarray(image).astype(np.int64) >> 8
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
     return image.convert("RGB")
 
 
@@ -105,12 +135,14 @@ def preprocess_image(image: Image.Image) -> np.ndarray:
     return (scaled - MEAN) / STD
 
 
-def preprocess_bytes(data: bytes, limits: Limits = Limits()) -> np.ndarray:
+def preprocess_bytes(data: bytes, limits: Limits = Limits(), draft_min_size: int = 0) -> np.ndarray:
     """Encoded image bytes -> float32 [3, 224, 224]."""
-    return preprocess_image(decode_image(data, limits))
+    return preprocess_image(decode_image(data, limits, draft_min_size))
 
 
-def preprocess_batch(items: np.ndarray, limits: Limits = Limits()) -> np.ndarray:
+def preprocess_batch(
+    items: np.ndarray, limits: Limits = Limits(), draft_min_size: int = 0
+) -> np.ndarray:
     """An object array [N, 1] of encoded images -> float32 [N, 3, 224, 224].
 
     A bad image fails the whole request (Triton answers a request with one error), and the message
@@ -120,7 +152,7 @@ def preprocess_batch(items: np.ndarray, limits: Limits = Limits()) -> np.ndarray
     batch = np.empty((len(flat), 3, CROP_SIZE, CROP_SIZE), dtype=np.float32)
     for position, data in enumerate(flat):
         try:
-            batch[position] = preprocess_bytes(_as_bytes(data), limits)
+            batch[position] = preprocess_bytes(_as_bytes(data), limits, draft_min_size)
         except ImageRejected as error:
             prefix = f"image {position + 1} of {len(flat)}: " if len(flat) > 1 else ""
             raise ImageRejected(f"{prefix}{error}") from None
@@ -159,6 +191,9 @@ class TritonPythonModel:
         self.input_name = model_config["input"][0]["name"]
         self.output_name = model_config["output"][0]["name"]
         self.limits = limits_from_config(model_config)
+        # Image.draft for large JPEGs (0 = off, the default; see decode_image).
+        draft = model_config.get("parameters", {}).get("jpeg_draft_min_size", {}).get("string_value")
+        self.draft_min_size = int(draft) if draft else 0
         # Pillow's own bomb check warns at MAX_IMAGE_PIXELS and raises at twice that; keep it
         # consistent with our explicit limit, which is checked first with a clearer message.
         Image.MAX_IMAGE_PIXELS = self.limits.max_image_pixels
@@ -171,7 +206,7 @@ class TritonPythonModel:
         if tensor is None:
             return _error_response(f"missing input '{self.input_name}'")
         try:
-            batch = preprocess_batch(tensor.as_numpy(), self.limits)
+            batch = preprocess_batch(tensor.as_numpy(), self.limits, self.draft_min_size)
         except ImageRejected as error:
             return _error_response(str(error))
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)])
