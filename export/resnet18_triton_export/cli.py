@@ -35,13 +35,25 @@ from resnet18_triton_server.layout import default_repository, onnx_model_path
               help="Dynamic batching: how long a request may wait for others to join its batch.")
 @click.option("--max-image-pixels", default=40_000_000, show_default=True, type=click.IntRange(1),
               help="Preprocessing refuses images with more pixels (decompression bombs).")
+@click.option("--response-cache/--no-response-cache", default=False, show_default=True,
+              help="Mark the ensemble and classifier configs `response_cache { enable: true }`. "
+                   "Triton then answers a repeated request from its cache, but only when the "
+                   "server runs with a cache (serve --response-cache-bytes N); harmless without.")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="Add model_warmup samples (a generated JPEG for preprocess, zeros for the "
+                   "classifier) so the server is ready only once the models are warm.")
+@click.option("--openvino", is_flag=True,
+              help="Container only: ask the native ONNX Runtime backend for its OpenVINO "
+                   "accelerator. The embedded server's Python-based backend ignores it.")
 def export(weights: str, seed: int, repository: Path, opset: int, atol: float, cores: int | None,
            onnx_instances: int, max_batch_size: int, max_queue_delay_us: int,
-           max_image_pixels: int) -> None:
+           max_image_pixels: int, response_cache: bool = False, warmup: bool = True,
+           openvino: bool = False) -> None:
     """Export ResNet-18 to ONNX, check it against PyTorch and fill the Triton model repository."""
     settings = ServingSettings.from_core_budget(
         cores or available_cores(), onnx_instances, max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us, max_image_pixels=max_image_pixels,
+        response_cache=response_cache, warmup=warmup, openvino=openvino,
     )
     model, provenance = load_resnet18(weights, seed=seed)
     click.echo(f"weights: {provenance.describe()}", err=True)

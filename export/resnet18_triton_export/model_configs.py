@@ -46,6 +46,26 @@ class ServingSettings:
     preferred_batch_sizes: tuple[int, ...] = field(default_factory=tuple)
     max_image_pixels: int = 40_000_000
     max_image_bytes: int = 32 * 1024 * 1024
+    # Serving features (issue #5). response_cache only marks the configs as cacheable: Triton
+    # caches nothing unless the server also runs with --cache-config (serve
+    # --response-cache-bytes); a config with the flag loads fine on a server without a cache.
+    response_cache: bool = False
+    # model_warmup samples, so the first real request finds every model warm; Triton runs them
+    # while loading and reports the model (and, with strict readiness, the server) ready after.
+    warmup: bool = True
+    # Ask the container's native ONNX Runtime backend for its OpenVINO execution accelerator.
+    # Container only: this project's Python-based ONNX Runtime backend does not use it.
+    openvino: bool = False
+    # ONNX Runtime's intra-op pool busy-waits between ops by default; on a small machine that spin
+    # steals the core the preprocessing needs (measured: JPEG ensemble ~1.6x faster with it off,
+    # docs/performance.md). Rendered as session.intra_op.allow_spinning.
+    intra_op_spinning: bool = False
+    # ONNX Runtime's CPU memory arena keeps freed blocks; off saved 21-38 MB of the ORT stub's RSS
+    # with no measurable throughput change (docs/performance.md). Rendered as enable_mem_arena.
+    ort_memory_arena: bool = False
+    # Preprocess: Image.draft for JPEGs at least twice this size on both sides (0 = off). Off by
+    # default: it changes large JPEGs' probabilities slightly (tolerance in docs/performance.md).
+    jpeg_draft_min_size: int = 0
 
     @classmethod
     def from_core_budget(
@@ -92,9 +112,46 @@ def _cpu_instances(config: mc.ModelConfig, count: int) -> None:
     group.kind = mc.ModelInstanceGroup.KIND_CPU
 
 
-def onnx_model_config(settings: ServingSettings, provenance_json: str) -> mc.ModelConfig:
-    """The raw classifier: 1 NCHW FP32 input, 1 logits output, so stock Triton clients work."""
-    config = mc.ModelConfig(name=contract.ONNX_MODEL, backend="onnxruntime")
+# Warm-up data for the preprocess model: a small JPEG generated at export time, stored in the
+# model's ``warmup/`` directory as Triton's raw TYPE_STRING layout (4-byte little-endian length,
+# then the bytes). A malformed file crashes tritonserver 2.51 at load (SIGSEGV, measured).
+WARMUP_DIRNAME = "warmup"
+WARMUP_IMAGE_FILENAME = "sample_jpeg.bin"
+OPENVINO_ACCELERATOR = "openvino"
+
+
+def warmup_batch_sizes(settings: ServingSettings) -> list[int]:
+    """Batch 1 (the latency case) and the largest batch (sizes ONNX Runtime's buffers for it)."""
+    return sorted({1, settings.max_batch_size})
+
+
+def _zero_warmup(config: mc.ModelConfig, settings: ServingSettings, batch_sizes: list[int]) -> None:
+    if not settings.warmup:
+        return
+    for batch_size in batch_sizes:
+        sample = config.model_warmup.add(name=f"zeros_batch{batch_size}", batch_size=batch_size,
+                                         count=1)
+        for tensor in config.input:
+            sample.inputs[tensor.name].data_type = tensor.data_type
+            sample.inputs[tensor.name].dims.extend(tensor.dims)
+            sample.inputs[tensor.name].zero_data = True
+
+
+def _response_cache(config: mc.ModelConfig, settings: ServingSettings) -> None:
+    """On the ensembles (repeated images) and the classifiers (repeated tensors from clients
+    calling them directly); not on the Python steps, which only ever run on an ensemble miss."""
+    if settings.response_cache:
+        config.response_cache.enable = True
+
+
+def onnx_model_config(
+    settings: ServingSettings, provenance_json: str, name: str = contract.ONNX_MODEL
+) -> mc.ModelConfig:
+    """The raw classifier: 1 NCHW FP32 input, 1 logits output, so stock Triton clients work.
+
+    ``name`` serves the same layout under another name (the INT8 variant ``resnet18_int8``).
+    """
+    config = mc.ModelConfig(name=name, backend="onnxruntime")
     config.max_batch_size = settings.max_batch_size
     config.input.add(
         name=contract.ONNX_INPUT,
@@ -116,11 +173,17 @@ def onnx_model_config(settings: ServingSettings, provenance_json: str) -> mc.Mod
             "intra_op_thread_count": str(settings.intra_op_threads),
             "inter_op_thread_count": str(settings.inter_op_threads),
             "execution_mode": "0",
-            "enable_mem_arena": "1",
+            "enable_mem_arena": "1" if settings.ort_memory_arena else "0",
             "enable_mem_pattern": "1",
+            "session.intra_op.allow_spinning": "1" if settings.intra_op_spinning else "0",
             contract.PROVENANCE_PARAMETER: provenance_json,
         },
     )
+    if settings.openvino:
+        accelerators = config.optimization.execution_accelerators
+        accelerators.cpu_execution_accelerator.add(name=OPENVINO_ACCELERATOR)
+    _zero_warmup(config, settings, warmup_batch_sizes(settings))
+    _response_cache(config, settings)
     return config
 
 
@@ -141,8 +204,17 @@ def preprocess_model_config(settings: ServingSettings) -> mc.ModelConfig:
         {
             "max_image_pixels": str(settings.max_image_pixels),
             "max_image_bytes": str(settings.max_image_bytes),
+            "jpeg_draft_min_size": str(settings.jpeg_draft_min_size),
         },
     )
+    if settings.warmup:
+        sample = config.model_warmup.add(name="jpeg_batch1", batch_size=1, count=1)
+        image = sample.inputs[contract.PREPROCESS_INPUT]
+        image.data_type = mc.TYPE_STRING
+        image.dims.append(1)
+        image.input_data_file = WARMUP_IMAGE_FILENAME
+    # No response_cache here: a hit on the ensemble never reaches its steps, and each entry of
+    # this model would hold a 602 KB tensor, evicting ~150 of the ensemble's 4 KB answers.
     return config
 
 
@@ -154,12 +226,21 @@ def postprocess_model_config(settings: ServingSettings) -> mc.ModelConfig:
     config.output.add(name=contract.POSTPROCESS_OUTPUT, data_type=mc.TYPE_FP32, dims=[contract.NUM_CLASSES])
     _cpu_instances(config, 1)
     _dynamic_batching(config, settings)
+    _zero_warmup(config, settings, [1])
     return config
 
 
-def ensemble_model_config(settings: ServingSettings) -> mc.ModelConfig:
-    """IMAGE bytes -> preprocess -> resnet18_onnx -> postprocess -> labelled PROBABILITIES."""
-    config = mc.ModelConfig(name=contract.ENSEMBLE_MODEL, platform="ensemble")
+def ensemble_model_config(
+    settings: ServingSettings,
+    name: str = contract.ENSEMBLE_MODEL,
+    classifier: str = contract.ONNX_MODEL,
+) -> mc.ModelConfig:
+    """IMAGE bytes -> preprocess -> resnet18_onnx -> postprocess -> labelled PROBABILITIES.
+
+    ``name`` and ``classifier`` build a variant ensemble, e.g. ``resnet18_int8_ensemble`` running
+    ``resnet18_int8``. Ensembles take no model_warmup (their steps warm up on their own).
+    """
+    config = mc.ModelConfig(name=name, platform="ensemble")
     config.max_batch_size = settings.max_batch_size
     config.input.add(name=contract.ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(
@@ -172,7 +253,7 @@ def ensemble_model_config(settings: ServingSettings) -> mc.ModelConfig:
         (contract.PREPROCESS_MODEL,
          {contract.PREPROCESS_INPUT: contract.ENSEMBLE_INPUT},
          {contract.PREPROCESS_OUTPUT: "preprocessed_image"}),
-        (contract.ONNX_MODEL,
+        (classifier,
          {contract.ONNX_INPUT: "preprocessed_image"},
          {contract.ONNX_OUTPUT: "logits"}),
         (contract.POSTPROCESS_MODEL,
@@ -183,7 +264,43 @@ def ensemble_model_config(settings: ServingSettings) -> mc.ModelConfig:
         step = config.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
         step.input_map.update(input_map)
         step.output_map.update(output_map)
+    _response_cache(config, settings)
     return config
+
+
+def variant_configs(
+    onnx_config: mc.ModelConfig,
+    ensemble_config: mc.ModelConfig,
+    *,
+    onnx_name: str,
+    ensemble_name: str,
+    parameters: dict[str, str] | None = None,
+) -> list[mc.ModelConfig]:
+    """Copies of the FP32 classifier and ensemble configs serving another model file.
+
+    Used for the INT8 variant: deriving it from the configs already in the repository keeps
+    every serving choice made at export time (instances, threads, batching, warm-up, cache)
+    identical between FP32 and INT8, so the two are compared like for like. ``parameters`` are
+    added to (or replace) the classifier's string parameters, e.g. the quantisation recipe.
+    """
+    onnx = mc.ModelConfig()
+    onnx.CopyFrom(onnx_config)
+    onnx.name = onnx_name
+    _string_parameters(onnx, parameters or {})
+    ensemble = mc.ModelConfig()
+    ensemble.CopyFrom(ensemble_config)
+    ensemble.name = ensemble_name
+    renamed = 0
+    for step in ensemble.ensemble_scheduling.step:
+        if step.model_name == onnx_config.name:
+            step.model_name = onnx_name
+            renamed += 1
+    if renamed != 1:
+        raise ExportError(
+            f"ensemble {ensemble_config.name!r} has {renamed} steps running {onnx_config.name!r}; "
+            "expected exactly one"
+        )
+    return [onnx, ensemble]
 
 
 def all_model_configs(settings: ServingSettings, provenance_json: str) -> list[mc.ModelConfig]:

@@ -22,9 +22,19 @@ from pathlib import Path
 
 from resnet18_triton_client import contract
 from resnet18_triton_export.errors import ExportError
-from resnet18_triton_export.model_configs import ServingSettings, all_model_configs, render
+from resnet18_triton_export.model_configs import (
+    WARMUP_DIRNAME,
+    WARMUP_IMAGE_FILENAME,
+    ServingSettings,
+    all_model_configs,
+    parse,
+    render,
+    variant_configs,
+)
 from resnet18_triton_server.layout import (
     CONFIG_FILENAME,
+    INT8_ENSEMBLE_MODEL,
+    INT8_MODEL,
     PYTHON_MODELS,
     VERSION,
     default_repository,
@@ -36,6 +46,8 @@ def write_text_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         handle.write(text)
+    # NamedTemporaryFile creates 0600; a container serving as another uid must read the file.
+    os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
 
 
@@ -70,6 +82,60 @@ def write_configs(repo: Path, settings: ServingSettings, provenance_json: str) -
         written.append(path)
     # The ensemble has no files of its own, but Triton needs its version directory.
     (repo / contract.ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
+    if settings.warmup:
+        write_warmup_data(repo)
+    return written
+
+
+def warmup_jpeg() -> bytes:
+    """A small deterministic textured JPEG (320x240: the warm-up also exercises the resize)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:240, 0:320].astype(np.float32)
+    pixels = np.stack(
+        [127 + 120 * np.sin(0.031 * x + 0.017 * y + phase) for phase in (0.0, 2.1, 4.2)], axis=-1
+    ).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def write_warmup_data(repo: Path) -> Path:
+    """The preprocess model's warm-up sample: one JPEG in Triton's raw TYPE_STRING layout."""
+    data = warmup_jpeg()
+    path = repo / contract.PREPROCESS_MODEL / WARMUP_DIRNAME / WARMUP_IMAGE_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(len(data).to_bytes(4, "little") + data)
+    os.chmod(handle.name, 0o644)
+    os.replace(handle.name, path)
+    return path
+
+
+def write_int8_configs(repo: Path, parameters: dict[str, str]) -> list[Path]:
+    """Configs and labels of ``resnet18_int8`` and ``resnet18_int8_ensemble``, derived from the
+    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache)."""
+    sources = {}
+    for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
+        path = repo / name / CONFIG_FILENAME
+        if not path.is_file():
+            raise ExportError(f"{path} is missing: run `resnet18-triton export` first")
+        sources[name] = parse(path.read_text())
+    configs = variant_configs(
+        sources[contract.ONNX_MODEL], sources[contract.ENSEMBLE_MODEL],
+        onnx_name=INT8_MODEL, ensemble_name=INT8_ENSEMBLE_MODEL, parameters=parameters,
+    )
+    written = []
+    for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL)):
+        path = repo / config.name / CONFIG_FILENAME
+        write_text_atomically(path, render(config))
+        labels = repo / source / contract.LABELS_FILENAME
+        write_text_atomically(repo / config.name / contract.LABELS_FILENAME, labels.read_text())
+        written.append(path)
+    (repo / INT8_ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
     return written
 
 

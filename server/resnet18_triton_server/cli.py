@@ -9,9 +9,8 @@ from pathlib import Path
 
 import click
 
-from resnet18_triton_client import contract
 from resnet18_triton_server.embedded import ADMIN_KEY_ENV_VAR, EmbeddedServer, ServerOptions
-from resnet18_triton_server.layout import default_repository
+from resnet18_triton_server.layout import default_repository, has_int8, served_models
 
 
 @click.command("serve")
@@ -35,14 +34,22 @@ from resnet18_triton_server.layout import default_repository
               type=click.FloatRange(1), help="Seconds to wait for the models to load.")
 @click.option("--log-verbose", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--quiet", is_flag=True, help="Do not echo the server log.")
+@click.option("--int8/--no-int8", "int8", default=None,
+              help="Also serve resnet18_int8 and resnet18_int8_ensemble (written by "
+                   "`resnet18-triton quantize`). Default: when the repository holds them.")
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, metrics_port: int,
           admin_key: str | None, response_cache_bytes: int, exit_timeout_s: int,
-          ready_timeout_s: float, log_verbose: int, quiet: bool) -> None:
+          ready_timeout_s: float, log_verbose: int, quiet: bool, int8: bool | None = None) -> None:
     """Run the real Triton server on this machine (no Docker) until Ctrl-C or SIGTERM."""
+    if int8 and not has_int8(repository.resolve()):
+        raise click.ClickException(
+            f"--int8: {repository} holds no complete INT8 variant; run `resnet18-triton quantize`"
+        )
     options = ServerOptions(
         repository=repository.resolve(), host=host, http_port=http_port, grpc_port=grpc_port,
         metrics_port=metrics_port, admin_key=admin_key, response_cache_bytes=response_cache_bytes,
         exit_timeout_s=exit_timeout_s, ready_timeout_s=ready_timeout_s, log_verbose=log_verbose,
+        models=served_models(repository.resolve(), int8),
     )
     stop_requested = threading.Event()
 
@@ -55,7 +62,7 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, metrics_p
     server.start()
     try:
         click.echo(
-            f"ready: http://{server.url} (models: {', '.join(contract.SERVED_MODELS)}); "
+            f"ready: http://{server.url} (models: {', '.join(options.models)}); "
             "Ctrl-C to stop", err=True,
         )
         while not stop_requested.is_set():

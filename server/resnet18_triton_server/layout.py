@@ -13,6 +13,12 @@ CONFIG_FILENAME = "config.pbtxt"
 VERSION = "1"
 PYTHON_MODELS = (contract.PREPROCESS_MODEL, contract.POSTPROCESS_MODEL)
 
+# The INT8 variant written by `resnet18-triton quantize`: its own classifier and ensemble (same
+# preprocess and postprocess steps). Loaded after the FP32 models, ensemble last.
+INT8_MODEL = "resnet18_int8"
+INT8_ENSEMBLE_MODEL = "resnet18_int8_ensemble"
+INT8_MODELS = (INT8_MODEL, INT8_ENSEMBLE_MODEL)
+
 
 def default_repository() -> Path:
     """This checkout's ``model_repository/`` (the project installs editable from its checkout)."""
@@ -33,3 +39,24 @@ def missing_files(repo: Path) -> list[Path]:
         for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL)
     ]
     return [path for path in required if not path.is_file()]
+
+
+def int8_files(repo: Path) -> list[Path]:
+    """What serving the INT8 variant needs (written by ``resnet18-triton quantize``)."""
+    return [
+        onnx_model_path(repo, INT8_MODEL),
+        *[repo / name / CONFIG_FILENAME for name in INT8_MODELS],
+        *[repo / name / contract.LABELS_FILENAME for name in INT8_MODELS],
+    ]
+
+
+def has_int8(repo: Path) -> bool:
+    """True when ``repo`` holds a complete INT8 variant."""
+    return all(path.is_file() for path in int8_files(repo))
+
+
+def served_models(repo: Path, int8: bool | None = None) -> tuple[str, ...]:
+    """Models to load, in load order: the FP32 set, plus the INT8 variant when asked for
+    (``int8=True``) or, with ``int8=None``, when the repository holds it."""
+    with_int8 = has_int8(repo) if int8 is None else int8
+    return contract.SERVED_MODELS + (INT8_MODELS if with_int8 else ())

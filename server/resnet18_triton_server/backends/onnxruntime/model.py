@@ -111,6 +111,13 @@ class TritonPythonModel:
             providers=["CPUExecutionProvider"],
         )
         self.run_options = run_options(self.model_config)
+        accelerators = self.model_config.get("optimization", {}).get("execution_accelerators", {})
+        if accelerators.get("cpu_execution_accelerator"):
+            # OpenVINO and friends are a feature of the container's native backend only.
+            pb_utils.Logger.log_warn(
+                "execution accelerators are ignored by the Python-based onnxruntime backend; "
+                "running on ONNX Runtime's CPU provider (use the container for OpenVINO)"
+            )
 
     def execute(self, requests: list) -> list:
         per_request = [self._inputs_of(request) for request in requests]

@@ -1,0 +1,143 @@
+"""Response cache and model warm-up on the real Triton server (each test class its own server).
+
+The repository is the session export (random weights: the answers do not matter here, only that
+they are identical and where they come from) with configs rewritten for these features.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnet18_triton_client import contract
+from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton_server.layout import onnx_model_path
+from tests.support import encode, gradient_image
+
+CACHE_BYTES = 32 * 1024 * 1024
+
+
+def _repository(source: Path, target: Path, **settings: object) -> Path:
+    from resnet18_triton_export.model_configs import ServingSettings
+    from resnet18_triton_export.repository import fill_repository
+    from resnet18_triton_export.weights import imagenet_categories
+
+    onnx_model_path(target).parent.mkdir(parents=True)
+    shutil.copyfile(onnx_model_path(source), onnx_model_path(target))
+    provenance = '{"seed":0,"source":"random"}'
+    fill_repository(target, ServingSettings(**settings), provenance, imagenet_categories())
+    return target
+
+
+def _server(repo: Path, cache_bytes: int, log: io.StringIO | None = None) -> EmbeddedServer:
+    """log_verbose=1: Triton logs each warm-up sample it runs (kept whole in ``log``)."""
+    return EmbeddedServer(ServerOptions(
+        repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        response_cache_bytes=cache_bytes, exit_timeout_s=5, log_verbose=1,
+    ), log_stream=log)
+
+
+def _image(seed: int) -> bytes:
+    return encode(gradient_image(640, 480, seed=seed), "JPEG", quality=90)
+
+
+def _infer(client, data: bytes) -> tuple[float, np.ndarray]:
+    import tritonclient.http as httpclient
+
+    tensor = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[data]], dtype=object))
+    start = time.perf_counter()
+    result = client.infer(contract.ENSEMBLE_MODEL, [tensor])
+    return time.perf_counter() - start, result.as_numpy(contract.ENSEMBLE_OUTPUT)
+
+
+def _cache_stats(client, model: str = contract.ENSEMBLE_MODEL) -> tuple[int, int]:
+    stats = client.get_inference_statistics(model)["model_stats"][0]["inference_stats"]
+    return stats["cache_hit"]["count"], stats["cache_miss"]["count"]
+
+
+@pytest.fixture()
+def client_for():
+    import tritonclient.http as httpclient
+
+    clients = []
+
+    def make(url: str):
+        clients.append(httpclient.InferenceServerClient(url, network_timeout=120.0))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def cached_server(exported_repository: Path, tmp_path_factory) -> Iterator[EmbeddedServer]:
+    repo = _repository(exported_repository, tmp_path_factory.mktemp("cached"), response_cache=True)
+    with _server(repo, CACHE_BYTES) as running:
+        yield running
+
+
+def test_repeated_image_is_answered_from_the_cache(cached_server, client_for) -> None:
+    client = client_for(cached_server.url)
+    hits_before, misses_before = _cache_stats(client)
+    image = _image(seed=501)
+    miss_s, first = _infer(client, image)
+    repeats = [_infer(client, image) for _ in range(5)]
+    hits, misses = _cache_stats(client)
+    assert misses - misses_before == 1
+    assert hits - hits_before == 5  # Triton's statistics show the hits
+    # Only the ensemble and the classifier cache; the preprocessing never stores 602 KB tensors.
+    assert _cache_stats(client, contract.PREPROCESS_MODEL) == (0, 0)
+    for _, answer in repeats:
+        np.testing.assert_array_equal(answer, first)  # the identical answer
+    hit_s = statistics.median(seconds for seconds, _ in repeats)
+    print(f"\ncache: miss {miss_s * 1e3:.1f} ms, hit {hit_s * 1e3:.2f} ms (median of 5)")
+    assert hit_s < miss_s
+    # A different image is a miss and gets its own answer.
+    _, other = _infer(client, _image(seed=502))
+    assert _cache_stats(client)[1] - misses == 1
+    assert not np.array_equal(other, first)
+
+
+def test_cache_flags_in_configs_are_harmless_without_a_server_cache(
+    exported_repository: Path, tmp_path: Path, client_for
+) -> None:
+    """Checked on the real server: configs with response_cache enabled load without
+    --cache-config; Triton then simply caches nothing."""
+    repo = _repository(exported_repository, tmp_path / "repo", response_cache=True, warmup=False)
+    log = io.StringIO()
+    with _server(repo, 0, log) as server:
+        client = client_for(server.url)
+        image = _image(seed=503)
+        _, first = _infer(client, image)
+        _, second = _infer(client, image)
+        np.testing.assert_array_equal(first, second)
+        assert _cache_stats(client) == (0, 0)
+        assert re.search(r"cache_enabled\s+\|\s+0", log.getvalue())
+
+
+def test_server_is_ready_only_after_warm_up(exported_repository: Path, tmp_path: Path,
+                                            client_for) -> None:
+    repo = _repository(exported_repository, tmp_path / "repo", warmup=True)
+    stream = io.StringIO()
+    with _server(repo, 0, stream) as server:
+        log = stream.getvalue()  # everything logged until the server reported ready
+        for model in (contract.PREPROCESS_MODEL, contract.ONNX_MODEL, contract.POSTPROCESS_MODEL):
+            assert re.search(f"model '{model}' instance \\S+ is running warmup sample", log), model
+        assert "failed to run warmup sample" not in log
+        client = client_for(server.url)
+        first_s, _ = _infer(client, _image(seed=600))
+        rest = [_infer(client, _image(seed=601 + i))[0] for i in range(6)]
+        median = statistics.median(rest)
+        print(f"\nwarm server: first request {first_s * 1e3:.1f} ms, then median {median * 1e3:.1f} ms")
+        # Without warm-up the first request measured ~5x the median; warm it is within noise.
+        assert first_s < 2.5 * median + 0.05

@@ -1,0 +1,123 @@
+"""Configs for the serving features of issue #5: warm-up, response cache, OpenVINO, INT8 variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc")
+from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
+
+from resnet18_triton_client import contract  # noqa: E402
+from resnet18_triton_export.errors import ExportError  # noqa: E402
+from resnet18_triton_export.model_configs import (  # noqa: E402
+    WARMUP_DIRNAME,
+    WARMUP_IMAGE_FILENAME,
+    ServingSettings,
+    all_model_configs,
+    ensemble_model_config,
+    onnx_model_config,
+    parse,
+    render,
+    variant_configs,
+)
+from resnet18_triton_export.repository import write_configs, write_int8_configs  # noqa: E402
+from resnet18_triton_server import layout  # noqa: E402
+from tests.support import preprocess_module  # noqa: E402
+
+PROVENANCE = '{"seed":0,"source":"random"}'
+
+
+def by_name(settings: ServingSettings) -> dict[str, mc.ModelConfig]:
+    return {config.name: config for config in all_model_configs(settings, PROVENANCE)}
+
+
+def test_defaults_warm_up_and_do_not_cache() -> None:
+    configs = by_name(ServingSettings())
+    assert not any(config.HasField("response_cache") for config in configs.values())
+    onnx = configs[contract.ONNX_MODEL]
+    assert [w.batch_size for w in onnx.model_warmup] == [1, 8]
+    assert all(w.inputs[contract.ONNX_INPUT].zero_data for w in onnx.model_warmup)
+    assert list(onnx.model_warmup[0].inputs[contract.ONNX_INPUT].dims) == [3, 224, 224]
+    (sample,) = configs[contract.PREPROCESS_MODEL].model_warmup
+    assert sample.inputs[contract.PREPROCESS_INPUT].input_data_file == WARMUP_IMAGE_FILENAME
+    assert sample.inputs[contract.PREPROCESS_INPUT].data_type == mc.TYPE_STRING
+    assert len(configs[contract.POSTPROCESS_MODEL].model_warmup) == 1
+    # Triton does not warm up ensembles; their steps are warm.
+    assert not configs[contract.ENSEMBLE_MODEL].model_warmup
+    assert not onnx.optimization.execution_accelerators.cpu_execution_accelerator
+
+
+def test_no_warmup_writes_no_samples() -> None:
+    assert not any(c.model_warmup for c in by_name(ServingSettings(warmup=False)).values())
+
+
+def test_response_cache_marks_the_ensemble_and_the_classifier() -> None:
+    configs = by_name(ServingSettings(response_cache=True))
+    cached = {name for name, config in configs.items() if config.response_cache.enable}
+    assert cached == {contract.ENSEMBLE_MODEL, contract.ONNX_MODEL}
+
+
+def test_openvino_accelerator_is_on_the_onnx_model_only() -> None:
+    configs = by_name(ServingSettings(openvino=True))
+    accelerators = configs[contract.ONNX_MODEL].optimization.execution_accelerators
+    assert [a.name for a in accelerators.cpu_execution_accelerator] == ["openvino"]
+    assert "openvino" in render(configs[contract.ONNX_MODEL])
+
+
+def test_warmup_file_is_a_length_prefixed_jpeg_the_preprocessing_accepts(tmp_path: Path) -> None:
+    write_configs(tmp_path, ServingSettings(), PROVENANCE)
+    data = (tmp_path / contract.PREPROCESS_MODEL / WARMUP_DIRNAME / WARMUP_IMAGE_FILENAME).read_bytes()
+    length = int.from_bytes(data[:4], "little")
+    assert length == len(data) - 4  # a wrong prefix crashes tritonserver 2.51 at load
+    assert data[4:6] == b"\xff\xd8"  # JPEG
+    assert preprocess_module().preprocess_bytes(data[4:]).shape == (3, 224, 224)
+
+
+def test_named_builders_make_a_variant() -> None:
+    settings = ServingSettings()
+    onnx = onnx_model_config(settings, PROVENANCE, name=layout.INT8_MODEL)
+    ensemble = ensemble_model_config(settings, name=layout.INT8_ENSEMBLE_MODEL,
+                                     classifier=layout.INT8_MODEL)
+    assert onnx.name == layout.INT8_MODEL
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        contract.PREPROCESS_MODEL, layout.INT8_MODEL, contract.POSTPROCESS_MODEL]
+
+
+def test_variant_configs_copy_every_serving_choice() -> None:
+    configs = by_name(ServingSettings(onnx_instances=2, intra_op_threads=1, response_cache=True))
+    onnx, ensemble = variant_configs(
+        configs[contract.ONNX_MODEL], configs[contract.ENSEMBLE_MODEL],
+        onnx_name=layout.INT8_MODEL, ensemble_name=layout.INT8_ENSEMBLE_MODEL,
+        parameters={"quantization": "{}"},
+    )
+    expected = mc.ModelConfig()
+    expected.CopyFrom(configs[contract.ONNX_MODEL])
+    expected.name = layout.INT8_MODEL
+    expected.parameters["quantization"].string_value = "{}"
+    assert onnx == expected
+    steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
+    assert steps == [contract.PREPROCESS_MODEL, layout.INT8_MODEL, contract.POSTPROCESS_MODEL]
+    assert ensemble.response_cache.enable
+    with pytest.raises(ExportError, match="exactly one"):
+        variant_configs(configs[contract.ONNX_MODEL], configs[contract.ONNX_MODEL],
+                        onnx_name="a", ensemble_name="b")
+
+
+def test_write_int8_configs_needs_the_fp32_export(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="export"):
+        write_int8_configs(tmp_path, {})
+    write_configs(tmp_path, ServingSettings(), PROVENANCE)
+    for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
+        (tmp_path / name / contract.LABELS_FILENAME).write_text("label\n")
+    written = write_int8_configs(tmp_path, {"quantization": "{}"})
+    assert [p.parent.name for p in written] == list(layout.INT8_MODELS)
+    assert parse(written[0].read_text()).parameters["quantization"].string_value == "{}"
+    assert (tmp_path / layout.INT8_MODEL / contract.LABELS_FILENAME).read_text() == "label\n"
+    assert not layout.has_int8(tmp_path)  # no model.onnx yet
+    layout.onnx_model_path(tmp_path, layout.INT8_MODEL).parent.mkdir(parents=True)
+    layout.onnx_model_path(tmp_path, layout.INT8_MODEL).write_bytes(b"onnx")
+    assert layout.has_int8(tmp_path)
+    assert layout.served_models(tmp_path) == contract.SERVED_MODELS + layout.INT8_MODELS
+    assert layout.served_models(tmp_path, int8=False) == contract.SERVED_MODELS
