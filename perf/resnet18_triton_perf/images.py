@@ -1,0 +1,61 @@
+"""Deterministic JPEG sets for the benchmarks: typical 500x375 photos and 12-megapixel ones.
+
+The pixels are smooth gradients plus noise (seeded), so the files compress like photographs
+(~60-100 KB at 500x375, several MB at 4000x3000) and decoding costs what a real photo costs.
+Generated files are cached by name in the target folder, so repeated runs reuse them.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+TYPICAL_SIZE = (500, 375)
+LARGE_SIZE = (4000, 3000)  # 12 megapixels
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def photo_like(width: int, height: int, seed: int):
+    """A textured RGB PIL image, distinct per seed."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    scale = 500.0 / max(width, height)  # same structure at every resolution
+    channels = []
+    for _ in range(3):
+        fx, fy = rng.uniform(0.005, 0.05, size=2) * scale
+        phase = rng.uniform(0, 6.28)
+        channels.append(127 + 110 * np.sin(fx * x + fy * y + phase))
+    pixels = np.stack(channels, axis=-1)
+    pixels += rng.normal(0, 10, size=(height, width, 3)).astype(np.float32)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def jpeg_bytes(width: int, height: int, seed: int, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    photo_like(width, height, seed).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def jpeg_set(folder: Path, size: tuple[int, int], count: int, seed: int = 0) -> list[Path]:
+    """``count`` JPEGs of ``size`` in ``folder`` (created once, then reused)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    paths = []
+    for index in range(count):
+        path = folder / f"photo_{width}x{height}_{seed + index:03d}.jpg"
+        if not path.is_file():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(jpeg_bytes(width, height, seed + index))
+            tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def read_folder(folder: Path, limit: int | None = None) -> list[Path]:
+    """Image files of a folder (sorted, non-recursive)."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return paths[:limit] if limit else paths

@@ -1,0 +1,42 @@
+"""A short real perf_analyzer run against the session's server (no timing assertions)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from resnet18_triton_perf import images
+from resnet18_triton_perf import perf_analyzer as pa
+from resnet18_triton_perf.loadtest import LoadTestPlan, run_loadtest
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> pa.PerfAnalyzer:
+    try:
+        found = pa.locate()
+        found.version()
+    except pa.PerfAnalyzerError as error:
+        pytest.skip(f"perf_analyzer cannot run here: {error}")
+    return found
+
+
+def test_loadtest_ensemble_and_raw(analyzer: pa.PerfAnalyzer, url: str, tmp_path: Path) -> None:
+    files = images.jpeg_set(tmp_path / "images", (500, 375), 2)
+    plan = LoadTestPlan(url=url, out=tmp_path / "out", images=files, concurrency="1",
+                        measurement_interval_ms=1000, stability_percentage=100, max_trials=3,
+                        image_label="500x375")
+    results = run_loadtest(plan, analyzer, echo=lambda _text: None)
+
+    assert [result.sweep.model for result in results] == ["resnet18", "resnet18_onnx"]
+    for result in results:
+        assert result.rows, f"{result.label}: no rows"
+        assert result.failed_requests == 0
+        assert result.successful_requests and result.successful_requests > 0
+        with result.csv_path.open() as stream:
+            assert len(list(csv.DictReader(stream))) >= 1
+    with (plan.out / "loadtest.csv").open() as stream:
+        assert len(list(csv.DictReader(stream))) == 2
+    assert (plan.out / "loadtest.md").is_file()
+    assert (plan.out / "loadtest.png").read_bytes()[:4] == b"\x89PNG"
