@@ -26,7 +26,7 @@ from resnet18_triton_server.layout import (  # noqa: E402
     onnx_model_path,
     served_models,
 )
-from tests.unit.test_quantize import digits_int8_repository, digits_model  # noqa: E402
+from tests.digits import digits_int8_repository, digits_model  # noqa: E402
 
 IMAGES = 8
 

@@ -17,8 +17,6 @@ test quantises the classifier head too, which measures ~90% agreement on this mo
 
 from __future__ import annotations
 
-import functools
-import io
 import json
 from pathlib import Path
 
@@ -32,11 +30,15 @@ from click.testing import CliRunner  # noqa: E402
 
 from resnet18_triton_export import quantize as q  # noqa: E402
 from resnet18_triton_export.fidelity import compare_logits, softmax  # noqa: E402
+from tests.digits import (  # noqa: E402
+    HELD_OUT,
+    digits_int8_repository,
+    digits_model,
+    export_repository,
+    write_images,
+)
 from tests.support import SAMPLE_FILES, preprocess_module  # noqa: E402
 
-DIGITS_SEED = 0
-TRAIN, CALIBRATION, HELD_OUT = 200, 48, 100
-OTHER_CLASS_BIAS = -50.0
 
 
 # --- fast unit tests
@@ -97,106 +99,6 @@ def test_fidelity_figures() -> None:
     assert report.mean_prob_diff == pytest.approx(diff.mean())
     assert not report.passes(0.99) and report.passes(0.5)
     assert "top-1 agreement" in report.table() and "0.25x" in report.table()
-
-
-# --- the meaningful model
-
-
-def _digit_png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    gray = (pixels * (255 / 16)).astype(np.uint8)
-    image = Image.fromarray(gray, "L").resize((64, 64), Image.Resampling.BILINEAR).convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@functools.lru_cache(maxsize=1)
-def digits_model():
-    """(model, splits, held-out accuracy): a seeded random ResNet-18 whose fc is fitted on digits.
-
-    ``splits`` maps "calibration" and "held_out" to (list of PNG bytes, labels); the training
-    digits are used for nothing else.
-    """
-    import torch
-    from sklearn.linear_model import LogisticRegression
-
-    from resnet18_triton_export.weights import load_resnet18
-
-    digits = sklearn_datasets.load_digits()
-    order = np.random.default_rng(DIGITS_SEED).permutation(len(digits.images))
-    ids = {
-        "train": order[:TRAIN],
-        "calibration": order[TRAIN : TRAIN + CALIBRATION],
-        "held_out": order[TRAIN + CALIBRATION : TRAIN + CALIBRATION + HELD_OUT],
-    }
-    pngs = {name: [_digit_png(digits.images[i]) for i in idx] for name, idx in ids.items()}
-    preprocess = q.load_preprocess_module()
-    model, _ = load_resnet18("random", seed=DIGITS_SEED)
-    fc, model.fc = model.fc, torch.nn.Identity()
-
-    def features(name: str) -> np.ndarray:
-        batch = np.stack([preprocess.preprocess_bytes(data) for data in pngs[name]])
-        with torch.inference_mode():
-            return model(torch.from_numpy(batch)).numpy().astype(np.float64)
-
-    train = features("train")
-    mean, std = train.mean(0), train.std(0) + 1e-6
-    head = LogisticRegression(C=1.0, max_iter=3000).fit((train - mean) / std, digits.target[ids["train"]])
-    weight = head.coef_ / std  # fold the standardisation into the linear layer
-    bias = head.intercept_ - weight @ mean
-    with torch.no_grad():
-        fc.weight.zero_()
-        fc.bias.fill_(OTHER_CLASS_BIAS)
-        fc.weight[:10] = torch.from_numpy(weight).float()
-        fc.bias[:10] = torch.from_numpy(bias).float()
-    model.fc = fc
-    model.eval()
-    held_out = features("held_out")  # logits of the whole model now that fc is back
-    accuracy = float((held_out.argmax(1) == digits.target[ids["held_out"]]).mean())
-    splits = {name: (pngs[name], digits.target[ids[name]]) for name in ("calibration", "held_out")}
-    return model, splits, accuracy
-
-
-def write_images(folder: Path, images: list[bytes]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, data in enumerate(images):
-        (folder / f"digit_{index:03d}.png").write_bytes(data)
-    return folder
-
-
-def export_repository(model, repo: Path, provenance_json: str, **settings: object) -> Path:
-    from resnet18_triton_export.model_configs import ServingSettings
-    from resnet18_triton_export.onnx_export import export_onnx
-    from resnet18_triton_export.repository import fill_repository
-    from resnet18_triton_export.weights import imagenet_categories
-    from resnet18_triton_server.layout import onnx_model_path
-
-    export_onnx(model, onnx_model_path(repo), provenance=provenance_json)
-    fill_repository(repo, ServingSettings(**settings), provenance_json, imagenet_categories())
-    return repo
-
-
-def digits_int8_repository(tmp_path: Path, **settings: object) -> tuple[Path, dict]:
-    """Export the digits model and run the real ``quantize`` command on it."""
-    from resnet18_triton_export.quantize_cli import quantize
-
-    model, splits, _ = digits_model()
-    repo = export_repository(model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}',
-                             **settings)
-    report = tmp_path / "report.json"
-    result = CliRunner().invoke(quantize, [
-        "--repo", str(repo),
-        "--calibration-images", str(write_images(tmp_path / "calibration", splits["calibration"][0])),
-        "--eval-images", str(write_images(tmp_path / "held_out", splits["held_out"][0])),
-        "--report", str(report),
-        # 99% (the default) is what this machine measures; 97% leaves room for CPUs whose INT8
-        # kernels differ (without VNNI, reduce_range turns on and weights get 7 bits).
-        "--min-agreement", "0.97",
-    ], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return repo, json.loads(report.read_text())
 
 
 def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
