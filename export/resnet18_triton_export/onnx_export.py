@@ -148,11 +148,15 @@ def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
     model = onnx.load(str(path))
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise ExportError("the exporter wrote external weight data; expected one .onnx file")
-    # Replace rather than duplicate keys the exporter may already have set.
+    set_metadata(model, metadata)
+    onnx.save(model, str(path))
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Set ``metadata_props`` keys, replacing (not duplicating) keys already present."""
     kept = [prop for prop in model.metadata_props if prop.key not in metadata]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
 

@@ -48,10 +48,11 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
-
 from resnet18_triton_client import contract
-from resnet18_triton_export.errors import ExportError
 from resnet18_triton_server.layout import VERSION, default_repository
+
+from resnet18_triton_export.errors import ExportError
+from resnet18_triton_export.onnx_export import set_metadata
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -268,9 +269,5 @@ def _copy_metadata(source: Path, target: Path, extra: dict[str, str]) -> None:
                 .metadata_props}
     metadata.update(extra)
     model = onnx.load(str(target))
-    kept = [prop for prop in model.metadata_props if prop.key not in metadata]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
+    set_metadata(model, metadata)
     onnx.save(model, str(target))
