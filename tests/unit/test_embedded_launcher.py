@@ -1,0 +1,45 @@
+"""The launcher's own checks: an incomplete Triton install and the backend directory it lays out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytriton")
+from resnet18_triton_server.embedded import (  # noqa: E402
+    ORT_BACKEND_SOURCE,
+    TritonInstall,
+    build_backend_directory,
+    server_environment,
+)
+from resnet18_triton_server.errors import ServerStartError  # noqa: E402
+
+
+def test_missing_binary_is_named_with_the_fix(tmp_path: Path) -> None:
+    install = replace(TritonInstall.locate(), server_binary=tmp_path / "bin" / "tritonserver")
+    with pytest.raises(ServerStartError) as caught:
+        install.check()
+    message = str(caught.value)
+    assert str(tmp_path / "bin" / "tritonserver") in message
+    assert "pip install --force-reinstall 'resnet18-triton[server]'" in message
+
+
+def test_backend_directory_holds_real_files_not_links(tmp_path: Path) -> None:
+    # Triton refuses a backend library whose real path escapes the backend directory.
+    backends = build_backend_directory(TritonInstall.locate(), tmp_path / "backends")
+    for path in ("python/libtriton_python.so", "python/triton_python_backend_stub",
+                 "python/triton_python_backend_utils.py", "onnxruntime/model.py"):
+        assert (backends / path).is_file() and not (backends / path).is_symlink(), path
+    assert (backends / "onnxruntime/model.py").read_bytes() == ORT_BACKEND_SOURCE.read_bytes()
+
+
+def test_server_environment_finds_libraries_and_this_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/somewhere")
+    install = TritonInstall.locate()
+    env = server_environment(install)
+    assert env["LD_LIBRARY_PATH"].split(":") == [str(install.library_dir), "/somewhere"]
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
