@@ -25,7 +25,7 @@ import re
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -42,6 +42,13 @@ from resnet18_triton_client.errors import (
     ResNet18TritonError,
     ServerUnavailableError,
 )
+from resnet18_triton_client.results import (
+    ClassificationResult,
+    HealthReport,
+    ModelHealth,
+    Prediction,
+    parse_classifications,
+)
 
 T = TypeVar("T")
 
@@ -49,59 +56,6 @@ T = TypeVar("T")
 # reset, garbage on the wire). Server-side failures arrive as InferenceServerException instead.
 _NETWORK_ERRORS = (OSError, HTTPParseError, gevent.Timeout)
 _HINT = "see `resnet18-triton health`"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One of the top-k classes for an image, as ranked by the server."""
-
-    label: str
-    index: int
-    probability: float
-
-
-@dataclass(frozen=True)
-class ClassificationResult:
-    """The outcome for one image: its predictions, or why there are none."""
-
-    path: str
-    predictions: list[Prediction] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass(frozen=True)
-class ModelHealth:
-    """Readiness of one model; ``detail`` carries the server's reason when it is not ready."""
-
-    name: str
-    ready: bool
-    versions: tuple[str, ...] = ()
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class HealthReport:
-    """What ``resnet18-triton health`` shows; ``provenance`` is None when it cannot be read."""
-
-    url: str
-    live: bool
-    ready: bool
-    models: tuple[ModelHealth, ...]
-    provenance: dict[str, Any] | None
-    provenance_error: str | None = None
-
-    @property
-    def all_ready(self) -> bool:
-        return self.live and self.ready and all(model.ready for model in self.models)
-
-    @property
-    def random_weights(self) -> bool:
-        """True when the served weights are random, i.e. every label is meaningless."""
-        return bool(self.provenance) and self.provenance.get("source") == "random"
 
 
 @dataclass(frozen=True)
@@ -122,31 +76,6 @@ class RetryPolicy:
         """The pauses between attempts (one fewer than ``attempts``)."""
         for attempt in range(max(self.attempts, 1) - 1):
             yield min(self.max_delay, self.initial_delay * 2**attempt)
-
-
-def parse_classification(entry: bytes | str) -> Prediction:
-    """Parse one classification-extension entry ``"probability:index:label"``.
-
-    Labels may contain ':' and ',' (ImageNet has both), hence ``maxsplit=2``. Without a label
-    file the server sends ``"probability:index"``; the label is then empty.
-    """
-    text = entry.decode("utf-8") if isinstance(entry, bytes) else str(entry)
-    parts = text.split(":", 2)
-    try:
-        return Prediction(
-            label=parts[2] if len(parts) == 3 else "",
-            index=int(parts[1]),
-            probability=float(parts[0]),
-        )
-    except (IndexError, ValueError):
-        raise ValueError(
-            f"not a 'probability:index:label' classification entry: {text!r}"
-        ) from None
-
-
-def parse_classifications(rows: np.ndarray) -> list[list[Prediction]]:
-    """Parse the ``[N, k]`` array of entries the server returns for N images."""
-    return [[parse_classification(entry) for entry in row] for row in np.atleast_2d(rows)]
 
 
 def server_message(error: InferenceServerException) -> str:

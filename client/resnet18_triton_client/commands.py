@@ -17,10 +17,11 @@ import click
 from tqdm import tqdm
 
 from resnet18_triton_client import contract
-from resnet18_triton_client.api import ClassificationResult, HealthReport, ImageClassifier
+from resnet18_triton_client.api import ImageClassifier
 from resnet18_triton_client.cli import EXIT_SOME_FAILED
 from resnet18_triton_client.errors import ResNet18TritonError
 from resnet18_triton_client.inputs import NoImagesError, expand_inputs
+from resnet18_triton_client.results import ClassificationResult, HealthReport
 
 # Connecting to a live server takes milliseconds; waiting longer only delays "unreachable".
 CONNECT_TIMEOUT = 5.0

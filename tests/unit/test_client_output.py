@@ -6,18 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from tritonclient.utils import InferenceServerException
-
-from resnet18_triton_client.api import (
-    ClassificationResult,
-    HealthReport,
-    ModelHealth,
-    Prediction,
-    RetryPolicy,
-    parse_classification,
-    parse_classifications,
-    server_message,
-)
+from resnet18_triton_client.api import RetryPolicy, server_message
 from resnet18_triton_client.commands import (
     describe_provenance,
     format_health,
@@ -25,6 +14,15 @@ from resnet18_triton_client.commands import (
     format_table,
     health_to_json,
 )
+from resnet18_triton_client.results import (
+    ClassificationResult,
+    HealthReport,
+    ModelHealth,
+    Prediction,
+    parse_classification,
+    parse_classifications,
+)
+from tritonclient.utils import InferenceServerException
 
 # --- parsing ---------------------------------------------------------------------------------
 

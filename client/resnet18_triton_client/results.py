@@ -1,0 +1,89 @@
+"""What the client hands back: predictions per image and the server's health, as plain data.
+
+Also the parser of Triton's classification-extension answers (``"probability:index:label"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One of the top-k classes for an image, as ranked by the server."""
+
+    label: str
+    index: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    """The outcome for one image: its predictions, or why there are none."""
+
+    path: str
+    predictions: list[Prediction] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    """Readiness of one model; ``detail`` carries the server's reason when it is not ready."""
+
+    name: str
+    ready: bool
+    versions: tuple[str, ...] = ()
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """What ``resnet18-triton health`` shows; ``provenance`` is None when it cannot be read."""
+
+    url: str
+    live: bool
+    ready: bool
+    models: tuple[ModelHealth, ...]
+    provenance: dict[str, Any] | None
+    provenance_error: str | None = None
+
+    @property
+    def all_ready(self) -> bool:
+        return self.live and self.ready and all(model.ready for model in self.models)
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the served weights are random, i.e. every label is meaningless."""
+        return bool(self.provenance) and self.provenance.get("source") == "random"
+
+
+def parse_classification(entry: bytes | str) -> Prediction:
+    """Parse one classification-extension entry ``"probability:index:label"``.
+
+    Labels may contain ':' and ',' (ImageNet has both), hence ``maxsplit=2``. Without a label
+    file the server sends ``"probability:index"``; the label is then empty.
+    """
+    text = entry.decode("utf-8") if isinstance(entry, bytes) else str(entry)
+    parts = text.split(":", 2)
+    try:
+        return Prediction(
+            label=parts[2] if len(parts) == 3 else "",
+            index=int(parts[1]),
+            probability=float(parts[0]),
+        )
+    except (IndexError, ValueError):
+        raise ValueError(
+            f"not a 'probability:index:label' classification entry: {text!r}"
+        ) from None
+
+
+def parse_classifications(rows: np.ndarray) -> list[list[Prediction]]:
+    """Parse the ``[N, k]`` array of entries the server returns for N images."""
+    return [[parse_classification(entry) for entry in row] for row in np.atleast_2d(rows)]
