@@ -23,6 +23,9 @@ from resnet18_triton_perf.report import (
     best, markdown_table, plot_throughput_latency, sweep_table, write_rows_csv,
 )
 from resnet18_triton_perf.stack import StackSampler
+from resnet18_triton_server.layout import (
+    INT8_ENSEMBLE_MODEL, INT8_MODEL, has_int8, onnx_model_path, served_models,
+)
 
 # The targets.
 SERVED_ENSEMBLE_VS_ORT = 0.95
@@ -48,6 +51,8 @@ class BenchPlan:
     max_trials: int = 10
     engines: tuple[str, ...] = ("eager", "torchscript", "ort")
     batches: tuple[int, ...] = (1, 8)
+    # Also sweep the INT8 ensemble (set when the repository holds one, see `quantize`).
+    int8: bool = False
 
 
 @dataclass
@@ -66,7 +71,6 @@ def _export_repository(repo: Path, echo) -> Path:
     from resnet18_triton_export.repository import fill_repository
     from resnet18_triton_export.verify import verify_onnx
     from resnet18_triton_export.weights import imagenet_categories, load_resnet18
-    from resnet18_triton_server.layout import onnx_model_path
 
     echo(f"exporting a model repository (random weights, seed 0, default settings) to {repo}")
     model, provenance = load_resnet18("random", seed=0)
@@ -93,8 +97,6 @@ def _environment(plan: BenchPlan) -> dict:
 
 
 def run_engines(plan: BenchPlan, repo: Path, typical: list[Path], large: list[Path], echo) -> list[dict]:
-    from resnet18_triton_server.layout import onnx_model_path
-
     onnx = str(onnx_model_path(repo))
     preprocess = str(repo / contract.PREPROCESS_MODEL / "1" / "model.py")
     specs = [inprocess.EngineSpec(engine, batch, plan.threads, plan.seconds, onnx_path=onnx)
@@ -103,6 +105,11 @@ def run_engines(plan: BenchPlan, repo: Path, typical: list[Path], large: list[Pa
         # The served model runs with spinning off; time in-process ORT both ways and compare the
         # served paths with the faster of the two.
         specs += [inprocess.EngineSpec("ort", batch, plan.threads, plan.seconds, onnx_path=onnx,
+                                       allow_spinning=False) for batch in plan.batches]
+    int8 = onnx_model_path(repo, INT8_MODEL)
+    if int8.is_file():
+        # The INT8 variant, timed like the served FP32 model (spinning off), side by side.
+        specs += [inprocess.EngineSpec("ort", batch, plan.threads, plan.seconds, onnx_path=str(int8),
                                        allow_spinning=False) for batch in plan.batches]
     for label, files in (("500x375", typical), ("12MP", large)):
         specs.append(inprocess.EngineSpec("pipeline", 1, plan.threads, plan.seconds, onnx_path=onnx,
@@ -114,6 +121,8 @@ def run_engines(plan: BenchPlan, repo: Path, typical: list[Path], large: list[Pa
         result = asdict(inprocess.measure(spec))
         if spec.engine == "pipeline":
             result["engine"] = f"pipeline {'12MP' if 'x3000' in spec.images[0] else '500x375'}"
+        elif spec.engine == "ort" and spec.onnx_path == str(int8):
+            result["engine"] = "ort-int8-nospin"
         elif spec.engine == "ort" and not spec.allow_spinning:
             result["engine"] = "ort-nospin"
         echo(f"  {result['ms_per_image']:.1f} ms/img, {result['images_per_s']:.1f} img/s, "
@@ -137,6 +146,9 @@ def run_served(plan: BenchPlan, url: str, pid: int | None, typical: list[Path], 
         ("ensemble 500x375", pa.Sweep(model=contract.ENSEMBLE_MODEL, input_data=typical_data, **common)),
         ("ensemble 12MP", pa.Sweep(model=contract.ENSEMBLE_MODEL, input_data=large_data, **common)),
     ]
+    if plan.int8:
+        sweeps.append(("int8 ensemble 500x375",
+                       pa.Sweep(model=INT8_ENSEMBLE_MODEL, input_data=typical_data, **common)))
     for label, sweep in sweeps:
         echo(f"served: {label} (perf_analyzer, concurrency {plan.concurrency}) ...")
         slug = label.replace(" ", "_")
@@ -163,13 +175,15 @@ def run_bench(plan: BenchPlan, echo=print) -> BenchResults:
     typical = image_sets.jpeg_set(cache / "500x375", image_sets.TYPICAL_SIZE, plan.typical_count)
     large = image_sets.jpeg_set(cache / "12MP", image_sets.LARGE_SIZE, plan.large_count, seed=100)
     results.engines = run_engines(plan, repo, typical, large, echo)
+    plan.int8 = plan.int8 or has_int8(repo)
     if plan.url:
         run_served(plan, plan.url, plan.server_pid, typical, large, results, echo)
     else:
         from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions, free_port
 
         options = ServerOptions(repository=repo.resolve(), http_port=free_port(),
-                                grpc_port=free_port(), metrics_port=free_port(), exit_timeout_s=10)
+                                grpc_port=free_port(), metrics_port=free_port(), exit_timeout_s=10,
+                                models=served_models(repo))
         echo(f"starting the embedded server on {options.http_url} ...")
         with open(plan.out / "tritonserver.log", "w") as log, \
                 EmbeddedServer(options, log_stream=log) as server:
@@ -245,6 +259,17 @@ def ratios(results: BenchResults) -> list[tuple[str, float | None, str, bool | N
     if raw and ens:
         add("served ensemble / served raw, best img/s", best(ens).throughput, best(raw).throughput,
             "-", None, "")
+    int8_ens = _rows(results, "int8 ensemble 500x375")
+    if int8_ens and ens:
+        add("served INT8 ensemble / served FP32 ensemble (500x375), best img/s",
+            best(int8_ens).throughput, best(ens).throughput, "-", None,
+            f"{best(int8_ens).throughput:.1f} vs {best(ens).throughput:.1f} img/s")
+    for batch in (1, 8):
+        int8_engine, fp32_engine = _engine(results, "ort-int8-nospin", batch), _engine(results, "ort-nospin", batch)
+        if int8_engine and fp32_engine:
+            add(f"in-process ORT INT8 / FP32 (spinning off), batch {batch} img/s",
+                int8_engine["images_per_s"], fp32_engine["images_per_s"], "-", None,
+                f"{int8_engine['images_per_s']:.1f} vs {fp32_engine['images_per_s']:.1f} img/s")
     return out
 
 
