@@ -82,6 +82,25 @@ def rss_mb(processes: dict[str, object]) -> dict[str, float]:
     return result
 
 
+def peak_rss_mb(processes: dict[str, object], window_s: float = 2.0,
+                interval_s: float = 0.05) -> dict[str, float]:
+    """Each process's highest RSS over ``window_s`` under load.
+
+    One snapshot is not a level: with ONNX Runtime's memory arena off (the default), the ORT stub
+    mallocs and frees a batch's activations (~25 MB at batch 8) on every run, so a single sample
+    depends on what is in flight at that instant. The peak over a window is the level a leak
+    would raise.
+    """
+    peak: dict[str, float] = {}
+    deadline = time.monotonic() + window_s
+    while True:
+        for role, mb in rss_mb(processes).items():
+            peak[role] = max(peak.get(role, mb), mb)
+        if time.monotonic() >= deadline:
+            return peak
+        time.sleep(interval_s)
+
+
 # --- load -------------------------------------------------------------------------------------
 
 
@@ -214,10 +233,10 @@ def run_soak(url: str, server_pid: int, duration_s: float, concurrency: int, war
     rss_start = rss_mb(processes)
     load = LoadGenerator(url, images, expected, concurrency, max_s=warmup_s + duration_s + 30).start()
     time.sleep(warmup_s)
+    rss_warm = peak_rss_mb(processes)
     warm = (load.stats.ok, time.monotonic())
-    rss_warm = rss_mb(processes)
     time.sleep(duration_s)
-    rss_end = rss_mb(processes)
+    rss_end = peak_rss_mb(processes)
     stats = load.stop()
     elapsed = time.monotonic() - warm[1]
     after_warmup = stats.ok - warm[0]
