@@ -33,6 +33,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from resnet18_triton_client import contract  # noqa: E402
+from resnet18_triton_server.layout import stub_model  # noqa: E402
 
 PROBABILITY_ATOL = 1e-6
 
@@ -46,13 +47,9 @@ def process_role(process) -> str:
         cmdline = process.cmdline()
     except Exception:  # noqa: BLE001 - gone or not ours
         return "?"
-    joined = " ".join(cmdline)
-    if "triton_python_backend_stub" in joined and len(cmdline) > 1:
-        # argv[1] is <repository>/<model>/<version>/model.py
-        parts = Path(cmdline[1]).parts
-        return parts[-3] if len(parts) >= 3 else joined
-    if cmdline and Path(cmdline[0]).name == "tritonserver":
-        return "tritonserver"
+    model = stub_model(cmdline)
+    if model:
+        return model
     return Path(cmdline[0]).name if cmdline else "?"
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+from resnet18_triton_server.layout import load_model_module
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = PROJECT_ROOT / "tests" / "data" / "samples"
@@ -25,11 +24,7 @@ LOGIT_ATOL = 1e-3
 
 def load_module(path: Path, name: str) -> ModuleType:
     """Import a file that is not part of a package (the Triton models' model.py)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_model_module(path, name)
 
 
 def preprocess_module() -> ModuleType:
@@ -108,9 +103,8 @@ class TorchReference:
 
     def __init__(self, seed: int = 0) -> None:
         import torch
-        from torchvision.models import ResNet18_Weights
-
         from resnet18_triton_export.weights import load_resnet18
+        from torchvision.models import ResNet18_Weights
 
         self.torch = torch
         self.model, self.provenance = load_resnet18("random", seed=seed)

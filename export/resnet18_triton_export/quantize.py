@@ -28,10 +28,8 @@ Choices exposed (see ``QuantizationRecipe``):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -49,7 +47,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from resnet18_triton_client import contract
-from resnet18_triton_server.layout import VERSION, default_repository
+from resnet18_triton_server.layout import VERSION, default_repository, load_model_module
 
 from resnet18_triton_export.errors import ExportError
 from resnet18_triton_export.onnx_export import set_metadata
@@ -135,12 +133,7 @@ def load_preprocess_module(repo: Path | None = None) -> ModuleType:
     path = next((path for path in candidates if path.is_file()), None)
     if path is None:
         raise ExportError(f"the preprocessing model is missing: looked for {candidates[0]}")
-    spec = importlib.util.spec_from_file_location(_PREPROCESS_MODULE_NAME, path)
-    module = importlib.util.module_from_spec(spec)
-    # Registered before running it: dataclasses look their module up in sys.modules.
-    sys.modules[_PREPROCESS_MODULE_NAME] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_model_module(path, _PREPROCESS_MODULE_NAME)
 
 
 def image_files(folder: Path) -> list[Path]:

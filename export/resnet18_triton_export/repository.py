@@ -41,14 +41,18 @@ from resnet18_triton_server.layout import (
 )
 
 
-def write_text_atomically(path: Path, text: str) -> None:
+def write_bytes_atomically(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename, so a running server never reads half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(data)
     # NamedTemporaryFile creates 0600; a container serving as another uid must read the file.
     os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def install_python_models(repo: Path, template: Path | None = None) -> None:
@@ -107,11 +111,7 @@ def write_warmup_data(repo: Path) -> Path:
     """The preprocess model's warm-up sample: one JPEG in Triton's raw TYPE_STRING layout."""
     data = warmup_jpeg()
     path = repo / contract.PREPROCESS_MODEL / WARMUP_DIRNAME / WARMUP_IMAGE_FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(len(data).to_bytes(4, "little") + data)
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
+    write_bytes_atomically(path, len(data).to_bytes(4, "little") + data)
     return path
 
 

@@ -16,7 +16,6 @@ time. ``peak_rss_mb`` is the process's RSS high-water mark (VmHWM) after the run
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import resource
@@ -129,11 +128,9 @@ def _ort_session(spec: EngineSpec):
 
 
 def _load_preprocess(path: str):
-    module_spec = importlib.util.spec_from_file_location("bench_preprocess_model", path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = module  # dataclasses look their module up there
-    module_spec.loader.exec_module(module)
-    return module
+    from resnet18_triton_server.layout import load_model_module
+
+    return load_model_module(Path(path), "bench_preprocess_model")
 
 
 def run_engine(spec: EngineSpec) -> EngineResult:

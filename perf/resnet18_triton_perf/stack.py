@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from resnet18_triton_server.layout import stub_model
+
 
 def _label(process) -> str:
     try:
@@ -21,11 +23,8 @@ def _label(process) -> str:
         return process.name()
     if cmdline[0].endswith("tritonserver"):
         return "tritonserver"
-    if "stub" in cmdline[0] and len(cmdline) > 1:
-        # argv[1] is <repo>/<model>/<version>/model.(py|onnx)
-        parts = cmdline[1].split("/")
-        return f"stub:{parts[-3]}" if len(parts) >= 3 else "stub"
-    return process.name()
+    model = stub_model(cmdline)
+    return f"stub:{model}" if model else process.name()
 
 
 def stack_rss(pid: int) -> dict[str, float]:

@@ -5,7 +5,11 @@ Standard library only, so that checking a repository needs neither torch nor the
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from resnet18_triton_client import contract
 
@@ -18,6 +22,9 @@ PYTHON_MODELS = (contract.PREPROCESS_MODEL, contract.POSTPROCESS_MODEL)
 INT8_MODEL = "resnet18_int8"
 INT8_ENSEMBLE_MODEL = "resnet18_int8_ensemble"
 INT8_MODELS = (INT8_MODEL, INT8_ENSEMBLE_MODEL)
+
+# Triton runs each Python-backend model instance as this child process of the server.
+STUB_BINARY = "triton_python_backend_stub"
 
 
 def default_repository() -> Path:
@@ -60,3 +67,27 @@ def served_models(repo: Path, int8: bool | None = None) -> tuple[str, ...]:
     (``int8=True``) or, with ``int8=None``, when the repository holds it."""
     with_int8 = has_int8(repo) if int8 is None else int8
     return contract.SERVED_MODELS + (INT8_MODELS if with_int8 else ())
+
+
+def stub_model(argv: Sequence[str]) -> str | None:
+    """The model a backend stub serves, from its command line; None for any other process.
+
+    A stub's argv[1] is ``<repo>/<model>/<version>/model.(py|onnx)``.
+    """
+    if len(argv) > 1 and Path(argv[0]).name == STUB_BINARY:
+        parts = Path(argv[1]).parts
+        if len(parts) >= 3:
+            return parts[-3]
+    return None
+
+
+def load_model_module(path: Path, name: str) -> ModuleType:
+    """Import a Triton ``model.py`` by file path (it is not part of any package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before running it: dataclasses look their module up in sys.modules.
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resnet18_triton_server.layout import stub_model
+
 if TYPE_CHECKING:  # only for type hints: embedded.py imports this module
     from resnet18_triton_server.embedded import EmbeddedServer
 
 ADMIN_KEY_HEADER = "triton-admin-key"
 
-STUB_BINARY = "triton_python_backend_stub"
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,9 @@ def stub_processes(server_pid: int) -> dict[int, tuple[str, bool]]:
         except (OSError, ValueError, IndexError):
             continue
         state = fields[0]
-        if argv and argv[0].endswith(STUB_BINARY.encode()) and len(argv) > 1:
-            model_path = Path(argv[1].decode(errors="replace"))  # <repo>/<model>/<version>/model.*
-            found[int(entry.name)] = (model_path.parent.parent.name, state not in ("Z", "X"))
+        model = stub_model([part.decode(errors="replace") for part in argv])
+        if model is not None:
+            found[int(entry.name)] = (model, state not in ("Z", "X"))
         elif state == "Z" and int(entry.name) not in found:
             # A zombie's cmdline is empty: remember it as dead; its model is known from before.
             found[int(entry.name)] = ("", False)

@@ -43,3 +43,13 @@ def test_server_environment_finds_libraries_and_this_python(monkeypatch: pytest.
     env = server_environment(install)
     assert env["LD_LIBRARY_PATH"].split(":") == [str(install.library_dir), "/somewhere"]
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+
+
+def test_stub_model_reads_the_model_from_a_stub_command_line() -> None:
+    from resnet18_triton_server.layout import stub_model
+
+    stub = "/tmp/backends/python/triton_python_backend_stub"
+    assert stub_model([stub, "/repo/preprocess/1/model.py", "triton_python_backend_shm"]) == "preprocess"
+    assert stub_model([stub, "/repo/resnet18_onnx/1/model.onnx"]) == "resnet18_onnx"
+    assert stub_model(["/usr/bin/tritonserver", "/repo/preprocess/1/model.py"]) is None
+    assert stub_model([stub]) is None
