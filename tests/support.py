@@ -31,10 +31,6 @@ def preprocess_module() -> ModuleType:
     return load_module(MODEL_REPOSITORY / "preprocess" / "1" / "model.py", "preprocess_model")
 
 
-def postprocess_module() -> ModuleType:
-    return load_module(MODEL_REPOSITORY / "postprocess" / "1" / "model.py", "postprocess_model")
-
-
 def encode(image, fmt: str, **save_args) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save_args)

@@ -17,16 +17,17 @@ PREPROCESS_MODEL = "preprocess"
 PREPROCESS_INPUT = "IMAGE"
 PREPROCESS_OUTPUT = "NORMALIZED_IMAGE"
 
+# The classifier has two outputs, both [batch, 1000] float32, in this order: the raw logits, and
+# softmax(logits) over the classes, computed inside the ONNX graph (no separate postprocessing
+# model). The ensemble maps the classifier's probabilities straight to ENSEMBLE_OUTPUT.
 ONNX_MODEL = "resnet18_onnx"
 ONNX_INPUT = "input"
 ONNX_OUTPUT = "logits"
-
-POSTPROCESS_MODEL = "postprocess"
-POSTPROCESS_INPUT = "LOGITS"
-POSTPROCESS_OUTPUT = "PROBABILITIES"
+ONNX_PROBABILITIES = "probabilities"
+ONNX_OUTPUTS = (ONNX_OUTPUT, ONNX_PROBABILITIES)
 
 # Load order for explicit model control: steps first, ensemble last.
-SERVED_MODELS = (PREPROCESS_MODEL, ONNX_MODEL, POSTPROCESS_MODEL, ENSEMBLE_MODEL)
+SERVED_MODELS = (PREPROCESS_MODEL, ONNX_MODEL, ENSEMBLE_MODEL)
 
 IMAGE_SIZE = 224
 RESIZE_SIZE = 256

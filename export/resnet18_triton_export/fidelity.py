@@ -4,8 +4,10 @@ Figures, on held-out images (never the calibration images):
 
 * top-1 agreement: the share of images whose most probable class is the same;
 * top-5 overlap: the mean share of the FP32 top-5 classes that are also in the INT8 top-5;
-* probability difference: for each image the largest |p_fp32 - p_int8| over the classes (softmax
-  of the logits); the report gives the maximum and the mean of that over the images;
+* probability difference: for each image the largest |p_fp32 - p_int8| over the classes (a float64
+  softmax of each model's logits: what its own ``probabilities`` output computes, up to float32
+  rounding, since quantisation never touches the Softmax node); the report gives the maximum and
+  the mean of that over the images;
 * model size in bytes of both files.
 
 Top-1 agreement only means something when the FP32 model is confident: with random weights the

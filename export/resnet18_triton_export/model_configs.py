@@ -1,8 +1,10 @@
 """Triton model configs built as ``ModelConfig`` protobuf messages and rendered to text.
 
-One function per model of the repository. Nothing here pastes strings together: the messages come
-from ``tritonclient.grpc.model_config_pb2`` (Triton's own schema), so a misspelt field fails here,
-not at server start.
+One function per model of the repository: ``preprocess`` (Python backend), ``resnet18_onnx``
+(logits and softmax probabilities, both computed by the ONNX graph) and the ``resnet18`` ensemble
+chaining the two. Nothing here pastes strings together: the messages come from
+``tritonclient.grpc.model_config_pb2`` (Triton's own schema), so a misspelt field fails here, not
+at server start.
 
 The core budget rule
 --------------------
@@ -139,7 +141,8 @@ def _zero_warmup(config: mc.ModelConfig, settings: ServingSettings, batch_sizes:
 
 def _response_cache(config: mc.ModelConfig, settings: ServingSettings) -> None:
     """On the ensembles (repeated images) and the classifiers (repeated tensors from clients
-    calling them directly); not on the Python steps, which only ever run on an ensemble miss."""
+    calling them directly); not on the Python preprocess step, which only ever runs on an
+    ensemble miss."""
     if settings.response_cache:
         config.response_cache.enable = True
 
@@ -147,7 +150,9 @@ def _response_cache(config: mc.ModelConfig, settings: ServingSettings) -> None:
 def onnx_model_config(
     settings: ServingSettings, provenance_json: str, name: str = contract.ONNX_MODEL
 ) -> mc.ModelConfig:
-    """The raw classifier: 1 NCHW FP32 input, 1 logits output, so stock Triton clients work.
+    """The raw classifier: 1 NCHW FP32 input; outputs ``logits`` and ``probabilities`` (softmax
+    of the logits, computed in the ONNX graph), both labelled, so a raw caller can ask the
+    classification extension for the top-k of either.
 
     ``name`` serves the same layout under another name (the INT8 variant ``resnet18_int8``).
     """
@@ -159,12 +164,13 @@ def onnx_model_config(
         format=mc.ModelInput.FORMAT_NCHW,
         dims=[contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE],
     )
-    config.output.add(
-        name=contract.ONNX_OUTPUT,
-        data_type=mc.TYPE_FP32,
-        dims=[contract.NUM_CLASSES],
-        label_filename=contract.LABELS_FILENAME,
-    )
+    for output in contract.ONNX_OUTPUTS:
+        config.output.add(
+            name=output,
+            data_type=mc.TYPE_FP32,
+            dims=[contract.NUM_CLASSES],
+            label_filename=contract.LABELS_FILENAME,
+        )
     _cpu_instances(config, settings.onnx_instances)
     _dynamic_batching(config, settings)
     _string_parameters(
@@ -218,26 +224,16 @@ def preprocess_model_config(settings: ServingSettings) -> mc.ModelConfig:
     return config
 
 
-def postprocess_model_config(settings: ServingSettings) -> mc.ModelConfig:
-    """Logits in, softmax probabilities out (Python backend)."""
-    config = mc.ModelConfig(name=contract.POSTPROCESS_MODEL, backend="python")
-    config.max_batch_size = settings.max_batch_size
-    config.input.add(name=contract.POSTPROCESS_INPUT, data_type=mc.TYPE_FP32, dims=[contract.NUM_CLASSES])
-    config.output.add(name=contract.POSTPROCESS_OUTPUT, data_type=mc.TYPE_FP32, dims=[contract.NUM_CLASSES])
-    _cpu_instances(config, 1)
-    _dynamic_batching(config, settings)
-    _zero_warmup(config, settings, [1])
-    return config
-
-
 def ensemble_model_config(
     settings: ServingSettings,
     name: str = contract.ENSEMBLE_MODEL,
     classifier: str = contract.ONNX_MODEL,
 ) -> mc.ModelConfig:
-    """IMAGE bytes -> preprocess -> resnet18_onnx -> postprocess -> labelled PROBABILITIES.
+    """IMAGE bytes -> preprocess -> resnet18_onnx -> labelled PROBABILITIES.
 
-    ``name`` and ``classifier`` build a variant ensemble, e.g. ``resnet18_int8_ensemble`` running
+    The classifier's ``probabilities`` output (softmax in the ONNX graph) is the ensemble's
+    output; its ``logits`` are not mapped, so they never leave the step. ``name`` and
+    ``classifier`` build a variant ensemble, e.g. ``resnet18_int8_ensemble`` running
     ``resnet18_int8``. Ensembles take no model_warmup (their steps warm up on their own).
     """
     config = mc.ModelConfig(name=name, platform="ensemble")
@@ -255,10 +251,7 @@ def ensemble_model_config(
          {contract.PREPROCESS_OUTPUT: "preprocessed_image"}),
         (classifier,
          {contract.ONNX_INPUT: "preprocessed_image"},
-         {contract.ONNX_OUTPUT: "logits"}),
-        (contract.POSTPROCESS_MODEL,
-         {contract.POSTPROCESS_INPUT: "logits"},
-         {contract.POSTPROCESS_OUTPUT: contract.ENSEMBLE_OUTPUT}),
+         {contract.ONNX_PROBABILITIES: contract.ENSEMBLE_OUTPUT}),
     )
     for model_name, input_map, output_map in steps:
         step = config.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
@@ -304,11 +297,11 @@ def variant_configs(
 
 
 def all_model_configs(settings: ServingSettings, provenance_json: str) -> list[mc.ModelConfig]:
-    """Every config of the repository, steps before the ensemble."""
+    """Every config of the repository (one per ``contract.SERVED_MODELS``), steps before the
+    ensemble."""
     return [
         preprocess_model_config(settings),
         onnx_model_config(settings, provenance_json),
-        postprocess_model_config(settings),
         ensemble_model_config(settings),
     ]
 

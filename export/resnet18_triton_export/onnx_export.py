@@ -1,17 +1,27 @@
 """Export a ResNet-18 to one self-contained ONNX file with a dynamic batch axis.
 
 The result is what Triton's onnxruntime backend loads: input ``input`` [batch, 3, 224, 224] float32,
-output ``logits`` [batch, 1000] float32, weights embedded (no ``.onnx.data`` side file).
+two outputs, both [batch, 1000] float32 with the same dynamic batch axis: ``logits`` (first), and
+``probabilities`` = softmax(logits) over the classes. Weights are embedded (no ``.onnx.data`` side
+file).
+
+The softmax is part of the exported graph (``WithProbabilities`` wraps the classifier before
+export, so both exporters emit an ordinary ONNX ``Softmax`` node): the ensemble needs no separate
+Python postprocessing model. Measured (interleaved perf_analyzer A/B, 500x375 JPEGs, 2 cores): the
+ensemble got ~8% faster, p50 at concurrency 1 fell by ~1.2 ms, and one 42 MB Python stub process
+went away; the graph's probabilities differed from a numpy float32 softmax of its logits by at
+most 3.7e-9.
 
 Why ``dynamo=True`` (the torch.export-based exporter) by default — measured with torch 2.14.1 on
 ResNet-18:
 
-* Both exporters produce a single 46.8 MB file with the dynamic ``batch`` axis on input and output
-  and agree with PyTorch to ~3e-6 (max |logit difference|) in ONNX Runtime.
+* Both exporters produce a single 46.8 MB file with the dynamic ``batch`` axis on the input and both
+  outputs and agree with PyTorch to ~3e-6 (max |logit difference|) in ONNX Runtime.
 * ``dynamo=False`` (TorchScript) warns that it is deprecated and "will be removed"; an export path
   that stops working on the next torch upgrade is not a good default.
-* ``dynamo=True`` also folds BatchNorm into Conv and drops dead nodes (49 nodes, 24 initializers vs
-  65 and 26) but takes ~4 s instead of ~0.3 s; an export is a one-off, so that does not matter.
+* ``dynamo=True`` also folds BatchNorm into Conv and drops dead nodes (50 nodes including the
+  Softmax, 24 initializers vs 66 and 26) but takes ~4 s instead of ~0.3 s; an export is a
+  one-off, so that does not matter.
 * ``dynamo=True`` defaults to ``external_data=True`` (weights in a side file); we pass
   ``external_data=False`` because a Triton model version directory should hold one file.
 * Its lowest opset is 18: asking for 17 makes torch try a down-conversion that fails with a
@@ -30,7 +40,7 @@ import onnx
 import torch
 import torchvision
 
-from resnet18_triton_client.contract import CHANNELS, IMAGE_SIZE, ONNX_INPUT, ONNX_OUTPUT
+from resnet18_triton_client.contract import CHANNELS, IMAGE_SIZE, ONNX_INPUT, ONNX_OUTPUTS
 from resnet18_triton_client.contract import PROVENANCE_PARAMETER
 from resnet18_triton_export.errors import ExportError
 from resnet18_triton_export.weights import Provenance
@@ -46,6 +56,21 @@ _EXAMPLE_BATCH = 2
 _FILE_MODE = 0o644
 
 
+class WithProbabilities(torch.nn.Module):
+    """``classifier`` with a second output: ``(logits, softmax(logits, dim=1))``.
+
+    Exported instead of the bare classifier, so the ONNX graph itself computes the probabilities.
+    """
+
+    def __init__(self, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.classifier(images)
+        return logits, torch.softmax(logits, dim=1)
+
+
 def export_onnx(
     model: torch.nn.Module,
     path: Path,
@@ -55,6 +80,9 @@ def export_onnx(
     provenance: Provenance | str | None = None,
 ) -> Path:
     """Export ``model`` (put in eval mode) to ``path`` atomically and return ``path``.
+
+    ``model`` maps images to logits; the file gets both ``logits`` and ``probabilities`` (see the
+    module docstring).
 
     ``provenance`` (a Provenance or its JSON) is stored in the ONNX ``metadata_props`` under
     ``weights_provenance``, next to producer information. A failed export leaves no file behind
@@ -68,7 +96,7 @@ def export_onnx(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _torch_export(model.eval(), tmp, opset, dynamo)
+        _torch_export(WithProbabilities(model).eval(), tmp, opset, dynamo)  # eval() recurses
         _add_metadata(tmp, metadata)
         tmp.chmod(_FILE_MODE)
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
@@ -107,7 +135,7 @@ def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path, op
         external_data=False,  # one self-contained file (the dynamo default writes a .data file)
         dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS_NAME)},),
         input_names=[ONNX_INPUT],
-        output_names=[ONNX_OUTPUT],
+        output_names=list(ONNX_OUTPUTS),
         opset_version=opset,
         verbose=False,  # silences the per-stage progress lines
     )
@@ -121,9 +149,9 @@ def _export_torchscript(
         (example,),
         str(path),
         dynamo=False,
-        dynamic_axes={ONNX_INPUT: {0: BATCH_AXIS_NAME}, ONNX_OUTPUT: {0: BATCH_AXIS_NAME}},
+        dynamic_axes={name: {0: BATCH_AXIS_NAME} for name in (ONNX_INPUT, *ONNX_OUTPUTS)},
         input_names=[ONNX_INPUT],
-        output_names=[ONNX_OUTPUT],
+        output_names=list(ONNX_OUTPUTS),
         opset_version=opset,
     )
 

@@ -1,16 +1,17 @@
-"""Fill a Triton model repository: configs, labels, the Python models and the ONNX file's place.
+"""Fill a Triton model repository: configs, labels, the Python model and the ONNX file's place.
 
 Layout written (``<repo>`` defaults to this checkout's ``model_repository/``)::
 
     <repo>/preprocess/config.pbtxt       <repo>/preprocess/1/model.py     (Python backend)
-    <repo>/resnet18_onnx/config.pbtxt    <repo>/resnet18_onnx/1/model.onnx
+    <repo>/resnet18_onnx/config.pbtxt    <repo>/resnet18_onnx/1/model.onnx (logits + softmax)
     <repo>/resnet18_onnx/labels.txt
-    <repo>/postprocess/config.pbtxt      <repo>/postprocess/1/model.py    (Python backend)
     <repo>/resnet18/config.pbtxt         <repo>/resnet18/1/               (ensemble)
     <repo>/resnet18/labels.txt
 
-The Python models are committed in this checkout's ``model_repository/``; another ``<repo>`` gets
-copies of them.
+The Python model is committed in this checkout's ``model_repository/``; another ``<repo>`` gets a
+copy of it. The softmax is part of ``model.onnx``, so there is no ``postprocess`` model any more;
+a ``postprocess/`` directory left by an older export is neither removed nor loaded (the server
+loads exactly ``contract.SERVED_MODELS``).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def install_python_models(repo: Path, template: Path | None = None) -> None:
-    """Copy the committed Python-backend models into ``repo`` unless it is the template itself."""
+    """Copy the committed Python-backend model(s) (``PYTHON_MODELS``) into ``repo`` unless it is
+    the template itself."""
     template = template or default_repository()
     for name in PYTHON_MODELS:
         source = template / name / VERSION / "model.py"

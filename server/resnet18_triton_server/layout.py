@@ -15,10 +15,11 @@ from resnet18_triton_client import contract
 
 CONFIG_FILENAME = "config.pbtxt"
 VERSION = "1"
-PYTHON_MODELS = (contract.PREPROCESS_MODEL, contract.POSTPROCESS_MODEL)
+# The models whose model.py is committed in model_repository/ (the softmax is in the ONNX graph).
+PYTHON_MODELS = (contract.PREPROCESS_MODEL,)
 
 # The INT8 variant written by `resnet18-triton quantize`: its own classifier and ensemble (same
-# preprocess and postprocess steps). Loaded after the FP32 models, ensemble last.
+# preprocess step). Loaded after the FP32 models, ensemble last.
 INT8_MODEL = "resnet18_int8"
 INT8_ENSEMBLE_MODEL = "resnet18_int8_ensemble"
 INT8_MODELS = (INT8_MODEL, INT8_ENSEMBLE_MODEL)
@@ -37,7 +38,11 @@ def onnx_model_path(repo: Path, model: str = contract.ONNX_MODEL) -> Path:
 
 
 def missing_files(repo: Path) -> list[Path]:
-    """What a servable repository still lacks; empty once ``resnet18-triton export`` has run."""
+    """What a servable repository still lacks; empty once ``resnet18-triton export`` has run.
+
+    Only the files of ``contract.SERVED_MODELS`` count: other directories (e.g. the
+    ``postprocess/`` of an older export) are ignored, as the server never loads them.
+    """
     required = [onnx_model_path(repo)]
     required += [repo / name / CONFIG_FILENAME for name in contract.SERVED_MODELS]
     required += [repo / name / VERSION / "model.py" for name in PYTHON_MODELS]

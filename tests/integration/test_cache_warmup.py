@@ -131,7 +131,7 @@ def test_server_is_ready_only_after_warm_up(exported_repository: Path, tmp_path:
     stream = io.StringIO()
     with _server(repo, 0, stream) as server:
         log = stream.getvalue()  # everything logged until the server reported ready
-        for model in (contract.PREPROCESS_MODEL, contract.ONNX_MODEL, contract.POSTPROCESS_MODEL):
+        for model in (contract.PREPROCESS_MODEL, contract.ONNX_MODEL):
             assert re.search(f"model '{model}' instance \\S+ is running warmup sample", log), model
         assert "failed to run warmup sample" not in log
         client = client_for(server.url)

@@ -47,32 +47,39 @@ def test_batched_request_answers_each_image_in_order(http_client, reference: Tor
     assert np.abs(expected[0] - expected[1]).max() > 100 * PROBABILITY_ATOL
 
 
-def test_classification_extension_gives_labelled_top5(http_client, reference: TorchReference) -> None:
+def assert_labelled_top_k(client, model: str, data, output: str, expected: np.ndarray,
+                          k: int) -> None:
+    """Ask the classification extension for ``output``'s top ``k``: indices, labels and
+    probabilities must be those of ``expected`` (the reference's probabilities)."""
     from resnet18_triton_export.weights import imagenet_categories
 
+    wanted = httpclient.InferRequestedOutput(output, class_count=k)
+    rows = client.infer(model, [data], outputs=[wanted]).as_numpy(output)[0]
+    parsed = [row.decode().split(":", 2) for row in rows]
+    categories = imagenet_categories()
+    assert [int(index) for _, index, _ in parsed] == list(np.argsort(-expected)[:k])
+    for probability, index, label in parsed:
+        assert label == categories[int(index)]
+        assert float(probability) == pytest.approx(expected[int(index)], abs=PROBABILITY_ATOL)
+
+
+def test_classification_extension_gives_labelled_top5(http_client, reference: TorchReference) -> None:
     image = IMAGES["chelsea.png"]
     data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
     data.set_data_from_numpy(np.array([[image]], dtype=object))
-    wanted = httpclient.InferRequestedOutput(contract.ENSEMBLE_OUTPUT, class_count=5)
-    rows = http_client.infer(contract.ENSEMBLE_MODEL, [data], outputs=[wanted]).as_numpy(
-        contract.ENSEMBLE_OUTPUT
-    )[0]
-    parsed = [row.decode().split(":", 2) for row in rows]
-    expected = reference.probabilities([image])[0]
-    categories = imagenet_categories()
-    assert [int(index) for _, index, _ in parsed] == list(np.argsort(-expected)[:5])
-    for probability, index, label in parsed:
-        assert label == categories[int(index)]
-        assert float(probability) == pytest.approx(expected[int(index)], abs=1e-6)
+    assert_labelled_top_k(http_client, contract.ENSEMBLE_MODEL, data, contract.ENSEMBLE_OUTPUT,
+                          reference.probabilities([image])[0], k=5)
 
 
 def test_raw_model_over_plain_kserve_json(url: str, reference: TorchReference) -> None:
-    """No tritonclient: the v2 JSON protocol a stock client (curl, image_client.py) would use."""
-    tensor = reference.tensor(IMAGES["rocket.jpg"]).numpy()
+    """No tritonclient: the v2 JSON protocol a stock client (curl) would use. Both outputs: the
+    logits, and the probabilities the ONNX graph computes from them."""
+    image = IMAGES["rocket.jpg"]
+    tensor = reference.tensor(image).numpy()
     body = {
         "inputs": [{"name": contract.ONNX_INPUT, "shape": [1, 3, 224, 224], "datatype": "FP32",
                     "data": tensor.reshape(-1).tolist()}],
-        "outputs": [{"name": contract.ONNX_OUTPUT}],
+        "outputs": [{"name": name} for name in contract.ONNX_OUTPUTS],
     }
     request = urllib.request.Request(
         f"http://{url}/v2/models/{contract.ONNX_MODEL}/infer", data=json.dumps(body).encode(),
@@ -80,20 +87,34 @@ def test_raw_model_over_plain_kserve_json(url: str, reference: TorchReference) -
     )
     with urllib.request.urlopen(request, timeout=60) as reply:
         answer = json.load(reply)
-    output = answer["outputs"][0]
-    assert output["name"] == contract.ONNX_OUTPUT and output["shape"] == [1, 1000]
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    assert sorted(outputs) == sorted(contract.ONNX_OUTPUTS)
+    assert all(output["shape"] == [1, 1000] for output in outputs.values())
     import torch
 
+    logits = np.array(outputs[contract.ONNX_OUTPUT]["data"], dtype=np.float32)
     expected = reference.logits(torch.from_numpy(tensor[None]))[0]
-    np.testing.assert_allclose(np.array(output["data"], dtype=np.float32), expected, atol=LOGIT_ATOL)
-    assert int(np.argmax(output["data"])) == int(expected.argmax())
+    np.testing.assert_allclose(logits, expected, atol=LOGIT_ATOL)
+    assert int(np.argmax(logits)) == int(expected.argmax())
+    probabilities = np.array(outputs[contract.ONNX_PROBABILITIES]["data"], dtype=np.float32)
+    assert_same_answer(probabilities, reference.probabilities([image])[0])
 
 
-def test_raw_model_metadata_is_stock_client_shaped(http_client) -> None:
+def test_raw_model_probabilities_give_labelled_top_k(http_client, reference: TorchReference) -> None:
+    """The classification extension on the raw model's probabilities output (labels.txt)."""
+    image = IMAGES["coffee.png"]
+    data = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 224, 224], "FP32")
+    data.set_data_from_numpy(reference.tensor(image).numpy()[None])
+    assert_labelled_top_k(http_client, contract.ONNX_MODEL, data, contract.ONNX_PROBABILITIES,
+                          reference.probabilities([image])[0], k=3)
+
+
+def test_raw_model_metadata(http_client) -> None:
     metadata = http_client.get_model_metadata(contract.ONNX_MODEL)
     assert [i["name"] for i in metadata["inputs"]] == [contract.ONNX_INPUT]
     assert metadata["inputs"][0]["shape"] == [-1, 3, 224, 224]
-    assert [o["name"] for o in metadata["outputs"]] == [contract.ONNX_OUTPUT]
+    assert [o["name"] for o in metadata["outputs"]] == list(contract.ONNX_OUTPUTS)
+    assert all(o["shape"] == [-1, 1000] for o in metadata["outputs"])
     config = http_client.get_model_config(contract.ONNX_MODEL)
     assert config["input"][0]["format"] == "FORMAT_NCHW"
     provenance = json.loads(config["parameters"][contract.PROVENANCE_PARAMETER]["string_value"])

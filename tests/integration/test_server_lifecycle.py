@@ -14,8 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from resnet18_triton_client import contract
 from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions, free_port
 from resnet18_triton_server.errors import ServerStartError
+from resnet18_triton_server.layout import stub_model
 
 CLI = [sys.executable, "-m", "resnet18_triton_client.cli"]
 
@@ -62,7 +64,10 @@ def test_serve_stops_cleanly_without_orphans(exported_repository: Path, stop_sig
         _wait_ready(f"127.0.0.1:{port}", process)
         family = psutil.Process(process.pid).children(recursive=True)
         assert any("tritonserver" in p.name() for p in family)
-        assert sum("triton_python_backend_stub" in " ".join(p.cmdline()) for p in family) >= 3
+        # One backend stub per model instance: preprocess and the ONNX classifier (the softmax
+        # is in its graph; there is no postprocess model).
+        stubs = sorted(filter(None, (stub_model(p.cmdline()) for p in family)))
+        assert stubs == sorted([contract.PREPROCESS_MODEL, contract.ONNX_MODEL])
         process.send_signal(stop_signal)
         _, stderr = process.communicate(timeout=60)
     finally:

@@ -468,10 +468,10 @@ def test_health_without_the_repository_index(
     fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake_triton.index_restricted = True
-    fake_triton.not_ready.add(contract.POSTPROCESS_MODEL)
+    fake_triton.not_ready.add(contract.PREPROCESS_MODEL)
     code, out, _ = run(["health", "--url", fake_triton.url], capsys)
     assert code == 1
-    assert f"  {contract.POSTPROCESS_MODEL}    NOT READY  not ready" in out.splitlines()
+    assert f"  {contract.PREPROCESS_MODEL}     NOT READY  not ready" in out.splitlines()
     assert "restricted" not in out
 
 

@@ -16,7 +16,7 @@ from resnet18_triton_client.contract import (
     IMAGE_SIZE,
     NUM_CLASSES,
     ONNX_INPUT,
-    ONNX_OUTPUT,
+    ONNX_OUTPUTS,
     PROVENANCE_PARAMETER,
 )
 from resnet18_triton_client.errors import ResNet18TritonError
@@ -227,11 +227,12 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
 def test_export_writes_one_file_with_contract_names_and_dynamic_batch(exported: Path) -> None:
     model = onnx.load(str(exported))
     assert [value.name for value in model.graph.input] == [ONNX_INPUT]
-    assert [value.name for value in model.graph.output] == [ONNX_OUTPUT]
-    input_dims, output_dims = _dims(model.graph.input[0]), _dims(model.graph.output[0])
-    assert isinstance(input_dims[0], str) and input_dims[0] == output_dims[0]  # symbolic batch
+    assert [value.name for value in model.graph.output] == list(ONNX_OUTPUTS)
+    input_dims = _dims(model.graph.input[0])
+    assert isinstance(input_dims[0], str)  # symbolic batch, shared by both outputs
     assert input_dims[1:] == [CHANNELS, IMAGE_SIZE, IMAGE_SIZE]
-    assert output_dims[1:] == [NUM_CLASSES]
+    for output in model.graph.output:
+        assert _dims(output) == [input_dims[0], NUM_CLASSES], output.name
     opset = {entry.domain: entry.version for entry in model.opset_import}[""]
     assert opset >= 17
     # Weights embedded, no side files, no leftover temporary file.
@@ -261,7 +262,12 @@ def test_verify_matches_the_source_model(exported: Path, random_model: tuple) ->
     assert report.num_images == report.top1_agree == report.top5_agree == 8
     assert report.max_abs_diff <= report.atol == 1e-3
     assert 0 <= report.mean_abs_diff <= report.max_abs_diff
+    assert report.probability_atol == 1e-6
+    assert report.probability_tolerance == 1e-6 + report.max_abs_diff / 2
+    assert report.max_abs_probability_diff <= report.probability_tolerance
+    assert report.max_row_sum_error <= 1e-5
     assert "top-1 agreement 8/8" in report.summary()
+    assert "max |probability difference| vs torch.softmax" in report.summary()
 
 
 def test_verify_rejects_a_model_that_does_not_match(exported: Path) -> None:
@@ -271,6 +277,41 @@ def test_verify_rejects_a_model_that_does_not_match(exported: Path) -> None:
     report = caught.value.report
     assert report is not None and not report.passed
     assert report.max_abs_diff > report.atol
+
+
+def _edited_copy(exported: Path, path: Path, edit) -> Path:
+    model = onnx.load(str(exported))
+    edit(model.graph)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_verify_rejects_a_softmax_over_the_wrong_axis(
+    exported: Path, random_model: tuple, tmp_path: Path
+) -> None:
+    def batch_axis_softmax(graph: onnx.GraphProto) -> None:
+        (softmax,) = [node for node in graph.node if node.op_type == "Softmax"]
+        del softmax.attribute[:]
+        softmax.attribute.append(onnx.helper.make_attribute("axis", 0))
+
+    path = _edited_copy(exported, tmp_path / "model.onnx", batch_axis_softmax)
+    with pytest.raises(VerificationError, match="does NOT match") as caught:
+        verify_onnx(random_model[0], path, batch_sizes=(3,))
+    report = caught.value.report
+    assert report.max_abs_diff <= report.atol  # the logits are still right
+    assert report.max_abs_probability_diff > 0.1 > report.probability_tolerance
+    assert report.max_row_sum_error > 1e-5
+
+
+def test_verify_rejects_a_file_without_the_probabilities_output(
+    exported: Path, random_model: tuple, tmp_path: Path
+) -> None:
+    def logits_only(graph: onnx.GraphProto) -> None:
+        del graph.output[1:]
+
+    path = _edited_copy(exported, tmp_path / "model.onnx", logits_only)
+    with pytest.raises(VerificationError, match="'probabilities'"):
+        verify_onnx(random_model[0], path)
 
 
 def test_verify_rejects_a_file_that_is_not_onnx(tmp_path: Path, random_model: tuple) -> None:

@@ -17,7 +17,12 @@ from resnet18_triton_export.model_configs import (  # noqa: E402
     parse,
     render,
 )
-from resnet18_triton_export.repository import write_configs  # noqa: E402
+from resnet18_triton_export.repository import (  # noqa: E402
+    install_python_models,
+    write_configs,
+    write_labels,
+)
+from resnet18_triton_server.layout import missing_files, onnx_model_path  # noqa: E402
 
 PROVENANCE = '{"seed":0,"source":"random"}'
 
@@ -33,6 +38,18 @@ def test_every_config_round_trips_through_text(tmp_path: Path) -> None:
         config = parse(path.read_text())
         assert render(config) == path.read_text()
     assert (tmp_path / contract.ENSEMBLE_MODEL / "1").is_dir()
+
+
+def test_a_filled_repository_holds_exactly_the_served_models(tmp_path: Path) -> None:
+    """No postprocess model: the export writes none and the server's check requires none."""
+    write_configs(tmp_path, ServingSettings(warmup=False), PROVENANCE)
+    install_python_models(tmp_path)
+    write_labels(tmp_path, [f"class {index}" for index in range(contract.NUM_CLASSES)])
+    assert missing_files(tmp_path) == [onnx_model_path(tmp_path)]
+    onnx_model_path(tmp_path).parent.mkdir(parents=True, exist_ok=True)
+    onnx_model_path(tmp_path).write_bytes(b"stands in for model.onnx")
+    assert missing_files(tmp_path) == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(contract.SERVED_MODELS)
 
 
 def test_parse_rejects_unknown_fields() -> None:
@@ -62,13 +79,16 @@ def test_ensemble_wiring_matches_its_steps() -> None:
         assert known[name] == spec
 
 
-def test_raw_model_suits_stock_image_clients() -> None:
+def test_raw_model_takes_nchw_images_and_gives_labelled_logits_and_probabilities() -> None:
     config = configs_by_name()[contract.ONNX_MODEL]
     assert config.backend == "onnxruntime"
-    assert len(config.input) == 1 and len(config.output) == 1
+    assert len(config.input) == 1
     assert config.input[0].format == mc.ModelInput.FORMAT_NCHW
     assert list(config.input[0].dims) == [3, 224, 224]
-    assert config.output[0].label_filename == contract.LABELS_FILENAME
+    assert [output.name for output in config.output] == ["logits", "probabilities"]
+    for output in config.output:
+        assert output.data_type == mc.TYPE_FP32 and list(output.dims) == [contract.NUM_CLASSES]
+        assert output.label_filename == contract.LABELS_FILENAME
     assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     assert config.parameters[contract.PROVENANCE_PARAMETER].string_value == PROVENANCE
     assert config.HasField("dynamic_batching")
@@ -77,6 +97,15 @@ def test_raw_model_suits_stock_image_clients() -> None:
 def test_ensemble_output_carries_labels_for_the_classification_extension() -> None:
     ensemble = configs_by_name()[contract.ENSEMBLE_MODEL]
     assert ensemble.output[0].label_filename == contract.LABELS_FILENAME
+
+
+def test_ensemble_is_preprocess_then_the_classifier_probabilities() -> None:
+    """Two steps: the softmax is in the ONNX graph, there is no postprocessing model."""
+    configs = configs_by_name()
+    assert list(configs) == list(contract.SERVED_MODELS)
+    steps = configs[contract.ENSEMBLE_MODEL].ensemble_scheduling.step
+    assert [step.model_name for step in steps] == [contract.PREPROCESS_MODEL, contract.ONNX_MODEL]
+    assert dict(steps[1].output_map) == {"probabilities": contract.ENSEMBLE_OUTPUT}
 
 
 @pytest.mark.parametrize(

@@ -63,3 +63,12 @@ def test_split_batches_returns_each_request_its_rows_in_order() -> None:
     assert [p[0].tolist() for p in pieces] == [
         logits[0:1].tolist(), logits[1:4].tolist(), logits[4:6].tolist()
     ]
+
+
+def test_split_batches_keeps_every_output_of_a_request_together() -> None:
+    """The classifier has two outputs (logits, probabilities): each request gets its rows of both."""
+    logits = np.arange(4 * 3, dtype=np.float32).reshape(4, 3)
+    probabilities = logits / 100
+    first, second = backend.split_batches([logits, probabilities], [3, 1])
+    assert [p.tolist() for p in first] == [logits[:3].tolist(), probabilities[:3].tolist()]
+    assert [p.tolist() for p in second] == [logits[3:].tolist(), probabilities[3:].tolist()]

@@ -28,6 +28,7 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 from click.testing import CliRunner  # noqa: E402
 
+from resnet18_triton_client import contract  # noqa: E402
 from resnet18_triton_export import quantize as q  # noqa: E402
 from resnet18_triton_export.fidelity import compare_logits, softmax  # noqa: E402
 from tests.digits import (  # noqa: E402
@@ -41,6 +42,19 @@ from tests.support import SAMPLE_FILES, preprocess_module  # noqa: E402
 
 
 
+def assert_float_softmax(graph, input_from: str) -> None:
+    """The graph's one Softmax is not quantised: it writes the ``probabilities`` graph output
+    straight (no QuantizeLinear consumes it) and reads the output of an ``input_from`` node.
+    A quantised Softmax would sit between a DequantizeLinear and a QuantizeLinear."""
+    producers = {output: node for node in graph.node for output in node.output}
+    (softmax_node,) = [node for node in graph.node if node.op_type == "Softmax"]
+    (output,) = softmax_node.output
+    assert [o.name for o in graph.output] == list(contract.ONNX_OUTPUTS)
+    assert output == contract.ONNX_PROBABILITIES
+    assert not [n.name for n in graph.node if n.op_type == "QuantizeLinear" and output in n.input]
+    assert producers[softmax_node.input[0]].op_type == input_from
+
+
 # --- fast unit tests
 
 
@@ -52,6 +66,23 @@ def test_reduce_range_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert q.QuantizationRecipe(reduce_range=True).resolved().reduce_range is True
     recipe = json.loads(q.QuantizationRecipe(method="entropy").to_json())
     assert recipe["method"] == "entropy" and recipe["format"] == "QDQ"
+
+
+def test_softmax_is_always_kept_float_and_the_head_unless_asked(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["logits"], name="fc"),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1)]
+    graph = helper.make_graph(nodes, "head", [], [])
+    path = tmp_path / "head.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert q._float_nodes(path, quantize_head=False) == ["fc", "softmax"]
+    assert q._float_nodes(path, quantize_head=True) == ["softmax"]
+    nodes[1].ClearField("name")
+    onnx.save(helper.make_model(helper.make_graph(nodes, "head", [], [])), str(path))
+    with pytest.raises(q.ExportError, match="has no name"):
+        q._float_nodes(path, quantize_head=True)
 
 
 def test_unknown_calibration_method_is_refused() -> None:
@@ -118,6 +149,8 @@ def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
     assert has_int8(repo)
     int8 = onnx.load(str(onnx_model_path(repo, INT8_MODEL)))
     assert any(node.op_type == "QuantizeLinear" for node in int8.graph.node)
+    # The head and the softmax stay float: probabilities are a float softmax of float logits.
+    assert_float_softmax(int8.graph, input_from="Gemm")
     metadata = {prop.key: prop.value for prop in int8.metadata_props}
     assert json.loads(metadata["quantization"])["format"] == "QDQ"
     assert json.loads(metadata["weights_provenance"])["path"] == "digits-fitted"
@@ -127,8 +160,10 @@ def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
 
 def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     """Quantising the classifier head too measures ~90% agreement here: below the default 99%."""
+    import onnx
+
     from resnet18_triton_export.quantize_cli import quantize
-    from resnet18_triton_server.layout import has_int8
+    from resnet18_triton_server.layout import INT8_MODEL, has_int8, onnx_model_path
 
     model, splits, _ = digits_model()
     repo = export_repository(model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}',
@@ -144,3 +179,6 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     forced = CliRunner().invoke(quantize, [*args, "--force"], catch_exceptions=False)
     assert forced.exit_code == 0, forced.output
     assert has_int8(repo)
+    # The quantised head's output (the logits) is 8-bit, but the softmax itself is still float.
+    int8 = onnx.load(str(onnx_model_path(repo, INT8_MODEL)))
+    assert_float_softmax(int8.graph, input_from="DequantizeLinear")

@@ -43,7 +43,6 @@ def test_defaults_warm_up_and_do_not_cache() -> None:
     (sample,) = configs[contract.PREPROCESS_MODEL].model_warmup
     assert sample.inputs[contract.PREPROCESS_INPUT].input_data_file == WARMUP_IMAGE_FILENAME
     assert sample.inputs[contract.PREPROCESS_INPUT].data_type == mc.TYPE_STRING
-    assert len(configs[contract.POSTPROCESS_MODEL].model_warmup) == 1
     # Triton does not warm up ensembles; their steps are warm.
     assert not configs[contract.ENSEMBLE_MODEL].model_warmup
     assert not onnx.optimization.execution_accelerators.cpu_execution_accelerator
@@ -82,7 +81,9 @@ def test_named_builders_make_a_variant() -> None:
                                      classifier=layout.INT8_MODEL)
     assert onnx.name == layout.INT8_MODEL
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
-        contract.PREPROCESS_MODEL, layout.INT8_MODEL, contract.POSTPROCESS_MODEL]
+        contract.PREPROCESS_MODEL, layout.INT8_MODEL]
+    assert dict(ensemble.ensemble_scheduling.step[1].output_map) == {
+        contract.ONNX_PROBABILITIES: contract.ENSEMBLE_OUTPUT}
 
 
 def test_variant_configs_copy_every_serving_choice() -> None:
@@ -98,7 +99,8 @@ def test_variant_configs_copy_every_serving_choice() -> None:
     expected.parameters["quantization"].string_value = "{}"
     assert onnx == expected
     steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
-    assert steps == [contract.PREPROCESS_MODEL, layout.INT8_MODEL, contract.POSTPROCESS_MODEL]
+    assert steps == [contract.PREPROCESS_MODEL, layout.INT8_MODEL]
+    assert [o.name for o in onnx.output] == list(contract.ONNX_OUTPUTS)
     assert ensemble.response_cache.enable
     with pytest.raises(ExportError, match="exactly one"):
         variant_configs(configs[contract.ONNX_MODEL], configs[contract.ONNX_MODEL],

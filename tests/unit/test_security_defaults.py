@@ -51,7 +51,7 @@ def test_serve_command_defaults_to_loopback() -> None:
 def test_model_control_is_explicit_and_loads_only_the_served_models() -> None:
     args = _args()
     assert _value(args, "--model-control-mode") == ["explicit"]
-    assert _value(args, "--load-model") == ["preprocess", "resnet18_onnx", "postprocess", "resnet18"]
+    assert _value(args, "--load-model") == ["preprocess", "resnet18_onnx", "resnet18"]
     assert not any(arg.startswith("--repository-poll-secs") for arg in args)
 
 
