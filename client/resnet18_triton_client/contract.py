@@ -44,3 +44,8 @@ PROVENANCE_PARAMETER = "weights_provenance"
 
 DEFAULT_URL = "127.0.0.1:8000"
 URL_ENV_VAR = "RESNET18_TRITON_URL"
+
+# `resnet18-triton serve` keeps Triton's restricted APIs (model repository, shared memory, ...)
+# behind this header; the key comes from this variable (a random one when unset).
+ADMIN_KEY_HEADER = "triton-admin-key"
+ADMIN_KEY_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY"

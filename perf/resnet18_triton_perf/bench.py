@@ -2,7 +2,8 @@
 
 Order: images, then every in-process engine in its own fresh process (nothing else of ours runs
 meanwhile), then the server (started here unless a URL is given) with perf_analyzer sweeps of
-the raw model and the ensemble (500x375 and 12-MP JPEGs) while the stack's RSS is sampled.
+the ensemble (500x375, then 12-MP JPEGs) and of the raw model (1 image per request over HTTP and
+through shared memory, 8 per request through shared memory) while the stack's RSS is sampled.
 The report lists the table, the ratios and the issue's targets.
 """
 
@@ -34,6 +35,10 @@ ENSEMBLE_P50_SLACK_MS = 3.0
 LARGE_VS_TYPICAL = 0.6
 STACK_RSS_VS_ORT = 1.5
 
+# Full-batch requests for the raw model: the configs' max_batch_size, at 1 and 2 in flight.
+FULL_BATCH = 8
+FULL_BATCH_CONCURRENCY = "1:2:1"
+
 
 @dataclass
 class BenchPlan:
@@ -41,6 +46,9 @@ class BenchPlan:
     repo: Path | None = None
     url: str | None = None
     server_pid: int | None = None  # with --url: the server's pid, for the stack RSS
+    # With --url: the server's admin key, so the raw model can also be timed with tensors in
+    # shared memory (registering a region is a restricted API). Our own server gets one here.
+    admin_key: str | None = None
     threads: int = 2
     seconds: float = 10.0
     typical_count: int = 16
@@ -60,6 +68,7 @@ class BenchResults:
     engines: list[dict] = field(default_factory=list)
     served: dict = field(default_factory=dict)  # label -> list of row dicts
     failed_requests: dict = field(default_factory=dict)
+    batch_sizes: dict = field(default_factory=dict)  # sweep label -> images per request
     stack_rss_mb: dict = field(default_factory=dict)  # sweep label -> peak RSS of the stack
     stack_breakdown: dict = field(default_factory=dict)  # sweep label -> {process: MB}
     environment: dict = field(default_factory=dict)
@@ -131,8 +140,24 @@ def run_engines(plan: BenchPlan, repo: Path, typical: list[Path], large: list[Pa
     return results
 
 
+def raw_sweeps(plan: BenchPlan, common: dict, admin_key: str | None) -> list[tuple[str, pa.Sweep]]:
+    """The raw model three ways: 1 image per request over HTTP, the same with the tensors in
+    system shared memory, and full batches (8 images per request), so each compares with the
+    in-process engine at the same batch size. Without an admin key, no shared memory."""
+    model = contract.ONNX_MODEL
+    sweeps = [("raw", pa.Sweep(model=model, **common))]
+    transport = {}
+    if admin_key:
+        transport = dict(shared_memory="system", headers=pa.admin_headers(admin_key))
+        sweeps.append(("raw shm", pa.Sweep(model=model, **transport, **common)))
+    full = dict(common, concurrency=FULL_BATCH_CONCURRENCY)
+    label = f"raw b{FULL_BATCH}" + (" shm" if transport else "")
+    sweeps.append((label, pa.Sweep(model=model, batch_size=FULL_BATCH, **transport, **full)))
+    return sweeps
+
+
 def run_served(plan: BenchPlan, url: str, pid: int | None, typical: list[Path], large: list[Path],
-               results: BenchResults, echo) -> None:
+               results: BenchResults, echo, admin_key: str | None = None) -> None:
     analyzer = pa.locate()
     common = dict(url=url, concurrency=plan.concurrency,
                   measurement_interval_ms=plan.measurement_interval_ms,
@@ -141,16 +166,18 @@ def run_served(plan: BenchPlan, url: str, pid: int | None, typical: list[Path], 
                                        plan.out / "input_data_500x375.json")
     large_data = pa.write_input_data([p.read_bytes() for p in large], contract.ENSEMBLE_INPUT,
                                      plan.out / "input_data_12MP.json")
+    # The ensembles first: the stack's RSS during them is then what serving JPEGs costs, not
+    # swollen by the buffers of the raw model's 8-image requests (which RSS never gives back).
     sweeps = [
-        ("raw", pa.Sweep(model=contract.ONNX_MODEL, **common)),
         ("ensemble 500x375", pa.Sweep(model=contract.ENSEMBLE_MODEL, input_data=typical_data, **common)),
         ("ensemble 12MP", pa.Sweep(model=contract.ENSEMBLE_MODEL, input_data=large_data, **common)),
+        *raw_sweeps(plan, common, admin_key),
     ]
     if plan.int8:
         sweeps.append(("int8 ensemble 500x375",
                        pa.Sweep(model=INT8_ENSEMBLE_MODEL, input_data=typical_data, **common)))
     for label, sweep in sweeps:
-        echo(f"served: {label} (perf_analyzer, concurrency {plan.concurrency}) ...")
+        echo(f"served: {label} (perf_analyzer, concurrency {sweep.concurrency}) ...")
         slug = label.replace(" ", "_")
         sampler = StackSampler(pid).start() if pid else None
         try:
@@ -161,6 +188,7 @@ def run_served(plan: BenchPlan, url: str, pid: int | None, typical: list[Path], 
                 results.stack_rss_mb[label] = sampler.peak_total_mb
                 results.stack_breakdown[label] = sampler.peak_breakdown
         results.served[label] = [row.as_dict() for row in result.rows]
+        results.batch_sizes[label] = sweep.batch_size
         results.failed_requests[label] = result.failed_requests
         top = best(result.rows)
         echo(f"  best {top.throughput:.1f} img/s at concurrency {top.load:g}, "
@@ -177,7 +205,9 @@ def run_bench(plan: BenchPlan, echo=print) -> BenchResults:
     results.engines = run_engines(plan, repo, typical, large, echo)
     plan.int8 = plan.int8 or has_int8(repo)
     if plan.url:
-        run_served(plan, plan.url, plan.server_pid, typical, large, results, echo)
+        if not plan.admin_key:
+            echo("no --admin-key: the raw model is timed over HTTP only (no shared memory)")
+        run_served(plan, plan.url, plan.server_pid, typical, large, results, echo, plan.admin_key)
     else:
         from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions, free_port
 
@@ -187,7 +217,8 @@ def run_bench(plan: BenchPlan, echo=print) -> BenchResults:
         echo(f"starting the embedded server on {options.http_url} ...")
         with open(plan.out / "tritonserver.log", "w") as log, \
                 EmbeddedServer(options, log_stream=log) as server:
-            run_served(plan, server.url, server.process.pid, typical, large, results, echo)
+            run_served(plan, server.url, server.process.pid, typical, large, results, echo,
+                       options.effective_admin_key)
     (plan.out / "bench.json").write_text(json.dumps(asdict(results), indent=2, default=str))
     write_report(plan, results, repo)
     return results
@@ -231,10 +262,25 @@ def ratios(results: BenchResults) -> list[tuple[str, float | None, str, bool | N
         add("served ensemble (500x375 JPEG) / in-process ORT FP32 (tensors, best variant), best img/s",
             best(ens).throughput, ort_best, f">= {SERVED_ENSEMBLE_VS_ORT}", SERVED_ENSEMBLE_VS_ORT,
             f"{best(ens).throughput:.1f} vs {ort_best:.1f} img/s")
-    if raw and ort_best:
-        add("served raw model / in-process ORT FP32 (best variant), best img/s", best(raw).throughput, ort_best,
-            f">= {SERVED_RAW_VS_ORT}", SERVED_RAW_VS_ORT,
-            f"{best(raw).throughput:.1f} vs {ort_best:.1f} img/s")
+    raw_paths = {label: _rows(results, label) for label in results.served if label.startswith("raw")}
+    raw_best = max(((label, best(rows)) for label, rows in raw_paths.items() if rows),
+                   key=lambda item: item[1].throughput, default=None)
+    if raw_best and ort_best:
+        label, top = raw_best
+        ort_top = max(ort_all, key=lambda e: e["images_per_s"])
+        add("served raw model, best path / in-process ORT FP32, best variant, best img/s",
+            top.throughput, ort_best, f">= {SERVED_RAW_VS_ORT}", SERVED_RAW_VS_ORT,
+            f"{top.throughput:.1f} img/s ({label}, c={top.load:g}) vs {ort_best:.1f} img/s "
+            f"({ort_top['engine']} batch {ort_top['batch']})")
+    for batch in (1, FULL_BATCH):
+        same_batch = [best(rows) for label, rows in raw_paths.items()
+                      if rows and results.batch_sizes.get(label, 1) == batch]
+        engine = _engine(results, "ort-nospin", batch)
+        if same_batch and engine:
+            top = max(same_batch, key=lambda row: row.throughput)
+            add(f"served raw model / in-process ORT FP32 (spinning off, as served), batch {batch}, "
+                "best img/s", top.throughput, engine["images_per_s"], "-", None,
+                f"{top.throughput:.1f} vs {engine['images_per_s']:.1f} img/s")
     if ens and pipe:
         p50 = ens[0].p50_ms
         limit = pipe["ms_per_image"] + ENSEMBLE_P50_SLACK_MS
@@ -251,6 +297,13 @@ def ratios(results: BenchResults) -> list[tuple[str, float | None, str, bool | N
             add(f"served stack peak RSS during {label} / in-process ORT process peak RSS "
                 f"({engine['engine']}: decode+preprocess+ORT)", stack, engine["peak_rss_mb"],
                 f"<= {STACK_RSS_VS_ORT}", lambda value: value <= STACK_RSS_VS_ORT,
+                f"{stack:.0f} vs {engine['peak_rss_mb']:.0f} MB")
+    for label, rows in raw_paths.items():
+        stack, engine = results.stack_rss_mb.get(label), _engine(results, "ort-nospin",
+                                                                  results.batch_sizes.get(label, 1))
+        if stack and engine:
+            add(f"served stack peak RSS during {label} / in-process ORT process peak RSS "
+                f"(batch {engine['batch']})", stack, engine["peak_rss_mb"], "-", None,
                 f"{stack:.0f} vs {engine['peak_rss_mb']:.0f} MB")
     for name, engine in (("ORT FP32 / PyTorch eager", ort1), ("TorchScript / PyTorch eager", ts1)):
         if engine and eager1:
@@ -288,7 +341,8 @@ def write_report(plan: BenchPlan, results: BenchResults, repo: Path) -> Path:
         first = served_rows[0]
         stack = results.stack_rss_mb.get(label)
         rss = f"{stack:.0f} (whole stack)" if stack else "-"
-        rows.append([f"served {label}", f"c={top.load:g} (best)", f"{1000 / top.throughput:.1f}",
+        per_request = results.batch_sizes.get(label, 1)
+        rows.append([f"served {label}", f"{per_request}/request, c={top.load:g} (best)", f"{1000 / top.throughput:.1f}",
                      f"{top.throughput:.1f}", rss,
                      f"p50 {first.p50_ms:.1f} / p99 {first.p99_ms:.1f} ms at c=1; "
                      f"p50 {top.p50_ms:.1f} / p99 {top.p99_ms:.1f} ms at c={top.load:g}; "

@@ -50,15 +50,28 @@ def _strip_scheme(url: str) -> str:
 @click.option("--max-trials", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--stats-url", default=None,
               help="HTTP address for the failed-request count when --protocol grpc (host:port).")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1),
+              help="Images per request (at most the model's max_batch_size, 8).")
+@click.option("--shared-memory", type=click.Choice(["none", "system"]), default="none",
+              show_default=True,
+              help="system: send tensors through POSIX shared memory instead of the HTTP body "
+                   "(perf_analyzer on the server's host; the container needs ipc: host).")
+@click.option("--admin-key", envvar=contract.ADMIN_KEY_ENV_VAR, default=None,
+              help="The server's admin key: registering shared memory is a restricted API on "
+                   f"`resnet18-triton serve`. [env: {contract.ADMIN_KEY_ENV_VAR}]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default reports/loadtest-<time>).")
 def loadtest(url: str, protocol: str, targets: str, images: Path | None, max_images: int,
              concurrency: str, request_rate: str | None, interval_ms: int, stability: int,
-             max_trials: int, stats_url: str | None, out: Path | None) -> None:
+             max_trials: int, stats_url: str | None, batch_size: int, shared_memory: str,
+             admin_key: str | None, out: Path | None) -> None:
     """Sweep a running server with perf_analyzer: CSV, markdown summary and PNG plot."""
     from resnet18_triton_perf import images as image_sets
     from resnet18_triton_perf.loadtest import LoadTestPlan, run_loadtest
 
+    if shared_memory != "none" and admin_key and protocol == "grpc":
+        raise click.BadParameter("perf_analyzer sends the admin key only over HTTP: use "
+                                 "--protocol http with --shared-memory", param_hint="--protocol")
     out = out or _default_out("loadtest")
     chosen = ("ensemble", "raw") if targets == "both" else (targets,)
     label = "500x375"
@@ -77,7 +90,7 @@ def loadtest(url: str, protocol: str, targets: str, images: Path | None, max_ima
         url=_strip_scheme(url), out=out, targets=chosen, images=files, protocol=protocol,
         concurrency=concurrency, request_rate=request_rate, measurement_interval_ms=interval_ms,
         stability_percentage=stability, max_trials=max_trials, stats_url=stats_url,
-        image_label=label,
+        image_label=label, batch_size=batch_size, shared_memory=shared_memory, admin_key=admin_key,
     )
     results = run_loadtest(plan, echo=lambda text: click.echo(text, err=True))
     click.echo(f"report: {out / 'loadtest.md'} (CSV {out / 'loadtest.csv'}, plot {out / 'loadtest.png'})")
@@ -94,6 +107,9 @@ def loadtest(url: str, protocol: str, targets: str, images: Path | None, max_ima
                                           "(its repository must hold the same model as --repo).")
 @click.option("--server-pid", default=None, type=int,
               help="With --url: the tritonserver pid, to measure the stack's RSS.")
+@click.option("--admin-key", envvar=contract.ADMIN_KEY_ENV_VAR, default=None,
+              help="With --url: the server's admin key, to also time the raw model with tensors "
+                   f"in shared memory. [env: {contract.ADMIN_KEY_ENV_VAR}]")
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="Threads per in-process engine (default: the cores this process may use).")
 @click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(1),
@@ -108,7 +124,8 @@ def loadtest(url: str, protocol: str, targets: str, images: Path | None, max_ima
 @click.option("--stability", default=50, show_default=True, type=click.IntRange(1, 100))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default reports/bench-<time>).")
-def bench(repository: Path | None, url: str | None, server_pid: int | None, threads: int | None,
+def bench(repository: Path | None, url: str | None, server_pid: int | None, admin_key: str | None,
+          threads: int | None,
           seconds: float, typical_count: int, large_count: int, concurrency: str, interval_ms: int,
           stability: int, out: Path | None) -> None:
     """PyTorch eager, TorchScript, ORT in-process and the served paths, side by side."""
@@ -122,7 +139,7 @@ def bench(repository: Path | None, url: str | None, server_pid: int | None, thre
                                  param_hint="--repo")
     plan = BenchPlan(
         out=out or _default_out("bench"), repo=repository.resolve() if repository else None,
-        url=_strip_scheme(url) if url else None, server_pid=server_pid,
+        url=_strip_scheme(url) if url else None, server_pid=server_pid, admin_key=admin_key,
         threads=threads or len(os.sched_getaffinity(0)), seconds=seconds,
         typical_count=typical_count, large_count=large_count, concurrency=concurrency,
         measurement_interval_ms=interval_ms, stability_percentage=stability,

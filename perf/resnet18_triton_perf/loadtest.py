@@ -26,6 +26,9 @@ class LoadTestPlan:
     max_trials: int = 10
     stats_url: str | None = None
     image_label: str = "jpeg"
+    batch_size: int = 1
+    shared_memory: str = "none"  # or "system" (see perf_analyzer.Sweep)
+    admin_key: str | None = None  # our server's key for registering shared memory
 
 
 def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
@@ -33,7 +36,9 @@ def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
     common = dict(url=plan.url, protocol=plan.protocol, concurrency=plan.concurrency,
                   request_rate=plan.request_rate,
                   measurement_interval_ms=plan.measurement_interval_ms,
-                  stability_percentage=plan.stability_percentage, max_trials=plan.max_trials)
+                  stability_percentage=plan.stability_percentage, max_trials=plan.max_trials,
+                  batch_size=plan.batch_size, shared_memory=plan.shared_memory,
+                  headers=pa.admin_headers(plan.admin_key))
     planned = []
     for target in plan.targets:
         if target == "ensemble":
@@ -75,8 +80,11 @@ def write_summary(plan: LoadTestPlan, results: list[pa.SweepResult]) -> None:
     write_rows_csv(rows, plan.out / "loadtest.csv")
     plot_throughput_latency(rows, plan.out / "loadtest.png",
                             f"perf_analyzer against {plan.url} ({plan.protocol})")
+    transport = f"{plan.protocol}, batch {plan.batch_size}"
+    if plan.shared_memory != "none":
+        transport += f", {plan.shared_memory} shared memory"
     lines = [
-        f"# Load test against {plan.url} ({plan.protocol})",
+        f"# Load test against {plan.url} ({transport})",
         "",
         sweep_table(rows),
         "",

@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from resnet18_triton_client.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_HEADER
 from resnet18_triton_client.errors import ResNet18TritonError
 
 BINARY_NAME = "perf_analyzer"
@@ -92,6 +93,11 @@ def _raise_for_loader_error(output: str) -> None:
         raise PerfAnalyzerError(f"perf_analyzer cannot start: {output.strip()}{hint}")
 
 
+def admin_headers(admin_key: str | None) -> dict[str, str]:
+    """The header that opens our server's restricted APIs (shared-memory registration)."""
+    return {ADMIN_KEY_HEADER: admin_key} if admin_key else {}
+
+
 def length_prefixed(data: bytes) -> bytes:
     """One element of a Triton BYTES tensor: 4-byte little-endian length, then the bytes."""
     return struct.pack("<I", len(data)) + data
@@ -130,6 +136,11 @@ class Sweep:
     stability_percentage: int = 50
     max_trials: int = 10
     batch_size: int = 1
+    # "system": tensors travel through POSIX shared memory registered with the server instead of
+    # the HTTP body (client and server on one host). Registering a region is a restricted API on
+    # our server, so it needs the admin key as a header (HTTP only: perf_analyzer ignores -H on gRPC).
+    shared_memory: str = "none"
+    headers: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
 
     def arguments(self, csv_path: Path) -> list[str]:
@@ -144,6 +155,10 @@ class Sweep:
             args += ["--concurrency-range", self.concurrency or "1"]
         if self.input_data is not None:
             args += ["--input-data", str(self.input_data)]
+        if self.shared_memory != "none":
+            args += ["--shared-memory", self.shared_memory]
+        for name, value in self.headers.items():
+            args += ["-H", f"{name}:{value}"]
         return args + list(self.extra_args)
 
 
@@ -236,8 +251,12 @@ def run(analyzer: PerfAnalyzer, sweep: Sweep, csv_path: Path, label: str | None 
     _raise_for_loader_error(log)
     if result.returncode != 0 or not csv_path.is_file():
         tail = "\n".join(log.strip().splitlines()[-15:])
+        hint = ""
+        if "API is restricted" in log:
+            hint = (f"\n(the server keeps shared-memory registration behind its admin key: pass "
+                    f"--admin-key or set {ADMIN_KEY_ENV_VAR})")
         raise PerfAnalyzerError(
-            f"perf_analyzer failed on {sweep.model} (exit code {result.returncode}):\n{tail}"
+            f"perf_analyzer failed on {sweep.model} (exit code {result.returncode}):\n{tail}{hint}"
         )
     after = model_request_counts(stats_url, sweep.model) if stats_url else None
     failed = successful = None

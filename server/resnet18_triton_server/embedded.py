@@ -31,11 +31,12 @@ from typing import TextIO
 from resnet18_triton_client import contract
 from resnet18_triton_server.errors import ServerStartError
 from resnet18_triton_server.layout import missing_files
-from resnet18_triton_server.watchdog import ADMIN_KEY_HEADER, StubRecovery, StubWatchdog
+from resnet18_triton_server.watchdog import StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = Path(__file__).parent / "backends" / "onnxruntime" / "model.py"
 RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
-ADMIN_KEY_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY"
+ADMIN_KEY_HEADER = contract.ADMIN_KEY_HEADER
+ADMIN_KEY_ENV_VAR = contract.ADMIN_KEY_ENV_VAR
 
 
 @dataclass(frozen=True)

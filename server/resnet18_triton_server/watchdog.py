@@ -17,13 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resnet18_triton_client.contract import ADMIN_KEY_HEADER
 from resnet18_triton_server.layout import stub_model
 
 if TYPE_CHECKING:  # only for type hints: embedded.py imports this module
     from resnet18_triton_server.embedded import EmbeddedServer
-
-ADMIN_KEY_HEADER = "triton-admin-key"
-
 
 
 @dataclass(frozen=True)

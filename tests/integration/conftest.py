@@ -54,6 +54,12 @@ def server(exported_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
+def admin_key() -> str:
+    """The session server's key for its restricted APIs (repository, shared memory, ...)."""
+    return ADMIN_KEY
+
+
+@pytest.fixture(scope="session")
 def url(server: EmbeddedServer) -> str:
     return server.url
 

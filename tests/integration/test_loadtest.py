@@ -40,3 +40,27 @@ def test_loadtest_ensemble_and_raw(analyzer: pa.PerfAnalyzer, url: str, tmp_path
         assert len(list(csv.DictReader(stream))) == 2
     assert (plan.out / "loadtest.md").is_file()
     assert (plan.out / "loadtest.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_loadtest_raw_model_in_shared_memory_with_full_batches(
+    analyzer: pa.PerfAnalyzer, url: str, admin_key: str, tmp_path: Path
+) -> None:
+    # Registering shared memory is a restricted API: the admin key header must reach the server.
+    plan = LoadTestPlan(url=url, out=tmp_path / "out", targets=("raw",), concurrency="1",
+                        measurement_interval_ms=1000, stability_percentage=100, max_trials=3,
+                        batch_size=8, shared_memory="system", admin_key=admin_key)
+    (result,) = run_loadtest(plan, analyzer, echo=lambda _text: None)
+    assert result.failed_requests == 0
+    assert result.successful_requests and result.successful_requests > 0
+    assert "system shared memory" in (plan.out / "loadtest.md").read_text()
+
+
+def test_loadtest_shared_memory_without_the_admin_key_fails_clearly(
+    analyzer: pa.PerfAnalyzer, url: str, tmp_path: Path
+) -> None:
+    plan = LoadTestPlan(url=url, out=tmp_path / "out", targets=("raw",), concurrency="1",
+                        measurement_interval_ms=500, stability_percentage=100, max_trials=2,
+                        shared_memory="system")
+    with pytest.raises(pa.PerfAnalyzerError, match="(?s)restricted.*--admin-key") as error:
+        run_loadtest(plan, analyzer, echo=lambda _text: None)
+    assert "resnet18_onnx" in str(error.value)

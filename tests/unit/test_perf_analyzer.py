@@ -70,6 +70,18 @@ def test_sweep_arguments_concurrency_and_request_rate(tmp_path: Path) -> None:
     assert args[args.index("-i") + 1] == "grpc"
 
 
+def test_sweep_arguments_shared_memory_batch_and_admin_header(tmp_path: Path) -> None:
+    sweep = pa.Sweep(model="resnet18_onnx", url="u", batch_size=8, shared_memory="system",
+                     headers=pa.admin_headers("s3cret"))
+    args = sweep.arguments(tmp_path / "out.csv")
+    assert args[args.index("-b") + 1] == "8"
+    assert args[args.index("--shared-memory") + 1] == "system"
+    assert args[args.index("-H") + 1] == "triton-admin-key:s3cret"
+    plain = pa.Sweep(model="resnet18_onnx", url="u", headers=pa.admin_headers(None))
+    args = plain.arguments(tmp_path / "out.csv")
+    assert "--shared-memory" not in args and "-H" not in args
+
+
 def test_loader_error_names_the_debian_package() -> None:
     with pytest.raises(pa.PerfAnalyzerError, match="libb64-0d"):
         pa._raise_for_loader_error(

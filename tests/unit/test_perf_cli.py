@@ -23,3 +23,11 @@ def test_help_mentions_the_container_url() -> None:
     result = CliRunner().invoke(loadtest, ["--help"])
     assert result.exit_code == 0
     assert "--url" in result.output and "--request-rate" in result.output
+
+
+def test_loadtest_refuses_shared_memory_with_admin_key_over_grpc() -> None:
+    # perf_analyzer sends headers over HTTP only: the registration would be refused mid-run.
+    result = CliRunner().invoke(loadtest, ["--protocol", "grpc", "--shared-memory", "system",
+                                           "--admin-key", "k"])
+    assert result.exit_code == 2
+    assert "--protocol http" in result.output
