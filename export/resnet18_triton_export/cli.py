@@ -35,6 +35,15 @@ from resnet18_triton_server.layout import default_repository, onnx_model_path
               help="Dynamic batching: how long a request may wait for others to join its batch.")
 @click.option("--max-image-pixels", default=40_000_000, show_default=True, type=click.IntRange(1),
               help="Preprocessing refuses images with more pixels (decompression bombs).")
+@click.option("--preprocess-instances", default=1, show_default=True, type=click.IntRange(1),
+              help="Python preprocessing instances (one core each while decoding). 2 pays for "
+                   "large photos, whose decode dominates (12-MP JPEGs: 1.3x with --jpeg-draft-min-size "
+                   "256); no gain for ~500x375 images, +50 MB (docs/performance.md).")
+@click.option("--jpeg-draft-min-size", default=0, show_default=True, type=click.IntRange(0),
+              help="Decode JPEGs at least twice this size per side at 1/2..1/8 scale in the DCT "
+                   "domain (Image.draft); 256 makes 12-MP JPEGs ~3x cheaper but moves their "
+                   "probabilities by up to ~1e-4, so 0 (off, exact torchvision preprocessing) is the "
+                   "default.")
 @click.option("--response-cache/--no-response-cache", default=False, show_default=True,
               help="Mark the ensemble and classifier configs `response_cache { enable: true }`. "
                    "Triton then answers a repeated request from its cache, but only when the "
@@ -47,12 +56,13 @@ from resnet18_triton_server.layout import default_repository, onnx_model_path
                    "accelerator. The embedded server's Python-based backend ignores it.")
 def export(weights: str, seed: int, repository: Path, opset: int, atol: float, cores: int | None,
            onnx_instances: int, max_batch_size: int, max_queue_delay_us: int,
-           max_image_pixels: int, response_cache: bool = False, warmup: bool = True,
-           openvino: bool = False) -> None:
+           max_image_pixels: int, preprocess_instances: int = 1, jpeg_draft_min_size: int = 0,
+           response_cache: bool = False, warmup: bool = True, openvino: bool = False) -> None:
     """Export ResNet-18 to ONNX, check it against PyTorch and fill the Triton model repository."""
     settings = ServingSettings.from_core_budget(
         cores or available_cores(), onnx_instances, max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us, max_image_pixels=max_image_pixels,
+        preprocess_instances=preprocess_instances, jpeg_draft_min_size=jpeg_draft_min_size,
         response_cache=response_cache, warmup=warmup, openvino=openvino,
     )
     model, provenance = load_resnet18(weights, seed=seed)

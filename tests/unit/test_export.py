@@ -319,3 +319,19 @@ def test_verify_rejects_a_file_that_is_not_onnx(tmp_path: Path, random_model: tu
     path.write_bytes(b"not a protobuf")
     with pytest.raises(VerificationError, match="not a valid ONNX model"):
         verify_onnx(random_model[0], path)
+
+
+def test_export_command_renders_the_preprocessing_options(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from resnet18_triton_export.cli import export
+    from resnet18_triton_export.model_configs import parse
+
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(export, ["--weights", "random", "--repo", str(repo),
+                                         "--preprocess-instances", "2",
+                                         "--jpeg-draft-min-size", "512"])
+    assert result.exit_code == 0, result.output
+    config = parse((repo / "preprocess" / "config.pbtxt").read_text())
+    assert [group.count for group in config.instance_group] == [2]
+    assert config.parameters["jpeg_draft_min_size"].string_value == "512"
