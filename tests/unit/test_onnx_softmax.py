@@ -25,6 +25,10 @@ from resnet18_triton_client.contract import (
 )
 from resnet18_triton_export.onnx_export import export_onnx
 
+# The TorchScript exporter (``--opset 17``) is deprecated upstream; testing it on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.onnx.*",
+                                        "ignore:You are using the legacy TorchScript:DeprecationWarning")
+
 ATOL = 1e-6
 BATCH_SIZES = (1, 3, 5)
 EXPORTERS = {"dynamo": {"opset": 18, "dynamo": True}, "torchscript": {"opset": 17, "dynamo": False}}
