@@ -188,10 +188,9 @@ def run_served(plan: BenchPlan, url: str, pid: int | None, typical: list[Path], 
                        pa.Sweep(model=INT8_ENSEMBLE_MODEL, input_data=typical_data, **common)))
     for label, sweep in sweeps:
         echo(f"served: {label} (perf_analyzer, concurrency {sweep.concurrency}) ...")
-        slug = label.replace(" ", "_")
         sampler = StackSampler(pid).start() if pid else None
         try:
-            result = pa.run(analyzer, sweep, plan.out / f"perf_{slug}.csv", label=label)
+            result = pa.run(analyzer, sweep, plan.out / f"perf_{_slug(label)}.csv", label=label)
         finally:
             if sampler is not None:
                 sampler.stop()
@@ -206,6 +205,24 @@ def run_served(plan: BenchPlan, url: str, pid: int | None, typical: list[Path], 
     return dict(sweeps)
 
 
+def _slug(label: str) -> str:
+    return label.replace(" ", "_")
+
+
+def _raw_paths(results: BenchResults) -> dict[str, list]:
+    """The raw model's sweeps that produced rows: label -> rows."""
+    return {label: rows for label in results.served
+            if label.startswith("raw") and (rows := _rows(results, label))}
+
+
+def _fastest_raw_path(results: BenchResults, batch: int | None = None):
+    """(label, best row) of the fastest raw sweep, of any batch size or of ``batch`` images per
+    request; None when there is none."""
+    return max(((label, best(rows)) for label, rows in _raw_paths(results).items()
+                if batch is None or results.batch_sizes.get(label, 1) == batch),
+               key=lambda item: item[1].throughput, default=None)
+
+
 def run_interleaved_raw(plan: BenchPlan, repo: Path, sweeps: dict[str, pa.Sweep],
                         results: BenchResults, echo) -> None:
     """For batch 1 and the full batch: in-process ORT (served settings) and the fastest served raw
@@ -213,12 +230,10 @@ def run_interleaved_raw(plan: BenchPlan, repo: Path, sweeps: dict[str, pa.Sweep]
     analyzer = pa.locate()
     onnx = str(onnx_model_path(repo))
     for batch in (1, FULL_BATCH):
-        candidates = [(label, best(_rows(results, label))) for label in sweeps
-                      if label.startswith("raw") and results.batch_sizes.get(label) == batch
-                      and results.served.get(label)]
-        if not candidates:
+        fastest = _fastest_raw_path(results, batch)
+        if fastest is None:
             continue
-        label, top = max(candidates, key=lambda item: item[1].throughput)
+        label, top = fastest
         sweep = replace(sweeps[label], concurrency=f"{top.load:g}")
         entry = {"label": label, "concurrency": top.load, "in_process": [], "served": []}
         for round_ in range(1, INTERLEAVED_ROUNDS + 1):
@@ -227,8 +242,8 @@ def run_interleaved_raw(plan: BenchPlan, repo: Path, sweeps: dict[str, pa.Sweep]
             engine = inprocess.measure(inprocess.EngineSpec(
                 "ort", batch, plan.threads, INTERLEAVED_SECONDS, onnx_path=onnx, allow_spinning=False))
             entry["in_process"].append(engine.images_per_s)
-            slug = label.replace(" ", "_")
-            served = pa.run(analyzer, sweep, plan.out / f"interleaved_{slug}_{round_}.csv", label=label)
+            csv_path = plan.out / f"interleaved_{_slug(label)}_{round_}.csv"
+            served = pa.run(analyzer, sweep, csv_path, label=label)
             entry["served"].append(best(served.rows).throughput)
         results.interleaved[batch] = entry
         echo(f"  batch {batch}: in-process {entry['in_process']} vs served {entry['served']} img/s")
@@ -304,9 +319,7 @@ def ratios(results: BenchResults) -> list[tuple[str, float | None, str, bool | N
         add("served ensemble (500x375 JPEG) / in-process ORT FP32 (tensors, best variant), best img/s",
             best(ens).throughput, ort_best, f">= {SERVED_ENSEMBLE_VS_ORT}", SERVED_ENSEMBLE_VS_ORT,
             f"{best(ens).throughput:.1f} vs {ort_best:.1f} img/s")
-    raw_paths = {label: _rows(results, label) for label in results.served if label.startswith("raw")}
-    raw_best = max(((label, best(rows)) for label, rows in raw_paths.items() if rows),
-                   key=lambda item: item[1].throughput, default=None)
+    raw_best = _fastest_raw_path(results)
     for batch, entry in sorted(results.interleaved.items()):
         served, local = statistics.median(entry["served"]), statistics.median(entry["in_process"])
         add(f"served raw model / in-process ORT FP32 (spinning off, as served), batch {batch}, "
@@ -325,11 +338,9 @@ def ratios(results: BenchResults) -> list[tuple[str, float | None, str, bool | N
             f"{top.throughput:.1f} img/s ({label}, c={top.load:g}) vs {ort_best:.1f} img/s "
             f"({ort_top['engine']} batch {ort_top['batch']})")
     for batch in (1, FULL_BATCH):
-        same_batch = [best(rows) for label, rows in raw_paths.items()
-                      if rows and results.batch_sizes.get(label, 1) == batch]
-        engine = _engine(results, "ort-nospin", batch)
-        if same_batch and engine:
-            top = max(same_batch, key=lambda row: row.throughput)
+        fastest, engine = _fastest_raw_path(results, batch), _engine(results, "ort-nospin", batch)
+        if fastest and engine:
+            top = fastest[1]
             add(f"served raw model / in-process ORT FP32 (spinning off, as served), batch {batch}, "
                 "best img/s (sequential phases)", top.throughput, engine["images_per_s"], "-", None,
                 f"{top.throughput:.1f} vs {engine['images_per_s']:.1f} img/s")
@@ -350,7 +361,7 @@ def ratios(results: BenchResults) -> list[tuple[str, float | None, str, bool | N
                 f"({engine['engine']}: decode+preprocess+ORT)", stack, engine["peak_rss_mb"],
                 f"<= {STACK_RSS_VS_ORT}", lambda value: value <= STACK_RSS_VS_ORT,
                 f"{stack:.0f} vs {engine['peak_rss_mb']:.0f} MB")
-    for label, rows in raw_paths.items():
+    for label in _raw_paths(results):
         stack, engine = results.stack_rss_mb.get(label), _engine(results, "ort-nospin",
                                                                   results.batch_sizes.get(label, 1))
         if stack and engine:
@@ -398,8 +409,8 @@ def write_report(plan: BenchPlan, results: BenchResults, repo: Path) -> Path:
         stack = results.stack_rss_mb.get(label)
         rss = f"{stack:.0f} (whole stack)" if stack else "-"
         per_request = results.batch_sizes.get(label, 1)
-        rows.append([f"served {label}", f"{per_request}/request, c={top.load:g} (best)", f"{1000 / top.throughput:.1f}",
-                     f"{top.throughput:.1f}", rss,
+        rows.append([f"served {label}", f"{per_request}/request, c={top.load:g} (best)",
+                     f"{1000 / top.throughput:.1f}", f"{top.throughput:.1f}", rss,
                      f"p50 {first.p50_ms:.1f} / p99 {first.p99_ms:.1f} ms at c=1; "
                      f"p50 {top.p50_ms:.1f} / p99 {top.p99_ms:.1f} ms at c={top.load:g}; "
                      f"failed {results.failed_requests.get(label)}"])
