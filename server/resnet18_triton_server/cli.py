@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from resnet18_triton_server.embedded import ADMIN_KEY_ENV_VAR, EmbeddedServer, ServerOptions
+from resnet18_triton_client.contract import ADMIN_KEY_ENV_VAR
+from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions
 from resnet18_triton_server.layout import default_repository, has_int8, served_models
 
 

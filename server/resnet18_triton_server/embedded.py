@@ -35,8 +35,6 @@ from resnet18_triton_server.watchdog import StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = Path(__file__).parent / "backends" / "onnxruntime" / "model.py"
 RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
-ADMIN_KEY_HEADER = contract.ADMIN_KEY_HEADER
-ADMIN_KEY_ENV_VAR = contract.ADMIN_KEY_ENV_VAR
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,7 @@ def server_environment(install: TritonInstall) -> dict[str, str]:
 
 
 def server_arguments(options: ServerOptions, install: TritonInstall, backends: Path) -> list[str]:
-    key = f"{ADMIN_KEY_HEADER}={options.effective_admin_key}"
+    key = f"{contract.ADMIN_KEY_HEADER}={options.effective_admin_key}"
     args = [
         str(install.server_binary),
         f"--model-repository={options.repository}",

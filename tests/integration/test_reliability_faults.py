@@ -71,7 +71,7 @@ def _status(url: str, path: str) -> int:
 
 def _admin(url: str, path: str, body: bytes = b"") -> int:
     request = urllib.request.Request(f"http://{url}{path}", data=body, method="POST",
-                                     headers={"triton-admin-key": ADMIN_KEY})
+                                     headers={contract.ADMIN_KEY_HEADER: ADMIN_KEY})
     try:
         with urllib.request.urlopen(request, timeout=120) as reply:
             return reply.status

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from resnet18_triton_client.contract import ADMIN_KEY_HEADER
 from resnet18_triton_server.embedded import (
-    ADMIN_KEY_HEADER,
     RESTRICTED_APIS,
     ServerOptions,
     TritonInstall,
