@@ -47,15 +47,24 @@ class Case:
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
 
 
 def png_bomb(width: int, height: int) -> bytes:
     """A valid PNG header claiming width x height RGB pixels, followed by a few bytes of IDAT."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 4096, 9)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def jpeg_bomb(width: int, height: int) -> bytes:
@@ -87,7 +96,9 @@ def exif_rotated_jpeg(orientation: int, seed: int) -> bytes:
 def animated_gif() -> bytes:
     frames = [gradient_image(120, 90, seed=50 + i).convert("P") for i in range(3)]
     buffer = io.BytesIO()
-    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(
+        buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0
+    )
     return buffer.getvalue()
 
 
@@ -111,37 +122,73 @@ def build_corpus() -> list[Case]:
     la = base.convert("LA")
     cases = [
         Case("empty.jpg", "empty bytes", b"", EMPTY),
-        *[Case(f"random_{size}.jpg", "random bytes", rng.bytes(size), NOT_AN_IMAGE)
-          for size in (1, 100, 10_000)],
+        *[
+            Case(f"random_{size}.jpg", "random bytes", rng.bytes(size), NOT_AN_IMAGE)
+            for size in (1, 100, 10_000)
+        ],
         Case("text.txt.jpg", "text and HTML", b"just some text, not an image\n", NOT_AN_IMAGE),
-        Case("page.html.png", "text and HTML", b"<!doctype html><html><body>hi</body></html>", NOT_AN_IMAGE),
+        Case(
+            "page.html.png",
+            "text and HTML",
+            b"<!doctype html><html><body>hi</body></html>",
+            NOT_AN_IMAGE,
+        ),
         Case("json.jpg", "text and HTML", b'{"image": "cat.jpg"}', NOT_AN_IMAGE),
-        Case("drawing.svg.png", "text and HTML",
-             b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', NOT_AN_IMAGE),
-        *[Case(f"truncated_{cut}.jpg", "truncated JPEG", jpeg[:cut], TRUNCATED)
-          for cut in (2, 20, 300, len(jpeg) // 2)],
-        *[Case(f"truncated_{cut}.png", "truncated PNG", png[:cut], TRUNCATED)
-          for cut in (8, 40, 200, len(png) // 2)],
+        Case(
+            "drawing.svg.png",
+            "text and HTML",
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+            NOT_AN_IMAGE,
+        ),
+        *[
+            Case(f"truncated_{cut}.jpg", "truncated JPEG", jpeg[:cut], TRUNCATED)
+            for cut in (2, 20, 300, len(jpeg) // 2)
+        ],
+        *[
+            Case(f"truncated_{cut}.png", "truncated PNG", png[:cut], TRUNCATED)
+            for cut in (8, 40, 200, len(png) // 2)
+        ],
         Case("pixel_1x1.png", "1x1 image", encode(gradient_image(1, 1, seed=22), "PNG"), GOOD),
         Case("pixel_1x1.jpg", "1x1 image", encode(gradient_image(1, 1, seed=23), "JPEG"), GOOD),
         Case("gray16.png", "16-bit PNG", sixteen_bit_png(), GOOD),
         Case("rgba.png", "RGBA, LA, palette, CMYK", encode(rgba, "PNG"), GOOD),
         Case("la.png", "RGBA, LA, palette, CMYK", encode(la, "PNG"), GOOD),
-        Case("palette.png", "RGBA, LA, palette, CMYK",
-             encode(base.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"), GOOD),
-        Case("palette_transparent.gif", "RGBA, LA, palette, CMYK",
-             encode(base.convert("P"), "GIF", transparency=0), GOOD),
+        Case(
+            "palette.png",
+            "RGBA, LA, palette, CMYK",
+            encode(base.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+            GOOD,
+        ),
+        Case(
+            "palette_transparent.gif",
+            "RGBA, LA, palette, CMYK",
+            encode(base.convert("P"), "GIF", transparency=0),
+            GOOD,
+        ),
         Case("cmyk.jpg", "RGBA, LA, palette, CMYK", encode(base.convert("CMYK"), "JPEG"), GOOD),
         Case("animated.gif", "animated GIF", animated_gif(), GOOD),
         Case("lossy.webp", "WebP", encode(base, "WEBP", quality=80), GOOD),
         Case("lossless_rgba.webp", "WebP", encode(rgba, "WEBP", lossless=True), GOOD),
         Case("animated.webp", "WebP", animated_webp(), GOOD),
-        *[Case(f"exif_orientation_{o}.jpg", "EXIF-rotated JPEG", exif_rotated_jpeg(o, 30 + o), GOOD)
-          for o in (3, 6, 8)],
-        Case("bomb_50000x50000.png", "decompression bomb", png_bomb(50_000, 50_000), TOO_MANY_PIXELS),
-        Case("bomb_60000x60000.jpg", "decompression bomb", jpeg_bomb(60_000, 60_000), TOO_MANY_PIXELS),
+        *[
+            Case(
+                f"exif_orientation_{o}.jpg", "EXIF-rotated JPEG", exif_rotated_jpeg(o, 30 + o), GOOD
+            )
+            for o in (3, 6, 8)
+        ],
+        Case(
+            "bomb_50000x50000.png", "decompression bomb", png_bomb(50_000, 50_000), TOO_MANY_PIXELS
+        ),
+        Case(
+            "bomb_60000x60000.jpg", "decompression bomb", jpeg_bomb(60_000, 60_000), TOO_MANY_PIXELS
+        ),
         # Over the explicit 40-Mpixel limit but under Pillow's own bomb threshold (2x its limit).
-        Case("over_limit_8000x6000.png", "decompression bomb", png_bomb(8_000, 6_000), TOO_MANY_PIXELS),
+        Case(
+            "over_limit_8000x6000.png",
+            "decompression bomb",
+            png_bomb(8_000, 6_000),
+            TOO_MANY_PIXELS,
+        ),
     ]
     return cases
 

@@ -21,7 +21,7 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 from click.testing import CliRunner  # noqa: E402
 
-from resnet18_triton_export import quantize as q  # noqa: E402
+from resnet18_triton.export import quantize as q  # noqa: E402
 
 DIGITS_SEED = 0
 TRAIN, CALIBRATION, HELD_OUT = 200, 48, 100
@@ -48,7 +48,7 @@ def digits_model():
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from resnet18_triton_export.weights import load_resnet18
+    from resnet18_triton.export.weights import load_resnet18
 
     digits = sklearn_datasets.load_digits()
     order = np.random.default_rng(DIGITS_SEED).permutation(len(digits.images))
@@ -69,7 +69,9 @@ def digits_model():
 
     train = features("train")
     mean, std = train.mean(0), train.std(0) + 1e-6
-    head = LogisticRegression(C=1.0, max_iter=3000).fit((train - mean) / std, digits.target[ids["train"]])
+    head = LogisticRegression(C=1.0, max_iter=3000).fit(
+        (train - mean) / std, digits.target[ids["train"]]
+    )
     weight = head.coef_ / std  # fold the standardisation into the linear layer
     bias = head.intercept_ - weight @ mean
     with torch.no_grad():
@@ -93,11 +95,11 @@ def write_images(folder: Path, images: list[bytes]) -> Path:
 
 
 def export_repository(model, repo: Path, provenance_json: str, **settings: object) -> Path:
-    from resnet18_triton_export.model_configs import ServingSettings
-    from resnet18_triton_export.onnx_export import export_onnx
-    from resnet18_triton_export.repository import fill_repository
-    from resnet18_triton_export.weights import imagenet_categories
-    from resnet18_triton_server.layout import onnx_model_path
+    from resnet18_triton.export.model_configs import ServingSettings
+    from resnet18_triton.export.onnx_export import export_onnx
+    from resnet18_triton.export.repository import fill_repository
+    from resnet18_triton.export.weights import imagenet_categories
+    from resnet18_triton.layout import onnx_model_path
 
     export_onnx(model, onnx_model_path(repo), provenance=provenance_json)
     fill_repository(repo, ServingSettings(**settings), provenance_json, imagenet_categories())
@@ -106,20 +108,30 @@ def export_repository(model, repo: Path, provenance_json: str, **settings: objec
 
 def digits_int8_repository(tmp_path: Path, **settings: object) -> tuple[Path, dict]:
     """Export the digits model and run the real ``quantize`` command on it."""
-    from resnet18_triton_export.quantize_cli import quantize
+    from resnet18_triton.export.quantize_cli import quantize
 
     model, splits, _ = digits_model()
-    repo = export_repository(model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}',
-                             **settings)
+    repo = export_repository(
+        model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}', **settings
+    )
     report = tmp_path / "report.json"
-    result = CliRunner().invoke(quantize, [
-        "--repo", str(repo),
-        "--calibration-images", str(write_images(tmp_path / "calibration", splits["calibration"][0])),
-        "--eval-images", str(write_images(tmp_path / "held_out", splits["held_out"][0])),
-        "--report", str(report),
-        # 99% (the default) is what this machine measures; 97% leaves room for CPUs whose INT8
-        # kernels differ (without VNNI, reduce_range turns on and weights get 7 bits).
-        "--min-agreement", "0.97",
-    ], catch_exceptions=False)
+    result = CliRunner().invoke(
+        quantize,
+        [
+            "--repo",
+            str(repo),
+            "--calibration-images",
+            str(write_images(tmp_path / "calibration", splits["calibration"][0])),
+            "--eval-images",
+            str(write_images(tmp_path / "held_out", splits["held_out"][0])),
+            "--report",
+            str(report),
+            # 99% (the default) is what this machine measures; 97% leaves room for CPUs whose INT8
+            # kernels differ (without VNNI, reduce_range turns on and weights get 7 bits).
+            "--min-agreement",
+            "0.97",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     return repo, json.loads(report.read_text())

@@ -7,11 +7,11 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-from resnet18_triton_server.layout import load_model_module
+
+from resnet18_triton.layout import load_model_module, python_model_source
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = PROJECT_ROOT / "tests" / "data" / "samples"
-MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
 SAMPLE_FILES = sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix in (".png", ".jpg"))
 
 # Served probabilities vs PyTorch (same weights, torchvision transforms, softmax). Preprocessing is
@@ -28,7 +28,7 @@ def load_module(path: Path, name: str) -> ModuleType:
 
 
 def preprocess_module() -> ModuleType:
-    return load_module(MODEL_REPOSITORY / "preprocess" / "1" / "model.py", "preprocess_model")
+    return load_module(python_model_source("preprocess"), "preprocess_model")
 
 
 def encode(image, fmt: str, **save_args) -> bytes:
@@ -90,7 +90,9 @@ def reference_rgb(data: bytes):
 
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
     if image.mode.startswith("I;16") or image.mode == "I":
-        image = Image.fromarray((np.asarray(image, dtype=np.int64) // 256).clip(0, 255).astype(np.uint8))
+        image = Image.fromarray(
+            (np.asarray(image, dtype=np.int64) // 256).clip(0, 255).astype(np.uint8)
+        )
     return image.convert("RGB")
 
 
@@ -99,8 +101,9 @@ class TorchReference:
 
     def __init__(self, seed: int = 0) -> None:
         import torch
-        from resnet18_triton_export.weights import load_resnet18
         from torchvision.models import ResNet18_Weights
+
+        from resnet18_triton.export.weights import load_resnet18
 
         self.torch = torch
         self.model, self.provenance = load_resnet18("random", seed=seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 from tests.support import TorchReference
 
 ADMIN_KEY = "integration-test-key"
@@ -24,29 +24,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def exported_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository filled by the real export path (random weights, seed 0)."""
-    from resnet18_triton_export.model_configs import ServingSettings
-    from resnet18_triton_export.onnx_export import export_onnx
-    from resnet18_triton_export.repository import fill_repository
-    from resnet18_triton_export.verify import verify_onnx
-    from resnet18_triton_export.weights import imagenet_categories, load_resnet18
-    from resnet18_triton_server.layout import onnx_model_path
+    from resnet18_triton.export.model_configs import ServingSettings
+    from resnet18_triton.export.onnx_export import export_onnx
+    from resnet18_triton.export.repository import fill_repository
+    from resnet18_triton.export.verify import verify_onnx
+    from resnet18_triton.export.weights import imagenet_categories, load_resnet18
+    from resnet18_triton.layout import onnx_model_path
 
     repository = tmp_path_factory.mktemp("model_repository")
     model, provenance = load_resnet18("random", seed=EXPORT_SEED)
     onnx_path = export_onnx(model, onnx_model_path(repository), provenance=provenance)
     verify_onnx(model, onnx_path)
-    fill_repository(repository, ServingSettings(max_queue_delay_us=2000), provenance.to_json(),
-                    imagenet_categories())
+    fill_repository(
+        repository,
+        ServingSettings(max_queue_delay_us=2000),
+        provenance.to_json(),
+        imagenet_categories(),
+    )
     return repository
 
 
 @pytest.fixture(scope="session")
-def server(exported_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+def server(
+    exported_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedServer]:
     log_path = tmp_path_factory.mktemp("logs") / "tritonserver.log"
     options = ServerOptions(
         repository=exported_repository,
-        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-        admin_key=ADMIN_KEY, exit_timeout_s=10,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        admin_key=ADMIN_KEY,
+        exit_timeout_s=10,
     )
     with open(log_path, "w") as log, EmbeddedServer(options, log_stream=log) as running:
         yield running

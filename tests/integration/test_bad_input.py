@@ -7,7 +7,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from resnet18_triton_client import contract
+from resnet18_triton import contract
 from tests.support import encode, gradient_image
 
 GOOD = encode(gradient_image(320, 240, seed=9), "JPEG")

@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet18_triton_client import contract
-from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions, free_port
-from resnet18_triton_server.layout import onnx_model_path
+from resnet18_triton import contract
+from resnet18_triton.layout import onnx_model_path
+from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 from tests.support import encode, gradient_image
 
 CACHE_BYTES = 32 * 1024 * 1024
 
 
 def _repository(source: Path, target: Path, **settings: object) -> Path:
-    from resnet18_triton_export.model_configs import ServingSettings
-    from resnet18_triton_export.repository import fill_repository
-    from resnet18_triton_export.weights import imagenet_categories
+    from resnet18_triton.export.model_configs import ServingSettings
+    from resnet18_triton.export.repository import fill_repository
+    from resnet18_triton.export.weights import imagenet_categories
 
     onnx_model_path(target).parent.mkdir(parents=True)
     shutil.copyfile(onnx_model_path(source), onnx_model_path(target))
@@ -39,10 +39,18 @@ def _repository(source: Path, target: Path, **settings: object) -> Path:
 
 def _server(repo: Path, cache_bytes: int, log: io.StringIO | None = None) -> EmbeddedServer:
     """log_verbose=1: Triton logs each warm-up sample it runs (kept whole in ``log``)."""
-    return EmbeddedServer(ServerOptions(
-        repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-        response_cache_bytes=cache_bytes, exit_timeout_s=5, log_verbose=1,
-    ), log_stream=log)
+    return EmbeddedServer(
+        ServerOptions(
+            repository=repo,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            response_cache_bytes=cache_bytes,
+            exit_timeout_s=5,
+            log_verbose=1,
+        ),
+        log_stream=log,
+    )
 
 
 def _image(seed: int) -> bytes:
@@ -125,8 +133,9 @@ def test_cache_flags_in_configs_are_harmless_without_a_server_cache(
         assert re.search(r"cache_enabled\s+\|\s+0", log.getvalue())
 
 
-def test_server_is_ready_only_after_warm_up(exported_repository: Path, tmp_path: Path,
-                                            client_for) -> None:
+def test_server_is_ready_only_after_warm_up(
+    exported_repository: Path, tmp_path: Path, client_for
+) -> None:
     repo = _repository(exported_repository, tmp_path / "repo", warmup=True)
     stream = io.StringIO()
     with _server(repo, 0, stream) as server:
@@ -138,6 +147,8 @@ def test_server_is_ready_only_after_warm_up(exported_repository: Path, tmp_path:
         first_s, _ = _infer(client, _image(seed=600))
         rest = [_infer(client, _image(seed=601 + i))[0] for i in range(6)]
         median = statistics.median(rest)
-        print(f"\nwarm server: first request {first_s * 1e3:.1f} ms, then median {median * 1e3:.1f} ms")
+        print(
+            f"\nwarm server: first request {first_s * 1e3:.1f} ms, then median {median * 1e3:.1f} ms"
+        )
         # Without warm-up the first request measured ~5x the median; warm it is within noise.
         assert first_s < 2.5 * median + 0.05

@@ -11,18 +11,22 @@ import numpy as np
 
 from tests.support import SAMPLE_FILES, TorchReference
 
-CLI = [sys.executable, "-m", "resnet18_triton_client.cli"]
+CLI = [sys.executable, "-m", "resnet18_triton.cli"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_classify_json_matches_reference(url: str, reference: TorchReference, tmp_path: Path) -> None:
+def test_classify_json_matches_reference(
+    url: str, reference: TorchReference, tmp_path: Path
+) -> None:
     bad = tmp_path / "not_an_image.jpg"
     bad.write_text("this is text, not a JPEG")
     files = [str(path) for path in SAMPLE_FILES] + [str(bad)]
-    result = run_cli("classify", "--url", url, "--json", "--top-k", "5", "--batch-size", "2", *files)
+    result = run_cli(
+        "classify", "--url", url, "--json", "--top-k", "5", "--batch-size", "2", *files
+    )
     assert result.returncode == 1, result.stderr  # one bad file: the rest still answered
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["image"] for line in lines] == files
@@ -50,7 +54,10 @@ def test_health_reports_models_and_provenance(url: str) -> None:
     report = json.loads(result.stdout)
     text = json.dumps(report)
     assert [model["name"] for model in report["models"]] == [
-        "preprocess", "resnet18_onnx", "resnet18"]
+        "preprocess",
+        "resnet18_onnx",
+        "resnet18",
+    ]
     assert "random" in text
     human = run_cli("health", "--url", url)
     assert "WARNING" in human.stdout + human.stderr

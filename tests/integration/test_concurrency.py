@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tritonclient.http as httpclient
 
-from resnet18_triton_client import contract
+from resnet18_triton import contract
 from tests.support import PROBABILITY_ATOL, TorchReference, encode, gradient_image
 
 CONCURRENT_REQUESTS = 40
@@ -25,8 +25,13 @@ def classify_one(url: str, image: bytes) -> np.ndarray:
         client.close()
 
 
-def test_concurrent_distinct_images_each_get_their_own_answer(url: str, reference: TorchReference) -> None:
-    images = [encode(gradient_image(200 + i, 150 + 2 * i, seed=100 + i), "JPEG") for i in range(CONCURRENT_REQUESTS)]
+def test_concurrent_distinct_images_each_get_their_own_answer(
+    url: str, reference: TorchReference
+) -> None:
+    images = [
+        encode(gradient_image(200 + i, 150 + 2 * i, seed=100 + i), "JPEG")
+        for i in range(CONCURRENT_REQUESTS)
+    ]
     expected = reference.probabilities(images)
     with ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS) as pool:
         served = list(pool.map(lambda image: classify_one(url, image), images))

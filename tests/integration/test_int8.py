@@ -16,17 +16,17 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from resnet18_triton_client import contract  # noqa: E402
-from resnet18_triton_export.fidelity import run_logits, session, softmax  # noqa: E402
-from resnet18_triton_export.quantize import load_preprocess_module  # noqa: E402
-from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions, free_port  # noqa: E402
-from resnet18_triton_server.layout import (  # noqa: E402
+from resnet18_triton import contract
+from resnet18_triton.export.fidelity import run_logits, session, softmax
+from resnet18_triton.export.quantize import load_preprocess_module
+from resnet18_triton.layout import (
     INT8_ENSEMBLE_MODEL,
     INT8_MODEL,
     onnx_model_path,
     served_models,
 )
-from tests.digits import digits_int8_repository, digits_model  # noqa: E402
+from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from tests.digits import digits_int8_repository, digits_model
 
 IMAGES = 8
 
@@ -35,8 +35,12 @@ IMAGES = 8
 def int8_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedServer, Path]]:
     repo, _ = digits_int8_repository(tmp_path_factory.mktemp("int8"))
     options = ServerOptions(
-        repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-        models=served_models(repo), exit_timeout_s=5,
+        repository=repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        models=served_models(repo),
+        exit_timeout_s=5,
     )
     with EmbeddedServer(options) as running:
         yield running, repo

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from resnet18_triton_perf import images
-from resnet18_triton_perf import perf_analyzer as pa
-from resnet18_triton_perf.loadtest import LoadTestPlan, run_loadtest
+from resnet18_triton.perf import images
+from resnet18_triton.perf import perf_analyzer as pa
+from resnet18_triton.perf.loadtest import LoadTestPlan, run_loadtest
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,16 @@ def analyzer() -> pa.PerfAnalyzer:
 
 def test_loadtest_ensemble_and_raw(analyzer: pa.PerfAnalyzer, url: str, tmp_path: Path) -> None:
     files = images.jpeg_set(tmp_path / "images", (500, 375), 2)
-    plan = LoadTestPlan(url=url, out=tmp_path / "out", images=files, concurrency="1",
-                        measurement_interval_ms=1000, stability_percentage=100, max_trials=3,
-                        image_label="500x375")
+    plan = LoadTestPlan(
+        url=url,
+        out=tmp_path / "out",
+        images=files,
+        concurrency="1",
+        measurement_interval_ms=1000,
+        stability_percentage=100,
+        max_trials=3,
+        image_label="500x375",
+    )
     results = run_loadtest(plan, analyzer, echo=lambda _text: None)
 
     assert [result.sweep.model for result in results] == ["resnet18", "resnet18_onnx"]
@@ -46,9 +53,18 @@ def test_loadtest_raw_model_in_shared_memory_with_full_batches(
     analyzer: pa.PerfAnalyzer, url: str, admin_key: str, tmp_path: Path
 ) -> None:
     # Registering shared memory is a restricted API: the admin key header must reach the server.
-    plan = LoadTestPlan(url=url, out=tmp_path / "out", targets=("raw",), concurrency="1",
-                        measurement_interval_ms=1000, stability_percentage=100, max_trials=3,
-                        batch_size=8, shared_memory="system", admin_key=admin_key)
+    plan = LoadTestPlan(
+        url=url,
+        out=tmp_path / "out",
+        targets=("raw",),
+        concurrency="1",
+        measurement_interval_ms=1000,
+        stability_percentage=100,
+        max_trials=3,
+        batch_size=8,
+        shared_memory="system",
+        admin_key=admin_key,
+    )
     (result,) = run_loadtest(plan, analyzer, echo=lambda _text: None)
     assert result.failed_requests == 0
     assert result.successful_requests and result.successful_requests > 0
@@ -58,9 +74,16 @@ def test_loadtest_raw_model_in_shared_memory_with_full_batches(
 def test_loadtest_shared_memory_without_the_admin_key_fails_clearly(
     analyzer: pa.PerfAnalyzer, url: str, tmp_path: Path
 ) -> None:
-    plan = LoadTestPlan(url=url, out=tmp_path / "out", targets=("raw",), concurrency="1",
-                        measurement_interval_ms=500, stability_percentage=100, max_trials=2,
-                        shared_memory="system")
+    plan = LoadTestPlan(
+        url=url,
+        out=tmp_path / "out",
+        targets=("raw",),
+        concurrency="1",
+        measurement_interval_ms=500,
+        stability_percentage=100,
+        max_trials=2,
+        shared_memory="system",
+    )
     with pytest.raises(pa.PerfAnalyzerError, match="(?s)restricted.*--admin-key") as error:
         run_loadtest(plan, analyzer, echo=lambda _text: None)
     assert "resnet18_onnx" in str(error.value)

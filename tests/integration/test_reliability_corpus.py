@@ -20,11 +20,10 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from resnet18_triton_client import contract
+from resnet18_triton import contract
+from resnet18_triton.perf import soak
 from tests.corpus import TOO_MANY_BYTES, build_corpus, oversized_image, write_corpus
-from tests.support import PROBABILITY_ATOL, PROJECT_ROOT, encode, gradient_image, load_module
-
-soak = load_module(PROJECT_ROOT / "scripts" / "soak.py", "soak_script")
+from tests.support import PROBABILITY_ATOL, encode, gradient_image
 
 CORPUS = build_corpus()
 BAD = [case for case in CORPUS if not case.good]
@@ -111,23 +110,52 @@ def _raw(name: str, shape: list[int], dtype: str, value: np.ndarray):
 
 
 WRONG_TENSORS = {
-    "raw dtype": (contract.ONNX_MODEL, lambda: _raw(contract.ONNX_INPUT, [1, 3, 224, 224], "INT32",
-                                                    np.zeros((1, 3, 224, 224), np.int32)), r"INT32"),
-    "raw shape": (contract.ONNX_MODEL, lambda: _raw(contract.ONNX_INPUT, [1, 3, 100, 100], "FP32",
-                                                    np.zeros((1, 3, 100, 100), np.float32)), r"shape"),
-    "raw name": (contract.ONNX_MODEL, lambda: _raw("pixels", [1, 3, 224, 224], "FP32",
-                                                   np.zeros((1, 3, 224, 224), np.float32)), r"pixels"),
-    "raw batch too big": (contract.ONNX_MODEL, lambda: _raw(
-        contract.ONNX_INPUT, [64, 3, 224, 224], "FP32", np.zeros((64, 3, 224, 224), np.float32)),
-        r"batch.size|max"),
-    "ensemble dtype": (contract.ENSEMBLE_MODEL, lambda: _raw(contract.ENSEMBLE_INPUT, [1, 1], "FP32",
-                                                             np.zeros((1, 1), np.float32)), r"FP32"),
-    "ensemble shape": (contract.ENSEMBLE_MODEL, lambda: _raw(
-        contract.ENSEMBLE_INPUT, [1, 2], "BYTES", np.array([[GOOD_IMAGE, GOOD_IMAGE]], dtype=object)),
-        r"shape"),
-    "ensemble name": (contract.ENSEMBLE_MODEL, lambda: _raw("not_the_input", [1, 1], "BYTES",
-                                                            np.array([[GOOD_IMAGE]], dtype=object)),
-                      r"not_the_input"),
+    "raw dtype": (
+        contract.ONNX_MODEL,
+        lambda: _raw(
+            contract.ONNX_INPUT, [1, 3, 224, 224], "INT32", np.zeros((1, 3, 224, 224), np.int32)
+        ),
+        r"INT32",
+    ),
+    "raw shape": (
+        contract.ONNX_MODEL,
+        lambda: _raw(
+            contract.ONNX_INPUT, [1, 3, 100, 100], "FP32", np.zeros((1, 3, 100, 100), np.float32)
+        ),
+        r"shape",
+    ),
+    "raw name": (
+        contract.ONNX_MODEL,
+        lambda: _raw("pixels", [1, 3, 224, 224], "FP32", np.zeros((1, 3, 224, 224), np.float32)),
+        r"pixels",
+    ),
+    "raw batch too big": (
+        contract.ONNX_MODEL,
+        lambda: _raw(
+            contract.ONNX_INPUT, [64, 3, 224, 224], "FP32", np.zeros((64, 3, 224, 224), np.float32)
+        ),
+        r"batch.size|max",
+    ),
+    "ensemble dtype": (
+        contract.ENSEMBLE_MODEL,
+        lambda: _raw(contract.ENSEMBLE_INPUT, [1, 1], "FP32", np.zeros((1, 1), np.float32)),
+        r"FP32",
+    ),
+    "ensemble shape": (
+        contract.ENSEMBLE_MODEL,
+        lambda: _raw(
+            contract.ENSEMBLE_INPUT,
+            [1, 2],
+            "BYTES",
+            np.array([[GOOD_IMAGE, GOOD_IMAGE]], dtype=object),
+        ),
+        r"shape",
+    ),
+    "ensemble name": (
+        contract.ENSEMBLE_MODEL,
+        lambda: _raw("not_the_input", [1, 1], "BYTES", np.array([[GOOD_IMAGE]], dtype=object)),
+        r"not_the_input",
+    ),
 }
 
 
@@ -172,10 +200,20 @@ def test_corpus_under_concurrent_good_load(server, url, stub_pids, reference) ->
         stats = load.stop()
         stop.set()
         watcher.join(timeout=5)
-    print("FIGURE " + json.dumps({
-        "corpus_rounds": 3, "refused": refused, "answered": answered, "good_load_ok": stats.ok,
-        "good_load_failed": stats.failed, "good_load_wrong": stats.wrong,
-        "not_ready_samples": len(not_ready)}))
+    print(
+        "FIGURE "
+        + json.dumps(
+            {
+                "corpus_rounds": 3,
+                "refused": refused,
+                "answered": answered,
+                "good_load_ok": stats.ok,
+                "good_load_failed": stats.failed,
+                "good_load_wrong": stats.wrong,
+                "not_ready_samples": len(not_ready),
+            }
+        )
+    )
     assert refused == 3 * len(BAD) and answered == 3 * len(UNUSUAL_GOOD)
     assert stats.failed == 0 and stats.wrong == 0, stats.errors
     assert stats.ok > 0
@@ -187,9 +225,23 @@ def test_corpus_under_concurrent_good_load(server, url, stub_pids, reference) ->
 def test_client_reports_each_bad_file_and_goes_on(url, tmp_path) -> None:
     paths = write_corpus(tmp_path / "corpus")
     result = subprocess.run(
-        [sys.executable, "-m", "resnet18_triton_client.cli", "classify", "--url", url, "--json",
-         "--top-k", "1", "--timeout", "120", *map(str, paths)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "resnet18_triton.cli",
+            "classify",
+            "--url",
+            url,
+            "--json",
+            "--top-k",
+            "1",
+            "--timeout",
+            "120",
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 1, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]

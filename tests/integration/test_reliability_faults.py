@@ -20,12 +20,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from resnet18_triton_client import contract
-from resnet18_triton_client.api import ImageClassifier
-from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions, StubWatchdog, free_port
-from tests.support import PROJECT_ROOT, load_module
-
-soak = load_module(PROJECT_ROOT / "scripts" / "soak.py", "soak_script")
+from resnet18_triton import contract
+from resnet18_triton.client.api import ImageClassifier
+from resnet18_triton.perf import soak
+from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, StubWatchdog, free_port
 
 ADMIN_KEY = "faults-test-key"
 RECOVERY_DEADLINE_S = 60.0  # "recovered" = good answers again within this time (measured: ~3 s)
@@ -42,8 +40,12 @@ def own_server(exported_repository: Path, tmp_path_factory: pytest.TempPathFacto
     shutil.copytree(exported_repository, repository)
     log_path = repository.parent / "tritonserver.log"
     options = ServerOptions(
-        repository=repository, http_port=free_port(), grpc_port=free_port(),
-        metrics_port=free_port(), admin_key=ADMIN_KEY, exit_timeout_s=10,
+        repository=repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        admin_key=ADMIN_KEY,
+        exit_timeout_s=10,
     )
     with open(log_path, "w") as log:
         server = EmbeddedServer(options, log_stream=log).start()
@@ -70,8 +72,12 @@ def _status(url: str, path: str) -> int:
 
 
 def _admin(url: str, path: str, body: bytes = b"") -> int:
-    request = urllib.request.Request(f"http://{url}{path}", data=body, method="POST",
-                                     headers={contract.ADMIN_KEY_HEADER: ADMIN_KEY})
+    request = urllib.request.Request(
+        f"http://{url}{path}",
+        data=body,
+        method="POST",
+        headers={contract.ADMIN_KEY_HEADER: ADMIN_KEY},
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as reply:
             return reply.status
@@ -87,7 +93,7 @@ class ReadinessProbe:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "ReadinessProbe":
+    def __enter__(self) -> ReadinessProbe:
         self._thread.start()
         return self
 
@@ -97,8 +103,13 @@ class ReadinessProbe:
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            self.samples.append((time.monotonic(), _status(self.url, "/v2/health/ready"),
-                                 _status(self.url, f"/v2/models/{contract.ENSEMBLE_MODEL}/ready")))
+            self.samples.append(
+                (
+                    time.monotonic(),
+                    _status(self.url, "/v2/health/ready"),
+                    _status(self.url, f"/v2/models/{contract.ENSEMBLE_MODEL}/ready"),
+                )
+            )
 
     def not_ready(self) -> int:
         """Samples in which the server was not ready (/v2/health/ready != 200)."""
@@ -154,35 +165,46 @@ def test_killed_backend_stub_is_replaced_and_good_requests_succeed_again(
             dead_pid, killed_at = _kill_stub(own_server, model)
             _wait_for_recovery(own_server, before, RECOVERY_DEADLINE_S)
             reloaded = own_server.stub_recoveries[before:]
-            _wait_for_good_answers(load, reloaded[0].reloaded_at if reloaded else killed_at,
-                                   RECOVERY_DEADLINE_S)
+            _wait_for_good_answers(
+                load, reloaded[0].reloaded_at if reloaded else killed_at, RECOVERY_DEADLINE_S
+            )
             time.sleep(1.0)
     finally:
         stats = load.stop()
     recovered_after = _first_success_after_failures(stats.timeline, killed_at)
     recoveries = own_server.stub_recoveries[before:]
     failed_during = sum(1 for t, ok in stats.timeline if t >= killed_at and not ok)
-    figure(fault=f"kill -9 {model} stub", failed_requests=failed_during,
-           ok_requests=stats.ok, wrong_answers=stats.wrong,
-           recovered_after_s=None if recovered_after is None else round(recovered_after, 2),
-           detected_after_s=round(recoveries[0].detected_at - killed_at, 2) if recoveries else None,
-           reloaded_after_s=round(recoveries[0].reloaded_at - killed_at, 2) if recoveries else None,
-           server_not_ready_samples=probe.not_ready(),
-           ensemble_not_ready_samples=probe.ensemble_not_ready(), samples=len(probe.samples),
-           errors=sorted({e.split(": ", 1)[-1][:90] for e in stats.errors}))
+    figure(
+        fault=f"kill -9 {model} stub",
+        failed_requests=failed_during,
+        ok_requests=stats.ok,
+        wrong_answers=stats.wrong,
+        recovered_after_s=None if recovered_after is None else round(recovered_after, 2),
+        detected_after_s=round(recoveries[0].detected_at - killed_at, 2) if recoveries else None,
+        reloaded_after_s=round(recoveries[0].reloaded_at - killed_at, 2) if recoveries else None,
+        server_not_ready_samples=probe.not_ready(),
+        ensemble_not_ready_samples=probe.ensemble_not_ready(),
+        samples=len(probe.samples),
+        errors=sorted({e.split(": ", 1)[-1][:90] for e in stats.errors}),
+    )
     assert stats.wrong == 0, "a wrong answer was served"
     assert [r.model for r in recoveries] == [model] and recoveries[0].dead_pid == dead_pid
     assert recoveries[0].ok, recoveries[0].detail
     assert recovered_after is not None and recovered_after < RECOVERY_DEADLINE_S
     # Every failure is a clean server error naming the stub or the reloading model.
     for error in stats.errors:
-        assert ("is not healthy" in error or "has no available versions" in error
-                or "unavailable" in error.lower()), error
+        assert (
+            "is not healthy" in error
+            or "has no available versions" in error
+            or "unavailable" in error.lower()
+        ), error
     new = soak.server_processes(own_server.process.pid)[model]
     assert new.pid != dead_pid and new.is_running()
 
 
-def test_without_the_watchdog_triton_stays_ready_but_fails_until_reloaded(own_server, workload) -> None:
+def test_without_the_watchdog_triton_stays_ready_but_fails_until_reloaded(
+    own_server, workload
+) -> None:
     """Triton 2.51's own behaviour: a dead Python stub is not restarted and readiness says 200."""
     images, expected = workload
     own_server._watchdog.stop()
@@ -193,26 +215,42 @@ def test_without_the_watchdog_triton_stays_ready_but_fails_until_reloaded(own_se
             with ReadinessProbe(own_server.url) as probe:
                 _, killed_at = _kill_stub(own_server, "preprocess")
                 time.sleep(4.0)
-            ok_while_dead = sum(1 for t, ok in list(load.stats.timeline) if t > killed_at + 1.0 and ok)
-            failed_while_dead = sum(1 for t, ok in list(load.stats.timeline)
-                                    if t > killed_at + 1.0 and not ok)
+            ok_while_dead = sum(
+                1 for t, ok in list(load.stats.timeline) if t > killed_at + 1.0 and ok
+            )
+            failed_while_dead = sum(
+                1 for t, ok in list(load.stats.timeline) if t > killed_at + 1.0 and not ok
+            )
             reload_started = time.monotonic()
-            assert _admin(own_server.url, "/v2/repository/models/preprocess/unload",
-                          b'{"parameters":{"unload_dependents":false}}') == 200
+            assert (
+                _admin(
+                    own_server.url,
+                    "/v2/repository/models/preprocess/unload",
+                    b'{"parameters":{"unload_dependents":false}}',
+                )
+                == 200
+            )
             assert _admin(own_server.url, "/v2/repository/models/preprocess/load") == 200
             _wait_for_good_answers(load, reload_started, RECOVERY_DEADLINE_S)
         finally:
             stats = load.stop()
     finally:
         own_server._watchdog = StubWatchdog(own_server).start()
-    figure(fault="kill -9 preprocess stub, no watchdog", ok_while_dead=ok_while_dead,
-           failed_while_dead=failed_while_dead, samples_while_dead=len(probe.samples),
-           server_not_ready_samples=probe.not_ready(),
-           ensemble_not_ready_samples=probe.ensemble_not_ready(),
-           recovered_after_manual_reload_s=_first_success_after_failures(stats.timeline, reload_started))
+    figure(
+        fault="kill -9 preprocess stub, no watchdog",
+        ok_while_dead=ok_while_dead,
+        failed_while_dead=failed_while_dead,
+        samples_while_dead=len(probe.samples),
+        server_not_ready_samples=probe.not_ready(),
+        ensemble_not_ready_samples=probe.ensemble_not_ready(),
+        recovered_after_manual_reload_s=_first_success_after_failures(
+            stats.timeline, reload_started
+        ),
+    )
     assert ok_while_dead == 0 and failed_while_dead > 0
-    assert probe.not_ready() == 0 and probe.ensemble_not_ready() == 0, \
+    assert probe.not_ready() == 0 and probe.ensemble_not_ready() == 0, (
         "Triton 2.51 reports ready with a dead stub (documented)"
+    )
     assert any("Stub process 'preprocess_0_0' is not healthy" in e for e in stats.errors)
     assert stats.wrong == 0
     assert _first_success_after_failures(stats.timeline, reload_started) is not None
@@ -235,7 +273,7 @@ def test_client_rides_out_a_killed_stub_with_retries(own_server) -> None:
     def run() -> None:
         try:
             classify()
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -246,8 +284,11 @@ def test_client_rides_out_a_killed_stub_with_retries(own_server) -> None:
     done.set()
     thread.join(timeout=120)
     assert not thread.is_alive(), "the client hung"
-    figure(fault="kill -9 preprocess stub, client classify_bytes loop",
-           images_classified=len(results), client_error=str(errors[0]) if errors else None)
+    figure(
+        fault="kill -9 preprocess stub, client classify_bytes loop",
+        images_classified=len(results),
+        client_error=str(errors[0]) if errors else None,
+    )
     assert not errors, f"the client gave up: {errors[0]!r}"
     assert len(results) >= len(images)
 
@@ -271,13 +312,20 @@ def test_new_model_version_under_load_loses_no_request(own_server, workload) -> 
             time.sleep(2.0)
     finally:
         stats = load.stop()
-    with urllib.request.urlopen(f"http://{own_server.url}/v2/models/{contract.ONNX_MODEL}",
-                                timeout=5) as reply:
+    with urllib.request.urlopen(
+        f"http://{own_server.url}/v2/models/{contract.ONNX_MODEL}", timeout=5
+    ) as reply:
         versions = json.loads(reply.read())["versions"]
-    figure(fault="publish resnet18_onnx v2 under load", load_s=round(load_s, 2),
-           ok_requests=stats.ok, failed_requests=stats.failed, wrong_answers=stats.wrong,
-           server_not_ready_samples=probe.not_ready(),
-           ensemble_not_ready_samples=probe.ensemble_not_ready(), versions=versions)
+    figure(
+        fault="publish resnet18_onnx v2 under load",
+        load_s=round(load_s, 2),
+        ok_requests=stats.ok,
+        failed_requests=stats.failed,
+        wrong_answers=stats.wrong,
+        server_not_ready_samples=probe.not_ready(),
+        ensemble_not_ready_samples=probe.ensemble_not_ready(),
+        versions=versions,
+    )
     assert status == 200
     assert versions == ["2"]
     assert stats.failed == 0 and stats.wrong == 0, stats.errors
@@ -289,8 +337,10 @@ def test_new_model_version_under_load_loses_no_request(own_server, workload) -> 
 OVERSIZED_BODY_MB = int(os.environ.get("RESNET18_OVERSIZED_BODY_MB", "0"))
 
 
-@pytest.mark.skipif(OVERSIZED_BODY_MB <= 0, reason="needs ~4x the body in memory; "
-                    "set RESNET18_OVERSIZED_BODY_MB=256 to run")
+@pytest.mark.skipif(
+    OVERSIZED_BODY_MB <= 0,
+    reason="needs ~4x the body in memory; set RESNET18_OVERSIZED_BODY_MB=256 to run",
+)
 def test_oversized_body_is_refused_but_costs_memory(own_server) -> None:
     """Triton 2.51 has no HTTP body limit: the body is received, then the byte limit says 400."""
     import numpy as np
@@ -313,7 +363,9 @@ def test_oversized_body_is_refused_but_costs_memory(own_server) -> None:
     sampler.start()
     client = httpclient.InferenceServerClient(own_server.url, network_timeout=300.0)
     data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
-    data.set_data_from_numpy(np.array([[oversized_image(OVERSIZED_BODY_MB * 2**20 - 1)]], dtype=object))
+    data.set_data_from_numpy(
+        np.array([[oversized_image(OVERSIZED_BODY_MB * 2**20 - 1)]], dtype=object)
+    )
     started = time.monotonic()
     try:
         with pytest.raises(InferenceServerException) as caught:
@@ -322,9 +374,14 @@ def test_oversized_body_is_refused_but_costs_memory(own_server) -> None:
         client.close()
         stop.set()
         sampler.join(timeout=5)
-    figure(fault=f"{OVERSIZED_BODY_MB} MiB body", status=caught.value.status(),
-           seconds=round(time.monotonic() - started, 2), rss_mb_before=before, rss_mb_peak=peak,
-           rss_mb_after=soak.rss_mb(processes))
+    figure(
+        fault=f"{OVERSIZED_BODY_MB} MiB body",
+        status=caught.value.status(),
+        seconds=round(time.monotonic() - started, 2),
+        rss_mb_before=before,
+        rss_mb_peak=peak,
+        rss_mb_after=soak.rss_mb(processes),
+    )
     assert caught.value.status() == "400" and "image too large" in caught.value.message()
     assert own_server.is_ready()
 
@@ -332,21 +389,33 @@ def test_oversized_body_is_refused_but_costs_memory(own_server) -> None:
 def test_shutdown_under_load_finishes_cleanly_without_orphans(own_server, workload) -> None:
     """Runs last: stops the module's server while 8 clients are sending."""
     images, expected = workload
-    family = [own_server.process.pid] + [p.pid for p in
-                                         psutil.Process(own_server.process.pid).children(recursive=True)]
-    load = soak.LoadGenerator(own_server.url, images, expected, 8, max_s=120,
-                              network_timeout=30).start()
+    family = [own_server.process.pid] + [
+        p.pid for p in psutil.Process(own_server.process.pid).children(recursive=True)
+    ]
+    load = soak.LoadGenerator(
+        own_server.url, images, expected, 8, max_s=120, network_timeout=30
+    ).start()
     time.sleep(2.0)
     started = time.monotonic()
     code = own_server.stop()
     stop_s = time.monotonic() - started
     stats = load.stop(join_timeout=60)
     assert load.alive == 0, "a client hung after shutdown"
-    alive = [pid for pid in family if psutil.pid_exists(pid)
-             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    figure(fault="stop (SIGTERM) under load", stop_s=round(stop_s, 2), exit_code=code,
-           ok_requests=stats.ok, failed_requests=stats.failed, wrong_answers=stats.wrong,
-           errors=sorted({e.split(":", 1)[0] for e in stats.errors}), orphans=alive)
+    alive = [
+        pid
+        for pid in family
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
+    figure(
+        fault="stop (SIGTERM) under load",
+        stop_s=round(stop_s, 2),
+        exit_code=code,
+        ok_requests=stats.ok,
+        failed_requests=stats.failed,
+        wrong_answers=stats.wrong,
+        errors=sorted({e.split(":", 1)[0] for e in stats.errors}),
+        orphans=alive,
+    )
     # Triton 2.51 keeps serving open keep-alive connections during the exit timeout; if
     # clients are still sending when it expires it exits "immediately": with status 1 or,
     # measured here too, SIGSEGV on the way out (docs/reliability.md). Anything else fails.
@@ -355,7 +424,12 @@ def test_shutdown_under_load_finishes_cleanly_without_orphans(own_server, worklo
     assert stop_s < own_server.options.exit_timeout_s + 15
     assert stats.wrong == 0
     for error in stats.errors:  # failures are connection-level or a clean server error
-        assert error.split(":", 1)[0] in ("ConnectionRefusedError", "ConnectionResetError",
-                                          "InferenceServerException", "BrokenPipeError",
-                                          "HTTPParseError", "OSError"), error
+        assert error.split(":", 1)[0] in (
+            "ConnectionRefusedError",
+            "ConnectionResetError",
+            "InferenceServerException",
+            "BrokenPipeError",
+            "HTTPParseError",
+            "OSError",
+        ), error
     assert not alive, f"orphans: {alive}"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from resnet18_triton_client import contract
+from resnet18_triton import contract
 from tests.support import LOGIT_ATOL, PROBABILITY_ATOL, TorchReference, varied_images
 
 IMAGES = varied_images()
@@ -18,8 +18,11 @@ IMAGES = varied_images()
 def serve_probabilities(client, images: list[bytes]) -> np.ndarray:
     data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
     data.set_data_from_numpy(np.array([[image] for image in images], dtype=object))
-    result = client.infer(contract.ENSEMBLE_MODEL, [data],
-                          outputs=[httpclient.InferRequestedOutput(contract.ENSEMBLE_OUTPUT)])
+    result = client.infer(
+        contract.ENSEMBLE_MODEL,
+        [data],
+        outputs=[httpclient.InferRequestedOutput(contract.ENSEMBLE_OUTPUT)],
+    )
     return result.as_numpy(contract.ENSEMBLE_OUTPUT)
 
 
@@ -36,7 +39,9 @@ def test_ensemble_matches_pytorch(http_client, reference: TorchReference, name: 
     assert_same_answer(served, reference.probabilities([IMAGES[name]])[0])
 
 
-def test_batched_request_answers_each_image_in_order(http_client, reference: TorchReference) -> None:
+def test_batched_request_answers_each_image_in_order(
+    http_client, reference: TorchReference
+) -> None:
     names = sorted(IMAGES)[:6]
     images = [IMAGES[name] for name in names]
     served = serve_probabilities(http_client, images)
@@ -47,11 +52,12 @@ def test_batched_request_answers_each_image_in_order(http_client, reference: Tor
     assert np.abs(expected[0] - expected[1]).max() > 100 * PROBABILITY_ATOL
 
 
-def assert_labelled_top_k(client, model: str, data, output: str, expected: np.ndarray,
-                          k: int) -> None:
+def assert_labelled_top_k(
+    client, model: str, data, output: str, expected: np.ndarray, k: int
+) -> None:
     """Ask the classification extension for ``output``'s top ``k``: indices, labels and
     probabilities must be those of ``expected`` (the reference's probabilities)."""
-    from resnet18_triton_export.weights import imagenet_categories
+    from resnet18_triton.export.weights import imagenet_categories
 
     wanted = httpclient.InferRequestedOutput(output, class_count=k)
     rows = client.infer(model, [data], outputs=[wanted]).as_numpy(output)[0]
@@ -63,12 +69,20 @@ def assert_labelled_top_k(client, model: str, data, output: str, expected: np.nd
         assert float(probability) == pytest.approx(expected[int(index)], abs=PROBABILITY_ATOL)
 
 
-def test_classification_extension_gives_labelled_top5(http_client, reference: TorchReference) -> None:
+def test_classification_extension_gives_labelled_top5(
+    http_client, reference: TorchReference
+) -> None:
     image = IMAGES["chelsea.png"]
     data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
     data.set_data_from_numpy(np.array([[image]], dtype=object))
-    assert_labelled_top_k(http_client, contract.ENSEMBLE_MODEL, data, contract.ENSEMBLE_OUTPUT,
-                          reference.probabilities([image])[0], k=5)
+    assert_labelled_top_k(
+        http_client,
+        contract.ENSEMBLE_MODEL,
+        data,
+        contract.ENSEMBLE_OUTPUT,
+        reference.probabilities([image])[0],
+        k=5,
+    )
 
 
 def test_raw_model_over_plain_kserve_json(url: str, reference: TorchReference) -> None:
@@ -77,12 +91,19 @@ def test_raw_model_over_plain_kserve_json(url: str, reference: TorchReference) -
     image = IMAGES["rocket.jpg"]
     tensor = reference.tensor(image).numpy()
     body = {
-        "inputs": [{"name": contract.ONNX_INPUT, "shape": [1, 3, 224, 224], "datatype": "FP32",
-                    "data": tensor.reshape(-1).tolist()}],
+        "inputs": [
+            {
+                "name": contract.ONNX_INPUT,
+                "shape": [1, 3, 224, 224],
+                "datatype": "FP32",
+                "data": tensor.reshape(-1).tolist(),
+            }
+        ],
         "outputs": [{"name": name} for name in contract.ONNX_OUTPUTS],
     }
     request = urllib.request.Request(
-        f"http://{url}/v2/models/{contract.ONNX_MODEL}/infer", data=json.dumps(body).encode(),
+        f"http://{url}/v2/models/{contract.ONNX_MODEL}/infer",
+        data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=60) as reply:
@@ -100,13 +121,21 @@ def test_raw_model_over_plain_kserve_json(url: str, reference: TorchReference) -
     assert_same_answer(probabilities, reference.probabilities([image])[0])
 
 
-def test_raw_model_probabilities_give_labelled_top_k(http_client, reference: TorchReference) -> None:
+def test_raw_model_probabilities_give_labelled_top_k(
+    http_client, reference: TorchReference
+) -> None:
     """The classification extension on the raw model's probabilities output (labels.txt)."""
     image = IMAGES["coffee.png"]
     data = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 224, 224], "FP32")
     data.set_data_from_numpy(reference.tensor(image).numpy()[None])
-    assert_labelled_top_k(http_client, contract.ONNX_MODEL, data, contract.ONNX_PROBABILITIES,
-                          reference.probabilities([image])[0], k=3)
+    assert_labelled_top_k(
+        http_client,
+        contract.ONNX_MODEL,
+        data,
+        contract.ONNX_PROBABILITIES,
+        reference.probabilities([image])[0],
+        k=3,
+    )
 
 
 def test_raw_model_metadata(http_client) -> None:

@@ -14,12 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from resnet18_triton_client import contract
-from resnet18_triton_server.embedded import EmbeddedServer, ServerOptions, free_port
-from resnet18_triton_server.errors import ServerStartError
-from resnet18_triton_server.layout import stub_model
+from resnet18_triton import contract
+from resnet18_triton.errors import ServerStartError
+from resnet18_triton.layout import stub_model
+from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
-CLI = [sys.executable, "-m", "resnet18_triton_client.cli"]
+CLI = [sys.executable, "-m", "resnet18_triton.cli"]
 
 
 def test_empty_repository_fails_with_a_hint(tmp_path: Path) -> None:
@@ -33,8 +33,12 @@ def test_port_taken_is_named(exported_repository: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        options = ServerOptions(repository=exported_repository, http_port=port,
-                                grpc_port=free_port(), metrics_port=free_port())
+        options = ServerOptions(
+            repository=exported_repository,
+            http_port=port,
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+        )
         with pytest.raises(ServerStartError, match=f"127.0.0.1:{port}"):
             EmbeddedServer(options).start()
 
@@ -55,10 +59,24 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> 
 def test_serve_stops_cleanly_without_orphans(exported_repository: Path, stop_signal: int) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [*CLI, "serve", "--repo", str(exported_repository), "--http-port", str(port),
-         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--quiet",
-         "--exit-timeout", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *CLI,
+            "serve",
+            "--repo",
+            str(exported_repository),
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--quiet",
+            "--exit-timeout",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_ready(f"127.0.0.1:{port}", process)
@@ -82,9 +100,22 @@ def test_serve_stops_cleanly_without_orphans(exported_repository: Path, stop_sig
 def test_killed_launcher_takes_the_server_with_it(exported_repository: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [*CLI, "serve", "--repo", str(exported_repository), "--http-port", str(port),
-         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            *CLI,
+            "serve",
+            "--repo",
+            str(exported_repository),
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_ready(f"127.0.0.1:{port}", process)

@@ -15,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tritonclient.http as httpclient
 
-from resnet18_triton_client import contract
-from tests.support import PROBABILITY_ATOL, PROJECT_ROOT, load_module
-
-soak = load_module(PROJECT_ROOT / "scripts" / "soak.py", "soak_script")
+from resnet18_triton import contract
+from resnet18_triton.perf import soak
+from tests.support import PROBABILITY_ATOL
 
 SOAK_SECONDS = float(os.environ.get("RESNET18_SOAK_SECONDS", "20"))
 WARMUP_SECONDS = 8.0
@@ -29,9 +28,15 @@ CONCURRENT_CLIENTS = 64
 
 def test_soak_loses_nothing_and_does_not_grow(server, url, reference) -> None:
     images = soak.distinct_images(32, seed=7000)
-    summary = soak.run_soak(url, server.process.pid, SOAK_SECONDS, SOAK_CONCURRENCY,
-                            WARMUP_SECONDS, reference=reference.probabilities(images),
-                            images=images)
+    summary = soak.run_soak(
+        url,
+        server.process.pid,
+        SOAK_SECONDS,
+        SOAK_CONCURRENCY,
+        WARMUP_SECONDS,
+        reference=reference.probabilities(images),
+        images=images,
+    )
     print("FIGURE " + json.dumps(summary, sort_keys=True))
     print(soak.markdown(summary))
     assert summary["requests_failed"] == 0, summary["errors"]
@@ -40,7 +45,9 @@ def test_soak_loses_nothing_and_does_not_grow(server, url, reference) -> None:
     assert summary["max_difference_from_reference"] <= PROBABILITY_ATOL
     assert summary["answers_after_soak_equal"]
     assert summary["pids_unchanged"] and summary["processes_alive_at_end"]
-    assert summary["max_rss_growth_percent"] < MAX_RSS_GROWTH_PERCENT, summary["rss_growth_percent_after_warmup"]
+    assert summary["max_rss_growth_percent"] < MAX_RSS_GROWTH_PERCENT, summary[
+        "rss_growth_percent_after_warmup"
+    ]
 
 
 def _classify(url: str, image: bytes) -> np.ndarray:
@@ -51,7 +58,9 @@ def _classify(url: str, image: bytes) -> np.ndarray:
         client.close()
 
 
-def test_64_concurrent_clients_with_distinct_images_each_get_their_own_answer(url, reference) -> None:
+def test_64_concurrent_clients_with_distinct_images_each_get_their_own_answer(
+    url, reference
+) -> None:
     images = soak.distinct_images(CONCURRENT_CLIENTS, seed=8000)
     expected = reference.probabilities(images)
     with ThreadPoolExecutor(max_workers=CONCURRENT_CLIENTS) as pool:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from resnet18_triton_client import contract
-from resnet18_triton_client.api import ImageClassifier, RetryPolicy
-from resnet18_triton_client.cli import main
-from resnet18_triton_client.errors import ImageError, ServerUnavailableError
+from resnet18_triton import contract
+from resnet18_triton.cli import main
+from resnet18_triton.client.api import ImageClassifier, RetryPolicy
+from resnet18_triton.errors import ImageError, ServerUnavailableError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 MAX_BATCH_SIZE = 4
@@ -242,7 +242,7 @@ def test_no_arguments_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_the_thin_client_imports_neither_torch_nor_pillow() -> None:
     code = (
-        "import sys, resnet18_triton_client.commands; "
+        "import sys, resnet18_triton.client.cli; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'PIL'}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from resnet18_triton_client import cli
-from resnet18_triton_client.errors import MissingExtraError
-from resnet18_triton_client.extras import require
+from resnet18_triton import cli
+from resnet18_triton.errors import ExitCode, MissingExtraError
+from resnet18_triton.extras import require
 
 
 def test_require_names_the_extra() -> None:
@@ -26,7 +26,7 @@ def test_lazy_command_with_missing_dependency_prints_one_line_hint(
     )
     with pytest.raises(SystemExit) as exited:
         cli.main(["fancy", "--some-option", "x"])
-    assert exited.value.code == cli.EXIT_USAGE_OR_UNREACHABLE
+    assert exited.value.code == ExitCode.USAGE_OR_UNREACHABLE
     error_lines = capsys.readouterr().err.strip().splitlines()
     assert error_lines == [
         "Error: this needs the 'perf' extra (missing module 'no_such_module_for_tests'): "
@@ -34,7 +34,9 @@ def test_lazy_command_with_missing_dependency_prints_one_line_hint(
     ]
 
 
-def test_help_lists_every_subcommand_without_importing_them(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_lists_every_subcommand_without_importing_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(["--help"])
     assert exited.value.code == 0

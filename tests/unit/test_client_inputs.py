@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from resnet18_triton_client.api import read_image_bytes
-from resnet18_triton_client.errors import ImageError
-from resnet18_triton_client.inputs import NoImagesError, expand_inputs
+from resnet18_triton.client.api import read_image_bytes
+from resnet18_triton.client.inputs import NoImagesError, expand_inputs
+from resnet18_triton.errors import ImageError
 
 
 def touch(directory: Path, *names: str) -> list[Path]:

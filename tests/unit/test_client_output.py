@@ -6,15 +6,17 @@ import json
 
 import numpy as np
 import pytest
-from resnet18_triton_client.api import RetryPolicy, server_message
-from resnet18_triton_client.commands import (
+from tritonclient.utils import InferenceServerException
+
+from resnet18_triton.client.api import RetryPolicy, server_message
+from resnet18_triton.client.cli import (
     describe_provenance,
     format_health,
     format_json_line,
     format_table,
     health_to_json,
 )
-from resnet18_triton_client.results import (
+from resnet18_triton.client.results import (
     ClassificationResult,
     HealthReport,
     ModelHealth,
@@ -22,7 +24,6 @@ from resnet18_triton_client.results import (
     parse_classification,
     parse_classifications,
 )
-from tritonclient.utils import InferenceServerException
 
 # --- parsing ---------------------------------------------------------------------------------
 

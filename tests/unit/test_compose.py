@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resnet18_triton_client.contract import SERVED_MODELS
+from resnet18_triton.contract import SERVED_MODELS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("pytriton")
-from resnet18_triton_server.embedded import (  # noqa: E402
+from resnet18_triton.errors import ServerStartError
+from resnet18_triton.server.embedded import (
     ORT_BACKEND_SOURCE,
     TritonInstall,
     build_backend_directory,
     server_environment,
 )
-from resnet18_triton_server.errors import ServerStartError  # noqa: E402
 
 
 def test_missing_binary_is_named_with_the_fix(tmp_path: Path) -> None:
@@ -29,13 +29,19 @@ def test_missing_binary_is_named_with_the_fix(tmp_path: Path) -> None:
 def test_backend_directory_holds_real_files_not_links(tmp_path: Path) -> None:
     # Triton refuses a backend library whose real path escapes the backend directory.
     backends = build_backend_directory(TritonInstall.locate(), tmp_path / "backends")
-    for path in ("python/libtriton_python.so", "python/triton_python_backend_stub",
-                 "python/triton_python_backend_utils.py", "onnxruntime/model.py"):
+    for path in (
+        "python/libtriton_python.so",
+        "python/triton_python_backend_stub",
+        "python/triton_python_backend_utils.py",
+        "onnxruntime/model.py",
+    ):
         assert (backends / path).is_file() and not (backends / path).is_symlink(), path
     assert (backends / "onnxruntime/model.py").read_bytes() == ORT_BACKEND_SOURCE.read_bytes()
 
 
-def test_server_environment_finds_libraries_and_this_python(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_environment_finds_libraries_and_this_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import sys
 
     monkeypatch.setenv("LD_LIBRARY_PATH", "/somewhere")
@@ -46,10 +52,13 @@ def test_server_environment_finds_libraries_and_this_python(monkeypatch: pytest.
 
 
 def test_stub_model_reads_the_model_from_a_stub_command_line() -> None:
-    from resnet18_triton_server.layout import stub_model
+    from resnet18_triton.layout import stub_model
 
     stub = "/tmp/backends/python/triton_python_backend_stub"
-    assert stub_model([stub, "/repo/preprocess/1/model.py", "triton_python_backend_shm"]) == "preprocess"
+    assert (
+        stub_model([stub, "/repo/preprocess/1/model.py", "triton_python_backend_shm"])
+        == "preprocess"
+    )
     assert stub_model([stub, "/repo/resnet18_onnx/1/model.onnx"]) == "resnet18_onnx"
     assert stub_model(["/usr/bin/tritonserver", "/repo/preprocess/1/model.py"]) is None
     assert stub_model([stub]) is None

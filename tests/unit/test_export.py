@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from resnet18_triton_client.contract import (
+from resnet18_triton.contract import (
     CHANNELS,
     IMAGE_SIZE,
     NUM_CLASSES,
@@ -19,16 +19,15 @@ from resnet18_triton_client.contract import (
     ONNX_OUTPUTS,
     PROVENANCE_PARAMETER,
 )
-from resnet18_triton_client.errors import ResNet18TritonError
-from resnet18_triton_export import weights as weights_module
-from resnet18_triton_export.errors import (
+from resnet18_triton.errors import (
     ExportError,
-    VerificationError,
+    ResNet18TritonError,
     WeightsUnavailableError,
 )
-from resnet18_triton_export.onnx_export import export_onnx
-from resnet18_triton_export.verify import VerificationReport, verify_onnx
-from resnet18_triton_export.weights import (
+from resnet18_triton.export import weights as weights_module
+from resnet18_triton.export.onnx_export import export_onnx
+from resnet18_triton.export.verify import VerificationError, VerificationReport, verify_onnx
+from resnet18_triton.export.weights import (
     Provenance,
     imagenet_cache_path,
     imagenet_categories,
@@ -243,7 +242,7 @@ def test_export_writes_one_file_with_contract_names_and_dynamic_batch(exported: 
 def test_export_records_provenance_and_producer(exported: Path, random_model: tuple) -> None:
     metadata = {prop.key: prop.value for prop in onnx.load(str(exported)).metadata_props}
     assert Provenance.from_json(metadata[PROVENANCE_PARAMETER]) == random_model[1]
-    assert metadata["producer"] == "resnet18_triton_export"
+    assert metadata["producer"] == "resnet18_triton.export"
     assert metadata["torch_version"] == torch.__version__
 
 
@@ -324,13 +323,23 @@ def test_verify_rejects_a_file_that_is_not_onnx(tmp_path: Path, random_model: tu
 def test_export_command_renders_the_preprocessing_options(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from resnet18_triton_export.cli import export
-    from resnet18_triton_export.model_configs import parse
+    from resnet18_triton.export.cli import export
+    from resnet18_triton.export.model_configs import parse
 
     repo = tmp_path / "repo"
-    result = CliRunner().invoke(export, ["--weights", "random", "--repo", str(repo),
-                                         "--preprocess-instances", "2",
-                                         "--jpeg-draft-min-size", "512"])
+    result = CliRunner().invoke(
+        export,
+        [
+            "--weights",
+            "random",
+            "--repo",
+            str(repo),
+            "--preprocess-instances",
+            "2",
+            "--jpeg-draft-min-size",
+            "512",
+        ],
+    )
     assert result.exit_code == 0, result.output
     config = parse((repo / "preprocess" / "config.pbtxt").read_text())
     assert [group.count for group in config.instance_group] == [2]

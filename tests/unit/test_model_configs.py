@@ -7,22 +7,22 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("tritonclient.grpc")
-from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
+from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet18_triton_client import contract  # noqa: E402
-from resnet18_triton_export.errors import ExportError  # noqa: E402
-from resnet18_triton_export.model_configs import (  # noqa: E402
+from resnet18_triton import contract
+from resnet18_triton.errors import ExportError
+from resnet18_triton.export.model_configs import (
     ServingSettings,
     all_model_configs,
     parse,
     render,
 )
-from resnet18_triton_export.repository import (  # noqa: E402
+from resnet18_triton.export.repository import (
     install_python_models,
     write_configs,
     write_labels,
 )
-from resnet18_triton_server.layout import missing_files, onnx_model_path  # noqa: E402
+from resnet18_triton.layout import missing_files, onnx_model_path
 
 PROVENANCE = '{"seed":0,"source":"random"}'
 

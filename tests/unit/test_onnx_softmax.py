@@ -16,18 +16,20 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from resnet18_triton_client.contract import (
+from resnet18_triton.contract import (
     CHANNELS,
     IMAGE_SIZE,
     NUM_CLASSES,
     ONNX_INPUT,
     ONNX_OUTPUTS,
 )
-from resnet18_triton_export.onnx_export import export_onnx
+from resnet18_triton.export.onnx_export import export_onnx
 
 # The TorchScript exporter (``--opset 17``) is deprecated upstream; testing it on purpose.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.onnx.*",
-                                        "ignore:You are using the legacy TorchScript:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:torch.onnx.*",
+    "ignore:You are using the legacy TorchScript:DeprecationWarning",
+)
 
 ATOL = 1e-6
 BATCH_SIZES = (1, 3, 5)
@@ -60,8 +62,9 @@ def exporter(request: pytest.FixtureRequest) -> str:
 def test_probabilities_output_is_the_softmax_of_the_logits_output(
     tmp_path: Path, exporter: str, scale: float
 ) -> None:
-    path = export_onnx(small_classifier(seed=0, scale=scale), tmp_path / "model.onnx",
-                       **EXPORTERS[exporter])
+    path = export_onnx(
+        small_classifier(seed=0, scale=scale), tmp_path / "model.onnx", **EXPORTERS[exporter]
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [output.name for output in session.get_outputs()] == list(ONNX_OUTPUTS)
     rng = np.random.default_rng(1)
@@ -76,8 +79,9 @@ def test_probabilities_output_is_the_softmax_of_the_logits_output(
 
 
 def test_both_outputs_have_the_dynamic_batch_axis(tmp_path: Path, exporter: str) -> None:
-    path = export_onnx(small_classifier(seed=0, scale=1.0), tmp_path / "model.onnx",
-                       **EXPORTERS[exporter])
+    path = export_onnx(
+        small_classifier(seed=0, scale=1.0), tmp_path / "model.onnx", **EXPORTERS[exporter]
+    )
     graph = onnx.load(str(path)).graph
 
     def dims(value: onnx.ValueInfoProto) -> list[int | str]:

@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from resnet18_triton.server.embedded import ORT_BACKEND_SOURCE
 from tests.support import load_module
-from resnet18_triton_server.embedded import ORT_BACKEND_SOURCE
 
 backend = load_module(ORT_BACKEND_SOURCE, "ort_python_backend")
 
@@ -21,8 +21,15 @@ def config(parameters: dict[str, str], level: int | None = None) -> dict:
 
 def test_thread_and_memory_keys() -> None:
     options = backend.session_options(
-        config({"intra_op_thread_count": "3", "inter_op_thread_count": "2", "execution_mode": "1",
-                "enable_mem_arena": "0", "enable_mem_pattern": "false"})
+        config(
+            {
+                "intra_op_thread_count": "3",
+                "inter_op_thread_count": "2",
+                "execution_mode": "1",
+                "enable_mem_arena": "0",
+                "enable_mem_pattern": "false",
+            }
+        )
     )
     assert options.intra_op_num_threads == 3
     assert options.inter_op_num_threads == 2
@@ -61,7 +68,9 @@ def test_split_batches_returns_each_request_its_rows_in_order() -> None:
     logits = np.arange(6 * 2).reshape(6, 2)
     pieces = backend.split_batches([logits], [1, 3, 2])
     assert [p[0].tolist() for p in pieces] == [
-        logits[0:1].tolist(), logits[1:4].tolist(), logits[4:6].tolist()
+        logits[0:1].tolist(),
+        logits[1:4].tolist(),
+        logits[4:6].tolist(),
     ]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet18_triton_perf import perf_analyzer as pa
+from resnet18_triton.perf import perf_analyzer as pa
 
 CSV = (
     "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
@@ -71,8 +71,13 @@ def test_sweep_arguments_concurrency_and_request_rate(tmp_path: Path) -> None:
 
 
 def test_sweep_arguments_shared_memory_batch_and_admin_header(tmp_path: Path) -> None:
-    sweep = pa.Sweep(model="resnet18_onnx", url="u", batch_size=8, shared_memory="system",
-                     headers=pa.admin_headers("s3cret"))
+    sweep = pa.Sweep(
+        model="resnet18_onnx",
+        url="u",
+        batch_size=8,
+        shared_memory="system",
+        headers=pa.admin_headers("s3cret"),
+    )
     args = sweep.arguments(tmp_path / "out.csv")
     assert args[args.index("-b") + 1] == "8"
     assert args[args.index("--shared-memory") + 1] == "system"
@@ -96,7 +101,10 @@ def test_locate_puts_cuda_runtime_on_library_path(monkeypatch, tmp_path: Path) -
     monkeypatch.setattr(pa, "cuda_runtime_lib_dir", lambda: tmp_path / "cudart")
     monkeypatch.setenv("LD_LIBRARY_PATH", "/already/there")
     analyzer = pa.locate(binary)
-    assert analyzer.env["LD_LIBRARY_PATH"].split(":") == [str(tmp_path / "cudart"), "/already/there"]
+    assert analyzer.env["LD_LIBRARY_PATH"].split(":") == [
+        str(tmp_path / "cudart"),
+        "/already/there",
+    ]
 
 
 def test_locate_without_cuda_runtime_says_what_to_install(monkeypatch, tmp_path: Path) -> None:

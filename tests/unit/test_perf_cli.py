@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from resnet18_triton_perf.cli import bench, loadtest
+from resnet18_triton.perf.cli import bench, loadtest
 
 
 def test_loadtest_rejects_a_malformed_range() -> None:
@@ -27,7 +27,8 @@ def test_help_mentions_the_container_url() -> None:
 
 def test_loadtest_refuses_shared_memory_with_admin_key_over_grpc() -> None:
     # perf_analyzer sends headers over HTTP only: the registration would be refused mid-run.
-    result = CliRunner().invoke(loadtest, ["--protocol", "grpc", "--shared-memory", "system",
-                                           "--admin-key", "k"])
+    result = CliRunner().invoke(
+        loadtest, ["--protocol", "grpc", "--shared-memory", "system", "--admin-key", "k"]
+    )
     assert result.exit_code == 2
     assert "--protocol http" in result.output

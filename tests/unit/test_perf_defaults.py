@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from resnet18_triton_export.model_configs import (
-    ServingSettings, onnx_model_config, preprocess_model_config,
+from resnet18_triton.export.model_configs import (
+    ServingSettings,
+    onnx_model_config,
+    preprocess_model_config,
 )
 from tests.support import preprocess_module
 
@@ -22,15 +24,18 @@ def test_ort_spinning_is_off_by_default() -> None:
 def test_ort_backend_passes_the_spinning_entry_through() -> None:
     from google.protobuf import json_format
 
+    from resnet18_triton.layout import backend_source
     from tests.support import load_module
-    from tests.support import PROJECT_ROOT
 
     backend = load_module(
-        PROJECT_ROOT / "server" / "resnet18_triton_server" / "backends" / "onnxruntime" / "model.py",
+        backend_source("onnxruntime"),
         "ort_backend_for_perf_defaults",
     )
-    config = json.loads(json_format.MessageToJson(
-        onnx_model_config(ServingSettings(), PROVENANCE), preserving_proto_field_name=True))
+    config = json.loads(
+        json_format.MessageToJson(
+            onnx_model_config(ServingSettings(), PROVENANCE), preserving_proto_field_name=True
+        )
+    )
     options = backend.session_options(config)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
@@ -40,8 +45,11 @@ def test_jpeg_draft_is_off_by_default_and_read_by_the_model() -> None:
     assert config.parameters["jpeg_draft_min_size"].string_value == "0"
     module = preprocess_module()
     model = module.TritonPythonModel()
-    as_json = {"input": [{"name": "IMAGE"}], "output": [{"name": "NORMALIZED_IMAGE"}],
-               "parameters": {"jpeg_draft_min_size": {"string_value": "256"}}}
+    as_json = {
+        "input": [{"name": "IMAGE"}],
+        "output": [{"name": "NORMALIZED_IMAGE"}],
+        "parameters": {"jpeg_draft_min_size": {"string_value": "256"}},
+    }
     model.initialize({"model_config": json.dumps(as_json)})
     assert model.draft_min_size == 256
     as_json["parameters"] = {}

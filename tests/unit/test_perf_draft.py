@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnet18_triton_perf import images
+from resnet18_triton.perf import images
 from tests.support import TorchReference, encode, gradient_image, preprocess_module
 
 TENSOR_ATOL = 0.1
@@ -34,8 +34,9 @@ def test_draft_is_off_by_default_and_exact_for_typical_images(preprocess) -> Non
 
 def test_draft_leaves_non_jpeg_alone(preprocess) -> None:
     data = encode(gradient_image(1200, 900, seed=2), "PNG")
-    np.testing.assert_array_equal(preprocess.preprocess_bytes(data, draft_min_size=256),
-                                  preprocess.preprocess_bytes(data))
+    np.testing.assert_array_equal(
+        preprocess.preprocess_bytes(data, draft_min_size=256), preprocess.preprocess_bytes(data)
+    )
 
 
 def test_draft_within_the_stated_tolerance(preprocess) -> None:

@@ -7,14 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from resnet18_triton_perf import bench, images, report
-from resnet18_triton_perf.perf_analyzer import Row
+from resnet18_triton.perf import bench, images, report
+from resnet18_triton.perf.perf_analyzer import Row
 
 
 def _row(label: str, load: float, throughput: float, p50: float = 10.0) -> Row:
-    return Row(model="m", label=label, load=load, mode="concurrency", throughput=throughput,
-               p50_ms=p50, p90_ms=p50 + 1, p95_ms=p50 + 2, p99_ms=p50 + 3, avg_ms=p50,
-               server_queue_ms=0.1, server_compute_ms=p50 - 1)
+    return Row(
+        model="m",
+        label=label,
+        load=load,
+        mode="concurrency",
+        throughput=throughput,
+        p50_ms=p50,
+        p90_ms=p50 + 1,
+        p95_ms=p50 + 2,
+        p99_ms=p50 + 3,
+        avg_ms=p50,
+        server_queue_ms=0.1,
+        server_compute_ms=p50 - 1,
+    )
 
 
 def test_jpeg_sets_are_deterministic_and_cached(tmp_path: Path) -> None:
@@ -46,13 +57,48 @@ def _results(stack_mb: float) -> bench.BenchResults:
     # stack_mb: the served stack's peak RSS during the 500x375 ensemble sweep
     results = bench.BenchResults()
     results.engines = [
-        {"engine": "eager", "batch": 1, "images_per_s": 20.0, "ms_per_image": 50.0, "peak_rss_mb": 500},
-        {"engine": "ort", "batch": 1, "images_per_s": 40.0, "ms_per_image": 25.0, "peak_rss_mb": 200},
-        {"engine": "ort", "batch": 8, "images_per_s": 38.0, "ms_per_image": 26.0, "peak_rss_mb": 250},
-        {"engine": "ort-nospin", "batch": 1, "images_per_s": 36.0, "ms_per_image": 27.8, "peak_rss_mb": 200},
-        {"engine": "ort-nospin", "batch": 8, "images_per_s": 39.0, "ms_per_image": 25.6, "peak_rss_mb": 250},
-        {"engine": "pipeline 500x375", "batch": 1, "images_per_s": 35.0, "ms_per_image": 28.0,
-         "peak_rss_mb": 220},
+        {
+            "engine": "eager",
+            "batch": 1,
+            "images_per_s": 20.0,
+            "ms_per_image": 50.0,
+            "peak_rss_mb": 500,
+        },
+        {
+            "engine": "ort",
+            "batch": 1,
+            "images_per_s": 40.0,
+            "ms_per_image": 25.0,
+            "peak_rss_mb": 200,
+        },
+        {
+            "engine": "ort",
+            "batch": 8,
+            "images_per_s": 38.0,
+            "ms_per_image": 26.0,
+            "peak_rss_mb": 250,
+        },
+        {
+            "engine": "ort-nospin",
+            "batch": 1,
+            "images_per_s": 36.0,
+            "ms_per_image": 27.8,
+            "peak_rss_mb": 200,
+        },
+        {
+            "engine": "ort-nospin",
+            "batch": 8,
+            "images_per_s": 39.0,
+            "ms_per_image": 25.6,
+            "peak_rss_mb": 250,
+        },
+        {
+            "engine": "pipeline 500x375",
+            "batch": 1,
+            "images_per_s": 35.0,
+            "ms_per_image": 28.0,
+            "peak_rss_mb": 220,
+        },
     ]
     results.served = {
         "raw": [_row("raw", 1, 33.0).as_dict()],
@@ -67,16 +113,26 @@ def _results(stack_mb: float) -> bench.BenchResults:
 
 
 def test_ratios_against_the_issue_targets() -> None:
-    found = {name: (value, met) for name, value, _target, met, _detail in bench.ratios(_results(300))}
+    found = {
+        name: (value, met) for name, value, _target, met, _detail in bench.ratios(_results(300))
+    }
     ensemble = next(v for k, v in found.items() if k.startswith("served ensemble (500x375"))
     assert ensemble[0] == pytest.approx(38.5 / 40) and ensemble[1] is True
     # Best served path (8 images per request) against the best in-process variant (any batch).
     raw = next(v for k, v in found.items() if k.startswith("served raw model, best path"))
     assert raw[0] == pytest.approx(39.5 / 40) and raw[1] is True
     # Like for like: each batch size against in-process ORT with the served settings (no spinning).
-    batch1 = next(v for k, v in found.items() if k.startswith("served raw") and k.endswith("batch 1, best img/s (sequential phases)"))
+    batch1 = next(
+        v
+        for k, v in found.items()
+        if k.startswith("served raw") and k.endswith("batch 1, best img/s (sequential phases)")
+    )
     assert batch1[0] == pytest.approx(35.0 / 36.0) and batch1[1] is None
-    batch8 = next(v for k, v in found.items() if k.startswith("served raw") and k.endswith("batch 8, best img/s (sequential phases)"))
+    batch8 = next(
+        v
+        for k, v in found.items()
+        if k.startswith("served raw") and k.endswith("batch 8, best img/s (sequential phases)")
+    )
     assert batch8[0] == pytest.approx(39.5 / 39.0)
     latency = next(v for k, v in found.items() if k.startswith("ensemble p50"))
     assert latency[0] == pytest.approx(2.0) and latency[1] is True
@@ -84,14 +140,22 @@ def test_ratios_against_the_issue_targets() -> None:
     assert large[0] == pytest.approx(20 / 38.5) and large[1] is False
     memory = next(v for k, v in found.items() if k.startswith("served stack peak RSS"))
     assert memory[0] == pytest.approx(300 / 220) and memory[1] is True
-    memory = next(v for name, v, *_ in bench.ratios(_results(400)) if name.startswith("served stack peak"))
+    memory = next(
+        v for name, v, *_ in bench.ratios(_results(400)) if name.startswith("served stack peak")
+    )
     assert memory > 1.5
 
 
 def test_interleaved_medians_carry_the_raw_target() -> None:
     results = _results(300)
-    results.interleaved = {8: {"label": "raw b8 shm", "concurrency": 1.0,
-                               "in_process": [40.0, 42.0, 38.0], "served": [41.0, 39.0, 36.0]}}
+    results.interleaved = {
+        8: {
+            "label": "raw b8 shm",
+            "concurrency": 1.0,
+            "in_process": [40.0, 42.0, 38.0],
+            "served": [41.0, 39.0, 36.0],
+        }
+    }
     found = {name: (value, target, met) for name, value, target, met, _ in bench.ratios(results)}
     interleaved = next(v for k, v in found.items() if "interleaved" in k and "batch 8" in k)
     assert interleaved == (pytest.approx(39.0 / 40.0), ">= 0.98", False)

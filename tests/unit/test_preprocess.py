@@ -28,7 +28,9 @@ def test_matches_torchvision_transforms_exactly(name: str) -> None:
     np.testing.assert_array_equal(served, expected)
 
 
-@pytest.mark.parametrize("size", [(500, 375), (375, 500), (257, 1000), (256, 256), (224, 224), (7, 3)])
+@pytest.mark.parametrize(
+    "size", [(500, 375), (375, 500), (257, 1000), (256, 256), (224, 224), (7, 3)]
+)
 def test_resized_size_follows_torchvision(size: tuple[int, int]) -> None:
     from torchvision.transforms.functional import _compute_resized_output_size
 
@@ -62,7 +64,9 @@ def test_bad_bytes_are_rejected_with_a_reason(data: bytes, fragment: str) -> Non
 def test_pixel_limit_is_checked_before_decoding() -> None:
     limits = preprocess.Limits(max_image_pixels=100 * 100)
     data = encode(gradient_image(101, 100, 1), "PNG")
-    with pytest.raises(preprocess.ImageRejected, match="101x100 = 10100 pixels exceeds the limit of 10000"):
+    with pytest.raises(
+        preprocess.ImageRejected, match="101x100 = 10100 pixels exceeds the limit of 10000"
+    ):
         preprocess.decode_image(data, limits)
 
 

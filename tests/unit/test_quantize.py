@@ -28,9 +28,9 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 from click.testing import CliRunner  # noqa: E402
 
-from resnet18_triton_client import contract  # noqa: E402
-from resnet18_triton_export import quantize as q  # noqa: E402
-from resnet18_triton_export.fidelity import compare_logits, softmax  # noqa: E402
+from resnet18_triton import contract  # noqa: E402
+from resnet18_triton.export import quantize as q  # noqa: E402
+from resnet18_triton.export.fidelity import compare_logits, softmax  # noqa: E402
 from tests.digits import (  # noqa: E402
     HELD_OUT,
     digits_int8_repository,
@@ -39,7 +39,6 @@ from tests.digits import (  # noqa: E402
     write_images,
 )
 from tests.support import SAMPLE_FILES, preprocess_module  # noqa: E402
-
 
 
 def assert_float_softmax(graph, input_from: str) -> None:
@@ -72,8 +71,10 @@ def test_softmax_is_always_kept_float_and_the_head_unless_asked(tmp_path: Path) 
     import onnx
     from onnx import helper
 
-    nodes = [helper.make_node("Gemm", ["x", "w"], ["logits"], name="fc"),
-             helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1)]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["logits"], name="fc"),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1),
+    ]
     graph = helper.make_graph(nodes, "head", [], [])
     path = tmp_path / "head.onnx"
     onnx.save(helper.make_model(graph), str(path))
@@ -135,7 +136,7 @@ def test_fidelity_figures() -> None:
 def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
     import onnx
 
-    from resnet18_triton_server.layout import INT8_ENSEMBLE_MODEL, INT8_MODEL, has_int8, onnx_model_path
+    from resnet18_triton.layout import INT8_ENSEMBLE_MODEL, INT8_MODEL, has_int8, onnx_model_path
 
     model, splits, accuracy = digits_model()
     # The FP32 model is meaningful: right on most held-out digits, not one constant answer.
@@ -162,15 +163,22 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     """Quantising the classifier head too measures ~90% agreement here: below the default 99%."""
     import onnx
 
-    from resnet18_triton_export.quantize_cli import quantize
-    from resnet18_triton_server.layout import INT8_MODEL, has_int8, onnx_model_path
+    from resnet18_triton.export.quantize_cli import quantize
+    from resnet18_triton.layout import INT8_MODEL, has_int8, onnx_model_path
 
     model, splits, _ = digits_model()
-    repo = export_repository(model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}',
-                             warmup=False)
-    args = ["--repo", str(repo), "--quantize-head",
-            "--calibration-images", str(write_images(tmp_path / "cal", splits["calibration"][0])),
-            "--eval-images", str(write_images(tmp_path / "held_out", splits["held_out"][0]))]
+    repo = export_repository(
+        model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}', warmup=False
+    )
+    args = [
+        "--repo",
+        str(repo),
+        "--quantize-head",
+        "--calibration-images",
+        str(write_images(tmp_path / "cal", splits["calibration"][0])),
+        "--eval-images",
+        str(write_images(tmp_path / "held_out", splits["held_out"][0])),
+    ]
     refused = CliRunner().invoke(quantize, args)
     assert isinstance(refused.exception, q.QuantizationRefused), refused.output
     assert refused.exception.report.top1_agreement < 0.99

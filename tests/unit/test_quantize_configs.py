@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("tritonclient.grpc")
-from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
+from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet18_triton_client import contract  # noqa: E402
-from resnet18_triton_export.errors import ExportError  # noqa: E402
-from resnet18_triton_export.model_configs import (  # noqa: E402
+from resnet18_triton import contract
+from resnet18_triton.errors import ExportError
+from resnet18_triton.export.model_configs import (
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
     ServingSettings,
@@ -22,9 +22,9 @@ from resnet18_triton_export.model_configs import (  # noqa: E402
     render,
     variant_configs,
 )
-from resnet18_triton_export.repository import write_configs, write_int8_configs  # noqa: E402
-from resnet18_triton_server import layout  # noqa: E402
-from tests.support import preprocess_module  # noqa: E402
+from resnet18_triton.export.repository import write_configs, write_int8_configs
+from resnet18_triton import layout
+from tests.support import preprocess_module
 
 PROVENANCE = '{"seed":0,"source":"random"}'
 
@@ -67,7 +67,9 @@ def test_openvino_accelerator_is_on_the_onnx_model_only() -> None:
 
 def test_warmup_file_is_a_length_prefixed_jpeg_the_preprocessing_accepts(tmp_path: Path) -> None:
     write_configs(tmp_path, ServingSettings(), PROVENANCE)
-    data = (tmp_path / contract.PREPROCESS_MODEL / WARMUP_DIRNAME / WARMUP_IMAGE_FILENAME).read_bytes()
+    data = (
+        tmp_path / contract.PREPROCESS_MODEL / WARMUP_DIRNAME / WARMUP_IMAGE_FILENAME
+    ).read_bytes()
     length = int.from_bytes(data[:4], "little")
     assert length == len(data) - 4  # a wrong prefix crashes tritonserver 2.51 at load
     assert data[4:6] == b"\xff\xd8"  # JPEG
@@ -77,20 +79,26 @@ def test_warmup_file_is_a_length_prefixed_jpeg_the_preprocessing_accepts(tmp_pat
 def test_named_builders_make_a_variant() -> None:
     settings = ServingSettings()
     onnx = onnx_model_config(settings, PROVENANCE, name=layout.INT8_MODEL)
-    ensemble = ensemble_model_config(settings, name=layout.INT8_ENSEMBLE_MODEL,
-                                     classifier=layout.INT8_MODEL)
+    ensemble = ensemble_model_config(
+        settings, name=layout.INT8_ENSEMBLE_MODEL, classifier=layout.INT8_MODEL
+    )
     assert onnx.name == layout.INT8_MODEL
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
-        contract.PREPROCESS_MODEL, layout.INT8_MODEL]
+        contract.PREPROCESS_MODEL,
+        layout.INT8_MODEL,
+    ]
     assert dict(ensemble.ensemble_scheduling.step[1].output_map) == {
-        contract.ONNX_PROBABILITIES: contract.ENSEMBLE_OUTPUT}
+        contract.ONNX_PROBABILITIES: contract.ENSEMBLE_OUTPUT
+    }
 
 
 def test_variant_configs_copy_every_serving_choice() -> None:
     configs = by_name(ServingSettings(onnx_instances=2, intra_op_threads=1, response_cache=True))
     onnx, ensemble = variant_configs(
-        configs[contract.ONNX_MODEL], configs[contract.ENSEMBLE_MODEL],
-        onnx_name=layout.INT8_MODEL, ensemble_name=layout.INT8_ENSEMBLE_MODEL,
+        configs[contract.ONNX_MODEL],
+        configs[contract.ENSEMBLE_MODEL],
+        onnx_name=layout.INT8_MODEL,
+        ensemble_name=layout.INT8_ENSEMBLE_MODEL,
         parameters={"quantization": "{}"},
     )
     expected = mc.ModelConfig()
@@ -103,8 +111,12 @@ def test_variant_configs_copy_every_serving_choice() -> None:
     assert [o.name for o in onnx.output] == list(contract.ONNX_OUTPUTS)
     assert ensemble.response_cache.enable
     with pytest.raises(ExportError, match="exactly one"):
-        variant_configs(configs[contract.ONNX_MODEL], configs[contract.ONNX_MODEL],
-                        onnx_name="a", ensemble_name="b")
+        variant_configs(
+            configs[contract.ONNX_MODEL],
+            configs[contract.ONNX_MODEL],
+            onnx_name="a",
+            ensemble_name="b",
+        )
 
 
 def test_write_int8_configs_needs_the_fp32_export(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from resnet18_triton_client.contract import ADMIN_KEY_HEADER
-from resnet18_triton_server.embedded import (
+from resnet18_triton.contract import ADMIN_KEY_HEADER
+from resnet18_triton.server.embedded import (
     RESTRICTED_APIS,
     ServerOptions,
     TritonInstall,
@@ -22,8 +22,11 @@ from resnet18_triton_server.embedded import (
 from tests.support import PROJECT_ROOT, preprocess_module
 
 INSTALL = TritonInstall(
-    server_binary=Path("/x/tritonserver"), library_dir=Path("/x/lib"),
-    python_backend_dir=Path("/x/python"), python_stub=Path("/x/stub"), cache_dir=Path("/x/caches"),
+    server_binary=Path("/x/tritonserver"),
+    library_dir=Path("/x/lib"),
+    python_backend_dir=Path("/x/python"),
+    python_stub=Path("/x/stub"),
+    cache_dir=Path("/x/caches"),
 )
 
 
@@ -42,7 +45,7 @@ def test_embedded_server_listens_on_loopback_only_by_default() -> None:
 
 
 def test_serve_command_defaults_to_loopback() -> None:
-    from resnet18_triton_server.cli import serve
+    from resnet18_triton.server.cli import serve
 
     host = next(p for p in serve.params if p.name == "host")
     assert host.default == "127.0.0.1"
@@ -107,7 +110,7 @@ def test_container_runs_as_non_root() -> None:
 def test_pixel_and_byte_limits_are_explicit_configured_and_enforced_in_pillow() -> None:
     from PIL import Image
 
-    from resnet18_triton_export.model_configs import ServingSettings, preprocess_model_config
+    from resnet18_triton.export.model_configs import ServingSettings, preprocess_model_config
 
     preprocess = preprocess_module()
     settings = ServingSettings(max_image_pixels=1_000_000, max_image_bytes=2_000_000)
@@ -118,10 +121,19 @@ def test_pixel_and_byte_limits_are_explicit_configured_and_enforced_in_pillow() 
     previous = Image.MAX_IMAGE_PIXELS
     try:
         model = preprocess.TritonPythonModel()
-        model.initialize({"model_config": json.dumps({
-            "input": [{"name": "IMAGE"}], "output": [{"name": "NORMALIZED_IMAGE"}],
-            "parameters": {key: {"string_value": value} for key, value in parameters.items()},
-        })})
+        model.initialize(
+            {
+                "model_config": json.dumps(
+                    {
+                        "input": [{"name": "IMAGE"}],
+                        "output": [{"name": "NORMALIZED_IMAGE"}],
+                        "parameters": {
+                            key: {"string_value": value} for key, value in parameters.items()
+                        },
+                    }
+                )
+            }
+        )
         assert model.limits == preprocess.Limits(1_000_000, 2_000_000)
         assert Image.MAX_IMAGE_PIXELS == 1_000_000  # Pillow's own bomb check follows the limit
     finally:
@@ -145,7 +157,7 @@ def test_decompression_bomb_is_refused_from_its_header() -> None:
 
 
 def test_the_cli_documents_the_admin_key() -> None:
-    from resnet18_triton_server.cli import serve
+    from resnet18_triton.server.cli import serve
 
     result = CliRunner().invoke(serve, ["--help"])
     assert "triton-admin-key" in result.output and "random key" in result.output

@@ -1,9 +1,0 @@
-"""Thin client for the ResNet-18 Triton service: sends encoded image bytes, reads top-k labels."""
-
-from resnet18_triton_client.errors import (
-    ImageError,
-    ResNet18TritonError,
-    ServerUnavailableError,
-)
-
-__all__ = ["ImageError", "ResNet18TritonError", "ServerUnavailableError"]

@@ -1,0 +1,549 @@
+"""Classify images with the ResNet-18 ensemble on a Triton server, without the command line.
+
+The client sends the encoded file bytes (JPEG, PNG, ...) and lets the server decode them, so it
+needs neither torch nor Pillow. It asks Triton's classification extension for the top k classes,
+which the server answers as ``"probability:index:label"`` strings.
+
+``tritonclient.http`` is gevent-based: an ``ImageClassifier`` must be used from the OS thread that
+created it (one classifier per thread). Concurrency comes from ``async_infer`` greenlets.
+
+Example::
+
+    from resnet18_triton.client.api import ImageClassifier
+
+    with ImageClassifier("127.0.0.1:8000") as classifier:
+        for result in classifier.classify_files(["cat.jpg", "dog.png"], top_k=3):
+            print(result.path, result.error or result.predictions[0].label)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import gevent
+import numpy as np
+import tritonclient.http as triton_http
+from geventhttpclient.response import HTTPParseError
+from tritonclient.utils import InferenceServerException
+
+from resnet18_triton import contract
+from resnet18_triton.client.results import (
+    ClassificationResult,
+    HealthReport,
+    ModelHealth,
+    Prediction,
+    parse_classifications,
+)
+from resnet18_triton.errors import (
+    ImageError,
+    ResNet18TritonError,
+    ServerUnavailableError,
+)
+
+T = TypeVar("T")
+
+# Errors raised by the HTTP layer when the server cannot be talked to (refused, DNS, timeout,
+# reset, garbage on the wire). Server-side failures arrive as InferenceServerException instead.
+_NETWORK_ERRORS = (OSError, HTTPParseError, gevent.Timeout)
+_HINT = "see `resnet18-triton health`"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff for inference that failed on a connection error or 503.
+
+    Inference is idempotent, so resending is safe; timeouts are not retried because a server
+    that is too slow once would only make the user wait ``attempts`` times as long. The default
+    waits up to 5.75 s in all, longer than the ~3 s the server needs to replace a backend process
+    that died (docs/reliability.md).
+    """
+
+    attempts: int = 6
+    initial_delay: float = 0.25
+    max_delay: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        """The pauses between attempts (one fewer than ``attempts``)."""
+        for attempt in range(max(self.attempts, 1) - 1):
+            yield min(self.max_delay, self.initial_delay * 2**attempt)
+
+
+def server_message(error: InferenceServerException) -> str:
+    """The server's own words: no ``[400]`` status prefix, no ``in ensemble 'x',`` wrapper."""
+    message = error.message() or str(error)
+    return re.sub(r"^(in ensemble '[^']*', )+", "", message).strip()
+
+
+def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Read a file for sending; raises ImageError with a short reason a person understands."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as error:
+        raise ImageError(error.strerror or str(error)) from None
+    if not data:
+        raise ImageError("file is empty")
+    return data
+
+
+@dataclass
+class _Item:
+    """An image on its way through the pipeline: bytes to send, or the reason it cannot be."""
+
+    path: str
+    data: bytes | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Flight:
+    """A batch whose request is in flight; unreadable items ride along to keep the order."""
+
+    items: list[_Item]
+    top_k: int
+    request: triton_http.InferAsyncRequest | None
+
+    @property
+    def images(self) -> list[bytes]:
+        return [item.data for item in self.items if item.data is not None]
+
+
+# An image's outcome: its predictions, or the server's reason for rejecting it.
+_Outcome = list[Prediction] | str
+
+
+class ImageClassifier:
+    """A connection to the ResNet-18 ensemble on one Triton server.
+
+    ``connection_timeout`` bounds connecting, ``network_timeout`` each wait for an answer (a
+    request additionally gives up after their sum), so no call hangs. ``concurrency`` is both
+    the number of HTTP connections and the number of requests in flight. Use it from one thread.
+    """
+
+    def __init__(
+        self,
+        url: str = contract.DEFAULT_URL,
+        model: str = contract.ENSEMBLE_MODEL,
+        *,
+        connection_timeout: float = 5.0,
+        network_timeout: float = 60.0,
+        concurrency: int = 4,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        address, ssl = _parse_url(url)
+        self.url = address
+        self.model = model
+        self.concurrency = concurrency
+        self.retry = retry
+        self.connection_timeout = connection_timeout
+        self.network_timeout = network_timeout
+        self._max_batch_size: int | None = None
+        self._client = triton_http.InferenceServerClient(
+            address,
+            concurrency=concurrency,
+            connection_timeout=connection_timeout,
+            network_timeout=network_timeout,
+            ssl=ssl,
+        )
+
+    def __enter__(self) -> ImageClassifier:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for requests still in flight, then close the connections."""
+        with _quiet_hub():
+            self._client.close()
+
+    # --- readiness and health -------------------------------------------------------------
+
+    def ensure_ready(self) -> None:
+        """Fail before sending any image if the server or the model cannot answer.
+
+        Raises ServerUnavailableError with a message saying what to check.
+        """
+        if not self._call(self._client.is_server_ready):
+            raise ServerUnavailableError(
+                f"Triton at {self.url} is up but not ready (models still loading?) — {_HINT}"
+            )
+        if not self._call(self._client.is_model_ready, self.model):
+            raise ServerUnavailableError(
+                f"model '{self.model}' is not ready on Triton at {self.url} "
+                f"(not loaded, still loading or unknown) — {_HINT}"
+            )
+
+    @property
+    def max_batch_size(self) -> int:
+        """The model's ``max_batch_size``: no request carries more images than this."""
+        if self._max_batch_size is None:
+            config = self._call(self._client.get_model_config, self.model)
+            size = int(config.get("max_batch_size", 0))
+            if size < 1:
+                raise ResNet18TritonError(
+                    f"model '{self.model}' has max_batch_size {size}; this client sends "
+                    "batches of shape [N, 1] and needs a model with batching enabled"
+                )
+            self._max_batch_size = size
+        return self._max_batch_size
+
+    def weights_provenance(self) -> dict[str, Any]:
+        """Where the served weights come from, e.g. ``{"source": "random", "seed": 0}``.
+
+        Read from the ``weights_provenance`` parameter of the ONNX model's config; raises
+        ResNet18TritonError when it is missing or not a JSON object.
+        """
+        config = self._call(self._client.get_model_config, contract.ONNX_MODEL)
+        parameter = config.get("parameters", {}).get(contract.PROVENANCE_PARAMETER, {})
+        text = parameter.get("string_value", "")
+        if not text:
+            raise ResNet18TritonError(
+                f"model '{contract.ONNX_MODEL}' has no '{contract.PROVENANCE_PARAMETER}' parameter"
+            )
+        try:
+            provenance = json.loads(text)
+        except json.JSONDecodeError:
+            provenance = None
+        if not isinstance(provenance, dict):
+            raise ResNet18TritonError(
+                f"'{contract.PROVENANCE_PARAMETER}' is not a JSON object: {text!r}"
+            )
+        return provenance
+
+    def health(self, models: Sequence[str] = contract.SERVED_MODELS) -> HealthReport:
+        """Server liveness and readiness, each model's readiness and versions, weights provenance.
+
+        Raises ServerUnavailableError only when the server cannot be reached at all; anything
+        else that is wrong is part of the report.
+        """
+        live = self._call(self._client.is_server_live)
+        ready = self._call(self._client.is_server_ready)
+        index = self._repository_index()
+        try:
+            provenance, provenance_error = self.weights_provenance(), None
+        except ServerUnavailableError:
+            raise
+        except ResNet18TritonError as error:
+            provenance, provenance_error = None, str(error)
+        return HealthReport(
+            url=self.url,
+            live=live,
+            ready=ready,
+            models=tuple(self._model_health(name, index) for name in models),
+            provenance=provenance,
+            provenance_error=provenance_error,
+        )
+
+    def _model_health(
+        self, name: str, index: dict[str, list[dict[str, Any]]] | None
+    ) -> ModelHealth:
+        if self._call(self._client.is_model_ready, name):
+            metadata = self._call(self._client.get_model_metadata, name)
+            return ModelHealth(name, True, tuple(metadata.get("versions", ())))
+        return ModelHealth(name, False, detail=_not_ready_detail(name, index))
+
+    def _repository_index(self) -> dict[str, list[dict[str, Any]]] | None:
+        """Model states and load-failure reasons; None if the server restricts that API."""
+        try:
+            entries = self._call(self._client.get_model_repository_index)
+        except ServerUnavailableError:
+            raise
+        except ResNet18TritonError:
+            return None
+        index: dict[str, list[dict[str, Any]]] = {}
+        for entry in entries:
+            index.setdefault(entry.get("name", ""), []).append(entry)
+        return index
+
+    # --- classification -------------------------------------------------------------------
+
+    def classify_bytes(self, images: Sequence[bytes], top_k: int = 5) -> list[list[Prediction]]:
+        """Classify encoded images (JPEG, PNG, ... bytes); one list of predictions per image.
+
+        Raises ImageError naming the first image (by position) the server rejected.
+        """
+        items = [_bytes_item(position, data) for position, data in enumerate(images)]
+        results = list(_quietly(self._classify_items(items, top_k, None, None)))
+        failed = next((result for result in results if not result.ok), None)
+        if failed is not None:
+            raise ImageError(f"{failed.path}: {failed.error}")
+        return [result.predictions for result in results]
+
+    def classify_files(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        top_k: int = 5,
+        batch_size: int | None = None,
+        concurrency: int | None = None,
+    ) -> Iterator[ClassificationResult]:
+        """Classify image files, yielding one result per path **in input order**.
+
+        Files are read lazily and sent in requests of up to ``batch_size`` images (default and
+        upper bound: the model's ``max_batch_size``), with up to ``concurrency`` requests in
+        flight (default and upper bound: the classifier's). An unreadable file or an image the
+        server rejects becomes that result's ``error``; a batch the server rejects is retried
+        image by image so its good images still get answers. Raises ServerUnavailableError if
+        the server becomes unreachable (after retries) or does not answer in time.
+        """
+        items = (_read_item(path) for path in paths)
+        return _quietly(self._classify_items(items, top_k, batch_size, concurrency))
+
+    def _classify_items(
+        self,
+        items: Iterable[_Item],
+        top_k: int,
+        batch_size: int | None,
+        concurrency: int | None,
+    ) -> Iterator[ClassificationResult]:
+        if not 1 <= top_k <= contract.NUM_CLASSES:
+            raise ValueError(f"top_k must be between 1 and {contract.NUM_CLASSES}, not {top_k}")
+        in_flight = min(concurrency or self.concurrency, self.concurrency)
+        window: deque[_Flight] = deque()
+        for chunk in _chunks(items, self._batch_size(batch_size)):
+            window.append(self._launch(chunk, top_k))
+            if len(window) >= in_flight:
+                yield from self._land(window.popleft())
+        while window:
+            yield from self._land(window.popleft())
+
+    def _batch_size(self, requested: int | None) -> int:
+        if requested is not None and requested < 1:
+            raise ValueError(f"batch_size must be at least 1, not {requested}")
+        return min(requested or self.max_batch_size, self.max_batch_size)
+
+    def _launch(self, items: list[_Item], top_k: int) -> _Flight:
+        flight = _Flight(items, top_k, None)
+        if flight.images:
+            flight.request = self._send(flight.images, top_k)
+        return flight
+
+    def _land(self, flight: _Flight) -> Iterator[ClassificationResult]:
+        outcomes = iter(self._outcomes(flight) if flight.request is not None else [])
+        for item in flight.items:
+            outcome = item.error if item.data is None else next(outcomes)
+            if isinstance(outcome, str):
+                yield ClassificationResult(item.path, error=outcome)
+            else:
+                yield ClassificationResult(item.path, predictions=outcome)
+
+    def _outcomes(self, flight: _Flight) -> list[_Outcome]:
+        """Each image's outcome; splits a rejected batch so only the bad images fail."""
+        assert flight.request is not None
+        images = flight.images
+        try:
+            return self._predictions(images, flight.top_k, flight.request)
+        except (InferenceServerException, *_NETWORK_ERRORS) as error:
+            reason = self._rejection(error)
+            if _is_input_error(error) and len(images) > 1:
+                return [self._single_outcome(image, flight.top_k) for image in images]
+            return [reason] * len(images)
+
+    def _single_outcome(self, image: bytes, top_k: int) -> _Outcome:
+        try:
+            return self._predictions([image], top_k, self._send([image], top_k))[0]
+        except (InferenceServerException, *_NETWORK_ERRORS) as error:
+            return self._rejection(error)
+
+    def _rejection(self, error: BaseException) -> str:
+        """The server's reason for refusing the images; raises if the server itself failed."""
+        rejected = isinstance(error, InferenceServerException) and error.status() is not None
+        if rejected and not _is_transient(error):
+            return server_message(error)
+        raise self._unavailable(error) from None
+
+    def _predictions(
+        self, images: list[bytes], top_k: int, request: triton_http.InferAsyncRequest
+    ) -> list[list[Prediction]]:
+        """Wait for ``request``; on a transient failure resend with backoff (bounded attempts)."""
+        for delay in self.retry.delays():
+            try:
+                return self._await(request, len(images))
+            except (InferenceServerException, *_NETWORK_ERRORS) as error:
+                if not _is_transient(error):
+                    raise
+            gevent.sleep(delay)
+            request = self._send(images, top_k)
+        return self._await(request, len(images))
+
+    def _send(self, images: list[bytes], top_k: int) -> triton_http.InferAsyncRequest:
+        image_input = triton_http.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
+        image_input.set_data_from_numpy(np.array(images, dtype=np.object_).reshape(-1, 1))
+        output = triton_http.InferRequestedOutput(
+            contract.ENSEMBLE_OUTPUT, binary_data=True, class_count=top_k
+        )
+        return self._client.async_infer(self.model, [image_input], outputs=[output])
+
+    def _await(self, request: triton_http.InferAsyncRequest, count: int) -> list[list[Prediction]]:
+        deadline = self.connection_timeout + self.network_timeout
+        answer = request.get_result(block=True, timeout=deadline)
+        entries = answer.as_numpy(contract.ENSEMBLE_OUTPUT)
+        try:
+            if entries is None:
+                raise ValueError(f"no '{contract.ENSEMBLE_OUTPUT}' output")
+            rows = parse_classifications(entries)
+            if len(rows) != count:
+                raise ValueError(f"{len(rows)} results for {count} images")
+        except ValueError as error:
+            raise ResNet18TritonError(
+                f"unexpected answer from Triton at {self.url}: {error}"
+            ) from None
+        return rows
+
+    # --- error mapping --------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., T], *args: Any) -> T:
+        """Run a synchronous client call, turning transport noise into messages for people."""
+        try:
+            return method(*args)
+        except InferenceServerException as error:
+            if error.status() is None or _is_transient(error):
+                raise self._unavailable(error) from None
+            raise ResNet18TritonError(f"Triton at {self.url}: {server_message(error)}") from None
+        except _NETWORK_ERRORS as error:
+            raise self._unavailable(error) from None
+
+    def _unavailable(self, error: BaseException) -> ServerUnavailableError:
+        where = f"Triton at {self.url}"
+        if isinstance(error, socket.gaierror):
+            host = self.url.split("/")[0].rsplit(":", 1)[0]
+            return ServerUnavailableError(
+                f"cannot reach {where}: unknown host '{host}' — check --url or "
+                f"${contract.URL_ENV_VAR}"
+            )
+        if isinstance(error, ConnectionRefusedError):
+            return ServerUnavailableError(
+                f"cannot reach {where}: connection refused — is `resnet18-triton serve` running?"
+            )
+        if isinstance(error, (TimeoutError, gevent.Timeout)) or (
+            isinstance(error, InferenceServerException) and error.status() is None
+        ):
+            return ServerUnavailableError(
+                f"{where} did not answer within {self.network_timeout:g} s — overloaded or hung?"
+            )
+        if isinstance(error, InferenceServerException):
+            return ServerUnavailableError(f"{where} is unavailable: {server_message(error)}")
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        return ServerUnavailableError(f"lost the connection to {where}: {reason}")
+
+
+def _not_ready_detail(name: str, index: dict[str, list[dict[str, Any]]] | None) -> str:
+    """Why a model is not ready, as far as the repository index (an admin API) tells."""
+    if index is None:
+        return "not ready"
+    entries = index.get(name)
+    if not entries:
+        return "unknown to the server"
+    return "; ".join(
+        f"version {entry.get('version', '?')} {entry.get('state') or 'not loaded'}"
+        + (f": {entry['reason']}" if entry.get("reason") else "")
+        for entry in entries
+    )
+
+
+# Server-side failures that heal by themselves: a backend stub that died (500) until the
+# server reloads its model, and the ensemble while that reload runs (404). Not the image's fault.
+_TRANSIENT_MESSAGES = ("is not healthy", "has no available versions")
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Worth resending: the server was briefly unreachable, said 503 (busy, not ready yet), or
+    is replacing a backend process that died (see ``_TRANSIENT_MESSAGES``)."""
+    if isinstance(error, InferenceServerException):
+        if error.status() == "503":
+            return True
+        message = error.message() or ""
+        return error.status() in ("500", "404") and any(m in message for m in _TRANSIENT_MESSAGES)
+    return isinstance(error, (ConnectionError, HTTPParseError))
+
+
+def _is_input_error(error: InferenceServerException) -> bool:
+    """The server rejected the request's content (preprocess answers INVALID_ARG = HTTP 400)."""
+    return error.status() == "400"
+
+
+def _read_item(path: str | os.PathLike[str]) -> _Item:
+    try:
+        return _Item(str(path), data=read_image_bytes(path))
+    except ImageError as error:
+        return _Item(str(path), error=str(error))
+
+
+def _bytes_item(position: int, data: bytes) -> _Item:
+    name = f"image {position}"
+    return _Item(name, data=bytes(data)) if data else _Item(name, error="empty image")
+
+
+def _chunks(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _parse_url(url: str) -> tuple[str, bool]:
+    """``host:port[/path]`` for tritonclient, which wants no scheme; ``https://`` turns on TLS.
+
+    Checked here because tritonclient fails on a bad port with a bare ``int()`` error.
+    """
+    scheme, _, address = url.rpartition("://")
+    if scheme.lower() not in ("", "http", "https"):
+        raise ResNet18TritonError(f"invalid Triton URL '{url}': only http and https are spoken")
+    try:
+        parsed = urlsplit(f"http://{address}")
+        valid = bool(parsed.hostname) and parsed.port is not None
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ResNet18TritonError(
+            f"invalid Triton URL '{url}': expected host:port, e.g. {contract.DEFAULT_URL}"
+        )
+    return address, scheme.lower() == "https"
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Stop gevent from printing a traceback when a request greenlet fails.
+
+    The failure is re-raised by ``get_result`` and reported properly; gevent's hub would also
+    print it to stderr. Scoped, so that the caller's own greenlets still report errors.
+    """
+    hub = gevent.get_hub()
+    had_own_stream = "exception_stream" in vars(hub)
+    previous = vars(hub).get("exception_stream")
+    hub.exception_stream = None
+    try:
+        yield
+    finally:
+        if had_own_stream:
+            hub.exception_stream = previous
+        else:
+            del hub.exception_stream
+
+
+def _quietly(results: Iterator[T]) -> Iterator[T]:
+    """Run each step of ``results`` with a quiet hub, but not the caller's code between steps."""
+    while True:
+        with _quiet_hub():
+            try:
+                result = next(results)
+            except StopIteration:
+                return
+        yield result

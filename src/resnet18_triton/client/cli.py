@@ -1,0 +1,262 @@
+"""The ``classify`` and ``health`` subcommands (imported lazily by ``cli.py``).
+
+Output goes to stdout (a table, or one JSON object per line with ``--json``) so that it can be
+piped; progress, warnings and summaries go to stderr. Exit status: 0 all fine, 1 some images
+failed or some model is not ready, 2 usage error or server unreachable (see ``cli.main``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from resnet18_triton import contract
+from resnet18_triton.client.api import ImageClassifier
+from resnet18_triton.client.inputs import expand_inputs
+from resnet18_triton.client.results import ClassificationResult, HealthReport
+from resnet18_triton.errors import ExitCode, NoImagesError, ResNet18TritonError
+
+# Connecting to a live server takes milliseconds; waiting longer only delays "unreachable".
+CONNECT_TIMEOUT = 5.0
+HEALTH_TIMEOUT = 10.0
+# Below this many images the results themselves show the progress.
+PROGRESS_MIN_IMAGES = 10
+
+url_option = click.option(
+    "--url",
+    envvar=contract.URL_ENV_VAR,
+    show_envvar=True,
+    default=contract.DEFAULT_URL,
+    show_default=True,
+    help="Triton HTTP endpoint, host:port.",
+)
+
+
+@click.command("classify")
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR_OR_GLOB...")
+@url_option
+@click.option("--model", default=contract.ENSEMBLE_MODEL, show_default=True, help="Model to ask.")
+@click.option(
+    "--top-k",
+    type=click.IntRange(1, contract.NUM_CLASSES),
+    default=5,
+    show_default=True,
+    help="Classes to show per image.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Images per request.  [default and maximum: the model's max_batch_size]",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Requests in flight at once.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image and line.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for each answer before giving up.",
+)
+@click.option("-r", "--recursive", is_flag=True, help="Also take images from subdirectories.")
+@click.option("--no-progress", is_flag=True, help="Never show a progress bar.")
+@click.pass_context
+def classify(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    url: str,
+    model: str,
+    top_k: int,
+    batch_size: int | None,
+    concurrency: int,
+    as_json: bool,
+    timeout: float,
+    recursive: bool,
+    no_progress: bool,
+) -> None:
+    """Classify images given as files, directories or (quoted) globs like 'photos/*.jpg'.
+
+    Directories contribute their jpg, jpeg, png, bmp, gif, webp, tif, tiff, ppm and pgm files.
+    Exit status: 0 all classified, 1 some images failed, 2 usage error or server unreachable.
+    """
+    paths = _expand(inputs, recursive)
+    with ImageClassifier(
+        url,
+        model,
+        connection_timeout=min(timeout, CONNECT_TIMEOUT),
+        network_timeout=timeout,
+        concurrency=concurrency,
+    ) as classifier:
+        classifier.ensure_ready()
+        _note_batch_size_cap(batch_size, classifier.max_batch_size)
+        _warn_if_random_weights(classifier)
+        results = classifier.classify_files(paths, top_k=top_k, batch_size=batch_size)
+        show_progress = not (no_progress or as_json) and _wants_progress(len(paths))
+        failed = _print_results(results, len(paths), as_json, show_progress)
+    if failed:
+        click.echo(f"{failed} of {len(paths)} images failed", err=True)
+        ctx.exit(ExitCode.SOME_FAILED)
+
+
+@click.command("health")
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_context
+def health(ctx: click.Context, url: str, as_json: bool) -> None:
+    """Show server liveness and readiness, each model's state and the weights' provenance.
+
+    Exit status: 0 everything ready, 1 reachable but something not ready, 2 unreachable.
+    """
+    with ImageClassifier(
+        url, connection_timeout=CONNECT_TIMEOUT, network_timeout=HEALTH_TIMEOUT
+    ) as classifier:
+        report = classifier.health()
+    if as_json:
+        click.echo(json.dumps(health_to_json(report)))
+        if report.random_weights:
+            click.echo(random_weights_warning(), err=True)
+    else:
+        click.echo(format_health(report))
+    if not report.all_ready:
+        ctx.exit(ExitCode.SOME_FAILED)
+
+
+# --- formatting (pure functions, tested directly) -------------------------------------------
+
+
+def format_json_line(result: ClassificationResult) -> str:
+    """``{"image": PATH, "top": [{"label", "index", "probability"}, ...]}`` or with ``error``."""
+    record: dict[str, Any] = {"image": result.path}
+    if result.ok:
+        record["top"] = [
+            {"label": p.label, "index": p.index, "probability": p.probability}
+            for p in result.predictions
+        ]
+    else:
+        record["error"] = result.error
+    return json.dumps(record, ensure_ascii=False)
+
+
+def format_table(result: ClassificationResult) -> str:
+    """The path, then one aligned row per class: rank, probability, class index, label."""
+    if not result.ok:
+        return f"{result.path}\n  error: {result.error}"
+    rank_width = len(str(len(result.predictions)))
+    rows = [
+        f"  {rank:>{rank_width}}  {p.probability:6.4f}  {p.index:>3}  {p.label}"
+        for rank, p in enumerate(result.predictions, start=1)
+    ]
+    return "\n".join([result.path, *rows])
+
+
+def format_health(report: HealthReport) -> str:
+    """A few lines a person can read at a glance; the random-weights warning is the last."""
+    lines = [f"Triton {report.url}  live: {_yes_no(report.live)}  ready: {_yes_no(report.ready)}"]
+    name_width = max((len(model.name) for model in report.models), default=0)
+    for model in report.models:
+        state = "ready" if model.ready else "NOT READY"
+        detail = f"versions: {', '.join(model.versions)}" if model.ready else model.detail
+        lines.append(f"  {model.name:<{name_width}}  {state:<9}  {detail}".rstrip())
+    if report.provenance is not None:
+        lines.append(f"weights: {describe_provenance(report.provenance)}")
+    else:
+        lines.append(f"weights: unknown ({report.provenance_error})")
+    if report.random_weights:
+        lines.append(random_weights_warning())
+    return "\n".join(lines)
+
+
+def health_to_json(report: HealthReport) -> dict[str, Any]:
+    """The report as plain JSON types, for ``health --json``."""
+    return {
+        "url": report.url,
+        "live": report.live,
+        "ready": report.ready,
+        "all_ready": report.all_ready,
+        "models": [
+            {"name": m.name, "ready": m.ready, "versions": list(m.versions), "detail": m.detail}
+            for m in report.models
+        ],
+        "weights_provenance": report.provenance,
+        "weights_provenance_error": report.provenance_error,
+        "random_weights": report.random_weights,
+    }
+
+
+def describe_provenance(provenance: dict[str, Any]) -> str:
+    """``source=random, seed=0``: source first, then every other field that has a value, so
+    fields added later show up without a code change."""
+    ordered = sorted(provenance.items(), key=lambda item: item[0] != "source")
+    return ", ".join(f"{key}={value}" for key, value in ordered if value is not None)
+
+
+def random_weights_warning() -> str:
+    return (
+        "WARNING: the served model has RANDOM weights: predictions and labels are meaningless "
+        "(export real weights with `resnet18-triton export`)"
+    )
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _expand(inputs: Sequence[str], recursive: bool) -> list[Path]:
+    try:
+        paths = expand_inputs(inputs, recursive=recursive)
+    except NoImagesError as error:
+        raise click.UsageError(str(error)) from None
+    if not paths:
+        raise click.UsageError("no images given")
+    return paths
+
+
+def _note_batch_size_cap(requested: int | None, maximum: int) -> None:
+    if requested is not None and requested > maximum:
+        click.echo(
+            f"note: --batch-size {requested} exceeds the model's max_batch_size; using {maximum}",
+            err=True,
+        )
+
+
+def _warn_if_random_weights(classifier: ImageClassifier) -> None:
+    """Classifying with random weights is legitimate for testing, but should never go unnoticed."""
+    try:
+        provenance = classifier.weights_provenance()
+    except ResNet18TritonError:
+        return  # Unknown provenance is shown by `health`; it is no reason to stop classifying.
+    if provenance.get("source") == "random":
+        click.echo(random_weights_warning(), err=True)
+
+
+def _wants_progress(total: int) -> bool:
+    return total > PROGRESS_MIN_IMAGES and sys.stderr.isatty()
+
+
+def _print_results(
+    results: Iterable[ClassificationResult], total: int, as_json: bool, show_progress: bool
+) -> int:
+    """Print each result as it arrives; returns how many images failed."""
+    # tqdm.write clears the bar before writing, so results and bar share one terminal cleanly.
+    emit = tqdm.write if show_progress else click.echo
+    failed = 0
+    with tqdm(total=total, unit="image", file=sys.stderr, disable=not show_progress) as bar:
+        for result in results:
+            emit(format_json_line(result) if as_json else format_table(result))
+            failed += not result.ok
+            bar.update()
+    return failed
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "NO"

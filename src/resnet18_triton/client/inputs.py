@@ -1,0 +1,80 @@
+"""Turn command-line arguments (files, directories, globs) into the list of images to classify.
+
+Globs are expanded here rather than by the shell so that quoted patterns (``'photos/*.JPG'``)
+work, also on shells that do not expand them, and so that a pattern matching nothing is reported
+by name instead of being passed through as a literal file name.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from resnet18_triton.errors import NoImagesError
+
+# What a directory contributes; files named explicitly are sent whatever their extension.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+def expand_inputs(arguments: Iterable[str], recursive: bool = False) -> list[Path]:
+    """Expand files, directories and globs into an ordered list of image paths without duplicates.
+
+    * a file is kept as given, even if it does not exist: the classifier reports it as that
+      image's error, so one typo does not hide the answers for the other images;
+    * a directory contributes its image files (by extension, case-insensitively, hidden files
+      skipped), sorted by name; with ``recursive`` its subdirectories too;
+    * a pattern with ``*``, ``?`` or ``[`` is expanded like the shell would (``**`` spans
+      directories) and each match is treated as if it had been given as an argument.
+
+    The first spelling of a file wins when two arguments name the same file. Raises NoImagesError
+    naming the pattern or directory that yields nothing.
+    """
+    unique: dict[str, Path] = {}
+    for argument in arguments:
+        for path in _expand_argument(os.path.expanduser(argument), recursive):
+            unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether a directory listing should pick ``path`` (by extension, case-insensitively)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _expand_argument(argument: str, recursive: bool) -> list[Path]:
+    path = Path(argument)
+    if _is_pattern(argument) and not path.exists():
+        matches = sorted(glob.glob(argument, recursive=True))
+        if not matches:
+            raise NoImagesError(f"no file matches the pattern '{argument}'")
+        return [found for match in matches for found in _expand_path(Path(match), recursive)]
+    return _expand_path(path, recursive)
+
+
+def _expand_path(path: Path, recursive: bool) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    images = sorted(_directory_images(path, recursive))
+    if not images:
+        extensions = ", ".join(sorted(extension[1:] for extension in IMAGE_EXTENSIONS))
+        where = "or below it " if recursive else ""
+        raise NoImagesError(f"no image files ({extensions}) in directory '{path}' {where}".strip())
+    return images
+
+
+def _directory_images(directory: Path, recursive: bool) -> Iterator[Path]:
+    for root, subdirectories, files in os.walk(directory):
+        # Hidden directories are caches and VCS data, not photo albums.
+        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        yield from (Path(root, name) for name in files if is_image_file(Path(name)))
+        if not recursive:
+            return
+
+
+def _is_pattern(argument: str) -> bool:
+    return any(character in _GLOB_CHARACTERS for character in argument)

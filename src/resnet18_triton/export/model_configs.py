@@ -1,0 +1,325 @@
+"""Triton model configs built as ``ModelConfig`` protobuf messages and rendered to text.
+
+One function per model of the repository: ``preprocess`` (Python backend), ``resnet18_onnx``
+(logits and softmax probabilities, both computed by the ONNX graph) and the ``resnet18`` ensemble
+chaining the two. Nothing here pastes strings together: the messages come from
+``tritonclient.grpc.model_config_pb2`` (Triton's own schema), so a misspelt field fails here, not
+at server start.
+
+The core budget rule
+--------------------
+ONNX Runtime instances x intra-op threads must not exceed the cores given to inference, or the
+threads of different instances fight over the same cores (and a spinning ORT pool starves the
+Python preprocessing). ``ServingSettings.from_core_budget`` derives the thread count from the cores
+and the instance count: ``intra_op_threads = cores // instances`` (at least 1), and refuses a plan
+that would oversubscribe. One instance using every core gives the lowest latency at batch 1; more
+instances with fewer threads each trade latency for throughput only when the cores outnumber what a
+single batched session run can use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from resnet18_triton import contract
+from resnet18_triton.errors import ExportError
+
+
+def available_cores() -> int:
+    """Cores this process may run on (honours taskset/cgroup affinity, unlike os.cpu_count)."""
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Every knob the rendered configs depend on, with the defaults the measurements chose."""
+
+    cores: int = 2
+    onnx_instances: int = 1
+    intra_op_threads: int = 2
+    inter_op_threads: int = 1
+    preprocess_instances: int = 1
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = field(default_factory=tuple)
+    max_image_pixels: int = 40_000_000
+    max_image_bytes: int = 32 * 1024 * 1024
+    # Serving features (issue #5). response_cache only marks the configs as cacheable: Triton
+    # caches nothing unless the server also runs with --cache-config (serve
+    # --response-cache-bytes); a config with the flag loads fine on a server without a cache.
+    response_cache: bool = False
+    # model_warmup samples, so the first real request finds every model warm; Triton runs them
+    # while loading and reports the model (and, with strict readiness, the server) ready after.
+    warmup: bool = True
+    # Ask the container's native ONNX Runtime backend for its OpenVINO execution accelerator.
+    # Container only: this project's Python-based ONNX Runtime backend does not use it.
+    openvino: bool = False
+    # ONNX Runtime's intra-op pool busy-waits between ops by default; on a small machine that spin
+    # steals the core the preprocessing needs (measured: JPEG ensemble ~1.6x faster with it off,
+    # docs/performance.md). Rendered as session.intra_op.allow_spinning.
+    intra_op_spinning: bool = False
+    # ONNX Runtime's CPU memory arena keeps freed blocks; off saved 21-38 MB of the ORT stub's RSS
+    # with no measurable throughput change (docs/performance.md). Rendered as enable_mem_arena.
+    ort_memory_arena: bool = False
+    # Preprocess: Image.draft for JPEGs at least twice this size on both sides (0 = off). Off by
+    # default: it changes large JPEGs' probabilities slightly (tolerance in docs/performance.md).
+    jpeg_draft_min_size: int = 0
+
+    @classmethod
+    def from_core_budget(
+        cls, cores: int | None = None, onnx_instances: int = 1, **overrides: object
+    ) -> ServingSettings:
+        """Derive intra-op threads from the cores given to inference (see the module docstring)."""
+        cores = cores or available_cores()
+        if cores < 1 or onnx_instances < 1:
+            raise ExportError("the core budget and the instance count must be at least 1")
+        intra = overrides.pop("intra_op_threads", None) or max(1, cores // onnx_instances)
+        settings = cls(
+            cores=cores, onnx_instances=onnx_instances, intra_op_threads=intra, **overrides
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse plans that oversubscribe the cores or cannot batch."""
+        threads = self.onnx_instances * self.intra_op_threads
+        if threads > self.cores:
+            raise ExportError(
+                f"{self.onnx_instances} ONNX Runtime instance(s) x {self.intra_op_threads} intra-op "
+                f"threads = {threads} threads oversubscribe the {self.cores}-core budget; lower "
+                "the instances or threads, or raise --cores"
+            )
+        if self.max_batch_size < 1:
+            raise ExportError("max_batch_size must be at least 1")
+        too_big = [size for size in self.preferred_batch_sizes if size > self.max_batch_size]
+        if too_big:
+            raise ExportError(
+                f"preferred batch sizes {too_big} exceed max_batch_size {self.max_batch_size}"
+            )
+
+
+def _string_parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+
+
+def _dynamic_batching(config: mc.ModelConfig, settings: ServingSettings) -> None:
+    config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
+
+
+def _cpu_instances(config: mc.ModelConfig, count: int) -> None:
+    group = config.instance_group.add()
+    group.count = count
+    group.kind = mc.ModelInstanceGroup.KIND_CPU
+
+
+# Warm-up data for the preprocess model: a small JPEG generated at export time, stored in the
+# model's ``warmup/`` directory as Triton's raw TYPE_STRING layout (4-byte little-endian length,
+# then the bytes). A malformed file crashes tritonserver 2.51 at load (SIGSEGV, measured).
+WARMUP_DIRNAME = "warmup"
+WARMUP_IMAGE_FILENAME = "sample_jpeg.bin"
+OPENVINO_ACCELERATOR = "openvino"
+
+
+def warmup_batch_sizes(settings: ServingSettings) -> list[int]:
+    """Batch 1 (the latency case) and the largest batch (sizes ONNX Runtime's buffers for it)."""
+    return sorted({1, settings.max_batch_size})
+
+
+def _zero_warmup(config: mc.ModelConfig, settings: ServingSettings, batch_sizes: list[int]) -> None:
+    if not settings.warmup:
+        return
+    for batch_size in batch_sizes:
+        sample = config.model_warmup.add(
+            name=f"zeros_batch{batch_size}", batch_size=batch_size, count=1
+        )
+        for tensor in config.input:
+            sample.inputs[tensor.name].data_type = tensor.data_type
+            sample.inputs[tensor.name].dims.extend(tensor.dims)
+            sample.inputs[tensor.name].zero_data = True
+
+
+def _response_cache(config: mc.ModelConfig, settings: ServingSettings) -> None:
+    """On the ensembles (repeated images) and the classifiers (repeated tensors from clients
+    calling them directly); not on the Python preprocess step, which only ever runs on an
+    ensemble miss."""
+    if settings.response_cache:
+        config.response_cache.enable = True
+
+
+def onnx_model_config(
+    settings: ServingSettings, provenance_json: str, name: str = contract.ONNX_MODEL
+) -> mc.ModelConfig:
+    """The raw classifier: 1 NCHW FP32 input; outputs ``logits`` and ``probabilities`` (softmax
+    of the logits, computed in the ONNX graph), both labelled, so a raw caller can ask the
+    classification extension for the top-k of either.
+
+    ``name`` serves the same layout under another name (the INT8 variant ``resnet18_int8``).
+    """
+    config = mc.ModelConfig(name=name, backend="onnxruntime")
+    config.max_batch_size = settings.max_batch_size
+    config.input.add(
+        name=contract.ONNX_INPUT,
+        data_type=mc.TYPE_FP32,
+        format=mc.ModelInput.FORMAT_NCHW,
+        dims=[contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE],
+    )
+    for output in contract.ONNX_OUTPUTS:
+        config.output.add(
+            name=output,
+            data_type=mc.TYPE_FP32,
+            dims=[contract.NUM_CLASSES],
+            label_filename=contract.LABELS_FILENAME,
+        )
+    _cpu_instances(config, settings.onnx_instances)
+    _dynamic_batching(config, settings)
+    _string_parameters(
+        config,
+        {
+            "intra_op_thread_count": str(settings.intra_op_threads),
+            "inter_op_thread_count": str(settings.inter_op_threads),
+            "execution_mode": "0",
+            "enable_mem_arena": "1" if settings.ort_memory_arena else "0",
+            "enable_mem_pattern": "1",
+            "session.intra_op.allow_spinning": "1" if settings.intra_op_spinning else "0",
+            contract.PROVENANCE_PARAMETER: provenance_json,
+        },
+    )
+    if settings.openvino:
+        accelerators = config.optimization.execution_accelerators
+        accelerators.cpu_execution_accelerator.add(name=OPENVINO_ACCELERATOR)
+    _zero_warmup(config, settings, warmup_batch_sizes(settings))
+    _response_cache(config, settings)
+    return config
+
+
+def preprocess_model_config(settings: ServingSettings) -> mc.ModelConfig:
+    """Encoded image bytes in, normalised NCHW tensor out (Python backend)."""
+    config = mc.ModelConfig(name=contract.PREPROCESS_MODEL, backend="python")
+    config.max_batch_size = settings.max_batch_size
+    config.input.add(name=contract.PREPROCESS_INPUT, data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(
+        name=contract.PREPROCESS_OUTPUT,
+        data_type=mc.TYPE_FP32,
+        dims=[contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE],
+    )
+    _cpu_instances(config, settings.preprocess_instances)
+    _dynamic_batching(config, settings)
+    _string_parameters(
+        config,
+        {
+            "max_image_pixels": str(settings.max_image_pixels),
+            "max_image_bytes": str(settings.max_image_bytes),
+            "jpeg_draft_min_size": str(settings.jpeg_draft_min_size),
+        },
+    )
+    if settings.warmup:
+        sample = config.model_warmup.add(name="jpeg_batch1", batch_size=1, count=1)
+        image = sample.inputs[contract.PREPROCESS_INPUT]
+        image.data_type = mc.TYPE_STRING
+        image.dims.append(1)
+        image.input_data_file = WARMUP_IMAGE_FILENAME
+    # No response_cache here: a hit on the ensemble never reaches its steps, and each entry of
+    # this model would hold a 602 KB tensor, evicting ~150 of the ensemble's 4 KB answers.
+    return config
+
+
+def ensemble_model_config(
+    settings: ServingSettings,
+    name: str = contract.ENSEMBLE_MODEL,
+    classifier: str = contract.ONNX_MODEL,
+) -> mc.ModelConfig:
+    """IMAGE bytes -> preprocess -> resnet18_onnx -> labelled PROBABILITIES.
+
+    The classifier's ``probabilities`` output (softmax in the ONNX graph) is the ensemble's
+    output; its ``logits`` are not mapped, so they never leave the step. ``name`` and
+    ``classifier`` build a variant ensemble, e.g. ``resnet18_int8_ensemble`` running
+    ``resnet18_int8``. Ensembles take no model_warmup (their steps warm up on their own).
+    """
+    config = mc.ModelConfig(name=name, platform="ensemble")
+    config.max_batch_size = settings.max_batch_size
+    config.input.add(name=contract.ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(
+        name=contract.ENSEMBLE_OUTPUT,
+        data_type=mc.TYPE_FP32,
+        dims=[contract.NUM_CLASSES],
+        label_filename=contract.LABELS_FILENAME,
+    )
+    steps = (
+        (
+            contract.PREPROCESS_MODEL,
+            {contract.PREPROCESS_INPUT: contract.ENSEMBLE_INPUT},
+            {contract.PREPROCESS_OUTPUT: "preprocessed_image"},
+        ),
+        (
+            classifier,
+            {contract.ONNX_INPUT: "preprocessed_image"},
+            {contract.ONNX_PROBABILITIES: contract.ENSEMBLE_OUTPUT},
+        ),
+    )
+    for model_name, input_map, output_map in steps:
+        step = config.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
+        step.input_map.update(input_map)
+        step.output_map.update(output_map)
+    _response_cache(config, settings)
+    return config
+
+
+def variant_configs(
+    onnx_config: mc.ModelConfig,
+    ensemble_config: mc.ModelConfig,
+    *,
+    onnx_name: str,
+    ensemble_name: str,
+    parameters: dict[str, str] | None = None,
+) -> list[mc.ModelConfig]:
+    """Copies of the FP32 classifier and ensemble configs serving another model file.
+
+    Used for the INT8 variant: deriving it from the configs already in the repository keeps
+    every serving choice made at export time (instances, threads, batching, warm-up, cache)
+    identical between FP32 and INT8, so the two are compared like for like. ``parameters`` are
+    added to (or replace) the classifier's string parameters, e.g. the quantisation recipe.
+    """
+    onnx = mc.ModelConfig()
+    onnx.CopyFrom(onnx_config)
+    onnx.name = onnx_name
+    _string_parameters(onnx, parameters or {})
+    ensemble = mc.ModelConfig()
+    ensemble.CopyFrom(ensemble_config)
+    ensemble.name = ensemble_name
+    renamed = 0
+    for step in ensemble.ensemble_scheduling.step:
+        if step.model_name == onnx_config.name:
+            step.model_name = onnx_name
+            renamed += 1
+    if renamed != 1:
+        raise ExportError(
+            f"ensemble {ensemble_config.name!r} has {renamed} steps running {onnx_config.name!r}; "
+            "expected exactly one"
+        )
+    return [onnx, ensemble]
+
+
+def all_model_configs(settings: ServingSettings, provenance_json: str) -> list[mc.ModelConfig]:
+    """Every config of the repository (one per ``contract.SERVED_MODELS``), steps before the
+    ensemble."""
+    return [
+        preprocess_model_config(settings),
+        onnx_model_config(settings, provenance_json),
+        ensemble_model_config(settings),
+    ]
+
+
+def render(config: mc.ModelConfig) -> str:
+    """The config.pbtxt text Triton reads."""
+    return text_format.MessageToString(config)
+
+
+def parse(text: str) -> mc.ModelConfig:
+    """Parse config.pbtxt text with Triton's schema (raises on unknown fields)."""
+    return text_format.Parse(text, mc.ModelConfig())

@@ -1,0 +1,243 @@
+"""``resnet18-triton quantize``: the exported FP32 model -> a calibrated INT8 variant, if faithful.
+
+Reads ``<repo>/resnet18_onnx/1/model.onnx``, calibrates on a folder of images passed through the
+served preprocessing, compares INT8 with FP32 on held-out images and, unless the top-1 agreement
+is below ``--min-agreement`` (and ``--force`` is not given), writes
+``<repo>/resnet18_int8/1/model.onnx`` with the configs and labels of ``resnet18_int8`` and
+``resnet18_int8_ensemble``. A refused model leaves the repository untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+from resnet18_triton.export.fidelity import (
+    DEFAULT_MIN_AGREEMENT,
+    measure_fidelity,
+    measure_speed,
+)
+from resnet18_triton.export.quantize import (
+    CALIBRATION_METHODS,
+    QUANTIZATION_PARAMETER,
+    PreprocessedImageReader,
+    QuantizationRecipe,
+    QuantizationRefused,
+    cpu_int8_flags,
+    image_files,
+    load_preprocess_module,
+    preprocess_files,
+    quantize_model,
+    split_holdout,
+)
+from resnet18_triton.export.repository import write_int8_configs
+from resnet18_triton.layout import (
+    INT8_ENSEMBLE_MODEL,
+    INT8_MODEL,
+    default_repository,
+    onnx_model_path,
+)
+
+
+def quantize_repository(
+    repository: Path,
+    calibration_files: list[Path],
+    eval_files: list[Path],
+    recipe: QuantizationRecipe,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    force: bool = False,
+):
+    """Library form of the command; returns the FidelityReport. Raises QuantizationRefused."""
+    preprocess = load_preprocess_module(repository)
+    fp32_path = onnx_model_path(repository)
+    reader = PreprocessedImageReader.from_files(
+        calibration_files, preprocess, recipe.calibration_batch_size
+    )
+    held_out = preprocess_files(eval_files, preprocess)
+    recipe = recipe.resolved()
+    with tempfile.TemporaryDirectory(prefix="resnet18-int8-") as work:
+        candidate = quantize_model(fp32_path, Path(work) / "model.onnx", reader, recipe)
+        report = measure_fidelity(fp32_path, candidate, held_out)
+        if not report.passes(min_agreement) and not force:
+            raise QuantizationRefused(
+                f"INT8 top-1 agreement with FP32 is {report.top1_agreement:.2%} on "
+                f"{report.num_images} held-out images, below the required {min_agreement:.2%}; "
+                "nothing was written. Try --method entropy or percentile, more calibration "
+                "images, --per-channel, or --force to write it anyway.",
+                report,
+            )
+        _install(candidate, onnx_model_path(repository, INT8_MODEL))
+    write_int8_configs(
+        repository,
+        {
+            QUANTIZATION_PARAMETER: recipe.to_json(),
+            "fidelity": report.to_json(),
+        },
+    )
+    return report
+
+
+def _install(source: Path, target: Path) -> None:
+    """Copy next to ``target`` then rename: a running server never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp_name)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+@click.command("quantize")
+@click.option(
+    "--repo",
+    "repository",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_repository,
+    show_default="./model_repository",
+    help="Model repository holding the exported FP32 model.",
+)
+@click.option(
+    "--calibration-images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of representative images (JPEG, PNG, ...), preprocessed exactly like "
+    "the server does. Without --eval-images every 5th is held out for the report.",
+)
+@click.option(
+    "--eval-images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Separate folder of held-out images for the fidelity report.",
+)
+@click.option(
+    "--max-calibration-images",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Use at most this many calibration images (the first by name).",
+)
+@click.option(
+    "--per-channel/--per-tensor",
+    default=True,
+    show_default=True,
+    help="Weight scales per output channel or per tensor.",
+)
+@click.option(
+    "--reduce-range",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="7-bit weights, recommended by ONNX Runtime on CPUs without VNNI (U8S8 can "
+    "saturate there). auto: on unless this CPU has VNNI or AMX.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(sorted(CALIBRATION_METHODS)),
+    default="minmax",
+    show_default=True,
+    help="Calibration method for the activation ranges.",
+)
+@click.option(
+    "--quantize-head/--fp32-head",
+    default=False,
+    show_default=True,
+    help="Also quantise the final fully connected layer (by default it stays FP32: "
+    "quantising it cost 9 points of top-1 agreement on a fitted model).",
+)
+@click.option(
+    "--min-agreement",
+    default=DEFAULT_MIN_AGREEMENT,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Refuse the INT8 model below this top-1 agreement with FP32 (0.99 = 99%).",
+)
+@click.option("--force", is_flag=True, help="Write the INT8 model even below --min-agreement.")
+@click.option(
+    "--benchmark",
+    is_flag=True,
+    help="Also time FP32 and INT8 in-process (ONNX Runtime, batch 1 and 8).",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the figures as JSON to this file.",
+)
+def quantize(
+    repository: Path,
+    calibration_images: Path,
+    eval_images: Path | None,
+    max_calibration_images: int,
+    per_channel: bool,
+    reduce_range: str,
+    method: str,
+    quantize_head: bool,
+    min_agreement: float,
+    force: bool,
+    benchmark: bool,
+    report_path: Path | None,
+) -> None:
+    """Quantise the exported model to INT8 (static, calibrated) and serve it as resnet18_int8."""
+    files = image_files(calibration_images)
+    if eval_images is None:
+        calibration, held_out = split_holdout(files)
+    else:
+        calibration, held_out = files, image_files(eval_images)
+    calibration = calibration[:max_calibration_images]
+    recipe = QuantizationRecipe(
+        per_channel=per_channel,
+        reduce_range={"auto": None, "on": True, "off": False}[reduce_range],
+        method=method,
+        quantize_head=quantize_head,
+    ).resolved()
+    flags = ", ".join(cpu_int8_flags()) or "none"
+    click.echo(
+        f"quantising: {recipe.to_json()} (CPU INT8 flags: {flags}); calibrating on "
+        f"{len(calibration)} images, evaluating on {len(held_out)} held-out images",
+        err=True,
+    )
+    try:
+        report = quantize_repository(
+            repository, calibration, held_out, recipe, min_agreement, force
+        )
+    except QuantizationRefused as refused:
+        click.echo(refused.report.table())
+        raise
+    click.echo(report.table())
+    if not report.passes(min_agreement):
+        click.secho(
+            f"WARNING: written despite top-1 agreement {report.top1_agreement:.2%} < "
+            f"{min_agreement:.2%} (--force)",
+            err=True,
+            fg="yellow",
+            bold=True,
+        )
+    figures = {"recipe": json.loads(recipe.to_json()), "fidelity": json.loads(report.to_json())}
+    if benchmark:
+        speed = measure_speed(
+            {"fp32": onnx_model_path(repository), "int8": onnx_model_path(repository, INT8_MODEL)}
+        )
+        figures["speed_ms_per_image"] = [vars(figure) for figure in speed]
+        click.echo("| batch | FP32 ms/img | INT8 ms/img | speed-up |\n|---|---|---|---|")
+        for batch_size in sorted({f.batch_size for f in speed}):
+            by_model = {f.model: f.ms_per_image for f in speed if f.batch_size == batch_size}
+            click.echo(
+                f"| {batch_size} | {by_model['fp32']:.1f} | {by_model['int8']:.1f} | "
+                f"{by_model['fp32'] / by_model['int8']:.2f}x |"
+            )
+    if report_path is not None:
+        report_path.write_text(json.dumps(figures, indent=2) + "\n")
+    click.echo(
+        f"INT8 model ready: {onnx_model_path(repository, INT8_MODEL)}; serve it with "
+        f"`resnet18-triton serve` and classify with --model {INT8_ENSEMBLE_MODEL}",
+        err=True,
+    )

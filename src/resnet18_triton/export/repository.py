@@ -1,0 +1,146 @@
+"""Fill a Triton model repository: configs, labels, the Python model and the ONNX file's place.
+
+Layout written (``<repo>`` defaults to ``layout.default_repository()``)::
+
+    <repo>/preprocess/config.pbtxt       <repo>/preprocess/1/model.py     (Python backend)
+    <repo>/resnet18_onnx/config.pbtxt    <repo>/resnet18_onnx/1/model.onnx (logits + softmax)
+    <repo>/resnet18_onnx/labels.txt
+    <repo>/resnet18/config.pbtxt         <repo>/resnet18/1/               (ensemble)
+    <repo>/resnet18/labels.txt
+
+The Python model ships in this package (``layout.python_model_source``) and is copied in. Other
+directories in ``<repo>`` are neither removed nor loaded (the server loads exactly the models it
+names).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from resnet18_triton import contract
+from resnet18_triton.errors import ExportError
+from resnet18_triton.export.model_configs import (
+    WARMUP_DIRNAME,
+    WARMUP_IMAGE_FILENAME,
+    ServingSettings,
+    all_model_configs,
+    parse,
+    render,
+    variant_configs,
+)
+from resnet18_triton.layout import (
+    CONFIG_FILENAME,
+    INT8_ENSEMBLE_MODEL,
+    INT8_MODEL,
+    PYTHON_MODELS,
+    VERSION,
+    python_model_source,
+)
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a running server never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(data)
+    # NamedTemporaryFile creates 0600; a container serving as another uid must read the file.
+    os.chmod(handle.name, 0o644)
+    os.replace(handle.name, path)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def install_python_models(repo: Path) -> None:
+    """Write the shipped Python-backend model(s) (``PYTHON_MODELS``) into ``repo``."""
+    for name in PYTHON_MODELS:
+        source = python_model_source(name)
+        if not source.is_file():
+            raise ExportError(f"the Python model {source} is missing: reinstall resnet18-triton")
+        write_bytes_atomically(repo / name / VERSION / "model.py", source.read_bytes())
+
+
+def write_labels(repo: Path, categories: list[str]) -> None:
+    if len(categories) != contract.NUM_CLASSES:
+        raise ExportError(f"expected {contract.NUM_CLASSES} class names, got {len(categories)}")
+    text = "".join(f"{name}\n" for name in categories)
+    for model in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
+        write_text_atomically(repo / model / contract.LABELS_FILENAME, text)
+
+
+def write_configs(repo: Path, settings: ServingSettings, provenance_json: str) -> list[Path]:
+    """Render every model's config.pbtxt; returns the paths written."""
+    settings.check()
+    written = []
+    for config in all_model_configs(settings, provenance_json):
+        path = repo / config.name / CONFIG_FILENAME
+        write_text_atomically(path, render(config))
+        written.append(path)
+    # The ensemble has no files of its own, but Triton needs its version directory.
+    (repo / contract.ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
+    if settings.warmup:
+        write_warmup_data(repo)
+    return written
+
+
+def warmup_jpeg() -> bytes:
+    """A small deterministic textured JPEG (320x240: the warm-up also exercises the resize)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:240, 0:320].astype(np.float32)
+    pixels = np.stack(
+        [127 + 120 * np.sin(0.031 * x + 0.017 * y + phase) for phase in (0.0, 2.1, 4.2)], axis=-1
+    ).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def write_warmup_data(repo: Path) -> Path:
+    """The preprocess model's warm-up sample: one JPEG in Triton's raw TYPE_STRING layout."""
+    data = warmup_jpeg()
+    path = repo / contract.PREPROCESS_MODEL / WARMUP_DIRNAME / WARMUP_IMAGE_FILENAME
+    write_bytes_atomically(path, len(data).to_bytes(4, "little") + data)
+    return path
+
+
+def write_int8_configs(repo: Path, parameters: dict[str, str]) -> list[Path]:
+    """Configs and labels of ``resnet18_int8`` and ``resnet18_int8_ensemble``, derived from the
+    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache)."""
+    sources = {}
+    for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
+        path = repo / name / CONFIG_FILENAME
+        if not path.is_file():
+            raise ExportError(f"{path} is missing: run `resnet18-triton export` first")
+        sources[name] = parse(path.read_text())
+    configs = variant_configs(
+        sources[contract.ONNX_MODEL],
+        sources[contract.ENSEMBLE_MODEL],
+        onnx_name=INT8_MODEL,
+        ensemble_name=INT8_ENSEMBLE_MODEL,
+        parameters=parameters,
+    )
+    written = []
+    for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL)):
+        path = repo / config.name / CONFIG_FILENAME
+        write_text_atomically(path, render(config))
+        labels = repo / source / contract.LABELS_FILENAME
+        write_text_atomically(repo / config.name / contract.LABELS_FILENAME, labels.read_text())
+        written.append(path)
+    (repo / INT8_ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
+    return written
+
+
+def fill_repository(
+    repo: Path, settings: ServingSettings, provenance_json: str, categories: list[str]
+) -> None:
+    """Everything but model.onnx itself (the exporter writes that to ``onnx_model_path``)."""
+    install_python_models(repo)
+    write_labels(repo, categories)
+    write_configs(repo, settings, provenance_json)

@@ -1,0 +1,296 @@
+"""``resnet18-triton loadtest`` and ``resnet18-triton bench`` (the ``perf`` extra)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import click
+
+from resnet18_triton import contract
+
+RANGE = re.compile(r"^\d+(\.\d+)?(:\d+(\.\d+)?(:\d+(\.\d+)?)?)?$")
+
+
+def _range(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not RANGE.match(value):
+        raise click.BadParameter("expected START[:END[:STEP]], e.g. 1:4:1")
+    return value
+
+
+def _default_out(kind: str) -> Path:
+    return Path("reports") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _strip_scheme(url: str) -> str:
+    return re.sub(r"^https?://", "", url).rstrip("/")
+
+
+@click.command("loadtest")
+@click.option(
+    "--url",
+    envvar=contract.URL_ENV_VAR,
+    default=contract.DEFAULT_URL,
+    show_default=True,
+    help=f"Server to load (the embedded server or the container). [env: {contract.URL_ENV_VAR}]",
+)
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option(
+    "--model",
+    "targets",
+    type=click.Choice(["ensemble", "raw", "both"]),
+    default="both",
+    show_default=True,
+    help="ensemble: JPEG bytes in (resnet18); raw: FP32 tensors in (resnet18_onnx).",
+)
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of images sent to the ensemble (default: generated 500x375 JPEGs).",
+)
+@click.option("--max-images", default=32, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--concurrency",
+    default="1:4:1",
+    show_default=True,
+    callback=_range,
+    help="Concurrency sweep START:END:STEP.",
+)
+@click.option(
+    "--request-rate",
+    default=None,
+    callback=_range,
+    help="Request-rate sweep START:END:STEP (requests/s) instead of concurrency.",
+)
+@click.option(
+    "--measurement-interval",
+    "interval_ms",
+    default=4000,
+    show_default=True,
+    type=click.IntRange(100),
+    help="perf_analyzer window (ms).",
+)
+@click.option(
+    "--stability",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="perf_analyzer stability percentage (a shared, noisy machine needs a wide one).",
+)
+@click.option("--max-trials", default=10, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--stats-url",
+    default=None,
+    help="HTTP address for the failed-request count when --protocol grpc (host:port).",
+)
+@click.option(
+    "--batch-size",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Images per request (at most the model's max_batch_size, 8).",
+)
+@click.option(
+    "--shared-memory",
+    type=click.Choice(["none", "system"]),
+    default="none",
+    show_default=True,
+    help="system: send tensors through POSIX shared memory instead of the HTTP body "
+    "(perf_analyzer on the server's host; the container needs ipc: host).",
+)
+@click.option(
+    "--admin-key",
+    envvar=contract.ADMIN_KEY_ENV_VAR,
+    default=None,
+    help="The server's admin key: registering shared memory is a restricted API on "
+    f"`resnet18-triton serve`. [env: {contract.ADMIN_KEY_ENV_VAR}]",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default reports/loadtest-<time>).",
+)
+def loadtest(
+    url: str,
+    protocol: str,
+    targets: str,
+    images: Path | None,
+    max_images: int,
+    concurrency: str,
+    request_rate: str | None,
+    interval_ms: int,
+    stability: int,
+    max_trials: int,
+    stats_url: str | None,
+    batch_size: int,
+    shared_memory: str,
+    admin_key: str | None,
+    out: Path | None,
+) -> None:
+    """Sweep a running server with perf_analyzer: CSV, markdown summary and PNG plot."""
+    from resnet18_triton.perf import images as image_sets
+    from resnet18_triton.perf.loadtest import LoadTestPlan, run_loadtest
+
+    if shared_memory != "none" and admin_key and protocol == "grpc":
+        raise click.BadParameter(
+            "perf_analyzer sends the admin key only over HTTP: use "
+            "--protocol http with --shared-memory",
+            param_hint="--protocol",
+        )
+    out = out or _default_out("loadtest")
+    chosen = ("ensemble", "raw") if targets == "both" else (targets,)
+    label = "500x375"
+    if "ensemble" in chosen:
+        if images is None:
+            files = image_sets.jpeg_set(
+                Path("reports") / "images" / "500x375", image_sets.TYPICAL_SIZE, min(max_images, 16)
+            )
+        else:
+            files = image_sets.read_folder(images, max_images)
+            label = images.name
+            if not files:
+                raise click.BadParameter(f"no images in {images}", param_hint="--images")
+    else:
+        files = []
+    plan = LoadTestPlan(
+        url=_strip_scheme(url),
+        out=out,
+        targets=chosen,
+        images=files,
+        protocol=protocol,
+        concurrency=concurrency,
+        request_rate=request_rate,
+        measurement_interval_ms=interval_ms,
+        stability_percentage=stability,
+        max_trials=max_trials,
+        stats_url=stats_url,
+        image_label=label,
+        batch_size=batch_size,
+        shared_memory=shared_memory,
+        admin_key=admin_key,
+    )
+    results = run_loadtest(plan, echo=lambda text: click.echo(text, err=True))
+    click.echo(
+        f"report: {out / 'loadtest.md'} (CSV {out / 'loadtest.csv'}, plot {out / 'loadtest.png'})"
+    )
+    failed = sum(result.failed_requests or 0 for result in results)
+    if failed:
+        raise click.ClickException(f"{failed} requests failed during the load test")
+
+
+@click.command("bench")
+@click.option(
+    "--repo",
+    "repository",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Model repository to serve and time (default: export one with "
+    "random weights into the output folder).",
+)
+@click.option(
+    "--url",
+    default=None,
+    help="Benchmark this running server instead of starting one "
+    "(its repository must hold the same model as --repo).",
+)
+@click.option(
+    "--server-pid",
+    default=None,
+    type=int,
+    help="With --url: the tritonserver pid, to measure the stack's RSS.",
+)
+@click.option(
+    "--admin-key",
+    envvar=contract.ADMIN_KEY_ENV_VAR,
+    default=None,
+    help="With --url: the server's admin key, to also time the raw model with tensors "
+    f"in shared memory. [env: {contract.ADMIN_KEY_ENV_VAR}]",
+)
+@click.option(
+    "--threads",
+    default=None,
+    type=click.IntRange(1),
+    help="Threads per in-process engine (default: the cores this process may use).",
+)
+@click.option(
+    "--seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Timed seconds per in-process engine.",
+)
+@click.option(
+    "--images",
+    "typical_count",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1),
+    help="500x375 JPEGs generated.",
+)
+@click.option(
+    "--large-images",
+    "large_count",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1),
+    help="12-megapixel JPEGs generated.",
+)
+@click.option("--concurrency", default="1:4:1", show_default=True, callback=_range)
+@click.option(
+    "--measurement-interval",
+    "interval_ms",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(100),
+)
+@click.option("--stability", default=50, show_default=True, type=click.IntRange(1, 100))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default reports/bench-<time>).",
+)
+def bench(
+    repository: Path | None,
+    url: str | None,
+    server_pid: int | None,
+    admin_key: str | None,
+    threads: int | None,
+    seconds: float,
+    typical_count: int,
+    large_count: int,
+    concurrency: str,
+    interval_ms: int,
+    stability: int,
+    out: Path | None,
+) -> None:
+    """PyTorch eager, TorchScript, ORT in-process and the served paths, side by side."""
+    from resnet18_triton.extras import require
+
+    require("torch", "export")
+    from resnet18_triton.perf.bench import BenchPlan, run_bench
+
+    if url and repository is None:
+        raise click.BadParameter(
+            "--url needs --repo (the in-process engines time its model.onnx)", param_hint="--repo"
+        )
+    plan = BenchPlan(
+        out=out or _default_out("bench"),
+        repo=repository.resolve() if repository else None,
+        url=_strip_scheme(url) if url else None,
+        server_pid=server_pid,
+        admin_key=admin_key,
+        threads=threads or len(os.sched_getaffinity(0)),
+        seconds=seconds,
+        typical_count=typical_count,
+        large_count=large_count,
+        concurrency=concurrency,
+        measurement_interval_ms=interval_ms,
+        stability_percentage=stability,
+    )
+    run_bench(plan, echo=lambda text: click.echo(text, err=True))
+    click.echo(f"report: {plan.out / 'bench.md'}")

@@ -1,0 +1,221 @@
+"""In-process engines, each timed in a fresh Python process so its peak RSS is its own.
+
+``measure(spec)`` starts ``python -m resnet18_triton.perf.inprocess '<json spec>'`` and reads one
+JSON result line. Engines:
+
+* ``eager``: torchvision ResNet-18 in PyTorch eager mode (``torch.inference_mode``);
+* ``torchscript``: the same model traced and frozen (``torch.jit.trace`` + ``torch.jit.freeze``);
+* ``ort``: ONNX Runtime FP32 on the served ``model.onnx`` (CPU provider, sequential execution);
+* ``pipeline``: what a single in-process service does per image: decode the JPEG + preprocess with
+  the served ``preprocess/1/model.py`` code + ONNX Runtime (batch 1 only).
+
+Tensor engines run on already-decoded random tensors (speed does not depend on values). Timings
+are per batch; ``ms_per_image`` = median batch time / batch size, ``images_per_s`` = images / total
+time. ``peak_rss_mb`` is the process's RSS high-water mark (VmHWM) after the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ENGINES = ("eager", "torchscript", "ort", "pipeline")
+
+
+@dataclass
+class EngineSpec:
+    engine: str
+    batch: int = 1
+    threads: int = 2
+    seconds: float = 10.0
+    min_iterations: int = 10
+    warmup: int = 3
+    onnx_path: str | None = None
+    preprocess_path: str | None = None  # the repository's preprocess/1/model.py
+    images: list[str] = field(default_factory=list)  # JPEG files for the pipeline
+    seed: int = 0
+    allow_spinning: bool = True
+
+
+@dataclass
+class EngineResult:
+    engine: str
+    batch: int
+    threads: int
+    iterations: int
+    ms_per_batch_median: float
+    ms_per_image: float
+    images_per_s: float
+    peak_rss_mb: float
+    extra: dict = field(default_factory=dict)
+
+
+def measure(spec: EngineSpec, python: str | None = None, timeout_s: float = 900.0) -> EngineResult:
+    """Run ``spec`` in a fresh interpreter and return its result."""
+    env = dict(os.environ)
+    # One engine's threads must not be multiplied by another library's default pool.
+    env.setdefault("OMP_NUM_THREADS", str(spec.threads))
+    result = subprocess.run(
+        [
+            python or sys.executable,
+            "-m",
+            "resnet18_triton.perf.inprocess",
+            json.dumps(asdict(spec)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"engine {spec.engine} (batch {spec.batch}) failed:\n{result.stderr[-3000:]}"
+        )
+    return EngineResult(**json.loads(lines[-1]))
+
+
+def _peak_rss_mb() -> float:
+    """This process's RSS high-water mark (VmHWM).
+
+    Not ``ru_maxrss``: Linux keeps that across fork + exec, so a child of a parent that imported
+    torch would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _time_loop(step, spec: EngineSpec) -> tuple[list[float], float]:
+    for _ in range(spec.warmup):
+        step(0)
+    times = []
+    start = time.perf_counter()
+    index = 0
+    while len(times) < spec.min_iterations or time.perf_counter() - start < spec.seconds:
+        begin = time.perf_counter()
+        step(index)
+        times.append(time.perf_counter() - begin)
+        index += 1
+    return times, time.perf_counter() - start
+
+
+def _torch_model(spec: EngineSpec):
+    from resnet18_triton.extras import require
+
+    torch = require("torch", "export")
+    from resnet18_triton.export.weights import load_resnet18
+
+    torch.set_num_threads(spec.threads)
+    torch.set_num_interop_threads(1)
+    model, _ = load_resnet18("random", seed=spec.seed)
+    return torch, model.eval()
+
+
+def _ort_session(spec: EngineSpec):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = spec.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spec.allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(
+        spec.onnx_path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _load_preprocess(path: str):
+    from resnet18_triton.layout import load_model_module
+
+    return load_model_module(Path(path), "bench_preprocess_model")
+
+
+def run_engine(spec: EngineSpec) -> EngineResult:
+    import numpy as np
+
+    extra: dict = {}
+    shape = (spec.batch, 3, 224, 224)
+    if spec.engine in ("eager", "torchscript"):
+        torch, model = _torch_model(spec)
+        example = torch.randn(*shape, generator=torch.Generator().manual_seed(spec.seed))
+        if spec.engine == "torchscript":
+            with torch.inference_mode():
+                model = torch.jit.freeze(torch.jit.trace(model, example))
+
+        def step(_index: int) -> None:
+            with torch.inference_mode():
+                model(example)
+
+    elif spec.engine == "ort":
+        session = _ort_session(spec)
+        feed = {
+            session.get_inputs()[0].name: np.random.default_rng(spec.seed).standard_normal(
+                shape, dtype=np.float32
+            )
+        }
+
+        def step(_index: int) -> None:
+            session.run(None, feed)
+
+    elif spec.engine == "pipeline":
+        if spec.batch != 1:
+            raise ValueError("the pipeline engine runs batch 1")
+        session = _ort_session(spec)
+        name = session.get_inputs()[0].name
+        preprocess = _load_preprocess(spec.preprocess_path)
+        payloads = [Path(path).read_bytes() for path in spec.images]
+        split = {"preprocess": [], "inference": []}
+
+        def step(index: int) -> None:
+            begin = time.perf_counter()
+            tensor = preprocess.preprocess_bytes(payloads[index % len(payloads)])[None]
+            middle = time.perf_counter()
+            session.run(None, {name: tensor})
+            split["preprocess"].append(middle - begin)
+            split["inference"].append(time.perf_counter() - middle)
+
+    else:
+        raise ValueError(f"unknown engine {spec.engine!r}; choose from {ENGINES}")
+
+    times, total = _time_loop(step, spec)
+    if spec.engine == "pipeline":
+        measured = len(times)
+        extra = {
+            f"{key}_ms_median": 1000 * statistics.median(values[-measured:])
+            for key, values in split.items()
+        }
+    median_ms = 1000 * statistics.median(times)
+    return EngineResult(
+        engine=spec.engine,
+        batch=spec.batch,
+        threads=spec.threads,
+        iterations=len(times),
+        ms_per_batch_median=median_ms,
+        ms_per_image=median_ms / spec.batch,
+        images_per_s=spec.batch * len(times) / total,
+        peak_rss_mb=_peak_rss_mb(),
+        extra=extra,
+    )
+
+
+def main(argv: list[str]) -> None:
+    spec = EngineSpec(**json.loads(argv[0]))
+    print(json.dumps(asdict(run_engine(spec))), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

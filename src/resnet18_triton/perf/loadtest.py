@@ -1,0 +1,128 @@
+"""``loadtest``: perf_analyzer sweeps against a running server, as CSV, markdown and a PNG plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resnet18_triton import contract
+from resnet18_triton.perf import perf_analyzer as pa
+from resnet18_triton.perf.report import best, plot_throughput_latency, sweep_table, write_rows_csv
+
+TARGETS = ("ensemble", "raw")
+
+
+@dataclass
+class LoadTestPlan:
+    url: str
+    out: Path
+    targets: tuple[str, ...] = TARGETS
+    images: list[Path] = field(default_factory=list)
+    protocol: str = "http"
+    concurrency: str | None = "1:4:1"
+    request_rate: str | None = None
+    measurement_interval_ms: int = 4000
+    stability_percentage: int = 50
+    max_trials: int = 10
+    stats_url: str | None = None
+    image_label: str = "jpeg"
+    batch_size: int = 1
+    shared_memory: str = "none"  # or "system" (see perf_analyzer.Sweep)
+    admin_key: str | None = None  # our server's key for registering shared memory
+
+
+def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
+    """(label, sweep) for each target; the ensemble gets the images as --input-data."""
+    common = dict(
+        url=plan.url,
+        protocol=plan.protocol,
+        concurrency=plan.concurrency,
+        request_rate=plan.request_rate,
+        measurement_interval_ms=plan.measurement_interval_ms,
+        stability_percentage=plan.stability_percentage,
+        max_trials=plan.max_trials,
+        batch_size=plan.batch_size,
+        shared_memory=plan.shared_memory,
+        headers=pa.admin_headers(plan.admin_key),
+    )
+    planned = []
+    for target in plan.targets:
+        if target == "ensemble":
+            if not plan.images:
+                raise pa.PerfAnalyzerError("the ensemble load test needs images (--images DIR)")
+            data = pa.write_input_data(
+                [path.read_bytes() for path in plan.images],
+                contract.ENSEMBLE_INPUT,
+                plan.out / f"input_data_{plan.image_label}.json",
+            )
+            planned.append(
+                (
+                    f"{contract.ENSEMBLE_MODEL} ({plan.image_label})",
+                    pa.Sweep(model=contract.ENSEMBLE_MODEL, input_data=data, **common),
+                )
+            )
+        elif target == "raw":
+            # FP32 tensors of the config's fixed shape: perf_analyzer's random data is fine here.
+            planned.append((contract.ONNX_MODEL, pa.Sweep(model=contract.ONNX_MODEL, **common)))
+        else:
+            raise ValueError(f"unknown target {target!r}")
+    return planned
+
+
+def run_loadtest(
+    plan: LoadTestPlan, analyzer: pa.PerfAnalyzer | None = None, echo=print
+) -> list[pa.SweepResult]:
+    analyzer = analyzer or pa.locate()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for label, sweep in sweeps(plan):
+        echo(f"perf_analyzer: {label} ...")
+        slug = label.replace(" ", "_").replace("(", "").replace(")", "")
+        result = pa.run(
+            analyzer, sweep, plan.out / f"perf_{slug}.csv", label=label, stats_url=plan.stats_url
+        )
+        top = best(result.rows)
+        echo(
+            f"  best {top.throughput:.1f} infer/s at {top.mode} {top.load:g}; "
+            f"failed requests: {result.failed_requests if result.failed_requests is not None else '?'}"
+        )
+        results.append(result)
+    write_summary(plan, results)
+    return results
+
+
+def write_summary(plan: LoadTestPlan, results: list[pa.SweepResult]) -> None:
+    rows = [row for result in results for row in result.rows]
+    write_rows_csv(rows, plan.out / "loadtest.csv")
+    plot_throughput_latency(
+        rows, plan.out / "loadtest.png", f"perf_analyzer against {plan.url} ({plan.protocol})"
+    )
+    transport = f"{plan.protocol}, batch {plan.batch_size}"
+    if plan.shared_memory != "none":
+        transport += f", {plan.shared_memory} shared memory"
+    lines = [
+        f"# Load test against {plan.url} ({transport})",
+        "",
+        sweep_table(rows),
+        "",
+        "| target | best img/s | at | failed requests | successful requests |",
+        "|---|---|---|---|---|",
+    ]
+    for result in results:
+        top = best(result.rows)
+        lines.append(
+            f"| {result.label} | {top.throughput:.1f} | {top.mode} {top.load:g} | "
+            f"{_count(result.failed_requests)} | {_count(result.successful_requests)} |"
+        )
+    lines += [
+        "",
+        "![throughput vs latency](loadtest.png)",
+        "",
+        "Raw perf_analyzer CSVs: " + ", ".join(f"`{r.csv_path.name}`" for r in results),
+        "",
+    ]
+    (plan.out / "loadtest.md").write_text("\n".join(lines))
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)

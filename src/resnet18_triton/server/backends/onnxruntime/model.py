@@ -1,0 +1,158 @@
+"""A Python-based Triton backend named ``onnxruntime``: runs ``model.onnx`` with ONNX Runtime.
+
+The ``nvidia-pytriton`` wheel ships the real Triton server with only the Python backend. Triton
+serves every model whose config says ``backend: "onnxruntime"`` with
+``<backend-directory>/onnxruntime/model.py`` when that file exists, so this file stands in for the
+native ONNX Runtime backend of the official container. It reads the same ``config.pbtxt`` keys as
+the native backend, so one model directory runs unchanged in both places:
+
+- ``parameters``: ``intra_op_thread_count``, ``inter_op_thread_count``, ``execution_mode``
+  ("0" sequential, "1" parallel), ``enable_mem_arena``, ``enable_mem_pattern``,
+  ``memory.enable_memory_arena_shrinkage`` (all ``string_value``; absent or 0 thread counts mean
+  ONNX Runtime's default);
+- ``optimization { graph { level: N } }``: -1 basic, 1 extended, 2 disables all, otherwise all;
+- ``default_model_filename`` (``model.onnx`` when empty).
+
+All requests of one ``execute`` call (dynamic batching) run as one batched ``session.run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+try:  # Present inside the Triton Python-backend stub.
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover - only when unit tests import this file
+    pb_utils = None
+
+DEFAULT_MODEL_FILENAME = "model.onnx"
+
+
+def _parameter(model_config: dict, key: str) -> str | None:
+    value = model_config.get("parameters", {}).get(key, {}).get("string_value")
+    return value if value not in (None, "") else None
+
+
+def _flag(model_config: dict, key: str) -> bool | None:
+    value = _parameter(model_config, key)
+    return None if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def graph_optimization_level(model_config: dict) -> ort.GraphOptimizationLevel:
+    """Map Triton's ``optimization.graph.level`` the way the native backend does."""
+    level = int(model_config.get("optimization", {}).get("graph", {}).get("level", 0) or 0)
+    return {
+        -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        2: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+
+
+def session_options(model_config: dict) -> ort.SessionOptions:
+    """Build ONNX Runtime session options from a Triton model config (as a JSON dict)."""
+    options = ort.SessionOptions()
+    intra = _parameter(model_config, "intra_op_thread_count")
+    inter = _parameter(model_config, "inter_op_thread_count")
+    if intra is not None:
+        options.intra_op_num_threads = int(intra)
+    if inter is not None:
+        options.inter_op_num_threads = int(inter)
+    if _parameter(model_config, "execution_mode") == "1":
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    else:
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    arena = _flag(model_config, "enable_mem_arena")
+    if arena is not None:
+        options.enable_cpu_mem_arena = arena
+    pattern = _flag(model_config, "enable_mem_pattern")
+    if pattern is not None:
+        options.enable_mem_pattern = pattern
+    options.graph_optimization_level = graph_optimization_level(model_config)
+    # Session config entries (e.g. "session.intra_op.allow_spinning") pass straight through.
+    for key, value in model_config.get("parameters", {}).items():
+        if key.startswith("session."):
+            options.add_session_config_entry(key, value.get("string_value", ""))
+    return options
+
+
+def run_options(model_config: dict) -> ort.RunOptions:
+    options = ort.RunOptions()
+    if _flag(model_config, "memory.enable_memory_arena_shrinkage"):
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
+def model_path(args: dict, model_config: dict) -> str:
+    filename = model_config.get("default_model_filename") or DEFAULT_MODEL_FILENAME
+    return os.path.join(args["model_repository"], args["model_version"], filename)
+
+
+def split_batches(outputs: list[np.ndarray], sizes: list[int]) -> list[list[np.ndarray]]:
+    """Cut each batched output back into one slice per request, in request order."""
+    bounds = np.cumsum([0, *sizes])
+    return [[output[start:end] for output in outputs] for start, end in zip(bounds, bounds[1:])]
+
+
+class TritonPythonModel:
+    """One ONNX Runtime session per model instance."""
+
+    def initialize(self, args: dict) -> None:
+        self.model_config = json.loads(args["model_config"])
+        self.input_names = [tensor["name"] for tensor in self.model_config["input"]]
+        self.output_names = [tensor["name"] for tensor in self.model_config["output"]]
+        self.session = ort.InferenceSession(
+            model_path(args, self.model_config),
+            sess_options=session_options(self.model_config),
+            providers=["CPUExecutionProvider"],
+        )
+        self.run_options = run_options(self.model_config)
+        accelerators = self.model_config.get("optimization", {}).get("execution_accelerators", {})
+        if accelerators.get("cpu_execution_accelerator"):
+            # OpenVINO and friends are a feature of the container's native backend only.
+            pb_utils.Logger.log_warn(
+                "execution accelerators are ignored by the Python-based onnxruntime backend; "
+                "running on ONNX Runtime's CPU provider (use the container for OpenVINO)"
+            )
+
+    def execute(self, requests: list) -> list:
+        per_request = [self._inputs_of(request) for request in requests]
+        sizes = [len(inputs[self.input_names[0]]) for inputs in per_request]
+        feeds = {
+            name: _concatenate([inputs[name] for inputs in per_request])
+            for name in self.input_names
+        }
+        try:
+            outputs = self.session.run(self.output_names, feeds, self.run_options)
+        except Exception as error:
+            message = f"ONNX Runtime failed: {error}"
+            return [
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests
+            ]
+        return [
+            pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(name, np.ascontiguousarray(value))
+                    for name, value in zip(self.output_names, sliced)
+                ]
+            )
+            for sliced in split_batches(outputs, sizes)
+        ]
+
+    def _inputs_of(self, request: Any) -> dict[str, np.ndarray]:
+        return {
+            name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+            for name in self.input_names
+        }
+
+    def finalize(self) -> None:
+        self.session = None
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    # A single request needs no copy; several are joined into one batch for one session run.
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)

@@ -1,0 +1,130 @@
+"""``resnet18-triton serve``: the embedded Triton server in the foreground."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
+from resnet18_triton.layout import default_repository, has_int8, served_models
+from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions
+
+
+@click.command("serve")
+@click.option(
+    "--repo",
+    "repository",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_repository,
+    show_default="./model_repository",
+    help="Model repository filled by `resnet18-triton export`.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Use 0.0.0.0 only behind a firewall or proxy.",
+)
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--admin-key",
+    envvar=ADMIN_KEY_ENV_VAR,
+    default=None,
+    help="Key for the restricted APIs (model repository, shared memory, logging, trace), "
+    "sent as header 'triton-admin-key'. Unset: a random key, so they stay closed. "
+    f"[env: {ADMIN_KEY_ENV_VAR}]",
+)
+@click.option(
+    "--response-cache-bytes",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Size of Triton's local response cache; 0 disables it.",
+)
+@click.option(
+    "--exit-timeout",
+    "exit_timeout_s",
+    default=30,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Seconds in-flight requests get to finish on shutdown.",
+)
+@click.option(
+    "--ready-timeout",
+    "ready_timeout_s",
+    default=180.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Seconds to wait for the models to load.",
+)
+@click.option("--log-verbose", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--quiet", is_flag=True, help="Do not echo the server log.")
+@click.option(
+    "--int8/--no-int8",
+    "int8",
+    default=None,
+    help="Also serve resnet18_int8 and resnet18_int8_ensemble (written by "
+    "`resnet18-triton quantize`). Default: when the repository holds them.",
+)
+def serve(
+    repository: Path,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    admin_key: str | None,
+    response_cache_bytes: int,
+    exit_timeout_s: int,
+    ready_timeout_s: float,
+    log_verbose: int,
+    quiet: bool,
+    int8: bool | None = None,
+) -> None:
+    """Run the real Triton server on this machine (no Docker) until Ctrl-C or SIGTERM."""
+    if int8 and not has_int8(repository.resolve()):
+        raise click.ClickException(
+            f"--int8: {repository} holds no complete INT8 variant; run `resnet18-triton quantize`"
+        )
+    options = ServerOptions(
+        repository=repository.resolve(),
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        admin_key=admin_key,
+        response_cache_bytes=response_cache_bytes,
+        exit_timeout_s=exit_timeout_s,
+        ready_timeout_s=ready_timeout_s,
+        log_verbose=log_verbose,
+        models=served_models(repository.resolve(), int8),
+    )
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    server = EmbeddedServer(options, log_stream=None if quiet else sys.stderr)
+    server.start()
+    try:
+        click.echo(
+            f"ready: http://{server.url} (models: {', '.join(options.models)}); Ctrl-C to stop",
+            err=True,
+        )
+        while not stop_requested.is_set():
+            if server.process is None or server.process.poll() is not None:
+                raise click.ClickException(
+                    "tritonserver exited unexpectedly:\n" + server.log_tail[-2000:]
+                )
+            stop_requested.wait(0.5)
+        click.echo("stopping: waiting for in-flight requests...", err=True)
+    finally:
+        code = server.stop()
+    click.echo(f"stopped (tritonserver exit code {code})", err=True)

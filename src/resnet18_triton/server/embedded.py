@@ -1,0 +1,361 @@
+"""Run the real Triton Inference Server binary from the ``nvidia-pytriton`` wheel, without Docker.
+
+The wheel ships tritonserver 2.51 (the core of the NGC ``tritonserver:24.10-py3`` container) with
+its shared libraries and the Python backend, but no ONNX Runtime backend. ``EmbeddedServer`` lays
+out a backend directory in which ``python/`` is the wheel's Python backend (with the stub for the
+running Python) and ``onnxruntime/model.py`` is this project's Python-based ONNX Runtime backend,
+then starts the binary on 127.0.0.1 with explicit model control and waits until it is ready.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from resnet18_triton import contract
+from resnet18_triton.errors import ServerStartError
+from resnet18_triton.layout import backend_source, missing_files
+from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
+
+ORT_BACKEND_SOURCE = backend_source("onnxruntime")
+RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Paths inside the installed ``nvidia-pytriton`` wheel."""
+
+    server_binary: Path
+    library_dir: Path
+    python_backend_dir: Path
+    python_stub: Path
+    cache_dir: Path
+
+    @classmethod
+    def locate(cls) -> TritonInstall:
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or spec.origin is None:
+            raise ServerStartError(
+                "the Triton server binary is not installed: pip install 'resnet18-triton[server]'"
+            )
+        package = Path(spec.origin).parent
+        triton = package / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        install = cls(
+            server_binary=triton / "bin" / "tritonserver",
+            library_dir=package.parent / "nvidia_pytriton.libs",
+            python_backend_dir=triton / "backends" / "python",
+            python_stub=triton / "python_backend_stubs" / version / "triton_python_backend_stub",
+            cache_dir=triton / "caches",
+        )
+        install.check()
+        return install
+
+    def check(self) -> None:
+        for path in (
+            self.server_binary,
+            self.library_dir,
+            self.python_backend_dir,
+            self.python_stub,
+        ):
+            if not path.exists():
+                raise ServerStartError(
+                    f"the nvidia-pytriton install is incomplete: {path} is missing (a Python "
+                    f"{sys.version_info.major}.{sys.version_info.minor} stub is needed); "
+                    "reinstall with pip install --force-reinstall 'resnet18-triton[server]'"
+                )
+
+
+@dataclass
+class ServerOptions:
+    """How to start the server. Defaults are the safe ones: loopback only, explicit loading."""
+
+    repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    models: tuple[str, ...] = contract.SERVED_MODELS
+    admin_key: str | None = None
+    response_cache_bytes: int = 0
+    exit_timeout_s: int = 30
+    ready_timeout_s: float = 180.0
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = ()
+    # Triton 2.51's Python backend never restarts a stub that died (SIGKILL, OOM kill): the
+    # model stays READY but answers 500 "Stub process ... is not healthy" forever. The launcher
+    # watches the stubs and reloads the model of a dead one (docs/reliability.md).
+    restart_dead_stubs: bool = True
+    watchdog_interval_s: float = 0.5
+    # A per-start secret when none is given: the restricted endpoints stay closed by default.
+    generated_admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    @property
+    def effective_admin_key(self) -> str:
+        return self.admin_key or self.generated_admin_key
+
+    @property
+    def http_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{host}:{self.http_port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now (used by tests to run servers side by side)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ServerStartError(
+                f"cannot listen for {what} on {host}:{port}: {error.strerror or error} "
+                f"(another server running? choose another --{what}-port)"
+            ) from None
+
+
+def build_backend_directory(install: TritonInstall, target: Path) -> Path:
+    """``target/python`` = the wheel's Python backend + stub; ``target/onnxruntime/model.py`` ours.
+
+    Copies, not symlinks: Triton refuses a backend library whose real path escapes the backend
+    directory.
+    """
+    python_dir = target / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for source in install.python_backend_dir.iterdir():
+        if source.is_file():
+            shutil.copy2(source, python_dir / source.name)
+    shutil.copy2(install.python_stub, python_dir / "triton_python_backend_stub")
+    ort_dir = target / "onnxruntime"
+    ort_dir.mkdir()
+    shutil.copy2(ORT_BACKEND_SOURCE, ort_dir / "model.py")
+    return target
+
+
+def server_environment(install: TritonInstall) -> dict[str, str]:
+    """LD_LIBRARY_PATH for the bundled libraries; this interpreter's bin/ first on PATH.
+
+    The Python stub finds its site-packages through the first ``python3`` on PATH, so without
+    the virtual environment's ``bin/`` in front it cannot import numpy or onnxruntime.
+    """
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        filter(None, [str(install.library_dir), env.get("LD_LIBRARY_PATH")])
+    )
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def server_arguments(options: ServerOptions, install: TritonInstall, backends: Path) -> list[str]:
+    key = f"{contract.ADMIN_KEY_HEADER}={options.effective_admin_key}"
+    args = [
+        str(install.server_binary),
+        f"--model-repository={options.repository}",
+        "--model-control-mode=explicit",
+        *[f"--load-model={name}" for name in options.models],
+        f"--backend-directory={backends}",
+        f"--http-address={options.host}",
+        f"--http-port={options.http_port}",
+        f"--grpc-address={options.host}",
+        f"--grpc-port={options.grpc_port}",
+        f"--metrics-address={options.host}",
+        f"--metrics-port={options.metrics_port}",
+        f"--http-restricted-api={RESTRICTED_APIS}:{key}",
+        f"--grpc-restricted-protocol={RESTRICTED_APIS}:{key}",
+        f"--exit-timeout-secs={options.exit_timeout_s}",
+        f"--log-verbose={options.log_verbose}",
+        "--strict-readiness=true",
+    ]
+    if options.response_cache_bytes > 0:
+        args += [
+            f"--cache-directory={install.cache_dir}",
+            f"--cache-config=local,size={options.response_cache_bytes}",
+        ]
+    return args + list(options.extra_args)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL if the launcher dies, so no tritonserver is ever orphaned."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class EmbeddedServer:
+    """A tritonserver child process. Use as a context manager, or ``start()`` / ``stop()``."""
+
+    def __init__(self, options: ServerOptions, log_stream: TextIO | None = None) -> None:
+        self.options = options
+        self.log_stream = log_stream
+        self.process: subprocess.Popen[str] | None = None
+        self._log_tail: collections.deque[str] = collections.deque(maxlen=400)
+        self._backends: Path | None = None
+        self._reader: threading.Thread | None = None
+        self._watchdog: StubWatchdog | None = None
+
+    @property
+    def url(self) -> str:
+        return self.options.http_url
+
+    @property
+    def log_tail(self) -> str:
+        return "".join(self._log_tail)
+
+    def start(self) -> EmbeddedServer:
+        install = TritonInstall.locate()
+        repository = self.options.repository
+        missing = missing_files(repository)
+        if missing:
+            listed = ", ".join(str(path.relative_to(repository)) for path in missing[:4])
+            raise ServerStartError(
+                f"the model repository {repository} is not ready ({listed} missing): "
+                "run `resnet18-triton export --weights random` (or imagenet / PATH) first"
+            )
+        for what, port in (
+            ("http", self.options.http_port),
+            ("grpc", self.options.grpc_port),
+            ("metrics", self.options.metrics_port),
+        ):
+            check_port_free(self.options.host, port, what)
+        self._backends = build_backend_directory(
+            install, Path(tempfile.mkdtemp(prefix="resnet18-triton-backends-"))
+        )
+        self.process = subprocess.Popen(
+            server_arguments(self.options, install, self._backends),
+            env=server_environment(install),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # its own process group: stop() can reach every stub
+            preexec_fn=_die_with_parent,
+        )
+        self._reader = threading.Thread(target=self._pump_log, daemon=True)
+        self._reader.start()
+        try:
+            self.wait_ready(self.options.ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        if self.options.restart_dead_stubs:
+            self._watchdog = StubWatchdog(self, self.options.watchdog_interval_s).start()
+        return self
+
+    @property
+    def stub_recoveries(self) -> list[StubRecovery]:
+        """Dead stubs the watchdog found and the model reloads it did, oldest first."""
+        return list(self._watchdog.recoveries) if self._watchdog is not None else []
+
+    def log_note(self, message: str) -> None:
+        """Add a launcher message to the server log (tail and stream)."""
+        line = f"[resnet18-triton] {message}\n"
+        self._log_tail.append(line)
+        if self.log_stream is not None:
+            try:
+                self.log_stream.write(line)
+                self.log_stream.flush()
+            except (OSError, ValueError):  # the stream was closed under us
+                pass
+
+    def _pump_log(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self._log_tail.append(line)
+            if self.log_stream is not None:
+                self.log_stream.write(line)
+                self.log_stream.flush()
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise ServerStartError(self._explain_exit())
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise ServerStartError(
+            f"the server did not become ready within {timeout_s:.0f} s; last log lines:\n"
+            + self._last_lines(15)
+        )
+
+    def _last_lines(self, count: int) -> str:
+        return "".join(list(self._log_tail)[-count:])
+
+    def _explain_exit(self) -> str:
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        log = self.log_tail
+        code = self.process.returncode if self.process else None
+        if "Address already in use" in log or "address already in use" in log:
+            reason = "a port is already in use"
+        elif "failed to load" in log or "failed to load" in log.lower():
+            reason = "a model failed to load"
+        else:
+            reason = f"tritonserver exited with code {code}"
+        return f"the server failed to start: {reason}; last log lines:\n{self._last_lines(15)}"
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait for in-flight requests (exit timeout), then SIGKILL the process group."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        process, self.process = self.process, None
+        code = None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                code = process.wait(timeout=self.options.exit_timeout_s + 15)
+            except subprocess.TimeoutExpired:
+                code = None
+            _kill_group(process.pid)
+            if code is None:
+                code = process.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self._backends is not None:
+            shutil.rmtree(self._backends, ignore_errors=True)
+            self._backends = None
+        return code
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _kill_group(pid: int) -> None:
+    """Stubs live in the server's process group; none may survive the server."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,231 @@
+"""Triton Python-backend model: encoded image bytes -> ResNet-18 input tensor.
+
+The transform is torchvision's ``ResNet18_Weights.IMAGENET1K_V1.transforms()`` done with Pillow and
+NumPy, so that the served tensor is the one PyTorch would compute (bit for bit on the same Pillow):
+resize the shorter side to 256 (bilinear, Pillow's resize is antialiased), centre-crop 224, scale
+to [0, 1], normalise with the ImageNet mean and std. Grayscale, LA, RGBA, palette and CMYK inputs
+are converted to RGB with ``Image.convert("RGB")``, as the reference does. Two decisions go beyond
+torchvision's transform (the test reference in ``tests/support.py`` makes the same ones):
+
+- the EXIF orientation is honoured (``ImageOps.exif_transpose``): the model sees the photo the way
+  every viewer shows it, not the sensor's raw landscape buffer;
+- 16-bit (and 32-bit integer) grayscale is scaled to 8 bits (``value >> 8``) before the RGB
+  conversion; Pillow's ``convert`` would clip it, turning almost every such image white.
+
+Animated images (GIF, WebP, APNG) are classified by their first frame.
+
+This file is self-contained (Pillow + NumPy only): it runs unchanged in the embedded server and in
+the official Triton container, where this project's Python package is not installed. Everything it
+needs to know (tensor names, limits) comes from its ``config.pbtxt``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # Present inside the Triton Python-backend stub; absent when unit tests import this file.
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover - exercised only outside Triton
+    pb_utils = None
+
+RESIZE_SIZE = 256
+CROP_SIZE = 224
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel photo; decompression bombs claim far more
+DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+
+class ImageRejected(ValueError):
+    """The bytes are not an image this model accepts; the message is sent to the client."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Explicit input limits, configurable through the model config's ``parameters``."""
+
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+
+
+def resized_size(width: int, height: int, short_side: int = RESIZE_SIZE) -> tuple[int, int]:
+    """The (width, height) torchvision's ``resize(img, 256)`` gives: shorter side -> 256."""
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def decode_image(data: bytes, limits: Limits = Limits(), draft_min_size: int = 0) -> Image.Image:
+    """Decode encoded bytes to an RGB image, refusing what is not an image or is too large.
+
+    ``draft_min_size`` > 0 lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (``Image.draft``,
+    DCT-domain downscaling) as long as both sides stay >= ``draft_min_size``. Off (0) by default:
+    it changes the pixels of large JPEGs slightly (see docs/performance.md for the tolerance);
+    images smaller than twice the limit on either side decode exactly as without it.
+    """
+    if not data:
+        raise ImageRejected("empty image: the request carried 0 bytes")
+    if len(data) > limits.max_image_bytes:
+        raise ImageRejected(
+            f"image too large: {len(data)} bytes exceeds the limit of {limits.max_image_bytes} bytes"
+        )
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected(
+            f"cannot identify an image in {len(data)} bytes (expected JPEG, PNG or another "
+            "format Pillow reads)"
+        ) from None
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(f"image too large: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRejected(f"corrupt or truncated image header: {error}") from None
+    # The header is read, the pixels are not: refuse decompression bombs before decoding.
+    width, height = image.size
+    if width * height > limits.max_image_pixels:
+        raise ImageRejected(
+            f"image too large: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{limits.max_image_pixels} pixels"
+        )
+    if draft_min_size > 0 and image.format == "JPEG":
+        image.draft(None, (draft_min_size, draft_min_size))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as error:
+        raise ImageRejected(
+            f"corrupt or truncated {image.format or 'image'} data: {error}"
+        ) from None
+    return to_rgb(image)
+
+
+EXIF_ORIENTATION_TAG = 0x0112
+WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB: EXIF orientation applied, wide integer grayscale scaled to 8 bits."""
+    if image.getexif().get(EXIF_ORIENTATION_TAG, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in WIDE_INTEGER_MODES:
+        pixels = np.asarray(image).astype(np.int64) >> 8
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+    # convert() of an RGB image is a plain copy (~0.2 ms for a photo); skip it.
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def preprocess_image(image: Image.Image) -> np.ndarray:
+    """RGB PIL image -> float32 [3, 224, 224], equal to the torchvision reference transform."""
+    width, height = image.size
+    new_size = resized_size(width, height)
+    if new_size != (width, height):
+        image = image.resize(new_size, Image.Resampling.BILINEAR)
+    width, height = image.size
+    # torchvision's centre crop rounds with Python's round() (half to even); keep it identical.
+    top = int(round((height - CROP_SIZE) / 2.0))
+    left = int(round((width - CROP_SIZE) / 2.0))
+    image = image.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))
+    # HWC -> CHW as a contiguous copy first: the float arithmetic below then runs on contiguous
+    # memory, ~6x faster than on the transposed view (measured 0.05 vs 0.32 ms), same results.
+    pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+    tensor = pixels.astype(np.float32)
+    tensor /= np.float32(255)
+    tensor -= MEAN
+    tensor /= STD
+    return tensor
+
+
+def preprocess_bytes(data: bytes, limits: Limits = Limits(), draft_min_size: int = 0) -> np.ndarray:
+    """Encoded image bytes -> float32 [3, 224, 224]."""
+    return preprocess_image(decode_image(data, limits, draft_min_size))
+
+
+def preprocess_batch(
+    items: np.ndarray, limits: Limits = Limits(), draft_min_size: int = 0
+) -> np.ndarray:
+    """An object array [N, 1] of encoded images -> float32 [N, 3, 224, 224].
+
+    A bad image fails the whole request (Triton answers a request with one error), and the message
+    says which image of the request it was.
+    """
+    flat = items.reshape(-1)
+    batch = np.empty((len(flat), 3, CROP_SIZE, CROP_SIZE), dtype=np.float32)
+    for position, data in enumerate(flat):
+        try:
+            batch[position] = preprocess_bytes(_as_bytes(data), limits, draft_min_size)
+        except ImageRejected as error:
+            prefix = f"image {position + 1} of {len(flat)}: " if len(flat) > 1 else ""
+            raise ImageRejected(f"{prefix}{error}") from None
+    return batch
+
+
+def _as_bytes(data: object) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, np.bytes_):
+        return bytes(data)
+    if isinstance(data, str):
+        raise ImageRejected("IMAGE must carry the encoded file's bytes, not text")
+    raise ImageRejected(f"IMAGE element has unsupported type {type(data).__name__}")
+
+
+def limits_from_config(model_config: dict) -> Limits:
+    """Read the pixel and byte limits from the model config's string parameters."""
+    parameters = model_config.get("parameters", {})
+
+    def integer(key: str, default: int) -> int:
+        value = parameters.get(key, {}).get("string_value", "")
+        return int(value) if value else default
+
+    return Limits(
+        max_image_pixels=integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+        max_image_bytes=integer("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES),
+    )
+
+
+class TritonPythonModel:
+    """Preprocesses every request of one ``execute`` call (dynamic batching hands us a list)."""
+
+    def initialize(self, args: dict) -> None:
+        model_config = json.loads(args["model_config"])
+        self.input_name = model_config["input"][0]["name"]
+        self.output_name = model_config["output"][0]["name"]
+        self.limits = limits_from_config(model_config)
+        # Image.draft for large JPEGs (0 = off, the default; see decode_image).
+        draft = (
+            model_config.get("parameters", {}).get("jpeg_draft_min_size", {}).get("string_value")
+        )
+        self.draft_min_size = int(draft) if draft else 0
+        # Pillow's own bomb check warns at MAX_IMAGE_PIXELS and raises at twice that; keep it
+        # consistent with our explicit limit, which is checked first with a clearer message.
+        Image.MAX_IMAGE_PIXELS = self.limits.max_image_pixels
+
+    def execute(self, requests: list) -> list:
+        return [self._execute_one(request) for request in requests]
+
+    def _execute_one(self, request: object) -> object:
+        tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
+        if tensor is None:
+            return _error_response(f"missing input '{self.input_name}'")
+        try:
+            batch = preprocess_batch(tensor.as_numpy(), self.limits, self.draft_min_size)
+        except ImageRejected as error:
+            return _error_response(str(error))
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)])
+
+
+def _error_response(message: str) -> object:
+    """An error for this request only; Triton maps INVALID_ARG to HTTP 400."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = (
+        pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    )
+    return pb_utils.InferenceResponse(error=error)
