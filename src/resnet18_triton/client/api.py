@@ -156,6 +156,7 @@ class ImageClassifier:
         self.connection_timeout = connection_timeout
         self.network_timeout = network_timeout
         self._max_batch_size: int | None = None
+        self._answered_version: str | None = None
         self._client = triton_http.InferenceServerClient(
             address,
             concurrency=concurrency,
@@ -307,6 +308,25 @@ class ImageClassifier:
         items = (_read_item(path) for path in paths)
         return _quietly(self._classify_items(items, top_k, batch_size, concurrency))
 
+    def classify_named(
+        self,
+        images: Iterable[tuple[str, bytes]],
+        top_k: int = 5,
+        batch_size: int | None = None,
+    ) -> Iterator[ClassificationResult]:
+        """Classify ``(name, encoded bytes)`` pairs held in memory, e.g. uploads.
+
+        Like ``classify_files`` (results in input order, batching, per-image errors, retries),
+        with ``name`` as each result's ``path``; an empty image is that result's error.
+        """
+        items = (_named_item(name, data) for name, data in images)
+        return _quietly(self._classify_items(items, top_k, batch_size, None))
+
+    @property
+    def answered_version(self) -> str | None:
+        """The model version named by the server's most recent answer, None before any."""
+        return self._answered_version
+
     def _classify_items(
         self,
         items: Iterable[_Item],
@@ -395,6 +415,7 @@ class ImageClassifier:
     def _await(self, request: triton_http.InferAsyncRequest, count: int) -> list[list[Prediction]]:
         deadline = self.connection_timeout + self.network_timeout
         answer = request.get_result(block=True, timeout=deadline)
+        self._answered_version = str(answer.get_response().get("model_version", "")) or None
         entries = answer.as_numpy(contract.ENSEMBLE_OUTPUT)
         try:
             if entries is None:
@@ -488,7 +509,10 @@ def _read_item(path: str | os.PathLike[str]) -> _Item:
 
 
 def _bytes_item(position: int, data: bytes) -> _Item:
-    name = f"image {position}"
+    return _named_item(f"image {position}", data)
+
+
+def _named_item(name: str, data: bytes) -> _Item:
     return _Item(name, data=bytes(data)) if data else _Item(name, error="empty image")
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier
 from resnet18_triton.client.inputs import expand_inputs
-from resnet18_triton.client.results import ClassificationResult, HealthReport
+from resnet18_triton.client.results import ClassificationResult, HealthReport, result_to_json
 from resnet18_triton.errors import ExitCode, NoImagesError, ResNet18TritonError
 
 # Connecting to a live server takes milliseconds; waiting longer only delays "unreachable".
@@ -136,16 +136,8 @@ def health(ctx: click.Context, url: str, as_json: bool) -> None:
 
 
 def format_json_line(result: ClassificationResult) -> str:
-    """``{"image": PATH, "top": [{"label", "index", "probability"}, ...]}`` or with ``error``."""
-    record: dict[str, Any] = {"image": result.path}
-    if result.ok:
-        record["top"] = [
-            {"label": p.label, "index": p.index, "probability": p.probability}
-            for p in result.predictions
-        ]
-    else:
-        record["error"] = result.error
-    return json.dumps(record, ensure_ascii=False)
+    """One line of ``result_to_json``: ``{"image": PATH, "top": [...]}`` or with ``error``."""
+    return json.dumps(result_to_json(result), ensure_ascii=False)
 
 
 def format_table(result: ClassificationResult) -> str:

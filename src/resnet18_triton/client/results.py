@@ -33,6 +33,22 @@ class ClassificationResult:
         return self.error is None
 
 
+def result_to_json(result: ClassificationResult) -> dict[str, Any]:
+    """The result as plain JSON types: the one form that ``classify --json`` prints and the web
+    API returns. ``{"image", "top": [{"label", "index", "probability"}, ...]}``, or
+    ``{"image", "error"}`` when the image was not classified.
+    """
+    record: dict[str, Any] = {"image": result.path}
+    if result.ok:
+        record["top"] = [
+            {"label": p.label, "index": p.index, "probability": p.probability}
+            for p in result.predictions
+        ]
+    else:
+        record["error"] = result.error
+    return record
+
+
 @dataclass(frozen=True)
 class ModelHealth:
     """Readiness of one model; ``detail`` carries the server's reason when it is not ready."""
