@@ -26,6 +26,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "export",
         "Quantise the exported model to INT8 (static, calibrated).",
     ),
+    "ui": (
+        "resnet18_triton.ui.cli",
+        "ui",
+        "ui",
+        "Web page and curl endpoint (POST /v1/classify) for uploads.",
+    ),
     "loadtest": (
         "resnet18_triton.perf.cli",
         "loadtest",

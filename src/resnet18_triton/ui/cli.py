@@ -1,0 +1,101 @@
+"""``resnet18-triton ui``: serve the upload page and ``POST /v1/classify`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import click
+
+from resnet18_triton.client.cli import url_option
+from resnet18_triton.extras import require
+from resnet18_triton.ui.app import UiSettings, create_app
+from resnet18_triton.ui.service import DEFAULT_MODELS
+from resnet18_triton.ui.uploads import MEGABYTE, UploadLimits
+
+
+@click.command("ui")
+@url_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    default=DEFAULT_MODELS,
+    show_default=True,
+    help="A classifier the page may pick (repeatable; the first is the default). "
+    "Only those ready on the server are offered.",
+)
+@click.option(
+    "--max-image-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Largest image accepted, in MB.",
+)
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Most images in one request.",
+)
+@click.option(
+    "--max-request-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=32.0,
+    show_default=True,
+    help="Largest request body, in MB.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Requests handled at once; more get 503.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Threads (each with its own connections) that talk to Triton.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for Triton's answer.",
+)
+def ui(
+    url: str,
+    host: str,
+    port: int,
+    models: tuple[str, ...],
+    max_image_mb: float,
+    max_images: int,
+    max_request_mb: float,
+    max_in_flight: int,
+    workers: int,
+    timeout: float,
+) -> None:
+    """Serve a page to drop photos on, and POST /v1/classify for curl:
+
+    curl -F image=@cat.jpg http://127.0.0.1:8080/v1/classify
+    """
+    uvicorn = require("uvicorn", "ui")
+    settings = UiSettings(
+        url=url,
+        models=models,
+        limits=UploadLimits(
+            max_file_bytes=int(max_image_mb * MEGABYTE),
+            max_files=max_images,
+            max_request_bytes=int(max_request_mb * MEGABYTE),
+        ),
+        max_in_flight=max_in_flight,
+        workers=workers,
+        timeout=timeout,
+    )
+    app = create_app(settings)
+    where = f"[{host}]" if ":" in host else host
+    click.echo(f"resnet18-triton ui on http://{where}:{port}/ (Triton at {url})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
