@@ -22,7 +22,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -152,6 +152,7 @@ def create_app(settings: UiSettings) -> Starlette:
         exception_handlers={
             HTTPException: _error_response,
             ResNet18TritonError: _error_response,
+            ClientDisconnect: _error_response,
             Exception: _error_response,
         },
         lifespan=lifespan,
@@ -210,6 +211,8 @@ async def _error_response(request: Request, error: Exception) -> Response:
         )
     if isinstance(error, UploadError):
         return JSONResponse({"error": str(error)}, status_code=error.status)
+    if isinstance(error, ClientDisconnect):  # nobody is left to read an answer
+        return Response(status_code=400)
     if isinstance(error, Busy):
         return JSONResponse({"error": str(error)}, status_code=503, headers={"Retry-After": "1"})
     if isinstance(error, ResNet18TritonError):

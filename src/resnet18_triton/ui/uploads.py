@@ -56,7 +56,9 @@ class _Part:
 
 
 def describe_size(size: int) -> str:
-    """``12.3 MB`` (binary megabytes, as the limits are set)."""
+    """``12.3 MB``, or ``51 KB`` below a megabyte (binary units, as the limits are set)."""
+    if size < MEGABYTE:
+        return f"{size / 1024:.0f} KB"
     return f"{size / MEGABYTE:.1f} MB"
 
 
