@@ -78,7 +78,9 @@ def curl_command(base: str, files: Sequence[Path], query: str = "") -> list[str]
 def parse_curl_output(output: bytes) -> CurlAnswer:
     """Split ``curl --include`` output into status, JSON body and header text."""
     text = output.decode("utf-8")
-    headers, _, body = text.rpartition("\r\n\r\n")
+    head, _, body = text.rpartition("\r\n\r\n")
+    # After an interim "HTTP/1.1 100 Continue" block comes the final response's.
+    headers = head.rpartition("\r\n\r\n")[2]
     status = int(headers.split("\r\n")[0].split()[1]) if headers else 0
     return CurlAnswer(status, json.loads(body), headers)
 

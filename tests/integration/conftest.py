@@ -10,6 +10,7 @@ import pytest
 
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 from tests.support import TorchReference
+from tests.ui_support import running_ui
 
 ADMIN_KEY = "integration-test-key"
 EXPORT_SEED = 0
@@ -71,6 +72,16 @@ def admin_key() -> str:
 @pytest.fixture(scope="session")
 def url(server: EmbeddedServer) -> str:
     return server.url
+
+
+@pytest.fixture(scope="session")
+def ui_url(url: str) -> Iterator[str]:
+    """The real ``resnet18-triton ui`` app in front of the session server; its base URL.
+
+    Admits more requests than the concurrency tests send, so none of them sees a 503.
+    """
+    with running_ui(url, "--max-in-flight", "64") as base:
+        yield base
 
 
 @pytest.fixture(scope="session")
