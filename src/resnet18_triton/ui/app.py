@@ -140,12 +140,16 @@ def create_app(settings: UiSettings) -> Starlette:
     async def schema(request: Request) -> Response:
         return JSONResponse(openapi_schema(settings))
 
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)  # browsers ask for it; an empty answer is not an error
+
     return Starlette(
         routes=[
             Route("/", index, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/classify", classify, methods=["POST"]),
             Route("/openapi.json", schema, methods=["GET"]),
+            Route("/favicon.ico", no_icon, methods=["GET"]),
         ],
         # ResNet18TritonError is answered by the routing layer; Exception (a bug) by the outer
         # layer, which also logs the traceback.
