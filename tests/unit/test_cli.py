@@ -445,6 +445,21 @@ def test_classify_bytes(fake_triton: FakeTriton) -> None:
             classifier.classify_bytes([b"good", b"bad"], top_k=1)
 
 
+def test_classify_named_answers_each_in_memory_image_under_its_own_name(
+    fake_triton: FakeTriton,
+) -> None:
+    named = [("a.jpg", b"good"), ("empty.jpg", b""), ("b.jpg", b"bad"), ("a.jpg", b"again")]
+    with ImageClassifier(fake_triton.url) as classifier:
+        results = list(classifier.classify_named(named, top_k=2))
+    assert [(result.path, result.error) for result in results] == [
+        ("a.jpg", None),
+        ("empty.jpg", "empty image"),
+        ("b.jpg", "cannot identify an image"),
+        ("a.jpg", None),
+    ]
+    assert [len(result.predictions) for result in results] == [2, 0, 0, 2]
+
+
 def test_classify_bytes_rejects_a_bad_top_k(fake_triton: FakeTriton) -> None:
     with ImageClassifier(fake_triton.url) as classifier, pytest.raises(ValueError, match="top_k"):
         classifier.classify_bytes([b"good"], top_k=0)
