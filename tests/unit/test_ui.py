@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -227,3 +228,22 @@ def test_the_ui_command_listens_on_loopback_and_limits_uploads_by_default() -> N
     assert defaults["max_image_mb"] == 10.0
     assert defaults["max_request_mb"] == 32.0
     assert defaults["max_in_flight"] == 16
+
+
+def test_the_web_stack_comes_only_with_the_ui_extra() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower() for line in requirements}
+
+    web = {"starlette", "uvicorn", "python-multipart", "fastapi", "gradio"}
+    assert names(project["dependencies"]) & (web | {"torch", "pillow", "onnxruntime"}) == set()
+    assert names(project["optional-dependencies"]["ui"]) == {
+        "starlette",
+        "uvicorn",
+        "python-multipart",
+    }
+    (dev,) = project["optional-dependencies"]["dev"]
+    assert "ui" in dev.partition("[")[2].rstrip("]").split(",")
