@@ -18,7 +18,13 @@ from resnet18_triton.client.results import ClassificationResult, Prediction, res
 from resnet18_triton.server.embedded import free_port
 from resnet18_triton.ui.app import choose_model, classify_response, parse_top_k
 from resnet18_triton.ui.service import Answer
-from resnet18_triton.ui.uploads import Upload, UploadError, UploadLimits, read_uploads
+from resnet18_triton.ui.uploads import (
+    Upload,
+    UploadError,
+    UploadLimits,
+    read_uploads,
+    with_idle_timeout,
+)
 from tests.support import SAMPLE_FILES
 from tests.ui_support import curl, running_ui
 
@@ -116,6 +122,20 @@ def test_a_malformed_multipart_body_is_a_400() -> None:
     error = refusal(b"garbage without the boundary")
     assert error.status == 400
     assert str(error).startswith("malformed multipart body")
+
+
+def test_an_upload_that_stalls_is_refused_with_408() -> None:
+    async def stalling() -> AsyncIterator[bytes]:
+        yield b"--" + BOUNDARY.encode()
+        await asyncio.sleep(10)
+        yield b"never"
+
+    async def consume() -> list[bytes]:
+        return [chunk async for chunk in with_idle_timeout(stalling(), 0.05)]
+
+    with pytest.raises(UploadError, match=r"the upload stalled: no data for 0.05 s") as refused:
+        asyncio.run(consume())
+    assert refused.value.status == 408
 
 
 # --- query and response ---------------------------------------------------------------------

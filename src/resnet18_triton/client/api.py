@@ -324,7 +324,8 @@ class ImageClassifier:
 
     @property
     def answered_version(self) -> str | None:
-        """The model version named by the server's most recent answer, None before any."""
+        """The model version named in the server's answers to the latest classify call; None
+        when no image of that call was answered."""
         return self._answered_version
 
     def _classify_items(
@@ -336,6 +337,7 @@ class ImageClassifier:
     ) -> Iterator[ClassificationResult]:
         if not 1 <= top_k <= contract.NUM_CLASSES:
             raise ValueError(f"top_k must be between 1 and {contract.NUM_CLASSES}, not {top_k}")
+        self._answered_version = None
         in_flight = min(concurrency or self.concurrency, self.concurrency)
         window: deque[_Flight] = deque()
         for chunk in _chunks(items, self._batch_size(batch_size)):

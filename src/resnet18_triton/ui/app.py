@@ -1,7 +1,7 @@
 """The web app: one static page for people, ``POST /v1/classify`` for curl, an OpenAPI schema.
 
-Every answer is JSON with a message a person can act on: an upload the app refuses is 400 or
-413; an image Triton rejects is 400 with Triton's own message beside that image; Triton being
+Every answer is JSON with a message a person can act on: an upload the app refuses is 400, 408
+or 413; an image Triton rejects is 400 with Triton's own message beside that image; Triton being
 unreachable, not ready or answering nonsense is 503; more requests in flight than allowed is
 503 with Retry-After. A failure inside the app is a 500 whose body says so in one line; the
 traceback goes to the app's log, never to the client.
@@ -36,6 +36,7 @@ from resnet18_triton.ui.uploads import (
     UploadLimits,
     check_declared_length,
     read_uploads,
+    with_idle_timeout,
 )
 
 log = logging.getLogger("resnet18_triton.ui")
@@ -53,6 +54,7 @@ class UiSettings:
     max_in_flight: int = 16
     workers: int = 4
     timeout: float = 60.0
+    upload_idle_timeout: float = 30.0
 
 
 class Busy(ResNet18TritonError):
@@ -130,9 +132,8 @@ def create_app(settings: UiSettings) -> Starlette:
         model = choose_model(request.query_params.get("model"), settings.models)
         with admission.slot():
             check_declared_length(request.headers.get("content-length"), settings.limits)
-            uploads = await read_uploads(
-                request.stream(), request.headers.get("content-type"), settings.limits
-            )
+            body = with_idle_timeout(request.stream(), settings.upload_idle_timeout)
+            uploads = await read_uploads(body, request.headers.get("content-type"), settings.limits)
             answer = await run(service.classify, model, uploads, top_k)
         status, body = classify_response(model, answer)
         return JSONResponse(body, status_code=status)

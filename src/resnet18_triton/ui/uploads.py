@@ -7,6 +7,7 @@ checked while the body streams in, so an oversized upload is refused before it i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -72,6 +73,23 @@ def check_declared_length(content_length: str | None, limits: UploadLimits) -> N
         raise UploadError(f"invalid Content-Length {content_length!r}") from None
     if length > limits.max_request_bytes:
         raise UploadError(_request_too_large(length, limits), status=413)
+
+
+async def with_idle_timeout(body: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
+    """``body``, refused with 408 when no data arrives for ``seconds``: a client that stalls
+    mid-upload must not hold a request slot for ever."""
+    iterator = aiter(body)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(iterator), seconds)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise UploadError(
+                f"the upload stalled: no data for {seconds:g} s; send the whole body at once",
+                status=408,
+            ) from None
+        yield chunk
 
 
 def boundary_of(content_type: str | None) -> bytes:
