@@ -132,8 +132,10 @@ def create_app(settings: UiSettings) -> Starlette:
         model = choose_model(request.query_params.get("model"), settings.models)
         with admission.slot():
             check_declared_length(request.headers.get("content-length"), settings.limits)
-            body = with_idle_timeout(request.stream(), settings.upload_idle_timeout)
-            uploads = await read_uploads(body, request.headers.get("content-type"), settings.limits)
+            stream = with_idle_timeout(request.stream(), settings.upload_idle_timeout)
+            uploads = await read_uploads(
+                stream, request.headers.get("content-type"), settings.limits
+            )
             answer = await run(service.classify, model, uploads, top_k)
         status, body = classify_response(model, answer)
         return JSONResponse(body, status_code=status)
