@@ -63,7 +63,8 @@ class LazyGroup(click.Group):
         except ImportError as error:
             hint = MissingExtraError(extra or "base", (error.name or module_name))
             return _failing_command(name, short_help, str(hint))
-        return getattr(module, attribute)
+        command: click.Command = getattr(module, attribute)
+        return command
 
 
 def _failing_command(name: str, short_help: str, message: str) -> click.Command:

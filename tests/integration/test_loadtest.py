@@ -84,6 +84,6 @@ def test_loadtest_shared_memory_without_the_admin_key_fails_clearly(
         max_trials=2,
         shared_memory="system",
     )
-    with pytest.raises(pa.PerfAnalyzerError, match="(?s)restricted.*--admin-key") as error:
+    with pytest.raises(pa.PerfAnalyzerError, match=r"(?s)restricted.*--admin-key") as error:
         run_loadtest(plan, analyzer, echo=lambda _text: None)
     assert "resnet18_onnx" in str(error.value)

@@ -279,7 +279,7 @@ def test_client_rides_out_a_killed_stub_with_retries(own_server) -> None:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     time.sleep(1.5)
-    _, killed_at = _kill_stub(own_server, "preprocess")
+    _kill_stub(own_server, "preprocess")
     time.sleep(8.0)
     done.set()
     thread.join(timeout=120)

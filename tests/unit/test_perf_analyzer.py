@@ -24,7 +24,7 @@ def test_input_data_is_length_prefixed_base64_per_image() -> None:
     images = [b"\xff\xd8first", b"second image bytes"]
     document = pa.input_data_json(images, "IMAGE")
     assert len(document["data"]) == 2
-    for entry, original in zip(document["data"], images):
+    for entry, original in zip(document["data"], images, strict=True):
         assert entry["IMAGE"]["shape"] == [1]
         raw = base64.b64decode(entry["IMAGE"]["content"]["b64"])
         (length,) = struct.unpack("<I", raw[:4])
