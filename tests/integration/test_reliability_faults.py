@@ -1,4 +1,4 @@
-"""Issue #4, faults: kill -9 backend processes under load, swap a model version, stop under load.
+"""Faults: kill -9 backend processes under load, swap a model version, stop under load.
 
 Runs its OWN server on a copy of the exported repository (the session server is never touched).
 Measured figures are printed (``pytest -s``) as ``FIGURE {...}`` lines; docs/reliability.md quotes

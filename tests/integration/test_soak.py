@@ -1,4 +1,5 @@
-"""Issue #4, load: a short soak (the long one is scripts/soak.py) and 64 concurrent clients.
+"""Load: a short soak (the long one is ``python -m resnet18_triton.perf.soak``) and 64
+concurrent clients.
 
 The soak runs against the session server: high concurrency for SOAK_SECONDS after a warm-up,
 then 0 failed requests, 0 wrong answers, RSS of every server process (tritonserver and each
