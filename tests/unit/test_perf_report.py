@@ -159,7 +159,7 @@ def test_interleaved_medians_carry_the_raw_target() -> None:
     found = {name: (value, target, met) for name, value, target, met, _ in bench.ratios(results)}
     interleaved = next(v for k, v in found.items() if "interleaved" in k and "batch 8" in k)
     assert interleaved == (pytest.approx(39.0 / 40.0), ">= 0.98", False)
-    # The sequential best-vs-best row stays in the report but no longer carries the target.
+    # The sequential best-vs-best row stays in the report, without the target.
     sequential = next(v for k, v in found.items() if k.startswith("served raw model, best path"))
     assert sequential[1] == "-" and sequential[2] is None
 
