@@ -134,6 +134,7 @@ def loadtest(
     """Sweep a running server with perf_analyzer: CSV, markdown summary and PNG plot."""
     from resnet18_triton.perf import images as image_sets
     from resnet18_triton.perf.loadtest import LoadTestPlan, run_loadtest
+    from resnet18_triton.perf.perf_analyzer import SweepSettings
 
     if shared_memory != "none" and admin_key and protocol == "grpc":
         raise click.BadParameter(
@@ -156,22 +157,25 @@ def loadtest(
                 raise click.BadParameter(f"no images in {images}", param_hint="--images")
     else:
         files = []
-    plan = LoadTestPlan(
-        url=_strip_scheme(url),
-        out=out,
-        targets=chosen,
-        images=files,
-        protocol=protocol,
+    settings = SweepSettings(
         concurrency=concurrency,
         request_rate=request_rate,
         measurement_interval_ms=interval_ms,
         stability_percentage=stability,
         max_trials=max_trials,
-        stats_url=stats_url,
-        image_label=label,
         batch_size=batch_size,
         shared_memory=shared_memory,
+        protocol=protocol,
         admin_key=admin_key,
+    )
+    plan = LoadTestPlan(
+        url=_strip_scheme(url),
+        out=out,
+        settings=settings,
+        targets=chosen,
+        images=tuple(files),
+        stats_url=stats_url,
+        image_label=label,
     )
     results = run_loadtest(plan, echo=lambda text: click.echo(text, err=True))
     click.echo(
