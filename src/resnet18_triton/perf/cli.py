@@ -277,24 +277,28 @@ def bench(
 
     require("torch", "export")
     from resnet18_triton.perf.bench import BenchPlan, run_bench
+    from resnet18_triton.perf.perf_analyzer import SweepSettings
 
     if url and repository is None:
         raise click.BadParameter(
             "--url needs --repo (the in-process engines time its model.onnx)", param_hint="--repo"
         )
+    settings = SweepSettings(
+        concurrency=concurrency,
+        measurement_interval_ms=interval_ms,
+        stability_percentage=stability,
+        admin_key=admin_key,
+    )
     plan = BenchPlan(
         out=out or _default_out("bench"),
         repo=repository.resolve() if repository else None,
         url=_strip_scheme(url) if url else None,
         server_pid=server_pid,
-        admin_key=admin_key,
+        settings=settings,
         threads=threads or len(os.sched_getaffinity(0)),
         seconds=seconds,
         typical_count=typical_count,
         large_count=large_count,
-        concurrency=concurrency,
-        measurement_interval_ms=interval_ms,
-        stability_percentage=stability,
     )
     run_bench(plan, echo=lambda text: click.echo(text, err=True))
     click.echo(f"report: {plan.out / 'bench.md'}")
