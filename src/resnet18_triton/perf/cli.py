@@ -1,7 +1,8 @@
-"""``resnet18-triton loadtest`` and ``resnet18-triton bench`` (the ``perf`` extra)."""
+"""``resnet18-triton loadtest``, ``bench`` and ``soak`` (the ``perf`` extra)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -302,3 +303,102 @@ def bench(
     )
     run_bench(plan, echo=lambda text: click.echo(text, err=True))
     click.echo(f"report: {plan.out / 'bench.md'}")
+
+
+@click.command("soak")
+@click.option(
+    "--duration",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds of load after the warm-up.",
+)
+@click.option(
+    "--warmup",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds of load before the RSS baseline.",
+)
+@click.option("--concurrency", default=64, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--images",
+    "image_count",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Distinct images sent in turn.",
+)
+@click.option(
+    "--url",
+    default=None,
+    help="Soak this running server (needs --server-pid) instead of starting one.",
+)
+@click.option(
+    "--server-pid",
+    default=None,
+    type=click.IntRange(1),
+    help="With --url: the tritonserver pid, to watch its processes' RSS.",
+)
+@click.option(
+    "--repo",
+    "repository",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Without --url: serve this repository (default: export one with random weights).",
+)
+@click.option(
+    "--max-rss-growth",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Percent any server process may grow after the warm-up.",
+)
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the JSON summary here.",
+)
+def soak(
+    duration: float,
+    warmup: float,
+    concurrency: int,
+    image_count: int,
+    url: str | None,
+    server_pid: int | None,
+    repository: Path | None,
+    max_rss_growth: float,
+    json_out: Path | None,
+) -> None:
+    """High-concurrency load for minutes: every answer checked, every server process's RSS
+    watched. Exits 1 when a request failed, an answer changed or a process grew or restarted."""
+    from contextlib import nullcontext
+
+    from resnet18_triton.extras import require
+    from resnet18_triton.perf import soak as soaking
+
+    if url and server_pid is None:
+        raise click.BadParameter(
+            "--url needs --server-pid (the soak watches the server's memory)",
+            param_hint="--server-pid",
+        )
+    if url is None and repository is None:
+        require("torch", "export")
+    images = soaking.distinct_images(image_count)
+    server = (
+        nullcontext((_strip_scheme(url), server_pid)) if url else soaking.own_server(repository)
+    )
+    with server as (target, pid):
+        click.echo(f"soaking {target}: {warmup:g} s warm-up, then {duration:g} s ...", err=True)
+        summary = soaking.run_soak(target, pid, duration, concurrency, warmup, images=images)
+    summary["machine"] = soaking.machine()
+    text = json.dumps(summary, indent=2)
+    click.echo(text)
+    click.echo()
+    click.echo(soaking.markdown(summary))
+    if json_out:
+        json_out.write_text(text + "\n")
+    failures = soaking.verdict(summary, max_rss_growth)
+    if failures:
+        raise soaking.SoakFailedError("soak failed: " + "; ".join(failures))
