@@ -140,7 +140,7 @@ def _inprocess_spec(
         preprocess_path=str(repo / contract.PREPROCESS_MODEL / "1" / "model.py")
         if pipeline
         else None,
-        images=[str(path) for path in files[spec.images]] if pipeline else [],
+        images=[str(path) for path in files[spec.images or TYPICAL]] if pipeline else [],
         allow_spinning=spec.spinning,
     )
 
@@ -341,15 +341,17 @@ def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
     return results
 
 
-def results_json(results: BenchResults) -> dict:
+def results_json(results: BenchResults) -> dict[str, object]:
     """``results`` as JSON-ready data, each measurement with its label."""
     document = asdict(results)
-    for entry, measured in zip(document["engines"], results.engines, strict=True):
-        entry["label"] = measured.label
-    for entry, measured in zip(document["served"], results.served, strict=True):
-        entry["label"] = measured.label
-    for entry, measured in zip(document["interleaved"], results.interleaved, strict=True):
-        entry["label"] = measured.served.label
+    labels = {
+        "engines": [row.label for row in results.engines],
+        "served": [sweep.label for sweep in results.served],
+        "interleaved": [pair.served.label for pair in results.interleaved],
+    }
+    for key, names in labels.items():
+        for entry, name in zip(document[key], names, strict=True):
+            entry["label"] = name
     return document
 
 

@@ -373,7 +373,7 @@ def soak(
 ) -> None:
     """High-concurrency load for minutes: every answer checked, every server process's RSS
     watched. Exits 1 when a request failed, an answer changed or a process grew or restarted."""
-    from contextlib import nullcontext
+    from contextlib import AbstractContextManager, nullcontext
 
     from resnet18_triton.extras import require
     from resnet18_triton.perf import soak as soaking
@@ -386,9 +386,11 @@ def soak(
     if url is None and repository is None:
         require("torch", "export")
     images = soaking.distinct_images(image_count)
-    server = (
-        nullcontext((_strip_scheme(url), server_pid)) if url else soaking.own_server(repository)
-    )
+    server: AbstractContextManager[tuple[str, int]]
+    if url and server_pid:
+        server = nullcontext((_strip_scheme(url), server_pid))
+    else:
+        server = soaking.own_server(repository)
     with server as (target, pid):
         click.echo(f"soaking {target}: {warmup:g} s warm-up, then {duration:g} s ...", err=True)
         summary = soaking.run_soak(target, pid, duration, concurrency, warmup, images=images)

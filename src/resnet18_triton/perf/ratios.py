@@ -86,9 +86,9 @@ class ServedFigure:
 
     def read(self, results: BenchResults) -> Reading | None:
         sweep = results.sweep(self.spec)
-        value = None if sweep is None else getattr(sweep, self.metric)
-        if value is None:
+        if sweep is None or getattr(sweep, self.metric) is None:
             return None
+        value = getattr(sweep, self.metric)
         where = f", c={sweep.best.load:g}" if self.metric == "best_images_per_s" else ""
         return Reading(value, UNITS[self.metric], f"served {sweep.label}{where}")
 
