@@ -1,4 +1,4 @@
-"""The bad-input corpus of issue #4, generated (deterministically) rather than committed.
+"""The bad-input corpus, generated (deterministically) rather than committed.
 
 Each entry is one input of one *class* (empty bytes, random bytes, truncated JPEG, ...) with what
 the server must do with it:
@@ -37,7 +37,7 @@ EMPTY = r"empty image"
 @dataclass(frozen=True)
 class Case:
     name: str  # a file name, with an extension that fits the content
-    kind: str  # the class of issue #4 it belongs to
+    kind: str  # the class of bad input it belongs to (docs/reliability.md)
     data: bytes
     expect: str  # GOOD, or a regex the 400 message must match
 

@@ -44,6 +44,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "perf",
         "Benchmark engines and the served paths.",
     ),
+    "soak": (
+        "resnet18_triton.perf.cli",
+        "soak",
+        "perf",
+        "Soak a server: minutes of load, every answer checked.",
+    ),
 }
 
 
@@ -69,7 +75,8 @@ class LazyGroup(click.Group):
         except ImportError as error:
             hint = MissingExtraError(extra or "base", (error.name or module_name))
             return _failing_command(name, short_help, str(hint))
-        return getattr(module, attribute)
+        command: click.Command = getattr(module, attribute)
+        return command
 
 
 def _failing_command(name: str, short_help: str, message: str) -> click.Command:

@@ -32,7 +32,7 @@ def test_classify_json_matches_reference(
     assert [line["image"] for line in lines] == files
     assert "cannot identify an image" in lines[-1]["error"]
     expected = reference.probabilities([path.read_bytes() for path in SAMPLE_FILES])
-    for line, probabilities in zip(lines, expected):
+    for line, probabilities in zip(lines[:-1], expected, strict=True):
         top = line["top"]
         assert [entry["index"] for entry in top] == list(np.argsort(-probabilities)[:5])
         for entry in top:

@@ -1,4 +1,5 @@
-"""Many concurrent requests with distinct images: each client gets its own answer, never another's."""
+"""Many concurrent requests with distinct images: each client gets its own answer, never
+another's."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue #4, bad input: every class of the corpus (tests/corpus.py) against the session server.
+"""Bad input: every class of the corpus (tests/corpus.py) against the session server.
 
 Good-but-unusual images (1x1, 16-bit, LA, CMYK, animated GIF, WebP, EXIF-rotated, ...) must be
 answered like the PyTorch reference; bad ones must get HTTP 400 with a message naming the problem,
@@ -61,7 +61,9 @@ def test_unusual_good_images_match_the_reference(http_client, reference) -> None
     served = np.concatenate([infer(http_client, [case.data]) for case in UNUSUAL_GOOD])
     expected = reference.probabilities([case.data for case in UNUSUAL_GOOD])
     distances = np.abs(served - expected).max(axis=1)
-    wrong = [case.name for case, d in zip(UNUSUAL_GOOD, distances) if d > PROBABILITY_ATOL]
+    wrong = [
+        case.name for case, d in zip(UNUSUAL_GOOD, distances, strict=True) if d > PROBABILITY_ATOL
+    ]
     assert not wrong, f"differ from the PyTorch reference: {wrong}"
 
 
@@ -89,7 +91,8 @@ def test_sixteen_bit_png_is_not_clipped_to_white() -> None:
 
 
 def test_oversized_image_is_refused_by_the_byte_limit(http_client) -> None:
-    """Triton 2.51 has no HTTP body limit; the per-image byte limit refuses it (docs/reliability.md)."""
+    """Triton 2.51 has no HTTP body limit; the per-image byte limit refuses it
+    (docs/reliability.md)."""
     with pytest.raises(InferenceServerException) as caught:
         infer(http_client, [oversized_image(MAX_IMAGE_BYTES)])
     assert_clean_400(caught.value, TOO_MANY_BYTES)

@@ -1,4 +1,5 @@
-"""Served answers against a pure PyTorch reference: same weights, torchvision transforms, softmax."""
+"""Served answers against a pure PyTorch reference: same weights, torchvision transforms,
+softmax."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def test_batched_request_answers_each_image_in_order(
     images = [IMAGES[name] for name in names]
     served = serve_probabilities(http_client, images)
     expected = reference.probabilities(images)
-    for position, name in enumerate(names):
-        assert_same_answer(served[position], expected[position])
+    for served_row, expected_row in zip(served, expected, strict=True):
+        assert_same_answer(served_row, expected_row)
     # The comparison would notice two answers swapped: images are far apart next to the tolerance.
     assert np.abs(expected[0] - expected[1]).max() > 100 * PROBABILITY_ATOL
 

@@ -93,7 +93,7 @@ def test_serve_stops_cleanly_without_orphans(exported_repository: Path, stop_sig
             process.kill()
     assert process.returncode == 0, stderr
     assert "stopped" in stderr
-    gone, alive = psutil.wait_procs(family, timeout=10)
+    _, alive = psutil.wait_procs(family, timeout=10)
     assert not alive, f"orphans left: {[p.pid for p in alive]}"
 
 
@@ -125,5 +125,5 @@ def test_killed_launcher_takes_the_server_with_it(exported_repository: Path) -> 
     finally:
         if process.poll() is None:
             process.kill()
-    gone, alive = psutil.wait_procs(family, timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=30)
     assert not alive, f"orphans left after SIGKILL of the launcher: {[p.pid for p in alive]}"

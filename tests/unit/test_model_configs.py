@@ -1,4 +1,5 @@
-"""Rendered configs parse as Triton's ModelConfig, the ensemble is wired right, cores are not oversubscribed."""
+"""Rendered configs parse as Triton's ModelConfig, the ensemble is wired right, cores are not
+oversubscribed."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from resnet18_triton.layout import missing_files, onnx_model_path
 PROVENANCE = '{"seed":0,"source":"random"}'
 
 
-def configs_by_name(settings: ServingSettings = ServingSettings()) -> dict[str, mc.ModelConfig]:
-    return {config.name: config for config in all_model_configs(settings, PROVENANCE)}
+def configs_by_name(settings: ServingSettings | None = None) -> dict[str, mc.ModelConfig]:
+    chosen = settings if settings is not None else ServingSettings()
+    return {config.name: config for config in all_model_configs(chosen, PROVENANCE)}
 
 
 def test_every_config_round_trips_through_text(tmp_path: Path) -> None:

@@ -75,7 +75,8 @@ def test_split_batches_returns_each_request_its_rows_in_order() -> None:
 
 
 def test_split_batches_keeps_every_output_of_a_request_together() -> None:
-    """The classifier has two outputs (logits, probabilities): each request gets its rows of both."""
+    """The classifier has two outputs (logits, probabilities): each request gets its rows of
+    both."""
     logits = np.arange(4 * 3, dtype=np.float32).reshape(4, 3)
     probabilities = logits / 100
     first, second = backend.split_batches([logits, probabilities], [3, 1])

@@ -54,5 +54,5 @@ def test_draft_within_the_stated_tolerance(preprocess) -> None:
         p_full = torch.softmax(reference_model.model(torch.from_numpy(full)), 1).numpy()
         p_draft = torch.softmax(reference_model.model(torch.from_numpy(drafted)), 1).numpy()
     np.testing.assert_allclose(p_draft, p_full, atol=PROBABILITY_ATOL_DRAFT, rtol=0)
-    for row_full, row_draft in zip(p_full, p_draft):
+    for row_full, row_draft in zip(p_full, p_draft, strict=True):
         assert list(np.argsort(-row_full)[:5]) == list(np.argsort(-row_draft)[:5])

@@ -1,4 +1,4 @@
-"""Configs for the serving features of issue #5: warm-up, response cache, OpenVINO, INT8 variant."""
+"""Configs for the serving features: warm-up, response cache, OpenVINO, INT8 variant."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet18_triton import contract
+from resnet18_triton import contract, layout
 from resnet18_triton.errors import ExportError
 from resnet18_triton.export.model_configs import (
     WARMUP_DIRNAME,
@@ -23,7 +23,6 @@ from resnet18_triton.export.model_configs import (
     variant_configs,
 )
 from resnet18_triton.export.repository import write_configs, write_int8_configs
-from resnet18_triton import layout
 from tests.support import preprocess_module
 
 PROVENANCE = '{"seed":0,"source":"random"}'

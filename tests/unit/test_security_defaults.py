@@ -1,4 +1,4 @@
-"""Issue #4, safe defaults: loopback, explicit model control, restricted admin APIs, limits.
+"""Safe defaults: loopback, explicit model control, restricted admin APIs, limits.
 
 No server is started: these check the arguments the launcher would pass, the compose file, the
 Dockerfile and the preprocessing's limits, so a change of default fails here first.

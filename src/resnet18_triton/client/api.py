@@ -361,13 +361,13 @@ class ImageClassifier:
     def _land(self, flight: _Flight) -> Iterator[ClassificationResult]:
         outcomes = iter(self._outcomes(flight) if flight.request is not None else [])
         for item in flight.items:
-            outcome = item.error if item.data is None else next(outcomes)
+            outcome: _Outcome = next(outcomes) if item.data is not None else item.error or ""
             if isinstance(outcome, str):
                 yield ClassificationResult(item.path, error=outcome)
             else:
                 yield ClassificationResult(item.path, predictions=outcome)
 
-    def _outcomes(self, flight: _Flight) -> list[_Outcome]:
+    def _outcomes(self, flight: _Flight) -> Sequence[_Outcome]:
         """Each image's outcome; splits a rejected batch so only the bad images fail."""
         assert flight.request is not None
         images = flight.images
@@ -500,7 +500,7 @@ def _is_transient(error: BaseException) -> bool:
 
 def _is_input_error(error: InferenceServerException) -> bool:
     """The server rejected the request's content (preprocess answers INVALID_ARG = HTTP 400)."""
-    return error.status() == "400"
+    return bool(error.status() == "400")
 
 
 def _read_item(path: str | os.PathLike[str]) -> _Item:

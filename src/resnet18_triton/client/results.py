@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class HealthReport:
     @property
     def random_weights(self) -> bool:
         """True when the served weights are random, i.e. every label is meaningless."""
-        return bool(self.provenance) and self.provenance.get("source") == "random"
+        return self.provenance is not None and self.provenance.get("source") == "random"
 
 
 def parse_classification(entry: bytes | str) -> Prediction:
@@ -100,6 +101,6 @@ def parse_classification(entry: bytes | str) -> Prediction:
         ) from None
 
 
-def parse_classifications(rows: np.ndarray) -> list[list[Prediction]]:
+def parse_classifications(rows: npt.NDArray[Any]) -> list[list[Prediction]]:
     """Parse the ``[N, k]`` array of entries the server returns for N images."""
     return [[parse_classification(entry) for entry in row] for row in np.atleast_2d(rows)]

@@ -10,6 +10,7 @@ then starts the binary on 127.0.0.1 with explicit model control and waits until 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -35,6 +36,8 @@ from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = backend_source("onnxruntime")
 RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
+# prctl(2) option: the signal the child gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -197,8 +200,7 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
 def _die_with_parent() -> None:
     """In the child: get SIGKILL if the launcher dies, so no tritonserver is ever orphaned."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class EmbeddedServer:
@@ -355,7 +357,5 @@ class EmbeddedServer:
 
 def _kill_group(pid: int) -> None:
     """Stubs live in the server's process group; none may survive the server."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

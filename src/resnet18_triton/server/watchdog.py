@@ -1,27 +1,51 @@
 """Heal the embedded server when a Python-backend stub process dies.
 
 Triton 2.51's Python backend never restarts a stub that died (SIGKILL, OOM kill): the model stays
-READY but answers 500 "Stub process ... is not healthy" forever (upstream issues
-triton-inference-server/server#8604 and #7862). ``StubWatchdog`` watches the server's stub
+READY but answers 500 "Stub process ... is not healthy" forever (a known upstream limitation,
+see docs/reliability.md). ``StubWatchdog`` watches the server's stub
 processes in /proc and reloads (unload + load, through the admin-key-protected repository API) the
 model of a stub that died. Measured recovery times are in docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from resnet18_triton.contract import ADMIN_KEY_HEADER
 from resnet18_triton.layout import stub_model
 
-if TYPE_CHECKING:  # only for type hints: embedded.py imports this module
-    from resnet18_triton.server.embedded import EmbeddedServer
+
+class WatchedOptions(Protocol):
+    """The server settings the watchdog reads."""
+
+    @property
+    def effective_admin_key(self) -> str: ...
+
+    @property
+    def ready_timeout_s(self) -> float: ...
+
+
+class WatchedServer(Protocol):
+    """What the watchdog needs of a server (``EmbeddedServer`` is one); a protocol, so that
+    embedded.py can import this module without this module importing it back."""
+
+    @property
+    def process(self) -> subprocess.Popen[str] | None: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def options(self) -> WatchedOptions: ...
+
+    def log_note(self, message: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -69,7 +93,7 @@ class StubWatchdog:
     reloading); see docs/reliability.md for measured recovery times.
     """
 
-    def __init__(self, server: EmbeddedServer, interval_s: float = 0.5) -> None:
+    def __init__(self, server: WatchedServer, interval_s: float = 0.5) -> None:
         self.server = server
         self.interval_s = interval_s
         self.recoveries: list[StubRecovery] = []

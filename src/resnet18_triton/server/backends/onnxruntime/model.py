@@ -18,6 +18,7 @@ All requests of one ``execute`` call (dynamic batching) run as one batched ``ses
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from typing import Any
@@ -95,7 +96,7 @@ def model_path(args: dict, model_config: dict) -> str:
 def split_batches(outputs: list[np.ndarray], sizes: list[int]) -> list[list[np.ndarray]]:
     """Cut each batched output back into one slice per request, in request order."""
     bounds = np.cumsum([0, *sizes])
-    return [[output[start:end] for output in outputs] for start, end in zip(bounds, bounds[1:])]
+    return [[output[start:end] for output in outputs] for start, end in itertools.pairwise(bounds)]
 
 
 class TritonPythonModel:
@@ -137,7 +138,7 @@ class TritonPythonModel:
             pb_utils.InferenceResponse(
                 output_tensors=[
                     pb_utils.Tensor(name, np.ascontiguousarray(value))
-                    for name, value in zip(self.output_names, sliced)
+                    for name, value in zip(self.output_names, sliced, strict=True)
                 ]
             )
             for sliced in split_batches(outputs, sizes)

@@ -74,7 +74,8 @@ def decode_image(data: bytes, limits: Limits = Limits(), draft_min_size: int = 0
         raise ImageRejected("empty image: the request carried 0 bytes")
     if len(data) > limits.max_image_bytes:
         raise ImageRejected(
-            f"image too large: {len(data)} bytes exceeds the limit of {limits.max_image_bytes} bytes"
+            f"image too large: {len(data)} bytes exceeds the limit of "
+            f"{limits.max_image_bytes} bytes"
         )
     try:
         image = Image.open(io.BytesIO(data))
@@ -130,8 +131,8 @@ def preprocess_image(image: Image.Image) -> np.ndarray:
         image = image.resize(new_size, Image.Resampling.BILINEAR)
     width, height = image.size
     # torchvision's centre crop rounds with Python's round() (half to even); keep it identical.
-    top = int(round((height - CROP_SIZE) / 2.0))
-    left = int(round((width - CROP_SIZE) / 2.0))
+    top = round((height - CROP_SIZE) / 2.0)
+    left = round((width - CROP_SIZE) / 2.0)
     image = image.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))
     # HWC -> CHW as a contiguous copy first: the float arithmetic below then runs on contiguous
     # memory, ~6x faster than on the transposed view (measured 0.05 vs 0.32 ms), same results.

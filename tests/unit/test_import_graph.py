@@ -1,0 +1,151 @@
+"""The package's import graph, read from the source with ``ast``: no cycles, and the layering holds.
+
+Every import counts: module level, under ``if TYPE_CHECKING:`` and inside functions. The core
+(contract, errors, extras, layout, cli) sits at the root; ``client`` must stay thin (it shares only
+the core with the rest), and ``export``, ``server`` and ``perf`` reach the client's code never.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import PROJECT_ROOT
+
+PACKAGE = "resnet18_triton"
+SOURCE_ROOT = PROJECT_ROOT / "src"
+
+Graph = dict[str, set[str]]
+
+
+def module_name(path: Path, source_root: Path) -> str:
+    """``src/pkg/sub/mod.py`` -> ``pkg.sub.mod``; a package's ``__init__.py`` is the package."""
+    parts = list(path.relative_to(source_root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[str]:
+    """Every dotted name the module imports, wherever the import statement stands."""
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base]) if base else ".".join(anchor)
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def import_graph(source_root: Path, package: str) -> Graph:
+    """Module -> the modules of ``package`` it imports (the longest name that is a module)."""
+    paths = {module_name(path, source_root): path for path in (source_root / package).rglob("*.py")}
+    graph: Graph = {}
+    for module, path in paths.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        names = imported_names(tree, module, path.name == "__init__.py")
+        targets = {name for name in names if name in paths and name != module}
+        # `from pkg import mod` names both pkg and pkg.mod: the module is what is imported.
+        graph[module] = {t for t in targets if not any(o.startswith(t + ".") for o in targets)}
+    return graph
+
+
+def find_cycle(graph: Graph) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or None when the graph is acyclic."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return [*stack[stack.index(target) :], target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def in_subpackage(module: str, subpackage: str) -> bool:
+    prefix = f"{PACKAGE}.{subpackage}"
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def crossings(graph: Graph, sources: tuple[str, ...], targets: tuple[str, ...]) -> list[str]:
+    """Edges ``a -> b`` with ``a`` in one of ``sources`` and ``b`` in one of ``targets``."""
+    return sorted(
+        f"{module} -> {target}"
+        for module, imported in graph.items()
+        if any(in_subpackage(module, s) for s in sources)
+        for target in imported
+        if any(in_subpackage(target, t) for t in targets)
+    )
+
+
+@pytest.fixture(scope="module")
+def graph() -> Graph:
+    return import_graph(SOURCE_ROOT, PACKAGE)
+
+
+def test_the_graph_sees_the_whole_package(graph: Graph) -> None:
+    assert f"{PACKAGE}.client.cli" in graph
+    assert f"{PACKAGE}.client.api" in graph[f"{PACKAGE}.client.cli"]
+    assert f"{PACKAGE}.errors" in graph[f"{PACKAGE}.cli"]
+    assert f"{PACKAGE}.server.watchdog" in graph[f"{PACKAGE}.server.embedded"]
+
+
+def test_the_package_has_no_import_cycle(graph: Graph) -> None:
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_export_server_and_perf_do_not_import_the_client(graph: Graph) -> None:
+    assert crossings(graph, ("export", "server", "perf"), ("client",)) == []
+
+
+def test_the_client_imports_nothing_from_export_server_or_perf(graph: Graph) -> None:
+    assert crossings(graph, ("client",), ("export", "server", "perf")) == []
+
+
+def _write(root: Path, relative: str, text: str) -> None:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def test_imports_under_type_checking_and_in_functions_make_a_cycle(tmp_path: Path) -> None:
+    _write(tmp_path, "pkg/__init__.py", "")
+    _write(
+        tmp_path,
+        "pkg/a.py",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.b\n",
+    )
+    _write(tmp_path, "pkg/sub/__init__.py", "")
+    _write(tmp_path, "pkg/b.py", "def f():\n    from .sub import c\n")
+    _write(tmp_path, "pkg/sub/c.py", "from .. import a\n")
+    graph = import_graph(tmp_path, "pkg")
+    assert graph["pkg.a"] == {"pkg.b"}
+    assert graph["pkg.b"] == {"pkg.sub.c"}
+    assert graph["pkg.sub.c"] == {"pkg.a"}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]
+
+
+def test_a_layering_breach_is_reported_by_its_edge() -> None:
+    graph = {f"{PACKAGE}.perf.bench": {f"{PACKAGE}.client.api", f"{PACKAGE}.contract"}}
+    assert crossings(graph, ("perf",), ("client",)) == [
+        f"{PACKAGE}.perf.bench -> {PACKAGE}.client.api"
+    ]
