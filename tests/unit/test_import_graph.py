@@ -121,6 +121,14 @@ def test_the_client_imports_nothing_from_export_server_or_perf(graph: Graph) -> 
     assert crossings(graph, ("client",), ("export", "server", "perf")) == []
 
 
+def test_the_ui_reaches_triton_only_through_the_client_and_nothing_imports_it(
+    graph: Graph,
+) -> None:
+    assert crossings(graph, ("ui",), ("export", "server", "perf")) == []
+    assert crossings(graph, ("client", "export", "server", "perf"), ("ui",)) == []
+    assert f"{PACKAGE}.client.api" in graph[f"{PACKAGE}.ui.service"]
+
+
 def _write(root: Path, relative: str, text: str) -> None:
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)

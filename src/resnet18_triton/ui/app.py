@@ -141,7 +141,7 @@ def create_app(settings: UiSettings) -> Starlette:
         return JSONResponse(body, status_code=status)
 
     async def schema(request: Request) -> Response:
-        return JSONResponse(openapi_schema(settings))
+        return JSONResponse(openapi_schema(settings.models, settings.limits))
 
     async def no_icon(request: Request) -> Response:
         return Response(status_code=204)  # browsers ask for it; an empty answer is not an error

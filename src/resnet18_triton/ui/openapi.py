@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from resnet18_triton import contract
-from resnet18_triton.ui.uploads import IMAGE_FIELD
-
-if TYPE_CHECKING:
-    from resnet18_triton.ui.app import UiSettings
+from resnet18_triton.ui.uploads import IMAGE_FIELD, UploadLimits
 
 _ERROR = {
     "type": "object",
@@ -54,9 +52,8 @@ def _json(description: str, schema: str) -> dict[str, Any]:
     }
 
 
-def openapi_schema(settings: UiSettings) -> dict[str, Any]:
-    """The schema, with the limits the app was started with."""
-    limits = settings.limits
+def openapi_schema(models: Sequence[str], limits: UploadLimits) -> dict[str, Any]:
+    """The schema, with the models and limits the app was started with."""
     classify = {
         "summary": "Classify uploaded images",
         "description": (
@@ -74,7 +71,7 @@ def openapi_schema(settings: UiSettings) -> dict[str, Any]:
             {
                 "name": "model",
                 "in": "query",
-                "schema": {"type": "string", "enum": list(settings.models)},
+                "schema": {"type": "string", "enum": list(models)},
             },
         ],
         "requestBody": {
