@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -267,3 +270,19 @@ def test_the_web_stack_comes_only_with_the_ui_extra() -> None:
     }
     (dev,) = project["optional-dependencies"]["dev"]
     assert "ui" in dev.partition("[")[2].rstrip("]").split(",")
+
+
+def test_a_port_in_use_is_a_usage_error_naming_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "resnet18_triton.cli", "ui", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from resnet18_triton.client.cli import url_option
@@ -95,7 +97,21 @@ def ui(
         workers=workers,
         timeout=timeout,
     )
+    _check_port_free(host, port)
     app = create_app(settings)
     where = f"[{host}]" if ":" in host else host
     click.echo(f"resnet18-triton ui on http://{where}:{port}/ (Triton at {url})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with a usage error naming the port, rather than uvicorn's log line and exit 1."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise click.UsageError(
+                f"cannot listen on {host}:{port} ({error.strerror}): choose another --port"
+            ) from None
