@@ -21,6 +21,8 @@ from resnet18_triton.server.embedded import (
     ServerOptions,
     check_port_free,
     connect_address,
+    grpc_host,
+    http_host,
 )
 
 
@@ -140,3 +142,9 @@ def test_no_command_takes_the_admin_key_on_its_command_line(command: str) -> Non
     options = {opt for param in cli_main.get_command(ctx, command).params for opt in param.opts}
     assert "--admin-key" not in options
     assert "--admin-key-file" in options
+
+
+def test_ipv6_addresses_are_spelled_for_each_of_tritons_servers() -> None:
+    """libevhtp (HTTP, metrics) needs an ``ipv6:`` prefix, gRPC needs brackets."""
+    assert http_host("::1") == "ipv6:::1" and http_host("127.0.0.1") == "127.0.0.1"
+    assert grpc_host("::") == "[::]" and grpc_host("0.0.0.0") == "0.0.0.0"

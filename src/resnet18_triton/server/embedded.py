@@ -129,6 +129,19 @@ def connect_address(host: str, port: int) -> str:
     return f"[{target}]:{port}" if ":" in target else f"{target}:{port}"
 
 
+def http_host(host: str) -> str:
+    """Triton's HTTP and metrics servers (libevhtp) parse a bare address as IPv4 (``::1``
+    becomes 255.255.255.255); an ``ipv6:`` prefix makes them bind the IPv6 address."""
+    bare = host.strip("[]")
+    return f"ipv6:{bare}" if ":" in bare else bare
+
+
+def grpc_host(host: str) -> str:
+    """gRPC joins host and port with a colon, so an IPv6 literal needs its brackets there."""
+    bare = host.strip("[]")
+    return f"[{bare}]" if ":" in bare else bare
+
+
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -197,11 +210,11 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
         "--model-control-mode=explicit",
         *[f"--load-model={name}" for name in options.models],
         f"--backend-directory={backends}",
-        f"--http-address={options.host}",
+        f"--http-address={http_host(options.host)}",
         f"--http-port={options.http_port}",
-        f"--grpc-address={options.host}",
+        f"--grpc-address={grpc_host(options.host)}",
         f"--grpc-port={options.grpc_port}",
-        f"--metrics-address={options.host}",
+        f"--metrics-address={http_host(options.host)}",
         f"--metrics-port={options.metrics_port}",
         f"--http-restricted-api={RESTRICTED_APIS}:{key}",
         f"--grpc-restricted-protocol={RESTRICTED_APIS}:{key}",
