@@ -174,6 +174,17 @@ def tree_rss_mb(server_pid: int) -> float:
     return sum(mb for mb in soak.rss_mb(soak.server_processes(server_pid)).values() if mb == mb)
 
 
+def tree_threads(server_pid: int) -> int:
+    """Threads of tritonserver and its stubs (what a container's pids limit counts)."""
+    total = 0
+    for process in soak.server_processes(server_pid).values():
+        try:
+            total += process.num_threads()
+        except Exception:  # a process that just ended has no threads to count
+            continue
+    return total
+
+
 def test_corpus_under_concurrent_good_load(server, url, stub_pids, reference) -> None:
     """Fire the whole corpus (hostile shapes and formats included) 3 times while 4 clients send
     good images: each input is answered or refused by name, nothing good is lost, the process
@@ -184,6 +195,7 @@ def test_corpus_under_concurrent_good_load(server, url, stub_pids, reference) ->
     load = soak.LoadGenerator(url, images, expected, concurrency=4, max_s=300).start()
     not_ready: list[str] = []
     peak_mb = [baseline_mb]
+    threads = [tree_threads(server.process.pid)]
     stop = threading.Event()
 
     def watch() -> None:
@@ -192,6 +204,7 @@ def test_corpus_under_concurrent_good_load(server, url, stub_pids, reference) ->
         try:
             while not stop.is_set():
                 peak_mb.append(tree_rss_mb(server.process.pid))
+                threads.append(tree_threads(server.process.pid))
                 try:
                     if not probe.is_server_ready():
                         not_ready.append("answered not ready")
@@ -236,6 +249,7 @@ def test_corpus_under_concurrent_good_load(server, url, stub_pids, reference) ->
                 "tree_rss_baseline_mb": round(baseline_mb, 1),
                 "tree_rss_peak_growth_mb": round(growth_mb, 1),
                 "rss_samples": len(peak_mb),
+                "tree_threads_max": max(threads),
             }
         )
     )
