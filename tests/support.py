@@ -9,6 +9,9 @@ from types import ModuleType
 import numpy as np
 
 from resnet18_triton.layout import load_model_module, python_model_source
+from resnet18_triton.perf.images import encode, gradient_image
+
+__all__ = ["encode", "gradient_image"]  # re-exported: tests import them from here
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = PROJECT_ROOT / "tests" / "data" / "samples"
@@ -29,26 +32,6 @@ def load_module(path: Path, name: str) -> ModuleType:
 
 def preprocess_module() -> ModuleType:
     return load_module(python_model_source("preprocess"), "preprocess_model")
-
-
-def encode(image, fmt: str, **save_args) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save_args)
-    return buffer.getvalue()
-
-
-def gradient_image(width: int, height: int, seed: int):
-    """A deterministic, textured RGB image (distinct per seed) that compresses like a photo."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    phase = rng.uniform(0, 6.28, size=3)
-    freq = rng.uniform(0.005, 0.05, size=3)
-    channels = [127 + 120 * np.sin(freq[c] * (x + 0.7 * y) + phase[c]) for c in range(3)]
-    noise = rng.normal(0, 12, size=(height, width, 3))
-    pixels = np.clip(np.stack(channels, axis=-1) + noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
 
 
 def varied_images() -> dict[str, bytes]:

@@ -38,6 +38,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "perf",
         "Benchmark engines and the served paths.",
     ),
+    "soak": (
+        "resnet18_triton.perf.cli",
+        "soak",
+        "perf",
+        "Soak a server: minutes of load, every answer checked.",
+    ),
 }
 
 

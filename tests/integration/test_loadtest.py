@@ -27,11 +27,10 @@ def test_loadtest_ensemble_and_raw(analyzer: pa.PerfAnalyzer, url: str, tmp_path
     plan = LoadTestPlan(
         url=url,
         out=tmp_path / "out",
-        images=files,
-        concurrency="1",
-        measurement_interval_ms=1000,
-        stability_percentage=100,
-        max_trials=3,
+        settings=pa.SweepSettings(
+            concurrency="1", measurement_interval_ms=1000, stability_percentage=100, max_trials=3
+        ),
+        images=tuple(files),
         image_label="500x375",
     )
     results = run_loadtest(plan, analyzer, echo=lambda _text: None)
@@ -57,13 +56,15 @@ def test_loadtest_raw_model_in_shared_memory_with_full_batches(
         url=url,
         out=tmp_path / "out",
         targets=("raw",),
-        concurrency="1",
-        measurement_interval_ms=1000,
-        stability_percentage=100,
-        max_trials=3,
-        batch_size=8,
-        shared_memory="system",
-        admin_key=admin_key,
+        settings=pa.SweepSettings(
+            concurrency="1",
+            measurement_interval_ms=1000,
+            stability_percentage=100,
+            max_trials=3,
+            batch_size=8,
+            shared_memory="system",
+            admin_key=admin_key,
+        ),
     )
     (result,) = run_loadtest(plan, analyzer, echo=lambda _text: None)
     assert result.failed_requests == 0
@@ -78,11 +79,13 @@ def test_loadtest_shared_memory_without_the_admin_key_fails_clearly(
         url=url,
         out=tmp_path / "out",
         targets=("raw",),
-        concurrency="1",
-        measurement_interval_ms=500,
-        stability_percentage=100,
-        max_trials=2,
-        shared_memory="system",
+        settings=pa.SweepSettings(
+            concurrency="1",
+            measurement_interval_ms=500,
+            stability_percentage=100,
+            max_trials=2,
+            shared_memory="system",
+        ),
     )
     with pytest.raises(pa.PerfAnalyzerError, match=r"(?s)restricted.*--admin-key") as error:
         run_loadtest(plan, analyzer, echo=lambda _text: None)

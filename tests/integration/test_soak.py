@@ -1,5 +1,4 @@
-"""Load: a short soak (the long one is ``python -m resnet18_triton.perf.soak``) and 64
-concurrent clients.
+"""Load: a short soak (the long one is ``resnet18-triton soak``) and 64 concurrent clients.
 
 The soak runs against the session server: high concurrency for SOAK_SECONDS after a warm-up,
 then 0 failed requests, 0 wrong answers, RSS of every server process (tritonserver and each
@@ -15,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tritonclient.http as httpclient
+from click.testing import CliRunner
 
 from resnet18_triton import contract
+from resnet18_triton.cli import cli
 from resnet18_triton.perf import soak
 from tests.support import PROBABILITY_ATOL
 
@@ -72,3 +73,17 @@ def test_64_concurrent_clients_with_distinct_images_each_get_their_own_answer(
         others = np.delete(distances[position], position)
         assert others.min() > 10 * PROBABILITY_ATOL, f"client {position}: ambiguous images"
     assert served[0].shape == (contract.NUM_CLASSES,)
+
+
+def test_soak_command_against_the_session_server_passes_and_writes_its_summary(
+    server, url, tmp_path
+) -> None:
+    summary_path = tmp_path / "soak.json"
+    arguments = ["soak", "--url", url, "--server-pid", str(server.process.pid)]
+    arguments += ["--duration", "3", "--warmup", "1", "--concurrency", "4", "--images", "8"]
+    result = CliRunner().invoke(cli, [*arguments, "--json-out", str(summary_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(summary_path.read_text())
+    assert summary["requests_ok"] > 0 and summary["requests_failed"] == 0
+    assert summary["distinct_images"] == 8 and summary["concurrency"] == 4
+    assert "| process |" in result.output

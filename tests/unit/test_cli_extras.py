@@ -41,5 +41,5 @@ def test_help_lists_every_subcommand_without_importing_them(
         cli.main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for name in ("export", "serve", "classify", "health", "quantize", "loadtest", "bench"):
+    for name in ("export", "serve", "classify", "health", "quantize", "loadtest", "bench", "soak"):
         assert f"  {name} " in out

@@ -63,28 +63,29 @@ def test_sweep_arguments_concurrency_and_request_rate(tmp_path: Path) -> None:
     assert args[args.index("--input-data") + 1] == str(tmp_path / "d.json")
     assert args[args.index("-f") + 1] == str(tmp_path / "out.csv")
     assert "--verbose-csv" in args
-    rate = pa.Sweep(model="resnet18_onnx", url="u", request_rate="10:40:10", protocol="grpc")
-    args = rate.arguments(tmp_path / "out.csv")
+    settings = pa.SweepSettings(request_rate="10:40:10", protocol="grpc")
+    assert settings.mode == "request_rate" and pa.SweepSettings().mode == "concurrency"
+    args = pa.Sweep("resnet18_onnx", "u", settings).arguments(tmp_path / "out.csv")
     assert "--concurrency-range" not in args
     assert args[args.index("--request-rate-range") + 1] == "10:40:10"
     assert args[args.index("-i") + 1] == "grpc"
 
 
 def test_sweep_arguments_shared_memory_batch_and_admin_header(tmp_path: Path) -> None:
-    sweep = pa.Sweep(
-        model="resnet18_onnx",
-        url="u",
-        batch_size=8,
-        shared_memory="system",
-        headers=pa.admin_headers("s3cret"),
-    )
-    args = sweep.arguments(tmp_path / "out.csv")
+    settings = pa.SweepSettings(batch_size=8, shared_memory="system", admin_key="s3cret")
+    args = pa.Sweep("resnet18_onnx", "u", settings).arguments(tmp_path / "out.csv")
     assert args[args.index("-b") + 1] == "8"
     assert args[args.index("--shared-memory") + 1] == "system"
     assert args[args.index("-H") + 1] == "triton-admin-key:s3cret"
-    plain = pa.Sweep(model="resnet18_onnx", url="u", headers=pa.admin_headers(None))
+    assert "s3cret" not in repr(settings)
+
+
+def test_admin_key_travels_only_with_shared_memory(tmp_path: Path) -> None:
+    # Only registering shared memory is restricted: other sweeps keep the key off the command line.
+    plain = pa.Sweep("resnet18_onnx", "u", pa.SweepSettings(admin_key="s3cret"))
     args = plain.arguments(tmp_path / "out.csv")
     assert "--shared-memory" not in args and "-H" not in args
+    assert not any("s3cret" in arg for arg in args)
 
 
 def test_loader_error_names_the_debian_package() -> None:

@@ -1,10 +1,12 @@
-"""The loadtest / bench commands' argument handling (nothing is run)."""
+"""The loadtest / bench / soak commands' argument handling and the soak verdict (nothing is run)."""
 
 from __future__ import annotations
 
 from click.testing import CliRunner
 
 from resnet18_triton import contract
+from resnet18_triton.cli import cli
+from resnet18_triton.perf import soak as soaking
 from resnet18_triton.perf.cli import bench, loadtest
 
 
@@ -35,3 +37,52 @@ def test_loadtest_refuses_shared_memory_with_admin_key_over_grpc() -> None:
     )
     assert result.exit_code == 2
     assert "--protocol http" in result.output
+
+
+def test_soak_help_lists_its_options() -> None:
+    result = CliRunner().invoke(cli, ["soak", "--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("--duration", "--warmup", "--concurrency", "--url", "--server-pid"):
+        assert option in result.output
+    assert "--max-rss-growth" in result.output and "--json-out" in result.output
+
+
+def test_soak_with_url_needs_the_server_pid() -> None:
+    result = CliRunner().invoke(cli, ["soak", "--url", "127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "--server-pid" in result.output
+
+
+def test_soak_refuses_a_zero_duration() -> None:
+    result = CliRunner().invoke(cli, ["soak", "--duration", "0"])
+    assert result.exit_code == 2
+    assert "--duration" in result.output
+
+
+def _summary(**changes: object) -> dict:
+    clean = {
+        "requests_failed": 0,
+        "answers_wrong": 0,
+        "answers_after_soak_equal": True,
+        "max_rss_growth_percent": 0.4,
+        "pids_unchanged": True,
+        "max_difference_from_reference": None,
+    }
+    return {**clean, **changes}
+
+
+def test_soak_verdict_passes_a_clean_summary() -> None:
+    assert soaking.verdict(_summary(), max_rss_growth_percent=10.0) == []
+
+
+def test_soak_verdict_names_each_failure() -> None:
+    failures = soaking.verdict(
+        _summary(requests_failed=3, max_rss_growth_percent=12.5, pids_unchanged=False),
+        max_rss_growth_percent=10.0,
+    )
+    assert len(failures) == 3
+    assert "3 requests failed" in failures[0]
+    assert "12.5 %" in failures[1] and "10 %" in failures[1]
+    assert "replaced" in failures[2]
+    far = soaking.verdict(_summary(max_difference_from_reference=1e-3), 10.0)
+    assert len(far) == 1 and "reference" in far[0]

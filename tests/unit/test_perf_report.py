@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import io
+import statistics
 from pathlib import Path
 
 import pytest
 
-from resnet18_triton.perf import bench, images, report
+from resnet18_triton.perf import bench, images, ratios, report
+from resnet18_triton.perf.measurements import (
+    BenchResults,
+    EngineRow,
+    InProcessSpec,
+    InterleavedPair,
+    ServedSpec,
+    ServedSweep,
+)
 from resnet18_triton.perf.perf_analyzer import Row
 
 
@@ -53,120 +62,169 @@ def test_rows_csv_and_plot(tmp_path: Path) -> None:
     assert "| raw | 2 | 60.0 |" in report.sweep_table(rows)
 
 
-def _results(stack_mb: float) -> bench.BenchResults:
+# Inputs of the ratio tests: in-process img/s and peak RSS, served best img/s.
+EAGER, ORT_SPIN_B1, ORT_SPIN_B8, ORT_NOSPIN_B1, ORT_NOSPIN_B8 = 20.0, 40.0, 38.0, 36.0, 39.0
+INT8_NOSPIN_B1 = 54.0
+PIPELINE_MS, PIPELINE_RSS, ORT_B1_RSS = 28.0, 220.0, 200.0
+RAW_SHM_STACK_RSS = 280.0
+RAW, RAW_SHM, RAW_B8_SHM = 33.0, 35.0, 39.5
+ENSEMBLE_C1, ENSEMBLE_C2, ENSEMBLE_P50_C1, LARGE = 30.0, 38.5, 30.0, 20.0
+
+
+def _engine(spec: InProcessSpec, images_per_s: float, rss: float = 250.0) -> EngineRow:
+    return EngineRow(spec, 1000 / images_per_s, images_per_s, rss)
+
+
+def _sweep(spec: ServedSpec, *rows: Row, stack_mb: float | None = None) -> ServedSweep:
+    return ServedSweep(spec, rows, failed_requests=0, stack_rss_mb=stack_mb)
+
+
+def _results(stack_mb: float = 300.0, interleaved: tuple[InterleavedPair, ...] = ()):
     # stack_mb: the served stack's peak RSS during the 500x375 ensemble sweep
-    results = bench.BenchResults()
-    results.engines = [
-        {
-            "engine": "eager",
-            "batch": 1,
-            "images_per_s": 20.0,
-            "ms_per_image": 50.0,
-            "peak_rss_mb": 500,
-        },
-        {
-            "engine": "ort",
-            "batch": 1,
-            "images_per_s": 40.0,
-            "ms_per_image": 25.0,
-            "peak_rss_mb": 200,
-        },
-        {
-            "engine": "ort",
-            "batch": 8,
-            "images_per_s": 38.0,
-            "ms_per_image": 26.0,
-            "peak_rss_mb": 250,
-        },
-        {
-            "engine": "ort-nospin",
-            "batch": 1,
-            "images_per_s": 36.0,
-            "ms_per_image": 27.8,
-            "peak_rss_mb": 200,
-        },
-        {
-            "engine": "ort-nospin",
-            "batch": 8,
-            "images_per_s": 39.0,
-            "ms_per_image": 25.6,
-            "peak_rss_mb": 250,
-        },
-        {
-            "engine": "pipeline 500x375",
-            "batch": 1,
-            "images_per_s": 35.0,
-            "ms_per_image": 28.0,
-            "peak_rss_mb": 220,
-        },
-    ]
-    results.served = {
-        "raw": [_row("raw", 1, 33.0).as_dict()],
-        "raw shm": [_row("raw", 1, 35.0).as_dict(), _row("raw", 2, 34.0).as_dict()],
-        "raw b8 shm": [_row("raw", 1, 39.5).as_dict()],
-        "ensemble 500x375": [_row("e", 1, 30.0, p50=30.0).as_dict(), _row("e", 2, 38.5).as_dict()],
-        "ensemble 12MP": [_row("l", 1, 20.0).as_dict()],
-    }
-    results.batch_sizes = {"raw": 1, "raw shm": 1, "raw b8 shm": 8}
-    results.stack_rss_mb = {"ensemble 500x375": stack_mb}
-    return results
+    return BenchResults(
+        engines=(
+            _engine(InProcessSpec("eager"), EAGER, rss=500),
+            _engine(InProcessSpec("ort"), ORT_SPIN_B1, rss=ORT_B1_RSS),
+            _engine(InProcessSpec("ort", 8), ORT_SPIN_B8),
+            _engine(InProcessSpec("ort", spinning=False), ORT_NOSPIN_B1, rss=ORT_B1_RSS),
+            _engine(InProcessSpec("ort", 8, spinning=False), ORT_NOSPIN_B8),
+            _engine(InProcessSpec("ort", 1, "int8", spinning=False), INT8_NOSPIN_B1),
+            EngineRow(InProcessSpec("pipeline", images="500x375"), PIPELINE_MS, 35.0, PIPELINE_RSS),
+        ),
+        served=(
+            _sweep(ServedSpec("raw"), _row("raw", 1, RAW)),
+            _sweep(
+                ServedSpec("raw", shared_memory=True),
+                _row("", 1, RAW_SHM),
+                _row("", 2, 34.0),
+                stack_mb=RAW_SHM_STACK_RSS,
+            ),
+            _sweep(ServedSpec("raw", 8, shared_memory=True), _row("", 1, RAW_B8_SHM)),
+            _sweep(
+                ServedSpec("ensemble", images="500x375"),
+                _row("", 1, ENSEMBLE_C1, p50=ENSEMBLE_P50_C1),
+                _row("", 2, ENSEMBLE_C2),
+                stack_mb=stack_mb,
+            ),
+            _sweep(ServedSpec("ensemble", images="12MP"), _row("", 1, LARGE)),
+        ),
+        interleaved=interleaved,
+    )
 
 
-def test_ratios_against_the_issue_targets() -> None:
-    found = {
-        name: (value, met) for name, value, _target, met, _detail in bench.ratios(_results(300))
-    }
-    ensemble = next(v for k, v in found.items() if k.startswith("served ensemble (500x375"))
-    assert ensemble[0] == pytest.approx(38.5 / 40) and ensemble[1] is True
+def _by_name(values) -> dict[str, object]:
+    return {value.ratio.name: value for value in values}
+
+
+def _one(values, *fragments: str):
+    (found,) = [v for v in values if all(fragment in v.ratio.name for fragment in fragments)]
+    return found
+
+
+def test_in_process_labels_come_from_the_spec() -> None:
+    assert InProcessSpec("eager", 8).label == "eager"
+    assert InProcessSpec("ort").label == "ort"
+    assert InProcessSpec("ort", spinning=False).label == "ort-nospin"
+    assert InProcessSpec("ort", 8, "int8", spinning=False).label == "ort-int8-nospin"
+    assert InProcessSpec("pipeline", images="12MP").label == "pipeline 12MP"
+
+
+def test_served_labels_and_models_come_from_the_spec() -> None:
+    assert ServedSpec("raw").label == "raw"
+    assert ServedSpec("raw", shared_memory=True).label == "raw shm"
+    assert ServedSpec("raw", 8).label == "raw b8"
+    assert ServedSpec("raw", 8, shared_memory=True).label == "raw b8 shm"
+    assert ServedSpec("ensemble", images="500x375").label == "ensemble 500x375"
+    int8 = ServedSpec("ensemble", precision="int8", images="500x375")
+    assert int8.label == "int8 ensemble 500x375"
+    assert int8.model == "resnet18_int8_ensemble"
+    assert ServedSpec("raw").model == "resnet18_onnx"
+    assert ServedSpec("ensemble", images="12MP").model == "resnet18"
+
+
+def test_ratio_table_computes_each_ratio_from_its_two_figures() -> None:
+    values = bench.ratios(_results(stack_mb=300.0))
+    best_ort = max(ORT_SPIN_B1, ORT_SPIN_B8, ORT_NOSPIN_B1, ORT_NOSPIN_B8)
+    ensemble = _one(values, "served ensemble (500x375")
+    assert ensemble.value == pytest.approx(ENSEMBLE_C2 / best_ort)
+    assert ensemble.met is (ENSEMBLE_C2 / best_ort >= 0.95)
     # Best served path (8 images per request) against the best in-process variant (any batch).
-    raw = next(v for k, v in found.items() if k.startswith("served raw model, best path"))
-    assert raw[0] == pytest.approx(39.5 / 40) and raw[1] is True
-    # Like for like: each batch size against in-process ORT with the served settings (no spinning).
-    batch1 = next(
-        v
-        for k, v in found.items()
-        if k.startswith("served raw") and k.endswith("batch 1, best img/s (sequential phases)")
-    )
-    assert batch1[0] == pytest.approx(35.0 / 36.0) and batch1[1] is None
-    batch8 = next(
-        v
-        for k, v in found.items()
-        if k.startswith("served raw") and k.endswith("batch 8, best img/s (sequential phases)")
-    )
-    assert batch8[0] == pytest.approx(39.5 / 39.0)
-    latency = next(v for k, v in found.items() if k.startswith("ensemble p50"))
-    assert latency[0] == pytest.approx(2.0) and latency[1] is True
-    large = next(v for k, v in found.items() if k.startswith("ensemble 12-MP"))
-    assert large[0] == pytest.approx(20 / 38.5) and large[1] is False
-    memory = next(v for k, v in found.items() if k.startswith("served stack peak RSS"))
-    assert memory[0] == pytest.approx(300 / 220) and memory[1] is True
-    memory = next(
-        v for name, v, *_ in bench.ratios(_results(400)) if name.startswith("served stack peak")
-    )
-    assert memory > 1.5
+    raw = _one(values, "served raw model, best path")
+    assert raw.value == pytest.approx(RAW_B8_SHM / best_ort) and raw.met is None
+    assert "raw b8 shm" in raw.detail
+    # Like for like: each batch size against in-process ORT with the served settings.
+    batch1 = _one(values, "batch 1, best img/s (sequential")
+    assert batch1.value == pytest.approx(max(RAW, RAW_SHM) / ORT_NOSPIN_B1)
+    batch8 = _one(values, "batch 8, best img/s (sequential")
+    assert batch8.value == pytest.approx(RAW_B8_SHM / ORT_NOSPIN_B8)
+    latency = _one(values, "ensemble p50")
+    assert latency.value == pytest.approx(ENSEMBLE_P50_C1 - PIPELINE_MS)
+    assert latency.met is (ENSEMBLE_P50_C1 - PIPELINE_MS <= 3.0)
+    large = _one(values, "ensemble 12-MP")
+    assert large.value == pytest.approx(LARGE / ENSEMBLE_C2) and large.met is False
+    memory = _one(values, "peak RSS during ensemble 500x375")
+    assert memory.value == pytest.approx(300.0 / PIPELINE_RSS) and memory.met is True
+    raw_memory = _one(values, "peak RSS during raw shm")
+    assert raw_memory.value == pytest.approx(RAW_SHM_STACK_RSS / ORT_B1_RSS)
+    assert raw_memory.met is None
+    assert _one(values, "ORT FP32 / PyTorch eager").value == pytest.approx(ORT_SPIN_B1 / EAGER)
+    assert _one(values, "served ensemble / served raw").value == pytest.approx(ENSEMBLE_C2 / RAW)
+    int8 = _one(values, "INT8 / FP32 (spinning off), batch 1")
+    assert int8.value == pytest.approx(INT8_NOSPIN_B1 / ORT_NOSPIN_B1)
+
+
+def test_ratios_without_both_figures_are_left_out() -> None:
+    names = " ".join(_by_name(bench.ratios(_results())))
+    # No TorchScript run, no served INT8 ensemble, no 8-image INT8 run, no interleaving.
+    assert "TorchScript" not in names
+    assert "served INT8 ensemble" not in names
+    assert "INT8 / FP32 (spinning off), batch 8" not in names
+    assert "interleaved" not in names
+    # The stack's RSS was sampled only during the 500x375 ensemble and the raw shm sweep.
+    assert "during ensemble 12MP" not in names and "during raw b8" not in names
+    assert "during raw /" not in names
+
+
+def test_stack_memory_over_its_bound_is_not_met() -> None:
+    memory = _one(bench.ratios(_results(stack_mb=400.0)), "peak RSS during ensemble 500x375")
+    assert memory.value == pytest.approx(400.0 / PIPELINE_RSS) and memory.met is False
 
 
 def test_interleaved_medians_carry_the_raw_target() -> None:
-    results = _results(300)
-    results.interleaved = {
-        8: {
-            "label": "raw b8 shm",
-            "concurrency": 1.0,
-            "in_process": [40.0, 42.0, 38.0],
-            "served": [41.0, 39.0, 36.0],
-        }
-    }
-    found = {name: (value, target, met) for name, value, target, met, _ in bench.ratios(results)}
-    interleaved = next(v for k, v in found.items() if "interleaved" in k and "batch 8" in k)
-    assert interleaved == (pytest.approx(39.0 / 40.0), ">= 0.98", False)
-    # The sequential best-vs-best row stays in the report, without the target.
-    sequential = next(v for k, v in found.items() if k.startswith("served raw model, best path"))
-    assert sequential[1] == "-" and sequential[2] is None
+    in_process, served = (40.0, 42.0, 38.0), (41.0, 39.0, 36.0)
+    pair = InterleavedPair(ServedSpec("raw", 8, shared_memory=True), 1.0, in_process, served)
+    interleaved = _one(bench.ratios(_results(interleaved=(pair,))), "interleaved", "batch 8")
+    assert interleaved.value == pytest.approx(
+        statistics.median(served) / statistics.median(in_process)
+    )
+    assert str(interleaved.ratio.target) == ">= 0.98" and interleaved.met is False
+    assert "raw b8 shm, c=1" in interleaved.detail and "41.0/39.0/36.0" in interleaved.detail
+
+
+def test_evaluate_takes_any_declared_table() -> None:
+    table = (
+        ratios.Ratio(
+            "eager / ort",
+            ratios.EngineFigure(InProcessSpec("eager")),
+            ratios.EngineFigure(InProcessSpec("ort")),
+            ratios.Target(0.4, at_most=True),
+        ),
+    )
+    (value,) = ratios.evaluate(table, _results())
+    assert value.value == pytest.approx(EAGER / ORT_SPIN_B1) and value.met is (
+        EAGER / ORT_SPIN_B1 <= 0.4
+    )
+    assert str(value.ratio.target) == "<= 0.4"
 
 
 def test_report_is_written(tmp_path: Path) -> None:
     plan = bench.BenchPlan(out=tmp_path)
-    path = bench.write_report(plan, _results(300), tmp_path / "repo")
+    path = bench.write_report(plan, _results(), tmp_path / "repo")
     text = path.read_text()
-    assert "served ensemble 500x375" in text and "NOT met" in text and "in-process ort" in text
+    assert (
+        "served ensemble 500x375" in text and "NOT met" in text and "in-process ort-nospin" in text
+    )
     assert (tmp_path / "served.csv").is_file() and (tmp_path / "served.png").is_file()
+    document = bench.results_json(_results())
+    assert document["served"][2]["label"] == "raw b8 shm"
+    assert document["engines"][3]["label"] == "ort-nospin"

@@ -1,1 +1,1 @@
-"""Load tests (perf_analyzer) and side-by-side benchmarks of engines and served paths."""
+"""Load tests (perf_analyzer), side-by-side benchmarks of engines and served paths, soaks."""

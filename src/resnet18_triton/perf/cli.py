@@ -1,7 +1,8 @@
-"""``resnet18-triton loadtest`` and ``resnet18-triton bench`` (the ``perf`` extra)."""
+"""``resnet18-triton loadtest``, ``bench`` and ``soak`` (the ``perf`` extra)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -142,6 +143,7 @@ def loadtest(
     """Sweep a running server with perf_analyzer: CSV, markdown summary and PNG plot."""
     from resnet18_triton.perf import images as image_sets
     from resnet18_triton.perf.loadtest import LoadTestPlan, run_loadtest
+    from resnet18_triton.perf.perf_analyzer import SweepSettings
 
     if shared_memory != "none" and admin_key and protocol == "grpc":
         raise click.BadParameter(
@@ -164,22 +166,25 @@ def loadtest(
                 raise click.BadParameter(f"no images in {images}", param_hint="--images")
     else:
         files = []
-    plan = LoadTestPlan(
-        url=_strip_scheme(url),
-        out=out,
-        targets=chosen,
-        images=files,
-        protocol=protocol,
+    settings = SweepSettings(
         concurrency=concurrency,
         request_rate=request_rate,
         measurement_interval_ms=interval_ms,
         stability_percentage=stability,
         max_trials=max_trials,
-        stats_url=stats_url,
-        image_label=label,
         batch_size=batch_size,
         shared_memory=shared_memory,
+        protocol=protocol,
         admin_key=admin_key,
+    )
+    plan = LoadTestPlan(
+        url=_strip_scheme(url),
+        out=out,
+        settings=settings,
+        targets=chosen,
+        images=tuple(files),
+        stats_url=stats_url,
+        image_label=label,
     )
     results = run_loadtest(plan, echo=lambda text: click.echo(text, err=True))
     click.echo(
@@ -282,24 +287,129 @@ def bench(
 
     require("torch", "export")
     from resnet18_triton.perf.bench import BenchPlan, run_bench
+    from resnet18_triton.perf.perf_analyzer import SweepSettings
 
     if url and repository is None:
         raise click.BadParameter(
             "--url needs --repo (the in-process engines time its model.onnx)", param_hint="--repo"
         )
+    settings = SweepSettings(
+        concurrency=concurrency,
+        measurement_interval_ms=interval_ms,
+        stability_percentage=stability,
+        admin_key=admin_key,
+    )
     plan = BenchPlan(
         out=out or _default_out("bench"),
         repo=repository.resolve() if repository else None,
         url=_strip_scheme(url) if url else None,
         server_pid=server_pid,
-        admin_key=admin_key,
+        settings=settings,
         threads=threads or len(os.sched_getaffinity(0)),
         seconds=seconds,
         typical_count=typical_count,
         large_count=large_count,
-        concurrency=concurrency,
-        measurement_interval_ms=interval_ms,
-        stability_percentage=stability,
     )
     run_bench(plan, echo=lambda text: click.echo(text, err=True))
     click.echo(f"report: {plan.out / 'bench.md'}")
+
+
+@click.command("soak")
+@click.option(
+    "--duration",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds of load after the warm-up.",
+)
+@click.option(
+    "--warmup",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds of load before the RSS baseline.",
+)
+@click.option("--concurrency", default=64, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--images",
+    "image_count",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Distinct images sent in turn.",
+)
+@click.option(
+    "--url",
+    default=None,
+    help="Soak this running server (needs --server-pid) instead of starting one.",
+)
+@click.option(
+    "--server-pid",
+    default=None,
+    type=click.IntRange(1),
+    help="With --url: the tritonserver pid, to watch its processes' RSS.",
+)
+@click.option(
+    "--repo",
+    "repository",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Without --url: serve this repository (default: export one with random weights).",
+)
+@click.option(
+    "--max-rss-growth",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Percent any server process may grow after the warm-up.",
+)
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the JSON summary here.",
+)
+def soak(
+    duration: float,
+    warmup: float,
+    concurrency: int,
+    image_count: int,
+    url: str | None,
+    server_pid: int | None,
+    repository: Path | None,
+    max_rss_growth: float,
+    json_out: Path | None,
+) -> None:
+    """High-concurrency load for minutes: every answer checked, every server process's RSS
+    watched. Exits 1 when a request failed, an answer changed or a process grew or restarted."""
+    from contextlib import AbstractContextManager, nullcontext
+
+    from resnet18_triton.extras import require
+    from resnet18_triton.perf import soak as soaking
+
+    if url and server_pid is None:
+        raise click.BadParameter(
+            "--url needs --server-pid (the soak watches the server's memory)",
+            param_hint="--server-pid",
+        )
+    if url is None and repository is None:
+        require("torch", "export")
+    images = soaking.distinct_images(image_count)
+    server: AbstractContextManager[tuple[str, int]]
+    if url and server_pid:
+        server = nullcontext((_strip_scheme(url), server_pid))
+    else:
+        server = soaking.own_server(repository)
+    with server as (target, pid):
+        click.echo(f"soaking {target}: {warmup:g} s warm-up, then {duration:g} s ...", err=True)
+        summary = soaking.run_soak(target, pid, duration, concurrency, warmup, images=images)
+    summary["machine"] = soaking.machine()
+    text = json.dumps(summary, indent=2)
+    click.echo(text)
+    click.echo()
+    click.echo(soaking.markdown(summary))
+    if json_out:
+        json_out.write_text(text + "\n")
+    failures = soaking.verdict(summary, max_rss_growth)
+    if failures:
+        raise soaking.SoakFailedError("soak failed: " + "; ".join(failures))

@@ -1,8 +1,10 @@
-"""Deterministic JPEG sets for the benchmarks: typical 500x375 photos and 12-megapixel ones.
+"""Deterministic test images: JPEG sets for the benchmarks (typical 500x375 photos and
+12-megapixel ones) and distinct small images for load and soak runs.
 
 The pixels are smooth gradients plus noise (seeded), so the files compress like photographs
 (~60-100 KB at 500x375, several MB at 4000x3000) and decoding costs what a real photo costs.
-Generated files are cached by name in the target folder, so repeated runs reuse them.
+Generated sets are cached by name in the target folder, so repeated runs reuse them.
+Pillow (the ``export``/``server`` extras) is imported only when an image is made.
 """
 
 from __future__ import annotations
@@ -34,10 +36,39 @@ def photo_like(width: int, height: int, seed: int):
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def jpeg_bytes(width: int, height: int, seed: int, quality: int = 90) -> bytes:
+def gradient_image(width: int, height: int, seed: int):
+    """A deterministic, textured RGB PIL image (distinct per seed) that compresses like a photo."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.uniform(0, 6.28, size=3)
+    freq = rng.uniform(0.005, 0.05, size=3)
+    channels = [127 + 120 * np.sin(freq[c] * (x + 0.7 * y) + phase[c]) for c in range(3)]
+    noise = rng.normal(0, 12, size=(height, width, 3))
+    pixels = np.clip(np.stack(channels, axis=-1) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def encode(image, fmt: str, **save_args: object) -> bytes:
+    """``image`` saved in format ``fmt`` ("JPEG", "PNG", ...), as bytes."""
     buffer = io.BytesIO()
-    photo_like(width, height, seed).save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format=fmt, **save_args)
     return buffer.getvalue()
+
+
+def distinct_jpegs(count: int, seed: int = 1000) -> list[bytes]:
+    """``count`` small JPEGs of varied sizes (160-244 x 120-170), each a different picture, so
+    every image of a run has its own answer."""
+    return [
+        encode(gradient_image(160 + 7 * (i % 13), 120 + 5 * (i % 11), seed=seed + i), "JPEG")
+        for i in range(count)
+    ]
+
+
+def jpeg_bytes(width: int, height: int, seed: int, quality: int = 90) -> bytes:
+    """A ``photo_like`` picture as JPEG bytes."""
+    return encode(photo_like(width, height, seed), "JPEG", quality=quality)
 
 
 def jpeg_set(folder: Path, size: tuple[int, int], count: int, seed: int = 0) -> list[Path]:

@@ -12,39 +12,24 @@ from resnet18_triton.perf.report import best, plot_throughput_latency, sweep_tab
 TARGETS = ("ensemble", "raw")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadTestPlan:
+    """What to sweep (``targets``: "ensemble" needs ``images``), where, and with which settings.
+
+    ``stats_url`` is the HTTP address read for failed-request counts (needed with gRPC).
+    """
+
     url: str
     out: Path
+    settings: pa.SweepSettings = field(default_factory=pa.SweepSettings)
     targets: tuple[str, ...] = TARGETS
-    images: list[Path] = field(default_factory=list)
-    protocol: str = "http"
-    concurrency: str | None = "1:4:1"
-    request_rate: str | None = None
-    measurement_interval_ms: int = 4000
-    stability_percentage: int = 50
-    max_trials: int = 10
+    images: tuple[Path, ...] = ()
     stats_url: str | None = None
     image_label: str = "jpeg"
-    batch_size: int = 1
-    shared_memory: str = "none"  # or "system" (see perf_analyzer.Sweep)
-    admin_key: str | None = None  # our server's key for registering shared memory
 
 
 def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
     """(label, sweep) for each target; the ensemble gets the images as --input-data."""
-    common = dict(
-        url=plan.url,
-        protocol=plan.protocol,
-        concurrency=plan.concurrency,
-        request_rate=plan.request_rate,
-        measurement_interval_ms=plan.measurement_interval_ms,
-        stability_percentage=plan.stability_percentage,
-        max_trials=plan.max_trials,
-        batch_size=plan.batch_size,
-        shared_memory=plan.shared_memory,
-        headers=pa.admin_headers(plan.admin_key),
-    )
     planned = []
     for target in plan.targets:
         if target == "ensemble":
@@ -55,15 +40,13 @@ def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
                 contract.ENSEMBLE_INPUT,
                 plan.out / f"input_data_{plan.image_label}.json",
             )
-            planned.append(
-                (
-                    f"{contract.ENSEMBLE_MODEL} ({plan.image_label})",
-                    pa.Sweep(model=contract.ENSEMBLE_MODEL, input_data=data, **common),
-                )
-            )
+            sweep = pa.Sweep(contract.ENSEMBLE_MODEL, plan.url, plan.settings, data)
+            planned.append((f"{contract.ENSEMBLE_MODEL} ({plan.image_label})", sweep))
         elif target == "raw":
             # FP32 tensors of the config's fixed shape: perf_analyzer's random data is fine here.
-            planned.append((contract.ONNX_MODEL, pa.Sweep(model=contract.ONNX_MODEL, **common)))
+            planned.append(
+                (contract.ONNX_MODEL, pa.Sweep(contract.ONNX_MODEL, plan.url, plan.settings))
+            )
         else:
             raise ValueError(f"unknown target {target!r}")
     return planned
@@ -84,7 +67,7 @@ def run_loadtest(
         top = best(result.rows)
         echo(
             f"  best {top.throughput:.1f} infer/s at {top.mode} {top.load:g}; "
-            f"failed requests: {result.failed_requests if result.failed_requests is not None else '?'}"
+            f"failed requests: {_count(result.failed_requests)}"
         )
         results.append(result)
     write_summary(plan, results)
@@ -95,11 +78,14 @@ def write_summary(plan: LoadTestPlan, results: list[pa.SweepResult]) -> None:
     rows = [row for result in results for row in result.rows]
     write_rows_csv(rows, plan.out / "loadtest.csv")
     plot_throughput_latency(
-        rows, plan.out / "loadtest.png", f"perf_analyzer against {plan.url} ({plan.protocol})"
+        rows,
+        plan.out / "loadtest.png",
+        f"perf_analyzer against {plan.url} ({plan.settings.protocol})",
     )
-    transport = f"{plan.protocol}, batch {plan.batch_size}"
-    if plan.shared_memory != "none":
-        transport += f", {plan.shared_memory} shared memory"
+    settings = plan.settings
+    transport = f"{settings.protocol}, batch {settings.batch_size}"
+    if settings.shared_memory != "none":
+        transport += f", {settings.shared_memory} shared memory"
     lines = [
         f"# Load test against {plan.url} ({transport})",
         "",

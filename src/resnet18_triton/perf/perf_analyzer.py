@@ -75,8 +75,8 @@ def locate(binary: str | Path | None = None) -> PerfAnalyzer:
         found = str(beside) if beside.is_file() else shutil.which(BINARY_NAME)
         if found is None:
             raise PerfAnalyzerError(
-                "perf_analyzer not found: pip install 'resnet18-triton[perf]' (tritonclient==2.50.0 "
-                "ships it in bin/)"
+                "perf_analyzer not found: pip install 'resnet18-triton[perf]' "
+                "(tritonclient==2.50.0 ships it in bin/)"
             )
         binary = found
     env = dict(os.environ)
@@ -131,33 +131,35 @@ def write_input_data(images: list[bytes], input_name: str, path: Path) -> Path:
     return path
 
 
-@dataclass
-class Sweep:
-    """One perf_analyzer invocation."""
+@dataclass(frozen=True)
+class SweepSettings:
+    """perf_analyzer's knobs, shared by ``loadtest``, ``bench`` and every ``Sweep``.
 
-    model: str
-    url: str
-    protocol: str = "http"
-    concurrency: str | None = "1:4:1"  # start:end:step
-    request_rate: str | None = None  # start:end:step (requests/s); overrides concurrency
-    input_data: Path | None = None
+    ``request_rate`` (start:end:step, requests/s), when set, replaces the concurrency sweep.
+    ``shared_memory="system"`` sends tensors through POSIX shared memory registered with the
+    server instead of the HTTP body (client and server on one host); registering a region is a
+    restricted API on our server, so it needs ``admin_key``, sent as a header over HTTP only
+    (perf_analyzer ignores ``-H`` on gRPC) and only with shared memory (no other call needs it).
+    """
+
+    concurrency: str = "1:4:1"  # start:end:step
+    request_rate: str | None = None
     measurement_interval_ms: int = 4000
     stability_percentage: int = 50
     max_trials: int = 10
     batch_size: int = 1
-    # "system": tensors travel through POSIX shared memory registered with the server instead of
-    # the HTTP body (client and server on one host). Registering a region is a restricted API on
-    # our server, so it needs the admin key as a header (HTTP only: perf_analyzer ignores -H on gRPC).
-    shared_memory: str = "none"
-    headers: dict[str, str] = field(default_factory=dict)
-    extra_args: list[str] = field(default_factory=list)
+    shared_memory: str = "none"  # or "system"
+    protocol: str = "http"  # or "grpc"
+    admin_key: str | None = field(default=None, repr=False)
 
-    def arguments(self, csv_path: Path) -> list[str]:
+    @property
+    def mode(self) -> str:
+        """ "request_rate" or "concurrency": what a row's load figure counts."""
+        return "request_rate" if self.request_rate else "concurrency"
+
+    def arguments(self) -> list[str]:
+        """The command-line arguments these settings stand for."""
         args = [
-            "-m",
-            self.model,
-            "-u",
-            self.url,
             "-i",
             self.protocol,
             "-b",
@@ -168,24 +170,36 @@ class Sweep:
             str(self.stability_percentage),
             "-r",
             str(self.max_trials),
-            "-f",
-            str(csv_path),
-            "--verbose-csv",
         ]
         if self.request_rate:
             args += ["--request-rate-range", self.request_rate]
         else:
-            args += ["--concurrency-range", self.concurrency or "1"]
-        if self.input_data is not None:
-            args += ["--input-data", str(self.input_data)]
+            args += ["--concurrency-range", self.concurrency]
         if self.shared_memory != "none":
             args += ["--shared-memory", self.shared_memory]
-        for name, value in self.headers.items():
-            args += ["-H", f"{name}:{value}"]
-        return args + list(self.extra_args)
+            for name, value in admin_headers(self.admin_key).items():
+                args += ["-H", f"{name}:{value}"]
+        return args
 
 
-@dataclass
+@dataclass(frozen=True)
+class Sweep:
+    """One perf_analyzer invocation: a model at a URL with some settings (and input data)."""
+
+    model: str
+    url: str
+    settings: SweepSettings = field(default_factory=SweepSettings)
+    input_data: Path | None = None
+
+    def arguments(self, csv_path: Path) -> list[str]:
+        args = ["-m", self.model, "-u", self.url, *self.settings.arguments()]
+        args += ["-f", str(csv_path), "--verbose-csv"]
+        if self.input_data is not None:
+            args += ["--input-data", str(self.input_data)]
+        return args
+
+
+@dataclass(frozen=True)
 class Row:
     """One measured load level (a concurrency or a request rate)."""
 
@@ -206,7 +220,7 @@ class Row:
         return asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepResult:
     sweep: Sweep
     label: str
@@ -227,7 +241,7 @@ def parse_csv(path: Path, model: str, label: str, mode: str) -> list[Row]:
             if not record.get(first) or not record[first].strip():
                 continue
 
-            def ms(key: str) -> float:
+            def ms(key: str, record: dict = record) -> float:
                 value = record.get(key)
                 return float(value) / 1000.0 if value not in (None, "") else float("nan")
 
@@ -290,9 +304,8 @@ def run(
     label = label or sweep.model
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     csv_path.unlink(missing_ok=True)
-    stats_url = (
-        stats_url if stats_url is not None else (sweep.url if sweep.protocol == "http" else None)
-    )
+    if stats_url is None and sweep.settings.protocol == "http":
+        stats_url = sweep.url
     before = model_request_counts(stats_url, sweep.model) if stats_url else None
     result = subprocess.run(
         [str(analyzer.binary), *sweep.arguments(csv_path)],
@@ -318,11 +331,10 @@ def run(
     failed = successful = None
     if before is not None and after is not None:
         successful, failed = after[0] - before[0], after[1] - before[1]
-    mode = "request_rate" if sweep.request_rate else "concurrency"
     return SweepResult(
         sweep,
         label,
-        parse_csv(csv_path, sweep.model, label, mode),
+        parse_csv(csv_path, sweep.model, label, sweep.settings.mode),
         csv_path,
         failed,
         successful,

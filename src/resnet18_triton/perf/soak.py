@@ -1,37 +1,42 @@
-#!/usr/bin/env python
 """Soak the ResNet-18 ensemble: high-concurrency load for minutes, every answer checked.
 
-    .venv/bin/python scripts/soak.py --duration 600 --concurrency 64            # own server
-    .venv/bin/python scripts/soak.py --url 127.0.0.1:8000 --server-pid PID ...  # a running one
-
-Without ``--url`` it exports a repository (random weights, seed 0) into a temporary directory
-and starts its own embedded Triton on free loopback ports. Load: ``--concurrency`` threads, each
-with its own HTTP client, sending distinct images (one per request) back to back. Every answer is
-compared with the answer the same image got before the load (and, with ``--reference``, with the
-PyTorch reference). RSS of every server process (tritonserver and each Python stub) is sampled
-after ``--warmup`` seconds of load and at the end.
-
-Prints a JSON summary (``--json-out`` also writes it) and a markdown table; exit status 0 when 0
-requests failed, 0 answers were wrong and no process grew by more than ``--max-rss-growth``.
-The short version runs in the test suite: tests/integration/test_soak.py.
+``run_soak`` loads a running server: ``concurrency`` threads, each with its own HTTP client,
+send distinct images (one per request) back to back. Every answer is compared with the answer
+the same image got before the load (and, given ``reference`` probabilities, with those). RSS of
+every server process (tritonserver and each Python stub) is sampled after the warm-up and at the
+end. ``verdict`` lists what failed: requests, wrong answers, changed answers, RSS growth beyond a
+bound, replaced processes. ``own_server`` exports a repository (random weights, seed 0) and
+starts an embedded Triton on free loopback ports for a soak without a running server.
+``resnet18-triton soak`` runs it from the command line; tests/integration/test_soak.py runs a
+short one in the test suite. ``LoadGenerator`` is also the background load of the reliability
+tests.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import os
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from resnet18_triton import contract
-from resnet18_triton.layout import stub_model
+from resnet18_triton.errors import ExitCode, PerfError
+from resnet18_triton.layout import onnx_model_path, stub_model
+from resnet18_triton.perf.images import distinct_jpegs
 
 PROBABILITY_ATOL = 1e-6
+
+
+class SoakFailedError(PerfError):
+    """The soak lost requests, gave wrong answers, grew or replaced a server process."""
+
+    exit_code = ExitCode.SOME_FAILED
 
 
 # --- server processes ---------------------------------------------------------------------------
@@ -99,12 +104,8 @@ def peak_rss_mb(
 
 
 def distinct_images(count: int, seed: int = 1000) -> list[bytes]:
-    from tests.support import encode, gradient_image
-
-    return [
-        encode(gradient_image(160 + 7 * (i % 13), 120 + 5 * (i % 11), seed=seed + i), "JPEG")
-        for i in range(count)
-    ]
+    """``count`` distinct small JPEGs (see ``images.distinct_jpegs``)."""
+    return distinct_jpegs(count, seed)
 
 
 def infer_one(client, image: bytes) -> np.ndarray:
@@ -311,12 +312,45 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def verdict(summary: dict, max_rss_growth_percent: float) -> list[str]:
+    """What failed in a ``run_soak`` summary, one sentence each; empty when the soak passed."""
+    checks = [
+        (summary["requests_failed"] == 0, f"{summary['requests_failed']} requests failed"),
+        (summary["answers_wrong"] == 0, f"{summary['answers_wrong']} answers were wrong"),
+        (summary["answers_after_soak_equal"], "answers after the soak differ from before"),
+        (
+            (summary["max_rss_growth_percent"] or 0.0) < max_rss_growth_percent,
+            f"a server process grew by {summary['max_rss_growth_percent']} % "
+            f"(bound {max_rss_growth_percent:g} %)",
+        ),
+        (summary["pids_unchanged"], "a server process was replaced during the soak"),
+    ]
+    difference = summary.get("max_difference_from_reference")
+    if difference is not None:
+        checks.append(
+            (
+                difference <= PROBABILITY_ATOL,
+                f"answers differ from the reference by {difference:.3g} "
+                f"(tolerance {PROBABILITY_ATOL:g})",
+            )
+        )
+    return [message for passed, message in checks if not passed]
+
+
+def machine() -> dict[str, object]:
+    """Cores available and load average: the context a soak's throughput needs."""
+    return {
+        "cores": len(os.sched_getaffinity(0)),
+        "load_average": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
 def _export_repository(target: Path) -> Path:
+    """The one place the export chain runs: random weights (seed 0), a 2 ms queue delay."""
     from resnet18_triton.export.model_configs import ServingSettings
     from resnet18_triton.export.onnx_export import export_onnx
     from resnet18_triton.export.repository import fill_repository
     from resnet18_triton.export.weights import imagenet_categories, load_resnet18
-    from resnet18_triton.layout import onnx_model_path
 
     model, provenance = load_resnet18("random", seed=0)
     export_onnx(model, onnx_model_path(target), provenance=provenance)
@@ -329,88 +363,20 @@ def _export_repository(target: Path) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--duration", type=float, default=300.0, help="seconds of load after warm-up"
-    )
-    parser.add_argument(
-        "--warmup", type=float, default=20.0, help="seconds of load before RSS baseline"
-    )
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--images", type=int, default=64, help="distinct images")
-    parser.add_argument("--url", help="a running server (then --server-pid is required)")
-    parser.add_argument("--server-pid", type=int, help="tritonserver's pid, for RSS")
-    parser.add_argument(
-        "--repository", type=Path, help="serve this repository (default: export one)"
-    )
-    parser.add_argument("--reference", action="store_true", help="also check against PyTorch")
-    parser.add_argument("--max-rss-growth", type=float, default=10.0, help="percent")
-    parser.add_argument("--json-out", type=Path)
-    args = parser.parse_args(argv)
+@contextmanager
+def own_server(repository: Path | None = None) -> Iterator[tuple[str, int]]:
+    """(url, pid) of an embedded Triton serving ``repository`` (default: one exported into a
+    temporary directory) on free loopback ports, stopped on exit."""
+    from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
-    import tempfile
-    from contextlib import ExitStack
-
-    images = distinct_images(args.images)
-    reference = None
-    if args.reference:
-        from tests.support import TorchReference
-
-        reference = TorchReference(seed=0).probabilities(images)
-    with ExitStack() as stack:
-        url, pid = args.url, args.server_pid
-        if url is None:
-            from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
-
-            repository = args.repository or _export_repository(
-                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-repo-")))
-            )
-            server = stack.enter_context(
-                EmbeddedServer(
-                    ServerOptions(
-                        repository=repository.resolve(),
-                        http_port=free_port(),
-                        grpc_port=free_port(),
-                        metrics_port=free_port(),
-                        exit_timeout_s=10,
-                    )
-                )
-            )
-            url, pid = server.url, server.process.pid
-        elif pid is None:
-            parser.error("--url needs --server-pid (to measure RSS)")
-        summary = run_soak(
-            url,
-            pid,
-            args.duration,
-            args.concurrency,
-            args.warmup,
-            reference=reference,
-            images=images,
+    with tempfile.TemporaryDirectory(prefix="soak-repo-") as scratch:
+        repository = repository or _export_repository(Path(scratch))
+        options = ServerOptions(
+            repository=repository.resolve(),
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            exit_timeout_s=10,
         )
-    summary["machine_note"] = "2 cores, shared with other workloads"
-    text = json.dumps(summary, indent=2)
-    print(text)
-    print()
-    print(markdown(summary))
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
-    growth = summary["max_rss_growth_percent"] or 0.0
-    reference_ok = (
-        summary["max_difference_from_reference"] is None
-        or summary["max_difference_from_reference"] <= PROBABILITY_ATOL
-    )
-    passed = (
-        summary["requests_failed"] == 0
-        and summary["answers_wrong"] == 0
-        and summary["answers_after_soak_equal"]
-        and growth < args.max_rss_growth
-        and reference_ok
-        and summary["pids_unchanged"]
-    )
-    return 0 if passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        with EmbeddedServer(options) as server:
+            yield server.url, server.process.pid

@@ -1,0 +1,181 @@
+"""What ``bench`` measures, as typed values: a spec per measurement and a result per spec.
+
+Every label the report prints is computed from a spec (engine, precision, batch, transport,
+shared memory), so code never tells measurements apart by parsing strings or file names.
+Results are looked up by spec (specs are frozen, hence comparable and hashable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from resnet18_triton import contract
+from resnet18_triton.layout import INT8_ENSEMBLE_MODEL, INT8_MODEL
+from resnet18_triton.perf.perf_analyzer import Row
+from resnet18_triton.perf.report import best
+
+FP32, INT8 = "fp32", "int8"
+# The two JPEG sets: typical photos and 12-megapixel ones (see perf/images.py).
+TYPICAL, LARGE = "500x375", "12MP"
+ENGINES = ("eager", "torchscript", "ort", "pipeline")
+
+
+@dataclass(frozen=True)
+class InProcessSpec:
+    """One in-process engine run.
+
+    ``engine``: "eager", "torchscript", "ort" (tensors in) or "pipeline" (JPEG decode + the
+    served preprocessing + ORT, batch 1, on the ``images`` set). ``precision`` applies to ORT;
+    ``spinning`` is ORT's intra-op spinning (the served model runs with it off).
+    """
+
+    engine: str
+    batch: int = 1
+    precision: str = FP32
+    spinning: bool = True
+    images: str | None = None
+
+    @property
+    def label(self) -> str:
+        """E.g. "eager", "ort", "ort-nospin", "ort-int8-nospin", "pipeline 500x375"."""
+        if self.engine == "pipeline":
+            return f"pipeline {self.images}"
+        parts = [self.engine]
+        if self.precision != FP32:
+            parts.append(self.precision)
+        if not self.spinning:
+            parts.append("nospin")
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class ServedSpec:
+    """One served path swept with perf_analyzer.
+
+    ``path``: "ensemble" (encoded images of the ``images`` set in) or "raw" (FP32 tensors into
+    the ONNX model). ``batch`` is images per request; ``shared_memory`` sends the tensors through
+    system shared memory instead of the HTTP body.
+    """
+
+    path: str
+    batch: int = 1
+    precision: str = FP32
+    images: str | None = None
+    shared_memory: bool = False
+
+    @property
+    def label(self) -> str:
+        """E.g. "ensemble 500x375", "int8 ensemble 500x375", "raw", "raw shm", "raw b8 shm"."""
+        parts = [] if self.precision == FP32 else [self.precision]
+        parts.append(self.path)
+        if self.batch != 1:
+            parts.append(f"b{self.batch}")
+        if self.images:
+            parts.append(self.images)
+        if self.shared_memory:
+            parts.append("shm")
+        return " ".join(parts)
+
+    @property
+    def model(self) -> str:
+        """The Triton model this path sends requests to."""
+        int8 = self.precision == INT8
+        if self.path == "raw":
+            return INT8_MODEL if int8 else contract.ONNX_MODEL
+        return INT8_ENSEMBLE_MODEL if int8 else contract.ENSEMBLE_MODEL
+
+
+@dataclass(frozen=True)
+class EngineRow:
+    """An in-process result: median ms per image, images/s over the run, the process's peak
+    RSS, and for the pipeline the median split (``preprocess_ms_median``, ...)."""
+
+    spec: InProcessSpec
+    ms_per_image: float
+    images_per_s: float
+    peak_rss_mb: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+
+@dataclass(frozen=True)
+class ServedSweep:
+    """A served result: perf_analyzer's rows (sorted by load, at least one), the server's
+    failed-request count, and the whole stack's peak RSS during the sweep (when sampled)."""
+
+    spec: ServedSpec
+    rows: tuple[Row, ...]
+    failed_requests: int | None = None
+    stack_rss_mb: float | None = None
+    stack_breakdown: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def best(self) -> Row:
+        """The row with the highest throughput."""
+        return best(list(self.rows))
+
+    @property
+    def best_images_per_s(self) -> float:
+        return self.best.throughput
+
+    @property
+    def first_p50_ms(self) -> float:
+        """Median latency at the lowest load (concurrency 1 in every bench sweep)."""
+        return self.rows[0].p50_ms
+
+
+@dataclass(frozen=True)
+class InterleavedPair:
+    """In-process ORT (served settings) and one served raw path at one concurrency, alternated
+    round by round; images/s of each round, in order."""
+
+    served: ServedSpec
+    concurrency: float
+    in_process: tuple[float, ...]
+    served_images_per_s: tuple[float, ...]
+
+    @property
+    def batch(self) -> int:
+        return self.served.batch
+
+
+@dataclass(frozen=True)
+class BenchResults:
+    """Everything one ``bench`` run measured, plus where it ran."""
+
+    engines: tuple[EngineRow, ...] = ()
+    served: tuple[ServedSweep, ...] = ()
+    interleaved: tuple[InterleavedPair, ...] = ()
+    environment: dict[str, object] = field(default_factory=dict)
+
+    def engine(self, spec: InProcessSpec) -> EngineRow | None:
+        return next((row for row in self.engines if row.spec == spec), None)
+
+    def sweep(self, spec: ServedSpec) -> ServedSweep | None:
+        return next((sweep for sweep in self.served if sweep.spec == spec and sweep.rows), None)
+
+    def pair(self, batch: int) -> InterleavedPair | None:
+        return next((pair for pair in self.interleaved if pair.batch == batch), None)
+
+
+def fastest_raw(
+    served: tuple[ServedSweep, ...] | list[ServedSweep], batch: int
+) -> ServedSweep | None:
+    """The FP32 raw-model sweep with the highest best throughput at ``batch`` images per
+    request; None when none produced rows."""
+    candidates = [
+        sweep
+        for sweep in served
+        if sweep.rows
+        and sweep.spec.path == "raw"
+        and sweep.spec.precision == FP32
+        and sweep.spec.batch == batch
+    ]
+    return max(candidates, key=lambda sweep: sweep.best_images_per_s, default=None)
