@@ -117,3 +117,12 @@ def test_a_batch_that_runs_is_run_once() -> None:
     requests = [{"input": np.zeros((n, 1), np.float32)} for n in (1, 3)]
     outcomes = backend.run_requests(run, requests)
     assert calls == [4] and [o[0].shape for o in outcomes] == [(1, 1), (3, 1)]
+
+
+def test_the_model_files_defaults_are_the_contracts_limits() -> None:
+    """model.py cannot import the package (it also runs in the container): same values."""
+    from resnet18_triton import contract
+
+    assert preprocess.DEFAULT_MAX_ASPECT_RATIO == contract.MAX_ASPECT_RATIO
+    assert preprocess.DEFAULT_ALLOWED_FORMATS == contract.ALLOWED_FORMATS
+    assert preprocess.DEFAULT_MAX_IMAGE_BYTES == contract.MAX_IMAGE_BYTES
