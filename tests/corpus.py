@@ -32,6 +32,12 @@ TRUNCATED = r"(corrupt or truncated|truncated|cannot identify an image)"
 TOO_MANY_PIXELS = r"image too large: .*pixels"
 TOO_MANY_BYTES = r"image too large: \d+ bytes exceeds the limit"
 EMPTY = r"empty image"
+TOO_ELONGATED = r"image too elongated: \d+x\d+ has an aspect ratio of \d+:1, over the limit"
+
+
+def format_refused(name: str) -> str:
+    """The refusal of a format outside the allow-list, naming it."""
+    return rf"image format {name} is not accepted"
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,63 @@ def animated_webp() -> bytes:
     return buffer.getvalue()
 
 
+def strip_png(width: int, height: int) -> bytes:
+    """A real, fully decodable PNG of one flat colour: tiny on disk, huge once resized."""
+    from PIL import Image
+
+    return encode(Image.new("RGB", (width, height), (90, 140, 200)), "PNG")
+
+
+def psd_header() -> bytes:
+    """A Photoshop file's header (Pillow reads PSD but cannot write it)."""
+    return b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 64, 64, 8, 3) + b"\x00" * 64
+
+
+def foreign_formats() -> list[Case]:
+    """Formats Pillow reads or knows that are not on the allow-list: refused by name, undecoded."""
+    base = gradient_image(64, 48, seed=80)
+    encoded = {
+        fmt: encode(base, fmt)
+        for fmt in ("EPS", "PDF", "ICO", "PPM", "PCX", "SGI", "DDS", "JPEG2000", "QOI")
+    }
+    cases = [
+        Case(f"format.{fmt.lower()}.jpg", "format outside the allow-list", data, pattern)
+        for fmt, data in encoded.items()
+        for pattern in [format_refused(fmt)]
+    ]
+    svg = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>'
+    cases += [
+        Case(
+            "format.psd.png", "format outside the allow-list", psd_header(), format_refused("PSD")
+        ),
+        Case("format.svg.png", "format outside the allow-list", svg, format_refused("SVG")),
+        # Header only: Pillow's ICNS writer emits every icon size (over 1 MB).
+        Case(
+            "format.icns.png",
+            "format outside the allow-list",
+            b"icns" + struct.pack(">I", 8),
+            format_refused("ICNS"),
+        ),
+        Case(
+            "format.xbm.png",
+            "format outside the allow-list",
+            encode(base.convert("1"), "XBM"),
+            format_refused("XBM"),
+        ),
+    ]
+    return cases
+
+
+def extreme_shapes() -> list[Case]:
+    """Aspect ratios far beyond any photo, all under the pixel limit: refused before decoding."""
+    return [
+        Case(f"strip_{w}x{h}.png", "extreme aspect ratio", strip_png(w, h), TOO_ELONGATED)
+        for w, h in ((100_000, 100), (100, 100_000), (400_000, 60), (3_000_000, 10))
+    ]
+
+
 def build_corpus() -> list[Case]:
-    """Every case, in a fixed order. Small: about 40 inputs, well under 1 MB in total."""
+    """Every case, in a fixed order: about 70 inputs, about 1 MB in total."""
     from PIL import Image
 
     base = gradient_image(300, 220, seed=21)
@@ -138,7 +199,7 @@ def build_corpus() -> list[Case]:
             "drawing.svg.png",
             "text and HTML",
             b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
-            NOT_AN_IMAGE,
+            format_refused("SVG"),
         ),
         *[
             Case(f"truncated_{cut}.jpg", "truncated JPEG", jpeg[:cut], TRUNCATED)
@@ -168,6 +229,19 @@ def build_corpus() -> list[Case]:
         Case("cmyk.jpg", "RGBA, LA, palette, CMYK", encode(base.convert("CMYK"), "JPEG"), GOOD),
         Case("animated.gif", "animated GIF", animated_gif(), GOOD),
         Case("lossy.webp", "WebP", encode(base, "WEBP", quality=80), GOOD),
+        Case("bitmap.bmp", "BMP and TIFF", encode(base, "BMP"), GOOD),
+        Case(
+            "deflate.tiff",
+            "BMP and TIFF",
+            encode(base, "TIFF", compression="tiff_adobe_deflate"),
+            GOOD,
+        ),
+        Case(
+            "panorama_32x1.jpg",
+            "wide panorama",
+            encode(gradient_image(1280, 40, seed=81), "JPEG"),
+            GOOD,
+        ),
         Case("lossless_rgba.webp", "WebP", encode(rgba, "WEBP", lossless=True), GOOD),
         Case("animated.webp", "WebP", animated_webp(), GOOD),
         *[
@@ -189,6 +263,8 @@ def build_corpus() -> list[Case]:
             png_bomb(8_000, 6_000),
             TOO_MANY_PIXELS,
         ),
+        *extreme_shapes(),
+        *foreign_formats(),
     ]
     return cases
 

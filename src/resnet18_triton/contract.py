@@ -49,3 +49,12 @@ URL_ENV_VAR = "RESNET18_TRITON_URL"
 # behind this header; the key comes from this variable (a random one when unset).
 ADMIN_KEY_HEADER = "triton-admin-key"
 ADMIN_KEY_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY"
+# Or a file holding the key (mode 0600): keys never go on a command line the project controls.
+ADMIN_KEY_FILE_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY_FILE"
+
+# The preprocessing's byte limit per encoded image (also the client's per-file limit).
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+# Preprocessing limits beyond the pixel and byte limits (the preprocess model's config parameters
+# max_aspect_ratio and allowed_formats; the model file keeps the same built-in defaults).
+MAX_ASPECT_RATIO = 32.0
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")

@@ -65,3 +65,9 @@ class ServerStartError(ResNet18TritonError):
 
 class PerfError(ResNet18TritonError):
     """A load test or benchmark could not run; the message says what is missing."""
+
+
+class StartAborted(ServerStartError):
+    """A signal (Ctrl-C, SIGTERM) arrived while the server was starting; it was stopped."""
+
+    exit_code = ExitCode.INTERRUPTED

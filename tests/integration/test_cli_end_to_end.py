@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,22 @@ def test_health_reports_models_and_provenance(url: str) -> None:
     assert "random" in text
     human = run_cli("health", "--url", url)
     assert "WARNING" in human.stdout + human.stderr
+
+
+def test_classify_reports_fifos_and_oversized_files_per_file_and_goes_on(
+    url: str, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(SAMPLE_FILES[0].read_bytes() + b"\0" * 4096)
+    files = [str(fifo), str(big), str(SAMPLE_FILES[0])]
+    result = run_cli(
+        "classify", "--url", url, "--json", "--max-file-bytes", str(big.stat().st_size - 1), *files
+    )
+    assert result.returncode == 1, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == files
+    assert lines[0]["error"] == "not a regular file (a FIFO); not read"
+    assert "over the limit of" in lines[1]["error"]
+    assert "top" in lines[2]

@@ -127,3 +127,85 @@ def test_killed_launcher_takes_the_server_with_it(exported_repository: Path) -> 
             process.kill()
     _, alive = psutil.wait_procs(family, timeout=30)
     assert not alive, f"orphans left after SIGKILL of the launcher: {[p.pid for p in alive]}"
+
+
+def _serve_command(repository: Path, port: int, *extra: str) -> list[str]:
+    return [
+        *CLI,
+        "serve",
+        "--repo",
+        str(repository),
+        "--http-port",
+        str(port),
+        "--grpc-port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+        "--quiet",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_start_up_stops_the_launcher_before_ready(
+    exported_repository: Path, stop_signal: int
+) -> None:
+    process = subprocess.Popen(
+        _serve_command(exported_repository, free_port(), "--ready-timeout", "600"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        family = _wait_for_tritonserver(process)
+        process.send_signal(stop_signal)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "start-up interrupted" in stderr and "ready:" not in stderr, stderr
+    # Triton 2.51 takes the admin key only on its argv: serve says so, with the mitigation.
+    assert "hidepid=2" in stderr and "dedicated user" in stderr
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, f"orphans left: {[p.pid for p in alive]}"
+
+
+def _wait_for_tritonserver(process: subprocess.Popen, timeout_s: float = 120) -> list:
+    """The launcher's children as soon as tritonserver is among them (models still loading)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        family = psutil.Process(process.pid).children(recursive=True)
+        if any("tritonserver" in p.name() for p in family):
+            return family
+        time.sleep(0.05)
+    raise AssertionError("serve never started tritonserver")
+
+
+def test_an_ipv6_host_becomes_ready_and_answers(exported_repository: Path, reference) -> None:
+    import tritonclient.http as httpclient
+
+    from tests.support import PROBABILITY_ATOL, encode, gradient_image
+
+    options = ServerOptions(
+        repository=exported_repository,
+        host="::1",
+        http_port=free_port("::1"),
+        grpc_port=free_port("::1"),
+        metrics_port=free_port("::1"),
+        exit_timeout_s=5,
+    )
+    image = encode(gradient_image(320, 240, seed=77), "JPEG")
+    with EmbeddedServer(options) as server:
+        assert server.url == f"[::1]:{options.http_port}"
+        client = httpclient.InferenceServerClient(server.url, network_timeout=120.0)
+        try:
+            data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
+            data.set_data_from_numpy(__import__("numpy").array([[image]], dtype=object))
+            served = client.infer(contract.ENSEMBLE_MODEL, [data]).as_numpy(
+                contract.ENSEMBLE_OUTPUT
+            )
+        finally:
+            client.close()
+    assert abs(served - reference.probabilities([image])).max() <= PROBABILITY_ATOL

@@ -76,9 +76,13 @@ def _render(tmp_path: Path, **variables: str) -> dict:
     return rendered
 
 
+# compose refuses to start without a key; every rendering but the one that checks that sets one.
+TEST_KEY = "compose-test-key"
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _render(tmp_path_factory.mktemp("compose"))
+    return _render(tmp_path_factory.mktemp("compose"), TRITON_ADMIN_KEY=TEST_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -170,16 +174,38 @@ def _cpu_limit(service: dict) -> float | None:
 # --- tests
 
 
-def test_compose_file_validates() -> None:
-    binary = _compose_binary()
-    result = subprocess.run(
-        [binary, "-f", "docker-compose.yml", "config", "-q"],
+def _config_quiet(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    return subprocess.run(
+        [
+            _compose_binary(),
+            "--env-file",
+            str(env_file),
+            "-f",
+            "docker-compose.yml",
+            "config",
+            "-q",
+        ],
         cwd=REPO_ROOT,
+        env={**_clean_env(), **variables},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_compose_file_validates(tmp_path: Path) -> None:
+    result = _config_quiet(tmp_path, TRITON_ADMIN_KEY=TEST_KEY)
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_refuses_to_start_without_an_admin_key(tmp_path: Path) -> None:
+    """No known fallback key: without TRITON_ADMIN_KEY compose fails, naming the variable."""
+    result = _config_quiet(tmp_path)
+    assert result.returncode != 0
+    assert "set TRITON_ADMIN_KEY to a long random secret" in result.stderr
+    assert "change-me" not in COMPOSE_FILE.read_text()
 
 
 def test_published_ports_bind_loopback_only(rendered: dict) -> None:
@@ -188,9 +214,25 @@ def test_published_ports_bind_loopback_only(rendered: dict) -> None:
             assert host_ip == "127.0.0.1", f"{name}: port {published}->{target} binds {host_ip!r}"
 
 
-def test_server_publishes_http_grpc_and_metrics(server: dict) -> None:
+def test_server_publishes_http_and_metrics_but_not_grpc(server: dict) -> None:
+    """gRPC stays inside: the documented request-size limit in front covers HTTP only."""
     targets = {target for _, _, target in _port_bindings(server)}
-    assert targets == {"8000", "8001", "8002"}
+    assert targets == {"8000", "8002"}
+
+
+def test_server_runs_read_only_without_capabilities(server: dict) -> None:
+    assert server.get("read_only") is True
+    assert server.get("cap_drop") == ["ALL"]
+    assert "no-new-privileges:true" in server.get("security_opt", [])
+    tmpfs = server.get("tmpfs", [])
+    tmpfs = [tmpfs] if isinstance(tmpfs, str) else tmpfs
+    assert any(str(entry).split(":")[0] == "/tmp" for entry in tmpfs), tmpfs
+
+
+def test_memory_and_process_count_are_limited(server: dict) -> None:
+    memory = str(server.get("mem_limit", ""))
+    assert memory, "no mem_limit: one runaway request could exhaust the host"
+    assert 0 < int(server.get("pids_limit", 0)) <= 4096
 
 
 def test_model_repository_is_mounted_read_only(server: dict) -> None:
@@ -249,7 +291,7 @@ def test_cpu_limit_defaults_to_the_onnx_thread_budget(server: dict) -> None:
 
 
 def test_cpu_limit_follows_triton_cpus(tmp_path: Path) -> None:
-    server = _render(tmp_path, TRITON_CPUS="3")["services"][SERVER_SERVICE]
+    server = _render(tmp_path, TRITON_CPUS="3", TRITON_ADMIN_KEY=TEST_KEY)["services"][SERVER_SERVICE]
     assert _cpu_limit(server) == 3.0
 
 
@@ -308,3 +350,16 @@ def test_dockerfile_installs_python_backend_dependencies() -> None:
     assert "pip" in runs and "--no-cache-dir" in runs
     assert "pillow" in runs.lower()
     assert re.search(r"numpy<2", runs), "numpy must be pinned below 2"
+
+
+def test_dockerfile_pins_the_pillow_of_the_embedded_server() -> None:
+    """Bit-identical resizing in both places needs one Pillow version: the Dockerfile's pin,
+    the server extra's pin and the Pillow these tests run with agree."""
+    from PIL import __version__ as installed
+
+    runs = " ".join(value for keyword, value in _dockerfile_instructions() if keyword == "RUN")
+    (docker_pin,) = re.findall(r"pillow==([\w.]+)", runs, flags=re.IGNORECASE)
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    server_extra = pyproject[pyproject.index("server = [") :].split("]", 1)[0]
+    (extra_pin,) = re.findall(r'"pillow==([\w.]+)"', server_extra)
+    assert docker_pin == extra_pin == installed

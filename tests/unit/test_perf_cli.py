@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
+from resnet18_triton import contract
 from resnet18_triton.cli import cli
 from resnet18_triton.perf import soak as soaking
 from resnet18_triton.perf.cli import bench, loadtest
@@ -30,7 +31,9 @@ def test_help_mentions_the_container_url() -> None:
 def test_loadtest_refuses_shared_memory_with_admin_key_over_grpc() -> None:
     # perf_analyzer sends headers over HTTP only: the registration would be refused mid-run.
     result = CliRunner().invoke(
-        loadtest, ["--protocol", "grpc", "--shared-memory", "system", "--admin-key", "k"]
+        loadtest,
+        ["--protocol", "grpc", "--shared-memory", "system"],
+        env={contract.ADMIN_KEY_ENV_VAR: "k"},
     )
     assert result.exit_code == 2
     assert "--protocol http" in result.output

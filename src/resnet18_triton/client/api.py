@@ -23,6 +23,7 @@ import json
 import os
 import re
 import socket
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -84,11 +85,17 @@ def server_message(error: InferenceServerException) -> str:
     return re.sub(r"^(in ensemble '[^']*', )+", "", message).strip()
 
 
-def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Read a file for sending; raises ImageError with a short reason a person understands."""
+def read_image_bytes(
+    path: str | os.PathLike[str], max_bytes: int = contract.MAX_IMAGE_BYTES
+) -> bytes:
+    """Read a regular file of at most ``max_bytes`` for sending.
+
+    Never blocks on a FIFO or a device (opened non-blocking, refused unless a regular file) and
+    never reads more than ``max_bytes + 1`` bytes. Raises ImageError with a short reason a
+    person understands.
+    """
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except IsADirectoryError:
         raise ImageError("is a directory") from None
     except FileNotFoundError:
@@ -97,9 +104,41 @@ def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
         raise ImageError("permission denied") from None
     except OSError as error:
         raise ImageError(error.strerror or str(error)) from None
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError("is a directory")
+        raise ImageError(f"not a regular file ({_file_kind(info.st_mode)}); not read")
+    with os.fdopen(descriptor, "rb") as file:
+        if info.st_size > max_bytes:
+            raise ImageError(_too_large(info.st_size, max_bytes))
+        try:
+            data = file.read(max_bytes + 1)
+        except OSError as error:
+            raise ImageError(error.strerror or str(error)) from None
+    if len(data) > max_bytes:  # grew while we read it
+        raise ImageError(_too_large(len(data), max_bytes))
     if not data:
         raise ImageError("file is empty")
     return data
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"file is {size} bytes, over the limit of {max_bytes} bytes (the server's default; "
+        "see --max-file-bytes)"
+    )
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
 
 
 @dataclass
@@ -295,8 +334,12 @@ class ImageClassifier:
         top_k: int = 5,
         batch_size: int | None = None,
         concurrency: int | None = None,
+        max_file_bytes: int = contract.MAX_IMAGE_BYTES,
     ) -> Iterator[ClassificationResult]:
         """Classify image files, yielding one result per path **in input order**.
+
+        Only regular files of at most ``max_file_bytes`` are read (default: the server's
+        default byte limit); anything else becomes that result's ``error``, unread.
 
         Files are read lazily and sent in requests of up to ``batch_size`` images (default and
         upper bound: the model's ``max_batch_size``), with up to ``concurrency`` requests in
@@ -305,7 +348,7 @@ class ImageClassifier:
         image by image so its good images still get answers. Raises ServerUnavailableError if
         the server becomes unreachable (after retries) or does not answer in time.
         """
-        items = (_read_item(path) for path in paths)
+        items = (_read_item(path, max_file_bytes) for path in paths)
         return _quietly(self._classify_items(items, top_k, batch_size, concurrency))
 
     def classify_named(
@@ -503,9 +546,9 @@ def _is_input_error(error: InferenceServerException) -> bool:
     return bool(error.status() == "400")
 
 
-def _read_item(path: str | os.PathLike[str]) -> _Item:
+def _read_item(path: str | os.PathLike[str], max_bytes: int) -> _Item:
     try:
-        return _Item(str(path), data=read_image_bytes(path))
+        return _Item(str(path), data=read_image_bytes(path, max_bytes))
     except ImageError as error:
         return _Item(str(path), error=str(error))
 

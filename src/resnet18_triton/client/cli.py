@@ -71,6 +71,13 @@ url_option = click.option(
 )
 @click.option("-r", "--recursive", is_flag=True, help="Also take images from subdirectories.")
 @click.option("--no-progress", is_flag=True, help="Never show a progress bar.")
+@click.option(
+    "--max-file-bytes",
+    type=click.IntRange(min=1),
+    default=contract.MAX_IMAGE_BYTES,
+    show_default=True,
+    help="Larger files are reported as errors and not read (default: the server's byte limit).",
+)
 @click.pass_context
 def classify(
     ctx: click.Context,
@@ -84,10 +91,12 @@ def classify(
     timeout: float,
     recursive: bool,
     no_progress: bool,
+    max_file_bytes: int = contract.MAX_IMAGE_BYTES,
 ) -> None:
     """Classify images given as files, directories or (quoted) globs like 'photos/*.jpg'.
 
-    Directories contribute their jpg, jpeg, png, bmp, gif, webp, tif, tiff, ppm and pgm files.
+    Directories contribute their regular jpg, jpeg, png, bmp, gif, webp, tif and tiff files.
+    Only regular files up to --max-file-bytes are read; others are reported per file.
     Exit status: 0 all classified, 1 some images failed, 2 usage error or server unreachable.
     """
     paths = _expand(inputs, recursive)
@@ -101,7 +110,9 @@ def classify(
         classifier.ensure_ready()
         _note_batch_size_cap(batch_size, classifier.max_batch_size)
         _warn_if_random_weights(classifier)
-        results = classifier.classify_files(paths, top_k=top_k, batch_size=batch_size)
+        results = classifier.classify_files(
+            paths, top_k=top_k, batch_size=batch_size, max_file_bytes=max_file_bytes
+        )
         show_progress = not (no_progress or as_json) and _wants_progress(len(paths))
         failed = _print_results(results, len(paths), as_json, show_progress)
     if failed:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 from resnet18_triton.errors import NoImagesError
 
-# What a directory contributes; files named explicitly are sent whatever their extension.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+# What a directory contributes (the server's default formats: JPEG, PNG, BMP, GIF, WebP, TIFF);
+# files named explicitly are sent whatever their extension.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _GLOB_CHARACTERS = frozenset("*?[")
 
 
@@ -26,8 +25,9 @@ def expand_inputs(arguments: Iterable[str], recursive: bool = False) -> list[Pat
 
     * a file is kept as given, even if it does not exist: the classifier reports it as that
       image's error, so one typo does not hide the answers for the other images;
-    * a directory contributes its image files (by extension, case-insensitively, hidden files
-      skipped), sorted by name; with ``recursive`` its subdirectories too;
+    * a directory contributes its regular image files (by extension, case-insensitively, hidden
+      files skipped; FIFOs, devices and sockets never), sorted by name; with ``recursive`` its
+      subdirectories too;
     * a pattern with ``*``, ``?`` or ``[`` is expanded like the shell would (``**`` spans
       directories) and each match is treated as if it had been given as an argument.
 
@@ -71,7 +71,12 @@ def _directory_images(directory: Path, recursive: bool) -> Iterator[Path]:
     for root, subdirectories, files in os.walk(directory):
         # Hidden directories are caches and VCS data, not photo albums.
         subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
-        yield from (Path(root, name) for name in files if is_image_file(Path(name)))
+        # is_file(): a FIFO named cat.jpg would block the reader forever.
+        yield from (
+            Path(root, name)
+            for name in files
+            if is_image_file(Path(name)) and Path(root, name).is_file()
+        )
         if not recursive:
             return
 

@@ -330,7 +330,10 @@ def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
     engines = run_engines(plan, repo, files, echo)
     with _server(plan, repo) as (url, pid, admin_key):
         if not admin_key:
-            echo("no --admin-key: the raw model is timed over HTTP only (no shared memory)")
+            echo(
+                "no admin key (--admin-key-file or $RESNET18_TRITON_ADMIN_KEY): "
+                "the raw model is timed over HTTP only (no shared memory)"
+            )
         settings = replace(plan.settings, admin_key=admin_key)
         int8 = plan.int8 or has_int8(repo)
         served = run_served(plan, url, pid, settings, files, int8, echo)

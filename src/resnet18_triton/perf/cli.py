@@ -21,6 +21,13 @@ def _range(_ctx: click.Context, _param: click.Parameter, value: str | None) -> s
     return value
 
 
+def _admin_key(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> str | None:
+    """The key from --admin-key-file or the environment; never from the command line."""
+    from resnet18_triton.keys import admin_key_from
+
+    return admin_key_from(value)
+
+
 def _default_out(kind: str) -> Path:
     return Path("reports") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -103,11 +110,12 @@ def _strip_scheme(url: str) -> str:
     "(perf_analyzer on the server's host; the container needs ipc: host).",
 )
 @click.option(
-    "--admin-key",
-    envvar=contract.ADMIN_KEY_ENV_VAR,
-    default=None,
-    help="The server's admin key: registering shared memory is a restricted API on "
-    f"`resnet18-triton serve`. [env: {contract.ADMIN_KEY_ENV_VAR}]",
+    "--admin-key-file",
+    "admin_key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_admin_key,
+    help="File (mode 0600) with the server's admin key: registering shared memory is a "
+    f"restricted API on `resnet18-triton serve`. Or set {contract.ADMIN_KEY_ENV_VAR}.",
 )
 @click.option(
     "--out",
@@ -209,11 +217,12 @@ def loadtest(
     help="With --url: the tritonserver pid, to measure the stack's RSS.",
 )
 @click.option(
-    "--admin-key",
-    envvar=contract.ADMIN_KEY_ENV_VAR,
-    default=None,
-    help="With --url: the server's admin key, to also time the raw model with tensors "
-    f"in shared memory. [env: {contract.ADMIN_KEY_ENV_VAR}]",
+    "--admin-key-file",
+    "admin_key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_admin_key,
+    help="With --url: file (mode 0600) with the server's admin key, to also time the raw "
+    f"model with tensors in shared memory. Or set {contract.ADMIN_KEY_ENV_VAR}.",
 )
 @click.option(
     "--threads",

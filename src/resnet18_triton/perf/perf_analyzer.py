@@ -322,7 +322,7 @@ def run(
         if "API is restricted" in log:
             hint = (
                 f"\n(the server keeps shared-memory registration behind its admin key: pass "
-                f"--admin-key or set {ADMIN_KEY_ENV_VAR})"
+                f"--admin-key-file or set {ADMIN_KEY_ENV_VAR})"
             )
         raise PerfAnalyzerError(
             f"perf_analyzer failed on {sweep.model} (exit code {result.returncode}):\n{tail}{hint}"

@@ -9,9 +9,18 @@ from pathlib import Path
 
 import click
 
-from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
+from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_FILE_ENV_VAR
+from resnet18_triton.errors import StartAborted
+from resnet18_triton.keys import admin_key_from
 from resnet18_triton.layout import default_repository, has_int8, served_models
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions
+
+# Triton 2.51 reads the restricted-API key only from its command line (no variable, no file).
+KEY_ON_ARGV_NOTE = (
+    "note: tritonserver 2.51 takes the admin key only on its command line, where local users "
+    "can read it (ps, /proc); on shared hosts mount /proc with hidepid=2 or run the server as a "
+    "dedicated user (docs/reliability.md)"
+)
 
 
 @click.command("serve")
@@ -33,12 +42,12 @@ from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions
 @click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
-    "--admin-key",
-    envvar=ADMIN_KEY_ENV_VAR,
+    "--admin-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Key for the restricted APIs (model repository, shared memory, logging, trace), "
-    "sent as header 'triton-admin-key'. Unset: a random key, so they stay closed. "
-    f"[env: {ADMIN_KEY_ENV_VAR}]",
+    help="File (mode 0600) holding the key for the restricted APIs (model repository, shared "
+    f"memory, logging, trace), sent as header 'triton-admin-key'. Or set {ADMIN_KEY_ENV_VAR} "
+    f"(or {ADMIN_KEY_FILE_ENV_VAR}). Unset: a random key, so they stay closed.",
 )
 @click.option(
     "--response-cache-bytes",
@@ -78,7 +87,7 @@ def serve(
     http_port: int,
     grpc_port: int,
     metrics_port: int,
-    admin_key: str | None,
+    admin_key_file: Path | None,
     response_cache_bytes: int,
     exit_timeout_s: int,
     ready_timeout_s: float,
@@ -97,7 +106,7 @@ def serve(
         http_port=http_port,
         grpc_port=grpc_port,
         metrics_port=metrics_port,
-        admin_key=admin_key,
+        admin_key=admin_key_from(admin_key_file),
         response_cache_bytes=response_cache_bytes,
         exit_timeout_s=exit_timeout_s,
         ready_timeout_s=ready_timeout_s,
@@ -105,14 +114,20 @@ def serve(
         models=served_models(repository.resolve(), int8),
     )
     stop_requested = threading.Event()
+    server = EmbeddedServer(options, log_stream=None if quiet else sys.stderr)
 
     def request_stop(signum: int, _frame: object) -> None:
         stop_requested.set()
+        server.abort_start()  # a signal during start-up stops the launcher at once
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    server = EmbeddedServer(options, log_stream=None if quiet else sys.stderr)
-    server.start()
+    click.echo(KEY_ON_ARGV_NOTE, err=True)
+    try:
+        server.start()
+    except StartAborted as error:
+        click.echo(f"stopped: {error}", err=True)
+        sys.exit(error.exit_code)
     try:
         click.echo(
             f"ready: http://{server.url} (models: {', '.join(options.models)}); Ctrl-C to stop",

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TextIO
 
 from resnet18_triton import contract
-from resnet18_triton.errors import ServerStartError
+from resnet18_triton.errors import ServerStartError, StartAborted
 from resnet18_triton.layout import backend_source, missing_files
 from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
@@ -115,21 +115,54 @@ class ServerOptions:
 
     @property
     def http_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"{host}:{self.http_port}"
+        return connect_address(self.host, self.http_port)
+
+
+def connect_address(host: str, port: int) -> str:
+    """``host:port`` a local client can connect to for a server listening on ``host``.
+
+    A wildcard listener is reached through the loopback of its family; IPv6 literals get
+    brackets (``[::1]:8000``), as URLs require.
+    """
+    loopback = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
+    target = loopback.get(host, host).strip("[]")
+    return f"[{target}]:{port}" if ":" in target else f"{target}:{port}"
+
+
+def http_host(host: str) -> str:
+    """Triton's HTTP and metrics servers (libevhtp) parse a bare address as IPv4 (``::1``
+    becomes 255.255.255.255); an ``ipv6:`` prefix makes them bind the IPv6 address."""
+    bare = host.strip("[]")
+    return f"ipv6:{bare}" if ":" in bare else bare
+
+
+def grpc_host(host: str) -> str:
+    """gRPC joins host and port with a colon, so an IPv6 literal needs its brackets there."""
+    bare = host.strip("[]")
+    return f"[{bare}]" if ":" in bare else bare
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the OS says is free now (used by tests to run servers side by side)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+        probe.bind((host.strip("[]"), 0))
         return probe.getsockname()[1]
 
 
 def check_port_free(host: str, port: int, what: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """Refuse to start when something listens on the port.
+
+    ``SO_REUSEADDR``, as the server's own listener uses: connections of a previous run still in
+    TIME_WAIT do not count as "in use", so ``serve`` can be restarted at once.
+    """
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind((host.strip("[]"), port))
         except OSError as error:
             raise ServerStartError(
                 f"cannot listen for {what} on {host}:{port}: {error.strerror or error} "
@@ -177,11 +210,11 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
         "--model-control-mode=explicit",
         *[f"--load-model={name}" for name in options.models],
         f"--backend-directory={backends}",
-        f"--http-address={options.host}",
+        f"--http-address={http_host(options.host)}",
         f"--http-port={options.http_port}",
-        f"--grpc-address={options.host}",
+        f"--grpc-address={grpc_host(options.host)}",
         f"--grpc-port={options.grpc_port}",
-        f"--metrics-address={options.host}",
+        f"--metrics-address={http_host(options.host)}",
         f"--metrics-port={options.metrics_port}",
         f"--http-restricted-api={RESTRICTED_APIS}:{key}",
         f"--grpc-restricted-protocol={RESTRICTED_APIS}:{key}",
@@ -214,6 +247,7 @@ class EmbeddedServer:
         self._backends: Path | None = None
         self._reader: threading.Thread | None = None
         self._watchdog: StubWatchdog | None = None
+        self._abort = threading.Event()
 
     @property
     def url(self) -> str:
@@ -258,7 +292,8 @@ class EmbeddedServer:
         try:
             self.wait_ready(self.options.ready_timeout_s)
         except BaseException:
-            self.stop()
+            # Nothing is in flight before ready: no need to wait out the exit timeout.
+            self.stop(grace_s=1.0)
             raise
         if self.options.restart_dead_stubs:
             self._watchdog = StubWatchdog(self, self.options.watchdog_interval_s).start()
@@ -281,28 +316,60 @@ class EmbeddedServer:
                 pass
 
     def _pump_log(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self._log_tail.append(line)
-            if self.log_stream is not None:
-                self.log_stream.write(line)
-                self.log_stream.flush()
+        """Drain the server's output until it closes, whatever happens to the log stream.
 
-    def is_ready(self) -> bool:
+        An undrained pipe blocks tritonserver and its stubs once 64 KiB of log is buffered, so
+        a failing stream is dropped (noted in the tail), never allowed to end this loop.
+        """
+        assert self.process is not None and self.process.stdout is not None
+        stdout = self.process.stdout
+        while True:
+            try:
+                line = stdout.readline()
+            except (OSError, ValueError):  # the pipe was closed under us: nothing left to drain
+                return
+            if not line:
+                return
+            self._log_tail.append(line)
+            self._forward(line)
+
+    def _forward(self, line: str) -> None:
+        if self.log_stream is None:
+            return
         try:
-            with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2) as reply:
+            self.log_stream.write(line)
+            self.log_stream.flush()
+        except Exception as error:  # a full disk or a closed stream must not stop the drain
+            self.log_stream = None
+            self._log_tail.append(
+                f"[resnet18-triton] log stream failed ({type(error).__name__}: {error}); "
+                "the server log is kept in memory only from here on\n"
+            )
+
+    def is_ready(self, timeout_s: float = 2.0) -> bool:
+        """True when the server answers ready within ``timeout_s``; no answer counts as False."""
+        try:
+            with urllib.request.urlopen(
+                f"http://{self.url}/v2/health/ready", timeout=timeout_s
+            ) as reply:
                 return reply.status == 200
         except (urllib.error.URLError, OSError):
             return False
 
+    def abort_start(self) -> None:
+        """Make a ``start()`` in progress give up at once (safe to call from a signal handler)."""
+        self._abort.set()
+
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if self._abort.is_set():
+                raise StartAborted("start-up interrupted by a signal; the server was stopped")
             if self.process is None or self.process.poll() is not None:
                 raise ServerStartError(self._explain_exit())
-            if self.is_ready():
+            if self.is_ready(timeout_s=1.0):
                 return
-            time.sleep(0.2)
+            self._abort.wait(0.2)
         raise ServerStartError(
             f"the server did not become ready within {timeout_s:.0f} s; last log lines:\n"
             + self._last_lines(15)
@@ -324,18 +391,24 @@ class EmbeddedServer:
             reason = f"tritonserver exited with code {code}"
         return f"the server failed to start: {reason}; last log lines:\n{self._last_lines(15)}"
 
-    def stop(self) -> int | None:
-        """SIGTERM, wait for in-flight requests (exit timeout), then SIGKILL the process group."""
+    def stop(self, grace_s: float | None = None) -> int | None:
+        """SIGTERM, wait for in-flight requests, then SIGKILL the process group.
+
+        ``grace_s`` is how long the server may take to exit before it is killed (default: the
+        exit timeout plus 15 s).
+        """
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
         process, self.process = self.process, None
         code = None
+        if grace_s is None:
+            grace_s = self.options.exit_timeout_s + 15
         if process is not None:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
             try:
-                code = process.wait(timeout=self.options.exit_timeout_s + 15)
+                code = process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 code = None
             _kill_group(process.pid)

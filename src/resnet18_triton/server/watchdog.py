@@ -5,10 +5,16 @@ READY but answers 500 "Stub process ... is not healthy" forever (a known upstrea
 see docs/reliability.md). ``StubWatchdog`` watches the server's stub
 processes in /proc and reloads (unload + load, through the admin-key-protected repository API) the
 model of a stub that died. Measured recovery times are in docs/reliability.md.
+
+It reloads only what it was serving: each model directory's files are fingerprinted (sha256) when
+the watchdog starts, and a model whose files changed since (a re-export, a half-written copy) is
+not reloaded; the refusal is reported in the log and in ``recoveries``. A failed reload is retried
+with exponential backoff. ``stop()`` never waits for a reload in flight.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import threading
 import time
@@ -30,6 +36,12 @@ class WatchedOptions(Protocol):
 
     @property
     def ready_timeout_s(self) -> float: ...
+
+    @property
+    def repository(self) -> Path: ...
+
+    @property
+    def models(self) -> tuple[str, ...]: ...
 
 
 class WatchedServer(Protocol):
@@ -56,6 +68,20 @@ class StubRecovery:
     reloaded_at: float
     ok: bool
     detail: str = ""
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """sha256 over every file of a model directory (relative paths and contents, sorted)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        if "__pycache__" in path.parts:
+            continue  # written by the stub itself when it imports model.py
+        digest.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def stub_processes(server_pid: int) -> dict[int, tuple[str, bool]]:
@@ -88,30 +114,54 @@ def stub_processes(server_pid: int) -> dict[int, tuple[str, bool]]:
 class StubWatchdog:
     """Reload (unload + load) the model of a backend stub that died, so the server heals.
 
-    Polls every ``interval_s``; each dead stub is handled once. Uses the model-repository API
+    Polls every ``interval_s``; each dead stub is handled once, its reload retried with backoff
+    (``retry_s``, doubling up to ``max_retry_s``) until it succeeds or the watchdog stops. A model
+    whose files changed on disk since ``start()`` is never reloaded. Uses the model-repository API
     with the server's admin key. Requests in the gap get 500 (stub dead) or 404 (model
     reloading); see docs/reliability.md for measured recovery times.
     """
 
-    def __init__(self, server: WatchedServer, interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        server: WatchedServer,
+        interval_s: float = 0.5,
+        retry_s: float = 1.0,
+        max_retry_s: float = 30.0,
+    ) -> None:
         self.server = server
         self.interval_s = interval_s
+        self.retry_s = retry_s
+        self.max_retry_s = max_retry_s
         self.recoveries: list[StubRecovery] = []
+        self.fingerprints: dict[str, str] = {}
         self._models: dict[int, str] = {}
         self._handled: set[int] = set()
         self._suspects: set[int] = set()
+        # model -> (dead pid, detected at, next attempt at, current backoff)
+        self._pending: dict[str, tuple[int, float, float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
 
     def start(self) -> StubWatchdog:
+        self.fingerprints = self._fingerprints()
         self._scan()
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop polling; a reload in flight is abandoned (its daemon thread ends with the
+        server), so this returns within ``timeout_s``."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=timeout_s)
+
+    def _fingerprints(self) -> dict[str, str]:
+        options = self.server.options
+        return {
+            model: model_fingerprint(Path(options.repository) / model)
+            for model in options.models
+            if (Path(options.repository) / model).is_dir()
+        }
 
     def _scan(self) -> list[tuple[int, str]]:
         process = self.server.process
@@ -135,30 +185,49 @@ class StubWatchdog:
             try:
                 for pid, model in self._scan():
                     self._handled.add(pid)
-                    self._recover(pid, model)
+                    self._note(f"backend stub {pid} of model '{model}' died; reloading '{model}'")
+                    self._pending[model] = (pid, time.monotonic(), 0.0, self.retry_s)
+                self._attempt_due()
             except Exception as error:
                 self._note(f"stub watchdog error: {error}")
 
-    def _recover(self, pid: int, model: str) -> None:
-        detected = time.monotonic()
-        self._note(f"backend stub {pid} of model '{model}' died; reloading '{model}'")
-        ok, detail = True, ""
+    def _attempt_due(self) -> None:
+        now = time.monotonic()
+        for model, (pid, detected, due, backoff) in list(self._pending.items()):
+            if now < due or self._stop.is_set():
+                continue
+            ok, detail = self._recover(model)
+            if self._stop.is_set():
+                return
+            self.recoveries.append(StubRecovery(model, pid, detected, time.monotonic(), ok, detail))
+            if ok:
+                del self._pending[model]
+                self._note(f"model '{model}' reloaded after its stub died")
+                continue
+            self._pending[model] = (pid, detected, time.monotonic() + backoff, self._next(backoff))
+            self._note(f"could not reload '{model}': {detail}; retrying in {backoff:g} s")
+
+    def _next(self, backoff: float) -> float:
+        return min(backoff * 2, self.max_retry_s)
+
+    def _recover(self, model: str) -> tuple[bool, str]:
+        """(ok, why not): unload + load, unless the model's files are not the ones served."""
+        expected = self.fingerprints.get(model)
+        if expected is not None:
+            current = model_fingerprint(Path(self.server.options.repository) / model)
+            if current != expected:
+                return False, (
+                    f"the files of '{model}' changed on disk since the server started, so a "
+                    "reload would serve different weights; restart the server to serve them"
+                )
         for action, body in (
             ("unload", b'{"parameters":{"unload_dependents":false}}'),
             ("load", b""),
         ):
-            if self._stop.is_set():
-                return
             status, text = self._post(f"/v2/repository/models/{model}/{action}", body)
             if status != 200:
-                ok, detail = False, f"{action} answered {status}: {text}"
-                break
-        self.recoveries.append(StubRecovery(model, pid, detected, time.monotonic(), ok, detail))
-        self._note(
-            f"model '{model}' reloaded after its stub died"
-            if ok
-            else f"could not reload '{model}': {detail}"
-        )
+                return False, f"{action} answered {status}: {text}"
+        return True, ""
 
     def _post(self, path: str, body: bytes) -> tuple[int, str]:
         request = urllib.request.Request(

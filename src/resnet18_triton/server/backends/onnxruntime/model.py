@@ -13,7 +13,9 @@ the native backend, so one model directory runs unchanged in both places:
 - ``optimization { graph { level: N } }``: -1 basic, 1 extended, 2 disables all, otherwise all;
 - ``default_model_filename`` (``model.onnx`` when empty).
 
-All requests of one ``execute`` call (dynamic batching) run as one batched ``session.run``.
+All requests of one ``execute`` call (dynamic batching) run as one batched ``session.run``. When
+that run fails, each request is run again on its own, so that only the request that cannot run
+gets an error and the others of the batch are answered.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -99,6 +102,25 @@ def split_batches(outputs: list[np.ndarray], sizes: list[int]) -> list[list[np.n
     return [[output[start:end] for output in outputs] for start, end in itertools.pairwise(bounds)]
 
 
+Feeds = dict[str, np.ndarray]
+Outcome = list[np.ndarray] | str  # the outputs of one request, or why it failed
+
+
+def run_requests(
+    run: Callable[[Feeds], list[np.ndarray]], per_request: list[Feeds]
+) -> list[Outcome]:
+    """Run all requests as one batch; if that fails, run each alone so only the bad one fails."""
+    names = list(per_request[0])
+    sizes = [len(feeds[names[0]]) for feeds in per_request]
+    try:
+        outputs = run({name: _concatenate([f[name] for f in per_request]) for name in names})
+        return list(split_batches(outputs, sizes))
+    except Exception as error:
+        if len(per_request) == 1:
+            return [f"ONNX Runtime failed: {error}"]
+    return [outcome for feeds in per_request for outcome in run_requests(run, [feeds])]
+
+
 class TritonPythonModel:
     """One ONNX Runtime session per model instance."""
 
@@ -121,30 +143,23 @@ class TritonPythonModel:
             )
 
     def execute(self, requests: list) -> list:
-        per_request = [self._inputs_of(request) for request in requests]
-        sizes = [len(inputs[self.input_names[0]]) for inputs in per_request]
-        feeds = {
-            name: _concatenate([inputs[name] for inputs in per_request])
-            for name in self.input_names
-        }
-        try:
-            outputs = self.session.run(self.output_names, feeds, self.run_options)
-        except Exception as error:
-            message = f"ONNX Runtime failed: {error}"
-            return [
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests
-            ]
-        return [
-            pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor(name, np.ascontiguousarray(value))
-                    for name, value in zip(self.output_names, sliced, strict=True)
-                ]
-            )
-            for sliced in split_batches(outputs, sizes)
-        ]
+        outcomes = run_requests(self._run, [self._inputs_of(request) for request in requests])
+        return [self._response(outcome) for outcome in outcomes]
 
-    def _inputs_of(self, request: Any) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Feeds) -> list[np.ndarray]:
+        return self.session.run(self.output_names, feeds, self.run_options)
+
+    def _response(self, outcome: Outcome) -> Any:
+        if isinstance(outcome, str):
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(outcome))
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(name, np.ascontiguousarray(value))
+                for name, value in zip(self.output_names, outcome, strict=True)
+            ]
+        )
+
+    def _inputs_of(self, request: Any) -> Feeds:
         return {
             name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
             for name in self.input_names

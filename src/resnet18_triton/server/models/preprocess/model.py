@@ -14,6 +14,12 @@ torchvision's transform (the test reference in ``tests/support.py`` makes the sa
 
 Animated images (GIF, WebP, APNG) are classified by their first frame.
 
+What a request may cost is bounded before any pixel is decoded: the encoded bytes, the pixel
+count, the aspect ratio (the resize keeps it, so a 100000x100 image would otherwise become a
+256000x256 intermediate), and the format, which must be on an allow-list (JPEG, PNG, WebP, GIF,
+BMP, TIFF by default) so that no other decoder, and no external program such as Ghostscript for
+EPS, ever sees client bytes. Any failure while preprocessing one request fails that request only.
+
 This file is self-contained (Pillow + NumPy only): it runs unchanged in the embedded server and in
 the official Triton container, where this project's Python package is not installed. Everything it
 needs to know (tensor names, limits) comes from its ``config.pbtxt``.
@@ -41,6 +47,19 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel photo; decompression bombs claim far more
 DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
+# Longer side / shorter side. Bounds the resized intermediate to 256 x 8192 pixels (~8 MB) while
+# still taking wide panoramas; a 100000x100 strip would otherwise need ~376 MB.
+DEFAULT_MAX_ASPECT_RATIO = 32.0
+# Pillow format names. Everything else is refused before a decoder sees it.
+DEFAULT_ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Formats Pillow cannot read but clients send anyway: named in the refusal instead of
+# "cannot identify". (prefix searched for in the first bytes, name)
+FOREIGN_SIGNATURES = (
+    (b"%PDF-", "PDF"),
+    (b"<svg", "SVG"),
+    (b"ftypheic", "HEIC"),
+    (b"ftypavif", "AVIF"),
+)
 
 
 class ImageRejected(ValueError):
@@ -53,6 +72,8 @@ class Limits:
 
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    allowed_formats: tuple[str, ...] = DEFAULT_ALLOWED_FORMATS
 
 
 def resized_size(width: int, height: int, short_side: int = RESIZE_SIZE) -> tuple[int, int]:
@@ -77,24 +98,9 @@ def decode_image(data: bytes, limits: Limits = Limits(), draft_min_size: int = 0
             f"image too large: {len(data)} bytes exceeds the limit of "
             f"{limits.max_image_bytes} bytes"
         )
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageRejected(
-            f"cannot identify an image in {len(data)} bytes (expected JPEG, PNG or another "
-            "format Pillow reads)"
-        ) from None
-    except Image.DecompressionBombError as error:
-        raise ImageRejected(f"image too large: {error}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageRejected(f"corrupt or truncated image header: {error}") from None
-    # The header is read, the pixels are not: refuse decompression bombs before decoding.
-    width, height = image.size
-    if width * height > limits.max_image_pixels:
-        raise ImageRejected(
-            f"image too large: {width}x{height} = {width * height} pixels exceeds the limit of "
-            f"{limits.max_image_pixels} pixels"
-        )
+    image = _open_allowed(data, limits.allowed_formats)
+    # The header is read, the pixels are not: refuse what would cost too much before decoding.
+    check_shape(image.size, limits)
     if draft_min_size > 0 and image.format == "JPEG":
         image.draft(None, (draft_min_size, draft_min_size))
     try:
@@ -106,6 +112,64 @@ def decode_image(data: bytes, limits: Limits = Limits(), draft_min_size: int = 0
             f"corrupt or truncated {image.format or 'image'} data: {error}"
         ) from None
     return to_rgb(image)
+
+
+def _open_allowed(data: bytes, allowed: tuple[str, ...]) -> Image.Image:
+    """Read the header with the allowed formats' plugins only; refuse anything else by name."""
+    try:
+        return Image.open(io.BytesIO(data), formats=list(allowed))
+    except UnidentifiedImageError:
+        detected = sniff_format(data)
+        if detected is not None and detected not in allowed:
+            raise ImageRejected(
+                f"image format {detected} is not accepted; send one of {', '.join(allowed)}"
+            ) from None
+        raise ImageRejected(
+            f"cannot identify an image in {len(data)} bytes (expected one of {', '.join(allowed)})"
+        ) from None
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(f"image too large: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRejected(f"corrupt or truncated image header: {error}") from None
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format the leading bytes announce, or None; runs no decoder.
+
+    Asks each Pillow plugin's signature check (a pure test of the first bytes), then a few
+    document formats Pillow does not read.
+    """
+    Image.init()
+    prefix = data[:16]
+    for name, (_factory, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix):
+                return name
+        except Exception:  # a signature check that chokes on short input says nothing
+            continue
+    head = data[:1024]
+    for signature, name in FOREIGN_SIGNATURES:
+        if signature in head:
+            return name
+    return None
+
+
+def check_shape(size: tuple[int, int], limits: Limits) -> None:
+    """Refuse sizes whose pixel count or aspect ratio exceed the limits (message names them)."""
+    width, height = size
+    if width * height > limits.max_image_pixels:
+        raise ImageRejected(
+            f"image too large: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{limits.max_image_pixels} pixels"
+        )
+    if width < 1 or height < 1:
+        raise ImageRejected(f"image has no pixels: {width}x{height}")
+    ratio = max(width, height) / min(width, height)
+    if ratio > limits.max_aspect_ratio:
+        raise ImageRejected(
+            f"image too elongated: {width}x{height} has an aspect ratio of {ratio:.0f}:1, "
+            f"over the limit of {limits.max_aspect_ratio:g}:1; crop it first"
+        )
 
 
 EXIF_ORIENTATION_TAG = 0x0112
@@ -179,16 +243,21 @@ def _as_bytes(data: object) -> bytes:
 
 
 def limits_from_config(model_config: dict) -> Limits:
-    """Read the pixel and byte limits from the model config's string parameters."""
+    """Read the limits from the model config's string parameters; absent ones keep the defaults.
+
+    ``allowed_formats`` is a comma-separated list of Pillow format names (``JPEG,PNG``).
+    """
     parameters = model_config.get("parameters", {})
 
-    def integer(key: str, default: int) -> int:
-        value = parameters.get(key, {}).get("string_value", "")
-        return int(value) if value else default
+    def text(key: str) -> str:
+        return parameters.get(key, {}).get("string_value", "").strip()
 
+    formats = tuple(name.strip().upper() for name in text("allowed_formats").split(",") if name)
     return Limits(
-        max_image_pixels=integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
-        max_image_bytes=integer("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES),
+        max_image_pixels=int(text("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS),
+        max_image_bytes=int(text("max_image_bytes") or DEFAULT_MAX_IMAGE_BYTES),
+        max_aspect_ratio=float(text("max_aspect_ratio") or DEFAULT_MAX_ASPECT_RATIO),
+        allowed_formats=formats or DEFAULT_ALLOWED_FORMATS,
     )
 
 
@@ -216,16 +285,31 @@ class TritonPythonModel:
         tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
         if tensor is None:
             return _error_response(f"missing input '{self.input_name}'")
-        try:
-            batch = preprocess_batch(tensor.as_numpy(), self.limits, self.draft_min_size)
-        except ImageRejected as error:
-            return _error_response(str(error))
+        batch, failure = preprocess_outcome(tensor.as_numpy(), self.limits, self.draft_min_size)
+        if failure is not None:
+            return _error_response(*failure)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)])
 
 
-def _error_response(message: str) -> object:
-    """An error for this request only; Triton maps INVALID_ARG to HTTP 400."""
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+def preprocess_outcome(
+    items: np.ndarray, limits: Limits, draft_min_size: int = 0
+) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    """(batch, None), or (None, (message, Triton error code)) for this request alone.
+
+    A refused image is INVALID_ARG (HTTP 400); anything unexpected, MemoryError included, is
+    INTERNAL (500) for this request only: the stub and the other requests of the batch go on.
+    """
+    try:
+        return preprocess_batch(items, limits, draft_min_size), None
+    except ImageRejected as error:
+        return None, (str(error), "INVALID_ARG")
+    except Exception as error:
+        return None, (f"preprocessing failed: {type(error).__name__}: {error}", "INTERNAL")
+
+
+def _error_response(message: str, code_name: str = "INVALID_ARG") -> object:
+    """An error for this request only; Triton maps INVALID_ARG to HTTP 400, INTERNAL to 500."""
+    code = getattr(pb_utils.TritonError, code_name, None)
     error = (
         pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
     )
