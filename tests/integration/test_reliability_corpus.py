@@ -29,7 +29,7 @@ CORPUS = build_corpus()
 BAD = [case for case in CORPUS if not case.good]
 UNUSUAL_GOOD = [case for case in CORPUS if case.good]
 GOOD_IMAGE = encode(gradient_image(320, 240, seed=9), "JPEG")
-MAX_IMAGE_BYTES = 32 * 1024 * 1024  # ServingSettings.max_image_bytes, as exported by conftest
+MAX_IMAGE_BYTES = contract.MAX_IMAGE_BYTES  # as exported by conftest (ServingSettings default)
 
 
 def infer(client, images: list[bytes], model: str = contract.ENSEMBLE_MODEL):
@@ -61,7 +61,9 @@ def test_unusual_good_images_match_the_reference(http_client, reference) -> None
     served = np.concatenate([infer(http_client, [case.data]) for case in UNUSUAL_GOOD])
     expected = reference.probabilities([case.data for case in UNUSUAL_GOOD])
     distances = np.abs(served - expected).max(axis=1)
-    wrong = [case.name for case, d in zip(UNUSUAL_GOOD, distances) if d > PROBABILITY_ATOL]
+    wrong = [
+        case.name for case, d in zip(UNUSUAL_GOOD, distances, strict=True) if d > PROBABILITY_ATOL
+    ]
     assert not wrong, f"differ from the PyTorch reference: {wrong}"
 
 
@@ -89,7 +91,8 @@ def test_sixteen_bit_png_is_not_clipped_to_white() -> None:
 
 
 def test_oversized_image_is_refused_by_the_byte_limit(http_client) -> None:
-    """Triton 2.51 has no HTTP body limit; the per-image byte limit refuses it (docs/reliability.md)."""
+    """Triton 2.51 has no HTTP body limit; the per-image byte limit refuses it
+    (docs/reliability.md)."""
     with pytest.raises(InferenceServerException) as caught:
         infer(http_client, [oversized_image(MAX_IMAGE_BYTES)])
     assert_clean_400(caught.value, TOO_MANY_BYTES)

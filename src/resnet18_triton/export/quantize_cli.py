@@ -10,13 +10,12 @@ is below ``--min-agreement`` (and ``--force`` is not given), writes
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import click
 
+from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
 from resnet18_triton.export.fidelity import (
     DEFAULT_MIN_AGREEMENT,
     measure_fidelity,
@@ -36,12 +35,8 @@ from resnet18_triton.export.quantize import (
     split_holdout,
 )
 from resnet18_triton.export.repository import write_int8_configs
-from resnet18_triton.layout import (
-    INT8_ENSEMBLE_MODEL,
-    INT8_MODEL,
-    default_repository,
-    onnx_model_path,
-)
+from resnet18_triton.files import install_file_atomically
+from resnet18_triton.layout import default_repository, onnx_model_path
 
 
 def quantize_repository(
@@ -71,7 +66,7 @@ def quantize_repository(
                 "images, --per-channel, or --force to write it anyway.",
                 report,
             )
-        _install(candidate, onnx_model_path(repository, INT8_MODEL))
+        install_file_atomically(candidate, onnx_model_path(repository, INT8_MODEL))
     write_int8_configs(
         repository,
         {
@@ -80,19 +75,6 @@ def quantize_repository(
         },
     )
     return report
-
-
-def _install(source: Path, target: Path) -> None:
-    """Copy next to ``target`` then rename: a running server never sees half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp_name)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
 
 
 @click.command("quantize")

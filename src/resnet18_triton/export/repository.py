@@ -15,11 +15,10 @@ names).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from resnet18_triton import contract
+from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
 from resnet18_triton.errors import ExportError
 from resnet18_triton.export.model_configs import (
     WARMUP_DIRNAME,
@@ -30,28 +29,8 @@ from resnet18_triton.export.model_configs import (
     render,
     variant_configs,
 )
-from resnet18_triton.layout import (
-    CONFIG_FILENAME,
-    INT8_ENSEMBLE_MODEL,
-    INT8_MODEL,
-    PYTHON_MODELS,
-    VERSION,
-    python_model_source,
-)
-
-
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a running server never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(data)
-    # NamedTemporaryFile creates 0600; a container serving as another uid must read the file.
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    write_bytes_atomically(path, text.encode("utf-8"))
+from resnet18_triton.files import write_bytes_atomically, write_text_atomically
+from resnet18_triton.layout import CONFIG_FILENAME, PYTHON_MODELS, VERSION, python_model_source
 
 
 def install_python_models(repo: Path) -> None:
@@ -127,7 +106,7 @@ def write_int8_configs(repo: Path, parameters: dict[str, str]) -> list[Path]:
         parameters=parameters,
     )
     written = []
-    for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL)):
+    for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL), strict=True):
         path = repo / config.name / CONFIG_FILENAME
         write_text_atomically(path, render(config))
         labels = repo / source / contract.LABELS_FILENAME
