@@ -95,7 +95,7 @@ def test_calibration_uses_the_served_preprocessing() -> None:
     served = q.load_preprocess_module()
     reference = preprocess_module()
     batch = q.preprocess_files(SAMPLE_FILES, served)
-    for row, path in zip(batch, SAMPLE_FILES):
+    for row, path in zip(batch, SAMPLE_FILES, strict=True):
         np.testing.assert_array_equal(row, reference.preprocess_bytes(path.read_bytes()))
     reader = q.PreprocessedImageReader(batch, batch_size=3)
     sizes = []
@@ -136,9 +136,10 @@ def test_fidelity_figures() -> None:
 def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
     import onnx
 
-    from resnet18_triton.layout import INT8_ENSEMBLE_MODEL, INT8_MODEL, has_int8, onnx_model_path
+    from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
+    from resnet18_triton.layout import has_int8, onnx_model_path
 
-    model, splits, accuracy = digits_model()
+    _, _, accuracy = digits_model()
     # The FP32 model is meaningful: right on most held-out digits, not one constant answer.
     assert accuracy >= 0.8, accuracy
     repo, figures = digits_int8_repository(tmp_path)
@@ -163,13 +164,12 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     """Quantising the classifier head too measures ~90% agreement here: below the default 99%."""
     import onnx
 
+    from resnet18_triton.contract import INT8_MODEL
     from resnet18_triton.export.quantize_cli import quantize
-    from resnet18_triton.layout import INT8_MODEL, has_int8, onnx_model_path
+    from resnet18_triton.layout import has_int8, onnx_model_path
 
     model, splits, _ = digits_model()
-    repo = export_repository(
-        model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}', warmup=False
-    )
+    repo = export_repository(model, tmp_path / "repo", warmup=False)
     args = [
         "--repo",
         str(repo),
