@@ -54,8 +54,8 @@ def onnx_model_path(repo: Path, model: str = contract.ONNX_MODEL) -> Path:
 def missing_files(repo: Path) -> list[Path]:
     """What a servable repository still lacks; empty once ``resnet18-triton export`` has run.
 
-    Only the files of ``contract.SERVED_MODELS`` count: other directories (e.g. the
-    ``postprocess/`` of an older export) are ignored, as the server never loads them.
+    Only the files of ``contract.SERVED_MODELS`` count: other directories are ignored, as the
+    server never loads them.
     """
     required = [onnx_model_path(repo)]
     required += [repo / name / CONFIG_FILENAME for name in contract.SERVED_MODELS]
