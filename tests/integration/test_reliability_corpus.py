@@ -1,4 +1,4 @@
-"""Issue #4, bad input: every class of the corpus (tests/corpus.py) against the session server.
+"""Bad input: every class of the corpus (tests/corpus.py) against the session server.
 
 Good-but-unusual images (1x1, 16-bit, LA, CMYK, animated GIF, WebP, EXIF-rotated, ...) must be
 answered like the PyTorch reference; bad ones must get HTTP 400 with a message naming the problem,

@@ -1,4 +1,4 @@
-"""Configs for the serving features of issue #5: warm-up, response cache, OpenVINO, INT8 variant."""
+"""Configs for the serving features: warm-up, response cache, OpenVINO, INT8 variant."""
 
 from __future__ import annotations
 
