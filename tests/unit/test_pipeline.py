@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -180,6 +181,29 @@ def test_install_swaps_in_new_model_directories_and_moves_the_old_ones_to_stagin
         assert (repo / name / "file").read_text() == f"new {name}"
     assert (staging / contract.PREPROCESS_MODEL / "file").read_text() == "old"
     assert not (staging / contract.ONNX_MODEL).exists()
+
+
+def test_an_install_waits_while_another_export_installs_into_the_same_repository(
+    tmp_path: Path,
+) -> None:
+    repo, staging = tmp_path / "repo", tmp_path / "staging"
+    for name in contract.SERVED_MODELS:
+        (staging / name).mkdir(parents=True)
+    installed = threading.Event()
+
+    def install() -> None:
+        with pipeline.install_lock(repo):
+            pipeline.install(staging, repo)
+        installed.set()
+
+    with pipeline.install_lock(repo):  # another export holds the lock
+        worker = threading.Thread(target=install)
+        worker.start()
+        assert not installed.wait(1.0)
+        assert not repo.exists()
+    worker.join(timeout=60)
+    assert installed.is_set()
+    assert sorted(p.name for p in repo.iterdir()) == sorted(contract.SERVED_MODELS)
 
 
 def test_stale_staging_of_a_dead_export_is_removed_and_a_live_one_kept(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ before step 5 (SIGKILL included) leaves the repository byte-identical. If a swap
 already made are undone. Only a kill during step 5 itself (three renames, microseconds) can leave
 some served model directories new and others old; running the export again repairs that. Entries
 of the repository other than the served models (e.g. the INT8 variant) are neither read nor
-touched. A staging directory left behind by a killed export is removed by the next export once its
-process is gone.
+touched. Concurrent exports into one repository install one after the other (``install_lock``).
+A staging directory left behind by a killed export is removed by the next export once its process
+is gone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -127,7 +129,8 @@ def export_repository(request: ExportRequest, model: LoadedModel | None = None) 
     remove_stale_staging(repository)
     with staging_directory(repository) as staging:
         report = stage(request, loaded, staging)
-        install(staging, repository)
+        with install_lock(repository):
+            install(staging, repository)
     installed = onnx_model_path(repository)
     return ExportResult(
         repository=repository,
@@ -187,6 +190,17 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+@contextlib.contextmanager
+def install_lock(repository: Path) -> Iterator[None]:
+    """Serialise installs into ``repository`` between processes (``flock`` on a hidden sibling
+    file), so that two concurrent exports cannot interleave their model directories: the last
+    one to install wins whole."""
+    lock = repository.parent / f".{repository.name}.export.lock"
+    with open(lock, "a") as handle:  # the lock goes with the open file; closing releases it
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def install(staging: Path, repository: Path) -> None:
