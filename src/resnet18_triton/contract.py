@@ -60,6 +60,12 @@ DEFAULT_METRICS_PORT = 8002
 DEFAULT_URL = f"{DEFAULT_HOST}:{DEFAULT_HTTP_PORT}"
 URL_ENV_VAR = "RESNET18_TRITON_URL"
 
+# Client defaults: connecting to a live server takes milliseconds, so waiting longer only delays
+# "unreachable"; an answer may take long under load; requests in flight per client.
+CONNECT_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 60.0
+CLIENT_CONCURRENCY = 4
+
 # `resnet18-triton serve` keeps Triton's restricted APIs (model repository, shared memory, ...)
 # behind this header; the key comes from this variable (a random one when unset).
 ADMIN_KEY_HEADER = "triton-admin-key"
