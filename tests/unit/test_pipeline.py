@@ -20,7 +20,7 @@ import pytest
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ExportError
-from resnet18_triton.export import pipeline
+from resnet18_triton.export import pipeline, transaction
 from resnet18_triton.export.model_configs import ServingSettings
 from resnet18_triton.export.verify import VerificationError
 from resnet18_triton.layout import missing_files, onnx_model_path
@@ -162,7 +162,7 @@ def test_a_failed_swap_undoes_the_swaps_already_made(tmp_path: Path) -> None:
     shutil.rmtree(staging / contract.ENSEMBLE_MODEL)  # the last swap finds nothing to swap in
     before = _snapshot(repo)
     with pytest.raises(ExportError, match="the repository is unchanged"):
-        pipeline.install(staging, repo)
+        transaction.install(staging, repo, contract.SERVED_MODELS)
     assert _snapshot(repo) == before
     assert (staging / contract.PREPROCESS_MODEL / "file").read_text() == "new preprocess"
 
@@ -176,7 +176,7 @@ def test_install_swaps_in_new_model_directories_and_moves_the_old_ones_to_stagin
     for name in contract.SERVED_MODELS:
         (staging / name).mkdir(parents=True)
         (staging / name / "file").write_text(f"new {name}")
-    pipeline.install(staging, repo)
+    transaction.install(staging, repo, contract.SERVED_MODELS)
     for name in contract.SERVED_MODELS:
         assert (repo / name / "file").read_text() == f"new {name}"
     assert (staging / contract.PREPROCESS_MODEL / "file").read_text() == "old"
@@ -192,11 +192,11 @@ def test_an_install_waits_while_another_export_installs_into_the_same_repository
     installed = threading.Event()
 
     def install() -> None:
-        with pipeline.install_lock(repo):
-            pipeline.install(staging, repo)
+        with transaction.install_lock(repo):
+            transaction.install(staging, repo, contract.SERVED_MODELS)
         installed.set()
 
-    with pipeline.install_lock(repo):  # another export holds the lock
+    with transaction.install_lock(repo):  # another export holds the lock
         worker = threading.Thread(target=install)
         worker.start()
         assert not installed.wait(1.0)
@@ -219,7 +219,7 @@ def test_stale_staging_of_a_dead_export_is_removed_and_a_live_one_kept(tmp_path:
     other = tmp_path / f".other_repository.export-{int(finished.stdout)}-ghi"
     for path in (dead, live, other):
         path.mkdir()
-    assert pipeline.remove_stale_staging(repo) == [dead]
+    assert transaction.remove_stale_staging(repo) == [dead]
     assert live.is_dir() and other.is_dir() and not dead.exists()
 
 

@@ -184,6 +184,7 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     assert refused.exception.report.top1_agreement < 0.99
     assert "top-1 agreement" in refused.output  # the table is shown before refusing
     assert not has_int8(repo) and not (repo / "resnet18_int8").exists()
+    assert not list(repo.parent.glob(f".{repo.name}.export-*"))  # no staging left behind
     forced = CliRunner().invoke(quantize, [*args, "--force"], catch_exceptions=False)
     assert forced.exit_code == 0, forced.output
     assert has_int8(repo)

@@ -89,9 +89,13 @@ def write_warmup_data(repo: Path) -> Path:
     return path
 
 
-def write_int8_configs(repo: Path, parameters: dict[str, str]) -> list[Path]:
+def write_int8_configs(
+    repo: Path, parameters: dict[str, str], target: Path | None = None
+) -> list[Path]:
     """Configs and labels of ``resnet18_int8`` and ``resnet18_int8_ensemble``, derived from the
-    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache)."""
+    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache), written
+    into ``target`` (default: ``repo``); returns the config paths written."""
+    target = repo if target is None else target
     sources = {}
     for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
         path = repo / name / CONFIG_FILENAME
@@ -107,12 +111,12 @@ def write_int8_configs(repo: Path, parameters: dict[str, str]) -> list[Path]:
     )
     written = []
     for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL), strict=True):
-        path = repo / config.name / CONFIG_FILENAME
+        path = target / config.name / CONFIG_FILENAME
         write_text_atomically(path, render(config))
         labels = repo / source / contract.LABELS_FILENAME
-        write_text_atomically(repo / config.name / contract.LABELS_FILENAME, labels.read_text())
+        write_text_atomically(target / config.name / contract.LABELS_FILENAME, labels.read_text())
         written.append(path)
-    (repo / INT8_ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
+    (target / INT8_ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
     return written
 
 
