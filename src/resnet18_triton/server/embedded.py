@@ -10,6 +10,7 @@ then starts the binary on 127.0.0.1 with explicit model control and waits until 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -35,6 +36,7 @@ from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = backend_source("onnxruntime")
 RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -197,8 +199,7 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
 def _die_with_parent() -> None:
     """In the child: get SIGKILL if the launcher dies, so no tritonserver is ever orphaned."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class EmbeddedServer:
@@ -355,7 +356,5 @@ class EmbeddedServer:
 
 def _kill_group(pid: int) -> None:
     """Stubs live in the server's process group; none may survive the server."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
