@@ -94,16 +94,15 @@ def write_images(folder: Path, images: list[bytes]) -> Path:
     return folder
 
 
-def export_repository(model, repo: Path, provenance_json: str, **settings: object) -> Path:
+def export_repository(model, repo: Path, **settings: object) -> Path:
+    """The digits model through the export pipeline (verified like any export) into ``repo``."""
+    from resnet18_triton.export import pipeline
     from resnet18_triton.export.model_configs import ServingSettings
-    from resnet18_triton.export.onnx_export import export_onnx
-    from resnet18_triton.export.repository import fill_repository
-    from resnet18_triton.export.weights import imagenet_categories
-    from resnet18_triton.layout import onnx_model_path
+    from resnet18_triton.export.weights import Provenance
 
-    export_onnx(model, onnx_model_path(repo), provenance=provenance_json)
-    fill_repository(repo, ServingSettings(**settings), provenance_json, imagenet_categories())
-    return repo
+    request = pipeline.ExportRequest(repository=repo, settings=ServingSettings(**settings))
+    loaded = pipeline.LoadedModel(model, Provenance("file", path="digits-fitted"))
+    return pipeline.export_repository(request, loaded).repository
 
 
 def digits_int8_repository(tmp_path: Path, **settings: object) -> tuple[Path, dict]:
@@ -111,9 +110,7 @@ def digits_int8_repository(tmp_path: Path, **settings: object) -> tuple[Path, di
     from resnet18_triton.export.quantize_cli import quantize
 
     model, splits, _ = digits_model()
-    repo = export_repository(
-        model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}', **settings
-    )
+    repo = export_repository(model, tmp_path / "repo", **settings)
     report = tmp_path / "report.json"
     result = CliRunner().invoke(
         quantize,

@@ -1,8 +1,9 @@
-"""Names and shapes shared by the exporter, the model repository, the server and the client.
+"""Names, shapes, defaults and limits shared by the exporter, the repository, server and client.
 
-Triton-side model code (``model_repository/*/1/model.py``) reads these from its ``config.pbtxt``
-instead of importing this module, so that the repository also runs inside the official container
-where this package is not installed.
+Each value is defined here once; everything else imports it. Triton-side model code
+(``<repo>/*/1/model.py``, the Python-based ONNX Runtime backend) does not import this package: it
+reads what it needs from its ``config.pbtxt``, which export writes from these values, so that the
+repository also runs inside the official container where this package is not installed.
 """
 
 from __future__ import annotations
@@ -29,21 +30,41 @@ ONNX_OUTPUTS = (ONNX_OUTPUT, ONNX_PROBABILITIES)
 # Load order for explicit model control: steps first, ensemble last.
 SERVED_MODELS = (PREPROCESS_MODEL, ONNX_MODEL, ENSEMBLE_MODEL)
 
+# The INT8 variant written by `resnet18-triton quantize`: its own classifier and ensemble (same
+# preprocess step). Loaded after the FP32 models, ensemble last.
+INT8_MODEL = "resnet18_int8"
+INT8_ENSEMBLE_MODEL = "resnet18_int8_ensemble"
+INT8_MODELS = (INT8_MODEL, INT8_ENSEMBLE_MODEL)
+
 IMAGE_SIZE = 224
-RESIZE_SIZE = 256
 NUM_CLASSES = 1000
 CHANNELS = 3
 
-# torchvision's ResNet18_Weights.IMAGENET1K_V1.transforms() normalisation.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# Images per request the models accept (their config's max_batch_size), unless export is told
+# otherwise; also the client's default batch size.
+MAX_BATCH_SIZE = 8
+# Input limits of the preprocessing, written into its config.pbtxt by export. 40 megapixels is a
+# large photo; decompression bombs claim far more. 32 MiB bounds one encoded image.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 LABELS_FILENAME = "labels.txt"
 # Model-config parameter that carries where the weights came from (see export).
 PROVENANCE_PARAMETER = "weights_provenance"
 
-DEFAULT_URL = "127.0.0.1:8000"
+# Where the server listens by default: loopback only (safe default), Triton's standard ports.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
+DEFAULT_URL = f"{DEFAULT_HOST}:{DEFAULT_HTTP_PORT}"
 URL_ENV_VAR = "RESNET18_TRITON_URL"
+
+# Client defaults: connecting to a live server takes milliseconds, so waiting longer only delays
+# "unreachable"; an answer may take long under load; requests in flight per client.
+CONNECT_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 60.0
+CLIENT_CONCURRENCY = 4
 
 # `resnet18-triton serve` keeps Triton's restricted APIs (model repository, shared memory, ...)
 # behind this header; the key comes from this variable (a random one when unset).
@@ -52,9 +73,12 @@ ADMIN_KEY_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY"
 # Or a file holding the key (mode 0600): keys never go on a command line the project controls.
 ADMIN_KEY_FILE_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY_FILE"
 
-# The preprocessing's byte limit per encoded image (also the client's per-file limit).
-MAX_IMAGE_BYTES = 32 * 1024 * 1024
 # Preprocessing limits beyond the pixel and byte limits (the preprocess model's config parameters
 # max_aspect_ratio and allowed_formats; the model file keeps the same built-in defaults).
 MAX_ASPECT_RATIO = 32.0
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+# How long `serve` waits for the models to load (warm-up included), and how long in-flight
+# requests get to finish on shutdown.
+SERVER_READY_TIMEOUT_S = 180.0
+SERVER_EXIT_TIMEOUT_S = 30

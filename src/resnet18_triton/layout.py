@@ -14,6 +14,10 @@ from types import ModuleType
 
 from resnet18_triton import contract
 
+# INT8_ENSEMBLE_MODEL is re-exported for callers that import the INT8 names from here (perf.bench);
+# the definitions are contract's.
+from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL, INT8_MODELS  # noqa: F401
+
 CONFIG_FILENAME = "config.pbtxt"
 VERSION = "1"
 # Python-backend models whose model.py ships in this package and is copied in by `export`.
@@ -23,12 +27,6 @@ REPOSITORY_ENV_VAR = "RESNET18_TRITON_REPO"
 DEFAULT_REPOSITORY_DIRNAME = "model_repository"
 # Code that runs inside tritonserver, shipped as package data beside the server launcher.
 _TRITON_CODE = Path(__file__).resolve().parent / "server"
-
-# The INT8 variant written by `resnet18-triton quantize`: its own classifier and ensemble (same
-# preprocess step). Loaded after the FP32 models, ensemble last.
-INT8_MODEL = "resnet18_int8"
-INT8_ENSEMBLE_MODEL = "resnet18_int8_ensemble"
-INT8_MODELS = (INT8_MODEL, INT8_ENSEMBLE_MODEL)
 
 # Triton runs each Python-backend model instance as this child process of the server.
 STUB_BINARY = "triton_python_backend_stub"
@@ -56,8 +54,8 @@ def onnx_model_path(repo: Path, model: str = contract.ONNX_MODEL) -> Path:
 def missing_files(repo: Path) -> list[Path]:
     """What a servable repository still lacks; empty once ``resnet18-triton export`` has run.
 
-    Only the files of ``contract.SERVED_MODELS`` count: other directories (e.g. the
-    ``postprocess/`` of an older export) are ignored, as the server never loads them.
+    Only the files of ``contract.SERVED_MODELS`` count: other directories are ignored, as the
+    server never loads them.
     """
     required = [onnx_model_path(repo)]
     required += [repo / name / CONFIG_FILENAME for name in contract.SERVED_MODELS]

@@ -24,25 +24,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def exported_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository filled by the real export path (random weights, seed 0)."""
+    """A model repository filled by the export pipeline (random weights, seed 0)."""
     from resnet18_triton.export.model_configs import ServingSettings
-    from resnet18_triton.export.onnx_export import export_onnx
-    from resnet18_triton.export.repository import fill_repository
-    from resnet18_triton.export.verify import verify_onnx
-    from resnet18_triton.export.weights import imagenet_categories, load_resnet18
-    from resnet18_triton.layout import onnx_model_path
+    from resnet18_triton.export.pipeline import ExportRequest, export_repository
 
-    repository = tmp_path_factory.mktemp("model_repository")
-    model, provenance = load_resnet18("random", seed=EXPORT_SEED)
-    onnx_path = export_onnx(model, onnx_model_path(repository), provenance=provenance)
-    verify_onnx(model, onnx_path)
-    fill_repository(
-        repository,
-        ServingSettings(max_queue_delay_us=2000),
-        provenance.to_json(),
-        imagenet_categories(),
+    request = ExportRequest(
+        repository=tmp_path_factory.mktemp("model_repository"),
+        weights="random",
+        seed=EXPORT_SEED,
+        settings=ServingSettings(max_queue_delay_us=2000),
     )
-    return repository
+    return export_repository(request).repository
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,14 @@
-"""Response cache and model warm-up on the real Triton server (each test class its own server).
+"""Response cache and model warm-up on the real Triton server (each test its own server).
 
-The repository is the session export (random weights: the answers do not matter here, only that
-they are identical and where they come from) with configs rewritten for these features.
+Each repository is a fresh export through the pipeline (random weights, seed 0: the answers do
+not matter here, only that they are identical and where they come from) with the settings of the
+feature under test.
 """
 
 from __future__ import annotations
 
 import io
 import re
-import shutil
 import statistics
 import time
 from collections.abc import Iterator
@@ -18,23 +18,20 @@ import numpy as np
 import pytest
 
 from resnet18_triton import contract
-from resnet18_triton.layout import onnx_model_path
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 from tests.support import encode, gradient_image
 
 CACHE_BYTES = 32 * 1024 * 1024
 
 
-def _repository(source: Path, target: Path, **settings: object) -> Path:
+def _repository(target: Path, **settings: object) -> Path:
     from resnet18_triton.export.model_configs import ServingSettings
-    from resnet18_triton.export.repository import fill_repository
-    from resnet18_triton.export.weights import imagenet_categories
+    from resnet18_triton.export.pipeline import ExportRequest, export_repository
 
-    onnx_model_path(target).parent.mkdir(parents=True)
-    shutil.copyfile(onnx_model_path(source), onnx_model_path(target))
-    provenance = '{"seed":0,"source":"random"}'
-    fill_repository(target, ServingSettings(**settings), provenance, imagenet_categories())
-    return target
+    request = ExportRequest(
+        repository=target, weights="random", seed=0, settings=ServingSettings(**settings)
+    )
+    return export_repository(request).repository
 
 
 def _server(repo: Path, cache_bytes: int, log: io.StringIO | None = None) -> EmbeddedServer:
@@ -88,8 +85,8 @@ def client_for():
 
 
 @pytest.fixture(scope="module")
-def cached_server(exported_repository: Path, tmp_path_factory) -> Iterator[EmbeddedServer]:
-    repo = _repository(exported_repository, tmp_path_factory.mktemp("cached"), response_cache=True)
+def cached_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    repo = _repository(tmp_path_factory.mktemp("cached"), response_cache=True)
     with _server(repo, CACHE_BYTES) as running:
         yield running
 
@@ -117,11 +114,11 @@ def test_repeated_image_is_answered_from_the_cache(cached_server, client_for) ->
 
 
 def test_cache_flags_in_configs_are_harmless_without_a_server_cache(
-    exported_repository: Path, tmp_path: Path, client_for
+    tmp_path: Path, client_for
 ) -> None:
     """Checked on the real server: configs with response_cache enabled load without
     --cache-config; Triton then simply caches nothing."""
-    repo = _repository(exported_repository, tmp_path / "repo", response_cache=True, warmup=False)
+    repo = _repository(tmp_path / "repo", response_cache=True, warmup=False)
     log = io.StringIO()
     with _server(repo, 0, log) as server:
         client = client_for(server.url)
@@ -133,10 +130,8 @@ def test_cache_flags_in_configs_are_harmless_without_a_server_cache(
         assert re.search(r"cache_enabled\s+\|\s+0", log.getvalue())
 
 
-def test_server_is_ready_only_after_warm_up(
-    exported_repository: Path, tmp_path: Path, client_for
-) -> None:
-    repo = _repository(exported_repository, tmp_path / "repo", warmup=True)
+def test_server_is_ready_only_after_warm_up(tmp_path: Path, client_for) -> None:
+    repo = _repository(tmp_path / "repo", warmup=True)
     stream = io.StringIO()
     with _server(repo, 0, stream) as server:
         # The log thread may still be catching up with what the server wrote before "ready".

@@ -28,7 +28,7 @@ CORPUS = build_corpus()
 BAD = [case for case in CORPUS if not case.good]
 UNUSUAL_GOOD = [case for case in CORPUS if case.good]
 GOOD_IMAGE = encode(gradient_image(320, 240, seed=9), "JPEG")
-MAX_IMAGE_BYTES = 32 * 1024 * 1024  # ServingSettings.max_image_bytes, as exported by conftest
+MAX_IMAGE_BYTES = contract.MAX_IMAGE_BYTES  # as exported by conftest (ServingSettings default)
 
 
 def infer(client, images: list[bytes], model: str = contract.ENSEMBLE_MODEL):

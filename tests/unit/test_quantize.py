@@ -136,7 +136,8 @@ def test_fidelity_figures() -> None:
 def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
     import onnx
 
-    from resnet18_triton.layout import INT8_ENSEMBLE_MODEL, INT8_MODEL, has_int8, onnx_model_path
+    from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
+    from resnet18_triton.layout import has_int8, onnx_model_path
 
     _, _, accuracy = digits_model()
     # The FP32 model is meaningful: right on most held-out digits, not one constant answer.
@@ -163,13 +164,12 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     """Quantising the classifier head too measures ~90% agreement here: below the default 99%."""
     import onnx
 
+    from resnet18_triton.contract import INT8_MODEL
     from resnet18_triton.export.quantize_cli import quantize
-    from resnet18_triton.layout import INT8_MODEL, has_int8, onnx_model_path
+    from resnet18_triton.layout import has_int8, onnx_model_path
 
     model, splits, _ = digits_model()
-    repo = export_repository(
-        model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}', warmup=False
-    )
+    repo = export_repository(model, tmp_path / "repo", warmup=False)
     args = [
         "--repo",
         str(repo),
@@ -184,6 +184,7 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     assert refused.exception.report.top1_agreement < 0.99
     assert "top-1 agreement" in refused.output  # the table is shown before refusing
     assert not has_int8(repo) and not (repo / "resnet18_int8").exists()
+    assert not list(repo.parent.glob(f".{repo.name}.export-*"))  # no staging left behind
     forced = CliRunner().invoke(quantize, [*args, "--force"], catch_exceptions=False)
     assert forced.exit_code == 0, forced.output
     assert has_int8(repo)

@@ -77,14 +77,14 @@ def test_warmup_file_is_a_length_prefixed_jpeg_the_preprocessing_accepts(tmp_pat
 
 def test_named_builders_make_a_variant() -> None:
     settings = ServingSettings()
-    onnx = onnx_model_config(settings, PROVENANCE, name=layout.INT8_MODEL)
+    onnx = onnx_model_config(settings, PROVENANCE, name=contract.INT8_MODEL)
     ensemble = ensemble_model_config(
-        settings, name=layout.INT8_ENSEMBLE_MODEL, classifier=layout.INT8_MODEL
+        settings, name=contract.INT8_ENSEMBLE_MODEL, classifier=contract.INT8_MODEL
     )
-    assert onnx.name == layout.INT8_MODEL
+    assert onnx.name == contract.INT8_MODEL
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
         contract.PREPROCESS_MODEL,
-        layout.INT8_MODEL,
+        contract.INT8_MODEL,
     ]
     assert dict(ensemble.ensemble_scheduling.step[1].output_map) == {
         contract.ONNX_PROBABILITIES: contract.ENSEMBLE_OUTPUT
@@ -96,17 +96,17 @@ def test_variant_configs_copy_every_serving_choice() -> None:
     onnx, ensemble = variant_configs(
         configs[contract.ONNX_MODEL],
         configs[contract.ENSEMBLE_MODEL],
-        onnx_name=layout.INT8_MODEL,
-        ensemble_name=layout.INT8_ENSEMBLE_MODEL,
+        onnx_name=contract.INT8_MODEL,
+        ensemble_name=contract.INT8_ENSEMBLE_MODEL,
         parameters={"quantization": "{}"},
     )
     expected = mc.ModelConfig()
     expected.CopyFrom(configs[contract.ONNX_MODEL])
-    expected.name = layout.INT8_MODEL
+    expected.name = contract.INT8_MODEL
     expected.parameters["quantization"].string_value = "{}"
     assert onnx == expected
     steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
-    assert steps == [contract.PREPROCESS_MODEL, layout.INT8_MODEL]
+    assert steps == [contract.PREPROCESS_MODEL, contract.INT8_MODEL]
     assert [o.name for o in onnx.output] == list(contract.ONNX_OUTPUTS)
     assert ensemble.response_cache.enable
     with pytest.raises(ExportError, match="exactly one"):
@@ -125,12 +125,12 @@ def test_write_int8_configs_needs_the_fp32_export(tmp_path: Path) -> None:
     for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
         (tmp_path / name / contract.LABELS_FILENAME).write_text("label\n")
     written = write_int8_configs(tmp_path, {"quantization": "{}"})
-    assert [p.parent.name for p in written] == list(layout.INT8_MODELS)
+    assert [p.parent.name for p in written] == list(contract.INT8_MODELS)
     assert parse(written[0].read_text()).parameters["quantization"].string_value == "{}"
-    assert (tmp_path / layout.INT8_MODEL / contract.LABELS_FILENAME).read_text() == "label\n"
+    assert (tmp_path / contract.INT8_MODEL / contract.LABELS_FILENAME).read_text() == "label\n"
     assert not layout.has_int8(tmp_path)  # no model.onnx yet
-    layout.onnx_model_path(tmp_path, layout.INT8_MODEL).parent.mkdir(parents=True)
-    layout.onnx_model_path(tmp_path, layout.INT8_MODEL).write_bytes(b"onnx")
+    layout.onnx_model_path(tmp_path, contract.INT8_MODEL).parent.mkdir(parents=True)
+    layout.onnx_model_path(tmp_path, contract.INT8_MODEL).write_bytes(b"onnx")
     assert layout.has_int8(tmp_path)
-    assert layout.served_models(tmp_path) == contract.SERVED_MODELS + layout.INT8_MODELS
+    assert layout.served_models(tmp_path) == contract.SERVED_MODELS + contract.INT8_MODELS
     assert layout.served_models(tmp_path, int8=False) == contract.SERVED_MODELS

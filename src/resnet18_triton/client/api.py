@@ -180,9 +180,9 @@ class ImageClassifier:
         url: str = contract.DEFAULT_URL,
         model: str = contract.ENSEMBLE_MODEL,
         *,
-        connection_timeout: float = 5.0,
-        network_timeout: float = 60.0,
-        concurrency: int = 4,
+        connection_timeout: float = contract.CONNECT_TIMEOUT_S,
+        network_timeout: float = contract.REQUEST_TIMEOUT_S,
+        concurrency: int = contract.CLIENT_CONCURRENCY,
         retry: RetryPolicy = RetryPolicy(),
     ) -> None:
         if concurrency < 1:

@@ -22,8 +22,7 @@ from resnet18_triton.client.inputs import expand_inputs
 from resnet18_triton.client.results import ClassificationResult, HealthReport, result_to_json
 from resnet18_triton.errors import ExitCode, NoImagesError, ResNet18TritonError
 
-# Connecting to a live server takes milliseconds; waiting longer only delays "unreachable".
-CONNECT_TIMEOUT = 5.0
+# A health check is a few small requests: a server slower than this is not healthy.
 HEALTH_TIMEOUT = 10.0
 # Below this many images the results themselves show the progress.
 PROGRESS_MIN_IMAGES = 10
@@ -57,7 +56,7 @@ url_option = click.option(
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
-    default=4,
+    default=contract.CLIENT_CONCURRENCY,
     show_default=True,
     help="Requests in flight at once.",
 )
@@ -65,7 +64,7 @@ url_option = click.option(
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
+    default=contract.REQUEST_TIMEOUT_S,
     show_default=True,
     help="Seconds to wait for each answer before giving up.",
 )
@@ -103,7 +102,7 @@ def classify(
     with ImageClassifier(
         url,
         model,
-        connection_timeout=min(timeout, CONNECT_TIMEOUT),
+        connection_timeout=min(timeout, contract.CONNECT_TIMEOUT_S),
         network_timeout=timeout,
         concurrency=concurrency,
     ) as classifier:
@@ -130,7 +129,7 @@ def health(ctx: click.Context, url: str, as_json: bool) -> None:
     Exit status: 0 everything ready, 1 reachable but something not ready, 2 unreachable.
     """
     with ImageClassifier(
-        url, connection_timeout=CONNECT_TIMEOUT, network_timeout=HEALTH_TIMEOUT
+        url, connection_timeout=contract.CONNECT_TIMEOUT_S, network_timeout=HEALTH_TIMEOUT
     ) as classifier:
         report = classifier.health()
     if as_json:

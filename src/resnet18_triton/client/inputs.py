@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from resnet18_triton.errors import NoImagesError
+from resnet18_triton.files import image_files, image_suffixes_text
 
-# What a directory contributes (the server's default formats: JPEG, PNG, BMP, GIF, WebP, TIFF);
-# files named explicitly are sent whatever their extension.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _GLOB_CHARACTERS = frozenset("*?[")
 
 
@@ -25,9 +23,10 @@ def expand_inputs(arguments: Iterable[str], recursive: bool = False) -> list[Pat
 
     * a file is kept as given, even if it does not exist: the classifier reports it as that
       image's error, so one typo does not hide the answers for the other images;
-    * a directory contributes its regular image files (by extension, case-insensitively, hidden
-      files skipped; FIFOs, devices and sockets never), sorted by name; with ``recursive`` its
-      subdirectories too;
+    * a directory contributes its regular image files (``resnet18_triton.files.image_files``: by
+      suffix, case-insensitively, hidden files skipped), sorted by path; with ``recursive`` its
+      subdirectories too (hidden ones skipped); files named explicitly are sent whatever their
+      suffix;
     * a pattern with ``*``, ``?`` or ``[`` is expanded like the shell would (``**`` spans
       directories) and each match is treated as if it had been given as an argument.
 
@@ -39,11 +38,6 @@ def expand_inputs(arguments: Iterable[str], recursive: bool = False) -> list[Pat
         for path in _expand_argument(os.path.expanduser(argument), recursive):
             unique.setdefault(os.path.realpath(path), path)
     return list(unique.values())
-
-
-def is_image_file(path: Path) -> bool:
-    """Whether a directory listing should pick ``path`` (by extension, case-insensitively)."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def _expand_argument(argument: str, recursive: bool) -> list[Path]:
@@ -59,26 +53,12 @@ def _expand_argument(argument: str, recursive: bool) -> list[Path]:
 def _expand_path(path: Path, recursive: bool) -> list[Path]:
     if not path.is_dir():
         return [path]
-    images = sorted(_directory_images(path, recursive))
+    images = image_files(path, recursive)
     if not images:
-        extensions = ", ".join(sorted(extension[1:] for extension in IMAGE_EXTENSIONS))
+        extensions = image_suffixes_text()
         where = "or below it " if recursive else ""
         raise NoImagesError(f"no image files ({extensions}) in directory '{path}' {where}".strip())
     return images
-
-
-def _directory_images(directory: Path, recursive: bool) -> Iterator[Path]:
-    for root, subdirectories, files in os.walk(directory):
-        # Hidden directories are caches and VCS data, not photo albums.
-        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
-        # is_file(): a FIFO named cat.jpg would block the reader forever.
-        yield from (
-            Path(root, name)
-            for name in files
-            if is_image_file(Path(name)) and Path(root, name).is_file()
-        )
-        if not recursive:
-            return
 
 
 def _is_pattern(argument: str) -> bool:

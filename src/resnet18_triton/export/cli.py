@@ -1,4 +1,8 @@
-"""``resnet18-triton export``: weights -> ONNX -> verification -> a filled model repository."""
+"""``resnet18-triton export``: weights -> ONNX -> verification -> a filled model repository.
+
+A thin layer over ``export.pipeline``: every option's default comes from ``ExportRequest`` or
+``ServingSettings``, and the repository changes only once the export is verified.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,40 @@ from pathlib import Path
 import click
 
 from resnet18_triton.export.model_configs import ServingSettings, available_cores
-from resnet18_triton.export.onnx_export import export_onnx
-from resnet18_triton.export.repository import fill_repository
-from resnet18_triton.export.verify import DEFAULT_ATOL, verify_onnx
-from resnet18_triton.export.weights import imagenet_categories, load_resnet18
-from resnet18_triton.layout import default_repository, onnx_model_path
+from resnet18_triton.export.onnx_export import MIN_OPSET
+from resnet18_triton.export.pipeline import (
+    ExportRequest,
+    default_of,
+    export_repository,
+    load_model,
+)
+from resnet18_triton.layout import default_repository
+
+
+def _request_default(name: str) -> object:
+    return default_of(ExportRequest, name)
+
+
+def _settings_default(name: str) -> object:
+    return default_of(ServingSettings, name)
 
 
 @click.command("export")
 @click.option(
     "--weights",
-    default="imagenet",
+    default=_request_default("weights"),
     show_default=True,
     metavar="{imagenet,random,PATH}",
     help="Pretrained ImageNet weights (downloaded once), seeded random weights, or a "
     "local state-dict file.",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for --weights random.")
+@click.option(
+    "--seed",
+    default=_request_default("seed"),
+    show_default=True,
+    type=int,
+    help="Seed for --weights random.",
+)
 @click.option(
     "--repo",
     "repository",
@@ -34,14 +55,14 @@ from resnet18_triton.layout import default_repository, onnx_model_path
 )
 @click.option(
     "--opset",
-    default=18,
+    default=_request_default("opset"),
     show_default=True,
-    type=click.IntRange(17),
+    type=click.IntRange(MIN_OPSET),
     help="ONNX opset (the dynamo exporter starts at 18; 17 uses the TorchScript exporter).",
 )
 @click.option(
     "--atol",
-    default=DEFAULT_ATOL,
+    default=_request_default("atol"),
     show_default=True,
     type=click.FloatRange(0, 1e-3),
     help="Largest absolute logit difference ONNX Runtime may show against PyTorch.",
@@ -55,29 +76,34 @@ from resnet18_triton.layout import default_repository, onnx_model_path
 @click.option(
     "--instances",
     "onnx_instances",
-    default=1,
+    default=_settings_default("onnx_instances"),
     show_default=True,
     type=click.IntRange(1),
     help="ONNX Runtime model instances; intra-op threads = cores // instances.",
 )
-@click.option("--max-batch-size", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option(
+    "--max-batch-size",
+    default=_settings_default("max_batch_size"),
+    show_default=True,
+    type=click.IntRange(1, 256),
+)
 @click.option(
     "--max-queue-delay-us",
-    default=0,
+    default=_settings_default("max_queue_delay_us"),
     show_default=True,
     type=click.IntRange(0),
     help="Dynamic batching: how long a request may wait for others to join its batch.",
 )
 @click.option(
     "--max-image-pixels",
-    default=40_000_000,
+    default=_settings_default("max_image_pixels"),
     show_default=True,
     type=click.IntRange(1),
     help="Preprocessing refuses images with more pixels (decompression bombs).",
 )
 @click.option(
     "--preprocess-instances",
-    default=1,
+    default=_settings_default("preprocess_instances"),
     show_default=True,
     type=click.IntRange(1),
     help="Python preprocessing instances (one core each while decoding). 2 pays for "
@@ -86,7 +112,7 @@ from resnet18_triton.layout import default_repository, onnx_model_path
 )
 @click.option(
     "--jpeg-draft-min-size",
-    default=0,
+    default=_settings_default("jpeg_draft_min_size"),
     show_default=True,
     type=click.IntRange(0),
     help="Decode JPEGs at least twice this size per side at 1/2..1/8 scale in the DCT "
@@ -96,7 +122,7 @@ from resnet18_triton.layout import default_repository, onnx_model_path
 )
 @click.option(
     "--response-cache/--no-response-cache",
-    default=False,
+    default=_settings_default("response_cache"),
     show_default=True,
     help="Mark the ensemble and classifier configs `response_cache { enable: true }`. "
     "Triton then answers a repeated request from its cache, but only when the "
@@ -104,7 +130,7 @@ from resnet18_triton.layout import default_repository, onnx_model_path
 )
 @click.option(
     "--warmup/--no-warmup",
-    default=True,
+    default=_settings_default("warmup"),
     show_default=True,
     help="Add model_warmup samples (a generated JPEG for preprocess, zeros for the "
     "classifier) so the server is ready only once the models are warm.",
@@ -126,11 +152,11 @@ def export(
     max_batch_size: int,
     max_queue_delay_us: int,
     max_image_pixels: int,
-    preprocess_instances: int = 1,
-    jpeg_draft_min_size: int = 0,
-    response_cache: bool = False,
-    warmup: bool = True,
-    openvino: bool = False,
+    preprocess_instances: int,
+    jpeg_draft_min_size: int,
+    response_cache: bool,
+    warmup: bool,
+    openvino: bool,
 ) -> None:
     """Export ResNet-18 to ONNX, check it against PyTorch and fill the Triton model repository."""
     settings = ServingSettings.from_core_budget(
@@ -145,20 +171,25 @@ def export(
         warmup=warmup,
         openvino=openvino,
     )
-    model, provenance = load_resnet18(weights, seed=seed)
-    click.echo(f"weights: {provenance.describe()}", err=True)
-    onnx_path = export_onnx(
-        model, onnx_model_path(repository), opset=opset, dynamo=opset >= 18, provenance=provenance
+    request = ExportRequest(
+        repository=repository,
+        weights=weights,
+        seed=seed,
+        opset=opset,
+        atol=atol,
+        settings=settings,
     )
-    report = verify_onnx(model, onnx_path, atol=atol)
-    click.echo(f"verified: {report.summary()}", err=True)
-    fill_repository(repository, settings, provenance.to_json(), imagenet_categories())
+    loaded = load_model(request)
+    click.echo(f"weights: {loaded.provenance.describe()}", err=True)
+    result = export_repository(request, loaded)
+    click.echo(f"verified: {result.verification.summary()}", err=True)
     click.echo(
-        f"model repository ready: {repository} ({settings.onnx_instances} ONNX Runtime instance(s) x "
-        f"{settings.intra_op_threads} intra-op threads on a {settings.cores}-core budget)",
+        f"model repository ready: {result.repository} ({settings.onnx_instances} ONNX Runtime "
+        f"instance(s) x {settings.intra_op_threads} intra-op threads on a {settings.cores}-core "
+        "budget)",
         err=True,
     )
-    if provenance.is_random:
+    if loaded.provenance.is_random:
         click.secho(
             "WARNING: random weights - served labels are meaningless (use --weights imagenet "
             "or --weights PATH for real predictions)",

@@ -100,7 +100,7 @@ def compare_logits(
     top1 = fp32_logits.argmax(1) == int8_logits.argmax(1)
     top5_a = np.argsort(-fp32_logits, axis=1)[:, :TOP_K]
     top5_b = np.argsort(-int8_logits, axis=1)[:, :TOP_K]
-    overlap = [len(set(a) & set(b)) / TOP_K for a, b in zip(top5_a, top5_b)]
+    overlap = [len(set(a) & set(b)) / TOP_K for a, b in zip(top5_a, top5_b, strict=True)]
     per_image = np.abs(softmax(fp32_logits) - softmax(int8_logits)).max(axis=1)
     return FidelityReport(
         num_images=len(fp32_logits),

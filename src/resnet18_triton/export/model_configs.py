@@ -43,12 +43,12 @@ class ServingSettings:
     intra_op_threads: int = 2
     inter_op_threads: int = 1
     preprocess_instances: int = 1
-    max_batch_size: int = 8
+    max_batch_size: int = contract.MAX_BATCH_SIZE
     max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = field(default_factory=tuple)
-    max_image_pixels: int = 40_000_000
-    max_image_bytes: int = 32 * 1024 * 1024
-    # Serving features (issue #5). response_cache only marks the configs as cacheable: Triton
+    max_image_pixels: int = contract.MAX_IMAGE_PIXELS
+    max_image_bytes: int = contract.MAX_IMAGE_BYTES
+    # response_cache only marks the configs as cacheable: Triton
     # caches nothing unless the server also runs with --cache-config (serve
     # --response-cache-bytes); a config with the flag loads fine on a server without a cache.
     response_cache: bool = False
@@ -89,9 +89,9 @@ class ServingSettings:
         threads = self.onnx_instances * self.intra_op_threads
         if threads > self.cores:
             raise ExportError(
-                f"{self.onnx_instances} ONNX Runtime instance(s) x {self.intra_op_threads} intra-op "
-                f"threads = {threads} threads oversubscribe the {self.cores}-core budget; lower "
-                "the instances or threads, or raise --cores"
+                f"{self.onnx_instances} ONNX Runtime instance(s) x {self.intra_op_threads} "
+                f"intra-op threads = {threads} threads oversubscribe the {self.cores}-core "
+                "budget; lower the instances or threads, or raise --cores"
             )
         if self.max_batch_size < 1:
             raise ExportError("max_batch_size must be at least 1")

@@ -2,37 +2,21 @@
 
 The result is what Triton's onnxruntime backend loads: input ``input`` [batch, 3, 224, 224] float32,
 two outputs, both [batch, 1000] float32 with the same dynamic batch axis: ``logits`` (first), and
-``probabilities`` = softmax(logits) over the classes. Weights are embedded (no ``.onnx.data`` side
-file).
+``probabilities`` = softmax(logits) over the classes, computed by an ordinary ONNX ``Softmax`` node
+in the graph (``WithProbabilities`` wraps the classifier before export). Weights are embedded (no
+``.onnx.data`` side file): a Triton model version directory holds one file.
 
-The softmax is part of the exported graph (``WithProbabilities`` wraps the classifier before
-export, so both exporters emit an ordinary ONNX ``Softmax`` node): the ensemble needs no separate
-Python postprocessing model. Measured (interleaved perf_analyzer A/B, 500x375 JPEGs, 2 cores): the
-ensemble got ~8% faster, p50 at concurrency 1 fell by ~1.2 ms, and one 42 MB Python stub process
-went away; the graph's probabilities differed from a numpy float32 softmax of its logits by at
-most 3.7e-9.
+Exporters: ``dynamo=True`` (the torch.export-based exporter) is the default, because the
+TorchScript exporter is deprecated upstream. It emits opset 18 or newer, so ``dynamo=True`` with
+an older opset is refused with a clear error; ``dynamo=False`` (TorchScript) exports opset 17 for
+runtimes that need it. Both agree with PyTorch within the tolerances of ``verify``.
 
-Why ``dynamo=True`` (the torch.export-based exporter) by default — measured with torch 2.14.1 on
-ResNet-18:
-
-* Both exporters produce a single 46.8 MB file with the dynamic ``batch`` axis on the input and both
-  outputs and agree with PyTorch to ~3e-6 (max |logit difference|) in ONNX Runtime.
-* ``dynamo=False`` (TorchScript) warns that it is deprecated and "will be removed"; an export path
-  that stops working on the next torch upgrade is not a good default.
-* ``dynamo=True`` also folds BatchNorm into Conv and drops dead nodes (50 nodes including the
-  Softmax, 24 initializers vs 66 and 26) but takes ~4 s instead of ~0.3 s; an export is a
-  one-off, so that does not matter.
-* ``dynamo=True`` defaults to ``external_data=True`` (weights in a side file); we pass
-  ``external_data=False`` because a Triton model version directory should hold one file.
-* Its lowest opset is 18: asking for 17 makes torch try a down-conversion that fails with a
-  logged traceback and silently keeps 18. Hence the default ``opset=18`` (ONNX Runtime >= 1.14,
-  i.e. every Triton release of the last years, runs it) and a clear error for
-  ``dynamo=True, opset<18``. Use ``dynamo=False`` if a runtime really needs opset 17.
+A finished export is installed at its path atomically (``resnet18_triton.files``): a failed
+export leaves no file behind and never replaces an existing one.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -49,6 +33,7 @@ from resnet18_triton.contract import (
 )
 from resnet18_triton.errors import ExportError
 from resnet18_triton.export.weights import Provenance
+from resnet18_triton.files import install_file_atomically
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -56,9 +41,6 @@ DYNAMO_MIN_OPSET = 18
 BATCH_AXIS_NAME = "batch"
 # Batch 2, not 1: torch.export specialises dimensions of size 0 and 1 to constants.
 _EXAMPLE_BATCH = 2
-# Permissions of the final file: mkstemp creates 0600, which a Triton container running as
-# another user could not read. (Not derived from the umask: reading it means changing it.)
-_FILE_MODE = 0o644
 
 
 class WithProbabilities(torch.nn.Module):
@@ -95,18 +77,14 @@ def export_onnx(
     """
     path = Path(path)
     _check_opset(opset, dynamo)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = _metadata(opset, dynamo, provenance)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _torch_export(WithProbabilities(model).eval(), tmp, opset, dynamo)  # eval() recurses
-        _add_metadata(tmp, metadata)
-        tmp.chmod(_FILE_MODE)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    finally:
-        tmp.unlink(missing_ok=True)
+    # The exporter writes wherever it is told, in several passes: it writes into a private
+    # directory, and only the finished file is installed at ``path``.
+    with tempfile.TemporaryDirectory(prefix="resnet18-onnx-export-") as work:
+        exported = Path(work) / path.name
+        _torch_export(WithProbabilities(model).eval(), exported, opset, dynamo)  # eval() recurses
+        _add_metadata(exported, metadata)
+        install_file_atomically(exported, path)
     return path
 
 

@@ -34,7 +34,6 @@ probabilities below 1/255).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -55,6 +54,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from resnet18_triton import contract
 from resnet18_triton.errors import ExportError
 from resnet18_triton.export.onnx_export import set_metadata
+from resnet18_triton.files import image_files as images_in
+from resnet18_triton.files import image_suffixes_text, install_file_atomically
 from resnet18_triton.layout import (
     VERSION,
     load_model_module,
@@ -66,13 +67,11 @@ CALIBRATION_METHODS = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # CPU flags (Linux /proc/cpuinfo) of instructions that make INT8 matrix products fast and exact.
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # Calibration keeps the intermediate outputs of this many batches before folding them into the
 # running ranges; bounds memory (ResNet-18 has ~20 MB of activations per image).
 _MAX_INTERMEDIATE_BATCHES = 4
-_FILE_MODE = 0o644
 QUANTIZATION_PARAMETER = "quantization"
 _PREPROCESS_MODULE_NAME = "resnet18_triton_served_preprocess"
 # Op types kept in float: the softmax always, the classifier head unless --quantize-head.
@@ -149,16 +148,15 @@ def load_preprocess_module(repo: Path | None = None) -> ModuleType:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (by suffix), sorted by name for reproducibility."""
+    """Image files directly in ``folder`` (``resnet18_triton.files.image_files``), sorted by name
+    for reproducibility. Raises ExportError for a missing folder or one without images."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"image folder {folder} does not exist")
-    files = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    if not files:
-        raise ExportError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files
+    found = images_in(folder)
+    if not found:
+        raise ExportError(f"no images in {folder} (looked for {image_suffixes_text()})")
+    return found
 
 
 def split_holdout(files: Sequence[Path], every: int = 5) -> tuple[list[Path], list[Path]]:
@@ -255,16 +253,7 @@ def quantize_model(
         except Exception as error:  # ORT's quantiser raises many types; the CLI needs one
             raise ExportError(f"ONNX Runtime quantisation failed: {error}") from error
         _copy_metadata(fp32_path, quantized, {QUANTIZATION_PARAMETER: recipe.to_json()})
-        fd, tmp_name = tempfile.mkstemp(
-            dir=int8_path.parent, prefix=f".{int8_path.name}.", suffix=".tmp"
-        )
-        os.close(fd)
-        try:
-            os.replace(quantized, tmp_name)
-            os.chmod(tmp_name, _FILE_MODE)
-            os.replace(tmp_name, int8_path)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
+        install_file_atomically(quantized, int8_path)
     return int8_path
 
 

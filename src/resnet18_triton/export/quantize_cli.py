@@ -4,19 +4,19 @@ Reads ``<repo>/resnet18_onnx/1/model.onnx``, calibrates on a folder of images pa
 served preprocessing, compares INT8 with FP32 on held-out images and, unless the top-1 agreement
 is below ``--min-agreement`` (and ``--force`` is not given), writes
 ``<repo>/resnet18_int8/1/model.onnx`` with the configs and labels of ``resnet18_int8`` and
-``resnet18_int8_ensemble``. A refused model leaves the repository untouched.
+``resnet18_int8_ensemble``. The INT8 model and configs are built in a staging directory and
+swapped in together (``export.transaction``): a refused model, an error or an interrupted run
+leaves the repository untouched.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import click
 
+from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL, INT8_MODELS
 from resnet18_triton.export.fidelity import (
     DEFAULT_MIN_AGREEMENT,
     measure_fidelity,
@@ -36,12 +36,13 @@ from resnet18_triton.export.quantize import (
     split_holdout,
 )
 from resnet18_triton.export.repository import write_int8_configs
-from resnet18_triton.layout import (
-    INT8_ENSEMBLE_MODEL,
-    INT8_MODEL,
-    default_repository,
-    onnx_model_path,
+from resnet18_triton.export.transaction import (
+    install,
+    install_lock,
+    remove_stale_staging,
+    staging_directory,
 )
+from resnet18_triton.layout import default_repository, onnx_model_path
 
 
 def quantize_repository(
@@ -60,8 +61,10 @@ def quantize_repository(
     )
     held_out = preprocess_files(eval_files, preprocess)
     recipe = recipe.resolved()
-    with tempfile.TemporaryDirectory(prefix="resnet18-int8-") as work:
-        candidate = quantize_model(fp32_path, Path(work) / "model.onnx", reader, recipe)
+    repository = repository.resolve()
+    remove_stale_staging(repository)
+    with staging_directory(repository) as staging:
+        candidate = quantize_model(fp32_path, onnx_model_path(staging, INT8_MODEL), reader, recipe)
         report = measure_fidelity(fp32_path, candidate, held_out)
         if not report.passes(min_agreement) and not force:
             raise QuantizationRefused(
@@ -71,28 +74,11 @@ def quantize_repository(
                 "images, --per-channel, or --force to write it anyway.",
                 report,
             )
-        _install(candidate, onnx_model_path(repository, INT8_MODEL))
-    write_int8_configs(
-        repository,
-        {
-            QUANTIZATION_PARAMETER: recipe.to_json(),
-            "fidelity": report.to_json(),
-        },
-    )
+        parameters = {QUANTIZATION_PARAMETER: recipe.to_json(), "fidelity": report.to_json()}
+        write_int8_configs(repository, parameters, target=staging)
+        with install_lock(repository):
+            install(staging, repository, INT8_MODELS)
     return report
-
-
-def _install(source: Path, target: Path) -> None:
-    """Copy next to ``target`` then rename: a running server never sees half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp_name)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
 
 
 @click.command("quantize")

@@ -15,11 +15,10 @@ names).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from resnet18_triton import contract
+from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
 from resnet18_triton.errors import ExportError
 from resnet18_triton.export.model_configs import (
     WARMUP_DIRNAME,
@@ -30,28 +29,8 @@ from resnet18_triton.export.model_configs import (
     render,
     variant_configs,
 )
-from resnet18_triton.layout import (
-    CONFIG_FILENAME,
-    INT8_ENSEMBLE_MODEL,
-    INT8_MODEL,
-    PYTHON_MODELS,
-    VERSION,
-    python_model_source,
-)
-
-
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a running server never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(data)
-    # NamedTemporaryFile creates 0600; a container serving as another uid must read the file.
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    write_bytes_atomically(path, text.encode("utf-8"))
+from resnet18_triton.files import write_bytes_atomically, write_text_atomically
+from resnet18_triton.layout import CONFIG_FILENAME, PYTHON_MODELS, VERSION, python_model_source
 
 
 def install_python_models(repo: Path) -> None:
@@ -110,9 +89,13 @@ def write_warmup_data(repo: Path) -> Path:
     return path
 
 
-def write_int8_configs(repo: Path, parameters: dict[str, str]) -> list[Path]:
+def write_int8_configs(
+    repo: Path, parameters: dict[str, str], target: Path | None = None
+) -> list[Path]:
     """Configs and labels of ``resnet18_int8`` and ``resnet18_int8_ensemble``, derived from the
-    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache)."""
+    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache), written
+    into ``target`` (default: ``repo``); returns the config paths written."""
+    target = repo if target is None else target
     sources = {}
     for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
         path = repo / name / CONFIG_FILENAME
@@ -127,13 +110,13 @@ def write_int8_configs(repo: Path, parameters: dict[str, str]) -> list[Path]:
         parameters=parameters,
     )
     written = []
-    for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL)):
-        path = repo / config.name / CONFIG_FILENAME
+    for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL), strict=True):
+        path = target / config.name / CONFIG_FILENAME
         write_text_atomically(path, render(config))
         labels = repo / source / contract.LABELS_FILENAME
-        write_text_atomically(repo / config.name / contract.LABELS_FILENAME, labels.read_text())
+        write_text_atomically(target / config.name / contract.LABELS_FILENAME, labels.read_text())
         written.append(path)
-    (repo / INT8_ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
+    (target / INT8_ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
     return written
 
 

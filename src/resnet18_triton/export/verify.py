@@ -176,7 +176,7 @@ def _random_batches(sizes: Sequence[int], seed: int) -> list[torch.Tensor]:
 
 def _joined(batches: list[list[np.ndarray]]) -> list[np.ndarray]:
     """[logits, probabilities] of each batch -> [all logits, all probabilities]."""
-    return [np.concatenate(parts) for parts in zip(*batches)]
+    return [np.concatenate(parts) for parts in zip(*batches, strict=True)]
 
 
 def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:

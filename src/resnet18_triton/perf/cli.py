@@ -99,7 +99,8 @@ def _strip_scheme(url: str) -> str:
     default=1,
     show_default=True,
     type=click.IntRange(1),
-    help="Images per request (at most the model's max_batch_size, 8).",
+    help=f"Images per request (at most the model's max_batch_size, {contract.MAX_BATCH_SIZE} "
+    "unless exported otherwise).",
 )
 @click.option(
     "--shared-memory",

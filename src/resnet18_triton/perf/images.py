@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet18_triton.files import image_files, write_bytes_atomically
+
 TYPICAL_SIZE = (500, 375)
 LARGE_SIZE = (4000, 3000)  # 12 megapixels
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 def photo_like(width: int, height: int, seed: int):
@@ -79,14 +80,13 @@ def jpeg_set(folder: Path, size: tuple[int, int], count: int, seed: int = 0) -> 
     for index in range(count):
         path = folder / f"photo_{width}x{height}_{seed + index:03d}.jpg"
         if not path.is_file():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(jpeg_bytes(width, height, seed + index))
-            tmp.replace(path)
+            write_bytes_atomically(path, jpeg_bytes(width, height, seed + index))
         paths.append(path)
     return paths
 
 
 def read_folder(folder: Path, limit: int | None = None) -> list[Path]:
-    """Image files of a folder (sorted, non-recursive)."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files of a folder (``resnet18_triton.files.image_files``: sorted, non-recursive),
+    the first ``limit`` of them when given."""
+    paths = image_files(Path(folder))
     return paths[:limit] if limit else paths

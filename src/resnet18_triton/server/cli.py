@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from resnet18_triton import contract
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_FILE_ENV_VAR
 from resnet18_triton.errors import StartAborted
 from resnet18_triton.keys import admin_key_from
@@ -34,13 +35,28 @@ KEY_ON_ARGV_NOTE = (
 )
 @click.option(
     "--host",
-    default="127.0.0.1",
+    default=contract.DEFAULT_HOST,
     show_default=True,
     help="Address to listen on. Use 0.0.0.0 only behind a firewall or proxy.",
 )
-@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--http-port",
+    default=contract.DEFAULT_HTTP_PORT,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+)
+@click.option(
+    "--grpc-port",
+    default=contract.DEFAULT_GRPC_PORT,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+)
+@click.option(
+    "--metrics-port",
+    default=contract.DEFAULT_METRICS_PORT,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+)
 @click.option(
     "--admin-key-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -59,7 +75,7 @@ KEY_ON_ARGV_NOTE = (
 @click.option(
     "--exit-timeout",
     "exit_timeout_s",
-    default=30,
+    default=contract.SERVER_EXIT_TIMEOUT_S,
     show_default=True,
     type=click.IntRange(0),
     help="Seconds in-flight requests get to finish on shutdown.",
@@ -67,7 +83,7 @@ KEY_ON_ARGV_NOTE = (
 @click.option(
     "--ready-timeout",
     "ready_timeout_s",
-    default=180.0,
+    default=contract.SERVER_READY_TIMEOUT_S,
     show_default=True,
     type=click.FloatRange(1),
     help="Seconds to wait for the models to load.",

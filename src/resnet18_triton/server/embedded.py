@@ -90,15 +90,15 @@ class ServerOptions:
     """How to start the server. Defaults are the safe ones: loopback only, explicit loading."""
 
     repository: Path
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
+    host: str = contract.DEFAULT_HOST
+    http_port: int = contract.DEFAULT_HTTP_PORT
+    grpc_port: int = contract.DEFAULT_GRPC_PORT
+    metrics_port: int = contract.DEFAULT_METRICS_PORT
     models: tuple[str, ...] = contract.SERVED_MODELS
     admin_key: str | None = None
     response_cache_bytes: int = 0
-    exit_timeout_s: int = 30
-    ready_timeout_s: float = 180.0
+    exit_timeout_s: int = contract.SERVER_EXIT_TIMEOUT_S
+    ready_timeout_s: float = contract.SERVER_READY_TIMEOUT_S
     log_verbose: int = 0
     extra_args: tuple[str, ...] = ()
     # Triton 2.51's Python backend never restarts a stub that died (SIGKILL, OOM kill): the
