@@ -13,10 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from resnet18_triton import contract
-
-# INT8_ENSEMBLE_MODEL is re-exported for callers that import the INT8 names from here (perf.bench);
-# the definitions are contract's.
-from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL, INT8_MODELS  # noqa: F401
+from resnet18_triton.contract import INT8_MODEL, INT8_MODELS
 
 CONFIG_FILENAME = "config.pbtxt"
 VERSION = "1"

@@ -291,7 +291,9 @@ def test_cpu_limit_defaults_to_the_onnx_thread_budget(server: dict) -> None:
 
 
 def test_cpu_limit_follows_triton_cpus(tmp_path: Path) -> None:
-    server = _render(tmp_path, TRITON_CPUS="3", TRITON_ADMIN_KEY=TEST_KEY)["services"][SERVER_SERVICE]
+    server = _render(tmp_path, TRITON_CPUS="3", TRITON_ADMIN_KEY=TEST_KEY)["services"][
+        SERVER_SERVICE
+    ]
     assert _cpu_limit(server) == 3.0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -48,6 +49,9 @@ class ServingSettings:
     preferred_batch_sizes: tuple[int, ...] = field(default_factory=tuple)
     max_image_pixels: int = contract.MAX_IMAGE_PIXELS
     max_image_bytes: int = contract.MAX_IMAGE_BYTES
+    max_aspect_ratio: float = contract.MAX_ASPECT_RATIO
+    # Pillow format names the preprocessing opens; anything else is refused before decoding.
+    allowed_formats: tuple[str, ...] = contract.ALLOWED_FORMATS
     # response_cache only marks the configs as cacheable: Triton
     # caches nothing unless the server also runs with --cache-config (serve
     # --response-cache-bytes); a config with the flag loads fine on a server without a cache.
@@ -71,7 +75,7 @@ class ServingSettings:
 
     @classmethod
     def from_core_budget(
-        cls, cores: int | None = None, onnx_instances: int = 1, **overrides: object
+        cls, cores: int | None = None, onnx_instances: int = 1, **overrides: Any
     ) -> ServingSettings:
         """Derive intra-op threads from the cores given to inference (see the module docstring)."""
         cores = cores or available_cores()
@@ -215,6 +219,8 @@ def preprocess_model_config(settings: ServingSettings) -> mc.ModelConfig:
         {
             "max_image_pixels": str(settings.max_image_pixels),
             "max_image_bytes": str(settings.max_image_bytes),
+            "max_aspect_ratio": f"{settings.max_aspect_ratio:g}",
+            "allowed_formats": ",".join(settings.allowed_formats),
             "jpeg_draft_min_size": str(settings.jpeg_draft_min_size),
         },
     )

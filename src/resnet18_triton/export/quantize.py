@@ -53,6 +53,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ExportError
+from resnet18_triton.export.fidelity import FidelityReport
 from resnet18_triton.export.onnx_export import set_metadata
 from resnet18_triton.files import image_files as images_in
 from resnet18_triton.files import image_suffixes_text, install_file_atomically
@@ -82,7 +83,7 @@ HEAD_OPS = ("Gemm", "MatMul")
 class QuantizationRefused(ExportError):
     """The quantised model agrees too little with the FP32 model (see ``report``)."""
 
-    def __init__(self, message: str, report: object) -> None:
+    def __init__(self, message: str, report: FidelityReport) -> None:
         super().__init__(message)
         self.report = report
 

@@ -188,7 +188,9 @@ def _load_file(path: Path) -> tuple[torch.nn.Module, Provenance]:
             f"weights file {path} does not exist (or is not a file); --weights takes "
             f"'imagenet', 'random' or the path to a state dict saved by torch.save"
         )
-    provenance = Provenance("file", path=str(path.resolve()), sha256=file_sha256(path))
+    # The file name only: config.pbtxt is readable through the model-config API, and a host path
+    # there tells a caller about the machine.
+    provenance = Provenance("file", path=path.name, sha256=file_sha256(path))
     return _model_from_file(path), provenance
 
 

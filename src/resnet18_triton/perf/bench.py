@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from resnet18_triton import contract
-from resnet18_triton.layout import INT8_MODEL, has_int8, onnx_model_path, served_models
+from resnet18_triton.contract import INT8_MODEL
+from resnet18_triton.layout import has_int8, onnx_model_path, served_models
 from resnet18_triton.perf import images as image_sets
 from resnet18_triton.perf import inprocess
 from resnet18_triton.perf import perf_analyzer as pa
@@ -82,21 +83,11 @@ class BenchPlan:
 
 
 def _export_repository(repo: Path, echo: Echo) -> Path:
-    """The one place the export chain runs: random weights (seed 0), default settings."""
-    from resnet18_triton.export.model_configs import ServingSettings
-    from resnet18_triton.export.onnx_export import export_onnx
-    from resnet18_triton.export.repository import fill_repository
-    from resnet18_triton.export.verify import verify_onnx
-    from resnet18_triton.export.weights import imagenet_categories, load_resnet18
+    """A verified repository with random weights (seed 0) and the default settings."""
+    from resnet18_triton.export.pipeline import ExportRequest, export_repository
 
     echo(f"exporting a model repository (random weights, seed 0, default settings) to {repo}")
-    model, provenance = load_resnet18("random", seed=0)
-    onnx_path = export_onnx(model, onnx_model_path(repo), provenance=provenance)
-    verify_onnx(model, onnx_path)
-    fill_repository(
-        repo, ServingSettings.from_core_budget(), provenance.to_json(), imagenet_categories()
-    )
-    return repo
+    return export_repository(ExportRequest(repository=repo, weights="random", seed=0)).repository
 
 
 def _environment(plan: BenchPlan) -> dict[str, object]:

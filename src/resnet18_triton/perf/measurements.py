@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from resnet18_triton import contract
-from resnet18_triton.layout import INT8_ENSEMBLE_MODEL, INT8_MODEL
+from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
 from resnet18_triton.perf.perf_analyzer import Row
 from resnet18_triton.perf.report import best
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ExitCode, PerfError
-from resnet18_triton.layout import onnx_model_path, stub_model
+from resnet18_triton.layout import stub_model
 from resnet18_triton.perf.images import distinct_jpegs
 
 PROBABILITY_ATOL = 1e-6
@@ -346,21 +346,18 @@ def machine() -> dict[str, object]:
 
 
 def _export_repository(target: Path) -> Path:
-    """The one place the export chain runs: random weights (seed 0), a 2 ms queue delay."""
+    """A verified repository with random weights (seed 0) and a 2 ms queue delay, so that
+    requests under load are batched."""
     from resnet18_triton.export.model_configs import ServingSettings
-    from resnet18_triton.export.onnx_export import export_onnx
-    from resnet18_triton.export.repository import fill_repository
-    from resnet18_triton.export.weights import imagenet_categories, load_resnet18
+    from resnet18_triton.export.pipeline import ExportRequest, export_repository
 
-    model, provenance = load_resnet18("random", seed=0)
-    export_onnx(model, onnx_model_path(target), provenance=provenance)
-    fill_repository(
-        target,
-        ServingSettings(max_queue_delay_us=2000),
-        provenance.to_json(),
-        imagenet_categories(),
+    request = ExportRequest(
+        repository=target,
+        weights="random",
+        seed=0,
+        settings=ServingSettings.from_core_budget(max_queue_delay_us=2000),
     )
-    return target
+    return export_repository(request).repository
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier
 from resnet18_triton.client.results import ClassificationResult, HealthReport
-from resnet18_triton.layout import INT8_ENSEMBLE_MODEL
+from resnet18_triton.contract import INT8_ENSEMBLE_MODEL
 from resnet18_triton.ui.uploads import Upload
 
 # The classifiers a repository can serve (the FP32 ensemble, the INT8 one after `quantize`).
