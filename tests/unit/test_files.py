@@ -3,6 +3,7 @@ that lists images or defines a default uses the single definition."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def test_installing_a_file_copies_it_atomically_with_mode_0644(tmp_path: Path) -
 
 
 def _tree(root: Path) -> None:
-    for name in ("b.JPG", "a.png", "c.ppm", "notes.txt", ".hidden.jpg", "sub/d.webp"):
+    for name in ("b.JPG", "a.png", "c.tif", "e.ppm", "notes.txt", ".hidden.jpg", "sub/d.webp"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"")
     (root / ".cache").mkdir()
@@ -51,10 +52,16 @@ def _tree(root: Path) -> None:
 def test_image_files_lists_images_by_suffix_sorted_and_skips_hidden_ones(tmp_path: Path) -> None:
     _tree(tmp_path)
     names = [p.relative_to(tmp_path).as_posix() for p in files.image_files(tmp_path)]
-    assert names == ["a.png", "b.JPG", "c.ppm"]
+    assert names == ["a.png", "b.JPG", "c.tif"]
     deep = [p.relative_to(tmp_path).as_posix() for p in files.image_files(tmp_path, True)]
-    assert deep == ["a.png", "b.JPG", "c.ppm", "sub/d.webp"]
+    assert deep == ["a.png", "b.JPG", "c.tif", "sub/d.webp"]
     assert files.is_image_file(Path("photo.TIFF")) and not files.is_image_file(Path("x.svg"))
+
+
+def test_image_files_skips_a_fifo_that_carries_an_image_name(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "stream.jpg")
+    (tmp_path / "real.jpg").write_bytes(b"")
+    assert files.image_files(tmp_path) == [tmp_path / "real.jpg"]
 
 
 def test_classify_quantize_and_the_benchmarks_pick_the_same_images(tmp_path: Path) -> None:
