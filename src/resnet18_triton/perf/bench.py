@@ -299,7 +299,7 @@ def _server(plan: BenchPlan, repo: Path) -> Iterator[tuple[str, int | None, str 
         open(plan.out / "tritonserver.log", "w") as log,
         EmbeddedServer(options, log_stream=log) as server,
     ):
-        yield server.url, server.process.pid, options.effective_admin_key
+        yield server.url, server.pid, options.effective_admin_key
 
 
 def _image_files(plan: BenchPlan) -> dict[str, list[Path]]:

@@ -101,7 +101,7 @@ def _peak_rss_mb() -> float:
 def _time_loop(step, spec: EngineSpec) -> tuple[list[float], float]:
     for _ in range(spec.warmup):
         step(0)
-    times = []
+    times: list[float] = []
     start = time.perf_counter()
     index = 0
     while len(times) < spec.min_iterations or time.perf_counter() - start < spec.seconds:
@@ -176,11 +176,13 @@ def run_engine(spec: EngineSpec) -> EngineResult:
             raise ValueError("the pipeline engine runs batch 1")
         session = _ort_session(spec)
         name = session.get_inputs()[0].name
+        if spec.preprocess_path is None:
+            raise ValueError("the pipeline engine needs the repository's preprocess model.py")
         preprocess = _load_preprocess(spec.preprocess_path)
         payloads = [Path(path).read_bytes() for path in spec.images]
-        split = {"preprocess": [], "inference": []}
+        split: dict[str, list[float]] = {"preprocess": [], "inference": []}
 
-        def step(index: int) -> None:
+        def step(index: int) -> None:  # type: ignore[misc]  # each engine defines its own step
             begin = time.perf_counter()
             tensor = preprocess.preprocess_bytes(payloads[index % len(payloads)])[None]
             middle = time.perf_counter()

@@ -237,7 +237,7 @@ def parse_csv(path: Path, model: str, label: str, mode: str) -> list[Row]:
     with path.open(newline="") as stream:
         reader = csv.DictReader(stream)
         for record in reader:
-            first = reader.fieldnames[0]
+            first = next(iter(reader.fieldnames or ()), "")
             if not record.get(first) or not record[first].strip():
                 continue
 

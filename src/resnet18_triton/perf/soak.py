@@ -22,8 +22,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import psutil
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ExitCode, PerfError
@@ -54,7 +58,7 @@ def process_role(process) -> str:
     return Path(cmdline[0]).name if cmdline else "?"
 
 
-def server_processes(server_pid: int) -> dict[str, object]:
+def server_processes(server_pid: int) -> dict[str, psutil.Process]:
     """role -> psutil.Process for tritonserver and its stubs (one instance each here)."""
     import psutil
 
@@ -70,7 +74,7 @@ def server_processes(server_pid: int) -> dict[str, object]:
     return found
 
 
-def rss_mb(processes: dict[str, object]) -> dict[str, float]:
+def rss_mb(processes: dict[str, psutil.Process]) -> dict[str, float]:
     result = {}
     for role, process in processes.items():
         try:
@@ -81,7 +85,7 @@ def rss_mb(processes: dict[str, object]) -> dict[str, float]:
 
 
 def peak_rss_mb(
-    processes: dict[str, object], window_s: float = 2.0, interval_s: float = 0.05
+    processes: dict[str, psutil.Process], window_s: float = 2.0, interval_s: float = 0.05
 ) -> dict[str, float]:
     """Each process's highest RSS over ``window_s`` under load.
 
@@ -376,4 +380,4 @@ def own_server(repository: Path | None = None) -> Iterator[tuple[str, int]]:
             exit_timeout_s=10,
         )
         with EmbeddedServer(options) as server:
-            yield server.url, server.process.pid
+            yield server.url, server.pid

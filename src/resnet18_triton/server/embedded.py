@@ -254,6 +254,13 @@ class EmbeddedServer:
         return self.options.http_url
 
     @property
+    def pid(self) -> int:
+        """The tritonserver process id; ServerStartError before ``start()`` or after ``stop()``."""
+        if self.process is None:
+            raise ServerStartError("the server is not running: call start() first")
+        return self.process.pid
+
+    @property
     def log_tail(self) -> str:
         return "".join(self._log_tail)
 
