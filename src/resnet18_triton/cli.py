@@ -26,6 +26,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "export",
         "Quantise the exported model to INT8 (static, calibrated).",
     ),
+    "openvino": (
+        "resnet18_triton.export.openvino_cli",
+        "openvino",
+        "export",
+        "Serve the classifier with OpenVINO too (bf16, f32, int8), if faithful.",
+    ),
     "loadtest": (
         "resnet18_triton.perf.cli",
         "loadtest",

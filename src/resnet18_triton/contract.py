@@ -42,6 +42,10 @@ LABELS_FILENAME = "labels.txt"
 # Model-config parameter that carries where the weights came from (see export).
 PROVENANCE_PARAMETER = "weights_provenance"
 
+# Classifier-config parameter naming its numeric precision (bf16, f32, int8) where it is not the
+# exported FP32; `health` shows it.
+PRECISION_PARAMETER = "precision"
+
 DEFAULT_URL = "127.0.0.1:8000"
 URL_ENV_VAR = "RESNET18_TRITON_URL"
 

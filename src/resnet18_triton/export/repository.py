@@ -26,6 +26,7 @@ from resnet18_triton.export.model_configs import (
     WARMUP_IMAGE_FILENAME,
     ServingSettings,
     all_model_configs,
+    openvino_variant_configs,
     parse,
     render,
     variant_configs,
@@ -34,8 +35,10 @@ from resnet18_triton.layout import (
     CONFIG_FILENAME,
     INT8_ENSEMBLE_MODEL,
     INT8_MODEL,
+    OPENVINO_MODEL_FILENAME,
     PYTHON_MODELS,
     VERSION,
+    openvino_models,
     python_model_source,
 )
 
@@ -110,15 +113,20 @@ def write_warmup_data(repo: Path) -> Path:
     return path
 
 
-def write_int8_configs(repo: Path, parameters: dict[str, str]) -> list[Path]:
-    """Configs and labels of ``resnet18_int8`` and ``resnet18_int8_ensemble``, derived from the
-    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache)."""
+def _fp32_configs(repo: Path) -> dict:
     sources = {}
     for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
         path = repo / name / CONFIG_FILENAME
         if not path.is_file():
             raise ExportError(f"{path} is missing: run `resnet18-triton export` first")
         sources[name] = parse(path.read_text())
+    return sources
+
+
+def write_int8_configs(repo: Path, parameters: dict[str, str]) -> list[Path]:
+    """Configs and labels of ``resnet18_int8`` and ``resnet18_int8_ensemble``, derived from the
+    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache)."""
+    sources = _fp32_configs(repo)
     configs = variant_configs(
         sources[contract.ONNX_MODEL],
         sources[contract.ENSEMBLE_MODEL],
@@ -126,14 +134,35 @@ def write_int8_configs(repo: Path, parameters: dict[str, str]) -> list[Path]:
         ensemble_name=INT8_ENSEMBLE_MODEL,
         parameters=parameters,
     )
+    return write_variant_configs(repo, configs)
+
+
+def openvino_configs(repo: Path, precision: str, parameters: dict[str, str]) -> list:
+    """The OpenVINO classifier and ensemble configs (``layout.openvino_models``), derived from
+    the FP32 ones in ``repo``; not written."""
+    sources = _fp32_configs(repo)
+    onnx_name, ensemble_name = openvino_models()
+    return openvino_variant_configs(
+        sources[contract.ONNX_MODEL],
+        sources[contract.ENSEMBLE_MODEL],
+        onnx_name=onnx_name,
+        ensemble_name=ensemble_name,
+        precision=precision,
+        model_filename=OPENVINO_MODEL_FILENAME,
+        parameters=parameters,
+    )
+
+
+def write_variant_configs(repo: Path, configs: list) -> list[Path]:
+    """Write a variant's classifier and ensemble configs, labels and version directory."""
     written = []
-    for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL)):
+    for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL), strict=True):
         path = repo / config.name / CONFIG_FILENAME
         write_text_atomically(path, render(config))
         labels = repo / source / contract.LABELS_FILENAME
         write_text_atomically(repo / config.name / contract.LABELS_FILENAME, labels.read_text())
         written.append(path)
-    (repo / INT8_ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
+    (repo / configs[1].name / VERSION).mkdir(parents=True, exist_ok=True)
     return written
 
 

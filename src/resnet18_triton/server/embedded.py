@@ -3,13 +3,15 @@
 The wheel ships tritonserver 2.51 (the core of the NGC ``tritonserver:24.10-py3`` container) with
 its shared libraries and the Python backend, but no ONNX Runtime backend. ``EmbeddedServer`` lays
 out a backend directory in which ``python/`` is the wheel's Python backend (with the stub for the
-running Python) and ``onnxruntime/model.py`` is this project's Python-based ONNX Runtime backend,
-then starts the binary on 127.0.0.1 with explicit model control and waits until it is ready.
+running Python) and ``<name>/model.py`` holds each Python-based backend this project ships
+(``onnxruntime``, ``openvino``), then starts the binary on 127.0.0.1 with explicit model control
+and waits until it is ready.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -30,7 +32,7 @@ from typing import TextIO
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ServerStartError
-from resnet18_triton.layout import backend_source, missing_files
+from resnet18_triton.layout import backend_source, missing_files, shipped_backends
 from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = backend_source("onnxruntime")
@@ -135,7 +137,8 @@ def check_port_free(host: str, port: int, what: str) -> None:
 
 
 def build_backend_directory(install: TritonInstall, target: Path) -> Path:
-    """``target/python`` = the wheel's Python backend + stub; ``target/onnxruntime/model.py`` ours.
+    """``target/python`` = the wheel's Python backend + stub; ``target/<name>/model.py`` for each
+    of our Python-based backends (``layout.shipped_backends``).
 
     Copies, not symlinks: Triton refuses a backend library whose real path escapes the backend
     directory.
@@ -146,9 +149,10 @@ def build_backend_directory(install: TritonInstall, target: Path) -> Path:
         if source.is_file():
             shutil.copy2(source, python_dir / source.name)
     shutil.copy2(install.python_stub, python_dir / "triton_python_backend_stub")
-    ort_dir = target / "onnxruntime"
-    ort_dir.mkdir()
-    shutil.copy2(ORT_BACKEND_SOURCE, ort_dir / "model.py")
+    for name in shipped_backends():
+        backend_dir = target / name
+        backend_dir.mkdir()
+        shutil.copy2(backend_source(name), backend_dir / "model.py")
     return target
 
 
@@ -194,11 +198,13 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
     return args + list(options.extra_args)
 
 
+_PR_SET_PDEATHSIG = 1  # prctl option: signal to get when the parent dies
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGKILL if the launcher dies, so no tritonserver is ever orphaned."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class EmbeddedServer:
@@ -355,7 +361,5 @@ class EmbeddedServer:
 
 def _kill_group(pid: int) -> None:
     """Stubs live in the server's process group; none may survive the server."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
