@@ -115,3 +115,16 @@ def test_bf16_keeps_the_fp32_decisions_on_digits(openvino_server) -> None:
     fp32 = _classify(server.url, contract.ENSEMBLE_MODEL, images)
     assert (bf16.argmax(1) == fp32.argmax(1)).all()
     assert not np.array_equal(bf16, fp32)  # it really runs at another precision
+
+
+def test_health_lists_the_variant_with_its_precision(openvino_server) -> None:
+    from resnet18_triton.client.api import ImageClassifier
+
+    server, _, _ = openvino_server
+    with ImageClassifier(server.url) as classifier:
+        report = classifier.health()
+    precisions = {model.name: model.precision for model in report.models if model.ready}
+    assert report.all_ready
+    assert precisions[MODEL] == precisions[ENSEMBLE] == "bf16"
+    assert precisions[contract.ONNX_MODEL] == precisions[contract.ENSEMBLE_MODEL] == "fp32"
+    assert precisions[contract.PREPROCESS_MODEL] == ""
