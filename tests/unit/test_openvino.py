@@ -214,3 +214,31 @@ def test_the_gate_refuses_a_model_that_disagrees_with_fp32(tmp_path: Path) -> No
     forced = CliRunner().invoke(openvino, [*arguments, "--force"])
     assert forced.exit_code == 0, forced.output
     assert layout.has_openvino(repo) and "WARNING" in forced.output
+
+
+# --- bench rows
+
+
+def test_the_served_ratio_compares_the_best_rounds_of_each_ensemble() -> None:
+    from resnet18_triton.perf.openvino_bench import ORT_LABEL, report_markdown, served_ratio
+
+    def row(throughput: float, load: int, round_index: int) -> dict:
+        return {
+            "throughput": throughput,
+            "load": load,
+            "p50_ms": 1000 / throughput,
+            "round": round_index,
+        }
+
+    served = {
+        ORT_LABEL: [row(9.0, 1, 0), row(10.0, 2, 0), row(11.0, 2, 1)],
+        "openvino bf16 ensemble 500x375": [row(18.0, 1, 0), row(22.0, 2, 1)],
+    }
+    ratio, label = served_ratio(served)
+    assert label == "openvino bf16 ensemble 500x375" and ratio == pytest.approx(2.0)
+    environment = {"date": "d", "cpu": "AMD EPYC", "cores": 2, "flags": "avx512_bf16"}
+    inprocess = [{"engine": "ort-fp32", "batch": 1, "ms_per_image": 17.1, "images_per_s": 58.5}]
+    text = report_markdown(environment, inprocess, served)
+    assert "| ort-fp32 | 1 | 17.1 | 58.5 |" in text
+    assert "| ort fp32 ensemble 500x375 | 10.0, 11.0 |" in text
+    assert "2.00x" in text
