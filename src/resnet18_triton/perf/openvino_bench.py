@@ -7,6 +7,8 @@ Self-contained so ``bench`` can call it as one step:
   this process so that noise from other processes hits all alike;
 * ``served_rows``: perf_analyzer on the ONNX Runtime FP32 ensemble and the OpenVINO ensemble with
   the same 500x375 JPEGs, alternating the two for ``rounds`` rounds on the same server and cores;
+* ``served_pairs``: short back-to-back ORT/OpenVINO measurements at one concurrency, one ratio
+  per pair (the figure least exposed to other processes' load);
 * ``served_ratio``: best OpenVINO ensemble img/s over best ONNX Runtime ensemble img/s.
 
 ``python -m resnet18_triton.perf.openvino_bench --out DIR`` exports a random-weight repository
@@ -153,6 +155,45 @@ def served_rows(
     return served
 
 
+def served_pairs(
+    url: str,
+    data: Path,
+    out: Path,
+    precision: str,
+    concurrency: int = 2,
+    pairs: int = 8,
+    measurement_interval_ms: int = 3000,
+    echo=print,
+) -> list[dict]:
+    """Short back-to-back measurements, ORT then OpenVINO, ``pairs`` times at one concurrency.
+
+    Load from other processes changes within minutes; a ratio taken within one pair (seconds
+    apart) is far less exposed to it than best-of-sweep figures taken minutes apart.
+    """
+    analyzer = pa.locate()
+    models = {"ort": contract.ENSEMBLE_MODEL, "openvino": openvino_models()[1]}
+    results = []
+    for index in range(pairs):
+        pair = {"pair": index, "concurrency": concurrency}
+        for name, model in models.items():
+            sweep = pa.Sweep(
+                model=model,
+                url=url,
+                concurrency=str(concurrency),
+                input_data=data,
+                measurement_interval_ms=measurement_interval_ms,
+            )
+            result = pa.run(analyzer, sweep, out / f"pair_{name}_{index}.csv", label=name)
+            pair[f"{name}_img_s"] = result.rows[0].throughput
+        pair["ratio"] = pair["openvino_img_s"] / pair["ort_img_s"]
+        echo(
+            f"  pair {index + 1}: ORT {pair['ort_img_s']:.1f}, OpenVINO {precision} "
+            f"{pair['openvino_img_s']:.1f} img/s -> {pair['ratio']:.2f}x"
+        )
+        results.append(pair)
+    return results
+
+
 def served_ratio(served: dict[str, list[dict]]) -> tuple[float, str]:
     """Best OpenVINO ensemble img/s over best ONNX Runtime FP32 ensemble img/s, and the label."""
     (label,) = [name for name in served if name != ORT_LABEL]
@@ -182,7 +223,9 @@ def ensure_repository(repo: Path | None, out: Path, precision: str, typical: lis
     return repo
 
 
-def report_markdown(environment: dict, inprocess: list[dict], served: dict) -> str:
+def report_markdown(
+    environment: dict, inprocess: list[dict], served: dict, pairs: list[dict] | None = None
+) -> str:
     """The figures as Markdown tables, with the CPU and the served ratio."""
     lines = [
         f"# OpenVINO bench ({environment['date']})",
@@ -212,6 +255,14 @@ def report_markdown(environment: dict, inprocess: list[dict], served: dict) -> s
     if served:
         ratio, label = served_ratio(served)
         lines += ["", f"**{label} / {ORT_LABEL}: {ratio:.2f}x** (best img/s, same server)"]
+    if pairs:
+        ratios = [pair["ratio"] for pair in pairs]
+        lines += [
+            "",
+            f"Back-to-back pairs at concurrency {pairs[0]['concurrency']}: median ratio "
+            f"**{statistics.median(ratios):.2f}x** (range {min(ratios):.2f}-{max(ratios):.2f}x, "
+            f"{len(ratios)} pairs)",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -248,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", default="1:4:1")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--pairs", type=int, default=8, help="back-to-back ORT/OpenVINO pairs")
     args = parser.parse_args(argv)
     from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
@@ -278,9 +330,21 @@ def main(argv: list[str] | None = None) -> None:
             concurrency=args.concurrency,
             rounds=args.rounds,
         )
-    figures = {"environment": environment, "inprocess": inprocess, "served": served}
+        pairs = served_pairs(
+            server.url,
+            args.out / "input_500x375.json",
+            args.out,
+            variant_precision(repo),
+            pairs=args.pairs,
+        )
+    figures = {
+        "environment": environment,
+        "inprocess": inprocess,
+        "served": served,
+        "pairs": pairs,
+    }
     (args.out / "openvino_bench.json").write_text(json.dumps(figures, indent=2, default=str))
-    markdown = report_markdown(environment, inprocess, served)
+    markdown = report_markdown(environment, inprocess, served, pairs)
     (args.out / "openvino_bench.md").write_text(markdown)
     print(markdown)
 
