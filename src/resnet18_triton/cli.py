@@ -32,6 +32,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "ui",
         "Web page and curl endpoint (POST /v1/classify) for uploads.",
     ),
+    "openvino": (
+        "resnet18_triton.export.openvino_cli",
+        "openvino",
+        "export",
+        "Serve the classifier with OpenVINO too (bf16, f32, int8), if faithful.",
+    ),
     "loadtest": (
         "resnet18_triton.perf.cli",
         "loadtest",

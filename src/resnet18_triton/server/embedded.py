@@ -3,8 +3,9 @@
 The wheel ships tritonserver 2.51 (the core of the NGC ``tritonserver:24.10-py3`` container) with
 its shared libraries and the Python backend, but no ONNX Runtime backend. ``EmbeddedServer`` lays
 out a backend directory in which ``python/`` is the wheel's Python backend (with the stub for the
-running Python) and ``onnxruntime/model.py`` is this project's Python-based ONNX Runtime backend,
-then starts the binary on 127.0.0.1 with explicit model control and waits until it is ready.
+running Python) and ``<name>/model.py`` holds each Python-based backend this project ships
+(``onnxruntime``, ``openvino``), then starts the binary on 127.0.0.1 with explicit model control
+and waits until it is ready.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import TextIO
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ServerStartError, StartAborted
-from resnet18_triton.layout import backend_source, missing_files
+from resnet18_triton.layout import backend_source, missing_files, shipped_backends
 from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = backend_source("onnxruntime")
@@ -171,7 +172,8 @@ def check_port_free(host: str, port: int, what: str) -> None:
 
 
 def build_backend_directory(install: TritonInstall, target: Path) -> Path:
-    """``target/python`` = the wheel's Python backend + stub; ``target/onnxruntime/model.py`` ours.
+    """``target/python`` = the wheel's Python backend + stub; ``target/<name>/model.py`` for each
+    of our Python-based backends (``layout.shipped_backends``).
 
     Copies, not symlinks: Triton refuses a backend library whose real path escapes the backend
     directory.
@@ -182,9 +184,10 @@ def build_backend_directory(install: TritonInstall, target: Path) -> Path:
         if source.is_file():
             shutil.copy2(source, python_dir / source.name)
     shutil.copy2(install.python_stub, python_dir / "triton_python_backend_stub")
-    ort_dir = target / "onnxruntime"
-    ort_dir.mkdir()
-    shutil.copy2(ORT_BACKEND_SOURCE, ort_dir / "model.py")
+    for name in shipped_backends():
+        backend_dir = target / name
+        backend_dir.mkdir()
+        shutil.copy2(backend_source(name), backend_dir / "model.py")
     return target
 
 
@@ -228,6 +231,9 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
             f"--cache-config=local,size={options.response_cache_bytes}",
         ]
     return args + list(options.extra_args)
+
+
+_PR_SET_PDEATHSIG = 1  # prctl option: signal to get when the parent dies
 
 
 def _die_with_parent() -> None:
