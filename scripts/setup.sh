@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # libpython3.11: the Triton Python-backend stub embeds it. libb64-0d: perf_analyzer needs it.
 # docker-compose: the tests validate docker-compose.yml offline (no Docker engine needed).
-APT_PACKAGES=(libpython3.11 libb64-0d docker-compose)
+# nginx: the reverse proxy in front of replicas (`resnet18-triton cluster`, tests/integration).
+APT_PACKAGES=(libpython3.11 libb64-0d docker-compose nginx)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
