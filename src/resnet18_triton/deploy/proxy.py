@@ -124,8 +124,25 @@ def compose_settings(replicas: int) -> ProxySettings:
         upstreams=tuple(Upstream(f"triton-{index}") for index in range(1, replicas + 1)),
         listen_http="8080",
         listen_grpc="8081",
-        runtime_dir="/tmp/nginx",
+        runtime_dir="/tmp",
         error_log="/dev/stderr",
+        access_log="/dev/stdout",
+    )
+
+
+def kubernetes_settings(service: str = "triton") -> ProxySettings:
+    """The configuration of the proxy Deployment in deploy/kubernetes.
+
+    Upstream is the replicas' Service, listed twice: kube-proxy balances connections over the
+    ready pods, and the second entry lets nginx resend a failed request on a new connection
+    (which may land on another pod) instead of failing it.
+    """
+    return ProxySettings(
+        upstreams=(Upstream(service), Upstream(service)),
+        listen_http="8080",
+        listen_grpc="8081",
+        runtime_dir="/tmp",
+        error_log="stderr",
         access_log="/dev/stdout",
     )
 
