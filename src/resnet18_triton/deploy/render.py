@@ -1,4 +1,4 @@
-"""Write the deployment files that are generated from code: ``python -m resnet18_triton.deploy.render``.
+"""Write the deployment files generated from code: ``python -m resnet18_triton.deploy.render``.
 
 They are committed (docker-compose and kustomize read them as files) and a unit test fails when
 one differs from what this module renders, so edit the template or the code, then re-run this.
