@@ -67,8 +67,10 @@ def probe_body(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_cli_probe(url: str, timeout_s: float) -> tuple[int, str, float]:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "resnet18_triton.cli", "health", "--probe", "--url", url]
-        + ["--timeout", str(timeout_s)],
+        [
+            *(sys.executable, "-m", "resnet18_triton.cli", "health", "--probe"),
+            *("--url", url, "--timeout", str(timeout_s)),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

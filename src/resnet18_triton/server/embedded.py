@@ -10,6 +10,7 @@ then starts the binary on 127.0.0.1 with explicit model control and waits until 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -97,6 +98,9 @@ class ServerOptions:
     exit_timeout_s: int = 30
     ready_timeout_s: float = 180.0
     log_verbose: int = 0
+    # p50/p99 of queue and compute time per model on the metrics port (Prometheus summaries),
+    # which the Grafana dashboard in deploy/grafana plots.
+    summary_latencies: bool = True
     extra_args: tuple[str, ...] = ()
     # Triton 2.51's Python backend never restarts a stub that died (SIGKILL, OOM kill): the
     # model stays READY but answers 500 "Stub process ... is not healthy" forever. The launcher
@@ -186,6 +190,8 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
         f"--log-verbose={options.log_verbose}",
         "--strict-readiness=true",
     ]
+    if options.summary_latencies:
+        args.append("--metrics-config=summary_latencies=true")
     if options.response_cache_bytes > 0:
         args += [
             f"--cache-directory={install.cache_dir}",
@@ -197,8 +203,8 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
 def _die_with_parent() -> None:
     """In the child: get SIGKILL if the launcher dies, so no tritonserver is ever orphaned."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 class EmbeddedServer:
@@ -355,7 +361,5 @@ class EmbeddedServer:
 
 def _kill_group(pid: int) -> None:
     """Stubs live in the server's process group; none may survive the server."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
