@@ -156,7 +156,7 @@ def test_kill_9_of_one_replica_under_load_loses_no_request_and_it_rejoins(
     cluster: Cluster, images: list[bytes], expected: np.ndarray
 ) -> None:
     victim, survivor = cluster.replicas
-    survivor_before = ensemble_counts(survivor)[0]
+    victim_before, survivor_before = settled_counts([victim, survivor])
     victim_pid = victim.server_pid()
     assert victim_pid is not None
     starts_before = victim.starts
@@ -165,7 +165,7 @@ def test_kill_9_of_one_replica_under_load_loses_no_request_and_it_rejoins(
 
     def kill_mid_load() -> None:
         reached.wait(timeout=600)
-        killed_at_count.append(ensemble_counts(victim)[0])
+        killed_at_count.append(ensemble_counts(victim)[0] - victim_before)
         os.kill(victim_pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_mid_load)
