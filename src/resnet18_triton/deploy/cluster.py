@@ -24,6 +24,7 @@ from pathlib import Path
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
 from resnet18_triton.deploy import proxy
 from resnet18_triton.errors import ServerStartError
+from resnet18_triton.layout import missing_files
 from resnet18_triton.server.embedded import free_port
 
 SERVER_BINARY_NAME = "tritonserver"
@@ -153,6 +154,14 @@ class Cluster:
         return self.workdir / "nginx.conf"
 
     def start(self) -> Cluster:
+        missing = missing_files(self.options.repository)
+        if missing:
+            raise ServerStartError(
+                f"the model repository {self.options.repository} is not ready "
+                f"({missing[0].relative_to(self.options.repository)} missing): run "
+                "`resnet18-triton export` first"
+            )
+        proxy.nginx_binary()  # fail before starting replicas when nginx is not installed
         try:
             for replica in self.replicas:
                 self._start_replica(replica)
