@@ -68,9 +68,9 @@ def measure(
             input_data=input_data,
             # On a machine shared with other work a tight stability criterion never settles;
             # the interleaved rounds carry the comparison instead.
-            measurement_interval_ms=8000,
+            measurement_interval_ms=6000,
             stability_percentage=100,
-            max_trials=4,
+            max_trials=10,
         )
         result = perf_analyzer.run(
             perf_analyzer.locate(),
