@@ -139,7 +139,7 @@ def digits_openvino_repository(tmp_path: Path, precision: str = "bf16") -> tuple
     from resnet18_triton.export.openvino_cli import openvino
 
     model, splits, _ = digits_model()
-    repo = export_repository(model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}')
+    repo = export_repository(model, tmp_path / "repo")
     report = tmp_path / "openvino_report.json"
     result = CliRunner().invoke(
         openvino,

@@ -201,9 +201,9 @@ def test_the_gate_refuses_a_model_that_disagrees_with_fp32(tmp_path: Path) -> No
     from tests.digits import digits_model, export_repository, write_images
 
     model, splits, _ = digits_model()
-    repo = export_repository(model, tmp_path / "repo", '{"path":"digits-fitted","source":"file"}')
+    repo = export_repository(model, tmp_path / "repo")
     wrong, provenance = load_resnet18("random", seed=1)
-    export_onnx(wrong, layout.onnx_model_path(repo, layout.INT8_MODEL), provenance=provenance)
+    export_onnx(wrong, layout.onnx_model_path(repo, contract.INT8_MODEL), provenance=provenance)
     images = write_images(tmp_path / "held_out", splits["held_out"][0][:40])
     arguments = ["--repo", str(repo), "--precision", "int8", "--eval-images", str(images)]
     result = CliRunner().invoke(openvino, arguments)

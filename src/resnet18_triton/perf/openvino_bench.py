@@ -205,9 +205,10 @@ def ensure_repository(repo: Path | None, out: Path, precision: str, typical: lis
     from resnet18_triton.export.quantize import load_preprocess_module, preprocess_files
 
     if repo is None:
-        from resnet18_triton.perf.bench import _export_repository
+        from resnet18_triton.export.pipeline import ExportRequest, export_repository
 
-        repo = _export_repository(out / "model_repository", print)
+        request = ExportRequest(repository=out / "model_repository", weights="random", seed=0)
+        repo = export_repository(request).repository
     if not has_openvino(repo):
         held_out = preprocess_files(typical, load_preprocess_module(repo))
         report = build_openvino_variant(repo, precision, held_out, force=True)
@@ -260,7 +261,7 @@ def report_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _environment() -> dict:
+def environment() -> dict:
     import os
     import platform
 
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     typical = image_sets.jpeg_set(args.out / "images", image_sets.TYPICAL_SIZE, 16)
     repo = ensure_repository(args.repo, args.out, args.precision, typical).resolve()
-    environment = _environment()
+    env = environment()
     print("in-process engines (interleaved) ...")
     inprocess = inprocess_rows(repo, seconds=args.seconds)
     options = ServerOptions(
@@ -332,13 +333,13 @@ def main(argv: list[str] | None = None) -> None:
             pairs=args.pairs,
         )
     figures = {
-        "environment": environment,
+        "environment": env,
         "inprocess": inprocess,
         "served": served,
         "pairs": pairs,
     }
     (args.out / "openvino_bench.json").write_text(json.dumps(figures, indent=2, default=str))
-    markdown = report_markdown(environment, inprocess, served, pairs)
+    markdown = report_markdown(env, inprocess, served, pairs)
     (args.out / "openvino_bench.md").write_text(markdown)
     print(markdown)
 

@@ -101,6 +101,9 @@ class ServerOptions:
     exit_timeout_s: int = contract.SERVER_EXIT_TIMEOUT_S
     ready_timeout_s: float = contract.SERVER_READY_TIMEOUT_S
     log_verbose: int = 0
+    # p50/p99 of queue and compute time per model on the metrics port (Prometheus summaries),
+    # which the Grafana dashboard in deploy/grafana plots.
+    summary_latencies: bool = True
     extra_args: tuple[str, ...] = ()
     # Triton 2.51's Python backend never restarts a stub that died (SIGKILL, OOM kill): the
     # model stays READY but answers 500 "Stub process ... is not healthy" forever. The launcher
@@ -225,6 +228,8 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
         f"--log-verbose={options.log_verbose}",
         "--strict-readiness=true",
     ]
+    if options.summary_latencies:
+        args.append("--metrics-config=summary_latencies=true")
     if options.response_cache_bytes > 0:
         args += [
             f"--cache-directory={install.cache_dir}",
