@@ -23,9 +23,9 @@ TEMPLATE_PATH = Path(__file__).resolve().parent / "nginx.conf.template"
 HEADER_ALLOWANCE_BYTES = 64 * 1024
 # Triton's binary tensor format puts a 4-byte length before each BYTES element.
 LENGTH_PREFIX_BYTES = 4
-# Defaults of the exported preprocess config (ServingSettings): 8 images of at most 32 MiB.
-DEFAULT_MAX_BATCH_SIZE = 8
-DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
+# Defaults of the exported preprocess config (ServingSettings), when none can be read.
+DEFAULT_MAX_BATCH_SIZE = contract.MAX_BATCH_SIZE
+DEFAULT_MAX_IMAGE_BYTES = contract.MAX_IMAGE_BYTES
 # A replica that refused or dropped a connection is left out this long before it is tried again.
 FAIL_TIMEOUT_S = 5
 
@@ -43,8 +43,8 @@ class Upstream:
     """One Triton replica as the proxy reaches it: host (name or address) and its two ports."""
 
     host: str
-    http_port: int = 8000
-    grpc_port: int = 8001
+    http_port: int = contract.DEFAULT_HTTP_PORT
+    grpc_port: int = contract.DEFAULT_GRPC_PORT
 
 
 @dataclass(frozen=True)
