@@ -159,7 +159,7 @@ class StubWatchdog:
         options = self.server.options
         return {
             model: model_fingerprint(Path(options.repository) / model)
-            for model in options.models
+            for model in options.load_order
             if (Path(options.repository) / model).is_dir()
         }
 
