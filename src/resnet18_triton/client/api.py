@@ -40,11 +40,13 @@ from tritonclient.utils import InferenceServerException
 from resnet18_triton import contract
 from resnet18_triton.client.results import (
     ClassificationResult,
+    ClassifierHealth,
     HealthReport,
     ModelHealth,
     Prediction,
     parse_classifications,
 )
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import (
     ImageError,
     ResNet18TritonError,
@@ -167,6 +169,57 @@ class _Flight:
 _Outcome = list[Prediction] | str
 
 
+def served_classifiers(
+    index: dict[str, list[dict[str, Any]]] | None, named: Sequence[str] = ()
+) -> list[ClassifierNames]:
+    """``named`` classifiers, then those whose ensemble, preprocess and ONNX models the
+    repository ``index`` lists (the default classifier when there is no index)."""
+    found = [ClassifierNames.of(name) for name in named]
+    candidates = sorted(index) if index is not None else [contract.DEFAULT_CLASSIFIER]
+    for name in candidates:
+        try:
+            names = ClassifierNames.of(name)
+        except ValueError:
+            continue
+        listed = index is None or all(model in index for model in names.served)
+        if listed and names not in found:
+            found.append(names)
+    return found
+
+
+def served_names(names: ClassifierNames, index: dict[str, list[dict[str, Any]]] | None) -> list:
+    """The models of ``names`` to check: FP32 always, INT8 where the index lists it."""
+    int8 = [model for model in names.int8_models if index is not None and model in index]
+    return [*names.served, *int8]
+
+
+def classifier_health(
+    name: str, ensemble: dict[str, Any], preprocess: dict[str, Any], onnx: dict[str, Any]
+) -> ClassifierHealth:
+    """``ClassifierHealth`` from the three model configs (JSON form of the model-config API)."""
+
+    def parameters(config: dict[str, Any]) -> dict[str, str]:
+        items = config.get("parameters", {}).items()
+        return {key: value.get("string_value", "") for key, value in items}
+
+    output_dims = ensemble.get("output", [{}])[0].get("dims", [0])
+    input_dims = onnx.get("input", [{}])[0].get("dims", [0, 0, 0])
+    settings = parameters(preprocess)
+    keys = ("resize_size", "input_size", "mean", "std", "interpolation")
+    text = parameters(onnx).get(contract.PROVENANCE_PARAMETER, "")
+    try:
+        provenance = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        provenance = None
+    return ClassifierHealth(
+        name=name,
+        classes=int(output_dims[-1]),
+        input_size=int(input_dims[-1]),
+        preprocessing={key: settings[key] for key in keys if key in settings},
+        provenance=provenance if isinstance(provenance, dict) else None,
+    )
+
+
 class ImageClassifier:
     """A connection to the ResNet-18 ensemble on one Triton server.
 
@@ -269,15 +322,26 @@ class ImageClassifier:
             )
         return provenance
 
-    def health(self, models: Sequence[str] = contract.SERVED_MODELS) -> HealthReport:
-        """Server liveness and readiness, each model's readiness and versions, weights provenance.
+    def health(
+        self,
+        models: Sequence[str] | None = None,
+        admin_key: str | None = None,
+        classifiers: Sequence[str] = (),
+    ) -> HealthReport:
+        """Server liveness and readiness, each model's readiness and versions, weights provenance,
+        and each classifier's classes, input size, preprocessing and provenance.
 
-        Raises ServerUnavailableError only when the server cannot be reached at all; anything
-        else that is wrong is part of the report.
+        The classifiers are ``classifiers`` plus those the repository index lists (an admin API:
+        it needs ``admin_key`` on a server started by ``serve``), else the default one;
+        ``models`` defaults to their models. Raises ServerUnavailableError only when the server
+        cannot be reached at all; anything else that is wrong is part of the report.
         """
         live = self._call(self._client.is_server_live)
         ready = self._call(self._client.is_server_ready)
-        index = self._repository_index()
+        index = self._repository_index(admin_key)
+        names = served_classifiers(index, classifiers)
+        if models is None:
+            models = [model for item in names for model in served_names(item, index)]
         try:
             provenance, provenance_error = self.weights_provenance(), None
         except ServerUnavailableError:
@@ -291,7 +355,22 @@ class ImageClassifier:
             models=tuple(self._model_health(name, index) for name in models),
             provenance=provenance,
             provenance_error=provenance_error,
+            classifiers=tuple(
+                info for info in (self._classifier_health(item) for item in names) if info
+            ),
         )
+
+    def _classifier_health(self, names: ClassifierNames) -> ClassifierHealth | None:
+        """A classifier as its configs describe it (model-config API); None when not loaded."""
+        try:
+            ensemble = self._call(self._client.get_model_config, names.ensemble)
+            preprocess = self._call(self._client.get_model_config, names.preprocess)
+            onnx = self._call(self._client.get_model_config, names.onnx)
+        except ServerUnavailableError:
+            raise
+        except ResNet18TritonError:
+            return None
+        return classifier_health(names.name, ensemble, preprocess, onnx)
 
     def _model_health(
         self, name: str, index: dict[str, list[dict[str, Any]]] | None
@@ -301,10 +380,14 @@ class ImageClassifier:
             return ModelHealth(name, True, tuple(metadata.get("versions", ())))
         return ModelHealth(name, False, detail=_not_ready_detail(name, index))
 
-    def _repository_index(self) -> dict[str, list[dict[str, Any]]] | None:
-        """Model states and load-failure reasons; None if the server restricts that API."""
+    def _repository_index(
+        self, admin_key: str | None = None
+    ) -> dict[str, list[dict[str, Any]]] | None:
+        """Model states and load-failure reasons; None if the server restricts that API (and
+        ``admin_key`` does not open it)."""
+        headers = {contract.ADMIN_KEY_HEADER: admin_key} if admin_key else None
         try:
-            entries = self._call(self._client.get_model_repository_index)
+            entries = self._call(self._client.get_model_repository_index, headers)
         except ServerUnavailableError:
             raise
         except ResNet18TritonError:
