@@ -123,11 +123,13 @@ def test_classify_by_name_answers_with_the_digit_labels(
 
 
 def test_health_lists_each_classifier_with_its_classes_input_and_preprocessing(
-    url: str, digits_classifier: DigitsClassifier
+    url: str, admin_key: str, digits_classifier: DigitsClassifier
 ) -> None:
-    result = CliRunner().invoke(health, ["--url", url, "--json"])
+    # The repository index that lists the classifiers is an admin API: the key opens it.
+    environment = {contract.ADMIN_KEY_ENV_VAR: admin_key, contract.ADMIN_KEY_FILE_ENV_VAR: ""}
+    result = CliRunner().invoke(health, ["--url", url, "--json"], env=environment)
     assert result.exit_code == 0, result.output
-    listed = {item["name"]: item for item in json.loads(result.output)["classifiers"]}
+    listed = {item["name"]: item for item in json.loads(result.stdout)["classifiers"]}
     digits, default = listed[digits_classifier.name], listed[contract.ENSEMBLE_MODEL]
     assert (digits["classes"], digits["input_size"]) == (10, 96)
     assert digits["preprocessing"]["mean"] == "0.5,0.5,0.5"
@@ -135,6 +137,18 @@ def test_health_lists_each_classifier_with_its_classes_input_and_preprocessing(
     assert digits["provenance"]["path"] == digits_classifier.checkpoint.name
     assert (default["classes"], default["input_size"]) == (1000, 224)
     assert default["preprocessing"]["resize_size"] == "256"
+
+
+def test_health_without_the_admin_key_reports_the_classifiers_it_is_told_about(
+    url: str, digits_classifier: DigitsClassifier
+) -> None:
+    environment = {contract.ADMIN_KEY_ENV_VAR: "", contract.ADMIN_KEY_FILE_ENV_VAR: ""}
+    result = CliRunner().invoke(
+        health, ["--url", url, "--model", digits_classifier.name], env=environment
+    )
+    assert result.exit_code == 0, result.output
+    assert "classifier digits: 10 classes, input 96x96 (resize straight, bilinear" in result.stdout
+    assert "classifier resnet18: 1000 classes, input 224x224 (resize 256, crop 224" in result.stdout
 
 
 def test_quantize_by_name_reports_fidelity_on_the_digits_own_held_out_images(
