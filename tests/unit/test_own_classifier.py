@@ -300,3 +300,18 @@ def test_a_second_classifier_is_added_beside_the_first_which_stays_byte_identica
     config = (repo / "ten_preprocess" / "config.pbtxt").read_text()
     assert 'key: "resize_size"' in config and "dims: 64" in config
     assert (repo / "ten" / "labels.txt").read_text().splitlines()[-1] == "class_9"
+
+
+def test_loadtest_by_name_sweeps_that_classifiers_ensemble_and_onnx_model(tmp_path: Path) -> None:
+    from resnet18_triton.perf.loadtest import LoadTestPlan, sweeps
+
+    image = tmp_path / "digit.png"
+    image.write_bytes(b"\x89PNG not decoded here")
+    plan = LoadTestPlan(
+        url="127.0.0.1:1",
+        out=tmp_path,
+        targets=("ensemble", "raw"),
+        images=(image,),
+        classifier="digits",
+    )
+    assert [sweep.model for _, sweep in sweeps(plan)] == ["digits", "digits_onnx"]
