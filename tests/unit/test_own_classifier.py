@@ -315,3 +315,19 @@ def test_loadtest_by_name_sweeps_that_classifiers_ensemble_and_onnx_model(tmp_pa
         classifier="digits",
     )
     assert [sweep.model for _, sweep in sweeps(plan)] == ["digits", "digits_onnx"]
+
+
+def test_the_readme_walkthrough_uses_only_options_the_commands_have() -> None:
+    import re
+
+    from resnet18_triton.client.cli import classify, health
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Serve your own model", 1)[1].split("```bash", 1)[1].split("```")[0]
+    commands = {"export": export, "health": health, "classify": classify}
+    used = re.findall(r"resnet18-triton (\w+)((?:[^\n]|\\\n)*)", section)
+    assert [name for name, _ in used] == ["export", "serve", "health", "classify"]
+    for name, arguments in used:
+        if name in commands:
+            known = {opt for param in commands[name].params for opt in param.opts}
+            assert set(re.findall(r"(--[a-z-]+)", arguments)) <= known, name
