@@ -331,3 +331,34 @@ def test_the_readme_walkthrough_uses_only_options_the_commands_have() -> None:
         if name in commands:
             known = {opt for param in commands[name].params for opt in param.opts}
             assert set(re.findall(r"(--[a-z-]+)", arguments)) <= known, name
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Preprocessing(),
+        Preprocessing(resize_size=0, input_size=96, mean=(0.5,) * 3, std=(0.5,) * 3),
+        Preprocessing(resize_size=320, input_size=288, interpolation="bicubic"),
+        Preprocessing(resize_size=0, input_size=160, interpolation="bicubic", std=(0.2, 0.3, 0.4)),
+    ],
+    ids=["imagenet", "straight96", "bicubic288", "straight160_bicubic"],
+)
+def test_the_served_transform_read_from_its_config_equals_torchvision_bit_for_bit(
+    settings: Preprocessing,
+) -> None:
+    import numpy as np
+    from google.protobuf import json_format
+
+    from resnet18_triton.export.model_configs import preprocess_model_config
+    from tests.support import preprocess_module, reference_rgb, torchvision_transform, varied_images
+
+    module = preprocess_module()
+    config = preprocess_model_config(ServingSettings(), "mine_preprocess", settings)
+    as_json = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    transform = module.transform_from_config(as_json)
+    assert list(config.output[0].dims) == [3, settings.input_size, settings.input_size]
+    reference = torchvision_transform(settings)
+    for name, data in sorted(varied_images().items())[:6]:
+        served = module.preprocess_bytes(data, transform=transform)
+        expected = reference(reference_rgb(data)).numpy()
+        assert np.array_equal(served, expected), name
