@@ -94,6 +94,13 @@ def _handler(fake: FakeTriton) -> type[BaseHTTPRequestHandler]:
                 config["parameters"] = {
                     contract.PROVENANCE_PARAMETER: {"string_value": fake.provenance}
                 }
+            if name == contract.ENSEMBLE_MODEL:  # as the real server describes an ensemble
+                config["ensemble_scheduling"] = {
+                    "step": [
+                        {"model_name": contract.PREPROCESS_MODEL, "model_version": -1},
+                        {"model_name": contract.ONNX_MODEL, "model_version": -1},
+                    ]
+                }
             return config
 
         def do_POST(self) -> None:

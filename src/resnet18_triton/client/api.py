@@ -299,18 +299,23 @@ class ImageClassifier:
             self._max_batch_size = size
         return self._max_batch_size
 
-    def weights_provenance(self) -> dict[str, Any]:
+    def weights_provenance(self, model: str | None = None) -> dict[str, Any]:
         """Where the served weights come from, e.g. ``{"source": "random", "seed": 0}``.
 
-        Read from the ``weights_provenance`` parameter of the ONNX model's config; raises
+        Read from the ``weights_provenance`` parameter of the classifier that ``model`` (default:
+        this client's model) runs: its last ensemble step, or the model itself. Raises
         ResNet18TritonError when it is missing or not a JSON object.
         """
-        config = self._call(self._client.get_model_config, contract.ONNX_MODEL)
+        config = self._call(self._client.get_model_config, model or self.model)
+        steps = config.get("ensemble_scheduling", {}).get("step", [])
+        if steps:
+            config = self._call(self._client.get_model_config, steps[-1]["model_name"])
         parameter = config.get("parameters", {}).get(contract.PROVENANCE_PARAMETER, {})
         text = parameter.get("string_value", "")
         if not text:
             raise ResNet18TritonError(
-                f"model '{contract.ONNX_MODEL}' has no '{contract.PROVENANCE_PARAMETER}' parameter"
+                f"model '{config.get('name', model or self.model)}' has no "
+                f"'{contract.PROVENANCE_PARAMETER}' parameter"
             )
         try:
             provenance = json.loads(text)
