@@ -86,6 +86,18 @@ def ensemble_classifier(config: dict[str, Any]) -> str | None:
 
 
 @dataclass(frozen=True)
+class ClassifierHealth:
+    """One served classifier as its model configs describe it: classes, the input side, the
+    preprocessing parameters (``resize_size`` 0 = straight to the input size) and provenance."""
+
+    name: str
+    classes: int
+    input_size: int
+    preprocessing: dict[str, str]
+    provenance: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class HealthReport:
     """What ``resnet18-triton health`` shows; ``provenance`` is None when it cannot be read."""
 
@@ -95,6 +107,7 @@ class HealthReport:
     models: tuple[ModelHealth, ...]
     provenance: dict[str, Any] | None
     provenance_error: str | None = None
+    classifiers: tuple[ClassifierHealth, ...] = ()
 
     @property
     def all_ready(self) -> bool:

@@ -1,10 +1,11 @@
 """Export a ResNet-18 to one self-contained ONNX file with a dynamic batch axis.
 
-The result is what Triton's onnxruntime backend loads: input ``input`` [batch, 3, 224, 224] float32,
-two outputs, both [batch, 1000] float32 with the same dynamic batch axis: ``logits`` (first), and
-``probabilities`` = softmax(logits) over the classes, computed by an ordinary ONNX ``Softmax`` node
-in the graph (``WithProbabilities`` wraps the classifier before export). Weights are embedded (no
-``.onnx.data`` side file): a Triton model version directory holds one file.
+The result is what Triton's onnxruntime backend loads: input ``input`` [batch, 3, S, S] float32
+(S = 224 by default), two outputs, both [batch, classes] float32 with the same dynamic batch
+axis: ``logits`` (first), and ``probabilities`` = softmax(logits) over the classes, computed by
+an ordinary ONNX ``Softmax`` node in the graph (``WithProbabilities`` wraps the classifier before
+export). Weights are embedded (no ``.onnx.data`` side file): a Triton model version directory
+holds one file.
 
 Exporters: ``dynamo=True`` (the torch.export-based exporter) is the default, because the
 TorchScript exporter is deprecated upstream. It emits opset 18 or newer, so ``dynamo=True`` with
@@ -17,7 +18,9 @@ export leaves no file behind and never replaces an existing one.
 
 from __future__ import annotations
 
+import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -39,6 +42,8 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 17
 DYNAMO_MIN_OPSET = 18
 BATCH_AXIS_NAME = "batch"
+# metadata_props key holding the class labels as a JSON list.
+LABELS_METADATA_KEY = "labels"
 # Batch 2, not 1: torch.export specialises dimensions of size 0 and 1 to constants.
 _EXAMPLE_BATCH = 2
 
@@ -65,6 +70,8 @@ def export_onnx(
     dynamo: bool = True,
     *,
     provenance: Provenance | str | None = None,
+    input_size: int = IMAGE_SIZE,
+    labels: Sequence[str] | None = None,
 ) -> Path:
     """Export ``model`` (put in eval mode) to ``path`` atomically and return ``path``.
 
@@ -73,16 +80,20 @@ def export_onnx(
 
     ``provenance`` (a Provenance or its JSON) is stored in the ONNX ``metadata_props`` under
     ``weights_provenance``, next to producer information. A failed export leaves no file behind
-    and never replaces an existing good one.
+    and never replaces an existing good one. ``input_size`` is the side of the square input
+    images; ``labels`` (one per class) go into the metadata as a JSON list under ``labels``.
     """
     path = Path(path)
     _check_opset(opset, dynamo)
     metadata = _metadata(opset, dynamo, provenance)
+    if labels is not None:
+        metadata[LABELS_METADATA_KEY] = json.dumps(list(labels))
     # The exporter writes wherever it is told, in several passes: it writes into a private
     # directory, and only the finished file is installed at ``path``.
     with tempfile.TemporaryDirectory(prefix="resnet18-onnx-export-") as work:
         exported = Path(work) / path.name
-        _torch_export(WithProbabilities(model).eval(), exported, opset, dynamo)  # eval() recurses
+        classifier = WithProbabilities(model).eval()  # eval() recurses
+        _torch_export(classifier, exported, opset, dynamo, input_size)
         _add_metadata(exported, metadata)
         install_file_atomically(exported, path)
     return path
@@ -98,8 +109,10 @@ def _check_opset(opset: int, dynamo: bool) -> None:
         )
 
 
-def _torch_export(model: torch.nn.Module, path: Path, opset: int, dynamo: bool) -> None:
-    example = torch.randn(_EXAMPLE_BATCH, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+def _torch_export(
+    model: torch.nn.Module, path: Path, opset: int, dynamo: bool, input_size: int = IMAGE_SIZE
+) -> None:
+    example = torch.randn(_EXAMPLE_BATCH, CHANNELS, input_size, input_size)
     try:
         if dynamo:
             _export_dynamo(model, example, path, opset)

@@ -114,8 +114,10 @@ def verify_onnx(
     atol: float = DEFAULT_ATOL,
     probability_atol: float = DEFAULT_PROBABILITY_ATOL,
     seed: int = 0,
+    input_size: int = IMAGE_SIZE,
 ) -> VerificationReport:
-    """Compare ``onnx_path`` with ``model`` (put in eval mode) on ``num_inputs`` random batches.
+    """Compare ``onnx_path`` with ``model`` (put in eval mode) on ``num_inputs`` random batches
+    of ``input_size`` x ``input_size`` images.
 
     ``model`` maps images to logits. Input ``i`` has batch size
     ``batch_sizes[i % len(batch_sizes)]``, so several sizes exercise the dynamic batch axis.
@@ -132,7 +134,7 @@ def verify_onnx(
     sizes = tuple(batch_sizes[i % len(batch_sizes)] for i in range(num_inputs))
     model.eval()
     expected, actual = [], []
-    for batch in _random_batches(sizes, seed):
+    for batch in _random_batches(sizes, seed, input_size):
         with torch.inference_mode():
             logits = model(batch)
             expected.append([logits.numpy(), torch.softmax(logits, dim=1).numpy()])
@@ -166,12 +168,13 @@ def _session(path: Path) -> ort.InferenceSession:
     return session
 
 
-def _random_batches(sizes: Sequence[int], seed: int) -> list[torch.Tensor]:
+def _random_batches(
+    sizes: Sequence[int], seed: int, input_size: int = IMAGE_SIZE
+) -> list[torch.Tensor]:
     # Standard normal values look like normalised images (per-channel mean 0, std 1) to the model.
     generator = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(size, CHANNELS, IMAGE_SIZE, IMAGE_SIZE, generator=generator) for size in sizes
-    ]
+    side = input_size
+    return [torch.randn(size, CHANNELS, side, side, generator=generator) for size in sizes]
 
 
 def _joined(batches: list[list[np.ndarray]]) -> list[np.ndarray]:
