@@ -44,6 +44,7 @@ from resnet18_triton.client.results import (
     ModelHealth,
     Prediction,
     parse_classifications,
+    serving_summary,
 )
 from resnet18_triton.errors import (
     ImageError,
@@ -298,7 +299,10 @@ class ImageClassifier:
     ) -> ModelHealth:
         if self._call(self._client.is_model_ready, name):
             metadata = self._call(self._client.get_model_metadata, name)
-            return ModelHealth(name, True, tuple(metadata.get("versions", ())))
+            config = self._call(self._client.get_model_config, name)
+            return ModelHealth(
+                name, True, tuple(metadata.get("versions", ())), serving=serving_summary(config)
+            )
         return ModelHealth(name, False, detail=_not_ready_detail(name, index))
 
     def _repository_index(self) -> dict[str, list[dict[str, Any]]] | None:

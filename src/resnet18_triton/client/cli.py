@@ -169,6 +169,8 @@ def format_health(report: HealthReport) -> str:
     for model in report.models:
         state = "ready" if model.ready else "NOT READY"
         detail = f"versions: {', '.join(model.versions)}" if model.ready else model.detail
+        if model.ready and model.serving:
+            detail += "  " + ", ".join(f"{key}: {value}" for key, value in model.serving)
         lines.append(f"  {model.name:<{name_width}}  {state:<9}  {detail}".rstrip())
     if report.provenance is not None:
         lines.append(f"weights: {describe_provenance(report.provenance)}")
@@ -187,7 +189,13 @@ def health_to_json(report: HealthReport) -> dict[str, Any]:
         "ready": report.ready,
         "all_ready": report.all_ready,
         "models": [
-            {"name": m.name, "ready": m.ready, "versions": list(m.versions), "detail": m.detail}
+            {
+                "name": m.name,
+                "ready": m.ready,
+                "versions": list(m.versions),
+                "detail": m.detail,
+                "serving": dict(m.serving),
+            }
             for m in report.models
         ],
         "weights_provenance": report.provenance,
