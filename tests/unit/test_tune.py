@@ -35,6 +35,9 @@ from resnet18_triton.perf.tune_space import (
     SearchSpace,
     TuneError,
     coordinate_descent,
+    interleaved,
+    median_scores,
+    parse_label,
     select_winner,
     thread_splits,
 )
@@ -140,6 +143,28 @@ def test_coordinate_descent_respects_the_latency_limit() -> None:
 
     winner = select_winner(coordinate_descent(space, measure, max_p99_ms=100), max_p99_ms=100)
     assert winner.candidate.max_batch_size == 1
+
+
+def test_a_plan_label_reads_back_as_the_plan() -> None:
+    plan = Candidate(INT8, 2, 1, 2, 4, 2000)
+    assert parse_label(plan.label) == plan
+    assert parse_label("  fp32  i1xt2 p1 b8 q0 ") == Candidate()
+    with pytest.raises(TuneError, match=r"expected e\.g\. 'fp32 i1xt2 p1 b8 q0'"):
+        parse_label("fp32 1x2")
+
+
+def test_interleaved_runs_alternate_the_plans_and_rank_them_by_median() -> None:
+    a, b = Candidate(max_batch_size=1), Candidate(max_batch_size=8)
+    throughputs = iter([10, 30, 50, 31, 12, 29])  # a's second run hit a fast spell
+    order: list[Candidate] = []
+
+    def measure(plan: Candidate) -> Measurement:
+        order.append(plan)
+        return measured(plan, row(next(throughputs), 50))
+
+    runs = interleaved([a, b], measure, rounds=3)
+    assert order == [a, b, a, b, a, b]
+    assert median_scores(runs) == {a: 12, b: 30}
 
 
 # --- the winner ------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ from resnet18_triton.perf.tune_space import (
     Measurement,
     SearchSpace,
     coordinate_descent,
+    interleaved,
+    median_scores,
     select_winner,
 )
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
@@ -66,12 +68,16 @@ class TunePlan:
     max_p99_ms: float | None = None
     exhaustive: bool = False
     name: str = contract.ENSEMBLE_MODEL
+    # Instead of a search: measure exactly these plans, interleaved, ``rounds`` times each.
+    compare: tuple[Candidate, ...] = ()
+    rounds: int = 3
 
 
 @dataclass(frozen=True)
 class TuneResult:
     measurements: list[Measurement]
     winner: Measurement
+    winner_score: float  # the median over rounds when comparing
     seconds: float
     report: Path
 
@@ -169,7 +175,9 @@ def run_tune(
     plan.out.mkdir(parents=True, exist_ok=True)
     measure = PlanMeasurer(plan, analyzer or pa.locate(), echo)
     try:
-        if plan.exhaustive:
+        if plan.compare:
+            measurements = interleaved(plan.compare, measure, plan.rounds)
+        elif plan.exhaustive:
             measurements = [measure(candidate) for candidate in plan.space.grid()]
         else:
             measurements = coordinate_descent(plan.space, measure, plan.max_p99_ms)
@@ -177,9 +185,18 @@ def run_tune(
         # Hard links to the repository's files: cheap, but not part of the report.
         shutil.rmtree(measure.scratch, ignore_errors=True)
     seconds = time.monotonic() - started
-    winner = select_winner(measurements, plan.max_p99_ms)
+    if plan.compare:
+        medians = median_scores(measurements, plan.max_p99_ms)
+        best = max(medians, key=lambda candidate: medians[candidate])
+        if medians[best] <= 0:
+            select_winner(measurements, plan.max_p99_ms)  # raises, saying why
+        winner = next(m for m in measurements if m.candidate == best)
+        score = medians[best]
+    else:
+        winner = select_winner(measurements, plan.max_p99_ms)
+        score = winner.score(plan.max_p99_ms)
     report = write_report(plan, measurements, winner, seconds)
-    return TuneResult(measurements, winner, seconds, report)
+    return TuneResult(measurements, winner, score, seconds, report)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -271,6 +288,21 @@ def summary_table(measurements: list[Measurement], max_p99_ms: float | None) -> 
     )
 
 
+def comparison_table(measurements: list[Measurement], max_p99_ms: float | None) -> str:
+    """Interleaved runs: each plan's score per round, its median and its ratio to the first
+    plan's median."""
+    medians = median_scores(measurements, max_p99_ms)
+    first = next(iter(medians.values()))
+    lines = []
+    for plan, median in medians.items():
+        rounds = [f"{m.score(max_p99_ms):.1f}" for m in measurements if m.candidate == plan]
+        ratio = f"{median / first:.3f}" if first > 0 else "-"
+        lines.append([plan.label, ", ".join(rounds), f"{median:.1f}", ratio])
+    return markdown_table(
+        ["plan", "img/s per round", "median img/s", "median / first plan's"], lines
+    )
+
+
 def write_report(
     plan: TunePlan, measurements: list[Measurement], winner: Measurement, seconds: float
 ) -> Path:
@@ -282,6 +314,8 @@ def write_report(
     plot_plans(measurements, winner, out / "tune.png", plan.max_p99_ms)
     limit = f"p99 <= {plan.max_p99_ms:g} ms" if plan.max_p99_ms else "none"
     search = "exhaustive grid" if plan.exhaustive else "coordinate descent from the rule of thumb"
+    if plan.compare:
+        search = f"the named plans side by side, interleaved, {plan.rounds} round(s)"
     lines = [
         f"# Tuning {plan.name} on {plan.space.cores} core(s)",
         "",
@@ -292,8 +326,9 @@ def write_report(
         "- plan label: variant, ONNX Runtime instances x intra-op threads, preprocess "
         "instances, max batch size, queue delay (us)",
         "",
-        f"**Winner: {winner.candidate.label}** ({winner.score(plan.max_p99_ms):.1f} img/s)",
+        f"**Winner: {winner.candidate.label}**",
         "",
+        *([comparison_table(measurements, plan.max_p99_ms), ""] if plan.compare else []),
         summary_table(measurements, plan.max_p99_ms),
         "",
         "![throughput vs p99 latency](tune.png)",

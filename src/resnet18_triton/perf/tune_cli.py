@@ -120,6 +120,8 @@ def tune(
     cores: int | None,
     max_p99_ms: float | None,
     exhaustive: bool,
+    compare: tuple[str, ...],
+    rounds: int,
     apply_winner: bool,
     revert: bool,
     variants: str | None,
@@ -146,7 +148,7 @@ def tune(
     from resnet18_triton.perf.tune import TunePlan, run_tune
     from resnet18_triton.perf.tune_repository import apply_plan, available_variants, variant_models
     from resnet18_triton.perf.tune_repository import revert as revert_repository
-    from resnet18_triton.perf.tune_space import SearchSpace, TuneError
+    from resnet18_triton.perf.tune_space import SearchSpace, TuneError, parse_label
 
     repository = repo or default_repository()
     if revert:
@@ -161,7 +163,10 @@ def tune(
         )
     cores = cores or available_cores()
     present = available_variants(repository, name)
+    plans = tuple(parse_label(label) for label in compare)
     chosen = tuple(v.strip() for v in variants.split(",")) if variants else present
+    if plans:
+        chosen = tuple(dict.fromkeys(plan.variant for plan in plans))
     absent = [v for v in chosen if v not in present]
     if absent:
         raise click.BadParameter(
@@ -197,11 +202,13 @@ def tune(
         max_p99_ms=max_p99_ms,
         exhaustive=exhaustive,
         name=name,
+        compare=plans,
+        rounds=rounds,
     )
     result = run_tune(plan, echo=lambda text: click.echo(text, err=True))
     winner = result.winner
     click.echo(
-        f"winner: {winner.candidate.label} ({winner.score(max_p99_ms):.1f} img/s); "
+        f"winner: {winner.candidate.label} ({result.winner_score:.1f} img/s); "
         f"{len(result.measurements)} plans in {result.seconds / 60:.1f} min; "
         f"report: {result.report}"
     )

@@ -21,6 +21,8 @@ highest score.
 from __future__ import annotations
 
 import math
+import re
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -57,6 +59,21 @@ class Candidate:
             f"{self.variant} i{self.onnx_instances}xt{self.intra_op_threads} "
             f"p{self.preprocess_instances} b{self.max_batch_size} q{self.max_queue_delay_us}"
         )
+
+
+_LABEL = re.compile(r"^(\w+) i(\d+)xt(\d+) p(\d+) b(\d+) q(\d+)$")
+
+
+def parse_label(label: str) -> Candidate:
+    """The plan a ``Candidate.label`` names (``"int8 i2xt1 p1 b1 q0"``); TuneError otherwise."""
+    match = _LABEL.match(" ".join(label.split()))
+    if match is None:
+        raise TuneError(
+            f"not a plan label: {label!r}; expected e.g. 'fp32 i1xt2 p1 b8 q0' (variant, "
+            "instances x threads, preprocess instances, max batch size, queue delay in us)"
+        )
+    variant, *numbers = match.groups()
+    return Candidate(variant, *(int(number) for number in numbers))
 
 
 def thread_splits(cores: int, full_only: bool = False) -> list[tuple[int, int]]:
@@ -242,3 +259,23 @@ def _best_of(
         return select_winner(measurements, max_p99_ms).candidate
     except TuneError:
         return current
+
+
+def interleaved(
+    plans: Sequence[Candidate], measure: Callable[[Candidate], Measurement], rounds: int
+) -> list[Measurement]:
+    """Measure ``plans`` in turn, ``rounds`` times (A B C A B C ...), so that a slow spell of a
+    shared machine hits every plan alike instead of one."""
+    if rounds < 1 or not plans:
+        raise TuneError("comparing needs at least one plan and one round")
+    return [measure(plan) for _ in range(rounds) for plan in plans]
+
+
+def median_scores(
+    measurements: Sequence[Measurement], max_p99_ms: float | None = None
+) -> dict[Candidate, float]:
+    """Each plan's median score over its measurements, in first-measured order."""
+    scores: dict[Candidate, list[float]] = {}
+    for m in measurements:
+        scores.setdefault(m.candidate, []).append(m.score(max_p99_ms))
+    return {plan: statistics.median(values) for plan, values in scores.items()}
