@@ -34,12 +34,14 @@ from resnet18_triton.perf.tune_space import (
     Measurement,
     SearchSpace,
     TuneError,
+    best_by_median,
     coordinate_descent,
     interleaved,
     median_scores,
     parse_label,
     select_winner,
     thread_splits,
+    top_plans,
 )
 
 
@@ -165,6 +167,34 @@ def test_interleaved_runs_alternate_the_plans_and_rank_them_by_median() -> None:
     runs = interleaved([a, b], measure, rounds=3)
     assert order == [a, b, a, b, a, b]
     assert median_scores(runs) == {a: 12, b: 30}
+
+
+def test_the_finalists_are_the_best_distinct_qualified_plans() -> None:
+    a, b, c = (Candidate(max_batch_size=n) for n in (1, 4, 8))
+    runs = [
+        measured(a, row(50, 40)),
+        measured(b, row(60, 40)),
+        measured(a, row(55, 40)),
+        measured(c, row(99, 40), failed=1),
+    ]
+    assert top_plans(runs, 3) == [b, a]
+    assert top_plans(runs, 1) == [b]
+
+
+def test_the_best_median_beats_one_lucky_measurement() -> None:
+    lucky, steady = Candidate(max_batch_size=1), Candidate(max_batch_size=8)
+    runs = [
+        measured(lucky, row(80, 40)),
+        measured(steady, row(60, 40)),
+        measured(lucky, row(50, 40)),
+        measured(steady, row(62, 40)),
+        measured(lucky, row(52, 40)),
+        measured(steady, row(61, 40)),
+    ]
+    winner, median = best_by_median(runs)
+    assert winner.candidate == steady and median == 61
+    with pytest.raises(TuneError, match="within 10 ms"):
+        best_by_median(runs, max_p99_ms=10)
 
 
 # --- the winner ------------------------------------------------------------------------------

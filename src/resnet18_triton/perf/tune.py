@@ -38,10 +38,13 @@ from resnet18_triton.perf.tune_space import (
     Candidate,
     Measurement,
     SearchSpace,
+    TuneError,
+    best_by_median,
     coordinate_descent,
     interleaved,
     median_scores,
     select_winner,
+    top_plans,
 )
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
@@ -70,7 +73,11 @@ class TunePlan:
     name: str = contract.ENSEMBLE_MODEL
     # Instead of a search: measure exactly these plans, interleaved, ``rounds`` times each.
     compare: tuple[Candidate, ...] = ()
-    rounds: int = 3
+    # After a search, the best ``finalists`` plans are measured ``rounds`` more times,
+    # interleaved, and the winner is the best median: one measurement per plan is not enough
+    # on a shared machine. Also the rounds of ``compare``.
+    rounds: int = 2
+    finalists: int = 3
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,15 @@ def model_compute_ms(http_url: str, model: str) -> float | None:
     return total_ns / images / 1e6 if images else None
 
 
+def one_line(message: str) -> str:
+    """A multi-line error (perf_analyzer's or the server's log tail) as its first and last
+    lines, the what and the why, for one table cell."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    return f"{lines[0]} ... {lines[-1]}".replace("|", "/")
+
+
 class PlanMeasurer:
     """Measures plans one at a time in a scratch copy of the repository (see module doc)."""
 
@@ -124,9 +140,9 @@ class PlanMeasurer:
         try:
             measurement = self._measure(candidate)
         except ResNet18TritonError as error:
-            first_line = str(error).splitlines()[0]
-            self.echo(f"    failed: {first_line}")
-            return Measurement(candidate, (), error=first_line)
+            summary = one_line(str(error))
+            self.echo(f"    failed: {summary}")
+            return Measurement(candidate, (), error=summary)
         top = measurement.best_row(self.plan.max_p99_ms) or measurement.best_row()
         if top is not None:
             self.echo(
@@ -176,26 +192,30 @@ def run_tune(
     measure = PlanMeasurer(plan, analyzer or pa.locate(), echo)
     try:
         if plan.compare:
-            measurements = interleaved(plan.compare, measure, plan.rounds)
+            searched: list[Measurement] = []
+            finalists = list(plan.compare)
         elif plan.exhaustive:
-            measurements = [measure(candidate) for candidate in plan.space.grid()]
+            searched = [measure(candidate) for candidate in plan.space.grid()]
+            finalists = top_plans(searched, plan.finalists, plan.max_p99_ms)
         else:
-            measurements = coordinate_descent(plan.space, measure, plan.max_p99_ms)
+            searched = coordinate_descent(plan.space, measure, plan.max_p99_ms)
+            finalists = top_plans(searched, plan.finalists, plan.max_p99_ms)
+        rounds = plan.rounds if plan.compare or len(finalists) > 1 else 0
+        if plan.compare and rounds < 1:
+            raise TuneError("--compare needs at least one round")
+        confirmed = interleaved(finalists, measure, rounds) if rounds else []
     finally:
         # Hard links to the repository's files: cheap, but not part of the report.
         shutil.rmtree(measure.scratch, ignore_errors=True)
     seconds = time.monotonic() - started
-    if plan.compare:
-        medians = median_scores(measurements, plan.max_p99_ms)
-        best = max(medians, key=lambda candidate: medians[candidate])
-        if medians[best] <= 0:
-            select_winner(measurements, plan.max_p99_ms)  # raises, saying why
-        winner = next(m for m in measurements if m.candidate == best)
-        score = medians[best]
+    measurements = searched + confirmed
+    compared = [m for m in measurements if m.candidate in finalists] if confirmed else []
+    if compared:
+        winner, score = best_by_median(compared, plan.max_p99_ms)
     else:
         winner = select_winner(measurements, plan.max_p99_ms)
         score = winner.score(plan.max_p99_ms)
-    report = write_report(plan, measurements, winner, seconds)
+    report = write_report(plan, measurements, compared, winner, seconds)
     return TuneResult(measurements, winner, score, seconds, report)
 
 
@@ -304,7 +324,11 @@ def comparison_table(measurements: list[Measurement], max_p99_ms: float | None) 
 
 
 def write_report(
-    plan: TunePlan, measurements: list[Measurement], winner: Measurement, seconds: float
+    plan: TunePlan,
+    measurements: list[Measurement],
+    compared: list[Measurement],
+    winner: Measurement,
+    seconds: float,
 ) -> Path:
     out = plan.out
     with (out / "tune.csv").open("w", newline="") as stream:
@@ -315,7 +339,9 @@ def write_report(
     limit = f"p99 <= {plan.max_p99_ms:g} ms" if plan.max_p99_ms else "none"
     search = "exhaustive grid" if plan.exhaustive else "coordinate descent from the rule of thumb"
     if plan.compare:
-        search = f"the named plans side by side, interleaved, {plan.rounds} round(s)"
+        search = "the named plans"
+    if compared:
+        search += f"; then side by side, interleaved, {plan.rounds} round(s), best median wins"
     lines = [
         f"# Tuning {plan.name} on {plan.space.cores} core(s)",
         "",
@@ -328,7 +354,7 @@ def write_report(
         "",
         f"**Winner: {winner.candidate.label}**",
         "",
-        *([comparison_table(measurements, plan.max_p99_ms), ""] if plan.compare else []),
+        *([comparison_table(compared, plan.max_p99_ms), ""] if compared else []),
         summary_table(measurements, plan.max_p99_ms),
         "",
         "![throughput vs p99 latency](tune.png)",

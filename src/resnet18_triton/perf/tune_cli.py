@@ -53,6 +53,28 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option(
     "--exhaustive", is_flag=True, help="Measure the full grid instead of the quick search."
 )
+@click.option(
+    "--compare",
+    multiple=True,
+    metavar="PLAN",
+    help="Instead of searching, measure these plans side by side, interleaved (repeatable; "
+    "labels as in the report, e.g. 'fp32 i1xt2 p1 b8 q0').",
+)
+@click.option(
+    "--rounds",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Interleaved rounds for --compare, and for re-measuring a search's finalists "
+    "(0: trust one measurement each); the best median wins.",
+)
+@click.option(
+    "--finalists",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="How many of a search's best plans are re-measured side by side.",
+)
 @click.option("--apply", "apply_winner", is_flag=True, help="Write the winner into the repository.")
 @click.option(
     "--revert",
@@ -122,6 +144,7 @@ def tune(
     exhaustive: bool,
     compare: tuple[str, ...],
     rounds: int,
+    finalists: int,
     apply_winner: bool,
     revert: bool,
     variants: str | None,
@@ -149,6 +172,7 @@ def tune(
     from resnet18_triton.perf.tune_repository import apply_plan, available_variants, variant_models
     from resnet18_triton.perf.tune_repository import revert as revert_repository
     from resnet18_triton.perf.tune_space import SearchSpace, TuneError, parse_label
+    from resnet18_triton.server.embedded import TritonInstall
 
     repository = repo or default_repository()
     if revert:
@@ -161,6 +185,7 @@ def tune(
             f"the model repository {repository} is not ready ({missing[0]} is missing): run "
             "`resnet18-triton export` first"
         )
+    TritonInstall.locate()  # each plan runs in its own server: fail now, not once per plan
     cores = cores or available_cores()
     present = available_variants(repository, name)
     plans = tuple(parse_label(label) for label in compare)
@@ -204,6 +229,7 @@ def tune(
         name=name,
         compare=plans,
         rounds=rounds,
+        finalists=finalists,
     )
     result = run_tune(plan, echo=lambda text: click.echo(text, err=True))
     winner = result.winner

@@ -279,3 +279,27 @@ def median_scores(
     for m in measurements:
         scores.setdefault(m.candidate, []).append(m.score(max_p99_ms))
     return {plan: statistics.median(values) for plan, values in scores.items()}
+
+
+def top_plans(
+    measurements: Sequence[Measurement], count: int, max_p99_ms: float | None = None
+) -> list[Candidate]:
+    """The ``count`` best-scoring distinct plans that qualify, best first."""
+    ranked = sorted(measurements, key=lambda m: m.score(max_p99_ms), reverse=True)
+    plans: list[Candidate] = []
+    for m in ranked:
+        if m.score(max_p99_ms) > 0 and m.candidate not in plans:
+            plans.append(m.candidate)
+    return plans[:count]
+
+
+def best_by_median(
+    measurements: Sequence[Measurement], max_p99_ms: float | None = None
+) -> tuple[Measurement, float]:
+    """The plan with the best median score, as (its best measurement, its median)."""
+    medians = median_scores(measurements, max_p99_ms)
+    best = max(medians, key=lambda plan: medians[plan])
+    if medians[best] <= 0:
+        raise TuneError(_nothing_qualified(measurements, max_p99_ms))
+    mine = [m for m in measurements if m.candidate == best]
+    return max(mine, key=lambda m: m.score(max_p99_ms)), medians[best]
