@@ -84,7 +84,7 @@ def thread_splits(cores: int, full_only: bool = False) -> list[tuple[int, int]]:
     """
     if cores < 1:
         raise TuneError("--cores must be at least 1")
-    splits = []
+    splits: list[tuple[int, int]] = []
     for instances in range(1, cores + 1):
         most = cores // instances
         threads = [most] if full_only else list(range(1, most + 1))
