@@ -393,16 +393,19 @@ def plot_plans(
     except ImportError:
         return None
     figure, axis = plt.subplots(figsize=(8, 5))
+    labelled = False
     for m in measurements:
         if not m.rows:
             continue
         is_winner = m.candidate == winner.candidate
+        label = f"winner {m.candidate.label}" if is_winner and not labelled else None
+        labelled = labelled or is_winner
         axis.plot(
             [row.throughput for row in m.rows],
             [row.p99_ms for row in m.rows],
             "o-" if is_winner else ".:",
             color="C3" if is_winner else "0.6",
-            label=f"winner {m.candidate.label}" if is_winner else None,
+            label=label,
             zorder=3 if is_winner else 1,
         )
     if max_p99_ms is not None:
