@@ -47,6 +47,7 @@ from resnet18_triton.client.results import (
     ensemble_classifier,
     parse_classifications,
     precision_of,
+    serving_summary,
 )
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import (
@@ -399,7 +400,14 @@ class ImageClassifier:
         if self._call(self._client.is_model_ready, name):
             metadata = self._call(self._client.get_model_metadata, name)
             versions = tuple(metadata.get("versions", ()))
-            return ModelHealth(name, True, versions, precision=self._precision(name))
+            config = self._call(self._client.get_model_config, name)
+            return ModelHealth(
+                name,
+                True,
+                versions,
+                precision=self._precision(name),
+                serving=serving_summary(config),
+            )
         return ModelHealth(name, False, detail=_not_ready_detail(name, index))
 
     def _precision(self, name: str) -> str:

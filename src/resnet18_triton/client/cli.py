@@ -223,6 +223,8 @@ def format_health(report: HealthReport) -> str:
         detail = f"versions: {', '.join(model.versions)}" if model.ready else model.detail
         if model.ready and model.precision:
             detail += f"  precision: {model.precision}"
+        if model.ready and model.serving:
+            detail += "  " + ", ".join(f"{key}: {value}" for key, value in model.serving)
         lines.append(f"  {model.name:<{name_width}}  {state:<9}  {detail}".rstrip())
     for item in report.classifiers:
         settings = item.preprocessing
@@ -260,6 +262,7 @@ def health_to_json(report: HealthReport) -> dict[str, Any]:
                 "versions": list(m.versions),
                 "detail": m.detail,
                 "precision": m.precision,
+                "serving": dict(m.serving),
             }
             for m in report.models
         ],
