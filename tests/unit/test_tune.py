@@ -330,8 +330,14 @@ def test_the_repository_offers_int8_once_quantize_wrote_it(repository: Path) -> 
         "resnet18_int8_ensemble",
     )
     assert variant_models("resnet18", INT8).ensemble == "resnet18_int8_ensemble"
-    with pytest.raises(TuneError, match="unknown classifier"):
-        variant_models("resnet50", FP32)
+    digits = variant_models("digits", INT8)
+    assert (digits.preprocess, digits.classifier, digits.ensemble) == (
+        "digits_preprocess",
+        "digits_int8",
+        "digits_int8_ensemble",
+    )
+    with pytest.raises(TuneError, match="not allowed"):
+        variant_models("../etc", FP32)
 
 
 def test_apply_writes_the_plan_and_revert_restores_every_byte(repository: Path) -> None:
@@ -364,3 +370,35 @@ def test_a_second_apply_is_refused_while_the_backup_exists(repository: Path) -> 
 def test_revert_without_an_apply_says_there_is_nothing_to_revert(repository: Path) -> None:
     with pytest.raises(TuneError, match="nothing to revert"):
         revert(repository)
+
+
+def test_a_plan_keeps_a_named_classifiers_classes_and_preprocessing(tmp_path: Path) -> None:
+    """Applying a plan to a 10-class classifier with its own preprocessing re-renders that
+    classifier (its class count, input size, mean and std), not the ImageNet default."""
+    from resnet18_triton.contract import ClassifierNames
+    from resnet18_triton.export.classifier import Classifier, Preprocessing
+
+    names = ClassifierNames.of("digits")
+    preprocessing = Preprocessing(resize_size=0, input_size=96, mean=(0.5,) * 3, std=(0.5,) * 3)
+    labels = tuple(f"digit {index}" for index in range(10))
+    classifier = Classifier(names, labels, preprocessing)
+    repo = tmp_path / "repo"
+    fill_repository(repo, ServingSettings(warmup=False), "{}", list(labels), classifier)
+    before = {
+        model: (repo / model / "config.pbtxt").read_text()
+        for model in (names.preprocess, names.onnx, names.ensemble)
+    }
+    apply_plan(repo, Candidate(max_batch_size=4), cores=2, name="digits")
+    after = {model: parse((repo / model / "config.pbtxt").read_text()) for model in before}
+    preprocess, onnx = after[names.preprocess], after[names.onnx]
+    assert onnx.max_batch_size == 4 and list(onnx.output[0].dims) == [10]
+    assert list(onnx.input[0].dims)[-2:] == [96, 96]
+    assert (
+        preprocess.parameters["mean"].string_value
+        == before[names.preprocess]
+        .split('key: "mean"')[1]
+        .split('string_value: "')[1]
+        .split('"')[0]
+    )
+    assert revert(repo) == list(tuned_models(repo, "digits"))
+    assert {m: (repo / m / "config.pbtxt").read_text() for m in before} == before

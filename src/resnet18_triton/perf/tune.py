@@ -166,7 +166,9 @@ class PlanMeasurer:
             return self._measure(candidate)
 
     def _measure(self, candidate: Candidate) -> Measurement:
-        write_plan_configs(self.plan.repository, self.scratch, candidate, self.plan.space.cores)
+        write_plan_configs(
+            self.plan.repository, self.scratch, candidate, self.plan.space.cores, self.plan.name
+        )
         models = variant_models(self.plan.name, candidate.variant)
         slug = candidate.label.replace(" ", "_")
         options = ServerOptions(

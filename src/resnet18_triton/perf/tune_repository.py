@@ -25,6 +25,8 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
+from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.export.classifier import Classifier, Preprocessing
 from resnet18_triton.export.model_configs import (
     ServingSettings,
     all_model_configs,
@@ -63,31 +65,31 @@ class VariantModels:
         return (self.preprocess, self.classifier, self.ensemble)
 
 
+def _names(name: str) -> ClassifierNames:
+    try:
+        return ClassifierNames.of(name)
+    except ValueError as error:
+        raise TuneError(str(error)) from None
+
+
 def variant_models(name: str, variant: str) -> VariantModels:
     """Model names of classifier ``name`` in ``variant``: the one place that maps names.
 
     New variants (e.g. OpenVINO) add their names here and their availability in
     ``available_variants``.
     """
-    if name != contract.ENSEMBLE_MODEL:
-        raise TuneError(
-            f"unknown classifier {name!r}: this repository layout serves "
-            f"{contract.ENSEMBLE_MODEL!r} only"
-        )
+    names = _names(name)
     if variant == FP32:
-        return VariantModels(contract.PREPROCESS_MODEL, contract.ONNX_MODEL, name)
+        return VariantModels(names.preprocess, names.onnx, names.ensemble)
     if variant == INT8:
-        return VariantModels(
-            contract.PREPROCESS_MODEL, contract.INT8_MODEL, contract.INT8_ENSEMBLE_MODEL
-        )
+        return VariantModels(names.preprocess, names.int8, names.int8_ensemble)
     raise TuneError(f"unknown variant {variant!r}: expected one of {FP32}, {INT8}")
 
 
 def available_variants(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> tuple[str, ...]:
     """Variants the repository can serve for classifier ``name``: FP32, plus INT8 once
     ``resnet18-triton quantize`` has written it."""
-    variant_models(name, FP32)
-    return (FP32, INT8) if has_int8(repo) else (FP32,)
+    return (FP32, INT8) if has_int8(repo, _names(name)) else (FP32,)
 
 
 def tuned_models(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> tuple[str, ...]:
@@ -141,14 +143,27 @@ def read_config(repo: Path, model: str) -> mc.ModelConfig:
     return parse(path.read_text())
 
 
-def repository_settings(repo: Path, cores: int) -> ServingSettings:
-    """The FP32 serving settings the repository holds now."""
+def repository_settings(
+    repo: Path, cores: int, name: str = contract.ENSEMBLE_MODEL
+) -> ServingSettings:
+    """The FP32 serving settings classifier ``name`` has in the repository now."""
+    names = _names(name)
     return settings_from_configs(
-        read_config(repo, contract.PREPROCESS_MODEL),
-        read_config(repo, contract.ONNX_MODEL),
-        read_config(repo, contract.ENSEMBLE_MODEL),
+        read_config(repo, names.preprocess),
+        read_config(repo, names.onnx),
+        read_config(repo, names.ensemble),
         cores,
     )
+
+
+def repository_classifier(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> Classifier:
+    """Classifier ``name`` as exported into ``repo``: its labels (so its class count) and its
+    preprocessing, read back from its files, so a plan re-renders exactly that classifier."""
+    names = _names(name)
+    preprocess = read_config(repo, names.preprocess)
+    parameters = {key: value.string_value for key, value in preprocess.parameters.items()}
+    labels = (repo / names.onnx / contract.LABELS_FILENAME).read_text().splitlines()
+    return Classifier(names, tuple(labels), Preprocessing.from_parameters(parameters))
 
 
 def plan_settings(base: ServingSettings, plan: Candidate, cores: int) -> ServingSettings:
@@ -172,27 +187,30 @@ def plan_settings(base: ServingSettings, plan: Candidate, cores: int) -> Serving
     return settings
 
 
-def write_plan_configs(source: Path, target: Path, plan: Candidate, cores: int) -> list[Path]:
-    """Render the plan's configs for every model of ``source`` into ``target`` (which holds
-    copies of its model directories); returns the configs written."""
-    settings = plan_settings(repository_settings(source, cores), plan, cores)
-    classifier = read_config(source, contract.ONNX_MODEL)
-    provenance = _string(classifier, contract.PROVENANCE_PARAMETER)
+def write_plan_configs(
+    source: Path, target: Path, plan: Candidate, cores: int, name: str = contract.ENSEMBLE_MODEL
+) -> list[Path]:
+    """Render the plan's configs for every model of classifier ``name`` of ``source`` into
+    ``target`` (which holds copies of its model directories); returns the configs written."""
+    settings = plan_settings(repository_settings(source, cores, name), plan, cores)
+    classifier = repository_classifier(source, name)
+    names = classifier.names
+    provenance = _string(read_config(source, names.onnx), contract.PROVENANCE_PARAMETER)
     written = []
-    for config in all_model_configs(settings, provenance):
+    for config in all_model_configs(settings, provenance, classifier):
         written.append(
             write_text_atomically(target / config.name / CONFIG_FILENAME, render(config))
         )
     if settings.warmup:
-        write_warmup_data(target)
-    if has_int8(source):
-        int8 = read_config(source, contract.INT8_MODEL)
+        write_warmup_data(target, names.preprocess)
+    if has_int8(source, names):
+        int8 = read_config(source, names.int8)
         kept = {
             key: value.string_value
             for key, value in int8.parameters.items()
             if key not in SERVING_PARAMETERS
         }
-        written += write_int8_configs(target, kept)
+        written += write_int8_configs(target, kept, names=names)
     return written
 
 
@@ -241,7 +259,7 @@ def apply_plan(
     models = tuned_models(repository, name)
     with staging_directory(repository) as staging:
         copy_models(repository, staging, models)
-        write_plan_configs(repository, staging, plan, cores)
+        write_plan_configs(repository, staging, plan, cores, name)
         with install_lock(repository):
             install(staging, repository, models)
             _keep_replaced(staging, backup, models, plan)
