@@ -191,3 +191,37 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     # The quantised head's output (the logits) is 8-bit, but the softmax itself is still float.
     int8 = onnx.load(str(onnx_model_path(repo, INT8_MODEL)))
     assert_float_softmax(int8.graph, input_from="DequantizeLinear")
+
+
+def test_calibration_takes_the_ranges_of_every_batch_not_only_the_last(tmp_path: Path) -> None:
+    """Five batches whose first alone is large: the scale quantising the first convolution's
+    input must come from it. (ONNX Runtime's CalibMaxIntermediateOutputs dropped whole groups
+    of batches: a 4-batch limit kept only the fifth batch, and 4 or 8 batches failed outright.)"""
+    import onnx
+    from onnx import numpy_helper
+
+    from resnet18_triton.export.onnx_export import export_onnx
+    from resnet18_triton.export.weights import load_resnet18
+
+    model, provenance = load_resnet18("random", seed=0)
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", provenance=provenance)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (40, 3, 224, 224)).astype(np.float32)
+    images[:8] *= 8  # the first batch of 8 spans [-8, 8], the other four [-1, 1]
+    int8 = q.quantize_model(fp32, tmp_path / "int8.onnx", q.PreprocessedImageReader(images))
+    graph = onnx.load(str(int8)).graph
+    first_conv = next(
+        node
+        for node in graph.node
+        if node.op_type == "ConvInteger"
+        or (node.op_type == "Conv" and node.input[0].endswith("DequantizeLinear_Output"))
+        or node.op_type == "Conv"
+    )
+    producer = {output: node for node in graph.node for output in node.output}
+    dequantize = producer[first_conv.input[0]]
+    quantize = producer[dequantize.input[0]]
+    scales = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    scale = float(scales[quantize.input[1]])
+    assert scale == pytest.approx(16 / 255, rel=0.05), (
+        scale
+    )  # 2/255 when only the last batch counted
