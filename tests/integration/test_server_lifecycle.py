@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -55,6 +56,33 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> 
     raise AssertionError("serve did not become ready")
 
 
+class _StderrLines:
+    """Collects a process's stderr lines in a thread, so a test can wait for one of them (the
+    launcher's own "ready:" comes after Triton's HTTP readiness)."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, prefix: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(line.startswith(prefix) for line in self.lines):
+                return
+            assert process.poll() is None, "".join(self.lines)
+            time.sleep(0.1)
+        raise AssertionError(f"no line starting with {prefix!r}: {''.join(self.lines)}")
+
+    def text(self) -> str:
+        self._thread.join(timeout=10)
+        return "".join(self.lines)
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_serve_stops_cleanly_without_orphans(exported_repository: Path, stop_signal: int) -> None:
     port = free_port()
@@ -78,8 +106,10 @@ def test_serve_stops_cleanly_without_orphans(exported_repository: Path, stop_sig
         stderr=subprocess.PIPE,
         text=True,
     )
+    stderr_lines = _StderrLines(process)
     try:
-        _wait_ready(f"127.0.0.1:{port}", process)
+        # The launcher's own "ready:" line: a signal before it is a start-up abort (exit 130).
+        stderr_lines.wait_for("ready:", process)
         family = psutil.Process(process.pid).children(recursive=True)
         assert any("tritonserver" in p.name() for p in family)
         # One backend stub per model instance: preprocess and the ONNX classifier (the softmax
@@ -87,10 +117,11 @@ def test_serve_stops_cleanly_without_orphans(exported_repository: Path, stop_sig
         stubs = sorted(filter(None, (stub_model(p.cmdline()) for p in family)))
         assert stubs == sorted([contract.PREPROCESS_MODEL, contract.ONNX_MODEL])
         process.send_signal(stop_signal)
-        _, stderr = process.communicate(timeout=60)
+        process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
+    stderr = stderr_lines.text()
     assert process.returncode == 0, stderr
     assert "stopped" in stderr
     _, alive = psutil.wait_procs(family, timeout=10)
