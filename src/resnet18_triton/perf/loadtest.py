@@ -43,7 +43,7 @@ def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
             sweep = pa.Sweep(contract.ENSEMBLE_MODEL, plan.url, plan.settings, data)
             planned.append((f"{contract.ENSEMBLE_MODEL} ({plan.image_label})", sweep))
         elif target == "raw":
-            # FP32 tensors of the config's fixed shape: perf_analyzer's random data is fine here.
+            # uint8 pixels of the config's fixed shape: perf_analyzer's random data is fine.
             planned.append(
                 (contract.ONNX_MODEL, pa.Sweep(contract.ONNX_MODEL, plan.url, plan.settings))
             )

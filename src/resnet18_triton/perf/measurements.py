@@ -52,9 +52,9 @@ class InProcessSpec:
 class ServedSpec:
     """One served path swept with perf_analyzer.
 
-    ``path``: "ensemble" (encoded images of the ``images`` set in) or "raw" (FP32 tensors into
-    the ONNX model). ``batch`` is images per request; ``shared_memory`` sends the tensors through
-    system shared memory instead of the HTTP body.
+    ``path``: "ensemble" (encoded images of the ``images`` set in) or "raw" (uint8 pixel tensors
+    into the ONNX model). ``batch`` is images per request; ``shared_memory`` sends the tensors
+    through system shared memory instead of the HTTP body.
     """
 
     path: str

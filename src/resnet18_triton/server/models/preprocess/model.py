@@ -1,9 +1,12 @@
-"""Triton Python-backend model: encoded image bytes -> ResNet-18 input tensor.
+"""Triton Python-backend model: encoded image bytes -> ResNet-18 input pixels (uint8 CHW).
 
-The transform is torchvision's ``ResNet18_Weights.IMAGENET1K_V1.transforms()`` done with Pillow and
-NumPy, so that the served tensor is the one PyTorch would compute (bit for bit on the same Pillow):
-resize the shorter side to 256 (bilinear, Pillow's resize is antialiased), centre-crop 224, scale
-to [0, 1], normalise with the ImageNet mean and std. Grayscale, LA, RGBA, palette and CMYK inputs
+The transform is the pixel part of torchvision's ``ResNet18_Weights.IMAGENET1K_V1.transforms()``
+done with Pillow and NumPy, so that the served pixels are the ones PyTorch would compute (bit for
+bit on the same Pillow): resize the shorter side to 256 (bilinear, Pillow's resize is
+antialiased), centre-crop 224, and emit the crop as uint8 [3, 224, 224]. The float part
+(scale to [0, 1], normalise with the mean and std) runs inside the classifier's ONNX graph, in
+the same float32 order as torchvision; sending uint8 moves a quarter of the bytes between the
+models. Grayscale, LA, RGBA, palette and CMYK inputs
 are converted to RGB with ``Image.convert("RGB")``, as the reference does. Two decisions go beyond
 torchvision's transform (the test reference in ``tests/support.py`` makes the same ones):
 
@@ -42,8 +45,6 @@ except ImportError:  # pragma: no cover - exercised only outside Triton
 
 RESIZE_SIZE = 256
 CROP_SIZE = 224
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel photo; decompression bombs claim far more
 DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
@@ -188,7 +189,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def preprocess_image(image: Image.Image) -> np.ndarray:
-    """RGB PIL image -> float32 [3, 224, 224], equal to the torchvision reference transform."""
+    """RGB PIL image -> uint8 [3, 224, 224]: the pixels torchvision's transform would normalise.
+
+    The result is a CHW view of the crop's HWC buffer (not contiguous): the batch assembly copies
+    it once, straight into its place in the batch.
+    """
     width, height = image.size
     new_size = resized_size(width, height)
     if new_size != (width, height):
@@ -198,34 +203,28 @@ def preprocess_image(image: Image.Image) -> np.ndarray:
     top = round((height - CROP_SIZE) / 2.0)
     left = round((width - CROP_SIZE) / 2.0)
     image = image.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))
-    # HWC -> CHW as a contiguous copy first: the float arithmetic below then runs on contiguous
-    # memory, ~6x faster than on the transposed view (measured 0.05 vs 0.32 ms), same results.
-    pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
-    tensor = pixels.astype(np.float32)
-    tensor /= np.float32(255)
-    tensor -= MEAN
-    tensor /= STD
-    return tensor
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)  # HWC view -> CHW view, no copy
 
 
 def preprocess_bytes(data: bytes, limits: Limits = Limits(), draft_min_size: int = 0) -> np.ndarray:
-    """Encoded image bytes -> float32 [3, 224, 224]."""
-    return preprocess_image(decode_image(data, limits, draft_min_size))
+    """Encoded image bytes -> uint8 [3, 224, 224], contiguous."""
+    return np.ascontiguousarray(preprocess_image(decode_image(data, limits, draft_min_size)))
 
 
 def preprocess_batch(
     items: np.ndarray, limits: Limits = Limits(), draft_min_size: int = 0
 ) -> np.ndarray:
-    """An object array [N, 1] of encoded images -> float32 [N, 3, 224, 224].
+    """An object array [N, 1] of encoded images -> uint8 [N, 3, 224, 224].
 
     A bad image fails the whole request (Triton answers a request with one error), and the message
     says which image of the request it was.
     """
     flat = items.reshape(-1)
-    batch = np.empty((len(flat), 3, CROP_SIZE, CROP_SIZE), dtype=np.float32)
+    batch = np.empty((len(flat), 3, CROP_SIZE, CROP_SIZE), dtype=np.uint8)
     for position, data in enumerate(flat):
         try:
-            batch[position] = preprocess_bytes(_as_bytes(data), limits, draft_min_size)
+            image = decode_image(_as_bytes(data), limits, draft_min_size)
+            batch[position] = preprocess_image(image)
         except ImageRejected as error:
             prefix = f"image {position + 1} of {len(flat)}: " if len(flat) > 1 else ""
             raise ImageRejected(f"{prefix}{error}") from None
