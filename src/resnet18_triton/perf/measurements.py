@@ -39,7 +39,8 @@ class InProcessSpec:
     def label(self) -> str:
         """E.g. "eager", "ort", "ort-nospin", "ort-int8-nospin", "pipeline 500x375"."""
         if self.engine == "pipeline":
-            return f"pipeline {self.images}"
+            precision = "" if self.precision == FP32 else f"-{self.precision}"
+            return f"pipeline{precision} {self.images}"
         parts = [self.engine]
         if self.precision != FP32:
             parts.append(self.precision)
