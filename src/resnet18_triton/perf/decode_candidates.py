@@ -6,7 +6,7 @@ decodes with Pillow). Cases: the JPEG samples, and generated 500x375 JPEGs with 
 chroma subsampling, progressive, grayscale, CMYK and an EXIF orientation. Speed: median decode
 time per image, candidates interleaved with Pillow (A/B/A/B) so machine noise hits both.
 
-    python scripts/decode_candidates.py [--repeats 200]
+    python -m resnet18_triton.perf.decode_candidates [--samples tests/data/samples] [--repeats 200]
 
 Candidates that are not installed are reported as such (simplejpeg: ``pip install simplejpeg``).
 """
@@ -25,7 +25,7 @@ from PIL import Image, features
 
 from resnet18_triton.perf.images import gradient_image
 
-SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "samples"
+SAMPLES = Path("tests") / "data" / "samples"  # the project's sample photos, from its root
 Decoder = Callable[[bytes], np.ndarray]
 
 
@@ -35,12 +35,12 @@ def jpeg(image: Image.Image, **options: object) -> bytes:
     return buffer.getvalue()
 
 
-def cases() -> dict[str, bytes]:
-    """Name -> JPEG bytes."""
+def cases(samples: Path) -> dict[str, bytes]:
+    """Name -> JPEG bytes: the JPEGs in ``samples`` (if any) and the generated ones."""
     base = gradient_image(500, 375, seed=1)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90 degrees: the decoder's pixels are the stored, unrotated ones
-    found = {path.name: path.read_bytes() for path in sorted(SAMPLES.glob("*.jpg"))}
+    found = {path.name: path.read_bytes() for path in sorted(samples.glob("*.jpg"))}
     found.update(
         {
             "4:2:0": jpeg(base, subsampling=2),
@@ -103,14 +103,16 @@ def interleaved_ms(decoders: dict[str, Decoder], data: bytes, repeats: int) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=200)
-    repeats = parser.parse_args().repeats
+    parser.add_argument("--samples", type=Path, default=SAMPLES)
+    options = parser.parse_args()
+    repeats = options.repeats
     print(f"Pillow {Image.__version__}, libjpeg-turbo {features.version('libjpeg_turbo')}")
     for name, decoder in candidates().items():
         if isinstance(decoder, str):
             print(f"{name}: {decoder}")
             continue
         print(f"\n| case | {name} vs Pillow pixels | Pillow ms | {name} ms |\n|---|---|---|---|")
-        for case, data in cases().items():
+        for case, data in cases(options.samples).items():
             verdict = identity(decoder, data)
             speed = (
                 interleaved_ms({"pillow": pillow, name: decoder}, data, repeats)
