@@ -133,3 +133,28 @@ def digits_int8_repository(tmp_path: Path, **settings: object) -> tuple[Path, di
     )
     assert result.exit_code == 0, result.output
     return repo, json.loads(report.read_text())
+
+
+def digits_openvino_repository(tmp_path: Path, precision: str = "bf16") -> tuple[Path, dict]:
+    """Export the digits model and run the real ``openvino`` command on it (default bar, 99%)."""
+    from resnet18_triton.export.openvino_cli import openvino
+
+    model, splits, _ = digits_model()
+    repo = export_repository(model, tmp_path / "repo")
+    report = tmp_path / "openvino_report.json"
+    result = CliRunner().invoke(
+        openvino,
+        [
+            "--repo",
+            str(repo),
+            "--precision",
+            precision,
+            "--eval-images",
+            str(write_images(tmp_path / "held_out", splits["held_out"][0])),
+            "--report",
+            str(report),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return repo, json.loads(report.read_text())

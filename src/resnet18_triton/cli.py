@@ -20,6 +20,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "health": ("resnet18_triton.client.cli", "health", "", "Show server and model health."),
     "export": ("resnet18_triton.export.cli", "export", "export", "Export ResNet-18 to ONNX."),
     "serve": ("resnet18_triton.server.cli", "serve", "server", "Run the embedded Triton server."),
+    "cluster": (
+        "resnet18_triton.deploy.cli",
+        "cluster",
+        "server",
+        "Run N serve replicas behind nginx.",
+    ),
     "quantize": (
         "resnet18_triton.export.quantize_cli",
         "quantize",
@@ -31,6 +37,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "ui",
         "ui",
         "Web page and curl endpoint (POST /v1/classify) for uploads.",
+    ),
+    "openvino": (
+        "resnet18_triton.export.openvino_cli",
+        "openvino",
+        "export",
+        "Serve the classifier with OpenVINO too (bf16, f32, int8), if faithful.",
     ),
     "loadtest": (
         "resnet18_triton.perf.cli",

@@ -52,6 +52,10 @@ LABELS_FILENAME = "labels.txt"
 # Model-config parameter that carries where the weights came from (see export).
 PROVENANCE_PARAMETER = "weights_provenance"
 
+# Classifier-config parameter naming its numeric precision (bf16, f32, int8) where it is not the
+# exported FP32; `health` shows it.
+PRECISION_PARAMETER = "precision"
+
 # Where the server listens by default: loopback only (safe default), Triton's standard ports.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000

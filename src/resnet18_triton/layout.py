@@ -25,6 +25,28 @@ DEFAULT_REPOSITORY_DIRNAME = "model_repository"
 # Code that runs inside tritonserver, shipped as package data beside the server launcher.
 _TRITON_CODE = Path(__file__).resolve().parent / "server"
 
+# The OpenVINO variant written by `resnet18-triton openvino`, named after its classifier. Its
+# classifier directory holds the same ONNX file name the native OpenVINO backend is told to read
+# (``default_model_filename``), so the directory also serves in the official container.
+DEFAULT_CLASSIFIER = contract.ENSEMBLE_MODEL
+OPENVINO_MODEL_FILENAME = "model.onnx"
+
+
+def openvino_model_name(classifier: str = DEFAULT_CLASSIFIER) -> str:
+    """The OpenVINO classifier of ``classifier``, e.g. ``resnet18_openvino``."""
+    return f"{classifier}_openvino"
+
+
+def openvino_ensemble_name(classifier: str = DEFAULT_CLASSIFIER) -> str:
+    """The ensemble running the OpenVINO classifier, e.g. ``resnet18_openvino_ensemble``."""
+    return f"{classifier}_openvino_ensemble"
+
+
+def openvino_models(classifier: str = DEFAULT_CLASSIFIER) -> tuple[str, str]:
+    """The OpenVINO variant's models in load order: classifier, then ensemble."""
+    return openvino_model_name(classifier), openvino_ensemble_name(classifier)
+
+
 # Triton runs each Python-backend model instance as this child process of the server.
 STUB_BINARY = "triton_python_backend_stub"
 
@@ -44,8 +66,18 @@ def backend_source(backend: str) -> Path:
     return _TRITON_CODE / "backends" / backend / "model.py"
 
 
+def shipped_backends() -> tuple[str, ...]:
+    """Names of the Python-based backends this package ships (``onnxruntime``, ``openvino``)."""
+    root = _TRITON_CODE / "backends"
+    return tuple(sorted(path.parent.name for path in root.glob("*/model.py")))
+
+
 def onnx_model_path(repo: Path, model: str = contract.ONNX_MODEL) -> Path:
     return repo / model / VERSION / "model.onnx"
+
+
+def openvino_model_path(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> Path:
+    return repo / openvino_model_name(classifier) / VERSION / OPENVINO_MODEL_FILENAME
 
 
 def missing_files(repo: Path) -> list[Path]:
@@ -78,11 +110,33 @@ def has_int8(repo: Path) -> bool:
     return all(path.is_file() for path in int8_files(repo))
 
 
-def served_models(repo: Path, int8: bool | None = None) -> tuple[str, ...]:
-    """Models to load, in load order: the FP32 set, plus the INT8 variant when asked for
-    (``int8=True``) or, with ``int8=None``, when the repository holds it."""
+def openvino_files(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> list[Path]:
+    """What serving the OpenVINO variant needs (written by ``resnet18-triton openvino``)."""
+    models = openvino_models(classifier)
+    return [
+        openvino_model_path(repo, classifier),
+        *[repo / name / CONFIG_FILENAME for name in models],
+        *[repo / name / contract.LABELS_FILENAME for name in models],
+    ]
+
+
+def has_openvino(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> bool:
+    """True when ``repo`` holds a complete OpenVINO variant of ``classifier``."""
+    return all(path.is_file() for path in openvino_files(repo, classifier))
+
+
+def served_models(
+    repo: Path, int8: bool | None = None, openvino: bool | None = None
+) -> tuple[str, ...]:
+    """Models to load, in load order: the FP32 set, plus each variant (INT8, OpenVINO) when
+    asked for (``True``) or, with ``None``, when the repository holds it."""
     with_int8 = has_int8(repo) if int8 is None else int8
-    return contract.SERVED_MODELS + (INT8_MODELS if with_int8 else ())
+    with_openvino = has_openvino(repo) if openvino is None else openvino
+    return (
+        contract.SERVED_MODELS
+        + (INT8_MODELS if with_int8 else ())
+        + (openvino_models() if with_openvino else ())
+    )
 
 
 def stub_model(argv: Sequence[str]) -> str | None:

@@ -28,7 +28,7 @@ def test_loadtest_ensemble_and_raw(analyzer: pa.PerfAnalyzer, url: str, tmp_path
         url=url,
         out=tmp_path / "out",
         settings=pa.SweepSettings(
-            concurrency="1", measurement_interval_ms=1000, stability_percentage=100, max_trials=3
+            concurrency="1", measurement_interval_ms=1000, stability_percentage=100, max_trials=10
         ),
         images=tuple(files),
         image_label="500x375",
@@ -60,7 +60,7 @@ def test_loadtest_raw_model_in_shared_memory_with_full_batches(
             concurrency="1",
             measurement_interval_ms=1000,
             stability_percentage=100,
-            max_trials=3,
+            max_trials=10,
             batch_size=8,
             shared_memory="system",
             admin_key=admin_key,
@@ -83,7 +83,7 @@ def test_loadtest_shared_memory_without_the_admin_key_fails_clearly(
             concurrency="1",
             measurement_interval_ms=500,
             stability_percentage=100,
-            max_trials=2,
+            max_trials=10,
             shared_memory="system",
         ),
     )

@@ -189,6 +189,7 @@ def test_health_json_is_serialisable_and_complete() -> None:
         "ready": False,
         "versions": [],
         "detail": "load failed",
+        "precision": "",
     }
 
 
@@ -199,3 +200,35 @@ def test_describe_provenance_shows_source_first_and_every_set_field() -> None:
         describe_provenance({"path": None, "seed": 0, "source": "random"})
         == "source=random, seed=0"
     )
+
+
+def test_health_shows_each_variants_precision() -> None:
+    models = (
+        ModelHealth("preprocess", True, ("1",)),
+        ModelHealth("resnet18_onnx", True, ("1",), precision="fp32"),
+        ModelHealth("resnet18_openvino_ensemble", True, ("1",), precision="bf16"),
+    )
+    report_ = HealthReport("127.0.0.1:8000", True, True, models, {"source": "imagenet"})
+    lines = format_health(report_).splitlines()
+    assert lines[1].rstrip().endswith("versions: 1")
+    assert lines[2].endswith("versions: 1  precision: fp32")
+    assert lines[3].endswith("versions: 1  precision: bf16")
+    assert [m["precision"] for m in health_to_json(report_)["models"]] == ["", "fp32", "bf16"]
+
+
+def test_precision_is_read_from_the_classifier_config() -> None:
+    from resnet18_triton.client.results import ensemble_classifier, precision_of
+
+    def parameters(**values: str) -> dict:
+        return {key: {"string_value": value} for key, value in values.items()}
+
+    openvino = {"backend": "openvino", "parameters": parameters(precision="bf16")}
+    assert precision_of(openvino) == "bf16"
+    int8 = {"backend": "onnxruntime", "parameters": parameters(quantization="{}")}
+    assert precision_of(int8) == "int8"
+    assert precision_of({"backend": "onnxruntime"}) == "fp32"
+    assert precision_of({"backend": "python"}) == ""
+    steps = [{"model_name": "preprocess"}, {"model_name": "resnet18_openvino"}]
+    ensemble = {"platform": "ensemble", "ensemble_scheduling": {"step": steps}}
+    assert ensemble_classifier(ensemble) == "resnet18_openvino"
+    assert ensemble_classifier(openvino) is None

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from resnet18_triton.contract import SERVED_MODELS
@@ -361,7 +362,70 @@ def test_dockerfile_pins_the_pillow_of_the_embedded_server() -> None:
 
     runs = " ".join(value for keyword, value in _dockerfile_instructions() if keyword == "RUN")
     (docker_pin,) = re.findall(r"pillow==([\w.]+)", runs, flags=re.IGNORECASE)
-    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    server_extra = pyproject[pyproject.index("server = [") :].split("]", 1)[0]
-    (extra_pin,) = re.findall(r'"pillow==([\w.]+)"', server_extra)
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    server_extra = pyproject["project"]["optional-dependencies"]["server"]
+    (extra_pin,) = [pin.split("==")[1] for pin in server_extra if pin.startswith("pillow==")]
     assert docker_pin == extra_pin == installed
+
+
+# --- profile "replicas": N Triton replicas behind nginx
+
+REPLICAS_PROFILE = "replicas"
+PROXY_SERVICE = "proxy"
+
+
+def _replica_names(rendered: dict) -> list[str]:
+    return sorted(
+        name
+        for name, service in rendered["services"].items()
+        if name.startswith(f"{SERVER_SERVICE}-") and REPLICAS_PROFILE in service.get("profiles", [])
+    )
+
+
+def test_replicas_profile_has_two_replicas_and_a_proxy(rendered: dict) -> None:
+    assert _replica_names(rendered) == ["triton-1", "triton-2"]
+    assert REPLICAS_PROFILE in rendered["services"][PROXY_SERVICE].get("profiles", [])
+
+
+def test_replicas_run_the_same_server_command_as_the_single_server(
+    rendered: dict, server: dict
+) -> None:
+    for name in _replica_names(rendered):
+        replica = rendered["services"][name]
+        assert _command(replica) == _command(server), name
+        assert _cpu_limit(replica) == DEFAULT_CPUS
+        assert replica.get("healthcheck", {}).get("test") == server["healthcheck"]["test"]
+
+
+def test_in_the_replicas_profile_only_the_proxy_publishes_ports(rendered: dict) -> None:
+    for name in _replica_names(rendered):
+        assert not rendered["services"][name].get("ports"), f"{name} publishes a port"
+    proxy = rendered["services"][PROXY_SERVICE]
+    bindings = _port_bindings(proxy)
+    assert {target for _, _, target in bindings} == {"8080", "8081"}
+    assert {host_ip for host_ip, _, _ in bindings} == {"127.0.0.1"}
+
+
+def test_proxy_waits_for_healthy_replicas_and_runs_unprivileged(rendered: dict) -> None:
+    proxy = rendered["services"][PROXY_SERVICE]
+    depends = proxy.get("depends_on", {})
+    assert sorted(depends) == _replica_names(rendered)
+    assert all(entry.get("condition") == "service_healthy" for entry in depends.values())
+    assert proxy.get("user", "").split(":")[0] not in ("", "0", "root")
+    assert proxy.get("read_only") is True
+    assert "ALL" in proxy.get("cap_drop", [])
+
+
+def test_proxy_mounts_the_config_rendered_for_the_replica_service_names(rendered: dict) -> None:
+    from resnet18_triton.deploy import render
+
+    proxy = rendered["services"][PROXY_SERVICE]
+    sources = {Path(source).resolve(): read_only for source, _, read_only in _volumes(proxy)}
+    config = (REPO_ROOT / render.COMPOSE_PROXY_CONFIG).resolve()
+    assert sources.get(config) is True, f"{config} not mounted read-only: {proxy.get('volumes')}"
+    text = config.read_text()
+    for name in _replica_names(rendered):
+        assert f"server {name}:8000 " in text and f"server {name}:8001 " in text, name
+    command = _command(proxy)
+    config_argument = command[command.index("-c") + 1]
+    assert any(target == config_argument for _, target, _ in _volumes(proxy))

@@ -34,6 +34,7 @@ def test_backend_directory_holds_real_files_not_links(tmp_path: Path) -> None:
         "python/triton_python_backend_stub",
         "python/triton_python_backend_utils.py",
         "onnxruntime/model.py",
+        "openvino/model.py",
     ):
         assert (backends / path).is_file() and not (backends / path).is_symlink(), path
     assert (backends / "onnxruntime/model.py").read_bytes() == ORT_BACKEND_SOURCE.read_bytes()
@@ -79,7 +80,10 @@ def test_every_python_based_backend_gets_shared_memory_for_a_full_pixel_batch(
     ]
     sizes = {key: int(value) for key, _, value in settings}
     batch_bytes = contract.MAX_BATCH_SIZE * contract.CHANNELS * contract.IMAGE_SIZE**2
-    for backend in ("python", "onnxruntime"):
+    from resnet18_triton.layout import shipped_backends
+
+    assert {"onnxruntime", "openvino"} <= set(shipped_backends())
+    for backend in ("python", *shipped_backends()):
         default = sizes[f"{backend},shm-default-byte-size"]
         growth = sizes[f"{backend},shm-growth-byte-size"]
         assert default >= 2 * batch_bytes and default % 2**20 == 0

@@ -43,13 +43,17 @@ from resnet18_triton.client.results import (
     HealthReport,
     ModelHealth,
     Prediction,
+    ensemble_classifier,
     parse_classifications,
+    precision_of,
 )
+from resnet18_triton.contract import INT8_MODELS
 from resnet18_triton.errors import (
     ImageError,
     ResNet18TritonError,
     ServerUnavailableError,
 )
+from resnet18_triton.layout import openvino_models
 
 T = TypeVar("T")
 
@@ -269,14 +273,20 @@ class ImageClassifier:
             )
         return provenance
 
-    def health(self, models: Sequence[str] = contract.SERVED_MODELS) -> HealthReport:
-        """Server liveness and readiness, each model's readiness and versions, weights provenance.
+    def health(self, models: Sequence[str] | None = None) -> HealthReport:
+        """Server liveness and readiness, each model's readiness, versions and precision, and
+        the weights' provenance. ``models`` defaults to the served set plus every variant (INT8,
+        OpenVINO) the server has ready.
 
         Raises ServerUnavailableError only when the server cannot be reached at all; anything
         else that is wrong is part of the report.
         """
         live = self._call(self._client.is_server_live)
         ready = self._call(self._client.is_server_ready)
+        if models is None:
+            variants = [*INT8_MODELS, *openvino_models()]
+            ready_variants = [m for m in variants if self._call(self._client.is_model_ready, m)]
+            models = (*contract.SERVED_MODELS, *ready_variants)
         index = self._repository_index()
         try:
             provenance, provenance_error = self.weights_provenance(), None
@@ -298,8 +308,17 @@ class ImageClassifier:
     ) -> ModelHealth:
         if self._call(self._client.is_model_ready, name):
             metadata = self._call(self._client.get_model_metadata, name)
-            return ModelHealth(name, True, tuple(metadata.get("versions", ())))
+            versions = tuple(metadata.get("versions", ()))
+            return ModelHealth(name, True, versions, precision=self._precision(name))
         return ModelHealth(name, False, detail=_not_ready_detail(name, index))
+
+    def _precision(self, name: str) -> str:
+        """The model's precision; an ensemble's is that of its classifier step."""
+        config = self._call(self._client.get_model_config, name)
+        classifier = ensemble_classifier(config)
+        if classifier is not None:
+            config = self._call(self._client.get_model_config, classifier)
+        return precision_of(config)
 
     def _repository_index(self) -> dict[str, list[dict[str, Any]]] | None:
         """Model states and load-failure reasons; None if the server restricts that API."""

@@ -17,6 +17,7 @@ import click
 from tqdm import tqdm
 
 from resnet18_triton import contract
+from resnet18_triton.client import probe as probe_module
 from resnet18_triton.client.api import ImageClassifier
 from resnet18_triton.client.inputs import expand_inputs
 from resnet18_triton.client.results import ClassificationResult, HealthReport, result_to_json
@@ -122,12 +123,31 @@ def classify(
 @click.command("health")
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Liveness probe: classify a tiny embedded JPEG through the ensemble (exit 0 or 1).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=probe_module.DEFAULT_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds the --probe inference may take.",
+)
 @click.pass_context
-def health(ctx: click.Context, url: str, as_json: bool) -> None:
+def health(
+    ctx: click.Context, url: str, as_json: bool, probe: bool = False, timeout_s: float = 4.0
+) -> None:
     """Show server liveness and readiness, each model's state and the weights' provenance.
 
     Exit status: 0 everything ready, 1 reachable but something not ready, 2 unreachable.
+    With --probe: 0 when a real inference through the ensemble succeeded, 1 otherwise.
     """
+    if probe:
+        _run_probe(ctx, url, as_json, timeout_s)
+        return
     with ImageClassifier(
         url, connection_timeout=contract.CONNECT_TIMEOUT_S, network_timeout=HEALTH_TIMEOUT
     ) as classifier:
@@ -139,6 +159,18 @@ def health(ctx: click.Context, url: str, as_json: bool) -> None:
     else:
         click.echo(format_health(report))
     if not report.all_ready:
+        ctx.exit(ExitCode.SOME_FAILED)
+
+
+def _run_probe(ctx: click.Context, url: str, as_json: bool, timeout_s: float) -> None:
+    result = probe_module.probe(url, timeout_s=timeout_s)
+    if as_json:
+        record = {"live": result.ok, "detail": result.detail, "seconds": round(result.seconds, 3)}
+        click.echo(json.dumps(record))
+    else:
+        state = "live" if result.ok else "NOT LIVE"
+        click.echo(f"{state}: {result.detail} ({result.seconds * 1000:.0f} ms, {url})")
+    if not result.ok:
         ctx.exit(ExitCode.SOME_FAILED)
 
 
@@ -169,6 +201,8 @@ def format_health(report: HealthReport) -> str:
     for model in report.models:
         state = "ready" if model.ready else "NOT READY"
         detail = f"versions: {', '.join(model.versions)}" if model.ready else model.detail
+        if model.ready and model.precision:
+            detail += f"  precision: {model.precision}"
         lines.append(f"  {model.name:<{name_width}}  {state:<9}  {detail}".rstrip())
     if report.provenance is not None:
         lines.append(f"weights: {describe_provenance(report.provenance)}")
@@ -187,7 +221,13 @@ def health_to_json(report: HealthReport) -> dict[str, Any]:
         "ready": report.ready,
         "all_ready": report.all_ready,
         "models": [
-            {"name": m.name, "ready": m.ready, "versions": list(m.versions), "detail": m.detail}
+            {
+                "name": m.name,
+                "ready": m.ready,
+                "versions": list(m.versions),
+                "detail": m.detail,
+                "precision": m.precision,
+            }
             for m in report.models
         ],
         "weights_provenance": report.provenance,

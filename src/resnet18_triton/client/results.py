@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from resnet18_triton import contract
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -58,6 +60,29 @@ class ModelHealth:
     ready: bool
     versions: tuple[str, ...] = ()
     detail: str = ""
+    precision: str = ""  # bf16, f32, fp32, int8; empty for steps that compute no logits
+
+
+def precision_of(config: dict[str, Any]) -> str:
+    """A classifier's numeric precision from its model config (JSON), empty when not one.
+
+    The ``precision`` parameter when present (OpenVINO variants), ``int8`` for a model carrying
+    a quantisation recipe, ``fp32`` for any other ONNX Runtime model.
+    """
+    parameters = config.get("parameters", {})
+    named = str(parameters.get(contract.PRECISION_PARAMETER, {}).get("string_value", ""))
+    if named:
+        return named
+    if "quantization" in parameters:
+        return "int8"
+    return "fp32" if config.get("backend") == "onnxruntime" else ""
+
+
+def ensemble_classifier(config: dict[str, Any]) -> str | None:
+    """The step of an ensemble config that is not the preprocessing, if any."""
+    steps = config.get("ensemble_scheduling", {}).get("step", [])
+    names = [step.get("model_name") for step in steps]
+    return next((name for name in names if name and name != contract.PREPROCESS_MODEL), None)
 
 
 @dataclass(frozen=True)

@@ -313,6 +313,74 @@ def variant_configs(
     return [onnx, ensemble]
 
 
+OPENVINO_BACKEND = "openvino"
+# Parameters of the ONNX Runtime backend, meaningless to OpenVINO: dropped from the variant.
+ORT_PARAMETERS = (
+    "intra_op_thread_count",
+    "inter_op_thread_count",
+    "execution_mode",
+    "enable_mem_arena",
+    "enable_mem_pattern",
+    "memory.enable_memory_arena_shrinkage",
+)
+
+
+def openvino_parameters(threads: int, precision: str) -> dict[str, str]:
+    """The native OpenVINO backend's keys for one instance using ``threads`` cores.
+
+    One stream per instance with the LATENCY hint: Triton's instances already give parallelism,
+    and ``threads`` comes from the same core budget as ONNX Runtime's intra-op threads, so the
+    instances x threads product never oversubscribes. ``HINT_BF16`` is the native backend's only
+    precision key; ``INFERENCE_PRECISION_HINT`` also pins f32 (for ``f32``, and for the float
+    parts of an ``int8`` QDQ model), which the native backend cannot express.
+    """
+    if threads < 1:
+        raise ExportError("an OpenVINO instance needs at least 1 thread")
+    parameters = {
+        "INFERENCE_NUM_THREADS": str(threads),
+        "NUM_STREAMS": "1",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        contract.PRECISION_PARAMETER: precision,
+    }
+    if precision == "bf16":
+        parameters["HINT_BF16"] = "YES"
+    return parameters
+
+
+def openvino_variant_configs(
+    onnx_config: mc.ModelConfig,
+    ensemble_config: mc.ModelConfig,
+    *,
+    onnx_name: str,
+    ensemble_name: str,
+    precision: str,
+    model_filename: str,
+    parameters: dict[str, str] | None = None,
+) -> list[mc.ModelConfig]:
+    """The OpenVINO classifier and its ensemble, derived from the ONNX Runtime FP32 configs.
+
+    Instances, batching, warm-up, cache, inputs and outputs stay those of the FP32 classifier;
+    the backend becomes ``openvino`` reading ``model_filename`` (``default_model_filename``), the
+    ONNX Runtime keys are replaced by ``openvino_parameters`` with the FP32 intra-op thread
+    count as the core budget per instance. ``parameters`` are added last.
+    """
+    onnx, ensemble = variant_configs(
+        onnx_config, ensemble_config, onnx_name=onnx_name, ensemble_name=ensemble_name
+    )
+    onnx.backend = OPENVINO_BACKEND
+    onnx.default_model_filename = model_filename
+    onnx.ClearField("optimization")
+    threads_text = onnx.parameters["intra_op_thread_count"].string_value or "1"
+    for key in [
+        key for key in onnx.parameters if key in ORT_PARAMETERS or key.startswith("session.")
+    ]:
+        del onnx.parameters[key]
+    _string_parameters(onnx, openvino_parameters(int(threads_text), precision))
+    _string_parameters(onnx, parameters or {})
+    return [onnx, ensemble]
+
+
 def all_model_configs(settings: ServingSettings, provenance_json: str) -> list[mc.ModelConfig]:
     """Every config of the repository (one per ``contract.SERVED_MODELS``), steps before the
     ensemble."""

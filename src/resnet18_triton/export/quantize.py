@@ -57,6 +57,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from resnet18_triton import contract
+from resnet18_triton.cpu_flags import INT8_FLAGS, cpu_flags, present
 from resnet18_triton.errors import ExportError
 from resnet18_triton.export.fidelity import FidelityReport
 from resnet18_triton.export.onnx_export import set_metadata
@@ -74,7 +75,7 @@ CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 # CPU flags (Linux /proc/cpuinfo) of instructions that make INT8 matrix products fast and exact.
-INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+INT8_CPU_FLAGS = INT8_FLAGS
 # Calibration keeps the intermediate outputs of this many batches before folding them into the
 # running ranges; bounds memory (ResNet-18 has ~20 MB of activations per image).
 _MAX_INTERMEDIATE_BATCHES = 4
@@ -95,15 +96,7 @@ class QuantizationRefused(ExportError):
 
 def cpu_int8_flags() -> tuple[str, ...]:
     """Which of ``INT8_CPU_FLAGS`` this CPU has (empty when unknown, e.g. not Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.partition(":")[2].split())
-            return tuple(flag for flag in INT8_CPU_FLAGS if flag in flags)
-    return ()
+    return present(INT8_CPU_FLAGS, cpu_flags())
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tritonclient.grpc import model_config_pb2 as mc
+
 from resnet18_triton import contract
 from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
 from resnet18_triton.errors import ExportError
@@ -25,12 +27,20 @@ from resnet18_triton.export.model_configs import (
     WARMUP_IMAGE_FILENAME,
     ServingSettings,
     all_model_configs,
+    openvino_variant_configs,
     parse,
     render,
     variant_configs,
 )
 from resnet18_triton.files import write_bytes_atomically, write_text_atomically
-from resnet18_triton.layout import CONFIG_FILENAME, PYTHON_MODELS, VERSION, python_model_source
+from resnet18_triton.layout import (
+    CONFIG_FILENAME,
+    OPENVINO_MODEL_FILENAME,
+    PYTHON_MODELS,
+    VERSION,
+    openvino_models,
+    python_model_source,
+)
 
 
 def install_python_models(repo: Path) -> None:
@@ -89,19 +99,24 @@ def write_warmup_data(repo: Path) -> Path:
     return path
 
 
-def write_int8_configs(
-    repo: Path, parameters: dict[str, str], target: Path | None = None
-) -> list[Path]:
-    """Configs and labels of ``resnet18_int8`` and ``resnet18_int8_ensemble``, derived from the
-    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache), written
-    into ``target`` (default: ``repo``); returns the config paths written."""
-    target = repo if target is None else target
+def _fp32_configs(repo: Path) -> dict[str, mc.ModelConfig]:
+    """The FP32 classifier and ensemble configs already in ``repo``, by model name."""
     sources = {}
     for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
         path = repo / name / CONFIG_FILENAME
         if not path.is_file():
             raise ExportError(f"{path} is missing: run `resnet18-triton export` first")
         sources[name] = parse(path.read_text())
+    return sources
+
+
+def write_int8_configs(
+    repo: Path, parameters: dict[str, str], target: Path | None = None
+) -> list[Path]:
+    """Configs and labels of ``resnet18_int8`` and ``resnet18_int8_ensemble``, derived from the
+    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache), written
+    into ``target`` (default: ``repo``); returns the config paths written."""
+    sources = _fp32_configs(repo)
     configs = variant_configs(
         sources[contract.ONNX_MODEL],
         sources[contract.ENSEMBLE_MODEL],
@@ -109,6 +124,33 @@ def write_int8_configs(
         ensemble_name=INT8_ENSEMBLE_MODEL,
         parameters=parameters,
     )
+    return write_variant_configs(repo, configs, target)
+
+
+def openvino_configs(
+    repo: Path, precision: str, parameters: dict[str, str]
+) -> list[mc.ModelConfig]:
+    """The OpenVINO classifier and ensemble configs (``layout.openvino_models``), derived from
+    the FP32 ones in ``repo``; not written."""
+    sources = _fp32_configs(repo)
+    onnx_name, ensemble_name = openvino_models()
+    return openvino_variant_configs(
+        sources[contract.ONNX_MODEL],
+        sources[contract.ENSEMBLE_MODEL],
+        onnx_name=onnx_name,
+        ensemble_name=ensemble_name,
+        precision=precision,
+        model_filename=OPENVINO_MODEL_FILENAME,
+        parameters=parameters,
+    )
+
+
+def write_variant_configs(
+    repo: Path, configs: list[mc.ModelConfig], target: Path | None = None
+) -> list[Path]:
+    """Write a variant's classifier and ensemble configs (in that order), with the FP32 labels of
+    ``repo``, into ``target`` (default: ``repo``); returns the config paths written."""
+    target = repo if target is None else target
     written = []
     for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL), strict=True):
         path = target / config.name / CONFIG_FILENAME
@@ -116,7 +158,7 @@ def write_int8_configs(
         labels = repo / source / contract.LABELS_FILENAME
         write_text_atomically(target / config.name / contract.LABELS_FILENAME, labels.read_text())
         written.append(path)
-    (target / INT8_ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
+    (target / configs[1].name / VERSION).mkdir(parents=True, exist_ok=True)
     return written
 
 

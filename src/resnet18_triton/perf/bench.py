@@ -22,9 +22,9 @@ from pathlib import Path
 
 from resnet18_triton import contract
 from resnet18_triton.contract import INT8_MODEL
-from resnet18_triton.layout import has_int8, onnx_model_path, served_models
+from resnet18_triton.layout import has_int8, has_openvino, onnx_model_path, served_models
 from resnet18_triton.perf import images as image_sets
-from resnet18_triton.perf import inprocess
+from resnet18_triton.perf import inprocess, openvino_bench
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.measurements import (
     FP32,
@@ -80,6 +80,9 @@ class BenchPlan:
     batches: tuple[int, ...] = BATCHES
     # Also sweep the INT8 ensemble (also done when the repository holds one, see `quantize`).
     int8: bool = False
+    # Build the OpenVINO variant with this precision when the repository lacks it; its rows are
+    # measured whenever the repository holds the variant.
+    openvino: str | None = None
 
 
 def _export_repository(repo: Path, echo: Echo) -> Path:
@@ -320,7 +323,10 @@ def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
     environment = _environment(plan)
     repo = plan.repo or _export_repository(plan.out / "model_repository", echo)
     files = _image_files(plan)
+    if plan.openvino and not plan.url:
+        repo = openvino_bench.ensure_repository(repo, plan.out, plan.openvino, files[TYPICAL])
     engines = run_engines(plan, repo, files, echo)
+    openvino_section = ""
     with _server(plan, repo) as (url, pid, admin_key):
         if not admin_key:
             echo(
@@ -331,10 +337,42 @@ def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
         int8 = plan.int8 or has_int8(repo)
         served = run_served(plan, url, pid, settings, files, int8, echo)
         interleaved = run_interleaved(plan, repo, url, settings, served, echo)
+        if has_openvino(repo):
+            openvino_section = run_openvino(plan, repo, url, files[TYPICAL], environment, echo)
     results = BenchResults(tuple(engines), tuple(served), tuple(interleaved), environment)
     (plan.out / "bench.json").write_text(json.dumps(results_json(results), indent=2, default=str))
-    write_report(plan, results, repo)
+    report = write_report(plan, results, repo)
+    if openvino_section:
+        report.write_text(report.read_text() + "\n" + openvino_section)
     return results
+
+
+def run_openvino(
+    plan: BenchPlan,
+    repo: Path,
+    url: str,
+    typical: list[Path],
+    environment: dict[str, object],
+    echo: Echo,
+) -> str:
+    """The OpenVINO variant against ONNX Runtime FP32: in-process (interleaved), served sweeps of
+    both ensembles (alternated) and back-to-back pairs; returns the report section."""
+    precision = openvino_bench.variant_precision(repo)
+    echo(f"OpenVINO {precision} vs ONNX Runtime FP32: in-process, interleaved ...")
+    inprocess = openvino_bench.inprocess_rows(repo, plan.threads, seconds=plan.seconds / 2)
+    out = plan.out / "openvino"
+    out.mkdir(parents=True, exist_ok=True)
+    echo("OpenVINO: served ensembles, alternated ...")
+    served = openvino_bench.served_rows(
+        url, typical, out, precision, concurrency=plan.settings.concurrency, echo=echo
+    )
+    pairs = openvino_bench.served_pairs(url, out / "input_500x375.json", out, precision, echo=echo)
+    env = {**environment, **openvino_bench.environment()}
+    text = openvino_bench.report_markdown(env, inprocess, served, pairs)
+    (out / "openvino.json").write_text(
+        json.dumps({"inprocess": inprocess, "served": served, "pairs": pairs}, indent=2)
+    )
+    return text.replace("# OpenVINO bench", "## OpenVINO variant", 1)
 
 
 def results_json(results: BenchResults) -> dict[str, object]:

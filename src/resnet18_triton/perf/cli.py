@@ -269,6 +269,15 @@ def loadtest(
     default=None,
     help="Output folder (default reports/bench-<time>).",
 )
+@click.option(
+    "--openvino",
+    "openvino_precision",
+    type=click.Choice(["bf16", "f32", "int8"]),
+    default=None,
+    help="Also time the OpenVINO variant (built with this precision, gate forced, when the "
+    "repository lacks one) against ONNX Runtime FP32, in-process and served. Default: only when "
+    "the repository holds the variant.",
+)
 def bench(
     repository: Path | None,
     url: str | None,
@@ -282,6 +291,7 @@ def bench(
     interval_ms: int,
     stability: int,
     out: Path | None,
+    openvino_precision: str | None = None,
 ) -> None:
     """PyTorch eager, TorchScript, ORT in-process and the served paths, side by side."""
     from resnet18_triton.extras import require
@@ -310,6 +320,7 @@ def bench(
         seconds=seconds,
         typical_count=typical_count,
         large_count=large_count,
+        openvino=openvino_precision,
     )
     run_bench(plan, echo=lambda text: click.echo(text, err=True))
     click.echo(f"report: {plan.out / 'bench.md'}")

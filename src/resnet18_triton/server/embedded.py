@@ -3,8 +3,9 @@
 The wheel ships tritonserver 2.51 (the core of the NGC ``tritonserver:24.10-py3`` container) with
 its shared libraries and the Python backend, but no ONNX Runtime backend. ``EmbeddedServer`` lays
 out a backend directory in which ``python/`` is the wheel's Python backend (with the stub for the
-running Python) and ``onnxruntime/model.py`` is this project's Python-based ONNX Runtime backend,
-then starts the binary on 127.0.0.1 with explicit model control and waits until it is ready.
+running Python) and ``<name>/model.py`` holds each Python-based backend this project ships
+(``onnxruntime``, ``openvino``), then starts the binary on 127.0.0.1 with explicit model control
+and waits until it is ready.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import TextIO
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ServerStartError, StartAborted
-from resnet18_triton.layout import backend_source, missing_files
+from resnet18_triton.layout import backend_source, missing_files, shipped_backends
 from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = backend_source("onnxruntime")
@@ -94,15 +95,14 @@ class TritonInstall:
 PIXEL_BATCH_BYTES = contract.MAX_BATCH_SIZE * contract.CHANNELS * contract.IMAGE_SIZE**2
 PYTHON_SHM_DEFAULT_BYTES = -(-4 * PIXEL_BATCH_BYTES // 2**20) * 2**20  # rounded up to MiB
 PYTHON_SHM_GROWTH_BYTES = -(-PIXEL_BATCH_BYTES // 2**20) * 2**20
-# Backends run by the Python backend's library: the Python backend itself and ours.
-PYTHON_BASED_BACKENDS = ("python", "onnxruntime")
 
 
 def shared_memory_arguments(default_bytes: int, growth_bytes: int) -> list[str]:
-    """``--backend-config`` flags sizing every Python-based backend's stub shared memory."""
+    """``--backend-config`` flags sizing the stub shared memory of the Python backend and of each
+    Python-based backend we ship (each has its own settings, under its own name)."""
     return [
         f"--backend-config={backend},{key}={value}"
-        for backend in PYTHON_BASED_BACKENDS
+        for backend in ("python", *shipped_backends())
         for key, value in (
             ("shm-default-byte-size", default_bytes),
             ("shm-growth-byte-size", growth_bytes),
@@ -127,6 +127,9 @@ class ServerOptions:
     log_verbose: int = 0
     python_shm_default_bytes: int = PYTHON_SHM_DEFAULT_BYTES
     python_shm_growth_bytes: int = PYTHON_SHM_GROWTH_BYTES
+    # p50/p99 of queue and compute time per model on the metrics port (Prometheus summaries),
+    # which the Grafana dashboard in deploy/grafana plots.
+    summary_latencies: bool = True
     extra_args: tuple[str, ...] = ()
     # Triton 2.51's Python backend never restarts a stub that died (SIGKILL, OOM kill): the
     # model stays READY but answers 500 "Stub process ... is not healthy" forever. The launcher
@@ -198,7 +201,8 @@ def check_port_free(host: str, port: int, what: str) -> None:
 
 
 def build_backend_directory(install: TritonInstall, target: Path) -> Path:
-    """``target/python`` = the wheel's Python backend + stub; ``target/onnxruntime/model.py`` ours.
+    """``target/python`` = the wheel's Python backend + stub; ``target/<name>/model.py`` for each
+    of our Python-based backends (``layout.shipped_backends``).
 
     Copies, not symlinks: Triton refuses a backend library whose real path escapes the backend
     directory.
@@ -209,9 +213,10 @@ def build_backend_directory(install: TritonInstall, target: Path) -> Path:
         if source.is_file():
             shutil.copy2(source, python_dir / source.name)
     shutil.copy2(install.python_stub, python_dir / "triton_python_backend_stub")
-    ort_dir = target / "onnxruntime"
-    ort_dir.mkdir()
-    shutil.copy2(ORT_BACKEND_SOURCE, ort_dir / "model.py")
+    for name in shipped_backends():
+        backend_dir = target / name
+        backend_dir.mkdir()
+        shutil.copy2(backend_source(name), backend_dir / "model.py")
     return target
 
 
@@ -250,12 +255,17 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
         "--strict-readiness=true",
         *shared_memory_arguments(options.python_shm_default_bytes, options.python_shm_growth_bytes),
     ]
+    if options.summary_latencies:
+        args.append("--metrics-config=summary_latencies=true")
     if options.response_cache_bytes > 0:
         args += [
             f"--cache-directory={install.cache_dir}",
             f"--cache-config=local,size={options.response_cache_bytes}",
         ]
     return args + list(options.extra_args)
+
+
+_PR_SET_PDEATHSIG = 1  # prctl option: signal to get when the parent dies
 
 
 def _die_with_parent() -> None:

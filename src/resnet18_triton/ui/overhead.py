@@ -3,8 +3,8 @@
 Start Triton and `resnet18-triton ui` first; optionally a Gradio app with the same job (the one
 in docs/ui.md's comparison) for a third column, which needs `gradio_client` installed:
 
-    python scripts/ui_overhead.py --triton 127.0.0.1:8000 --ui http://127.0.0.1:8080 \\
-        [--gradio http://127.0.0.1:7860 --gradio-api /classify] [--rounds 100] [IMAGE]
+    python -m resnet18_triton.ui.overhead --triton 127.0.0.1:8000 --ui http://127.0.0.1:8080 \\
+        [--gradio http://127.0.0.1:7860 --gradio-api /classify] [--rounds 100] IMAGE
 
 Each round sends the same image once through every path, in turn, so that load from other
 processes hits all paths alike; the first rounds are warm-up. Prints a markdown table.
@@ -23,7 +23,6 @@ from pathlib import Path
 
 from resnet18_triton.client.api import ImageClassifier
 
-DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "tests" / "data" / "samples" / "rocket.jpg"
 WARMUP_ROUNDS = 5
 
 
@@ -66,7 +65,7 @@ def paths(args: argparse.Namespace, image: Path) -> dict[str, Callable[[], objec
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("image", nargs="?", type=Path, default=DEFAULT_IMAGE)
+    parser.add_argument("image", type=Path, help="the image every path classifies")
     parser.add_argument("--triton", default="127.0.0.1:8000")
     parser.add_argument("--ui", default="http://127.0.0.1:8080")
     parser.add_argument("--gradio")

@@ -1,0 +1,110 @@
+"""Inference-based liveness: one tiny real classification through the ensemble.
+
+Triton 2.51 keeps reporting live and ready after a Python-backend stub died, and answers every
+inference with 500 from then on. A probe that only reads ``/v2/health/*`` cannot see that; this
+one sends a 32x32 JPEG (embedded below, 740 bytes) through preprocessing and the classifier and
+passes only on a well-formed answer. Thin client only: no Pillow, no torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+import time
+from dataclasses import dataclass
+
+from resnet18_triton import contract
+from resnet18_triton.client.api import ImageClassifier, RetryPolicy
+from resnet18_triton.client.results import Prediction
+
+# A 32x32 colour gradient, JPEG quality 75 (made once with Pillow).
+PROBE_JPEG = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwc"
+    "KDcpLDAxNDQ0Hyc5PTgyPC4zNDL/2wBDAQkJCQwLDBgNDRgyIRwhMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIy"
+    "MjIyMjIyMjIyMjIyMjIyMjIyMjL/wAARCAAgACADASIAAhEBAxEB/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcI"
+    "CQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRol"
+    "JicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ip"
+    "qrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAA"
+    "AAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcFBAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLR"
+    "ChYkNOEl8RcYGRomJygpKjU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaX"
+    "mJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEA"
+    "PwDyaCx6cVqQWPTitKCx6cVpwWPTiveq4syy/HbambBY9OK04LHpxWlBY9OK04LHpxXmVcWfc5fjttTMgsenFacFj04r"
+    "SgsenFacFj04rzKuLPxbL8dtqZsFj04rTgsenFaUFj04rUgsenFeZVxZ9zl+O21P/9k="
+)
+# Kubernetes' timeoutSeconds for the exec probe is larger, so the probe reports before it is cut.
+DEFAULT_TIMEOUT_S = 4.0
+
+
+def probe_request() -> tuple[bytes, int]:
+    """The same probe as one raw HTTP body, for checks without this package (curl in a pod).
+
+    Returns ``(body, header_length)``: POST ``body`` to ``/v2/models/resnet18/infer`` with the
+    header ``Inference-Header-Content-Length: header_length`` (KServe v2 binary tensor
+    extension). The answer is JSON with the top-1 class.
+    """
+    tensor = struct.pack("<I", len(PROBE_JPEG)) + PROBE_JPEG
+    header = {
+        "inputs": [
+            {
+                "name": contract.ENSEMBLE_INPUT,
+                "shape": [1, 1],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(tensor)},
+            }
+        ],
+        "outputs": [{"name": contract.ENSEMBLE_OUTPUT, "parameters": {"classification": 1}}],
+    }
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return encoded + tensor, len(encoded)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Outcome of one probe: ``ok``, a one-line ``detail`` for the log, and how long it took."""
+
+    ok: bool
+    detail: str
+    seconds: float
+
+
+def probe(
+    url: str = contract.DEFAULT_URL,
+    model: str = contract.ENSEMBLE_MODEL,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> ProbeResult:
+    """Classify ``PROBE_JPEG`` once (no retry) and check the answer is a probability.
+
+    Never raises: any failure (unreachable, 4xx/5xx, timeout, malformed answer) is a failed probe.
+    """
+    started = time.monotonic()
+    try:
+        with ImageClassifier(
+            url,
+            model,
+            connection_timeout=timeout_s,
+            network_timeout=timeout_s,
+            concurrency=1,
+            retry=RetryPolicy(attempts=1),
+        ) as classifier:
+            predictions = classifier.classify_bytes([PROBE_JPEG], top_k=1)
+    # A liveness probe must turn every failure into "not live", whatever raised it.
+    except Exception as error:
+        return ProbeResult(False, f"{type(error).__name__}: {error}", _since(started))
+    return _judge(predictions, _since(started))
+
+
+def _judge(predictions: list[list[Prediction]], seconds: float) -> ProbeResult:
+    if len(predictions) != 1 or len(predictions[0]) != 1:
+        return ProbeResult(False, f"malformed answer: {predictions!r}", seconds)
+    top = predictions[0][0]
+    if not (math.isfinite(top.probability) and 0.0 <= top.probability <= 1.0):
+        return ProbeResult(False, f"top-1 probability out of range: {top.probability}", seconds)
+    return ProbeResult(
+        True, f"classified the probe image: class {top.index}, p={top.probability:.4f}", seconds
+    )
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started

@@ -1,0 +1,294 @@
+"""N ordinary ``resnet18-triton serve`` processes behind the distribution's nginx, on one machine.
+
+For tests and a user's trial of the replicated setup without Docker. Each replica is a separate
+``serve`` process on its own loopback ports; nginx (rendered from the same template as the
+compose and Kubernetes proxy) spreads requests and retries a failed one on the next replica.
+Like a container's restart policy, the cluster starts a replica again when its process exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
+from resnet18_triton.deploy import proxy
+from resnet18_triton.errors import ServerStartError
+from resnet18_triton.layout import missing_files
+from resnet18_triton.server.embedded import free_port
+
+SERVER_BINARY_NAME = "tritonserver"
+
+
+def _term_with_parent() -> None:
+    """In the child: SIGTERM when the cluster process dies, so nothing is orphaned."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """True when ``GET url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def child_pids(parent: int) -> list[int]:
+    """Direct children of ``parent``, read from /proc (Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == parent:
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class Replica:
+    """One ``resnet18-triton serve`` process and its ports."""
+
+    index: int
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def upstream(self) -> proxy.Upstream:
+        return proxy.Upstream(self.host, self.http_port, self.grpc_port)
+
+    def is_ready(self) -> bool:
+        return http_ok(f"http://{self.url}/v2/health/ready")
+
+    def server_pid(self) -> int | None:
+        """Process id of this replica's tritonserver (the child of its serve process)."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        for pid in child_pids(self.process.pid):
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if name == SERVER_BINARY_NAME:
+                return pid
+        return None
+
+
+@dataclass
+class ClusterOptions:
+    """How to run the cluster. Defaults: loopback only, two replicas, restart on exit."""
+
+    repository: Path
+    replicas: int = 2
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    admin_key: str | None = None
+    workdir: Path | None = None
+    ready_timeout_s: float = 300.0
+    restart_replicas: bool = True
+    serve_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Cluster:
+    """Start replicas, wait until each is ready, then nginx in front; ``stop()`` ends them all."""
+
+    def __init__(self, options: ClusterOptions) -> None:
+        if options.replicas < 1:
+            raise ServerStartError("a cluster needs at least one replica")
+        self.options = options
+        self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="resnet18-triton-cluster-"))
+        self.replicas = [
+            Replica(
+                index=index,
+                host=options.host,
+                http_port=free_port(options.host),
+                grpc_port=free_port(options.host),
+                metrics_port=free_port(options.host),
+                log_path=self.workdir / f"replica-{index}.log",
+            )
+            for index in range(1, options.replicas + 1)
+        ]
+        self.nginx: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """HTTP address of the proxy (what clients use)."""
+        return f"{self.options.host}:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.options.host}:{self.options.grpc_port}"
+
+    @property
+    def nginx_config(self) -> Path:
+        return self.workdir / "nginx.conf"
+
+    def start(self) -> Cluster:
+        missing = missing_files(self.options.repository)
+        if missing:
+            raise ServerStartError(
+                f"the model repository {self.options.repository} is not ready "
+                f"({missing[0].relative_to(self.options.repository)} missing): run "
+                "`resnet18-triton export` first"
+            )
+        proxy.nginx_binary()  # fail before starting replicas when nginx is not installed
+        try:
+            for replica in self.replicas:
+                self._start_replica(replica)
+            for replica in self.replicas:
+                self.wait_replica_ready(replica, self.options.ready_timeout_s)
+            self._start_proxy()
+        except BaseException:
+            self.stop()
+            raise
+        if self.options.restart_replicas:
+            self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+            self._supervisor.start()
+        return self
+
+    def _serve_command(self, replica: Replica) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "resnet18_triton.cli",
+            "serve",
+            f"--repo={self.options.repository}",
+            f"--host={replica.host}",
+            f"--http-port={replica.http_port}",
+            f"--grpc-port={replica.grpc_port}",
+            f"--metrics-port={replica.metrics_port}",
+            *self.options.serve_args,
+        ]
+
+    def _start_replica(self, replica: Replica) -> None:
+        env = dict(os.environ)
+        if self.options.admin_key:
+            # Through the environment, never on a command line other users can read.
+            env[ADMIN_KEY_ENV_VAR] = self.options.admin_key
+        with replica.log_path.open("ab") as log:
+            replica.process = subprocess.Popen(
+                self._serve_command(replica),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_term_with_parent,
+            )
+        replica.starts += 1
+
+    def wait_replica_ready(self, replica: Replica, timeout_s: float) -> None:
+        """Block until ``replica`` answers ready; ``ServerStartError`` with its log otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            process = replica.process
+            # A first start that fails is a configuration problem: say so at once. A restarted
+            # replica may exit again; the supervisor starts it once more, so keep waiting.
+            if process is not None and process.poll() is not None and replica.starts == 1:
+                raise ServerStartError(
+                    f"replica {replica.index} exited with code {process.returncode}; "
+                    f"last log lines:\n{_tail(replica.log_path)}"
+                )
+            if replica.is_ready():
+                return
+            time.sleep(0.3)
+        raise ServerStartError(
+            f"replica {replica.index} was not ready within {timeout_s:.0f} s; "
+            f"last log lines:\n{_tail(replica.log_path)}"
+        )
+
+    def _start_proxy(self) -> None:
+        runtime = self.workdir / "nginx"
+        proxy.prepare_runtime_dir(runtime)
+        settings = proxy.ProxySettings(
+            upstreams=tuple(replica.upstream for replica in self.replicas),
+            listen_http=self.url,
+            listen_grpc=self.grpc_url,
+            max_body_bytes=proxy.repository_body_limit(self.options.repository),
+            runtime_dir=str(runtime),
+            error_log=str(self.workdir / "nginx-error.log"),
+        )
+        self.nginx_config.write_text(proxy.render(settings))
+        proxy.check_config(self.nginx_config, runtime)
+        self.nginx = proxy.start_nginx(self.nginx_config, runtime, self.workdir / "nginx.log")
+        deadline = time.monotonic() + 15
+        while not http_ok(f"http://{self.url}/v2/health/ready"):
+            if self.nginx.poll() is not None or time.monotonic() > deadline:
+                raise proxy.ProxyError(
+                    f"nginx did not start on {self.url}; see {self.workdir / 'nginx-error.log'}"
+                )
+            time.sleep(0.1)
+
+    def _supervise(self) -> None:
+        """Restart a replica whose serve process exited (its tritonserver died or was killed)."""
+        while not self._stopping.wait(0.5):
+            for replica in self.replicas:
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    if replica.process is not None and replica.process.poll() is not None:
+                        self._start_replica(replica)
+
+    def stop(self) -> None:
+        """Stop nginx and every replica (SIGTERM: in-flight requests finish first)."""
+        self._stopping.set()
+        with self._lock:  # waits for a restart in progress, so its process is stopped too
+            pass
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+        processes = [replica.process for replica in self.replicas]
+        if self.nginx is not None:
+            processes.insert(0, self.nginx)
+        for process in processes:
+            if process is not None and process.poll() is None:
+                process.terminate()
+        for process in processes:
+            if process is None:
+                continue
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,43 @@
+"""Write the deployment files generated from code: ``python -m resnet18_triton.deploy.render``.
+
+They are committed (docker-compose and kustomize read them as files) and a unit test fails when
+one differs from what this module renders, so edit the template or the code, then re-run this.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from resnet18_triton.client.probe import probe_request
+from resnet18_triton.deploy import proxy
+
+COMPOSE_REPLICAS = 2
+COMPOSE_PROXY_CONFIG = Path("deploy/proxy/nginx.compose.conf")
+KUBERNETES_PROXY_CONFIG = Path("deploy/kubernetes/proxy/nginx.conf")
+KUBERNETES_PROBE_BODY = Path("deploy/kubernetes/probe/probe-request.bin")
+
+
+def rendered_files() -> dict[Path, bytes]:
+    """Relative path -> content of every generated deployment file."""
+    return {
+        COMPOSE_PROXY_CONFIG: proxy.render(proxy.compose_settings(COMPOSE_REPLICAS)).encode(),
+        KUBERNETES_PROXY_CONFIG: proxy.render(proxy.kubernetes_settings()).encode(),
+        KUBERNETES_PROBE_BODY: probe_request()[0],
+    }
+
+
+def write_all(root: Path) -> list[Path]:
+    """Write every generated file under the project ``root``; returns the paths written."""
+    written = []
+    for relative, content in rendered_files().items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in write_all(Path(sys.argv[1] if len(sys.argv) > 1 else ".")):
+        print(written_path)

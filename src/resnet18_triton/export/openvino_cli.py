@@ -1,0 +1,131 @@
+"""``resnet18-triton openvino``: serve the classifier with OpenVINO (bf16, f32, int8) if faithful.
+
+Writes ``resnet18_openvino`` and ``resnet18_openvino_ensemble`` into the repository after the
+fidelity gate of ``export.openvino_variant``. BF16 is offered only on CPUs with native bfloat16.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from resnet18_triton.cpu_flags import (
+    BF16_FLAGS,
+    INT8_FLAGS,
+    PRECISIONS,
+    check_precision,
+    cpu_flags,
+    default_precision,
+    has_fast_int8,
+    present,
+)
+from resnet18_triton.export.fidelity import DEFAULT_MIN_AGREEMENT
+from resnet18_triton.export.openvino_variant import VariantRefused, build_openvino_variant
+from resnet18_triton.export.quantize import image_files, load_preprocess_module, preprocess_files
+from resnet18_triton.layout import default_repository, openvino_ensemble_name, openvino_model_path
+
+
+def choose_precision(requested: str, flags: frozenset[str]) -> tuple[str, str | None]:
+    """The precision to build and a note for the user (None when nothing needs saying).
+
+    ``auto`` picks bf16 where the CPU has native bfloat16, else f32; an explicit ``bf16`` on a
+    CPU without it is refused (PrecisionUnavailableError).
+    """
+    if requested == "auto":
+        chosen = default_precision(flags)
+        if chosen != "bf16":
+            return chosen, (
+                f"this CPU has no native bfloat16 ({' or '.join(BF16_FLAGS)}); "
+                f"building the {chosen} variant instead"
+            )
+        return chosen, None
+    check_precision(requested, flags)
+    if requested == "int8" and not has_fast_int8(flags):
+        return requested, (
+            f"this CPU has none of {', '.join(INT8_FLAGS)}: INT8 may not be faster than f32 here"
+        )
+    return requested, None
+
+
+@click.command("openvino")
+@click.option(
+    "--repo",
+    "repository",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_repository,
+    show_default="./model_repository",
+    help="Model repository holding the exported FP32 model (and, for int8, the INT8 one).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", *PRECISIONS]),
+    default="auto",
+    show_default=True,
+    help="bf16 (needs avx512_bf16 or amx_bf16), f32, or int8 (the QDQ model of "
+    "`resnet18-triton quantize`). auto: bf16 where the CPU has it, else f32.",
+)
+@click.option(
+    "--eval-images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of held-out images (JPEG, PNG, ...) for the fidelity report against FP32.",
+)
+@click.option(
+    "--min-agreement",
+    default=DEFAULT_MIN_AGREEMENT,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Refuse the variant below this top-1 agreement with FP32 (0.99 = 99%).",
+)
+@click.option("--force", is_flag=True, help="Write the variant even below --min-agreement.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the fidelity figures as JSON to this file.",
+)
+def openvino(
+    repository: Path,
+    precision: str,
+    eval_images: Path,
+    min_agreement: float,
+    force: bool,
+    report_path: Path | None,
+) -> None:
+    """Serve the classifier with OpenVINO as resnet18_openvino, beside ONNX Runtime."""
+    flags = cpu_flags()
+    chosen, note = choose_precision(precision, flags)
+    if note:
+        click.secho(f"note: {note}", err=True, fg="yellow")
+    found = ", ".join(present(BF16_FLAGS + INT8_FLAGS, flags)) or "none"
+    held_out = preprocess_files(image_files(eval_images), load_preprocess_module(repository))
+    click.echo(
+        f"OpenVINO {chosen}: comparing with FP32 on {len(held_out)} held-out images "
+        f"(CPU flags: {found})",
+        err=True,
+    )
+    try:
+        report = build_openvino_variant(repository, chosen, held_out, min_agreement, force)
+    except VariantRefused as refused:
+        click.echo(refused.report.table())
+        raise
+    click.echo(report.table())
+    if not report.passes(min_agreement):
+        click.secho(
+            f"WARNING: written despite top-1 agreement {report.top1_agreement:.2%} < "
+            f"{min_agreement:.2%} (--force)",
+            err=True,
+            fg="yellow",
+            bold=True,
+        )
+    if report_path is not None:
+        figures = {"precision": chosen, "fidelity": json.loads(report.to_json())}
+        report_path.write_text(json.dumps(figures, indent=2) + "\n")
+    click.echo(
+        f"OpenVINO {chosen} model ready: {openvino_model_path(repository)}; serve it with "
+        f"`resnet18-triton serve` and classify with --model {openvino_ensemble_name()}",
+        err=True,
+    )

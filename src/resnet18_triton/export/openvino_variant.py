@@ -1,0 +1,117 @@
+"""The OpenVINO variant of the classifier: BF16, f32, or the INT8 QDQ model, run by OpenVINO.
+
+``build_openvino_variant`` derives the configs from the FP32 ones in the repository (same
+instances, batching, warm-up; threads from the same core budget), compiles the candidate
+in-process exactly as the ``openvino`` backend will (its own ``compile_properties``, read from the
+config about to be written), compares it with ONNX Runtime FP32 on held-out images
+(``export.fidelity``: top-1 agreement, top-5 overlap, probability differences) and, unless the
+agreement is below the bar and ``force`` is not set, installs the model file and the configs.
+A refused variant leaves the repository untouched.
+
+The model files: ``bf16`` and ``f32`` serve the verified FP32 ``model.onnx``; ``int8`` serves the
+QDQ file written by ``resnet18-triton quantize``. OpenVINO reads ONNX directly, so the file is a
+byte copy (no conversion step that could change it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+from google.protobuf import json_format
+
+from resnet18_triton import contract
+from resnet18_triton.contract import INT8_MODEL
+from resnet18_triton.errors import ExportError
+from resnet18_triton.export.fidelity import (
+    DEFAULT_MIN_AGREEMENT,
+    FidelityReport,
+    compare_logits,
+    run_logits,
+    session,
+)
+from resnet18_triton.export.repository import (
+    openvino_configs,
+    write_bytes_atomically,
+    write_variant_configs,
+)
+from resnet18_triton.layout import (
+    backend_source,
+    load_model_module,
+    onnx_model_path,
+    openvino_model_path,
+)
+
+_BACKEND_MODULE_NAME = "resnet18_triton_openvino_backend"
+
+
+class VariantRefused(ExportError):
+    """The OpenVINO variant agrees too little with FP32 (see ``report``)."""
+
+    def __init__(self, message: str, report: FidelityReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def openvino_backend() -> ModuleType:
+    """The shipped ``openvino`` backend's ``model.py``, imported by path (it needs no server)."""
+    return load_model_module(backend_source("openvino"), _BACKEND_MODULE_NAME)
+
+
+def config_as_json(config) -> dict:
+    """A ModelConfig as the JSON dict Triton hands a Python model (``args["model_config"]``)."""
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+def source_model(repository: Path, precision: str) -> Path:
+    """The ONNX file the variant serves: the FP32 export, or the INT8 QDQ file for ``int8``."""
+    path = onnx_model_path(repository, INT8_MODEL if precision == "int8" else contract.ONNX_MODEL)
+    if not path.is_file():
+        step = "resnet18-triton quantize" if precision == "int8" else "resnet18-triton export"
+        raise ExportError(f"{path} is missing: run `{step}` first")
+    return path
+
+
+def openvino_logits(path: Path, model_config: dict, images: np.ndarray, batch_size: int = 8):
+    """Logits of ``images`` [N, 3, 224, 224] from OpenVINO compiled as the backend would."""
+    backend = openvino_backend()
+    request = backend.compile_model(str(path), model_config).create_infer_request()
+    chunks = [
+        backend.infer(
+            request, {contract.ONNX_INPUT: images[i : i + batch_size]}, [contract.ONNX_OUTPUT]
+        )[0]
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(chunks)
+
+
+def build_openvino_variant(
+    repository: Path,
+    precision: str,
+    held_out: np.ndarray,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    force: bool = False,
+) -> FidelityReport:
+    """Gate and write the variant (see the module docstring); raises VariantRefused."""
+    fp32_path = onnx_model_path(repository)
+    candidate = source_model(repository, precision)
+    configs = openvino_configs(repository, precision, {})
+    candidate_logits = openvino_logits(candidate, config_as_json(configs[0]), held_out)
+    report = compare_logits(
+        run_logits(session(fp32_path), held_out),
+        candidate_logits,
+        fp32_path.stat().st_size,
+        candidate.stat().st_size,
+    )
+    if not report.passes(min_agreement) and not force:
+        raise VariantRefused(
+            f"OpenVINO {precision} top-1 agreement with FP32 is {report.top1_agreement:.2%} on "
+            f"{report.num_images} held-out images, below the required {min_agreement:.2%}; "
+            "nothing was written. Try --precision f32, or --force to write it anyway.",
+            report,
+        )
+    configs = openvino_configs(repository, precision, {"fidelity": report.to_json()})
+    write_bytes_atomically(openvino_model_path(repository), candidate.read_bytes())
+    write_variant_configs(repository, configs)
+    return report

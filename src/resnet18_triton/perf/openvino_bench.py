@@ -1,0 +1,348 @@
+"""OpenVINO rows for ``bench``: in-process engines and served ensembles, measured side by side.
+
+Self-contained so ``bench`` can call it as one step:
+
+* ``inprocess_rows``: ONNX Runtime FP32 (spinning off, as served) and OpenVINO compiled from the
+  variant's own config (its precision) and at f32, timed interleaved (A, B, C, A, B, C, ...) in
+  this process so that noise from other processes hits all alike;
+* ``served_rows``: perf_analyzer on the ONNX Runtime FP32 ensemble and the OpenVINO ensemble with
+  the same 500x375 JPEGs, alternating the two for ``rounds`` rounds on the same server and cores;
+* ``served_pairs``: short back-to-back ORT/OpenVINO measurements at one concurrency, one ratio
+  per pair (the figure least exposed to other processes' load);
+* ``served_ratio``: best OpenVINO ensemble img/s over best ONNX Runtime ensemble img/s.
+
+``python -m resnet18_triton.perf.openvino_bench --out DIR`` exports a random-weight repository
+(or uses ``--repo``), adds the OpenVINO variant if missing, starts the embedded server and writes
+``openvino_bench.json`` and ``openvino_bench.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from resnet18_triton import contract
+from resnet18_triton.layout import (
+    CONFIG_FILENAME,
+    has_openvino,
+    onnx_model_path,
+    openvino_model_path,
+    openvino_models,
+)
+from resnet18_triton.perf import images as image_sets
+from resnet18_triton.perf import perf_analyzer as pa
+
+ORT_LABEL = "ort fp32 ensemble 500x375"
+
+
+def _variant_config(repo: Path) -> dict:
+    from resnet18_triton.export.model_configs import parse
+    from resnet18_triton.export.openvino_variant import config_as_json
+
+    return config_as_json(parse((repo / openvino_models()[0] / CONFIG_FILENAME).read_text()))
+
+
+def variant_precision(repo: Path) -> str:
+    """The precision the repository's OpenVINO variant was built with."""
+    parameters = _variant_config(repo).get("parameters", {})
+    return parameters.get(contract.PRECISION_PARAMETER, {}).get("string_value", "unknown")
+
+
+def _runners(repo: Path, threads: int) -> dict:
+    """name -> callable(batch) for each in-process engine."""
+    import onnxruntime as ort
+
+    from resnet18_triton.export.openvino_variant import openvino_backend
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        str(onnx_model_path(repo)), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    backend = openvino_backend()
+    config = _variant_config(repo)
+    f32 = json.loads(json.dumps(config))
+    for key in ("HINT_BF16", contract.PRECISION_PARAMETER):
+        f32.get("parameters", {}).pop(key, None)
+    f32["parameters"]["INFERENCE_PRECISION_HINT"] = {"string_value": "f32"}
+    runners = {"ort-fp32": lambda batch: session.run(None, {contract.ONNX_INPUT: batch})}
+    for name, variant in ((f"openvino-{variant_precision(repo)}", config), ("openvino-f32", f32)):
+        request = backend.compile_model(str(openvino_model_path(repo)), variant)
+        runners[name] = _openvino_runner(backend, request.create_infer_request())
+    return runners
+
+
+def _openvino_runner(backend, request):
+    return lambda batch: backend.infer(
+        request, {contract.ONNX_INPUT: batch}, [contract.ONNX_OUTPUT]
+    )
+
+
+def inprocess_rows(
+    repo: Path, threads: int = 2, seconds: float = 5.0, batch_sizes: tuple[int, ...] = (1, 8)
+) -> list[dict]:
+    """Median ms/img and img/s per engine and batch size, timed interleaved."""
+    runners = _runners(repo, threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch_size in batch_sizes:
+        shape = (batch_size, contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE)
+        batch = rng.integers(0, 256, shape, dtype=np.uint8)  # the graphs take uint8 pixels
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for run in runners.values():  # warm-up, not timed
+            run(batch)
+        deadline = time.perf_counter() + seconds * len(runners)
+        while time.perf_counter() < deadline or min(len(t) for t in times.values()) < 5:
+            for name, run in runners.items():
+                start = time.perf_counter()
+                run(batch)
+                times[name].append(time.perf_counter() - start)
+        for name, values in times.items():
+            median = statistics.median(values)
+            rows.append(
+                {
+                    "engine": name,
+                    "batch": batch_size,
+                    "threads": threads,
+                    "iterations": len(values),
+                    "ms_per_image": 1000 * median / batch_size,
+                    "images_per_s": batch_size / median,
+                }
+            )
+    return rows
+
+
+def served_rows(
+    url: str,
+    typical: list[Path],
+    out: Path,
+    precision: str,
+    concurrency: str = "1:4:1",
+    rounds: int = 2,
+    measurement_interval_ms: int = 5000,
+    echo=print,
+) -> dict[str, list[dict]]:
+    """``label -> [row dicts]`` per round: the two ensembles on the same JPEGs, alternated."""
+    analyzer = pa.locate()
+    data = pa.write_input_data(
+        [path.read_bytes() for path in typical], contract.ENSEMBLE_INPUT, out / "input_500x375.json"
+    )
+    models = {
+        ORT_LABEL: contract.ENSEMBLE_MODEL,
+        f"openvino {precision} ensemble 500x375": openvino_models()[1],
+    }
+    served: dict[str, list[dict]] = {label: [] for label in models}
+    for round_index in range(rounds):
+        for label, model in models.items():
+            settings = pa.SweepSettings(
+                concurrency=concurrency, measurement_interval_ms=measurement_interval_ms
+            )
+            sweep = pa.Sweep(model=model, url=url, settings=settings, input_data=data)
+            slug = label.replace(" ", "_")
+            result = pa.run(analyzer, sweep, out / f"perf_{slug}_{round_index}.csv", label=label)
+            top = max(result.rows, key=lambda row: row.throughput)
+            echo(f"  {label} round {round_index + 1}: best {top.throughput:.1f} img/s")
+            served[label] += [dict(row.as_dict(), round=round_index) for row in result.rows]
+    return served
+
+
+def served_pairs(
+    url: str,
+    data: Path,
+    out: Path,
+    precision: str,
+    concurrency: int = 2,
+    pairs: int = 8,
+    measurement_interval_ms: int = 3000,
+    echo=print,
+) -> list[dict]:
+    """Short back-to-back measurements, ORT then OpenVINO, ``pairs`` times at one concurrency.
+
+    Load from other processes changes within minutes; a ratio taken within one pair (seconds
+    apart) is far less exposed to it than best-of-sweep figures taken minutes apart.
+    """
+    analyzer = pa.locate()
+    models = {"ort": contract.ENSEMBLE_MODEL, "openvino": openvino_models()[1]}
+    results = []
+    for index in range(pairs):
+        pair: dict[str, float] = {"pair": index, "concurrency": concurrency}
+        for name, model in models.items():
+            settings = pa.SweepSettings(
+                concurrency=str(concurrency), measurement_interval_ms=measurement_interval_ms
+            )
+            sweep = pa.Sweep(model=model, url=url, settings=settings, input_data=data)
+            result = pa.run(analyzer, sweep, out / f"pair_{name}_{index}.csv", label=name)
+            pair[f"{name}_img_s"] = result.rows[0].throughput
+        pair["ratio"] = pair["openvino_img_s"] / pair["ort_img_s"]
+        echo(
+            f"  pair {index + 1}: ORT {pair['ort_img_s']:.1f}, OpenVINO {precision} "
+            f"{pair['openvino_img_s']:.1f} img/s -> {pair['ratio']:.2f}x"
+        )
+        results.append(pair)
+    return results
+
+
+def served_ratio(served: dict[str, list[dict]]) -> tuple[float, str]:
+    """Best OpenVINO ensemble img/s over best ONNX Runtime FP32 ensemble img/s, and the label."""
+    (label,) = [name for name in served if name != ORT_LABEL]
+    best = {name: max(row["throughput"] for row in rows) for name, rows in served.items()}
+    return best[label] / best[ORT_LABEL], label
+
+
+def ensure_repository(repo: Path | None, out: Path, precision: str, typical: list[Path]) -> Path:
+    """The given repository, or a random-weight export; adds the OpenVINO variant if missing.
+
+    Random weights have near-flat logits, so the fidelity gate is forced here: this repository
+    measures speed only (fidelity is measured on the fitted digits model in the tests).
+    """
+    from resnet18_triton.export.openvino_variant import build_openvino_variant
+    from resnet18_triton.export.quantize import load_preprocess_module, preprocess_files
+
+    if repo is None:
+        from resnet18_triton.export.pipeline import ExportRequest, export_repository
+
+        request = ExportRequest(repository=out / "model_repository", weights="random", seed=0)
+        repo = export_repository(request).repository
+    if not has_openvino(repo):
+        held_out = preprocess_files(typical, load_preprocess_module(repo))
+        report = build_openvino_variant(repo, precision, held_out, force=True)
+        print(
+            f"OpenVINO {precision} variant written; fidelity on the bench JPEGs:\n{report.table()}"
+        )
+    return repo
+
+
+def report_markdown(
+    environment: dict, inprocess: list[dict], served: dict, pairs: list[dict] | None = None
+) -> str:
+    """The figures as Markdown tables, with the CPU and the served ratio."""
+    lines = [
+        f"# OpenVINO bench ({environment['date']})",
+        "",
+        f"CPU: {environment['cpu']}, {environment['cores']} cores, flags: {environment['flags']}",
+        "",
+        "| engine (in-process) | batch | ms/img (median) | img/s |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['engine']} | {r['batch']} | {r['ms_per_image']:.1f} | {r['images_per_s']:.1f} |"
+        for r in inprocess
+    ]
+    lines += [
+        "",
+        "| served (perf_analyzer) | best img/s per round | p50 ms at c=1 |",
+        "|---|---|---|",
+    ]
+    for label, rows in served.items():
+        rounds = sorted({row["round"] for row in rows})
+        bests = [max(r["throughput"] for r in rows if r["round"] == i) for i in rounds]
+        p50 = [r["p50_ms"] for r in rows if r["load"] == 1]
+        lines.append(
+            f"| {label} | {', '.join(f'{b:.1f}' for b in bests)} | "
+            f"{', '.join(f'{p:.1f}' for p in p50)} |"
+        )
+    if served:
+        ratio, label = served_ratio(served)
+        lines += ["", f"**{label} / {ORT_LABEL}: {ratio:.2f}x** (best img/s, same server)"]
+    if pairs:
+        ratios = [pair["ratio"] for pair in pairs]
+        lines += [
+            "",
+            f"Back-to-back pairs at concurrency {pairs[0]['concurrency']}: median ratio "
+            f"**{statistics.median(ratios):.2f}x** (range {min(ratios):.2f}-{max(ratios):.2f}x, "
+            f"{len(ratios)} pairs)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict:
+    import os
+    import platform
+
+    import openvino
+
+    from resnet18_triton.cpu_flags import BF16_FLAGS, INT8_FLAGS, cpu_flags, present
+
+    model = next(
+        (
+            line.partition(":")[2].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)),
+        "flags": ", ".join(present(BF16_FLAGS + INT8_FLAGS, cpu_flags())) or "none",
+        "openvino": openvino.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--repo", type=Path, default=None)
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "f32", "int8"))
+    parser.add_argument("--concurrency", default="1:4:1")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--pairs", type=int, default=8, help="back-to-back ORT/OpenVINO pairs")
+    args = parser.parse_args(argv)
+    from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    typical = image_sets.jpeg_set(args.out / "images", image_sets.TYPICAL_SIZE, 16)
+    repo = ensure_repository(args.repo, args.out, args.precision, typical).resolve()
+    env = environment()
+    print("in-process engines (interleaved) ...")
+    inprocess = inprocess_rows(repo, seconds=args.seconds)
+    options = ServerOptions(
+        repository=repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        exit_timeout_s=10,
+        models=(*contract.SERVED_MODELS, *openvino_models()),
+    )
+    with (
+        open(args.out / "tritonserver.log", "w") as log,
+        EmbeddedServer(options, log_stream=log) as server,
+    ):
+        print(f"served ensembles on {server.url} ...")
+        served = served_rows(
+            server.url,
+            typical,
+            args.out,
+            variant_precision(repo),
+            concurrency=args.concurrency,
+            rounds=args.rounds,
+        )
+        pairs = served_pairs(
+            server.url,
+            args.out / "input_500x375.json",
+            args.out,
+            variant_precision(repo),
+            pairs=args.pairs,
+        )
+    figures = {
+        "environment": env,
+        "inprocess": inprocess,
+        "served": served,
+        "pairs": pairs,
+    }
+    (args.out / "openvino_bench.json").write_text(json.dumps(figures, indent=2, default=str))
+    markdown = report_markdown(env, inprocess, served, pairs)
+    (args.out / "openvino_bench.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

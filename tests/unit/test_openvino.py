@@ -1,0 +1,248 @@
+"""The OpenVINO variant without a server: CPU flag detection (faked cpuinfo), the backend's
+reading of the native OpenVINO backend's config keys, the rendered configs, and the fidelity
+gate refusing a model that disagrees with FP32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("tritonclient.grpc")
+
+from resnet18_triton import contract, cpu_flags, layout
+from resnet18_triton.export.model_configs import (
+    ServingSettings,
+    all_model_configs,
+    openvino_variant_configs,
+)
+from resnet18_triton.export.openvino_cli import choose_precision
+from resnet18_triton.export.openvino_variant import config_as_json, openvino_backend
+
+# /proc/cpuinfo excerpts (one processor each; real files repeat the block per CPU).
+ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni avx512bw
+bugs\t\t: sysret_ss_attrs
+"""
+SAPPHIRE_RAPIDS = "flags\t: avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8 amx_tile\n"
+ZEN1 = "model name\t: AMD EPYC 7551\nflags\t\t: fpu sse2 avx avx2 fma\n"
+# The native backend's documented parameters (openvino_backend README), plus this project's
+# precision key and its labels, which the native backend ignores.
+NATIVE_KEYS = {
+    "PERFORMANCE_HINT",
+    "CPU_EXTENSION_PATH",
+    "INFERENCE_NUM_THREADS",
+    "COMPILATION_NUM_THREADS",
+    "HINT_BF16",
+    "NUM_STREAMS",
+    "SKIP_OV_DYNAMIC_BATCHSIZE",
+    "ENABLE_BATCH_PADDING",
+    "RESHAPE_IO_LAYERS",
+}
+OWN_KEYS = {"INFERENCE_PRECISION_HINT", contract.PRECISION_PARAMETER, contract.PROVENANCE_PARAMETER}
+
+
+def params(**values: str) -> dict:
+    return {"parameters": {key: {"string_value": value} for key, value in values.items()}}
+
+
+# --- CPU flags
+
+
+def test_flags_are_read_from_the_first_flags_line() -> None:
+    flags = cpu_flags.parse_flags(ZEN4)
+    assert {"avx512_bf16", "avx512_vnni", "avx2"} <= flags
+    assert "sysret_ss_attrs" not in flags
+    assert cpu_flags.parse_flags("processor : 0\n") == frozenset()
+
+
+def test_a_zen4_cpu_offers_bf16_and_fast_int8() -> None:
+    flags = cpu_flags.parse_flags(ZEN4)
+    assert cpu_flags.present(cpu_flags.BF16_FLAGS, flags) == ("avx512_bf16",)
+    assert cpu_flags.default_precision(flags) == "bf16"
+    assert cpu_flags.has_fast_int8(flags)
+    assert choose_precision("auto", flags) == ("bf16", None)
+
+
+def test_amx_counts_as_native_bf16_and_int8() -> None:
+    flags = cpu_flags.parse_flags(SAPPHIRE_RAPIDS)
+    assert cpu_flags.present(cpu_flags.BF16_FLAGS, flags) == ("avx512_bf16", "amx_bf16")
+    assert cpu_flags.present(cpu_flags.INT8_FLAGS, flags) == ("avx512_vnni", "amx_int8")
+
+
+def test_a_cpu_without_bf16_falls_back_to_f32_with_a_note() -> None:
+    flags = cpu_flags.parse_flags(ZEN1)
+    precision, note = choose_precision("auto", flags)
+    assert precision == "f32" and "no native bfloat16" in note
+    with pytest.raises(cpu_flags.PrecisionUnavailableError, match="--precision f32"):
+        choose_precision("bf16", flags)
+    assert choose_precision("f32", flags) == ("f32", None)
+    assert "may not be faster" in choose_precision("int8", flags)[1]
+
+
+def test_an_unreadable_cpuinfo_means_no_flags(tmp_path: Path) -> None:
+    assert cpu_flags.cpu_flags(tmp_path / "missing") == frozenset()
+    (tmp_path / "cpuinfo").write_text(ZEN4)
+    assert "avx512_bf16" in cpu_flags.cpu_flags(tmp_path / "cpuinfo")
+
+
+# --- the backend reads the native backend's keys
+
+
+def test_backend_maps_the_native_keys_to_openvino_properties() -> None:
+    backend = openvino_backend()
+    config = params(
+        INFERENCE_NUM_THREADS="2",
+        NUM_STREAMS="auto",
+        PERFORMANCE_HINT="latency",
+        HINT_BF16="yes",
+        ENABLE_BATCH_PADDING="YES",
+    )
+    assert backend.compile_properties(config) == {
+        "INFERENCE_NUM_THREADS": "2",
+        "NUM_STREAMS": "AUTO",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "bf16",
+    }
+    assert backend.compile_properties(params(INFERENCE_PRECISION_HINT="F32")) == {
+        "INFERENCE_PRECISION_HINT": "f32"
+    }
+    assert backend.compile_properties({}) == {}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"HINT_BF16": "NO"}, "'HINT_BF16' to be YES, got no"),
+        ({"INFERENCE_NUM_THREADS": "-1"}, "non-negative number"),
+        ({"NUM_STREAMS": "many"}, "NUM_STREAMS"),
+        ({"PERFORMANCE_HINT": "fast"}, "LATENCY/THROUGHPUT"),
+        ({"INFERENCE_PRECISION_HINT": "f16"}, "bf16, f32"),
+        ({"HINT_BF16": "YES", "INFERENCE_PRECISION_HINT": "f32"}, "contradicts"),
+        ({"CPU_EXTENSION_PATH": "/tmp/x.so"}, "not supported by the embedded"),
+    ],
+)
+def test_backend_rejects_what_the_native_backend_rejects(values: dict, message: str) -> None:
+    backend = openvino_backend()
+    with pytest.raises(backend.ConfigError, match=message):
+        backend.compile_properties(params(**values))
+
+
+def test_backend_reads_model_xml_unless_the_config_names_a_file() -> None:
+    backend = openvino_backend()
+    args = {"model_repository": "/repo/m", "model_version": "1"}
+    assert backend.model_path(args, {}) == "/repo/m/1/model.xml"
+    named = {"default_model_filename": "model.onnx"}
+    assert backend.model_path(args, named) == "/repo/m/1/model.onnx"
+
+
+# --- configs
+
+
+def _variant(precision: str, settings: ServingSettings):
+    fp32 = {c.name: c for c in all_model_configs(settings, '{"source":"random"}')}
+    return openvino_variant_configs(
+        fp32[contract.ONNX_MODEL],
+        fp32[contract.ENSEMBLE_MODEL],
+        onnx_name=layout.openvino_model_name(),
+        ensemble_name=layout.openvino_ensemble_name(),
+        precision=precision,
+        model_filename=layout.OPENVINO_MODEL_FILENAME,
+    )
+
+
+def test_variant_names_derive_from_the_classifier_name() -> None:
+    assert layout.openvino_models() == ("resnet18_openvino", "resnet18_openvino_ensemble")
+    assert layout.openvino_models("digits") == ("digits_openvino", "digits_openvino_ensemble")
+    assert layout.shipped_backends() == ("onnxruntime", "openvino")
+
+
+def test_bf16_config_uses_only_documented_native_keys_and_the_core_budget() -> None:
+    settings = ServingSettings.from_core_budget(cores=4, onnx_instances=2)
+    model, ensemble = _variant("bf16", settings)
+    assert model.backend == "openvino" and model.default_model_filename == "model.onnx"
+    assert set(model.parameters) <= NATIVE_KEYS | OWN_KEYS
+    values = {key: value.string_value for key, value in model.parameters.items()}
+    assert values["HINT_BF16"] == "YES" and values["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert values["INFERENCE_NUM_THREADS"] == "2" and values["NUM_STREAMS"] == "1"
+    assert model.instance_group[0].count == 2
+    assert not model.HasField("optimization")
+    steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
+    assert steps == [contract.PREPROCESS_MODEL, "resnet18_openvino"]
+    properties = openvino_backend().compile_properties(config_as_json(model))
+    assert properties["INFERENCE_PRECISION_HINT"] == "bf16"
+
+
+def test_f32_and_int8_configs_pin_f32_without_the_bf16_hint() -> None:
+    for precision in ("f32", "int8"):
+        model, _ = _variant(precision, ServingSettings())
+        values = {key: value.string_value for key, value in model.parameters.items()}
+        assert "HINT_BF16" not in values
+        assert values["INFERENCE_PRECISION_HINT"] == "f32"
+        assert values[contract.PRECISION_PARAMETER] == precision
+
+
+# --- the fidelity gate
+
+
+def test_the_gate_refuses_a_model_that_disagrees_with_fp32(tmp_path: Path) -> None:
+    """A random-weight network put where the INT8 model belongs: OpenVINO runs it fine, but its
+    answers are not the fitted model's, so the gate must refuse it and write nothing."""
+    pytest.importorskip("sklearn")
+    from click.testing import CliRunner
+
+    from resnet18_triton.errors import ExportError
+    from resnet18_triton.export.onnx_export import export_onnx
+    from resnet18_triton.export.openvino_cli import openvino
+    from resnet18_triton.export.weights import load_resnet18
+    from tests.digits import digits_model, export_repository, write_images
+
+    model, splits, _ = digits_model()
+    repo = export_repository(model, tmp_path / "repo")
+    wrong, provenance = load_resnet18("random", seed=1)
+    export_onnx(wrong, layout.onnx_model_path(repo, contract.INT8_MODEL), provenance=provenance)
+    images = write_images(tmp_path / "held_out", splits["held_out"][0][:40])
+    arguments = ["--repo", str(repo), "--precision", "int8", "--eval-images", str(images)]
+    result = CliRunner().invoke(openvino, arguments)
+    assert isinstance(result.exception, ExportError), result.output
+    assert "below the required 99.00%" in str(result.exception)
+    assert "top-1 agreement" in result.output  # the report is shown
+    assert not any(path.exists() for path in layout.openvino_files(repo))
+    forced = CliRunner().invoke(openvino, [*arguments, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert layout.has_openvino(repo) and "WARNING" in forced.output
+
+
+# --- bench rows
+
+
+def test_the_served_ratio_compares_the_best_rounds_of_each_ensemble() -> None:
+    from resnet18_triton.perf.openvino_bench import ORT_LABEL, report_markdown, served_ratio
+
+    def row(throughput: float, load: int, round_index: int) -> dict:
+        return {
+            "throughput": throughput,
+            "load": load,
+            "p50_ms": 1000 / throughput,
+            "round": round_index,
+        }
+
+    served = {
+        ORT_LABEL: [row(9.0, 1, 0), row(10.0, 2, 0), row(11.0, 2, 1)],
+        "openvino bf16 ensemble 500x375": [row(18.0, 1, 0), row(22.0, 2, 1)],
+    }
+    ratio, label = served_ratio(served)
+    assert label == "openvino bf16 ensemble 500x375" and ratio == pytest.approx(2.0)
+    environment = {"date": "d", "cpu": "AMD EPYC", "cores": 2, "flags": "avx512_bf16"}
+    inprocess = [{"engine": "ort-fp32", "batch": 1, "ms_per_image": 17.1, "images_per_s": 58.5}]
+    text = report_markdown(environment, inprocess, served)
+    assert "| ort-fp32 | 1 | 17.1 | 58.5 |" in text
+    assert "| ort fp32 ensemble 500x375 | 10.0, 11.0 |" in text
+    assert "2.00x" in text
+    pairs = [{"concurrency": 2, "ratio": r} for r in (1.5, 2.1, 1.9)]
+    assert "median ratio **1.90x** (range 1.50-2.10x, 3 pairs)" in report_markdown(
+        environment, inprocess, served, pairs
+    )

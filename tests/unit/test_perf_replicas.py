@@ -1,0 +1,25 @@
+"""The 1-vs-N replicas report: medians over interleaved rounds, ratios to the first layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resnet18_triton.perf.replicas import Layout, Measurement, report
+
+
+def test_report_gives_each_round_the_median_and_the_ratio_to_the_first_layout() -> None:
+    layouts = [Layout("one", Path("r"), 1), Layout("two", Path("r"), 2)]
+    measurements = [
+        Measurement("one", 1, 10.0, 100.0, 200.0, 4.0),
+        Measurement("two", 1, 16.0, 60.0, 150.0, 6.0),
+        Measurement("one", 2, 12.0, 90.0, 210.0, 5.0),
+        Measurement("two", 2, 14.0, 70.0, 130.0, 7.5),
+        Measurement("one", 3, 11.0, 95.0, 220.0, 4.5),
+        Measurement("two", 3, 18.0, 50.0, 120.0, 6.5),
+    ]
+    lines = report(measurements, layouts, "header").splitlines()
+    assert lines[0] == "header"
+    one = next(line for line in lines if line.startswith("| one |"))
+    two = next(line for line in lines if line.startswith("| two |"))
+    assert one == "| one | 10.0 | 12.0 | 11.0 | 11.0 | 1.00x | 95 / 210 | 4.0-5.0 |"
+    assert two == "| two | 16.0 | 14.0 | 18.0 | 16.0 | 1.45x | 60 / 130 | 6.0-7.5 |"
