@@ -158,3 +158,90 @@ def digits_openvino_repository(tmp_path: Path, precision: str = "bf16") -> tuple
     )
     assert result.exit_code == 0, result.output
     return repo, json.loads(report.read_text())
+
+
+# The custom classifier: a 10-class head, its own preprocessing (resize straight to 96x96, mean and
+# std 0.5), saved as a Lightning checkpoint (``model.`` prefixes under ``state_dict``).
+CUSTOM_INPUT_SIZE = 96
+DIGIT_LABELS = tuple(f"digit {digit}" for digit in range(10))
+# Divides the fitted head's logits (spread ~7 -> ~0.35), see custom_digits_model.
+CUSTOM_HEAD_TEMPERATURE = 20.0
+
+
+def custom_preprocessing():
+    from resnet18_triton.export.classifier import RESIZE_STRAIGHT, Preprocessing
+
+    return Preprocessing(
+        resize_size=RESIZE_STRAIGHT,
+        input_size=CUSTOM_INPUT_SIZE,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def custom_digits_model():
+    """(model, splits, held-out accuracy) of a 10-class ResNet-18 fitted on digits through the
+    torchvision transform of ``custom_preprocessing`` (the tests' reference, not the server's
+    code). ``splits`` as in ``digits_model``."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from torchvision.models import resnet18
+
+    from tests.support import reference_rgb, torchvision_transform
+
+    digits = sklearn_datasets.load_digits()
+    order = np.random.default_rng(DIGITS_SEED + 1).permutation(len(digits.images))
+    ids = {
+        "train": order[:TRAIN],
+        "calibration": order[TRAIN : TRAIN + CALIBRATION],
+        "held_out": order[TRAIN + CALIBRATION : TRAIN + CALIBRATION + HELD_OUT],
+    }
+    pngs = {name: [_digit_png(digits.images[i]) for i in idx] for name, idx in ids.items()}
+    transform = torchvision_transform(custom_preprocessing())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DIGITS_SEED)
+        model = resnet18(weights=None, num_classes=10).eval()
+    fc, model.fc = model.fc, torch.nn.Identity()
+
+    def run(name: str) -> np.ndarray:
+        batch = torch.stack([transform(reference_rgb(data)) for data in pngs[name]])
+        with torch.inference_mode():
+            return model(batch).numpy().astype(np.float64)
+
+    train = run("train")
+    # A floor under the per-feature std keeps the folded weights small (near-constant features
+    # would otherwise get weights of ~175).
+    mean = train.mean(0)
+    std = train.std(0) + train.std(0).mean()
+    head = LogisticRegression(C=0.1, max_iter=3000).fit(
+        (train - mean) / std, digits.target[ids["train"]]
+    )
+    # Fold the standardisation into the linear layer, and temper it (argmax, hence accuracy, is
+    # unchanged): ONNX Runtime's and PyTorch's features agree to ~1e-6 (a few float32 ulps), but
+    # 512 of them summed by the untempered head move logits by ~3e-5, probabilities by up to 6e-6.
+    weight = head.coef_ / std / CUSTOM_HEAD_TEMPERATURE
+    bias = (head.intercept_ - head.coef_ / std @ mean) / CUSTOM_HEAD_TEMPERATURE
+    with torch.no_grad():
+        fc.weight.copy_(torch.from_numpy(weight).float())
+        fc.bias.copy_(torch.from_numpy(bias).float())
+    model.fc = fc
+    held_out = run("held_out")
+    accuracy = float((held_out.argmax(1) == digits.target[ids["held_out"]]).mean())
+    splits = {name: (pngs[name], digits.target[ids[name]]) for name in ("calibration", "held_out")}
+    return model, splits, accuracy
+
+
+def save_lightning_checkpoint(model, path: Path) -> Path:
+    """``{"state_dict": {"model.conv1.weight": ...}, ...}`` as a LightningModule with a ``model``
+    attribute saves it."""
+    import torch
+
+    state = {f"model.{key}": value for key, value in model.state_dict().items()}
+    torch.save({"epoch": 3, "global_step": 120, "state_dict": state}, path)
+    return path
+
+
+def write_digit_labels(path: Path) -> Path:
+    path.write_text("".join(f"{label}\n" for label in DIGIT_LABELS))
+    return path

@@ -34,20 +34,21 @@ def preprocess_module() -> ModuleType:
     return load_module(python_model_source("preprocess"), "preprocess_model")
 
 
-def normalised(pixels: np.ndarray) -> np.ndarray:
+def normalised(
+    pixels: np.ndarray,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> np.ndarray:
     """uint8 pixels [..., 3, H, W] -> the float32 tensor the exported graph's prefix computes
-    (torchvision's ToTensor + Normalize arithmetic, ImageNet statistics)."""
+    (torchvision's ToTensor + Normalize arithmetic; ImageNet statistics unless given)."""
     import torch
 
-    from resnet18_triton.export.onnx_export import Normalized
+    from resnet18_triton.export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, Normalized
 
     batch = torch.from_numpy(np.ascontiguousarray(pixels))
+    prefix = Normalized(torch.nn.Identity(), mean or IMAGENET_MEAN, std or IMAGENET_STD)
     with torch.inference_mode():
-        return (
-            Normalized(torch.nn.Identity())(batch.reshape(-1, *batch.shape[-3:]))
-            .reshape(batch.shape)
-            .numpy()
-        )
+        return prefix(batch.reshape(-1, *batch.shape[-3:])).reshape(batch.shape).numpy()
 
 
 def varied_images() -> dict[str, bytes]:
@@ -95,18 +96,50 @@ def reference_rgb(data: bytes):
     return image.convert("RGB")
 
 
-class TorchReference:
-    """The pure PyTorch answer: torchvision transforms + the same ResNet-18 weights + softmax."""
+def torchvision_transform(preprocessing):
+    """torchvision's transform for export ``Preprocessing`` settings, built from torchvision's own
+    classes (not the server's code): Resize(+CenterCrop) or Resize((S, S)), ToTensor, Normalize."""
+    from torchvision import transforms
 
-    def __init__(self, seed: int = 0) -> None:
+    mode = {
+        "bilinear": transforms.InterpolationMode.BILINEAR,
+        "bicubic": transforms.InterpolationMode.BICUBIC,
+    }[preprocessing.interpolation]
+    side = preprocessing.input_size
+    if preprocessing.straight:
+        resize = [transforms.Resize((side, side), interpolation=mode, antialias=True)]
+    else:
+        resize = [
+            transforms.Resize(preprocessing.resize_size, interpolation=mode, antialias=True),
+            transforms.CenterCrop(side),
+        ]
+    normalize = transforms.Normalize(preprocessing.mean, preprocessing.std)
+    return transforms.Compose([*resize, transforms.ToTensor(), normalize])
+
+
+class TorchReference:
+    """The pure PyTorch answer: torchvision transforms + the same ResNet-18 weights + softmax.
+
+    Default: seeded random ImageNet-shaped weights with torchvision's ImageNet transform;
+    ``model`` and ``preprocessing`` give any other classifier and its configured transform.
+    """
+
+    def __init__(self, seed: int = 0, model=None, preprocessing=None) -> None:
         import torch
         from torchvision.models import ResNet18_Weights
 
         from resnet18_triton.export.weights import load_resnet18
 
         self.torch = torch
-        self.model, self.provenance = load_resnet18("random", seed=seed)
-        self.transform = ResNet18_Weights.IMAGENET1K_V1.transforms()
+        if model is None:
+            self.model, self.provenance = load_resnet18("random", seed=seed)
+        else:
+            self.model, self.provenance = model.eval(), None
+        self.transform = (
+            ResNet18_Weights.IMAGENET1K_V1.transforms()
+            if preprocessing is None
+            else torchvision_transform(preprocessing)
+        )
 
     def tensor(self, data: bytes):
         return self.transform(reference_rgb(data))

@@ -56,6 +56,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "perf",
         "Benchmark engines and the served paths.",
     ),
+    "tune": (
+        "resnet18_triton.perf.tune_cli",
+        "tune",
+        "perf",
+        "Find the best instances x threads x batching x variant for this machine.",
+    ),
     "soak": (
         "resnet18_triton.perf.cli",
         "soak",

@@ -8,6 +8,9 @@ repository also runs inside the official container where this package is not ins
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 # The ensemble a client talks to: encoded image bytes in, softmax probabilities out.
 ENSEMBLE_MODEL = "resnet18"
 ENSEMBLE_INPUT = "IMAGE"
@@ -39,6 +42,68 @@ INT8_MODELS = (INT8_MODEL, INT8_ENSEMBLE_MODEL)
 IMAGE_SIZE = 224
 NUM_CLASSES = 1000
 CHANNELS = 3
+
+# A classifier is one ensemble plus the models it runs, all named after the classifier's name.
+DEFAULT_CLASSIFIER = ENSEMBLE_MODEL
+# Triton model names become directory names and URL path segments: a safe subset, no dots.
+CLASSIFIER_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class ClassifierNames:
+    """Every model name of one classifier, derived from its name (``ClassifierNames.of``).
+
+    The default classifier keeps the historical names (``preprocess``, ``resnet18_onnx``,
+    ``resnet18``, ``resnet18_int8``, ``resnet18_int8_ensemble``); any other NAME gets ``NAME``
+    (the ensemble), ``NAME_preprocess``, ``NAME_onnx``, ``NAME_int8`` and ``NAME_int8_ensemble``.
+    A new variant adds a field here and a line in ``of``.
+    """
+
+    name: str
+    ensemble: str
+    preprocess: str
+    onnx: str
+    int8: str
+    int8_ensemble: str
+
+    @classmethod
+    def of(cls, name: str = DEFAULT_CLASSIFIER) -> ClassifierNames:
+        """The names of classifier ``name``; raises ValueError for a name Triton cannot serve."""
+        check_classifier_name(name)
+        preprocess = PREPROCESS_MODEL if name == DEFAULT_CLASSIFIER else f"{name}_preprocess"
+        return cls(
+            name=name,
+            ensemble=name,
+            preprocess=preprocess,
+            onnx=f"{name}_onnx",
+            int8=f"{name}_int8",
+            int8_ensemble=f"{name}_int8_ensemble",
+        )
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        """The FP32 models in load order: steps first, the ensemble last."""
+        return (self.preprocess, self.onnx, self.ensemble)
+
+    @property
+    def int8_models(self) -> tuple[str, ...]:
+        """The INT8 variant (written by ``quantize``) in load order: classifier, then ensemble."""
+        return (self.int8, self.int8_ensemble)
+
+    @property
+    def all_models(self) -> tuple[str, ...]:
+        """Every model name this classifier may own in a repository."""
+        return self.served + self.int8_models
+
+
+def check_classifier_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is a model name Triton and a file system both accept."""
+    if not CLASSIFIER_NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"classifier name {name!r} is not allowed: use 1-64 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+
 
 # Images per request the models accept (their config's max_batch_size), unless export is told
 # otherwise; also the client's default batch size.

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 from resnet18_triton import contract
-from resnet18_triton.contract import INT8_MODEL, INT8_MODELS
+from resnet18_triton.contract import ClassifierNames
 
 CONFIG_FILENAME = "config.pbtxt"
 VERSION = "1"
@@ -83,31 +84,68 @@ def openvino_model_path(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> Pat
 def missing_files(repo: Path) -> list[Path]:
     """What a servable repository still lacks; empty once ``resnet18-triton export`` has run.
 
-    Only the files of ``contract.SERVED_MODELS`` count: other directories are ignored, as the
-    server never loads them.
+    Only the files of the classifiers found in ``repo`` count (the default classifier's when
+    there is none): other directories are ignored, as the server never loads them.
     """
-    required = [onnx_model_path(repo)]
-    required += [repo / name / CONFIG_FILENAME for name in contract.SERVED_MODELS]
-    required += [repo / name / VERSION / "model.py" for name in PYTHON_MODELS]
-    required += [
-        repo / name / contract.LABELS_FILENAME
-        for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL)
-    ]
+    found = classifiers(repo) or [ClassifierNames.of()]
+    return [path for names in found for path in classifier_files(repo, names)]
+
+
+def classifier_files(repo: Path, names: ClassifierNames) -> list[Path]:
+    """The files missing from ``repo`` for serving classifier ``names`` (FP32)."""
+    required = [onnx_model_path(repo, names.onnx)]
+    required += [repo / name / CONFIG_FILENAME for name in names.served]
+    required.append(repo / names.preprocess / VERSION / "model.py")
+    required += [repo / name / contract.LABELS_FILENAME for name in (names.onnx, names.ensemble)]
     return [path for path in required if not path.is_file()]
 
 
-def int8_files(repo: Path) -> list[Path]:
-    """What serving the INT8 variant needs (written by ``resnet18-triton quantize``)."""
+# The steps an ensemble config names, in order (export renders ``model_name: "..."`` lines).
+_ENSEMBLE_PLATFORM = re.compile(r'^platform:\s*"ensemble"', re.MULTILINE)
+_STEP_MODEL = re.compile(r'^\s*model_name:\s*"([^"]+)"', re.MULTILINE)
+
+
+def ensemble_steps(config_path: Path) -> tuple[str, ...] | None:
+    """The models an ensemble's config.pbtxt runs, in order; None when it is no ensemble."""
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not _ENSEMBLE_PLATFORM.search(text):
+        return None
+    return tuple(_STEP_MODEL.findall(text))
+
+
+def classifiers(repo: Path) -> list[ClassifierNames]:
+    """The classifiers in ``repo``, sorted by name (the default first): each ensemble whose
+    steps are exactly the preprocess and ONNX models its name derives."""
+    found: list[ClassifierNames] = []
+    if not repo.is_dir():
+        return found
+    for entry in sorted(repo.iterdir()):
+        try:
+            names = ClassifierNames.of(entry.name)
+        except ValueError:
+            continue
+        if ensemble_steps(entry / CONFIG_FILENAME) == (names.preprocess, names.onnx):
+            found.append(names)
+    found.sort(key=lambda names: (names.name != contract.DEFAULT_CLASSIFIER, names.name))
+    return found
+
+
+def int8_files(repo: Path, names: ClassifierNames | None = None) -> list[Path]:
+    """What serving a classifier's INT8 variant needs (written by ``resnet18-triton quantize``)."""
+    names = names or ClassifierNames.of()
     return [
-        onnx_model_path(repo, INT8_MODEL),
-        *[repo / name / CONFIG_FILENAME for name in INT8_MODELS],
-        *[repo / name / contract.LABELS_FILENAME for name in INT8_MODELS],
+        onnx_model_path(repo, names.int8),
+        *[repo / name / CONFIG_FILENAME for name in names.int8_models],
+        *[repo / name / contract.LABELS_FILENAME for name in names.int8_models],
     ]
 
 
-def has_int8(repo: Path) -> bool:
-    """True when ``repo`` holds a complete INT8 variant."""
-    return all(path.is_file() for path in int8_files(repo))
+def has_int8(repo: Path, names: ClassifierNames | None = None) -> bool:
+    """True when ``repo`` holds a complete INT8 variant of the classifier (default: default)."""
+    return all(path.is_file() for path in int8_files(repo, names))
 
 
 def openvino_files(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> list[Path]:
@@ -128,15 +166,36 @@ def has_openvino(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> bool:
 def served_models(
     repo: Path, int8: bool | None = None, openvino: bool | None = None
 ) -> tuple[str, ...]:
-    """Models to load, in load order: the FP32 set, plus each variant (INT8, OpenVINO) when
-    asked for (``True``) or, with ``None``, when the repository holds it."""
-    with_int8 = has_int8(repo) if int8 is None else int8
-    with_openvino = has_openvino(repo) if openvino is None else openvino
+    """Models to load, in load order: every classifier's steps, then their ensembles, then each
+    variant (INT8, then OpenVINO; classifiers before ensembles) the repository holds, or all of
+    them with ``True``, none with ``False``. A repository without classifiers yields the default
+    classifier's names."""
+    found = classifiers(repo) or [ClassifierNames.of()]
+    with_int8 = [names for names in found if int8 or (int8 is None and has_int8(repo, names))]
+    with_openvino = [
+        names.name
+        for names in found
+        if openvino or (openvino is None and has_openvino(repo, names.name))
+    ]
     return (
-        contract.SERVED_MODELS
-        + (INT8_MODELS if with_int8 else ())
-        + (openvino_models() if with_openvino else ())
+        *[model for names in found for model in (names.preprocess, names.onnx)],
+        *[names.ensemble for names in found],
+        *[names.int8 for names in with_int8],
+        *[names.int8_ensemble for names in with_int8],
+        *[openvino_model_name(name) for name in with_openvino],
+        *[openvino_ensemble_name(name) for name in with_openvino],
     )
+
+
+def owned_models(repo: Path, excluding: str | None = None) -> dict[str, str]:
+    """Every model name a classifier of ``repo`` (other than ``excluding``) owns, its variants
+    included -> its classifier."""
+    return {
+        model: names.name
+        for names in classifiers(repo)
+        if names.name != excluding
+        for model in (*names.all_models, *openvino_models(names.name))
+    }
 
 
 def stub_model(argv: Sequence[str]) -> str | None:

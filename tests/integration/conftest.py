@@ -1,10 +1,15 @@
-"""One real Triton server per test session, on free loopback ports, serving a fresh export."""
+"""One real Triton server per test session, on free loopback ports, serving a fresh export: the
+default classifier (random weights) and, beside it, a digits classifier exported by name."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +19,7 @@ from tests.ui_support import running_ui
 
 ADMIN_KEY = "integration-test-key"
 EXPORT_SEED = 0
+DIGITS_NAME = "digits"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -37,13 +43,93 @@ def exported_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_repository(request).repository
 
 
+@dataclass(frozen=True)
+class DigitsClassifier:
+    """The custom classifier of the session repository and what it was exported from."""
+
+    name: str
+    checkpoint: Path
+    labels: Path
+    model: Any
+    splits: dict
+    accuracy: float
+    # sha256 of every file of the default classifier's models, before and after its export.
+    default_before: dict[str, str]
+    default_after: dict[str, str]
+
+
+def tree_digest(repo: Path, models: tuple[str, ...]) -> dict[str, str]:
+    """relative path -> sha256 of every file of ``models`` in ``repo``."""
+    return {
+        str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for model in models
+        for path in sorted((repo / model).rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def session_repository(
+    exported_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, DigitsClassifier]:
+    """The default classifier's repository plus a digits classifier (10 classes, its own labels and
+    preprocessing) added by the real ``export --name digits`` from a Lightning checkpoint."""
+    from click.testing import CliRunner
+
+    from resnet18_triton.contract import ClassifierNames
+    from resnet18_triton.export.cli import export
+    from tests import digits
+
+    work = tmp_path_factory.mktemp("digits")
+    repo = work / "model_repository"
+    shutil.copytree(exported_repository, repo)
+    model, splits, accuracy = digits.custom_digits_model()
+    checkpoint = digits.save_lightning_checkpoint(model, work / "digits-epoch3.ckpt")
+    labels = digits.write_digit_labels(work / "digit_labels.txt")
+    default_models = ClassifierNames.of().served
+    before = tree_digest(repo, default_models)
+    preprocessing = digits.custom_preprocessing()
+    result = CliRunner().invoke(
+        export,
+        [
+            "--repo", str(repo),
+            "--weights", str(checkpoint),
+            "--name", DIGITS_NAME,
+            "--labels", str(labels),
+            "--resize-straight",
+            "--input-size", str(preprocessing.input_size),
+            "--mean", "0.5,0.5,0.5",
+            "--std", "0.5,0.5,0.5",
+            "--max-queue-delay-us", "2000",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    classifier = DigitsClassifier(
+        DIGITS_NAME,
+        checkpoint,
+        labels,
+        model,
+        splits,
+        accuracy,
+        before,
+        tree_digest(repo, default_models),
+    )
+    return repo, classifier
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(session_repository: tuple[Path, DigitsClassifier]) -> DigitsClassifier:
+    return session_repository[1]
+
+
 @pytest.fixture(scope="session")
 def server(
-    exported_repository: Path, tmp_path_factory: pytest.TempPathFactory
+    session_repository: tuple[Path, DigitsClassifier], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EmbeddedServer]:
+    """The session server: the default classifier and the digits classifier, side by side."""
     log_path = tmp_path_factory.mktemp("logs") / "tritonserver.log"
     options = ServerOptions(
-        repository=exported_repository,
+        repository=session_repository[0],
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),

@@ -94,6 +94,13 @@ def _handler(fake: FakeTriton) -> type[BaseHTTPRequestHandler]:
                 config["parameters"] = {
                     contract.PROVENANCE_PARAMETER: {"string_value": fake.provenance}
                 }
+            if name == contract.ENSEMBLE_MODEL:  # as the real server describes an ensemble
+                config["ensemble_scheduling"] = {
+                    "step": [
+                        {"model_name": contract.PREPROCESS_MODEL, "model_version": -1},
+                        {"model_name": contract.ONNX_MODEL, "model_version": -1},
+                    ]
+                }
             return config
 
         def do_POST(self) -> None:
@@ -484,8 +491,8 @@ def test_health_model_not_ready_exits_1(
 ) -> None:
     fake_triton.not_ready.add(contract.ONNX_MODEL)
     fake_triton.provenance = '{"source": "imagenet"}'
-    code, out, _ = run(["health", "--url", fake_triton.url], capsys)
-    assert code == 1
+    code, out, err = run(["health", "--url", fake_triton.url], capsys)
+    assert code == 1, err
     assert "NOT READY" in out and "load failed: no model.onnx" in out
     assert "WARNING" not in out
 

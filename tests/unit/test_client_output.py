@@ -166,6 +166,21 @@ def test_health_lists_models_aligned_with_their_state() -> None:
     assert lines[2] == "  resnet18_onnx  NOT READY  load failed"
 
 
+def test_health_shows_how_each_ready_model_is_served() -> None:
+    serving = (("instances", "2"), ("intra-op threads", "1"), ("max batch", "4"))
+    models = (ModelHealth("resnet18_onnx", True, ("1",), serving=serving),)
+    text = format_health(HealthReport("127.0.0.1:8000", True, True, models, {"source": "x"}))
+    line = (
+        "  resnet18_onnx  ready      versions: 1  instances: 2, intra-op threads: 1, max batch: 4"
+    )
+    assert text.splitlines()[1] == line
+    assert health_to_json(HealthReport("u", True, True, models, None))["models"][0]["serving"] == {
+        "instances": "2",
+        "intra-op threads": "1",
+        "max batch": "4",
+    }
+
+
 def test_health_with_unknown_provenance_says_why() -> None:
     assert "weights: unknown (no parameter)" in format_health(report(None))
 
@@ -190,6 +205,7 @@ def test_health_json_is_serialisable_and_complete() -> None:
         "versions": [],
         "detail": "load failed",
         "precision": "",
+        "serving": {},
     }
 
 

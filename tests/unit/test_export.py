@@ -119,7 +119,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_wrong_keys_and_shapes_are_named(tmp_path: Path) -> None:
     state = load_resnet18("random")[0].state_dict()
-    state["fc.weight"] = torch.zeros(10, 512)  # a 10-class fine-tune
+    state["fc.weight"] = torch.zeros(10, 512)  # a 10-class head with a 1000-class bias
     state["extra.weight"] = torch.zeros(1)
     del state["conv1.weight"]
     path = tmp_path / "bad.pth"
@@ -131,7 +131,7 @@ def test_wrong_keys_and_shapes_are_named(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "conv1.weight" in message  # missing
     assert "extra.weight" in message  # unexpected
-    assert "fc.weight (10, 512) (expected (1000, 512))" in message
+    assert "fc.bias (1000,) (expected (10,))" in message  # the class count comes from fc.weight
 
 
 def test_file_that_is_not_a_state_dict_is_a_clear_error(tmp_path: Path) -> None:

@@ -26,6 +26,10 @@ class _Options:
     effective_admin_key: str = "key"
     ready_timeout_s: float = 600.0
 
+    @property
+    def load_order(self) -> tuple[str, ...]:
+        return self.models
+
 
 @dataclass
 class _Server:

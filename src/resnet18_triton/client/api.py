@@ -40,14 +40,16 @@ from tritonclient.utils import InferenceServerException
 from resnet18_triton import contract
 from resnet18_triton.client.results import (
     ClassificationResult,
+    ClassifierHealth,
     HealthReport,
     ModelHealth,
     Prediction,
     ensemble_classifier,
     parse_classifications,
     precision_of,
+    serving_summary,
 )
-from resnet18_triton.contract import INT8_MODELS
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import (
     ImageError,
     ResNet18TritonError,
@@ -171,6 +173,59 @@ class _Flight:
 _Outcome = list[Prediction] | str
 
 
+def served_classifiers(
+    index: dict[str, list[dict[str, Any]]] | None, named: Sequence[str] = ()
+) -> list[ClassifierNames]:
+    """``named`` classifiers, then those whose ensemble, preprocess and ONNX models the
+    repository ``index`` lists (the default classifier when there is no index)."""
+    found = [ClassifierNames.of(name) for name in named]
+    candidates = sorted(index) if index is not None else [contract.DEFAULT_CLASSIFIER]
+    for name in candidates:
+        try:
+            names = ClassifierNames.of(name)
+        except ValueError:
+            continue
+        listed = index is None or all(model in index for model in names.served)
+        if listed and names not in found:
+            found.append(names)
+    return found
+
+
+def served_names(
+    names: ClassifierNames, index: dict[str, list[dict[str, Any]]] | None
+) -> list[str]:
+    """The models of ``names`` to check: FP32 always, INT8 where the index lists it."""
+    int8 = [model for model in names.int8_models if index is not None and model in index]
+    return [*names.served, *int8]
+
+
+def classifier_health(
+    name: str, ensemble: dict[str, Any], preprocess: dict[str, Any], onnx: dict[str, Any]
+) -> ClassifierHealth:
+    """``ClassifierHealth`` from the three model configs (JSON form of the model-config API)."""
+
+    def parameters(config: dict[str, Any]) -> dict[str, str]:
+        items = config.get("parameters", {}).items()
+        return {key: value.get("string_value", "") for key, value in items}
+
+    output_dims = ensemble.get("output", [{}])[0].get("dims", [0])
+    input_dims = onnx.get("input", [{}])[0].get("dims", [0, 0, 0])
+    settings = parameters(preprocess)
+    keys = ("resize_size", "input_size", "mean", "std", "interpolation")
+    text = parameters(onnx).get(contract.PROVENANCE_PARAMETER, "")
+    try:
+        provenance = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        provenance = None
+    return ClassifierHealth(
+        name=name,
+        classes=int(output_dims[-1]),
+        input_size=int(input_dims[-1]),
+        preprocessing={key: settings[key] for key in keys if key in settings},
+        provenance=provenance if isinstance(provenance, dict) else None,
+    )
+
+
 class ImageClassifier:
     """A connection to the ResNet-18 ensemble on one Triton server.
 
@@ -250,18 +305,23 @@ class ImageClassifier:
             self._max_batch_size = size
         return self._max_batch_size
 
-    def weights_provenance(self) -> dict[str, Any]:
+    def weights_provenance(self, model: str | None = None) -> dict[str, Any]:
         """Where the served weights come from, e.g. ``{"source": "random", "seed": 0}``.
 
-        Read from the ``weights_provenance`` parameter of the ONNX model's config; raises
+        Read from the ``weights_provenance`` parameter of the classifier that ``model`` (default:
+        this client's model) runs: its last ensemble step, or the model itself. Raises
         ResNet18TritonError when it is missing or not a JSON object.
         """
-        config = self._call(self._client.get_model_config, contract.ONNX_MODEL)
+        config = self._call(self._client.get_model_config, model or self.model)
+        steps = config.get("ensemble_scheduling", {}).get("step", [])
+        if steps:
+            config = self._call(self._client.get_model_config, steps[-1]["model_name"])
         parameter = config.get("parameters", {}).get(contract.PROVENANCE_PARAMETER, {})
         text = parameter.get("string_value", "")
         if not text:
             raise ResNet18TritonError(
-                f"model '{contract.ONNX_MODEL}' has no '{contract.PROVENANCE_PARAMETER}' parameter"
+                f"model '{config.get('name', model or self.model)}' has no "
+                f"'{contract.PROVENANCE_PARAMETER}' parameter"
             )
         try:
             provenance = json.loads(text)
@@ -273,21 +333,37 @@ class ImageClassifier:
             )
         return provenance
 
-    def health(self, models: Sequence[str] | None = None) -> HealthReport:
-        """Server liveness and readiness, each model's readiness, versions and precision, and
-        the weights' provenance. ``models`` defaults to the served set plus every variant (INT8,
-        OpenVINO) the server has ready.
+    def health(
+        self,
+        models: Sequence[str] | None = None,
+        admin_key: str | None = None,
+        classifiers: Sequence[str] = (),
+    ) -> HealthReport:
+        """Server liveness and readiness, each model's readiness and versions, weights provenance,
+        each classifier's classes, input size, preprocessing and provenance, and the precision
+        of each model.
 
-        Raises ServerUnavailableError only when the server cannot be reached at all; anything
-        else that is wrong is part of the report.
+        The classifiers are ``classifiers`` plus those the repository index lists (an admin API:
+        it needs ``admin_key`` on a server started by ``serve``), else the default one;
+        ``models`` defaults to their models. Raises ServerUnavailableError only when the server
+        cannot be reached at all; anything else that is wrong is part of the report.
         """
         live = self._call(self._client.is_server_live)
         ready = self._call(self._client.is_server_ready)
+        index = self._repository_index(admin_key)
+        names = served_classifiers(index, classifiers)
         if models is None:
-            variants = [*INT8_MODELS, *openvino_models()]
-            ready_variants = [m for m in variants if self._call(self._client.is_model_ready, m)]
-            models = (*contract.SERVED_MODELS, *ready_variants)
-        index = self._repository_index()
+            models = [model for item in names for model in served_names(item, index)]
+            # Variants (INT8, OpenVINO) of each classifier that the server has ready.
+            variants = [
+                model
+                for item in names
+                for model in (*item.int8_models, *openvino_models(item.name))
+                if model not in models
+            ]
+            models += [
+                model for model in variants if self._call(self._client.is_model_ready, model)
+            ]
         try:
             provenance, provenance_error = self.weights_provenance(), None
         except ServerUnavailableError:
@@ -301,7 +377,22 @@ class ImageClassifier:
             models=tuple(self._model_health(name, index) for name in models),
             provenance=provenance,
             provenance_error=provenance_error,
+            classifiers=tuple(
+                info for info in (self._classifier_health(item) for item in names) if info
+            ),
         )
+
+    def _classifier_health(self, names: ClassifierNames) -> ClassifierHealth | None:
+        """A classifier as its configs describe it (model-config API); None when not loaded."""
+        try:
+            ensemble = self._call(self._client.get_model_config, names.ensemble)
+            preprocess = self._call(self._client.get_model_config, names.preprocess)
+            onnx = self._call(self._client.get_model_config, names.onnx)
+        except ServerUnavailableError:
+            raise
+        except ResNet18TritonError:
+            return None
+        return classifier_health(names.name, ensemble, preprocess, onnx)
 
     def _model_health(
         self, name: str, index: dict[str, list[dict[str, Any]]] | None
@@ -309,21 +400,38 @@ class ImageClassifier:
         if self._call(self._client.is_model_ready, name):
             metadata = self._call(self._client.get_model_metadata, name)
             versions = tuple(metadata.get("versions", ()))
-            return ModelHealth(name, True, versions, precision=self._precision(name))
+            config = self._call(self._client.get_model_config, name)
+            return ModelHealth(
+                name,
+                True,
+                versions,
+                precision=self._precision(name),
+                serving=serving_summary(config),
+            )
         return ModelHealth(name, False, detail=_not_ready_detail(name, index))
 
     def _precision(self, name: str) -> str:
-        """The model's precision; an ensemble's is that of its classifier step."""
-        config = self._call(self._client.get_model_config, name)
-        classifier = ensemble_classifier(config)
-        if classifier is not None:
-            config = self._call(self._client.get_model_config, classifier)
+        """The model's precision; an ensemble's is that of its classifier step; "" when a config
+        cannot be read (e.g. the classifier step is not loaded: its own row says so)."""
+        try:
+            config = self._call(self._client.get_model_config, name)
+            classifier = ensemble_classifier(config)
+            if classifier is not None:
+                config = self._call(self._client.get_model_config, classifier)
+        except ServerUnavailableError:
+            raise
+        except ResNet18TritonError:
+            return ""
         return precision_of(config)
 
-    def _repository_index(self) -> dict[str, list[dict[str, Any]]] | None:
-        """Model states and load-failure reasons; None if the server restricts that API."""
+    def _repository_index(
+        self, admin_key: str | None = None
+    ) -> dict[str, list[dict[str, Any]]] | None:
+        """Model states and load-failure reasons; None if the server restricts that API (and
+        ``admin_key`` does not open it)."""
+        headers = {contract.ADMIN_KEY_HEADER: admin_key} if admin_key else None
         try:
-            entries = self._call(self._client.get_model_repository_index)
+            entries = self._call(self._client.get_model_repository_index, headers)
         except ServerUnavailableError:
             raise
         except ResNet18TritonError:

@@ -22,6 +22,7 @@ from resnet18_triton.client.api import ImageClassifier
 from resnet18_triton.client.inputs import expand_inputs
 from resnet18_triton.client.results import ClassificationResult, HealthReport, result_to_json
 from resnet18_triton.errors import ExitCode, NoImagesError, ResNet18TritonError
+from resnet18_triton.keys import admin_key_from
 
 # A health check is a few small requests: a server slower than this is not healthy.
 HEALTH_TIMEOUT = 10.0
@@ -124,6 +125,14 @@ def classify(
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option(
+    "--model",
+    "classifiers",
+    multiple=True,
+    help="Also report this classifier (repeatable). All are found without it when the admin key "
+    f"is in ${contract.ADMIN_KEY_ENV_VAR} or ${contract.ADMIN_KEY_FILE_ENV_VAR} (the repository "
+    "index is an admin API).",
+)
+@click.option(
     "--probe",
     is_flag=True,
     help="Liveness probe: classify a tiny embedded JPEG through the ensemble (exit 0 or 1).",
@@ -138,9 +147,15 @@ def classify(
 )
 @click.pass_context
 def health(
-    ctx: click.Context, url: str, as_json: bool, probe: bool = False, timeout_s: float = 4.0
+    ctx: click.Context,
+    url: str,
+    as_json: bool,
+    classifiers: tuple[str, ...] = (),
+    probe: bool = False,
+    timeout_s: float = probe_module.DEFAULT_TIMEOUT_S,
 ) -> None:
-    """Show server liveness and readiness, each model's state and the weights' provenance.
+    """Show server liveness and readiness, each model's state, and each classifier's classes,
+    input size, preprocessing and weights provenance.
 
     Exit status: 0 everything ready, 1 reachable but something not ready, 2 unreachable.
     With --probe: 0 when a real inference through the ensemble succeeded, 1 otherwise.
@@ -148,10 +163,15 @@ def health(
     if probe:
         _run_probe(ctx, url, as_json, timeout_s)
         return
+    for name in classifiers:
+        try:
+            contract.check_classifier_name(name)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--model") from None
     with ImageClassifier(
         url, connection_timeout=contract.CONNECT_TIMEOUT_S, network_timeout=HEALTH_TIMEOUT
     ) as classifier:
-        report = classifier.health()
+        report = classifier.health(admin_key=admin_key_from(None), classifiers=classifiers)
     if as_json:
         click.echo(json.dumps(health_to_json(report)))
         if report.random_weights:
@@ -203,7 +223,22 @@ def format_health(report: HealthReport) -> str:
         detail = f"versions: {', '.join(model.versions)}" if model.ready else model.detail
         if model.ready and model.precision:
             detail += f"  precision: {model.precision}"
+        if model.ready and model.serving:
+            detail += "  " + ", ".join(f"{key}: {value}" for key, value in model.serving)
         lines.append(f"  {model.name:<{name_width}}  {state:<9}  {detail}".rstrip())
+    for item in report.classifiers:
+        settings = item.preprocessing
+        resize = (
+            "resize straight"
+            if settings.get("resize_size") == "0"
+            else f"resize {settings.get('resize_size', '?')}, crop {item.input_size}"
+        )
+        lines.append(
+            f"classifier {item.name}: {item.classes} classes, input {item.input_size}x"
+            f"{item.input_size} ({resize}, {settings.get('interpolation', '?')}, mean "
+            f"{settings.get('mean', '?')}, std {settings.get('std', '?')}), weights "
+            f"{describe_provenance(item.provenance) if item.provenance else 'unknown'}"
+        )
     if report.provenance is not None:
         lines.append(f"weights: {describe_provenance(report.provenance)}")
     else:
@@ -227,8 +262,19 @@ def health_to_json(report: HealthReport) -> dict[str, Any]:
                 "versions": list(m.versions),
                 "detail": m.detail,
                 "precision": m.precision,
+                "serving": dict(m.serving),
             }
             for m in report.models
+        ],
+        "classifiers": [
+            {
+                "name": item.name,
+                "classes": item.classes,
+                "input_size": item.input_size,
+                "preprocessing": item.preprocessing,
+                "provenance": item.provenance,
+            }
+            for item in report.classifiers
         ],
         "weights_provenance": report.provenance,
         "weights_provenance_error": report.provenance_error,

@@ -61,6 +61,8 @@ class ModelHealth:
     versions: tuple[str, ...] = ()
     detail: str = ""
     precision: str = ""  # bf16, f32, fp32, int8; empty for steps that compute no logits
+    # (setting, value) pairs from the model's config, in display order; see serving_summary.
+    serving: tuple[tuple[str, str], ...] = ()
 
 
 def precision_of(config: dict[str, Any]) -> str:
@@ -82,7 +84,24 @@ def ensemble_classifier(config: dict[str, Any]) -> str | None:
     """The step of an ensemble config that is not the preprocessing, if any."""
     steps = config.get("ensemble_scheduling", {}).get("step", [])
     names = [step.get("model_name") for step in steps]
-    return next((name for name in names if name and name != contract.PREPROCESS_MODEL), None)
+    return next((name for name in names if name and not _is_preprocess(name)), None)
+
+
+def _is_preprocess(model: str) -> bool:
+    """Whether ``model`` is a classifier's preprocessing step (``ClassifierNames.preprocess``)."""
+    return model == contract.PREPROCESS_MODEL or model.endswith("_preprocess")
+
+
+@dataclass(frozen=True)
+class ClassifierHealth:
+    """One served classifier as its model configs describe it: classes, the input side, the
+    preprocessing parameters (``resize_size`` 0 = straight to the input size) and provenance."""
+
+    name: str
+    classes: int
+    input_size: int
+    preprocessing: dict[str, str]
+    provenance: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,7 @@ class HealthReport:
     models: tuple[ModelHealth, ...]
     provenance: dict[str, Any] | None
     provenance_error: str | None = None
+    classifiers: tuple[ClassifierHealth, ...] = ()
 
     @property
     def all_ready(self) -> bool:
@@ -104,6 +124,34 @@ class HealthReport:
     def random_weights(self) -> bool:
         """True when the served weights are random, i.e. every label is meaningless."""
         return self.provenance is not None and self.provenance.get("source") == "random"
+
+
+# Config parameters that decide how a model uses the CPU (ONNX Runtime's thread pool sizes).
+_THREAD_PARAMETERS = (("intra_op_thread_count", "intra-op threads"),)
+
+
+def serving_summary(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """How a model is served, from its config as the server reports it (JSON): instance count,
+    intra-op threads (ONNX Runtime models), max batch size and dynamic-batching queue delay.
+
+    Settings the config does not carry are left out, so an ensemble shows only its batch size.
+    """
+    summary: list[tuple[str, str]] = []
+    groups = config.get("instance_group") or []
+    if groups:
+        summary.append(("instances", str(sum(int(group.get("count", 1)) for group in groups))))
+    parameters = config.get("parameters") or {}
+    for key, label in _THREAD_PARAMETERS:
+        value = (parameters.get(key) or {}).get("string_value")
+        if value:
+            summary.append((label, value))
+    if "max_batch_size" in config:
+        summary.append(("max batch", str(config["max_batch_size"])))
+    batching = config.get("dynamic_batching")
+    if isinstance(batching, dict):
+        delay = batching.get("max_queue_delay_microseconds", 0)
+        summary.append(("queue delay us", str(delay)))
+    return tuple(summary)
 
 
 def parse_classification(entry: bytes | str) -> Prediction:

@@ -7,13 +7,17 @@ A thin layer over ``export.pipeline``: every option's default comes from ``Expor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from resnet18_triton.export.classifier import INTERPOLATIONS, RESIZE_STRAIGHT, Preprocessing
 from resnet18_triton.export.model_configs import ServingSettings, available_cores
 from resnet18_triton.export.onnx_export import MIN_OPSET
 from resnet18_triton.export.pipeline import (
     ExportRequest,
+    check_name_free,
+    classifier_names,
     default_of,
     export_repository,
     load_model,
@@ -29,14 +33,93 @@ def _settings_default(name: str) -> object:
     return default_of(ServingSettings, name)
 
 
+def _preprocessing_default(name: str) -> Any:
+    return default_of(Preprocessing, name)
+
+
+def _triple_text(values: tuple[float, ...]) -> str:
+    return ",".join(f"{value:g}" for value in values)
+
+
+def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
+    """``"0.5,0.5,0.5"`` -> (0.5, 0.5, 0.5); one value is used for all three channels."""
+    try:
+        values = tuple(float(item) for item in text.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not 1 or 3 comma-separated numbers", param_hint=option
+        ) from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise click.BadParameter(f"{text!r} needs 1 or 3 values (R,G,B)", param_hint=option)
+    return values  # type: ignore[return-value]
+
+
 @click.command("export")
 @click.option(
     "--weights",
     default=_request_default("weights"),
     show_default=True,
     metavar="{imagenet,random,PATH}",
-    help="Pretrained ImageNet weights (downloaded once), seeded random weights, or a "
-    "local state-dict file.",
+    help="Pretrained ImageNet weights (downloaded once), seeded random weights, or a local "
+    "ResNet-18 checkpoint: a state dict (any class count; nested under state_dict/model; "
+    "module./model. prefixes), a TorchScript module, or an ONNX file with an [N,3,S,S] input.",
+)
+@click.option(
+    "--name",
+    default=_request_default("name"),
+    show_default=True,
+    help="Classifier name: its ensemble is NAME, its other models NAME_preprocess and NAME_onnx "
+    "(the default name keeps preprocess and resnet18_onnx). Other classifiers in the repository "
+    "are left as they are.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Class labels: one per line, a JSON list, or an ImageFolder class_to_idx JSON mapping; "
+    "exactly one per class. Default: ImageNet's for 1000 classes, else class_0..class_N-1.",
+)
+@click.option(
+    "--input-size",
+    default=_preprocessing_default("input_size"),
+    show_default=True,
+    type=click.IntRange(8, 4096),
+    help="Side of the square image the model takes (and the crop size).",
+)
+@click.option(
+    "--resize-size",
+    default=_preprocessing_default("resize_size"),
+    show_default=True,
+    type=click.IntRange(1),
+    help="Resize the shorter side to this, then centre-crop --input-size.",
+)
+@click.option(
+    "--resize-straight",
+    is_flag=True,
+    help="Resize the whole image straight to --input-size x --input-size instead (no crop, "
+    "aspect ratio not kept).",
+)
+@click.option(
+    "--mean",
+    default=_triple_text(_preprocessing_default("mean")),
+    show_default=True,
+    metavar="R,G,B",
+    help="Per-channel mean subtracted after scaling pixels to [0, 1].",
+)
+@click.option(
+    "--std",
+    default=_triple_text(_preprocessing_default("std")),
+    show_default=True,
+    metavar="R,G,B",
+    help="Per-channel standard deviation divided by after subtracting the mean.",
+)
+@click.option(
+    "--interpolation",
+    type=click.Choice(INTERPOLATIONS),
+    default=_preprocessing_default("interpolation"),
+    show_default=True,
 )
 @click.option(
     "--seed",
@@ -143,6 +226,14 @@ def _settings_default(name: str) -> object:
 )
 def export(
     weights: str,
+    name: str,
+    labels: Path | None,
+    input_size: int,
+    resize_size: int,
+    resize_straight: bool,
+    mean: str,
+    std: str,
+    interpolation: str,
     seed: int,
     repository: Path,
     opset: int,
@@ -158,7 +249,10 @@ def export(
     warmup: bool,
     openvino: bool,
 ) -> None:
-    """Export ResNet-18 to ONNX, check it against PyTorch and fill the Triton model repository."""
+    """Export a ResNet-18 classifier to ONNX, check it and add it to the Triton model repository.
+
+    Re-exporting a classifier replaces only its own models; the others stay byte-identical.
+    """
     settings = ServingSettings.from_core_budget(
         cores or available_cores(),
         onnx_instances,
@@ -171,6 +265,13 @@ def export(
         warmup=warmup,
         openvino=openvino,
     )
+    preprocessing = Preprocessing(
+        resize_size=RESIZE_STRAIGHT if resize_straight else resize_size,
+        input_size=input_size,
+        mean=_parse_triple(mean, "--mean"),
+        std=_parse_triple(std, "--std"),
+        interpolation=interpolation,
+    )
     request = ExportRequest(
         repository=repository,
         weights=weights,
@@ -178,11 +279,28 @@ def export(
         opset=opset,
         atol=atol,
         settings=settings,
+        name=name,
+        labels=labels,
+        preprocessing=preprocessing,
     )
+    check_name_free(repository.resolve(), classifier_names(name))
     loaded = load_model(request)
     click.echo(f"weights: {loaded.provenance.describe()}", err=True)
     result = export_repository(request, loaded)
+    classifier = result.classifier
     click.echo(f"verified: {result.verification.summary()}", err=True)
+    click.echo(
+        f"classifier {classifier.names.name!r}: {classifier.num_classes} classes, "
+        f"{preprocessing.describe()}",
+        err=True,
+    )
+    if result.default_labels:
+        click.secho(
+            f"WARNING: no --labels: the {classifier.num_classes} classes are labelled class_0.."
+            f"class_{classifier.num_classes - 1}",
+            err=True,
+            fg="yellow",
+        )
     click.echo(
         f"model repository ready: {result.repository} ({settings.onnx_instances} ONNX Runtime "
         f"instance(s) x {settings.intra_op_threads} intra-op threads on a {settings.cores}-core "

@@ -135,6 +135,7 @@ def measure_speed(
     threads: int = 0,
     seconds_per_case: float = 3.0,
     seed: int = 0,
+    input_size: int = contract.IMAGE_SIZE,
 ) -> list[SpeedFigure]:
     """In-process ONNX Runtime ms/img (median) per model and batch size, measured interleaved
     (model A, model B, A, B, ...) so that noise from other processes hits both alike."""
@@ -143,10 +144,7 @@ def measure_speed(
     figures = []
     for batch_size in batch_sizes:
         batch = rng.integers(
-            0,
-            256,
-            (batch_size, contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE),
-            dtype=np.uint8,
+            0, 256, (batch_size, contract.CHANNELS, input_size, input_size), dtype=np.uint8
         )
         times: dict[str, list[float]] = {name: [] for name in sessions}
         feeds = {contract.ONNX_INPUT: batch}

@@ -27,7 +27,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
+from resnet18_triton.export.classifier import Classifier, Preprocessing
 
 
 def available_cores() -> int:
@@ -157,7 +159,11 @@ def _response_cache(config: mc.ModelConfig, settings: ServingSettings) -> None:
 
 
 def onnx_model_config(
-    settings: ServingSettings, provenance_json: str, name: str = contract.ONNX_MODEL
+    settings: ServingSettings,
+    provenance_json: str,
+    name: str = contract.ONNX_MODEL,
+    num_classes: int = contract.NUM_CLASSES,
+    input_size: int = contract.IMAGE_SIZE,
 ) -> mc.ModelConfig:
     """The raw classifier: 1 NCHW UINT8 input (RGB pixels 0..255, normalised inside the graph);
     outputs ``logits`` and ``probabilities`` (softmax
@@ -172,13 +178,13 @@ def onnx_model_config(
         name=contract.ONNX_INPUT,
         data_type=mc.TYPE_UINT8,
         format=mc.ModelInput.FORMAT_NCHW,
-        dims=[contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE],
+        dims=[contract.CHANNELS, input_size, input_size],
     )
     for output in contract.ONNX_OUTPUTS:
         config.output.add(
             name=output,
             data_type=mc.TYPE_FP32,
-            dims=[contract.NUM_CLASSES],
+            dims=[num_classes],
             label_filename=contract.LABELS_FILENAME,
         )
     _cpu_instances(config, settings.onnx_instances)
@@ -203,16 +209,24 @@ def onnx_model_config(
     return config
 
 
-def preprocess_model_config(settings: ServingSettings) -> mc.ModelConfig:
+def preprocess_model_config(
+    settings: ServingSettings,
+    name: str = contract.PREPROCESS_MODEL,
+    preprocessing: Preprocessing | None = None,
+) -> mc.ModelConfig:
     """Encoded image bytes in, uint8 NCHW pixels out (Python backend; the classifier's graph
-    normalises them)."""
-    config = mc.ModelConfig(name=contract.PREPROCESS_MODEL, backend="python")
+    normalises them). The transform's settings are string parameters
+    (``Preprocessing.parameters``, default ImageNet's); ``mean`` and ``std`` among them describe
+    the classifier graph's normalisation and are not applied by this model."""
+    preprocessing = preprocessing or Preprocessing()
+    size = preprocessing.input_size
+    config = mc.ModelConfig(name=name, backend="python")
     config.max_batch_size = settings.max_batch_size
     config.input.add(name=contract.PREPROCESS_INPUT, data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(
         name=contract.PREPROCESS_OUTPUT,
         data_type=mc.TYPE_UINT8,
-        dims=[contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE],
+        dims=[contract.CHANNELS, size, size],
     )
     _cpu_instances(config, settings.preprocess_instances)
     _dynamic_batching(config, settings)
@@ -224,6 +238,7 @@ def preprocess_model_config(settings: ServingSettings) -> mc.ModelConfig:
             "max_aspect_ratio": f"{settings.max_aspect_ratio:g}",
             "allowed_formats": ",".join(settings.allowed_formats),
             "jpeg_draft_min_size": str(settings.jpeg_draft_min_size),
+            **preprocessing.parameters(),
         },
     )
     if settings.warmup:
@@ -241,6 +256,8 @@ def ensemble_model_config(
     settings: ServingSettings,
     name: str = contract.ENSEMBLE_MODEL,
     classifier: str = contract.ONNX_MODEL,
+    preprocess: str = contract.PREPROCESS_MODEL,
+    num_classes: int = contract.NUM_CLASSES,
 ) -> mc.ModelConfig:
     """IMAGE bytes -> preprocess -> resnet18_onnx -> labelled PROBABILITIES.
 
@@ -255,12 +272,12 @@ def ensemble_model_config(
     config.output.add(
         name=contract.ENSEMBLE_OUTPUT,
         data_type=mc.TYPE_FP32,
-        dims=[contract.NUM_CLASSES],
+        dims=[num_classes],
         label_filename=contract.LABELS_FILENAME,
     )
     steps = (
         (
-            contract.PREPROCESS_MODEL,
+            preprocess,
             {contract.PREPROCESS_INPUT: contract.ENSEMBLE_INPUT},
             {contract.PREPROCESS_OUTPUT: "preprocessed_image"},
         ),
@@ -381,13 +398,20 @@ def openvino_variant_configs(
     return [onnx, ensemble]
 
 
-def all_model_configs(settings: ServingSettings, provenance_json: str) -> list[mc.ModelConfig]:
-    """Every config of the repository (one per ``contract.SERVED_MODELS``), steps before the
-    ensemble."""
+def all_model_configs(
+    settings: ServingSettings, provenance_json: str, classifier: Classifier | None = None
+) -> list[mc.ModelConfig]:
+    """Every config of one classifier (``ClassifierNames.served``), steps before the ensemble;
+    default: the ImageNet-sized default classifier."""
+    names = classifier.names if classifier else ClassifierNames.of()
+    preprocessing = classifier.preprocessing if classifier else Preprocessing()
+    num_classes = classifier.num_classes if classifier else contract.NUM_CLASSES
     return [
-        preprocess_model_config(settings),
-        onnx_model_config(settings, provenance_json),
-        ensemble_model_config(settings),
+        preprocess_model_config(settings, names.preprocess, preprocessing),
+        onnx_model_config(
+            settings, provenance_json, names.onnx, num_classes, preprocessing.input_size
+        ),
+        ensemble_model_config(settings, names.ensemble, names.onnx, names.preprocess, num_classes),
     ]
 
 

@@ -1,10 +1,11 @@
 """Export a ResNet-18 to one self-contained ONNX file with a dynamic batch axis.
 
-The result is what Triton's onnxruntime backend loads: input ``input`` [batch, 3, 224, 224] uint8
-(RGB pixels, CHW, 0..255), two outputs, both [batch, 1000] float32 with the same dynamic batch axis:
-``logits`` (first), and ``probabilities`` = softmax(logits) over the classes, computed by an
-ordinary ONNX ``Softmax`` node in the graph. Weights are embedded (no ``.onnx.data`` side file): a
-Triton model version directory holds one file.
+The result is what Triton's onnxruntime backend loads: input ``input`` [batch, 3, S, S] uint8
+(RGB pixels, CHW, 0..255; S = 224 by default), two outputs, both [batch, classes] float32 with the
+same dynamic batch axis: ``logits`` (first), and ``probabilities`` = softmax(logits) over the
+classes, computed by an ordinary ONNX ``Softmax`` node in the graph (``WithProbabilities`` wraps
+the classifier before export). Weights are embedded (no ``.onnx.data`` side file): a Triton model
+version directory holds one file.
 
 The normalisation is part of the graph (``Normalized`` wraps the classifier before export): the
 graph starts with Cast(float) -> Div(255) -> Sub(mean) -> Div(std), exactly torchvision's
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -48,6 +50,8 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 17
 DYNAMO_MIN_OPSET = 18
 BATCH_AXIS_NAME = "batch"
+# metadata_props key holding the class labels as a JSON list.
+LABELS_METADATA_KEY = "labels"
 # Batch 2, not 1: torch.export specialises dimensions of size 0 and 1 to constants.
 _EXAMPLE_BATCH = 2
 
@@ -62,6 +66,9 @@ class Normalized(torch.nn.Module):
     Division by 255 first, then the float mean and std, in that order: the same float32 operations
     as torchvision's ``ToTensor`` + ``Normalize``, so the results are identical, not merely close.
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,
@@ -105,6 +112,8 @@ def export_onnx(
     dynamo: bool = True,
     *,
     provenance: Provenance | str | None = None,
+    input_size: int = IMAGE_SIZE,
+    labels: Sequence[str] | None = None,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> Path:
@@ -116,19 +125,22 @@ def export_onnx(
 
     ``provenance`` (a Provenance or its JSON) is stored in the ONNX ``metadata_props`` under
     ``weights_provenance``, next to producer information. A failed export leaves no file behind
-    and never replaces an existing good one.
+    and never replaces an existing good one. ``input_size`` is the side of the square input
+    images; ``labels`` (one per class) go into the metadata as a JSON list under ``labels``.
     """
     path = Path(path)
     _check_opset(opset, dynamo)
     _check_statistics(mean, std)
     metadata = _metadata(opset, dynamo, provenance)
     metadata.update(normalize_mean=json.dumps(list(mean)), normalize_std=json.dumps(list(std)))
+    if labels is not None:
+        metadata[LABELS_METADATA_KEY] = json.dumps(list(labels))
     # The exporter writes wherever it is told, in several passes: it writes into a private
     # directory, and only the finished file is installed at ``path``.
     with tempfile.TemporaryDirectory(prefix="resnet18-onnx-export-") as work:
         exported = Path(work) / path.name
         wrapped = Normalized(WithProbabilities(model), mean, std).eval()  # eval() recurses
-        _torch_export(wrapped, exported, opset, dynamo)
+        _torch_export(wrapped, exported, opset, dynamo, input_size)
         _add_metadata(exported, metadata)
         install_file_atomically(exported, path)
     return path
@@ -153,12 +165,14 @@ def _check_statistics(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         raise ExportError(f"every std value must be positive; got {tuple(std)}")
 
 
-def _torch_export(model: torch.nn.Module, path: Path, opset: int, dynamo: bool) -> None:
+def _torch_export(
+    model: torch.nn.Module, path: Path, opset: int, dynamo: bool, input_size: int = IMAGE_SIZE
+) -> None:
     generator = torch.Generator().manual_seed(0)
     example = torch.randint(
         0,
         256,
-        (_EXAMPLE_BATCH, CHANNELS, IMAGE_SIZE, IMAGE_SIZE),
+        (_EXAMPLE_BATCH, CHANNELS, input_size, input_size),
         dtype=torch.uint8,
         generator=generator,
     )

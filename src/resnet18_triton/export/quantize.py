@@ -44,6 +44,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import onnx
@@ -136,9 +137,11 @@ class QuantizationRecipe:
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def load_preprocess_module(repo: Path | None = None) -> ModuleType:
-    """The served preprocessing: ``<repo>/preprocess/1/model.py``, else the shipped copy."""
-    candidates = [repo / contract.PREPROCESS_MODEL / VERSION / "model.py"] if repo else []
+def load_preprocess_module(
+    repo: Path | None = None, model: str = contract.PREPROCESS_MODEL
+) -> ModuleType:
+    """The served preprocessing: ``<repo>/<model>/1/model.py``, else the shipped copy."""
+    candidates = [repo / model / VERSION / "model.py"] if repo else []
     candidates.append(python_model_source(contract.PREPROCESS_MODEL))
     path = next((path for path in candidates if path.is_file()), None)
     if path is None:
@@ -167,14 +170,31 @@ def split_holdout(files: Sequence[Path], every: int = 5) -> tuple[list[Path], li
     return calibration, held_out
 
 
-def preprocess_files(files: Sequence[Path], preprocess: ModuleType) -> np.ndarray:
-    """Encoded image files -> uint8 [N, 3, 224, 224] via the served preprocessing."""
-    batch = np.empty(
-        (len(files), contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE), dtype=np.uint8
+def served_transform(preprocess: ModuleType, config_path: Path | None) -> Any:
+    """The ``Transform`` a preprocess model's config sets (ImageNet's without a config)."""
+    if config_path is None or not config_path.is_file():
+        return preprocess.Transform()
+    from google.protobuf import json_format
+
+    from resnet18_triton.export.model_configs import parse
+
+    config = json_format.MessageToDict(
+        parse(config_path.read_text()), preserving_proto_field_name=True
     )
+    return preprocess.transform_from_config(config)
+
+
+def preprocess_files(
+    files: Sequence[Path], preprocess: ModuleType, transform: Any = None
+) -> np.ndarray:
+    """Encoded image files -> uint8 [N, 3, S, S] via the served preprocessing and the
+    classifier's ``transform`` (default: ImageNet's, S = 224)."""
+    transform = transform or preprocess.Transform()
+    size = transform.input_size
+    batch = np.empty((len(files), contract.CHANNELS, size, size), dtype=np.uint8)
     for index, path in enumerate(files):
         try:
-            batch[index] = preprocess.preprocess_bytes(Path(path).read_bytes())
+            batch[index] = preprocess.preprocess_bytes(Path(path).read_bytes(), transform=transform)
         except preprocess.ImageRejected as error:
             raise ExportError(f"calibration image {path}: {error}") from None
     return batch
@@ -193,9 +213,13 @@ class PreprocessedImageReader(CalibrationDataReader):
 
     @classmethod
     def from_files(
-        cls, files: Sequence[Path], preprocess: ModuleType, batch_size: int = 8
+        cls,
+        files: Sequence[Path],
+        preprocess: ModuleType,
+        batch_size: int = 8,
+        transform: Any = None,
     ) -> PreprocessedImageReader:
-        return cls(preprocess_files(files, preprocess), batch_size)
+        return cls(preprocess_files(files, preprocess, transform), batch_size)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)

@@ -1,12 +1,12 @@
 """``resnet18-triton quantize``: the exported FP32 model -> a calibrated INT8 variant, if faithful.
 
-Reads ``<repo>/resnet18_onnx/1/model.onnx``, calibrates on a folder of images passed through the
-served preprocessing, compares INT8 with FP32 on held-out images and, unless the top-1 agreement
-is below ``--min-agreement`` (and ``--force`` is not given), writes
-``<repo>/resnet18_int8/1/model.onnx`` with the configs and labels of ``resnet18_int8`` and
-``resnet18_int8_ensemble``. The INT8 model and configs are built in a staging directory and
-swapped in together (``export.transaction``): a refused model, an error or an interrupted run
-leaves the repository untouched.
+Reads a classifier's ``<repo>/<NAME>_onnx/1/model.onnx`` (``--name``, default ``resnet18``),
+calibrates on a folder of images passed through that classifier's served preprocessing, compares
+INT8 with FP32 on held-out images and, unless the top-1 agreement is below ``--min-agreement``
+(and ``--force`` is not given), writes ``<repo>/<NAME>_int8/1/model.onnx`` with the configs and
+labels of ``<NAME>_int8`` and ``<NAME>_int8_ensemble``. The INT8 model and configs are built in a
+staging directory and swapped in together (``export.transaction``): a refused model, an error or
+an interrupted run leaves the repository untouched.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import click
 
-from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL, INT8_MODELS
+from resnet18_triton.contract import DEFAULT_CLASSIFIER, ClassifierNames
+from resnet18_triton.errors import ExportError
 from resnet18_triton.export.fidelity import (
     DEFAULT_MIN_AGREEMENT,
     measure_fidelity,
@@ -33,6 +34,7 @@ from resnet18_triton.export.quantize import (
     load_preprocess_module,
     preprocess_files,
     quantize_model,
+    served_transform,
     split_holdout,
 )
 from resnet18_triton.export.repository import write_int8_configs
@@ -42,7 +44,19 @@ from resnet18_triton.export.transaction import (
     remove_stale_staging,
     staging_directory,
 )
-from resnet18_triton.layout import default_repository, onnx_model_path
+from resnet18_triton.layout import (
+    CONFIG_FILENAME,
+    classifiers,
+    default_repository,
+    onnx_model_path,
+)
+
+
+def held_classifier_input_size(repository: Path, names: ClassifierNames) -> int:
+    """The image side classifier ``names`` takes, from its preprocess config."""
+    preprocess = load_preprocess_module(repository, names.preprocess)
+    config = repository / names.preprocess / CONFIG_FILENAME
+    return int(served_transform(preprocess, config).input_size)
 
 
 def quantize_repository(
@@ -52,19 +66,24 @@ def quantize_repository(
     recipe: QuantizationRecipe,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     force: bool = False,
+    name: str = DEFAULT_CLASSIFIER,
 ):
-    """Library form of the command; returns the FidelityReport. Raises QuantizationRefused."""
-    preprocess = load_preprocess_module(repository)
-    fp32_path = onnx_model_path(repository)
+    """Library form of the command for classifier ``name``; returns the FidelityReport. Its
+    images go through that classifier's own preprocessing. Raises QuantizationRefused, or
+    ExportError for a classifier the repository does not hold."""
+    names = held_classifier(repository, name)
+    preprocess = load_preprocess_module(repository, names.preprocess)
+    transform = served_transform(preprocess, repository / names.preprocess / CONFIG_FILENAME)
+    fp32_path = onnx_model_path(repository, names.onnx)
     reader = PreprocessedImageReader.from_files(
-        calibration_files, preprocess, recipe.calibration_batch_size
+        calibration_files, preprocess, recipe.calibration_batch_size, transform
     )
-    held_out = preprocess_files(eval_files, preprocess)
+    held_out = preprocess_files(eval_files, preprocess, transform)
     recipe = recipe.resolved()
     repository = repository.resolve()
     remove_stale_staging(repository)
     with staging_directory(repository) as staging:
-        candidate = quantize_model(fp32_path, onnx_model_path(staging, INT8_MODEL), reader, recipe)
+        candidate = quantize_model(fp32_path, onnx_model_path(staging, names.int8), reader, recipe)
         report = measure_fidelity(fp32_path, candidate, held_out)
         if not report.passes(min_agreement) and not force:
             raise QuantizationRefused(
@@ -75,10 +94,25 @@ def quantize_repository(
                 report,
             )
         parameters = {QUANTIZATION_PARAMETER: recipe.to_json(), "fidelity": report.to_json()}
-        write_int8_configs(repository, parameters, target=staging)
+        write_int8_configs(repository, parameters, target=staging, names=names)
         with install_lock(repository):
-            install(staging, repository, INT8_MODELS)
+            install(staging, repository, names.int8_models)
     return report
+
+
+def held_classifier(repository: Path, name: str) -> ClassifierNames:
+    """The names of classifier ``name``, which ``repository`` must hold (exported FP32)."""
+    try:
+        names = ClassifierNames.of(name)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    if not onnx_model_path(repository, names.onnx).is_file():
+        held = ", ".join(item.name for item in classifiers(repository)) or "none"
+        raise ExportError(
+            f"{repository} holds no exported classifier {name!r} (classifiers: {held}); run "
+            f"`resnet18-triton export --name {name}` first"
+        )
+    return names
 
 
 @click.command("quantize")
@@ -89,6 +123,12 @@ def quantize_repository(
     default=default_repository,
     show_default="./model_repository",
     help="Model repository holding the exported FP32 model.",
+)
+@click.option(
+    "--name",
+    default=DEFAULT_CLASSIFIER,
+    show_default=True,
+    help="Classifier to quantise; its INT8 models are NAME_int8 and NAME_int8_ensemble.",
 )
 @click.option(
     "--calibration-images",
@@ -160,6 +200,7 @@ def quantize_repository(
 )
 def quantize(
     repository: Path,
+    name: str,
     calibration_images: Path,
     eval_images: Path | None,
     max_calibration_images: int,
@@ -172,7 +213,8 @@ def quantize(
     benchmark: bool,
     report_path: Path | None,
 ) -> None:
-    """Quantise the exported model to INT8 (static, calibrated) and serve it as resnet18_int8."""
+    """Quantise an exported classifier to INT8 (static, calibrated) and serve it as NAME_int8."""
+    names = held_classifier(repository, name)
     files = image_files(calibration_images)
     if eval_images is None:
         calibration, held_out = split_holdout(files)
@@ -193,7 +235,7 @@ def quantize(
     )
     try:
         report = quantize_repository(
-            repository, calibration, held_out, recipe, min_agreement, force
+            repository, calibration, held_out, recipe, min_agreement, force, name
         )
     except QuantizationRefused as refused:
         click.echo(refused.report.table())
@@ -207,10 +249,18 @@ def quantize(
             fg="yellow",
             bold=True,
         )
-    figures = {"recipe": json.loads(recipe.to_json()), "fidelity": json.loads(report.to_json())}
+    figures = {
+        "classifier": name,
+        "recipe": json.loads(recipe.to_json()),
+        "fidelity": json.loads(report.to_json()),
+    }
     if benchmark:
         speed = measure_speed(
-            {"fp32": onnx_model_path(repository), "int8": onnx_model_path(repository, INT8_MODEL)}
+            {
+                "fp32": onnx_model_path(repository, names.onnx),
+                "int8": onnx_model_path(repository, names.int8),
+            },
+            input_size=held_classifier_input_size(repository, names),
         )
         figures["speed_ms_per_image"] = [vars(figure) for figure in speed]
         click.echo("| batch | FP32 ms/img | INT8 ms/img | speed-up |\n|---|---|---|---|")
@@ -223,7 +273,7 @@ def quantize(
     if report_path is not None:
         report_path.write_text(json.dumps(figures, indent=2) + "\n")
     click.echo(
-        f"INT8 model ready: {onnx_model_path(repository, INT8_MODEL)}; serve it with "
-        f"`resnet18-triton serve` and classify with --model {INT8_ENSEMBLE_MODEL}",
+        f"INT8 model ready: {onnx_model_path(repository, names.int8)}; serve it with "
+        f"`resnet18-triton serve` and classify with --model {names.int8_ensemble}",
         err=True,
     )

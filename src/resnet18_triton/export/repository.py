@@ -20,8 +20,9 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
-from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
+from resnet18_triton.export.classifier import Classifier
 from resnet18_triton.export.model_configs import (
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
@@ -43,35 +44,51 @@ from resnet18_triton.layout import (
 )
 
 
-def install_python_models(repo: Path) -> None:
-    """Write the shipped Python-backend model(s) (``PYTHON_MODELS``) into ``repo``."""
+def install_python_models(repo: Path, names: ClassifierNames | None = None) -> None:
+    """Write the shipped preprocessing ``model.py`` (``PYTHON_MODELS``) into ``repo`` as the
+    preprocess model of classifier ``names`` (default: the default classifier)."""
+    names = names or ClassifierNames.of()
     for name in PYTHON_MODELS:
         source = python_model_source(name)
         if not source.is_file():
             raise ExportError(f"the Python model {source} is missing: reinstall resnet18-triton")
-        write_bytes_atomically(repo / name / VERSION / "model.py", source.read_bytes())
+        write_bytes_atomically(repo / names.preprocess / VERSION / "model.py", source.read_bytes())
 
 
-def write_labels(repo: Path, categories: list[str]) -> None:
-    if len(categories) != contract.NUM_CLASSES:
-        raise ExportError(f"expected {contract.NUM_CLASSES} class names, got {len(categories)}")
+def write_labels(
+    repo: Path,
+    categories: list[str],
+    names: ClassifierNames | None = None,
+    count: int | None = None,
+) -> None:
+    """labels.txt of the classifier and its ensemble; ``count`` (default 1000) must match."""
+    names = names or ClassifierNames.of()
+    expected = contract.NUM_CLASSES if count is None else count
+    if len(categories) != expected:
+        raise ExportError(f"expected {expected} class names, got {len(categories)}")
     text = "".join(f"{name}\n" for name in categories)
-    for model in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
+    for model in (names.onnx, names.ensemble):
         write_text_atomically(repo / model / contract.LABELS_FILENAME, text)
 
 
-def write_configs(repo: Path, settings: ServingSettings, provenance_json: str) -> list[Path]:
+def write_configs(
+    repo: Path,
+    settings: ServingSettings,
+    provenance_json: str,
+    classifier: Classifier | None = None,
+) -> list[Path]:
     """Render every model's config.pbtxt; returns the paths written."""
     settings.check()
+    names = classifier.names if classifier else ClassifierNames.of()
     written = []
-    for config in all_model_configs(settings, provenance_json):
+    for config in all_model_configs(settings, provenance_json, classifier):
         path = repo / config.name / CONFIG_FILENAME
         write_text_atomically(path, render(config))
         written.append(path)
     # The ensemble has no files of its own, but Triton needs its version directory.
-    (repo / contract.ENSEMBLE_MODEL / VERSION).mkdir(parents=True, exist_ok=True)
+    (repo / names.ensemble / VERSION).mkdir(parents=True, exist_ok=True)
     if settings.warmup:
-        write_warmup_data(repo)
+        write_warmup_data(repo, names.preprocess)
     return written
 
 
@@ -91,18 +108,18 @@ def warmup_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def write_warmup_data(repo: Path) -> Path:
+def write_warmup_data(repo: Path, preprocess: str = contract.PREPROCESS_MODEL) -> Path:
     """The preprocess model's warm-up sample: one JPEG in Triton's raw TYPE_STRING layout."""
     data = warmup_jpeg()
-    path = repo / contract.PREPROCESS_MODEL / WARMUP_DIRNAME / WARMUP_IMAGE_FILENAME
+    path = repo / preprocess / WARMUP_DIRNAME / WARMUP_IMAGE_FILENAME
     write_bytes_atomically(path, len(data).to_bytes(4, "little") + data)
     return path
 
 
-def _fp32_configs(repo: Path) -> dict[str, mc.ModelConfig]:
-    """The FP32 classifier and ensemble configs already in ``repo``, by model name."""
+def _fp32_configs(repo: Path, names: ClassifierNames) -> dict[str, mc.ModelConfig]:
+    """The FP32 classifier and ensemble configs of ``names`` already in ``repo``, by model name."""
     sources = {}
-    for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
+    for name in (names.onnx, names.ensemble):
         path = repo / name / CONFIG_FILENAME
         if not path.is_file():
             raise ExportError(f"{path} is missing: run `resnet18-triton export` first")
@@ -111,32 +128,41 @@ def _fp32_configs(repo: Path) -> dict[str, mc.ModelConfig]:
 
 
 def write_int8_configs(
-    repo: Path, parameters: dict[str, str], target: Path | None = None
+    repo: Path,
+    parameters: dict[str, str],
+    target: Path | None = None,
+    names: ClassifierNames | None = None,
 ) -> list[Path]:
-    """Configs and labels of ``resnet18_int8`` and ``resnet18_int8_ensemble``, derived from the
-    FP32 ones already in ``repo`` (same instances, threads, batching, warm-up, cache), written
-    into ``target`` (default: ``repo``); returns the config paths written."""
-    sources = _fp32_configs(repo)
+    """Configs and labels of a classifier's INT8 variant (``resnet18_int8`` and
+    ``resnet18_int8_ensemble`` for the default one), derived from the FP32 ones already in
+    ``repo`` (same instances, threads, batching, warm-up, cache), written into ``target``
+    (default: ``repo``); returns the config paths written."""
+    names = names or ClassifierNames.of()
+    sources = _fp32_configs(repo, names)
     configs = variant_configs(
-        sources[contract.ONNX_MODEL],
-        sources[contract.ENSEMBLE_MODEL],
-        onnx_name=INT8_MODEL,
-        ensemble_name=INT8_ENSEMBLE_MODEL,
+        sources[names.onnx],
+        sources[names.ensemble],
+        onnx_name=names.int8,
+        ensemble_name=names.int8_ensemble,
         parameters=parameters,
     )
-    return write_variant_configs(repo, configs, target)
+    return write_variant_configs(repo, configs, names, target)
 
 
 def openvino_configs(
-    repo: Path, precision: str, parameters: dict[str, str]
+    repo: Path,
+    precision: str,
+    parameters: dict[str, str],
+    names: ClassifierNames | None = None,
 ) -> list[mc.ModelConfig]:
-    """The OpenVINO classifier and ensemble configs (``layout.openvino_models``), derived from
-    the FP32 ones in ``repo``; not written."""
-    sources = _fp32_configs(repo)
-    onnx_name, ensemble_name = openvino_models()
+    """The OpenVINO classifier and ensemble configs of a classifier (``layout.openvino_models``),
+    derived from its FP32 ones in ``repo``; not written."""
+    names = names or ClassifierNames.of()
+    sources = _fp32_configs(repo, names)
+    onnx_name, ensemble_name = openvino_models(names.name)
     return openvino_variant_configs(
-        sources[contract.ONNX_MODEL],
-        sources[contract.ENSEMBLE_MODEL],
+        sources[names.onnx],
+        sources[names.ensemble],
         onnx_name=onnx_name,
         ensemble_name=ensemble_name,
         precision=precision,
@@ -146,13 +172,18 @@ def openvino_configs(
 
 
 def write_variant_configs(
-    repo: Path, configs: list[mc.ModelConfig], target: Path | None = None
+    repo: Path,
+    configs: list[mc.ModelConfig],
+    names: ClassifierNames | None = None,
+    target: Path | None = None,
 ) -> list[Path]:
-    """Write a variant's classifier and ensemble configs (in that order), with the FP32 labels of
-    ``repo``, into ``target`` (default: ``repo``); returns the config paths written."""
+    """Write a variant's classifier and ensemble configs (in that order), with the labels of the
+    FP32 classifier ``names`` in ``repo``, into ``target`` (default: ``repo``); returns the config
+    paths written."""
+    names = names or ClassifierNames.of()
     target = repo if target is None else target
     written = []
-    for config, source in zip(configs, (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL), strict=True):
+    for config, source in zip(configs, (names.onnx, names.ensemble), strict=True):
         path = target / config.name / CONFIG_FILENAME
         write_text_atomically(path, render(config))
         labels = repo / source / contract.LABELS_FILENAME
@@ -163,9 +194,14 @@ def write_variant_configs(
 
 
 def fill_repository(
-    repo: Path, settings: ServingSettings, provenance_json: str, categories: list[str]
+    repo: Path,
+    settings: ServingSettings,
+    provenance_json: str,
+    categories: list[str],
+    classifier: Classifier | None = None,
 ) -> None:
     """Everything but model.onnx itself (the exporter writes that to ``onnx_model_path``)."""
-    install_python_models(repo)
-    write_labels(repo, categories)
-    write_configs(repo, settings, provenance_json)
+    names = classifier.names if classifier else None
+    install_python_models(repo, names)
+    write_labels(repo, categories, names, classifier.num_classes if classifier else None)
+    write_configs(repo, settings, provenance_json, classifier)

@@ -119,9 +119,10 @@ def verify_onnx(
     seed: int = 0,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
+    input_size: int = IMAGE_SIZE,
 ) -> VerificationReport:
     """Compare ``onnx_path`` with ``model`` (put in eval mode) on ``num_inputs`` random batches
-    of uint8 pixels.
+    of uint8 pixels, ``input_size`` x ``input_size``.
 
     ``model`` maps normalised images to logits; it gets the pixels normalised with ``mean`` and
     ``std`` (those the file was exported with), the file gets the pixels. Input ``i`` has batch size
@@ -140,7 +141,7 @@ def verify_onnx(
     model.eval()
     mean_tensor, std_tensor = (torch.tensor(v).reshape(1, -1, 1, 1) for v in (mean, std))
     expected, actual = [], []
-    for batch in _random_batches(sizes, seed):
+    for batch in _random_batches(sizes, seed, input_size):
         with torch.inference_mode():
             logits = model(normalize(batch, mean_tensor, std_tensor))
             expected.append([logits.numpy(), torch.softmax(logits, dim=1).numpy()])
@@ -174,13 +175,14 @@ def _session(path: Path) -> ort.InferenceSession:
     return session
 
 
-def _random_batches(sizes: Sequence[int], seed: int) -> list[torch.Tensor]:
+def _random_batches(
+    sizes: Sequence[int], seed: int, input_size: int = IMAGE_SIZE
+) -> list[torch.Tensor]:
     # Uniform pixels normalise to values of about -2..2.6, the range of real normalised images.
     generator = torch.Generator().manual_seed(seed)
+    shape = (CHANNELS, input_size, input_size)
     return [
-        torch.randint(
-            0, 256, (size, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator
-        )
+        torch.randint(0, 256, (size, *shape), dtype=torch.uint8, generator=generator)
         for size in sizes
     ]
 

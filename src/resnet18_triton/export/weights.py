@@ -7,7 +7,10 @@ Three sources, chosen with one string (the CLI's ``--weights``):
   alternatives.
 * ``"random"``: a seeded random initialisation. Useful to exercise the serving path on a machine
   without the weights; its predictions are meaningless, which the provenance says loudly.
-* anything else: a path to a state dict saved with ``torch.save``. (A file literally named
+* anything else: a path to a ResNet-18 checkpoint: a state dict saved with ``torch.save`` (any
+  class count, from ``fc.weight``; possibly nested under ``state_dict`` or ``model``, with
+  DataParallel's ``module.`` or Lightning's ``model.`` key prefixes), or a whole TorchScript module
+  (``torch.jit.save``). ONNX files are taken by ``export.onnx_input``. (A file literally named
   ``random`` or ``imagenet`` must be given as ``./random``.)
 
 Every model comes with a ``Provenance`` that is written into the ONNX metadata and the Triton
@@ -23,6 +26,7 @@ import json
 import os
 import socket
 import urllib.error
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +48,10 @@ DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
 _MAX_NAMED_KEYS = 5
 # Keys under which training scripts commonly nest the state dict in a checkpoint.
 _NESTED_STATE_DICT_KEYS = ("state_dict", "model")
+# Key prefixes added by wrappers: DataParallel / DistributedDataParallel, Lightning modules.
+_KEY_PREFIXES = ("module.", "model.")
+# A TorchScript module vs torchvision's ResNet-18 with its parameters: same ops, same order.
+_TORCHSCRIPT_ATOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -195,11 +203,82 @@ def _load_file(path: Path) -> tuple[torch.nn.Module, Provenance]:
 
 
 def _model_from_file(path: Path) -> torch.nn.Module:
-    state_dict = _read_state_dict(path)
-    model = resnet18(weights=None)
-    _check_compatible(model.state_dict(), state_dict, path)
+    if is_torchscript_archive(path):
+        return _model_from_torchscript(path)
+    return resnet18_from_state_dict(_read_state_dict(path), str(path))
+
+
+def resnet18_from_state_dict(state_dict: Mapping[str, Any], source: str) -> torch.nn.Module:
+    """A torchvision ResNet-18 whose class count is the rows of ``fc.weight``, loaded from
+    ``state_dict`` after removing DataParallel's ``module.`` and Lightning's ``model.``
+    prefixes. Raises WeightsUnavailableError naming what does not fit."""
+    state_dict = strip_prefixes(state_dict)
+    fc_weight = state_dict.get("fc.weight")
+    if not isinstance(fc_weight, torch.Tensor) or fc_weight.dim() != 2:
+        raise WeightsUnavailableError(
+            f"weights file {source} is not a torchvision ResNet-18: it has no 2-D fc.weight "
+            f"(the classifier head){_architecture_hint(state_dict)}; found keys such as "
+            f"{', '.join(list(state_dict)[:_MAX_NAMED_KEYS])}"
+        )
+    model = resnet18(weights=None, num_classes=int(fc_weight.shape[0]))
+    _check_compatible(model.state_dict(), state_dict, source)
     model.load_state_dict(state_dict)
     return model
+
+
+def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Remove ``module.`` (DataParallel) and ``model.`` (Lightning) prefixes shared by every key,
+    in any nesting (``model.module.conv1.weight`` -> ``conv1.weight``)."""
+    keys = dict(state_dict)
+    while keys:
+        prefix = next((p for p in _KEY_PREFIXES if all(k.startswith(p) for k in keys)), None)
+        if prefix is None:
+            break
+        keys = {key[len(prefix) :]: value for key, value in keys.items()}
+    return keys
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """True for a file written by ``torch.jit.save`` (a zip archive with TorchScript code)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _model_from_torchscript(path: Path) -> torch.nn.Module:
+    """The ResNet-18 a TorchScript module holds, rebuilt from its parameters and checked to
+    compute what the module computes (so the exported graph is torchvision's, not opaque code)."""
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as error:  # torch.jit.load raises RuntimeError and friends
+        raise WeightsUnavailableError(f"cannot load TorchScript module {path}: {error}") from error
+    model = resnet18_from_state_dict(scripted.state_dict(), str(path)).eval()
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected, rebuilt = scripted(images), model(images)
+    if not isinstance(expected, torch.Tensor) or expected.shape != rebuilt.shape:
+        raise WeightsUnavailableError(
+            f"TorchScript module {path} does not return [batch, classes] logits like a ResNet-18"
+        )
+    difference = float((expected - rebuilt).abs().max())
+    if difference > _TORCHSCRIPT_ATOL:
+        raise WeightsUnavailableError(
+            f"TorchScript module {path} has ResNet-18 parameters but computes something else "
+            f"(logits differ by {difference:.3g} from torchvision's ResNet-18 with them)"
+        )
+    return model
+
+
+def _architecture_hint(state_dict: Mapping[str, Any]) -> str:
+    """What the keys say the network is, when it is not a ResNet-18."""
+    if any(".conv3." in key for key in state_dict):
+        return " (it has bottleneck blocks: a ResNet-50 or deeper?)"
+    if any(key.startswith(("layer1.2.", "layer2.2.", "layer3.2.")) for key in state_dict):
+        return " (it has more than 2 blocks per stage: a ResNet-34?)"
+    if not any(key.startswith("layer1.") for key in state_dict):
+        return " (it has no layer1..layer4 residual stages)"
+    return ""
 
 
 def _read_state_dict(path: Path) -> Mapping[str, Any]:
@@ -224,7 +303,7 @@ def _read_state_dict(path: Path) -> Mapping[str, Any]:
 
 
 def _check_compatible(
-    expected: Mapping[str, torch.Tensor], found: Mapping[str, Any], path: Path
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, Any], source: str
 ) -> None:
     """Raise one message listing missing, unexpected and wrongly shaped keys, not just the first."""
     missing = [key for key in expected if key not in found]
@@ -244,9 +323,10 @@ def _check_compatible(
         if items
     ]
     if problems:
+        classes = int(expected["fc.weight"].shape[0])
         raise WeightsUnavailableError(
-            f"weights file {path} does not fit torchvision's resnet18 (1000 classes): "
-            + "; ".join(problems)
+            f"weights file {source} does not fit torchvision's resnet18 ({classes} classes, "
+            f"from fc.weight){_architecture_hint(found)}: " + "; ".join(problems)
         )
 
 

@@ -111,6 +111,7 @@ def engine_images_per_s(repo: Path, model: str, seconds: float = 10.0) -> float:
     (first,) = session.get_inputs()
     rng = np.random.default_rng(0)
     shape = (8, contract.CHANNELS, contract.IMAGE_SIZE, contract.IMAGE_SIZE)
+    batch: np.ndarray
     if first.type == "tensor(uint8)":
         batch = rng.integers(0, 256, shape, dtype=np.uint8)
     else:

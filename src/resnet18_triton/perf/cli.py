@@ -54,6 +54,13 @@ def _strip_scheme(url: str) -> str:
     help="ensemble: JPEG bytes in (resnet18); raw: uint8 pixel tensors in (resnet18_onnx).",
 )
 @click.option(
+    "--name",
+    "classifier",
+    default=contract.DEFAULT_CLASSIFIER,
+    show_default=True,
+    help="Classifier to load: its ensemble NAME and its ONNX model NAME_onnx.",
+)
+@click.option(
     "--images",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
@@ -128,6 +135,7 @@ def loadtest(
     url: str,
     protocol: str,
     targets: str,
+    classifier: str,
     images: Path | None,
     max_images: int,
     concurrency: str,
@@ -152,6 +160,10 @@ def loadtest(
             "--protocol http with --shared-memory",
             param_hint="--protocol",
         )
+    try:
+        contract.check_classifier_name(classifier)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--name") from None
     out = out or _default_out("loadtest")
     chosen = ("ensemble", "raw") if targets == "both" else (targets,)
     label = "500x375"
@@ -186,6 +198,7 @@ def loadtest(
         images=tuple(files),
         stats_url=stats_url,
         image_label=label,
+        classifier=classifier,
     )
     results = run_loadtest(plan, echo=lambda text: click.echo(text, err=True))
     click.echo(

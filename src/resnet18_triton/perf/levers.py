@@ -17,6 +17,7 @@ Each pair runs A, B, A, B, ... and reports medians.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -87,9 +88,7 @@ def main() -> None:
         f"| tensor between the models, bytes/img | {sizes['before']} | {sizes['after']} | "
         f"{sizes['after'] / sizes['before']:.2f} |"
     )
-    copies = interleaved(
-        {arm: (lambda t=tensors[arm]: t.copy()) for arm in repos}, options.rounds, 20
-    )
+    copies = interleaved({arm: tensors[arm].copy for arm in repos}, options.rounds, 20)
     before, after = (copies[arm] / per_image for arm in repos)
     print(
         f"| one copy of that tensor, CPU ms/img | {before:.4f} | {after:.4f} | "
@@ -101,11 +100,11 @@ def main() -> None:
             continue
         sessions = {arm: session(path) for arm, path in paths.items()}
         for batch in (1, 8):
-            steps = {
-                arm: (
-                    lambda s=sessions[arm], t=tensors[arm][:batch]: s.run(
-                        None, {s.get_inputs()[0].name: t}
-                    )
+            steps: dict[str, Callable[[], object]] = {
+                arm: functools.partial(
+                    sessions[arm].run,
+                    None,
+                    {sessions[arm].get_inputs()[0].name: tensors[arm][:batch]},
                 )
                 for arm in repos
             }

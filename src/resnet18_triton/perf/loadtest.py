@@ -26,11 +26,14 @@ class LoadTestPlan:
     images: tuple[Path, ...] = ()
     stats_url: str | None = None
     image_label: str = "jpeg"
+    # The classifier whose ensemble and ONNX model are loaded (ClassifierNames.of).
+    classifier: str = contract.DEFAULT_CLASSIFIER
 
 
 def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
     """(label, sweep) for each target; the ensemble gets the images as --input-data."""
     planned = []
+    names = contract.ClassifierNames.of(plan.classifier)
     for target in plan.targets:
         if target == "ensemble":
             if not plan.images:
@@ -40,13 +43,11 @@ def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
                 contract.ENSEMBLE_INPUT,
                 plan.out / f"input_data_{plan.image_label}.json",
             )
-            sweep = pa.Sweep(contract.ENSEMBLE_MODEL, plan.url, plan.settings, data)
-            planned.append((f"{contract.ENSEMBLE_MODEL} ({plan.image_label})", sweep))
+            sweep = pa.Sweep(names.ensemble, plan.url, plan.settings, data)
+            planned.append((f"{names.ensemble} ({plan.image_label})", sweep))
         elif target == "raw":
             # uint8 pixels of the config's fixed shape: perf_analyzer's random data is fine.
-            planned.append(
-                (contract.ONNX_MODEL, pa.Sweep(contract.ONNX_MODEL, plan.url, plan.settings))
-            )
+            planned.append((names.onnx, pa.Sweep(names.onnx, plan.url, plan.settings)))
         else:
             raise ValueError(f"unknown target {target!r}")
     return planned

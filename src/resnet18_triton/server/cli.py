@@ -94,8 +94,9 @@ KEY_ON_ARGV_NOTE = (
     "--int8/--no-int8",
     "int8",
     default=None,
-    help="Also serve resnet18_int8 and resnet18_int8_ensemble (written by "
-    "`resnet18-triton quantize`). Default: when the repository holds them.",
+    help="Also serve each classifier's INT8 variant (resnet18_int8 and resnet18_int8_ensemble, "
+    "NAME_int8 and NAME_int8_ensemble; written by `resnet18-triton quantize`). Default: those "
+    "the repository holds.",
 )
 def serve(
     repository: Path,
@@ -111,7 +112,12 @@ def serve(
     quiet: bool,
     int8: bool | None = None,
 ) -> None:
-    """Run the real Triton server on this machine (no Docker) until Ctrl-C or SIGTERM."""
+    """Run the real Triton server on this machine (no Docker) until Ctrl-C or SIGTERM.
+
+    Loads every classifier of the repository (each ensemble whose steps are its NAME_preprocess
+    and NAME_onnx models, the default one's preprocess and resnet18_onnx): steps first, ensembles
+    last.
+    """
     if int8 and not has_int8(repository.resolve()):
         raise click.ClickException(
             f"--int8: {repository} holds no complete INT8 variant; run `resnet18-triton quantize`"
@@ -146,7 +152,7 @@ def serve(
         sys.exit(error.exit_code)
     try:
         click.echo(
-            f"ready: http://{server.url} (models: {', '.join(options.models)}); Ctrl-C to stop",
+            f"ready: http://{server.url} (models: {', '.join(options.load_order)}); Ctrl-C to stop",
             err=True,
         )
         while not stop_requested.is_set():

@@ -32,7 +32,7 @@ from typing import TextIO
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ServerStartError, StartAborted
-from resnet18_triton.layout import backend_source, missing_files, shipped_backends
+from resnet18_triton.layout import backend_source, missing_files, served_models, shipped_backends
 from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = backend_source("onnxruntime")
@@ -119,7 +119,8 @@ class ServerOptions:
     http_port: int = contract.DEFAULT_HTTP_PORT
     grpc_port: int = contract.DEFAULT_GRPC_PORT
     metrics_port: int = contract.DEFAULT_METRICS_PORT
-    models: tuple[str, ...] = contract.SERVED_MODELS
+    # Models to load, in order; None: every classifier of the repository (layout.served_models).
+    models: tuple[str, ...] | None = None
     admin_key: str | None = None
     response_cache_bytes: int = 0
     exit_timeout_s: int = contract.SERVER_EXIT_TIMEOUT_S
@@ -142,6 +143,11 @@ class ServerOptions:
     @property
     def effective_admin_key(self) -> str:
         return self.admin_key or self.generated_admin_key
+
+    @property
+    def load_order(self) -> tuple[str, ...]:
+        """The models the server loads: ``models``, or every classifier in the repository."""
+        return self.models if self.models is not None else served_models(self.repository)
 
     @property
     def http_url(self) -> str:
@@ -240,7 +246,7 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
         str(install.server_binary),
         f"--model-repository={options.repository}",
         "--model-control-mode=explicit",
-        *[f"--load-model={name}" for name in options.models],
+        *[f"--load-model={name}" for name in options.load_order],
         f"--backend-directory={backends}",
         f"--http-address={http_host(options.host)}",
         f"--http-port={options.http_port}",

@@ -41,7 +41,7 @@ class WatchedOptions(Protocol):
     def repository(self) -> Path: ...
 
     @property
-    def models(self) -> tuple[str, ...]: ...
+    def load_order(self) -> tuple[str, ...]: ...
 
 
 class WatchedServer(Protocol):
@@ -159,7 +159,7 @@ class StubWatchdog:
         options = self.server.options
         return {
             model: model_fingerprint(Path(options.repository) / model)
-            for model in options.models
+            for model in options.load_order
             if (Path(options.repository) / model).is_dir()
         }
 

@@ -1,12 +1,16 @@
 """Triton Python-backend model: encoded image bytes -> ResNet-18 input pixels (uint8 CHW).
 
-The transform is the pixel part of torchvision's ``ResNet18_Weights.IMAGENET1K_V1.transforms()``
-done with Pillow and NumPy, so that the served pixels are the ones PyTorch would compute (bit for
-bit on the same Pillow): resize the shorter side to 256 (bilinear, Pillow's resize is
-antialiased), centre-crop 224, and emit the crop as uint8 [3, 224, 224]. The float part
-(scale to [0, 1], normalise with the mean and std) runs inside the classifier's ONNX graph, in
-the same float32 order as torchvision; sending uint8 moves a quarter of the bytes between the
-models. Grayscale, LA, RGBA, palette and CMYK inputs
+The default transform is the pixel part of torchvision's
+``ResNet18_Weights.IMAGENET1K_V1.transforms()`` done with Pillow and NumPy, so that the served
+pixels are the ones PyTorch would compute (bit for bit on the same Pillow): resize the shorter side
+to 256 (bilinear, Pillow's resize is antialiased), centre-crop 224, and emit the crop as uint8
+[3, 224, 224]. A classifier's config may set other settings (``Transform``: resize size or resize
+straight to the input size, input size, bilinear or bicubic), each equal to the torchvision
+transform built from them. The float part (scale to [0, 1], normalise with the classifier's mean
+and std) runs inside the classifier's ONNX graph, in the same float32 order as torchvision; sending
+uint8 moves a quarter of the bytes between the models. The config's ``mean`` and ``std`` describe
+that graph prefix (read back for display); this model does not apply them.
+Grayscale, LA, RGBA, palette and CMYK inputs
 are converted to RGB with ``Image.convert("RGB")``, as the reference does. Two decisions go beyond
 torchvision's transform (the test reference in ``tests/support.py`` makes the same ones):
 
@@ -188,43 +192,98 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def preprocess_image(image: Image.Image) -> np.ndarray:
-    """RGB PIL image -> uint8 [3, 224, 224]: the pixels torchvision's transform would normalise.
+INTERPOLATIONS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+# resize_size 0: resize straight to input_size x input_size (no aspect kept, no crop).
+RESIZE_STRAIGHT = 0
+
+
+@dataclass(frozen=True)
+class Transform:
+    """The classifier's preprocessing, from its config's parameters (defaults: ImageNet).
+
+    ``resize_size`` > 0 resizes the shorter side to it, then centre-crops ``input_size``;
+    ``RESIZE_STRAIGHT`` (0) resizes the whole image to ``input_size`` x ``input_size``.
+    ``mean`` and ``std`` are the normalisation the classifier's graph applies to these pixels
+    (torchvision's ToTensor + Normalize); they are validated and carried here, not applied.
+    """
+
+    resize_size: int = RESIZE_SIZE
+    input_size: int = CROP_SIZE
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}")
+        if self.input_size < 1 or (0 < self.resize_size < self.input_size):
+            raise ValueError(
+                f"resize_size {self.resize_size} cannot be cropped to input_size {self.input_size}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need 3 values each, std all above 0")
+
+
+IMAGENET = Transform()
+
+
+def preprocess_image(image: Image.Image, transform: Transform = IMAGENET) -> np.ndarray:
+    """RGB PIL image -> uint8 [3, S, S] (S = ``transform.input_size``): the pixels the torchvision
+    transform with the same settings would scale and normalise (default: ImageNet's, S = 224).
 
     The result is a CHW view of the crop's HWC buffer (not contiguous): the batch assembly copies
     it once, straight into its place in the batch.
     """
-    width, height = image.size
-    new_size = resized_size(width, height)
-    if new_size != (width, height):
-        image = image.resize(new_size, Image.Resampling.BILINEAR)
-    width, height = image.size
-    # torchvision's centre crop rounds with Python's round() (half to even); keep it identical.
-    top = round((height - CROP_SIZE) / 2.0)
-    left = round((width - CROP_SIZE) / 2.0)
-    image = image.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))
+    size = transform.input_size
+    resample = INTERPOLATIONS[transform.interpolation]
+    if transform.resize_size == RESIZE_STRAIGHT:
+        if image.size != (size, size):
+            image = image.resize((size, size), resample)
+    else:
+        width, height = image.size
+        new_size = resized_size(width, height, transform.resize_size)
+        if new_size != (width, height):
+            image = image.resize(new_size, resample)
+        width, height = image.size
+        # torchvision's centre crop rounds with Python's round() (half to even); keep it identical.
+        top = round((height - size) / 2.0)
+        left = round((width - size) / 2.0)
+        image = image.crop((left, top, left + size, top + size))
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)  # HWC view -> CHW view, no copy
 
 
-def preprocess_bytes(data: bytes, limits: Limits = Limits(), draft_min_size: int = 0) -> np.ndarray:
-    """Encoded image bytes -> uint8 [3, 224, 224], contiguous."""
-    return np.ascontiguousarray(preprocess_image(decode_image(data, limits, draft_min_size)))
+def preprocess_bytes(
+    data: bytes,
+    limits: Limits = Limits(),
+    draft_min_size: int = 0,
+    transform: Transform = IMAGENET,
+) -> np.ndarray:
+    """Encoded image bytes -> uint8 [3, S, S], contiguous."""
+    image = decode_image(data, limits, draft_min_size)
+    return np.ascontiguousarray(preprocess_image(image, transform))
 
 
 def preprocess_batch(
-    items: np.ndarray, limits: Limits = Limits(), draft_min_size: int = 0
+    items: np.ndarray,
+    limits: Limits = Limits(),
+    draft_min_size: int = 0,
+    transform: Transform = IMAGENET,
 ) -> np.ndarray:
-    """An object array [N, 1] of encoded images -> uint8 [N, 3, 224, 224].
+    """An object array [N, 1] of encoded images -> uint8 [N, 3, S, S].
 
     A bad image fails the whole request (Triton answers a request with one error), and the message
     says which image of the request it was.
     """
     flat = items.reshape(-1)
-    batch = np.empty((len(flat), 3, CROP_SIZE, CROP_SIZE), dtype=np.uint8)
+    size = transform.input_size
+    batch = np.empty((len(flat), 3, size, size), dtype=np.uint8)
     for position, data in enumerate(flat):
         try:
             image = decode_image(_as_bytes(data), limits, draft_min_size)
-            batch[position] = preprocess_image(image)
+            batch[position] = preprocess_image(image, transform)
         except ImageRejected as error:
             prefix = f"image {position + 1} of {len(flat)}: " if len(flat) > 1 else ""
             raise ImageRejected(f"{prefix}{error}") from None
@@ -260,6 +319,30 @@ def limits_from_config(model_config: dict) -> Limits:
     )
 
 
+def transform_from_config(model_config: dict) -> Transform:
+    """Read the preprocessing settings from the config's string parameters (absent: ImageNet).
+
+    ``mean`` and ``std`` are comma-separated triples; ``resize_size`` 0 means resize straight to
+    ``input_size``.
+    """
+    parameters = model_config.get("parameters", {})
+
+    def text(key: str) -> str:
+        return parameters.get(key, {}).get("string_value", "").strip()
+
+    def triple(key: str, default: tuple[float, float, float]) -> tuple[float, float, float]:
+        values = tuple(float(item) for item in text(key).split(",") if item.strip())
+        return values or default  # type: ignore[return-value]
+
+    return Transform(
+        resize_size=int(text("resize_size") or IMAGENET.resize_size),
+        input_size=int(text("input_size") or IMAGENET.input_size),
+        mean=triple("mean", IMAGENET.mean),
+        std=triple("std", IMAGENET.std),
+        interpolation=text("interpolation") or IMAGENET.interpolation,
+    )
+
+
 class TritonPythonModel:
     """Preprocesses every request of one ``execute`` call (dynamic batching hands us a list)."""
 
@@ -268,6 +351,7 @@ class TritonPythonModel:
         self.input_name = model_config["input"][0]["name"]
         self.output_name = model_config["output"][0]["name"]
         self.limits = limits_from_config(model_config)
+        self.transform = transform_from_config(model_config)
         # Image.draft for large JPEGs (0 = off, the default; see decode_image).
         draft = (
             model_config.get("parameters", {}).get("jpeg_draft_min_size", {}).get("string_value")
@@ -284,14 +368,16 @@ class TritonPythonModel:
         tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
         if tensor is None:
             return _error_response(f"missing input '{self.input_name}'")
-        batch, failure = preprocess_outcome(tensor.as_numpy(), self.limits, self.draft_min_size)
+        batch, failure = preprocess_outcome(
+            tensor.as_numpy(), self.limits, self.draft_min_size, self.transform
+        )
         if failure is not None:
             return _error_response(*failure)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)])
 
 
 def preprocess_outcome(
-    items: np.ndarray, limits: Limits, draft_min_size: int = 0
+    items: np.ndarray, limits: Limits, draft_min_size: int = 0, transform: Transform = IMAGENET
 ) -> tuple[np.ndarray | None, tuple[str, str] | None]:
     """(batch, None), or (None, (message, Triton error code)) for this request alone.
 
@@ -299,7 +385,7 @@ def preprocess_outcome(
     INTERNAL (500) for this request only: the stub and the other requests of the batch go on.
     """
     try:
-        return preprocess_batch(items, limits, draft_min_size), None
+        return preprocess_batch(items, limits, draft_min_size, transform), None
     except ImageRejected as error:
         return None, (str(error), "INVALID_ARG")
     except Exception as error:

@@ -1,0 +1,251 @@
+"""``resnet18-triton tune`` (the ``perf`` extra): search serving plans, report, apply, revert."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from resnet18_triton import contract
+from resnet18_triton.layout import default_repository, missing_files
+from resnet18_triton.perf.cli import _range
+
+
+def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    try:
+        numbers = tuple(sorted({int(part) for part in value.split(",") if part.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not numbers or min(numbers) < 0:
+        raise click.BadParameter("expected one or more non-negative integers, e.g. 1,4,8")
+    return numbers
+
+
+@click.command("tune")
+@click.option(
+    "--repo",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Model repository (default: $RESNET18_TRITON_REPO or ./model_repository).",
+)
+@click.option(
+    "--name",
+    default=contract.ENSEMBLE_MODEL,
+    show_default=True,
+    help="Classifier (ensemble) of the repository to tune.",
+)
+@click.option(
+    "--cores",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Cores the server may use: ONNX Runtime instances x threads never exceed it. "
+    "[default: the cores this process may run on]",
+)
+@click.option(
+    "--max-p99-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Latency limit: the best throughput among load levels with p99 within it.",
+)
+@click.option(
+    "--exhaustive", is_flag=True, help="Measure the full grid instead of the quick search."
+)
+@click.option(
+    "--compare",
+    multiple=True,
+    metavar="PLAN",
+    help="Instead of searching, measure these plans side by side, interleaved (repeatable; "
+    "labels as in the report, e.g. 'fp32 i1xt2 p1 b8 q0').",
+)
+@click.option(
+    "--rounds",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Interleaved rounds for --compare, and for re-measuring a search's finalists "
+    "(0: trust one measurement each); the best median wins.",
+)
+@click.option(
+    "--finalists",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="How many of a search's best plans are re-measured side by side.",
+)
+@click.option("--apply", "apply_winner", is_flag=True, help="Write the winner into the repository.")
+@click.option(
+    "--revert",
+    is_flag=True,
+    help="Restore the configs an earlier --apply replaced (byte for byte), and stop.",
+)
+@click.option(
+    "--variants",
+    default=None,
+    help="Comma-separated variants to try (fp32, int8). [default: every one the repository has]",
+)
+@click.option(
+    "--preprocess-instances",
+    "preprocess",
+    callback=_int_list,
+    default=None,
+    help="Preprocessing instance counts to try, e.g. 1,2. [default: 1 and 2 (up to --cores)]",
+)
+@click.option(
+    "--batch-sizes",
+    callback=_int_list,
+    default="1,4,8",
+    show_default=True,
+    help="Max batch sizes to try.",
+)
+@click.option(
+    "--queue-delays-us",
+    callback=_int_list,
+    default="0,2000",
+    show_default=True,
+    help="Dynamic-batching queue delays to try (microseconds).",
+)
+@click.option(
+    "--concurrency",
+    default="2:8:6",
+    show_default=True,
+    callback=_range,
+    help="perf_analyzer concurrency levels START:END:STEP, the same for every plan.",
+)
+@click.option(
+    "--measurement-interval",
+    "interval_ms",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(100),
+    help="perf_analyzer window (ms).",
+)
+@click.option("--max-trials", default=6, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of images sent to the ensemble (default: generated 500x375 JPEGs).",
+)
+@click.option("--max-images", default=8, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report folder (default reports/tune-<time>).",
+)
+def tune(
+    repo: Path | None,
+    name: str,
+    cores: int | None,
+    max_p99_ms: float | None,
+    exhaustive: bool,
+    compare: tuple[str, ...],
+    rounds: int,
+    finalists: int,
+    apply_winner: bool,
+    revert: bool,
+    variants: str | None,
+    preprocess: tuple[int, ...],
+    batch_sizes: tuple[int, ...],
+    queue_delays_us: tuple[int, ...],
+    concurrency: str,
+    interval_ms: int,
+    max_trials: int,
+    images: Path | None,
+    max_images: int,
+    out: Path | None,
+) -> None:
+    """Measure serving plans of a classifier on this machine and report the best.
+
+    Each plan (ONNX Runtime instances x intra-op threads, preprocessing instances, max batch
+    size, queue delay, FP32/INT8) runs in its own embedded server on a scratch copy of the
+    repository, under a perf_analyzer sweep of the ensemble with real JPEGs. The repository is
+    changed only by --apply (atomically, with a backup that --revert restores).
+    """
+    from resnet18_triton.export.model_configs import available_cores
+    from resnet18_triton.perf import images as image_sets
+    from resnet18_triton.perf.perf_analyzer import SweepSettings
+    from resnet18_triton.perf.tune import TunePlan, run_tune
+    from resnet18_triton.perf.tune_repository import apply_plan, available_variants, variant_models
+    from resnet18_triton.perf.tune_repository import revert as revert_repository
+    from resnet18_triton.perf.tune_space import SearchSpace, TuneError, parse_label
+    from resnet18_triton.server.embedded import TritonInstall
+
+    repository = repo or default_repository()
+    if revert:
+        restored = revert_repository(repository)
+        click.echo(f"restored {', '.join(restored)} in {repository} (restart the server)")
+        return
+    missing = missing_files(repository)
+    if missing:
+        raise TuneError(
+            f"the model repository {repository} is not ready ({missing[0]} is missing): run "
+            "`resnet18-triton export` first"
+        )
+    TritonInstall.locate()  # each plan runs in its own server: fail now, not once per plan
+    cores = cores or available_cores()
+    present = available_variants(repository, name)
+    plans = tuple(parse_label(label) for label in compare)
+    chosen = tuple(v.strip() for v in variants.split(",")) if variants else present
+    if plans:
+        chosen = tuple(dict.fromkeys(plan.variant for plan in plans))
+    absent = [v for v in chosen if v not in present]
+    if absent:
+        raise click.BadParameter(
+            f"{', '.join(absent)} not in {repository} (it has {', '.join(present)}); "
+            "`resnet18-triton quantize` writes int8",
+            param_hint="--variants",
+        )
+    space = SearchSpace(
+        cores=cores,
+        variants=chosen,
+        preprocess_instances=preprocess or tuple(range(1, min(2, cores) + 1)),
+        max_batch_sizes=batch_sizes,
+        queue_delays_us=queue_delays_us,
+    )
+    out = out or Path("reports") / f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
+    files = (
+        image_sets.read_folder(images, max_images)
+        if images is not None
+        else image_sets.jpeg_set(
+            Path("reports") / "images" / "500x375", image_sets.TYPICAL_SIZE, max_images
+        )
+    )
+    if not files:
+        raise click.BadParameter(f"no images in {images}", param_hint="--images")
+    plan = TunePlan(
+        repository=repository,
+        out=out,
+        space=space,
+        images=tuple(files),
+        sweep=SweepSettings(
+            concurrency=concurrency, measurement_interval_ms=interval_ms, max_trials=max_trials
+        ),
+        max_p99_ms=max_p99_ms,
+        exhaustive=exhaustive,
+        name=name,
+        compare=plans,
+        rounds=rounds,
+        finalists=finalists,
+    )
+    result = run_tune(plan, echo=lambda text: click.echo(text, err=True))
+    winner = result.winner
+    click.echo(
+        f"winner: {winner.candidate.label} ({result.winner_score:.1f} img/s); "
+        f"{len(result.measurements)} plans in {result.seconds / 60:.1f} min; "
+        f"report: {result.report}"
+    )
+    if apply_winner:
+        backup = apply_plan(repository, winner.candidate, cores, name)
+        click.echo(
+            f"applied to {repository} (previous configs kept in {backup}; "
+            "`resnet18-triton tune --revert` restores them); restart the server"
+        )
+        ensemble = variant_models(name, winner.candidate.variant).ensemble
+        if ensemble != name:
+            click.echo(
+                f"the winner is the {winner.candidate.variant} variant: clients ask {ensemble}"
+            )

@@ -1,0 +1,275 @@
+"""Where ``tune`` reads and writes model configs: scratch copies, ``--apply`` and ``--revert``.
+
+Configs are always rendered by ``export.model_configs`` (Triton's ``ModelConfig`` protobuf):
+``settings_from_configs`` reads the ``ServingSettings`` a repository was exported with (limits,
+warm-up, cache, ... included), a plan replaces only the knobs it tunes, and the FP32 configs are
+rendered again; the INT8 variant's are derived from them as ``quantize`` does, keeping its own
+parameters (the quantisation recipe).
+
+``apply_plan`` is a transaction (``export.transaction``): the served model directories are copied
+into a staging directory (files hard-linked, configs rewritten), swapped in atomically, and the
+replaced directories are moved, untouched, to ``backup_directory(repo)``. ``revert`` swaps them
+back, byte for byte, and removes the backup. A second apply is refused while a backup exists, so
+the backup always holds the files from before tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from resnet18_triton import contract
+from resnet18_triton.export.model_configs import (
+    ServingSettings,
+    all_model_configs,
+    parse,
+    render,
+)
+from resnet18_triton.export.repository import write_int8_configs, write_warmup_data
+from resnet18_triton.export.transaction import install, install_lock, staging_directory
+from resnet18_triton.files import fsync_directory, write_text_atomically
+from resnet18_triton.layout import CONFIG_FILENAME, has_int8
+from resnet18_triton.perf.tune_space import FP32, INT8, Candidate, TuneError
+
+BACKUP_MANIFEST = "tune-backup.json"
+# ONNX Runtime session options that ServingSettings renders; a variant's other parameters (its
+# quantisation recipe, its provenance) are kept as they are.
+SERVING_PARAMETERS = (
+    "intra_op_thread_count",
+    "inter_op_thread_count",
+    "execution_mode",
+    "enable_mem_arena",
+    "enable_mem_pattern",
+    "session.intra_op.allow_spinning",
+)
+
+
+@dataclass(frozen=True)
+class VariantModels:
+    """The models one variant of a classifier is served by (steps first, ensemble last)."""
+
+    preprocess: str
+    classifier: str
+    ensemble: str
+
+    @property
+    def load_order(self) -> tuple[str, ...]:
+        return (self.preprocess, self.classifier, self.ensemble)
+
+
+def variant_models(name: str, variant: str) -> VariantModels:
+    """Model names of classifier ``name`` in ``variant``: the one place that maps names.
+
+    New variants (e.g. OpenVINO) add their names here and their availability in
+    ``available_variants``.
+    """
+    if name != contract.ENSEMBLE_MODEL:
+        raise TuneError(
+            f"unknown classifier {name!r}: this repository layout serves "
+            f"{contract.ENSEMBLE_MODEL!r} only"
+        )
+    if variant == FP32:
+        return VariantModels(contract.PREPROCESS_MODEL, contract.ONNX_MODEL, name)
+    if variant == INT8:
+        return VariantModels(
+            contract.PREPROCESS_MODEL, contract.INT8_MODEL, contract.INT8_ENSEMBLE_MODEL
+        )
+    raise TuneError(f"unknown variant {variant!r}: expected one of {FP32}, {INT8}")
+
+
+def available_variants(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> tuple[str, ...]:
+    """Variants the repository can serve for classifier ``name``: FP32, plus INT8 once
+    ``resnet18-triton quantize`` has written it."""
+    variant_models(name, FP32)
+    return (FP32, INT8) if has_int8(repo) else (FP32,)
+
+
+def tuned_models(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> tuple[str, ...]:
+    """Every model directory a plan rewrites (all variants present), in load order."""
+    models: list[str] = []
+    for variant in available_variants(repo, name):
+        models += [m for m in variant_models(name, variant).load_order if m not in models]
+    return tuple(models)
+
+
+def _string(config: mc.ModelConfig, key: str, default: str = "") -> str:
+    return config.parameters[key].string_value if key in config.parameters else default
+
+
+def _instances(config: mc.ModelConfig) -> int:
+    return sum(group.count for group in config.instance_group) or 1
+
+
+def settings_from_configs(
+    preprocess: mc.ModelConfig, classifier: mc.ModelConfig, ensemble: mc.ModelConfig, cores: int
+) -> ServingSettings:
+    """The ``ServingSettings`` that rendered these configs (``cores`` is not in a config)."""
+    threads = int(_string(classifier, "intra_op_thread_count", "1") or 1)
+    instances = _instances(classifier)
+    return ServingSettings(
+        cores=max(cores, instances * threads),
+        onnx_instances=instances,
+        intra_op_threads=threads,
+        inter_op_threads=int(_string(classifier, "inter_op_thread_count", "1") or 1),
+        preprocess_instances=_instances(preprocess),
+        max_batch_size=classifier.max_batch_size,
+        max_queue_delay_us=classifier.dynamic_batching.max_queue_delay_microseconds,
+        preferred_batch_sizes=tuple(classifier.dynamic_batching.preferred_batch_size),
+        max_image_pixels=int(_string(preprocess, "max_image_pixels", "0")),
+        max_image_bytes=int(_string(preprocess, "max_image_bytes", "0")),
+        max_aspect_ratio=float(_string(preprocess, "max_aspect_ratio", "0")),
+        allowed_formats=tuple(filter(None, _string(preprocess, "allowed_formats").split(","))),
+        response_cache=ensemble.response_cache.enable,
+        warmup=len(classifier.model_warmup) > 0,
+        openvino=len(classifier.optimization.execution_accelerators.cpu_execution_accelerator) > 0,
+        intra_op_spinning=_string(classifier, "session.intra_op.allow_spinning") == "1",
+        ort_memory_arena=_string(classifier, "enable_mem_arena") == "1",
+        jpeg_draft_min_size=int(_string(preprocess, "jpeg_draft_min_size", "0") or 0),
+    )
+
+
+def read_config(repo: Path, model: str) -> mc.ModelConfig:
+    path = repo / model / CONFIG_FILENAME
+    if not path.is_file():
+        raise TuneError(f"{path} is missing: run `resnet18-triton export` first")
+    return parse(path.read_text())
+
+
+def repository_settings(repo: Path, cores: int) -> ServingSettings:
+    """The FP32 serving settings the repository holds now."""
+    return settings_from_configs(
+        read_config(repo, contract.PREPROCESS_MODEL),
+        read_config(repo, contract.ONNX_MODEL),
+        read_config(repo, contract.ENSEMBLE_MODEL),
+        cores,
+    )
+
+
+def plan_settings(base: ServingSettings, plan: Candidate, cores: int) -> ServingSettings:
+    """``base`` with the plan's knobs; preferred batch sizes above its batch size are dropped."""
+    settings = dataclasses.replace(
+        base,
+        cores=cores,
+        onnx_instances=plan.onnx_instances,
+        intra_op_threads=plan.intra_op_threads,
+        preprocess_instances=plan.preprocess_instances,
+        max_batch_size=plan.max_batch_size,
+        max_queue_delay_us=plan.max_queue_delay_us,
+        preferred_batch_sizes=tuple(
+            size for size in base.preferred_batch_sizes if size <= plan.max_batch_size
+        ),
+    )
+    try:
+        settings.check()
+    except Exception as error:
+        raise TuneError(f"plan {plan.label} is not servable: {error}") from None
+    return settings
+
+
+def write_plan_configs(source: Path, target: Path, plan: Candidate, cores: int) -> list[Path]:
+    """Render the plan's configs for every model of ``source`` into ``target`` (which holds
+    copies of its model directories); returns the configs written."""
+    settings = plan_settings(repository_settings(source, cores), plan, cores)
+    classifier = read_config(source, contract.ONNX_MODEL)
+    provenance = _string(classifier, contract.PROVENANCE_PARAMETER)
+    written = []
+    for config in all_model_configs(settings, provenance):
+        written.append(
+            write_text_atomically(target / config.name / CONFIG_FILENAME, render(config))
+        )
+    if settings.warmup:
+        write_warmup_data(target)
+    if has_int8(source):
+        int8 = read_config(source, contract.INT8_MODEL)
+        kept = {
+            key: value.string_value
+            for key, value in int8.parameters.items()
+            if key not in SERVING_PARAMETERS
+        }
+        written += write_int8_configs(target, kept)
+    return written
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Hard links cost no space for the ONNX files; configs are replaced by rename, never
+    written in place, so the original files never change."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def copy_models(source: Path, target: Path, models: tuple[str, ...]) -> None:
+    """Copies of ``source/<model>`` in ``target`` (files hard-linked where possible)."""
+    for model in models:
+        shutil.copytree(source / model, target / model, copy_function=_link_or_copy)
+
+
+def scratch_repository(source: Path, target: Path, name: str = contract.ENSEMBLE_MODEL) -> Path:
+    """A copy of the served models of ``source`` at ``target`` for measuring plans."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    copy_models(source, target, tuned_models(source, name))
+    return target
+
+
+def backup_directory(repo: Path) -> Path:
+    """Where ``--apply`` keeps the replaced model directories: a hidden sibling of the
+    repository (same filesystem; outside it, so a server never sees it)."""
+    repo = Path(repo).resolve()
+    return repo.parent / f".{repo.name}.tune-backup"
+
+
+def apply_plan(
+    repo: Path, plan: Candidate, cores: int, name: str = contract.ENSEMBLE_MODEL
+) -> Path:
+    """Write the plan's configs into ``repo`` atomically; returns the backup directory."""
+    repository = Path(repo).resolve()
+    backup = backup_directory(repository)
+    if backup.exists():
+        raise TuneError(
+            f"an earlier `tune --apply` left its backup at {backup}: run `resnet18-triton tune "
+            "--revert` first (or delete that directory to keep the applied configs)"
+        )
+    models = tuned_models(repository, name)
+    with staging_directory(repository) as staging:
+        copy_models(repository, staging, models)
+        write_plan_configs(repository, staging, plan, cores)
+        with install_lock(repository):
+            install(staging, repository, models)
+            _keep_replaced(staging, backup, models, plan)
+    return backup
+
+
+def _keep_replaced(staging: Path, backup: Path, models: tuple[str, ...], plan: Candidate) -> None:
+    """Move the replaced directories (now in ``staging``) to ``backup``, with a manifest."""
+    partial = backup.with_name(backup.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    for model in models:
+        os.rename(staging / model, partial / model)
+    manifest = {"models": list(models), "applied": dataclasses.asdict(plan)}
+    write_text_atomically(partial / BACKUP_MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    os.rename(partial, backup)
+    fsync_directory(backup.parent)
+
+
+def revert(repo: Path) -> list[str]:
+    """Put back the model directories ``apply_plan`` replaced; returns the models restored."""
+    repository = Path(repo).resolve()
+    backup = backup_directory(repository)
+    manifest_path = backup / BACKUP_MANIFEST
+    if not manifest_path.is_file():
+        raise TuneError(f"nothing to revert: no `tune --apply` backup at {backup}")
+    models = tuple(json.loads(manifest_path.read_text())["models"])
+    with install_lock(repository):
+        install(backup, repository, models)
+    shutil.rmtree(backup)
+    return list(models)

@@ -1,0 +1,366 @@
+"""``tune``: the search space, the quick search, the choice of a winner, apply and revert."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from google.protobuf.json_format import MessageToDict
+
+from resnet18_triton import contract
+from resnet18_triton.client.results import serving_summary
+from resnet18_triton.export.model_configs import ServingSettings, all_model_configs, parse
+from resnet18_triton.export.repository import fill_repository, write_int8_configs
+from resnet18_triton.layout import onnx_model_path
+from resnet18_triton.perf.perf_analyzer import Row
+from resnet18_triton.perf.tune import csv_records, summary_table
+from resnet18_triton.perf.tune_repository import (
+    apply_plan,
+    available_variants,
+    backup_directory,
+    plan_settings,
+    repository_settings,
+    revert,
+    settings_from_configs,
+    tuned_models,
+    variant_models,
+)
+from resnet18_triton.perf.tune_space import (
+    FP32,
+    INT8,
+    Candidate,
+    Measurement,
+    SearchSpace,
+    TuneError,
+    best_by_median,
+    coordinate_descent,
+    interleaved,
+    median_scores,
+    parse_label,
+    select_winner,
+    thread_splits,
+    top_plans,
+)
+
+
+def row(throughput: float, p99_ms: float, load: float = 2) -> Row:
+    nan = float("nan")
+    return Row(
+        "resnet18",
+        "x",
+        load,
+        "concurrency",
+        throughput,
+        p99_ms / 2,
+        nan,
+        nan,
+        p99_ms,
+        nan,
+        nan,
+        nan,
+    )
+
+
+def measured(candidate: Candidate, *rows: Row, failed: int = 0) -> Measurement:
+    return Measurement(candidate, tuple(rows), failed)
+
+
+# --- the space -------------------------------------------------------------------------------
+
+
+def test_thread_splits_never_exceed_the_cores() -> None:
+    for cores in (1, 2, 3, 8):
+        splits = thread_splits(cores)
+        assert all(instances * threads <= cores for instances, threads in splits)
+        assert (1, cores) in splits and (cores, 1) in splits
+    assert thread_splits(2) == [(1, 1), (1, 2), (2, 1)]
+
+
+def test_the_pruned_splits_use_every_core_they_can() -> None:
+    assert thread_splits(8, full_only=True) == [
+        (1, 8), (2, 4), (3, 2), (4, 2), (5, 1), (6, 1), (7, 1), (8, 1)
+    ]  # fmt: skip
+
+
+def test_the_grid_is_every_combination_within_the_cores() -> None:
+    space = SearchSpace(cores=2, variants=(FP32, INT8))
+    grid = space.grid()
+    assert len(grid) == 2 * 3 * 2 * 3 * 2
+    assert len(set(grid)) == len(grid)
+    assert all(plan.threads <= 2 for plan in grid)
+
+
+def test_the_quick_search_starts_from_the_rule_of_thumb() -> None:
+    space = SearchSpace(cores=4, preprocess_instances=(2, 1), max_batch_sizes=(4, 16, 1))
+    assert space.seed() == Candidate(FP32, 1, 4, 1, 16, 0)
+
+
+def test_an_empty_or_negative_knob_is_refused() -> None:
+    with pytest.raises(TuneError, match="max batch sizes"):
+        SearchSpace(cores=2, max_batch_sizes=())
+    with pytest.raises(TuneError, match="negative"):
+        SearchSpace(cores=2, queue_delays_us=(-1,))
+    with pytest.raises(TuneError, match="cores"):
+        SearchSpace(cores=0)
+
+
+# --- the quick search ------------------------------------------------------------------------
+
+
+def synthetic_throughput(plan: Candidate) -> float:
+    """A separable objective whose best plan is int8, 2x1, 2 preprocess, batch 4, delay 2000."""
+    return (
+        (100 if plan.variant == INT8 else 40)
+        + {(1, 2): 5, (2, 1): 9, (1, 1): 0}[(plan.onnx_instances, plan.intra_op_threads)]
+        + 3 * plan.preprocess_instances
+        + {1: 0, 4: 6, 8: 4}[plan.max_batch_size]
+        + plan.max_queue_delay_us / 1000
+    )
+
+
+def test_coordinate_descent_finds_the_best_plan_of_a_separable_objective_in_few_runs() -> None:
+    space = SearchSpace(cores=2, variants=(FP32, INT8))
+    calls: list[Candidate] = []
+
+    def measure(plan: Candidate) -> Measurement:
+        calls.append(plan)
+        return measured(plan, row(synthetic_throughput(plan), 50))
+
+    results = coordinate_descent(space, measure)
+    best = max(space.grid(), key=synthetic_throughput)
+    assert select_winner(results).candidate == best
+    assert len(calls) == len(set(calls)), "a plan was measured twice"
+    assert len(calls) < len(space.grid()) / 4
+
+
+def test_coordinate_descent_respects_the_latency_limit() -> None:
+    space = SearchSpace(cores=2, max_batch_sizes=(1, 8), queue_delays_us=(0,))
+
+    def measure(plan: Candidate) -> Measurement:
+        # Bigger batches are faster but break a 100 ms p99 limit.
+        p99 = 150 if plan.max_batch_size == 8 else 60
+        return measured(plan, row(synthetic_throughput(plan), p99))
+
+    winner = select_winner(coordinate_descent(space, measure, max_p99_ms=100), max_p99_ms=100)
+    assert winner.candidate.max_batch_size == 1
+
+
+def test_a_plan_label_reads_back_as_the_plan() -> None:
+    plan = Candidate(INT8, 2, 1, 2, 4, 2000)
+    assert parse_label(plan.label) == plan
+    assert parse_label("  fp32  i1xt2 p1 b8 q0 ") == Candidate()
+    with pytest.raises(TuneError, match=r"expected e\.g\. 'fp32 i1xt2 p1 b8 q0'"):
+        parse_label("fp32 1x2")
+
+
+def test_interleaved_runs_alternate_the_plans_and_rank_them_by_median() -> None:
+    a, b = Candidate(max_batch_size=1), Candidate(max_batch_size=8)
+    throughputs = iter([10, 30, 50, 31, 12, 29])  # a's second run hit a fast spell
+    order: list[Candidate] = []
+
+    def measure(plan: Candidate) -> Measurement:
+        order.append(plan)
+        return measured(plan, row(next(throughputs), 50))
+
+    runs = interleaved([a, b], measure, rounds=3)
+    assert order == [a, b, a, b, a, b]
+    assert median_scores(runs) == {a: 12, b: 30}
+
+
+def test_the_finalists_are_the_best_distinct_qualified_plans() -> None:
+    a, b, c = (Candidate(max_batch_size=n) for n in (1, 4, 8))
+    runs = [
+        measured(a, row(50, 40)),
+        measured(b, row(60, 40)),
+        measured(a, row(55, 40)),
+        measured(c, row(99, 40), failed=1),
+    ]
+    assert top_plans(runs, 3) == [b, a]
+    assert top_plans(runs, 1) == [b]
+
+
+def test_the_best_median_beats_one_lucky_measurement() -> None:
+    lucky, steady = Candidate(max_batch_size=1), Candidate(max_batch_size=8)
+    runs = [
+        measured(lucky, row(80, 40)),
+        measured(steady, row(60, 40)),
+        measured(lucky, row(50, 40)),
+        measured(steady, row(62, 40)),
+        measured(lucky, row(52, 40)),
+        measured(steady, row(61, 40)),
+    ]
+    winner, median = best_by_median(runs)
+    assert winner.candidate == steady and median == 61
+    with pytest.raises(TuneError, match="within 10 ms"):
+        best_by_median(runs, max_p99_ms=10)
+
+
+# --- the winner ------------------------------------------------------------------------------
+
+
+def test_the_winner_is_the_highest_throughput() -> None:
+    slow = measured(Candidate(onnx_instances=2, intra_op_threads=1), row(40, 90))
+    fast = measured(Candidate(), row(30, 50), row(45, 120))
+    assert select_winner([slow, fast]).candidate == Candidate()
+
+
+def test_under_a_latency_limit_only_load_levels_within_it_count() -> None:
+    slow = measured(Candidate(onnx_instances=2, intra_op_threads=1), row(40, 90))
+    fast = measured(Candidate(), row(30, 50), row(45, 120))
+    winner = select_winner([slow, fast], max_p99_ms=100)
+    assert winner is slow and winner.score(100) == 40
+    assert fast.score(100) == 30
+
+
+def test_a_plan_with_failed_requests_never_wins() -> None:
+    broken = measured(Candidate(max_batch_size=4), row(99, 10), failed=3)
+    fine = measured(Candidate(), row(20, 50))
+    assert select_winner([broken, fine]) is fine
+
+
+def test_a_tie_goes_to_the_plan_with_fewer_threads() -> None:
+    full = measured(Candidate(intra_op_threads=2), row(40, 50))
+    half = measured(Candidate(intra_op_threads=1), row(40, 50))
+    assert select_winner([full, half]) is half
+
+
+def test_no_plan_within_the_limit_says_the_lowest_p99_seen() -> None:
+    plans = [
+        measured(Candidate(), row(40, 180)),
+        measured(Candidate(max_batch_size=1), row(30, 150)),
+    ]
+    with pytest.raises(TuneError, match=r"within 50 ms \(the lowest measured was 150.0 ms\)"):
+        select_winner(plans, max_p99_ms=50)
+
+
+def test_the_report_lists_every_load_level_and_ranks_plans_best_first() -> None:
+    plans = [
+        measured(Candidate(max_batch_size=1), row(30, 60, load=2), row(35, 90, load=8)),
+        measured(Candidate(), row(44, 70, load=2)),
+        Measurement(Candidate(max_batch_size=4), (), error="the server failed to start"),
+    ]
+    records = csv_records(plans)
+    assert [r.get("throughput") for r in records] == [30, 35, 44, None]
+    table = summary_table(plans, None).splitlines()
+    assert table[2].startswith("| fp32 i1xt2 p1 b8 q0 | 44.0 ")
+    assert "the server failed to start" in table[-1]
+
+
+# --- configs, apply and revert ---------------------------------------------------------------
+
+CATEGORIES = [f"class {index}" for index in range(contract.NUM_CLASSES)]
+
+
+def test_the_settings_read_back_from_rendered_configs_are_the_ones_rendered() -> None:
+    settings = ServingSettings(
+        cores=4,
+        onnx_instances=2,
+        intra_op_threads=2,
+        preprocess_instances=3,
+        max_batch_size=16,
+        max_queue_delay_us=500,
+        preferred_batch_sizes=(4, 16),
+        max_image_pixels=1234,
+        max_aspect_ratio=8.5,
+        allowed_formats=("JPEG", "PNG"),
+        response_cache=True,
+        warmup=False,
+        jpeg_draft_min_size=256,
+    )
+    preprocess, classifier, ensemble = all_model_configs(settings, "{}")
+    assert settings_from_configs(preprocess, classifier, ensemble, cores=4) == settings
+
+
+def test_a_plan_drops_preferred_batch_sizes_above_its_batch_size() -> None:
+    base = ServingSettings(preferred_batch_sizes=(2, 8))
+    settings = plan_settings(base, Candidate(max_batch_size=4), cores=2)
+    assert settings.preferred_batch_sizes == (2,) and settings.max_batch_size == 4
+
+
+def test_an_oversubscribed_plan_is_refused() -> None:
+    with pytest.raises(TuneError, match="oversubscribe"):
+        plan_settings(ServingSettings(), Candidate(onnx_instances=2, intra_op_threads=2), cores=2)
+
+
+def test_health_shows_instances_threads_and_batching_from_a_config() -> None:
+    settings = ServingSettings(onnx_instances=2, intra_op_threads=1, max_queue_delay_us=2000)
+    _, classifier, ensemble = all_model_configs(settings, "{}")
+    as_served = MessageToDict(classifier, preserving_proto_field_name=True)
+    assert serving_summary(as_served) == (
+        ("instances", "2"),
+        ("intra-op threads", "1"),
+        ("max batch", "8"),
+        ("queue delay us", "2000"),
+    )
+    assert serving_summary(MessageToDict(ensemble, preserving_proto_field_name=True)) == (
+        ("max batch", "8"),
+    )
+
+
+@pytest.fixture()
+def repository(tmp_path: Path) -> Path:
+    """A repository as export and quantize fill it, with stand-in ONNX files (never read)."""
+    repo = tmp_path / "model_repository"
+    fill_repository(repo, ServingSettings(), json.dumps({"source": "random"}), CATEGORIES)
+    for model, content in ((contract.ONNX_MODEL, b"fp32"), (contract.INT8_MODEL, b"int8")):
+        onnx_model_path(repo, model).parent.mkdir(parents=True, exist_ok=True)
+        onnx_model_path(repo, model).write_bytes(content + b" stand-in")
+        if model == contract.ONNX_MODEL:
+            write_int8_configs(repo, {"quantization": "static"})
+    return repo
+
+
+def digest(repo: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(repo.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_the_repository_offers_int8_once_quantize_wrote_it(repository: Path) -> None:
+    assert available_variants(repository) == (FP32, INT8)
+    assert tuned_models(repository) == (
+        "preprocess",
+        "resnet18_onnx",
+        "resnet18",
+        "resnet18_int8",
+        "resnet18_int8_ensemble",
+    )
+    assert variant_models("resnet18", INT8).ensemble == "resnet18_int8_ensemble"
+    with pytest.raises(TuneError, match="unknown classifier"):
+        variant_models("resnet50", FP32)
+
+
+def test_apply_writes_the_plan_and_revert_restores_every_byte(repository: Path) -> None:
+    before = digest(repository)
+    plan = Candidate(INT8, 2, 1, 2, 4, 2000)
+    backup = apply_plan(repository, plan, cores=2)
+    assert backup == backup_directory(repository) and backup.is_dir()
+    settings = repository_settings(repository, cores=2)
+    assert (settings.onnx_instances, settings.intra_op_threads) == (2, 1)
+    assert (settings.preprocess_instances, settings.max_batch_size) == (2, 4)
+    assert settings.max_queue_delay_us == 2000
+    int8 = parse((repository / "resnet18_int8" / "config.pbtxt").read_text())
+    assert int8.parameters["quantization"].string_value == "static"
+    assert int8.instance_group[0].count == 2 and int8.max_batch_size == 4
+    assert int8.parameters["intra_op_thread_count"].string_value == "1"
+    assert digest(repository) != before
+    assert revert(repository) == list(tuned_models(repository))
+    assert digest(repository) == before
+    assert not backup.exists()
+
+
+def test_a_second_apply_is_refused_while_the_backup_exists(repository: Path) -> None:
+    apply_plan(repository, Candidate(max_batch_size=4), cores=2)
+    applied = digest(repository)
+    with pytest.raises(TuneError, match="--revert"):
+        apply_plan(repository, Candidate(max_batch_size=1), cores=2)
+    assert digest(repository) == applied
+
+
+def test_revert_without_an_apply_says_there_is_nothing_to_revert(repository: Path) -> None:
+    with pytest.raises(TuneError, match="nothing to revert"):
+        revert(repository)
