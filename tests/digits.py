@@ -22,6 +22,7 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 from click.testing import CliRunner  # noqa: E402
 
 from resnet18_triton.export import quantize as q  # noqa: E402
+from tests.support import normalised  # noqa: E402
 
 DIGITS_SEED = 0
 TRAIN, CALIBRATION, HELD_OUT = 200, 48, 100
@@ -63,7 +64,7 @@ def digits_model():
     fc, model.fc = model.fc, torch.nn.Identity()
 
     def features(name: str) -> np.ndarray:
-        batch = np.stack([preprocess.preprocess_bytes(data) for data in pngs[name]])
+        batch = normalised(np.stack([preprocess.preprocess_bytes(data) for data in pngs[name]]))
         with torch.inference_mode():
             return model(torch.from_numpy(batch)).numpy().astype(np.float64)
 

@@ -34,6 +34,23 @@ def preprocess_module() -> ModuleType:
     return load_module(python_model_source("preprocess"), "preprocess_model")
 
 
+def normalised(
+    pixels: np.ndarray,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> np.ndarray:
+    """uint8 pixels [..., 3, H, W] -> the float32 tensor the exported graph's prefix computes
+    (torchvision's ToTensor + Normalize arithmetic; ImageNet statistics unless given)."""
+    import torch
+
+    from resnet18_triton.export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, Normalized
+
+    batch = torch.from_numpy(np.ascontiguousarray(pixels))
+    prefix = Normalized(torch.nn.Identity(), mean or IMAGENET_MEAN, std or IMAGENET_STD)
+    with torch.inference_mode():
+        return prefix(batch.reshape(-1, *batch.shape[-3:])).reshape(batch.shape).numpy()
+
+
 def varied_images() -> dict[str, bytes]:
     """Encoded images of every kind the preprocessing must turn into RGB, named by what they are."""
     from PIL import Image
@@ -126,6 +143,14 @@ class TorchReference:
 
     def tensor(self, data: bytes):
         return self.transform(reference_rgb(data))
+
+    def pixels(self, data: bytes) -> np.ndarray:
+        """uint8 [3, 224, 224]: torchvision's resize and centre crop, before ToTensor/Normalize
+        (what the raw model takes)."""
+        from torchvision import transforms
+
+        crop = transforms.CenterCrop(224)(transforms.Resize(256)(reference_rgb(data)))
+        return np.ascontiguousarray(np.asarray(crop, dtype=np.uint8).transpose(2, 0, 1))
 
     def logits(self, batch) -> np.ndarray:
         with self.torch.inference_mode():

@@ -19,7 +19,7 @@ ENSEMBLE_OUTPUT = "PROBABILITIES"
 # The steps of the ensemble.
 PREPROCESS_MODEL = "preprocess"
 PREPROCESS_INPUT = "IMAGE"
-PREPROCESS_OUTPUT = "NORMALIZED_IMAGE"
+PREPROCESS_OUTPUT = "PIXELS"  # uint8 RGB [3, 224, 224]; the classifier normalises
 
 # The classifier has two outputs, both [batch, 1000] float32, in this order: the raw logits, and
 # softmax(logits) over the classes, computed inside the ONNX graph (no separate postprocessing

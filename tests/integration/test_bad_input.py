@@ -43,12 +43,21 @@ def test_wrong_dtype_to_raw_model_is_refused_by_name(http_client) -> None:
     data.set_data_from_numpy(np.zeros((1, 3, 224, 224), dtype=np.int32))
     with pytest.raises(InferenceServerException) as caught:
         http_client.infer(contract.ONNX_MODEL, [data])
-    assert "INT32" in caught.value.message() and "FP32" in caught.value.message()
+    assert "INT32" in caught.value.message() and "UINT8" in caught.value.message()
+
+
+def test_a_float_tensor_of_the_old_raw_contract_is_refused_naming_uint8(http_client) -> None:
+    data = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 224, 224], "FP32")
+    data.set_data_from_numpy(np.zeros((1, 3, 224, 224), dtype=np.float32))
+    with pytest.raises(InferenceServerException) as caught:
+        http_client.infer(contract.ONNX_MODEL, [data])
+    assert "FP32" in caught.value.message() and "UINT8" in caught.value.message()
+    assert http_client.is_server_ready()
 
 
 def test_wrong_shape_and_name_are_refused(http_client) -> None:
-    shape = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 100, 100], "FP32")
-    shape.set_data_from_numpy(np.zeros((1, 3, 100, 100), dtype=np.float32))
+    shape = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 100, 100], "UINT8")
+    shape.set_data_from_numpy(np.zeros((1, 3, 100, 100), dtype=np.uint8))
     with pytest.raises(InferenceServerException, match="shape"):
         http_client.infer(contract.ONNX_MODEL, [shape])
     name = httpclient.InferInput("not_the_input", [1, 1], "BYTES")

@@ -122,19 +122,19 @@ WRONG_TENSORS = {
     "raw shape": (
         contract.ONNX_MODEL,
         lambda: _raw(
-            contract.ONNX_INPUT, [1, 3, 100, 100], "FP32", np.zeros((1, 3, 100, 100), np.float32)
+            contract.ONNX_INPUT, [1, 3, 100, 100], "UINT8", np.zeros((1, 3, 100, 100), np.uint8)
         ),
         r"shape",
     ),
     "raw name": (
         contract.ONNX_MODEL,
-        lambda: _raw("pixels", [1, 3, 224, 224], "FP32", np.zeros((1, 3, 224, 224), np.float32)),
+        lambda: _raw("pixels", [1, 3, 224, 224], "UINT8", np.zeros((1, 3, 224, 224), np.uint8)),
         r"pixels",
     ),
     "raw batch too big": (
         contract.ONNX_MODEL,
         lambda: _raw(
-            contract.ONNX_INPUT, [64, 3, 224, 224], "FP32", np.zeros((64, 3, 224, 224), np.float32)
+            contract.ONNX_INPUT, [64, 3, 224, 224], "UINT8", np.zeros((64, 3, 224, 224), np.uint8)
         ),
         r"batch.size|max",
     ),

@@ -11,7 +11,13 @@ import pytest
 import tritonclient.http as httpclient
 
 from resnet18_triton import contract
-from tests.support import LOGIT_ATOL, PROBABILITY_ATOL, TorchReference, varied_images
+from tests.support import (
+    LOGIT_ATOL,
+    PROBABILITY_ATOL,
+    TorchReference,
+    normalised,
+    varied_images,
+)
 
 IMAGES = varied_images()
 
@@ -90,14 +96,14 @@ def test_raw_model_over_plain_kserve_json(url: str, reference: TorchReference) -
     """No tritonclient: the v2 JSON protocol a stock client (curl) would use. Both outputs: the
     logits, and the probabilities the ONNX graph computes from them."""
     image = IMAGES["rocket.jpg"]
-    tensor = reference.tensor(image).numpy()
+    pixels = reference.pixels(image)
     body = {
         "inputs": [
             {
                 "name": contract.ONNX_INPUT,
                 "shape": [1, 3, 224, 224],
-                "datatype": "FP32",
-                "data": tensor.reshape(-1).tolist(),
+                "datatype": "UINT8",
+                "data": pixels.reshape(-1).tolist(),
             }
         ],
         "outputs": [{"name": name} for name in contract.ONNX_OUTPUTS],
@@ -115,7 +121,9 @@ def test_raw_model_over_plain_kserve_json(url: str, reference: TorchReference) -
     import torch
 
     logits = np.array(outputs[contract.ONNX_OUTPUT]["data"], dtype=np.float32)
-    expected = reference.logits(torch.from_numpy(tensor[None]))[0]
+    # The graph normalises the pixels: the reference's own float tensor gives the same logits.
+    np.testing.assert_array_equal(normalised(pixels), reference.tensor(image).numpy())
+    expected = reference.logits(torch.from_numpy(normalised(pixels)[None]))[0]
     np.testing.assert_allclose(logits, expected, atol=LOGIT_ATOL)
     assert int(np.argmax(logits)) == int(expected.argmax())
     probabilities = np.array(outputs[contract.ONNX_PROBABILITIES]["data"], dtype=np.float32)
@@ -127,8 +135,8 @@ def test_raw_model_probabilities_give_labelled_top_k(
 ) -> None:
     """The classification extension on the raw model's probabilities output (labels.txt)."""
     image = IMAGES["coffee.png"]
-    data = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 224, 224], "FP32")
-    data.set_data_from_numpy(reference.tensor(image).numpy()[None])
+    data = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 224, 224], "UINT8")
+    data.set_data_from_numpy(reference.pixels(image)[None])
     assert_labelled_top_k(
         http_client,
         contract.ONNX_MODEL,
@@ -147,5 +155,6 @@ def test_raw_model_metadata(http_client) -> None:
     assert all(o["shape"] == [-1, 1000] for o in metadata["outputs"])
     config = http_client.get_model_config(contract.ONNX_MODEL)
     assert config["input"][0]["format"] == "FORMAT_NCHW"
+    assert metadata["inputs"][0]["datatype"] == "UINT8"
     provenance = json.loads(config["parameters"][contract.PROVENANCE_PARAMETER]["string_value"])
     assert (provenance["source"], provenance["seed"]) == ("random", 0)

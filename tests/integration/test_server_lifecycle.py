@@ -240,3 +240,18 @@ def test_an_ipv6_host_becomes_ready_and_answers(exported_repository: Path, refer
         finally:
             client.close()
     assert abs(served - reference.probabilities([image])).max() <= PROBABILITY_ATOL
+
+
+def test_every_stub_starts_with_the_configured_shared_memory(server: EmbeddedServer) -> None:
+    """The stub's command line carries its region's start and growth sizes (Triton 2.51: the
+    model path, the region name, then the two sizes); both Python-based backends got ours."""
+    stubs = {
+        stub_model(process.cmdline()): process.cmdline()
+        for process in psutil.Process(server.pid).children()
+    }
+    expected = [str(server.options.python_shm_default_bytes)]
+    expected.append(str(server.options.python_shm_growth_bytes))
+    assert {contract.PREPROCESS_MODEL, contract.ONNX_MODEL} <= set(stubs)
+    for model in (contract.PREPROCESS_MODEL, contract.ONNX_MODEL):
+        assert stubs[model][3:5] == expected, stubs[model]
+    assert server.options.python_shm_default_bytes > 2**20  # more than Triton's 1 MiB default

@@ -63,3 +63,28 @@ def test_stub_model_reads_the_model_from_a_stub_command_line() -> None:
     assert stub_model([stub, "/repo/resnet18_onnx/1/model.onnx"]) == "resnet18_onnx"
     assert stub_model(["/usr/bin/tritonserver", "/repo/preprocess/1/model.py"]) is None
     assert stub_model([stub]) is None
+
+
+def test_every_python_based_backend_gets_shared_memory_for_a_full_pixel_batch(
+    tmp_path: Path,
+) -> None:
+    from resnet18_triton import contract
+    from resnet18_triton.server.embedded import ServerOptions, server_arguments
+
+    install = TritonInstall.locate()
+    arguments = server_arguments(ServerOptions(repository=tmp_path), install, tmp_path)
+    settings = [
+        argument.removeprefix("--backend-config=").rpartition("=")
+        for argument in arguments
+        if argument.startswith("--backend-config=")
+    ]
+    sizes = {key: int(value) for key, _, value in settings}
+    batch_bytes = contract.MAX_BATCH_SIZE * contract.CHANNELS * contract.IMAGE_SIZE**2
+    from resnet18_triton.layout import shipped_backends
+
+    assert {"onnxruntime", "openvino"} <= set(shipped_backends())
+    for backend in ("python", *shipped_backends()):
+        default = sizes[f"{backend},shm-default-byte-size"]
+        growth = sizes[f"{backend},shm-growth-byte-size"]
+        assert default >= 2 * batch_bytes and default % 2**20 == 0
+        assert growth >= batch_bytes

@@ -69,7 +69,7 @@ def test_probabilities_output_is_the_softmax_of_the_logits_output(
     assert [output.name for output in session.get_outputs()] == list(ONNX_OUTPUTS)
     rng = np.random.default_rng(1)
     for batch_size in BATCH_SIZES:
-        images = rng.standard_normal((batch_size, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        images = rng.integers(0, 256, (batch_size, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
         logits, probabilities = session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: images})
         assert logits.shape == probabilities.shape == (batch_size, NUM_CLASSES)
         assert probabilities.dtype == np.float32

@@ -150,6 +150,8 @@ def test_an_onnx_file_is_served_through_the_repository_layout(tmp_path: Path) ->
     import numpy as np
     import onnxruntime as ort
 
+    from tests.support import normalised
+
     model = ten_class_model()
     path = onnx_file(tmp_path, model, (1, 3, 128, 128))
     request = ExportRequest(
@@ -157,13 +159,18 @@ def test_an_onnx_file_is_served_through_the_repository_layout(tmp_path: Path) ->
         weights=str(path),
         name="mine",
         settings=ServingSettings(warmup=False),
-        preprocessing=Preprocessing(resize_size=146, input_size=128),
+        preprocessing=Preprocessing(
+            resize_size=146, input_size=128, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3)
+        ),
     )
     result = export_repository(request)
     assert result.default_labels and result.classifier.labels[9] == "class_9"
     session = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
-    images = torch.randn(3, 3, 128, 128)
-    logits, probabilities = session.run(["logits", "probabilities"], {"input": images.numpy()})
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (3, 3, 128, 128), dtype=torch.uint8, generator=generator)
+    logits, probabilities = session.run(["logits", "probabilities"], {"input": pixels.numpy()})
+    settings = request.preprocessing
+    images = torch.from_numpy(normalised(pixels.numpy(), settings.mean, settings.std))
     with torch.inference_mode():
         expected = model(images).numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-4)
@@ -350,7 +357,13 @@ def test_the_served_transform_read_from_its_config_equals_torchvision_bit_for_bi
     from google.protobuf import json_format
 
     from resnet18_triton.export.model_configs import preprocess_model_config
-    from tests.support import preprocess_module, reference_rgb, torchvision_transform, varied_images
+    from tests.support import (
+        normalised,
+        preprocess_module,
+        reference_rgb,
+        torchvision_transform,
+        varied_images,
+    )
 
     module = preprocess_module()
     config = preprocess_model_config(ServingSettings(), "mine_preprocess", settings)
@@ -359,6 +372,8 @@ def test_the_served_transform_read_from_its_config_equals_torchvision_bit_for_bi
     assert list(config.output[0].dims) == [3, settings.input_size, settings.input_size]
     reference = torchvision_transform(settings)
     for name, data in sorted(varied_images().items())[:6]:
-        served = module.preprocess_bytes(data, transform=transform)
+        pixels = module.preprocess_bytes(data, transform=transform)
+        served = normalised(pixels, transform.mean, transform.std)
         expected = reference(reference_rgb(data)).numpy()
+        assert pixels.dtype == np.uint8, name
         assert np.array_equal(served, expected), name

@@ -47,7 +47,7 @@ def test_jpeg_draft_is_off_by_default_and_read_by_the_model() -> None:
     model = module.TritonPythonModel()
     as_json = {
         "input": [{"name": "IMAGE"}],
-        "output": [{"name": "NORMALIZED_IMAGE"}],
+        "output": [{"name": "PIXELS"}],
         "parameters": {"jpeg_draft_min_size": {"string_value": "256"}},
     }
     model.initialize({"model_config": json.dumps(as_json)})

@@ -1,4 +1,8 @@
-"""The preprocessing model's transform against torchvision's ResNet18_Weights transforms."""
+"""The preprocessing model's transform against torchvision's ResNet18_Weights transforms.
+
+The model emits uint8 pixels; the exported graph's prefix (``export.onnx_export.Normalized``)
+normalises them. Together they must give torchvision's float tensor exactly.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +17,26 @@ torch = pytest.importorskip("torch")
 from PIL import Image  # noqa: E402
 from torchvision.models import ResNet18_Weights  # noqa: E402
 
+from resnet18_triton.export.onnx_export import Normalized  # noqa: E402
+
 preprocess = preprocess_module()
 REFERENCE = ResNet18_Weights.IMAGENET1K_V1.transforms()
 IMAGES = varied_images()
+GRAPH_PREFIX = Normalized(torch.nn.Identity())
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
-def test_matches_torchvision_transforms_exactly(name: str) -> None:
+def test_pixels_normalised_by_the_graph_prefix_match_torchvision_transforms_exactly(
+    name: str,
+) -> None:
     data = IMAGES[name]
     expected = REFERENCE(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
     served = preprocess.preprocess_bytes(data)
-    assert served.shape == (3, 224, 224) and served.dtype == np.float32
+    assert served.shape == (3, 224, 224) and served.dtype == np.uint8
+    with torch.inference_mode():
+        normalised = GRAPH_PREFIX(torch.from_numpy(served)[None])[0].numpy()
     # Same Pillow resize, same float32 arithmetic: the tensors are identical, not merely close.
-    np.testing.assert_array_equal(served, expected)
+    np.testing.assert_array_equal(normalised, expected)
 
 
 @pytest.mark.parametrize(

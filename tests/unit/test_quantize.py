@@ -86,6 +86,30 @@ def test_softmax_is_always_kept_float_and_the_head_unless_asked(tmp_path: Path) 
         q._float_nodes(path, quantize_head=True)
 
 
+def test_normalisation_prefix_before_the_first_conv_is_kept_float(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Cast", ["pixels"], ["floats"], name="cast", to=onnx.TensorProto.FLOAT),
+        helper.make_node("Div", ["floats", "scale"], ["unit"], name="div255"),
+        helper.make_node("Sub", ["unit", "mean"], ["centred"], name="sub_mean"),
+        helper.make_node("Div", ["centred", "std"], ["normalised"], name="div_std"),
+        helper.make_node("Conv", ["normalised", "w"], ["features"], name="conv1"),
+        helper.make_node("Div", ["features", "scale"], ["later"], name="later_div"),
+        helper.make_node("Softmax", ["later"], ["probabilities"], name="softmax", axis=1),
+    ]
+    path = tmp_path / "prefix.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "prefix", [], [])), str(path))
+    assert q._float_nodes(path, quantize_head=True) == [
+        "cast",
+        "div255",
+        "sub_mean",
+        "div_std",
+        "softmax",
+    ]
+
+
 def test_unknown_calibration_method_is_refused() -> None:
     with pytest.raises(q.ExportError, match="calibration method"):
         q.QuantizationRecipe(method="kl")

@@ -126,7 +126,7 @@ def test_pixel_and_byte_limits_are_explicit_configured_and_enforced_in_pillow() 
                 "model_config": json.dumps(
                     {
                         "input": [{"name": "IMAGE"}],
-                        "output": [{"name": "NORMALIZED_IMAGE"}],
+                        "output": [{"name": "PIXELS"}],
                         "parameters": {
                             key: {"string_value": value} for key, value in parameters.items()
                         },

@@ -165,7 +165,8 @@ def onnx_model_config(
     num_classes: int = contract.NUM_CLASSES,
     input_size: int = contract.IMAGE_SIZE,
 ) -> mc.ModelConfig:
-    """The raw classifier: 1 NCHW FP32 input; outputs ``logits`` and ``probabilities`` (softmax
+    """The raw classifier: 1 NCHW UINT8 input (RGB pixels 0..255, normalised inside the graph);
+    outputs ``logits`` and ``probabilities`` (softmax
     of the logits, computed in the ONNX graph), both labelled, so a raw caller can ask the
     classification extension for the top-k of either.
 
@@ -175,7 +176,7 @@ def onnx_model_config(
     config.max_batch_size = settings.max_batch_size
     config.input.add(
         name=contract.ONNX_INPUT,
-        data_type=mc.TYPE_FP32,
+        data_type=mc.TYPE_UINT8,
         format=mc.ModelInput.FORMAT_NCHW,
         dims=[contract.CHANNELS, input_size, input_size],
     )
@@ -213,8 +214,10 @@ def preprocess_model_config(
     name: str = contract.PREPROCESS_MODEL,
     preprocessing: Preprocessing | None = None,
 ) -> mc.ModelConfig:
-    """Encoded image bytes in, normalised NCHW tensor out (Python backend); the transform's
-    settings are string parameters (``Preprocessing.parameters``, default ImageNet's)."""
+    """Encoded image bytes in, uint8 NCHW pixels out (Python backend; the classifier's graph
+    normalises them). The transform's settings are string parameters
+    (``Preprocessing.parameters``, default ImageNet's); ``mean`` and ``std`` among them describe
+    the classifier graph's normalisation and are not applied by this model."""
     preprocessing = preprocessing or Preprocessing()
     size = preprocessing.input_size
     config = mc.ModelConfig(name=name, backend="python")
@@ -222,7 +225,7 @@ def preprocess_model_config(
     config.input.add(name=contract.PREPROCESS_INPUT, data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(
         name=contract.PREPROCESS_OUTPUT,
-        data_type=mc.TYPE_FP32,
+        data_type=mc.TYPE_UINT8,
         dims=[contract.CHANNELS, size, size],
     )
     _cpu_instances(config, settings.preprocess_instances)
@@ -245,7 +248,7 @@ def preprocess_model_config(
         image.dims.append(1)
         image.input_data_file = WARMUP_IMAGE_FILENAME
     # No response_cache here: a hit on the ensemble never reaches its steps, and each entry of
-    # this model would hold a 602 KB tensor, evicting ~150 of the ensemble's 4 KB answers.
+    # this model would hold a 150 KB tensor, evicting ~37 of the ensemble's 4 KB answers.
     return config
 
 

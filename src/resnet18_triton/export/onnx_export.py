@@ -1,11 +1,19 @@
 """Export a ResNet-18 to one self-contained ONNX file with a dynamic batch axis.
 
-The result is what Triton's onnxruntime backend loads: input ``input`` [batch, 3, S, S] float32
-(S = 224 by default), two outputs, both [batch, classes] float32 with the same dynamic batch
-axis: ``logits`` (first), and ``probabilities`` = softmax(logits) over the classes, computed by
-an ordinary ONNX ``Softmax`` node in the graph (``WithProbabilities`` wraps the classifier before
-export). Weights are embedded (no ``.onnx.data`` side file): a Triton model version directory
-holds one file.
+The result is what Triton's onnxruntime backend loads: input ``input`` [batch, 3, S, S] uint8
+(RGB pixels, CHW, 0..255; S = 224 by default), two outputs, both [batch, classes] float32 with the
+same dynamic batch axis: ``logits`` (first), and ``probabilities`` = softmax(logits) over the
+classes, computed by an ordinary ONNX ``Softmax`` node in the graph (``WithProbabilities`` wraps
+the classifier before export). Weights are embedded (no ``.onnx.data`` side file): a Triton model
+version directory holds one file.
+
+The normalisation is part of the graph (``Normalized`` wraps the classifier before export): the
+graph starts with Cast(float) -> Div(255) -> Sub(mean) -> Div(std), exactly torchvision's
+``ToTensor`` + ``Normalize`` arithmetic in float32, so a uint8 image gives the same logits, bit for
+bit, as the float tensor torchvision would have computed. ``mean`` and ``std`` are parameters of
+``export_onnx`` (ImageNet's by default), so a classifier trained with other statistics carries
+them in its own graph. Callers therefore send 1 byte per pixel value instead of 4, and never need
+to know the statistics.
 
 Exporters: ``dynamo=True`` (the torch.export-based exporter) is the default, because the
 TorchScript exporter is deprecated upstream. It emits opset 18 or newer, so ``dynamo=True`` with
@@ -48,6 +56,40 @@ LABELS_METADATA_KEY = "labels"
 _EXAMPLE_BATCH = 2
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalized(torch.nn.Module):
+    """``model`` behind a uint8 -> normalised float32 prefix: ``model((x / 255 - mean) / std)``.
+
+    Division by 255 first, then the float mean and std, in that order: the same float32 operations
+    as torchvision's ``ToTensor`` + ``Normalize``, so the results are identical, not merely close.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(normalize(pixels, self.mean, self.std))
+
+
+def normalize(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> ``(pixels / 255 - mean) / std`` in float32 (torchvision's arithmetic)."""
+    return (pixels.to(torch.float32) / 255.0 - mean) / std
+
+
 class WithProbabilities(torch.nn.Module):
     """``classifier`` with a second output: ``(logits, softmax(logits, dim=1))``.
 
@@ -72,11 +114,14 @@ def export_onnx(
     provenance: Provenance | str | None = None,
     input_size: int = IMAGE_SIZE,
     labels: Sequence[str] | None = None,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
 ) -> Path:
     """Export ``model`` (put in eval mode) to ``path`` atomically and return ``path``.
 
-    ``model`` maps images to logits; the file gets both ``logits`` and ``probabilities`` (see the
-    module docstring).
+    ``model`` maps normalised float images to logits; the file takes uint8 pixels, normalises them
+    with ``mean`` and ``std`` (one value per channel, on the 0..1 scale) inside the graph, and
+    gets both ``logits`` and ``probabilities`` (see the module docstring).
 
     ``provenance`` (a Provenance or its JSON) is stored in the ONNX ``metadata_props`` under
     ``weights_provenance``, next to producer information. A failed export leaves no file behind
@@ -85,15 +130,17 @@ def export_onnx(
     """
     path = Path(path)
     _check_opset(opset, dynamo)
+    _check_statistics(mean, std)
     metadata = _metadata(opset, dynamo, provenance)
+    metadata.update(normalize_mean=json.dumps(list(mean)), normalize_std=json.dumps(list(std)))
     if labels is not None:
         metadata[LABELS_METADATA_KEY] = json.dumps(list(labels))
     # The exporter writes wherever it is told, in several passes: it writes into a private
     # directory, and only the finished file is installed at ``path``.
     with tempfile.TemporaryDirectory(prefix="resnet18-onnx-export-") as work:
         exported = Path(work) / path.name
-        classifier = WithProbabilities(model).eval()  # eval() recurses
-        _torch_export(classifier, exported, opset, dynamo, input_size)
+        wrapped = Normalized(WithProbabilities(model), mean, std).eval()  # eval() recurses
+        _torch_export(wrapped, exported, opset, dynamo, input_size)
         _add_metadata(exported, metadata)
         install_file_atomically(exported, path)
     return path
@@ -109,10 +156,26 @@ def _check_opset(opset: int, dynamo: bool) -> None:
         )
 
 
+def _check_statistics(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    if len(mean) != CHANNELS or len(std) != CHANNELS:
+        raise ExportError(
+            f"mean and std need one value per channel ({CHANNELS}); got {len(mean)} and {len(std)}"
+        )
+    if any(not value > 0 for value in std):
+        raise ExportError(f"every std value must be positive; got {tuple(std)}")
+
+
 def _torch_export(
     model: torch.nn.Module, path: Path, opset: int, dynamo: bool, input_size: int = IMAGE_SIZE
 ) -> None:
-    example = torch.randn(_EXAMPLE_BATCH, CHANNELS, input_size, input_size)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randint(
+        0,
+        256,
+        (_EXAMPLE_BATCH, CHANNELS, input_size, input_size),
+        dtype=torch.uint8,
+        generator=generator,
+    )
     try:
         if dynamo:
             _export_dynamo(model, example, path, opset)
@@ -155,6 +218,7 @@ def _export_torchscript(
 def _metadata(opset: int, dynamo: bool, provenance: Provenance | str | None) -> dict[str, str]:
     metadata = {
         "producer": "resnet18_triton.export",
+        "input_pixels": "uint8 RGB CHW 0..255, normalised in the graph",
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "exporter": "torch.onnx dynamo" if dynamo else "torch.onnx torchscript",

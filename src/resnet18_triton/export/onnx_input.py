@@ -2,10 +2,11 @@
 
 The file must take one float image input ``[N, 3, S, S]`` and return ``[N, classes]`` logits as
 its first output. ``inspect_onnx`` reads the declared shapes and refuses anything else by name;
-``adapt_onnx`` writes the repository's form of it (input ``input``, outputs ``logits`` and
-``probabilities`` = Softmax of the logits, a dynamic batch axis); ``OnnxReference`` runs the
-original with ONNX Runtime, so the adapted file is verified against what the user gave (the class
-count, too, comes from running it, not from the declared shape).
+``adapt_onnx`` writes the repository's form of it (input ``input``: uint8 pixels, normalised by a
+Cast -> Div(255) -> Sub(mean) -> Div(std) prefix in float32 as the exported graphs do; outputs
+``logits`` and ``probabilities`` = Softmax of the logits; a dynamic batch axis);
+``OnnxReference`` runs the original with ONNX Runtime, so the adapted file is verified against
+what the user gave (the class count, too, comes from running it, not from the declared shape).
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from resnet18_triton.contract import CHANNELS, ONNX_INPUT, ONNX_OUTPUT, ONNX_PROBABILITIES
 from resnet18_triton.errors import WeightsUnavailableError
-from resnet18_triton.export.onnx_export import BATCH_AXIS_NAME, set_metadata
+from resnet18_triton.export.onnx_export import (
+    BATCH_AXIS_NAME,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    set_metadata,
+)
 from resnet18_triton.files import write_bytes_atomically
 
 ONNX_SUFFIX = ".onnx"
@@ -67,15 +73,24 @@ def inspect_onnx(path: Path) -> OnnxClassifier:
     return OnnxClassifier(path, source.name, model.graph.output[0].name, size, num_classes)
 
 
-def adapt_onnx(found: OnnxClassifier, target: Path, metadata: dict[str, str]) -> Path:
-    """Write ``found`` as the repository's classifier file at ``target`` (see module docstring)."""
+def adapt_onnx(
+    found: OnnxClassifier,
+    target: Path,
+    metadata: dict[str, str],
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> Path:
+    """Write ``found`` as the repository's classifier file at ``target`` (see module docstring);
+    ``mean`` and ``std`` are the statistics the file's float input expects."""
     model = _load(found.path)
     graph = model.graph
     image = next(item for item in graph.input if item.name == found.input_name)
     image.name = ONNX_INPUT
+    image.type.tensor_type.elem_type = onnx.TensorProto.UINT8
     _set_batch_axis(image)
+    graph.initializer.extend(_prefix_constants(mean, std))
     nodes = [
-        helper.make_node("Identity", [ONNX_INPUT], [found.input_name], name="input_alias"),
+        *_normalisation_prefix(found.input_name),
         *graph.node,
         helper.make_node("Identity", [found.output_name], [ONNX_OUTPUT], name="logits_alias"),
         helper.make_node(
@@ -94,6 +109,33 @@ def adapt_onnx(found: OnnxClassifier, target: Path, metadata: dict[str, str]) ->
     set_metadata(model, metadata)
     write_bytes_atomically(target, model.SerializeToString())
     return target
+
+
+_PREFIX = "input_normalise"
+
+
+def _prefix_constants(mean: tuple[float, ...], std: tuple[float, ...]) -> list[onnx.TensorProto]:
+    def constant(name: str, values: tuple[float, ...], dims: list[int]) -> onnx.TensorProto:
+        array = np.asarray(values, dtype=np.float32).reshape(dims)
+        return numpy_helper.from_array(array, f"{_PREFIX}_{name}")
+
+    return [
+        constant("scale", (255.0,), []),
+        constant("mean", tuple(mean), [1, CHANNELS, 1, 1]),
+        constant("std", tuple(std), [1, CHANNELS, 1, 1]),
+    ]
+
+
+def _normalisation_prefix(output: str) -> list[onnx.NodeProto]:
+    """uint8 ``input`` -> ``(x / 255 - mean) / std`` in float32 named ``output``: torchvision's
+    ToTensor + Normalize arithmetic, in its order."""
+    cast, scaled, centred = (f"{_PREFIX}_{step}" for step in ("cast", "scaled", "centred"))
+    return [
+        helper.make_node("Cast", [ONNX_INPUT], [cast], to=onnx.TensorProto.FLOAT, name=cast),
+        helper.make_node("Div", [cast, f"{_PREFIX}_scale"], [scaled], name=scaled),
+        helper.make_node("Sub", [scaled, f"{_PREFIX}_mean"], [centred], name=centred),
+        helper.make_node("Div", [centred, f"{_PREFIX}_std"], [output], name=f"{_PREFIX}_std_div"),
+    ]
 
 
 class OnnxReference(torch.nn.Module):

@@ -254,13 +254,15 @@ def stage(
     """Steps 2-4: export, verify and fill ``staging`` as if it were the repository."""
     classifier = classifier or resolve_classifier(request, loaded)[0]
     size = classifier.preprocessing.input_size
+    mean, std = classifier.preprocessing.mean, classifier.preprocessing.std
     target = onnx_model_path(staging, classifier.names.onnx)
     if loaded.onnx is not None:
         metadata = {
             contract.PROVENANCE_PARAMETER: loaded.provenance.to_json(),
             LABELS_METADATA_KEY: json.dumps(list(classifier.labels)),
         }
-        onnx_path = adapt_onnx(loaded.onnx, target, metadata)
+        metadata.update(normalize_mean=json.dumps(list(mean)), normalize_std=json.dumps(list(std)))
+        onnx_path = adapt_onnx(loaded.onnx, target, metadata, mean, std)
     else:
         onnx_path = export_onnx(
             loaded.module,
@@ -270,8 +272,12 @@ def stage(
             provenance=loaded.provenance,
             input_size=size,
             labels=classifier.labels,
+            mean=mean,
+            std=std,
         )
-    report = verify_onnx(loaded.module, onnx_path, atol=request.atol, input_size=size)
+    report = verify_onnx(
+        loaded.module, onnx_path, atol=request.atol, mean=mean, std=std, input_size=size
+    )
     fill_repository(
         staging,
         request.settings,

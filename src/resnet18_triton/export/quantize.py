@@ -29,6 +29,11 @@ The ``Softmax`` that turns logits into the ``probabilities`` output is never qua
 without the head: it is always in ``nodes_to_exclude``, so the INT8 model keeps both outputs and its
 probabilities are a float softmax of its logits (an 8-bit softmax output could not even represent
 probabilities below 1/255).
+
+The normalisation prefix the graph starts with (Cast -> Div(255) -> Sub(mean) -> Div(std), every
+node before the first ``Conv``) stays float too: its input is already exact 8-bit pixels, and
+quantising its float output before the first convolution is the quantiser's job at that
+convolution's input, as before the prefix existed.
 """
 
 from __future__ import annotations
@@ -185,11 +190,11 @@ def served_transform(preprocess: ModuleType, config_path: Path | None) -> Any:
 def preprocess_files(
     files: Sequence[Path], preprocess: ModuleType, transform: Any = None
 ) -> np.ndarray:
-    """Encoded image files -> float32 [N, 3, S, S] via the served preprocessing and the
+    """Encoded image files -> uint8 [N, 3, S, S] via the served preprocessing and the
     classifier's ``transform`` (default: ImageNet's, S = 224)."""
     transform = transform or preprocess.Transform()
     size = transform.input_size
-    batch = np.empty((len(files), contract.CHANNELS, size, size), dtype=np.float32)
+    batch = np.empty((len(files), contract.CHANNELS, size, size), dtype=np.uint8)
     for index, path in enumerate(files):
         try:
             batch[index] = preprocess.preprocess_bytes(Path(path).read_bytes(), transform=transform)
@@ -279,14 +284,22 @@ def quantize_model(
 
 
 def _float_nodes(path: Path, quantize_head: bool) -> list[str]:
-    """Names of the nodes to keep in float: every Softmax, and unless ``quantize_head`` the
-    classifier head (Gemm/MatMul: ResNet-18 has exactly one, the fc)."""
+    """Names of the nodes to keep in float: the normalisation prefix, every Softmax, and unless
+    ``quantize_head`` the classifier head (Gemm/MatMul: ResNet-18 has exactly one, the fc)."""
     op_types = SOFTMAX_OPS if quantize_head else SOFTMAX_OPS + HEAD_OPS
     graph = onnx.load(str(path), load_external_data=False).graph
-    nodes = [node for node in graph.node if node.op_type in op_types]
+    nodes = prefix_nodes(graph) + [node for node in graph.node if node.op_type in op_types]
     if not all(node.name for node in nodes):  # nodes_to_exclude can only name named nodes
-        raise ExportError(f"{path}: a {'/'.join(op_types)} node has no name; cannot keep it float")
+        raise ExportError(f"{path}: a node to keep float has no name; cannot exclude it")
     return [node.name for node in nodes]
+
+
+def prefix_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes before the first ``Conv`` in the (topologically sorted) graph: the
+    normalisation prefix. Empty when the graph has no Conv."""
+    nodes = list(graph.node)
+    first_conv = next((i for i, node in enumerate(nodes) if node.op_type == "Conv"), 0)
+    return nodes[:first_conv]
 
 
 def _copy_metadata(source: Path, target: Path, extra: dict[str, str]) -> None:

@@ -1,6 +1,8 @@
 """Check an exported ONNX file: valid ONNX, and ONNX Runtime reproduces PyTorch's outputs.
 
-The file must have outputs ``[logits, probabilities]``; both are compared with PyTorch.
+The file must have outputs ``[logits, probabilities]``; both are compared with PyTorch. Its input
+is uint8 pixels normalised inside the graph (``export.onnx_export``); PyTorch gets the same pixels
+normalised by torchvision's arithmetic with the same mean and std, so the prefix is checked too.
 
 Logits: by default the largest absolute logit difference may be 1e-3 (``DEFAULT_ATOL``). Float32
 ONNX Runtime vs PyTorch on CPU typically differs by ~1e-6 for ResNet-18, because the two sum
@@ -33,6 +35,7 @@ import torch
 
 from resnet18_triton.contract import CHANNELS, IMAGE_SIZE, ONNX_INPUT, ONNX_OUTPUTS
 from resnet18_triton.errors import ExportError
+from resnet18_triton.export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 DEFAULT_ATOL = 1e-3
 DEFAULT_PROBABILITY_ATOL = 1e-6
@@ -114,12 +117,15 @@ def verify_onnx(
     atol: float = DEFAULT_ATOL,
     probability_atol: float = DEFAULT_PROBABILITY_ATOL,
     seed: int = 0,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
     input_size: int = IMAGE_SIZE,
 ) -> VerificationReport:
     """Compare ``onnx_path`` with ``model`` (put in eval mode) on ``num_inputs`` random batches
-    of ``input_size`` x ``input_size`` images.
+    of uint8 pixels, ``input_size`` x ``input_size``.
 
-    ``model`` maps images to logits. Input ``i`` has batch size
+    ``model`` maps normalised images to logits; it gets the pixels normalised with ``mean`` and
+    ``std`` (those the file was exported with), the file gets the pixels. Input ``i`` has batch size
     ``batch_sizes[i % len(batch_sizes)]``, so several sizes exercise the dynamic batch axis.
     Raises VerificationError (carrying the report) on an invalid model, any top-1 disagreement, a
     logit difference above ``atol``, a probability difference (vs ``torch.softmax`` of the
@@ -133,10 +139,11 @@ def verify_onnx(
     session = _session(onnx_path)
     sizes = tuple(batch_sizes[i % len(batch_sizes)] for i in range(num_inputs))
     model.eval()
+    mean_tensor, std_tensor = (torch.tensor(v).reshape(1, -1, 1, 1) for v in (mean, std))
     expected, actual = [], []
     for batch in _random_batches(sizes, seed, input_size):
         with torch.inference_mode():
-            logits = model(batch)
+            logits = model(normalize(batch, mean_tensor, std_tensor))
             expected.append([logits.numpy(), torch.softmax(logits, dim=1).numpy()])
         actual.append(session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: batch.numpy()}))
     report = _compare(onnx_path, sizes, atol, probability_atol, _joined(expected), _joined(actual))
@@ -171,10 +178,13 @@ def _session(path: Path) -> ort.InferenceSession:
 def _random_batches(
     sizes: Sequence[int], seed: int, input_size: int = IMAGE_SIZE
 ) -> list[torch.Tensor]:
-    # Standard normal values look like normalised images (per-channel mean 0, std 1) to the model.
+    # Uniform pixels normalise to values of about -2..2.6, the range of real normalised images.
     generator = torch.Generator().manual_seed(seed)
-    side = input_size
-    return [torch.randn(size, CHANNELS, side, side, generator=generator) for size in sizes]
+    shape = (CHANNELS, input_size, input_size)
+    return [
+        torch.randint(0, 256, (size, *shape), dtype=torch.uint8, generator=generator)
+        for size in sizes
+    ]
 
 
 def _joined(batches: list[list[np.ndarray]]) -> list[np.ndarray]:

@@ -111,12 +111,14 @@ def _environment(plan: BenchPlan) -> dict[str, object]:
 def engine_specs(plan: BenchPlan, with_int8: bool) -> list[InProcessSpec]:
     """The in-process runs, in order: each engine at each batch, ORT also with spinning off (as
     served; the served paths are compared with the faster of the two), the INT8 model like the
-    served FP32 one when present, and the decode+preprocess+ORT pipeline on each JPEG set."""
+    served FP32 one when present (and its decode+preprocess+ORT pipeline on 500x375 JPEGs), and
+    the FP32 decode+preprocess+ORT pipeline on each JPEG set."""
     specs = [InProcessSpec(engine, batch) for engine in plan.engines for batch in plan.batches]
     if "ort" in plan.engines:
         specs += [InProcessSpec("ort", batch, spinning=False) for batch in plan.batches]
     if with_int8:
         specs += [InProcessSpec("ort", batch, INT8, spinning=False) for batch in plan.batches]
+        specs.append(InProcessSpec("pipeline", precision=INT8, images=TYPICAL))
     return specs + [InProcessSpec("pipeline", images=name) for name in (TYPICAL, LARGE)]
 
 

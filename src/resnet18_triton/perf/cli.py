@@ -51,7 +51,7 @@ def _strip_scheme(url: str) -> str:
     type=click.Choice(["ensemble", "raw", "both"]),
     default="both",
     show_default=True,
-    help="ensemble: JPEG bytes in (resnet18); raw: FP32 tensors in (resnet18_onnx).",
+    help="ensemble: JPEG bytes in (resnet18); raw: uint8 pixel tensors in (resnet18_onnx).",
 )
 @click.option(
     "--name",

@@ -144,8 +144,18 @@ def _load_preprocess(path: str):
     return load_model_module(Path(path), "bench_preprocess_model")
 
 
-def run_engine(spec: EngineSpec) -> EngineResult:
+def random_input(session, shape: tuple[int, ...], seed: int):
+    """Random data of the session's first input type: uint8 pixels for this project's graphs
+    (normalised inside), standard normal float32 for a float-input graph."""
     import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if session.get_inputs()[0].type == "tensor(uint8)":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def run_engine(spec: EngineSpec) -> EngineResult:
 
     extra: dict = {}
     shape = (spec.batch, 3, 224, 224)
@@ -162,11 +172,7 @@ def run_engine(spec: EngineSpec) -> EngineResult:
 
     elif spec.engine == "ort":
         session = _ort_session(spec)
-        feed = {
-            session.get_inputs()[0].name: np.random.default_rng(spec.seed).standard_normal(
-                shape, dtype=np.float32
-            )
-        }
+        feed = {session.get_inputs()[0].name: random_input(session, shape, spec.seed)}
 
         def step(_index: int) -> None:
             session.run(None, feed)

@@ -46,7 +46,7 @@ def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
             sweep = pa.Sweep(names.ensemble, plan.url, plan.settings, data)
             planned.append((f"{names.ensemble} ({plan.image_label})", sweep))
         elif target == "raw":
-            # FP32 tensors of the config's fixed shape: perf_analyzer's random data is fine here.
+            # uint8 pixels of the config's fixed shape: perf_analyzer's random data is fine.
             planned.append((names.onnx, pa.Sweep(names.onnx, plan.url, plan.settings)))
         else:
             raise ValueError(f"unknown target {target!r}")

@@ -39,7 +39,8 @@ class InProcessSpec:
     def label(self) -> str:
         """E.g. "eager", "ort", "ort-nospin", "ort-int8-nospin", "pipeline 500x375"."""
         if self.engine == "pipeline":
-            return f"pipeline {self.images}"
+            precision = "" if self.precision == FP32 else f"-{self.precision}"
+            return f"pipeline{precision} {self.images}"
         parts = [self.engine]
         if self.precision != FP32:
             parts.append(self.precision)
@@ -52,9 +53,9 @@ class InProcessSpec:
 class ServedSpec:
     """One served path swept with perf_analyzer.
 
-    ``path``: "ensemble" (encoded images of the ``images`` set in) or "raw" (FP32 tensors into
-    the ONNX model). ``batch`` is images per request; ``shared_memory`` sends the tensors through
-    system shared memory instead of the HTTP body.
+    ``path``: "ensemble" (encoded images of the ``images`` set in) or "raw" (uint8 pixel tensors
+    into the ONNX model). ``batch`` is images per request; ``shared_memory`` sends the tensors
+    through system shared memory instead of the HTTP body.
     """
 
     path: str

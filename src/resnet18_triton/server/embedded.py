@@ -86,6 +86,30 @@ class TritonInstall:
                 )
 
 
+# The Python backend's per-stub shared memory (requests in, responses out). Triton 2.51 starts
+# each stub's region at 1 MiB and grows it 1 MiB at a time; the largest tensor of this repository
+# is a full batch of uint8 pixels, MAX_BATCH_SIZE x 3 x 224 x 224 = 1.2 MB (the preprocess output,
+# the classifier input; JPEG requests of 500x375 are ~60 KB per image). Room for that batch in
+# and out twice over (a request being read while the previous response is still held) means no
+# stub ever grows its region under the default batch limits.
+PIXEL_BATCH_BYTES = contract.MAX_BATCH_SIZE * contract.CHANNELS * contract.IMAGE_SIZE**2
+PYTHON_SHM_DEFAULT_BYTES = -(-4 * PIXEL_BATCH_BYTES // 2**20) * 2**20  # rounded up to MiB
+PYTHON_SHM_GROWTH_BYTES = -(-PIXEL_BATCH_BYTES // 2**20) * 2**20
+
+
+def shared_memory_arguments(default_bytes: int, growth_bytes: int) -> list[str]:
+    """``--backend-config`` flags sizing the stub shared memory of the Python backend and of each
+    Python-based backend we ship (each has its own settings, under its own name)."""
+    return [
+        f"--backend-config={backend},{key}={value}"
+        for backend in ("python", *shipped_backends())
+        for key, value in (
+            ("shm-default-byte-size", default_bytes),
+            ("shm-growth-byte-size", growth_bytes),
+        )
+    ]
+
+
 @dataclass
 class ServerOptions:
     """How to start the server. Defaults are the safe ones: loopback only, explicit loading."""
@@ -102,6 +126,8 @@ class ServerOptions:
     exit_timeout_s: int = contract.SERVER_EXIT_TIMEOUT_S
     ready_timeout_s: float = contract.SERVER_READY_TIMEOUT_S
     log_verbose: int = 0
+    python_shm_default_bytes: int = PYTHON_SHM_DEFAULT_BYTES
+    python_shm_growth_bytes: int = PYTHON_SHM_GROWTH_BYTES
     # p50/p99 of queue and compute time per model on the metrics port (Prometheus summaries),
     # which the Grafana dashboard in deploy/grafana plots.
     summary_latencies: bool = True
@@ -233,6 +259,7 @@ def server_arguments(options: ServerOptions, install: TritonInstall, backends: P
         f"--exit-timeout-secs={options.exit_timeout_s}",
         f"--log-verbose={options.log_verbose}",
         "--strict-readiness=true",
+        *shared_memory_arguments(options.python_shm_default_bytes, options.python_shm_growth_bytes),
     ]
     if options.summary_latencies:
         args.append("--metrics-config=summary_latencies=true")
