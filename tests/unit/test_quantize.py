@@ -218,9 +218,10 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
 
 
 def test_calibration_takes_the_ranges_of_every_batch_not_only_the_last(tmp_path: Path) -> None:
-    """Five batches whose first alone is large: the scale quantising the first convolution's
-    input must come from it. (ONNX Runtime's CalibMaxIntermediateOutputs dropped whole groups
-    of batches: a 4-batch limit kept only the fifth batch, and 4 or 8 batches failed outright.)"""
+    """Five batches of pixels whose first alone spans 0..255: the scale quantising the first
+    convolution's input (the normalised image) must come from it. (ONNX Runtime's
+    CalibMaxIntermediateOutputs dropped whole groups of batches: a 4-batch limit kept only the
+    fifth batch, and 4 or 8 batches failed outright.)"""
     import onnx
     from onnx import numpy_helper
 
@@ -230,22 +231,17 @@ def test_calibration_takes_the_ranges_of_every_batch_not_only_the_last(tmp_path:
     model, provenance = load_resnet18("random", seed=0)
     fp32 = export_onnx(model, tmp_path / "fp32.onnx", provenance=provenance)
     rng = np.random.default_rng(0)
-    images = rng.uniform(-1, 1, (40, 3, 224, 224)).astype(np.float32)
-    images[:8] *= 8  # the first batch of 8 spans [-8, 8], the other four [-1, 1]
+    images = rng.integers(120, 137, (40, 3, 224, 224), dtype=np.uint8)
+    images[:8, :, :112] = 0  # the first batch of 8 spans 0..255, the other four 120..136
+    images[:8, :, 112:] = 255
     int8 = q.quantize_model(fp32, tmp_path / "int8.onnx", q.PreprocessedImageReader(images))
     graph = onnx.load(str(int8)).graph
-    first_conv = next(
-        node
-        for node in graph.node
-        if node.op_type == "ConvInteger"
-        or (node.op_type == "Conv" and node.input[0].endswith("DequantizeLinear_Output"))
-        or node.op_type == "Conv"
-    )
+    first_conv = next(node for node in graph.node if node.op_type == "Conv")
     producer = {output: node for node in graph.node for output in node.output}
     dequantize = producer[first_conv.input[0]]
     quantize = producer[dequantize.input[0]]
     scales = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     scale = float(scales[quantize.input[1]])
-    assert scale == pytest.approx(16 / 255, rel=0.05), (
-        scale
-    )  # 2/255 when only the last batch counted
+    # ImageNet normalisation of 0..255: (0 - 0.485) / 0.229 up to (1 - 0.406) / 0.225.
+    full_range = ((1 - 0.406) / 0.225 - (0 - 0.485) / 0.229) / 255
+    assert scale == pytest.approx(full_range, rel=0.05), scale  # ~10x smaller from the last batch
