@@ -128,3 +128,55 @@ def test_health_lists_the_variant_with_its_precision(openvino_server) -> None:
     assert precisions[MODEL] == precisions[ENSEMBLE] == "bf16"
     assert precisions[contract.ONNX_MODEL] == precisions[contract.ENSEMBLE_MODEL] == "fp32"
     assert precisions[contract.PREPROCESS_MODEL] == ""
+
+
+def test_tune_measures_an_openvino_plan_and_applies_its_threads_per_instance(
+    openvino_server, tmp_path: Path
+) -> None:
+    """A plan of the variant runs in its own real server under perf_analyzer; --apply writes its
+    instances and threads (precision and fidelity kept) and --revert restores every byte."""
+    import hashlib
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    _server, source, _report = openvino_server
+    repo = tmp_path / "repo"
+    shutil.copytree(source, repo)
+
+    def digest() -> dict[str, str]:
+        return {
+            str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(repo.rglob("*"))
+            if path.is_file()
+        }
+
+    before = digest()
+    cli = [sys.executable, "-m", "resnet18_triton.cli", "tune", "--repo", str(repo)]
+    tuned = subprocess.run(
+        [
+            *cli,
+            "--out", str(tmp_path / "report"),
+            "--compare", "openvino i2xt1 p1 b4 q0",
+            "--rounds", "0",
+            "--concurrency", "2",
+            "--measurement-interval", "1000",
+            "--max-trials", "4",
+            "--max-images", "2",
+            "--apply",
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    winner = re.search(r"winner: openvino i2xt1 p1 b4 q0 \(([\d.]+) img/s\)", tuned.stdout)
+    assert winner and float(winner.group(1)) > 0, tuned.stdout
+    assert f"clients ask {ENSEMBLE}" in tuned.stdout
+    config = parse((repo / MODEL / CONFIG_FILENAME).read_text())
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert config.instance_group[0].count == 2 and config.max_batch_size == 4
+    assert parameters["INFERENCE_NUM_THREADS"] == "1"
+    assert parameters[contract.PRECISION_PARAMETER] == "bf16" and "fidelity" in parameters
+    reverted = subprocess.run([*cli, "--revert"], capture_output=True, text=True, timeout=120)
+    assert reverted.returncode == 0, reverted.stderr
+    assert digest() == before

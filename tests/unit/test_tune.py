@@ -12,8 +12,13 @@ from google.protobuf.json_format import MessageToDict
 from resnet18_triton import contract
 from resnet18_triton.client.results import serving_summary
 from resnet18_triton.export.model_configs import ServingSettings, all_model_configs, parse
-from resnet18_triton.export.repository import fill_repository, write_int8_configs
-from resnet18_triton.layout import onnx_model_path
+from resnet18_triton.export.repository import (
+    fill_repository,
+    openvino_configs,
+    write_int8_configs,
+    write_variant_configs,
+)
+from resnet18_triton.layout import onnx_model_path, openvino_model_path
 from resnet18_triton.perf.perf_analyzer import Row
 from resnet18_triton.perf.tune import csv_records, summary_table
 from resnet18_triton.perf.tune_repository import (
@@ -30,6 +35,7 @@ from resnet18_triton.perf.tune_repository import (
 from resnet18_triton.perf.tune_space import (
     FP32,
     INT8,
+    OPENVINO,
     Candidate,
     Measurement,
     SearchSpace,
@@ -402,3 +408,41 @@ def test_a_plan_keeps_a_named_classifiers_classes_and_preprocessing(tmp_path: Pa
     )
     assert revert(repo) == list(tuned_models(repo, "digits"))
     assert {m: (repo / m / "config.pbtxt").read_text() for m in before} == before
+
+
+def add_openvino_variant(repo: Path, precision: str = "bf16") -> None:
+    """What `resnet18-triton openvino` leaves: its configs and a stand-in model file."""
+    configs = openvino_configs(repo, precision, {"fidelity": '{"top1_agreement": 1.0}'})
+    write_variant_configs(repo, configs)
+    openvino_model_path(repo).parent.mkdir(parents=True, exist_ok=True)
+    openvino_model_path(repo).write_bytes(b"openvino stand-in")
+
+
+def test_the_openvino_variant_is_searched_once_it_was_built(repository: Path) -> None:
+    add_openvino_variant(repository)
+    assert available_variants(repository) == (FP32, INT8, OPENVINO)
+    models = variant_models("resnet18", OPENVINO)
+    assert models.load_order == ("preprocess", "resnet18_openvino", "resnet18_openvino_ensemble")
+    assert tuned_models(repository)[-2:] == ("resnet18_openvino", "resnet18_openvino_ensemble")
+    assert parse_label("openvino i2xt1 p1 b4 q0") == Candidate(OPENVINO, 2, 1, 1, 4, 0)
+
+
+def test_an_openvino_plan_sets_threads_per_instance_and_keeps_precision_and_fidelity(
+    repository: Path,
+) -> None:
+    add_openvino_variant(repository)
+    before = digest(repository)
+    apply_plan(repository, Candidate(OPENVINO, 2, 1, 1, 4, 2000), cores=2)
+    config = parse((repository / "resnet18_openvino" / "config.pbtxt").read_text())
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert config.backend == "openvino" and config.instance_group[0].count == 2
+    assert config.max_batch_size == 4
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert parameters["INFERENCE_NUM_THREADS"] == "1"
+    assert parameters["precision"] == "bf16" and parameters["HINT_BF16"] == "YES"
+    assert parameters["fidelity"] == '{"top1_agreement": 1.0}'
+    assert "intra_op_thread_count" not in parameters
+    as_served = MessageToDict(config, preserving_proto_field_name=True)
+    assert ("threads", "1") in serving_summary(as_served)
+    revert(repository)
+    assert digest(repository) == before

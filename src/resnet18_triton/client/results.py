@@ -126,13 +126,18 @@ class HealthReport:
         return self.provenance is not None and self.provenance.get("source") == "random"
 
 
-# Config parameters that decide how a model uses the CPU (ONNX Runtime's thread pool sizes).
-_THREAD_PARAMETERS = (("intra_op_thread_count", "intra-op threads"),)
+# Config parameters that decide how a model uses the CPU: ONNX Runtime's intra-op pool and
+# OpenVINO's threads per instance (the same core budget, see `resnet18-triton tune`).
+_THREAD_PARAMETERS = (
+    ("intra_op_thread_count", "intra-op threads"),
+    ("INFERENCE_NUM_THREADS", "threads"),
+)
 
 
 def serving_summary(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """How a model is served, from its config as the server reports it (JSON): instance count,
-    intra-op threads (ONNX Runtime models), max batch size and dynamic-batching queue delay.
+    threads (ONNX Runtime's intra-op, OpenVINO's per instance), max batch size and
+    dynamic-batching queue delay.
 
     Settings the config does not carry are left out, so an ensemble shows only its batch size.
     """

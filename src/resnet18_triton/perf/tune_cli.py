@@ -84,7 +84,8 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option(
     "--variants",
     default=None,
-    help="Comma-separated variants to try (fp32, int8). [default: every one the repository has]",
+    help="Comma-separated variants to try (fp32, int8, openvino). [default: every one the "
+    "repository has]",
 )
 @click.option(
     "--preprocess-instances",
@@ -161,7 +162,7 @@ def tune(
     """Measure serving plans of a classifier on this machine and report the best.
 
     Each plan (ONNX Runtime instances x intra-op threads, preprocessing instances, max batch
-    size, queue delay, FP32/INT8) runs in its own embedded server on a scratch copy of the
+    size, queue delay, FP32/INT8/OpenVINO) runs in its own embedded server on a scratch copy of the
     repository, under a perf_analyzer sweep of the ensemble with real JPEGs. The repository is
     changed only by --apply (atomically, with a backup that --revert restores).
     """
@@ -196,7 +197,7 @@ def tune(
     if absent:
         raise click.BadParameter(
             f"{', '.join(absent)} not in {repository} (it has {', '.join(present)}); "
-            "`resnet18-triton quantize` writes int8",
+            "`resnet18-triton quantize` writes int8, `resnet18-triton openvino` writes openvino",
             param_hint="--variants",
         )
     space = SearchSpace(

@@ -3,8 +3,10 @@
 Configs are always rendered by ``export.model_configs`` (Triton's ``ModelConfig`` protobuf):
 ``settings_from_configs`` reads the ``ServingSettings`` a repository was exported with (limits,
 warm-up, cache, ... included), a plan replaces only the knobs it tunes, and the FP32 configs are
-rendered again; the INT8 variant's are derived from them as ``quantize`` does, keeping its own
-parameters (the quantisation recipe).
+rendered again; the INT8 and OpenVINO variants' are derived from them as ``quantize`` and
+``openvino`` do, keeping their own parameters (the quantisation recipe, the precision and its
+fidelity report). For OpenVINO the plan's intra-op threads become ``INFERENCE_NUM_THREADS`` per
+instance.
 
 ``apply_plan`` is a transaction (``export.transaction``): the served model directories are copied
 into a staging directory (files hard-linked, configs rewritten), swapped in atomically, and the
@@ -30,14 +32,20 @@ from resnet18_triton.export.classifier import Classifier, Preprocessing
 from resnet18_triton.export.model_configs import (
     ServingSettings,
     all_model_configs,
+    openvino_parameters,
     parse,
     render,
 )
-from resnet18_triton.export.repository import write_int8_configs, write_warmup_data
+from resnet18_triton.export.repository import (
+    openvino_configs,
+    write_int8_configs,
+    write_variant_configs,
+    write_warmup_data,
+)
 from resnet18_triton.export.transaction import install, install_lock, staging_directory
 from resnet18_triton.files import fsync_directory, write_text_atomically
-from resnet18_triton.layout import CONFIG_FILENAME, has_int8
-from resnet18_triton.perf.tune_space import FP32, INT8, Candidate, TuneError
+from resnet18_triton.layout import CONFIG_FILENAME, has_int8, has_openvino, openvino_models
+from resnet18_triton.perf.tune_space import FP32, INT8, OPENVINO, Candidate, TuneError
 
 BACKUP_MANIFEST = "tune-backup.json"
 # ONNX Runtime session options that ServingSettings renders; a variant's other parameters (its
@@ -75,21 +83,26 @@ def _names(name: str) -> ClassifierNames:
 def variant_models(name: str, variant: str) -> VariantModels:
     """Model names of classifier ``name`` in ``variant``: the one place that maps names.
 
-    New variants (e.g. OpenVINO) add their names here and their availability in
-    ``available_variants``.
+    A new variant adds its names here and its availability in ``available_variants``.
     """
     names = _names(name)
     if variant == FP32:
         return VariantModels(names.preprocess, names.onnx, names.ensemble)
     if variant == INT8:
         return VariantModels(names.preprocess, names.int8, names.int8_ensemble)
-    raise TuneError(f"unknown variant {variant!r}: expected one of {FP32}, {INT8}")
+    if variant == OPENVINO:
+        classifier, ensemble = openvino_models(names.name)
+        return VariantModels(names.preprocess, classifier, ensemble)
+    raise TuneError(f"unknown variant {variant!r}: expected one of {FP32}, {INT8}, {OPENVINO}")
 
 
 def available_variants(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> tuple[str, ...]:
     """Variants the repository can serve for classifier ``name``: FP32, plus INT8 once
-    ``resnet18-triton quantize`` has written it."""
-    return (FP32, INT8) if has_int8(repo, _names(name)) else (FP32,)
+    ``resnet18-triton quantize`` has written it, plus OpenVINO once ``resnet18-triton openvino``
+    has."""
+    names = _names(name)
+    present = {INT8: has_int8(repo, names), OPENVINO: has_openvino(repo, names.name)}
+    return (FP32, *(variant for variant, found in present.items() if found))
 
 
 def tuned_models(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> tuple[str, ...]:
@@ -211,7 +224,28 @@ def write_plan_configs(
             if key not in SERVING_PARAMETERS
         }
         written += write_int8_configs(target, kept, names=names)
+    if has_openvino(source, names.name):
+        written += _write_openvino_configs(source, target, names)
     return written
+
+
+def _write_openvino_configs(source: Path, target: Path, names: ClassifierNames) -> list[Path]:
+    """The OpenVINO variant's configs derived from the plan's FP32 ones (already in ``target``),
+    in the precision it was built with, keeping its other parameters (its fidelity report)."""
+    config = read_config(source, openvino_models(names.name)[0])
+    precision = _string(config, contract.PRECISION_PARAMETER)
+    if not precision:
+        raise TuneError(
+            f"{source / config.name / CONFIG_FILENAME} has no '{contract.PRECISION_PARAMETER}' "
+            "parameter: run `resnet18-triton openvino` again"
+        )
+    derived = openvino_parameters(1, precision)
+    kept = {
+        key: value.string_value for key, value in config.parameters.items() if key not in derived
+    }
+    return write_variant_configs(
+        target, openvino_configs(target, precision, kept, names), names=names
+    )
 
 
 def _link_or_copy(source: str, target: str) -> None:

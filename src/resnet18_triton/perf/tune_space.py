@@ -31,6 +31,8 @@ from resnet18_triton.perf.perf_analyzer import Row
 
 FP32 = "fp32"
 INT8 = "int8"
+# The OpenVINO variant in whatever precision `resnet18-triton openvino` built it (bf16, f32, int8).
+OPENVINO = "openvino"
 
 
 class TuneError(PerfError):
