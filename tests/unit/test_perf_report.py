@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import statistics
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 
 from resnet18_triton.perf import bench, images, ratios, report
 from resnet18_triton.perf.measurements import (
+    INT8,
+    TYPICAL,
     BenchResults,
     EngineRow,
     InProcessSpec,
@@ -255,3 +258,53 @@ def test_report_is_written(tmp_path: Path) -> None:
     document = bench.results_json(_results())
     assert document["served"][2]["label"] == "raw b8 shm"
     assert document["engines"][3]["label"] == "ort-nospin"
+
+
+def test_the_int8_ensemble_is_swept_until_a_full_batch_is_in_flight() -> None:
+    settings = bench.pa.SweepSettings(concurrency="1:4:1")
+    data = {TYPICAL: Path("input.json")}
+    int8 = bench.sweep_for(
+        ServedSpec("ensemble", precision=INT8, images=TYPICAL), "u", settings, data
+    )
+    fp32 = bench.sweep_for(ServedSpec("ensemble", images=TYPICAL), "u", settings, data)
+    assert int8.settings.concurrency == f"1:{bench.FAST_ENSEMBLE_MIN_CONCURRENCY}:1"
+    assert fp32.settings.concurrency == "1:4:1"
+    assert bench.extend_range("2:16:2", 8) == "2:16:2"
+
+
+def test_cpu_per_image_divides_each_process_kinds_time_by_the_images_served() -> None:
+    from resnet18_triton.perf.stack import cpu_delta
+
+    before = {1: ("tritonserver", 10.0), 2: ("stub:preprocess", 5.0), 3: ("stub:preprocess", 1.0)}
+    after = {
+        1: ("tritonserver", 10.5),
+        2: ("stub:preprocess", 6.0),
+        3: ("stub:preprocess", 2.5),
+        4: ("stub:resnet18_int8", 9.0),  # started in between: counts from 0
+    }
+    spent = cpu_delta(before, after)
+    assert spent == {"tritonserver": 0.5, "stub:preprocess": 2.5, "stub:resnet18_int8": 9.0}
+    per_image = bench.cpu_per_image({**spent, "perf_analyzer": 0.2}, 1000, 2000)
+    assert per_image == pytest.approx(
+        {
+            "tritonserver": 0.5,
+            "stub:preprocess": 2.5,
+            "stub:resnet18_int8": 9.0,
+            "perf_analyzer": 0.2,
+        }
+    )
+    assert bench.cpu_per_image(spent, None, 2000) == {}
+    assert bench.cpu_per_image(spent, 2000, 2000) == {}
+
+
+def test_the_cpu_table_totals_each_path_and_bounds_its_throughput() -> None:
+    sweep = ServedSweep(
+        ServedSpec("ensemble", precision=INT8, images=TYPICAL),
+        (_row("x", 1, 100.0),),
+        cpu_ms_per_image={"stub:preprocess": 3.0, "stub:resnet18_int8": 7.0},
+    )
+    unsampled = ServedSweep(ServedSpec("raw"), (_row("y", 1, 50.0),))
+    table = bench.cpu_table([sweep, unsampled])
+    cores = os.cpu_count() or 1
+    assert "| int8 ensemble 500x375 | 3.00 | 7.00 | 10.00 | " + f"{cores * 100:.0f} |" in table
+    assert "| raw |" not in table

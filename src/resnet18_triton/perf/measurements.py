@@ -105,13 +105,16 @@ class EngineRow:
 @dataclass(frozen=True)
 class ServedSweep:
     """A served result: perf_analyzer's rows (sorted by load, at least one), the server's
-    failed-request count, and the whole stack's peak RSS during the sweep (when sampled)."""
+    failed-request count, the whole stack's peak RSS during the sweep (when sampled), and the
+    CPU time per image each process kind spent over the whole sweep, perf_analyzer included
+    (core-ms/img; when sampled)."""
 
     spec: ServedSpec
     rows: tuple[Row, ...]
     failed_requests: int | None = None
     stack_rss_mb: float | None = None
     stack_breakdown: dict[str, float] = field(default_factory=dict)
+    cpu_ms_per_image: dict[str, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

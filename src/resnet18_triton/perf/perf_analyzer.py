@@ -275,21 +275,37 @@ def parse_csv(path: Path, model: str, label: str, mode: str) -> list[Row]:
     return sorted(rows, key=lambda row: row.load)
 
 
-def model_request_counts(http_url: str, model: str) -> tuple[int, int] | None:
-    """(successful, failed) inference requests of ``model`` from the server's statistics API."""
+def model_stats(http_url: str, model: str) -> list[dict]:
+    """The ``model_stats`` entries (one per version) of the server's statistics API for
+    ``model``; empty when the server cannot say."""
     try:
         with urllib.request.urlopen(
             f"http://{http_url}/v2/models/{model}/stats", timeout=10
         ) as reply:
             stats = json.load(reply)
     except (urllib.error.URLError, OSError, ValueError):
+        return []
+    entries = stats.get("model_stats", []) if isinstance(stats, dict) else []
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def model_request_counts(http_url: str, model: str) -> tuple[int, int] | None:
+    """(successful, failed) inference requests of ``model`` from the server's statistics API."""
+    entries = model_stats(http_url, model)
+    if not entries:
         return None
     success = failed = 0
-    for entry in stats.get("model_stats", []):
+    for entry in entries:
         inference = entry.get("inference_stats", {})
         success += int(inference.get("success", {}).get("count", 0))
         failed += int(inference.get("fail", {}).get("count", 0))
     return success, failed
+
+
+def model_inference_count(http_url: str, model: str) -> int | None:
+    """Images ``model`` has inferred so far (batch-weighted), from the statistics API."""
+    entries = model_stats(http_url, model)
+    return sum(int(entry.get("inference_count", 0)) for entry in entries) if entries else None
 
 
 def run(

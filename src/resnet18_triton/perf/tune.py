@@ -15,12 +15,9 @@ perf_analyzer CSVs and server logs.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,15 +91,8 @@ class TuneResult:
 def model_compute_ms(http_url: str, model: str) -> float | None:
     """Mean compute time per image of ``model`` (input + infer + output, ms) from the server's
     statistics; None when unavailable."""
-    try:
-        with urllib.request.urlopen(
-            f"http://{http_url}/v2/models/{model}/stats", timeout=10
-        ) as reply:
-            stats = json.load(reply)
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
     total_ns = images = 0
-    for entry in stats.get("model_stats", []):
+    for entry in pa.model_stats(http_url, model):
         inference = entry.get("inference_stats", {})
         for key in ("compute_input", "compute_infer", "compute_output"):
             total_ns += int(inference.get(key, {}).get("ns", 0))
