@@ -10,19 +10,12 @@ import click
 
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
 from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
-from resnet18_triton.layout import default_repository
+from resnet18_triton.options import repository_option
 
 
 @click.command("cluster")
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 16))
-@click.option(
-    "--repo",
-    "repository",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_repository,
-    show_default="./model_repository",
-    help="Model repository filled by `resnet18-triton export` (shared by every replica).",
-)
+@repository_option("Model repository filled by `resnet18-triton export` (shared by every replica).")
 @click.option(
     "--host",
     default="127.0.0.1",

@@ -22,7 +22,7 @@ from resnet18_triton.export.pipeline import (
     export_repository,
     load_model,
 )
-from resnet18_triton.layout import default_repository
+from resnet18_triton.options import repository_option
 
 
 def _request_default(name: str) -> object:
@@ -128,14 +128,7 @@ def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
     type=int,
     help="Seed for --weights random.",
 )
-@click.option(
-    "--repo",
-    "repository",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_repository,
-    show_default="./model_repository",
-    help="Model repository to fill.",
-)
+@repository_option("Model repository to fill.")
 @click.option(
     "--opset",
     default=_request_default("opset"),

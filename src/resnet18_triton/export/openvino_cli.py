@@ -24,7 +24,8 @@ from resnet18_triton.cpu_flags import (
 from resnet18_triton.export.fidelity import DEFAULT_MIN_AGREEMENT
 from resnet18_triton.export.openvino_variant import VariantRefused, build_openvino_variant
 from resnet18_triton.export.quantize import image_files, load_preprocess_module, preprocess_files
-from resnet18_triton.layout import default_repository, openvino_ensemble_name, openvino_model_path
+from resnet18_triton.layout import openvino_ensemble_name, openvino_model_path
+from resnet18_triton.options import repository_option
 
 
 def choose_precision(requested: str, flags: frozenset[str]) -> tuple[str, str | None]:
@@ -50,13 +51,8 @@ def choose_precision(requested: str, flags: frozenset[str]) -> tuple[str, str | 
 
 
 @click.command("openvino")
-@click.option(
-    "--repo",
-    "repository",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_repository,
-    show_default="./model_repository",
-    help="Model repository holding the exported FP32 model (and, for int8, the INT8 one).",
+@repository_option(
+    "Model repository holding the exported FP32 model (and, for int8, the INT8 one)."
 )
 @click.option(
     "--precision",

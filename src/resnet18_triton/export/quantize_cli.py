@@ -47,9 +47,9 @@ from resnet18_triton.export.transaction import (
 from resnet18_triton.layout import (
     CONFIG_FILENAME,
     classifiers,
-    default_repository,
     onnx_model_path,
 )
+from resnet18_triton.options import repository_option
 
 
 def held_classifier_input_size(repository: Path, names: ClassifierNames) -> int:
@@ -116,14 +116,7 @@ def held_classifier(repository: Path, name: str) -> ClassifierNames:
 
 
 @click.command("quantize")
-@click.option(
-    "--repo",
-    "repository",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_repository,
-    show_default="./model_repository",
-    help="Model repository holding the exported FP32 model.",
-)
+@repository_option("Model repository holding the exported FP32 model.")
 @click.option(
     "--name",
     default=DEFAULT_CLASSIFIER,
