@@ -182,3 +182,41 @@ def test_quantize_by_name_reports_fidelity_on_the_digits_own_held_out_images(
     assert not (repo / "resnet18_int8").exists()
     default = ("preprocess", "resnet18_onnx", "resnet18")
     assert tree_digest(repo, default) == tree_digest(source, default)
+
+
+def test_openvino_by_name_builds_the_digits_variant_on_its_own_held_out_images(
+    session_repository, tmp_path: Path
+) -> None:
+    pytest.importorskip("openvino")
+    from resnet18_triton.export.openvino_cli import openvino
+    from resnet18_triton.layout import served_models
+
+    source, digits = session_repository
+    repo = tmp_path / "model_repository"
+    shutil.copytree(source, repo)
+    held_out = digits.splits["held_out"][0]
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        openvino,
+        [
+            "--repo", str(repo),
+            "--name", digits.name,
+            "--precision", "f32",
+            "--eval-images", str(write_images(tmp_path / "held_out", held_out)),
+            "--report", str(report),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    figures = json.loads(report.read_text())
+    assert figures["fidelity"]["num_images"] == len(held_out)
+    assert figures["fidelity"]["top1_agreement"] >= 0.99
+    assert (repo / "digits_openvino" / "1" / "model.onnx").read_bytes() == (
+        repo / "digits_onnx" / "1" / "model.onnx"
+    ).read_bytes()
+    labels = (repo / "digits_openvino_ensemble" / "labels.txt").read_text()
+    assert labels.split("\n")[0] == "digit 0"
+    assert {"digits_openvino", "digits_openvino_ensemble"} <= set(served_models(repo))
+    assert "--model digits_openvino_ensemble" in result.output
+    assert not (repo / "resnet18_openvino").exists()
+    default = ("preprocess", "resnet18_onnx", "resnet18")
+    assert tree_digest(repo, default) == tree_digest(source, default)

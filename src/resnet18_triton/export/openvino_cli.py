@@ -1,7 +1,8 @@
-"""``resnet18-triton openvino``: serve the classifier with OpenVINO (bf16, f32, int8) if faithful.
+"""``resnet18-triton openvino``: serve a classifier with OpenVINO (bf16, f32, int8) if faithful.
 
-Writes ``resnet18_openvino`` and ``resnet18_openvino_ensemble`` into the repository after the
-fidelity gate of ``export.openvino_variant``. BF16 is offered only on CPUs with native bfloat16.
+Writes ``NAME_openvino`` and ``NAME_openvino_ensemble`` (``resnet18_openvino`` and
+``resnet18_openvino_ensemble`` for the default classifier) into the repository after the fidelity
+gate of ``export.openvino_variant``. BF16 is offered only on CPUs with native bfloat16.
 """
 
 from __future__ import annotations
@@ -23,8 +24,19 @@ from resnet18_triton.cpu_flags import (
 )
 from resnet18_triton.export.fidelity import DEFAULT_MIN_AGREEMENT
 from resnet18_triton.export.openvino_variant import VariantRefused, build_openvino_variant
-from resnet18_triton.export.quantize import image_files, load_preprocess_module, preprocess_files
-from resnet18_triton.layout import openvino_ensemble_name, openvino_model_path
+from resnet18_triton.export.quantize import (
+    image_files,
+    load_preprocess_module,
+    preprocess_files,
+    served_transform,
+)
+from resnet18_triton.export.quantize_cli import held_classifier
+from resnet18_triton.layout import (
+    CONFIG_FILENAME,
+    DEFAULT_CLASSIFIER,
+    openvino_ensemble_name,
+    openvino_model_path,
+)
 from resnet18_triton.options import repository_option
 
 
@@ -53,6 +65,13 @@ def choose_precision(requested: str, flags: frozenset[str]) -> tuple[str, str | 
 @click.command("openvino")
 @repository_option(
     "Model repository holding the exported FP32 model (and, for int8, the INT8 one)."
+)
+@click.option(
+    "--name",
+    default=DEFAULT_CLASSIFIER,
+    show_default=True,
+    help="Classifier to serve with OpenVINO; its models are NAME_openvino and "
+    "NAME_openvino_ensemble.",
 )
 @click.option(
     "--precision",
@@ -85,26 +104,32 @@ def choose_precision(requested: str, flags: frozenset[str]) -> tuple[str, str | 
 )
 def openvino(
     repository: Path,
+    name: str,
     precision: str,
     eval_images: Path,
     min_agreement: float,
     force: bool,
     report_path: Path | None,
 ) -> None:
-    """Serve the classifier with OpenVINO as resnet18_openvino, beside ONNX Runtime."""
+    """Serve a classifier with OpenVINO (NAME_openvino), beside ONNX Runtime."""
     flags = cpu_flags()
     chosen, note = choose_precision(precision, flags)
     if note:
         click.secho(f"note: {note}", err=True, fg="yellow")
     found = ", ".join(present(BF16_FLAGS + INT8_FLAGS, flags)) or "none"
-    held_out = preprocess_files(image_files(eval_images), load_preprocess_module(repository))
+    names = held_classifier(repository, name)
+    preprocess = load_preprocess_module(repository, names.preprocess)
+    transform = served_transform(preprocess, repository / names.preprocess / CONFIG_FILENAME)
+    held_out = preprocess_files(image_files(eval_images), preprocess, transform)
     click.echo(
         f"OpenVINO {chosen}: comparing with FP32 on {len(held_out)} held-out images "
         f"(CPU flags: {found})",
         err=True,
     )
     try:
-        report = build_openvino_variant(repository, chosen, held_out, min_agreement, force)
+        report = build_openvino_variant(
+            repository, chosen, held_out, min_agreement, force, names=names
+        )
     except VariantRefused as refused:
         click.echo(refused.report.table())
         raise
@@ -121,7 +146,8 @@ def openvino(
         figures = {"precision": chosen, "fidelity": json.loads(report.to_json())}
         report_path.write_text(json.dumps(figures, indent=2) + "\n")
     click.echo(
-        f"OpenVINO {chosen} model ready: {openvino_model_path(repository)}; serve it with "
-        f"`resnet18-triton serve` and classify with --model {openvino_ensemble_name()}",
+        f"OpenVINO {chosen} model ready: {openvino_model_path(repository, names.name)}; serve it "
+        f"with `resnet18-triton serve` and classify with --model "
+        f"{openvino_ensemble_name(names.name)}",
         err=True,
     )

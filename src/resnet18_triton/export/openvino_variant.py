@@ -22,7 +22,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from resnet18_triton import contract
-from resnet18_triton.contract import INT8_MODEL
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
 from resnet18_triton.export.fidelity import (
     DEFAULT_MIN_AGREEMENT,
@@ -64,17 +64,20 @@ def config_as_json(config) -> dict:
     return json_format.MessageToDict(config, preserving_proto_field_name=True)
 
 
-def source_model(repository: Path, precision: str) -> Path:
-    """The ONNX file the variant serves: the FP32 export, or the INT8 QDQ file for ``int8``."""
-    path = onnx_model_path(repository, INT8_MODEL if precision == "int8" else contract.ONNX_MODEL)
+def source_model(repository: Path, precision: str, names: ClassifierNames | None = None) -> Path:
+    """The ONNX file the variant of classifier ``names`` (default: the default one) serves: its
+    FP32 export, or its INT8 QDQ file for ``int8``."""
+    names = names or ClassifierNames.of()
+    path = onnx_model_path(repository, names.int8 if precision == "int8" else names.onnx)
     if not path.is_file():
+        named = "" if names.name == contract.ENSEMBLE_MODEL else f" --name {names.name}"
         step = "resnet18-triton quantize" if precision == "int8" else "resnet18-triton export"
-        raise ExportError(f"{path} is missing: run `{step}` first")
+        raise ExportError(f"{path} is missing: run `{step}{named}` first")
     return path
 
 
 def openvino_logits(path: Path, model_config: dict, images: np.ndarray, batch_size: int = 8):
-    """Logits of ``images`` [N, 3, 224, 224] from OpenVINO compiled as the backend would."""
+    """Logits of ``images`` [N, 3, S, S] (uint8) from OpenVINO compiled as the backend would."""
     backend = openvino_backend()
     request = backend.compile_model(str(path), model_config).create_infer_request()
     chunks = [
@@ -92,11 +95,15 @@ def build_openvino_variant(
     held_out: np.ndarray,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     force: bool = False,
+    names: ClassifierNames | None = None,
 ) -> FidelityReport:
-    """Gate and write the variant (see the module docstring); raises VariantRefused."""
-    fp32_path = onnx_model_path(repository)
-    candidate = source_model(repository, precision)
-    configs = openvino_configs(repository, precision, {})
+    """Gate and write the variant of classifier ``names`` (default: the default one; see the
+    module docstring); ``held_out`` is preprocessed with that classifier's own transform.
+    Raises VariantRefused."""
+    names = names or ClassifierNames.of()
+    fp32_path = onnx_model_path(repository, names.onnx)
+    candidate = source_model(repository, precision, names)
+    configs = openvino_configs(repository, precision, {}, names)
     candidate_logits = openvino_logits(candidate, config_as_json(configs[0]), held_out)
     report = compare_logits(
         run_logits(session(fp32_path), held_out),
@@ -111,7 +118,7 @@ def build_openvino_variant(
             "nothing was written. Try --precision f32, or --force to write it anyway.",
             report,
         )
-    configs = openvino_configs(repository, precision, {"fidelity": report.to_json()})
-    write_bytes_atomically(openvino_model_path(repository), candidate.read_bytes())
-    write_variant_configs(repository, configs)
+    configs = openvino_configs(repository, precision, {"fidelity": report.to_json()}, names)
+    write_bytes_atomically(openvino_model_path(repository, names.name), candidate.read_bytes())
+    write_variant_configs(repository, configs, names)
     return report
