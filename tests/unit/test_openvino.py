@@ -216,6 +216,24 @@ def test_the_gate_refuses_a_model_that_disagrees_with_fp32(tmp_path: Path) -> No
     assert layout.has_openvino(repo) and "WARNING" in forced.output
 
 
+def test_a_classifier_the_repository_lacks_is_refused_by_name(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from resnet18_triton.errors import ExportError
+    from resnet18_triton.export.openvino_cli import openvino
+    from resnet18_triton.export.openvino_variant import source_model
+
+    (tmp_path / "held_out").mkdir()
+    arguments = ["--repo", str(tmp_path), "--name", "digits", "--eval-images"]
+    result = CliRunner().invoke(openvino, [*arguments, str(tmp_path / "held_out")])
+    assert isinstance(result.exception, ExportError), result.output
+    assert "no exported classifier 'digits'" in str(result.exception)
+    assert "resnet18-triton export --name digits" in str(result.exception)
+    names = contract.ClassifierNames.of("digits")
+    with pytest.raises(ExportError, match="run `resnet18-triton quantize --name digits` first"):
+        source_model(tmp_path, "int8", names)
+
+
 # --- bench rows
 
 
