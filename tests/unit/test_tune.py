@@ -141,6 +141,21 @@ def test_coordinate_descent_finds_the_best_plan_of_a_separable_objective_in_few_
     assert len(calls) < len(space.grid()) / 4
 
 
+def test_coordinate_descent_moves_the_thread_split_and_preprocessing_together() -> None:
+    """Two single-thread instances pay only with a second preprocessing instance to feed them
+    (as measured on 2 cores): moving either knob alone loses, so they must move as one."""
+    space = SearchSpace(cores=2, variants=(INT8,), max_batch_sizes=(8,), queue_delays_us=(0,))
+
+    def throughput(plan: Candidate) -> float:
+        split = (plan.onnx_instances, plan.intra_op_threads)
+        if split == (2, 1) and plan.preprocess_instances == 2:
+            return 130
+        return 128 if split == (1, 2) and plan.preprocess_instances == 1 else 120
+
+    results = coordinate_descent(space, lambda plan: measured(plan, row(throughput(plan), 50)))
+    assert select_winner(results).candidate == Candidate(INT8, 2, 1, 2, 8, 0)
+
+
 def test_coordinate_descent_respects_the_latency_limit() -> None:
     space = SearchSpace(cores=2, max_batch_sizes=(1, 8), queue_delays_us=(0,))
 

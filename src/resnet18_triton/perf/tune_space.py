@@ -10,8 +10,10 @@ Two ways through the space:
 * ``SearchSpace.grid()``: every plan (``tune --exhaustive``);
 * ``coordinate_descent``: start from the rule of thumb (``SearchSpace.seed()``: one instance using
   every core, the largest batch, no queue delay), then move one knob at a time to its best value
-  with the others held, until a pass changes nothing. Thread splits are pruned to those that use
-  every core they can (threads = cores // instances): an idle core never raises throughput.
+  with the others held, until a pass changes nothing. The ONNX Runtime thread split and the
+  preprocessing instances move together, as one knob, because they divide the same cores.
+  Thread splits are pruned to those that use every core they can (threads = cores // instances):
+  an idle core never raises throughput.
 
 ``Measurement.score`` is the objective: the highest throughput among the measured load levels,
 or, with a p99 limit, among those whose p99 latency is within it. ``select_winner`` picks the
@@ -140,18 +142,21 @@ class SearchSpace:
 
     def axes(self) -> list[Callable[[Candidate], list[Candidate]]]:
         """One function per knob: a plan -> the plans that differ from it in that knob only
-        (itself included). Thread splits are pruned (``thread_splits(full_only=True)``)."""
+        (itself included). The thread split and the preprocessing instances are one knob (they
+        share the cores); thread splits are pruned (``thread_splits(full_only=True)``)."""
 
         def variants(plan: Candidate) -> list[Candidate]:
             return [replace(plan, variant=value) for value in self.variants]
 
-        def splits(plan: Candidate) -> list[Candidate]:
+        def cores(plan: Candidate) -> list[Candidate]:
+            # One axis, not two: the thread split and the preprocessing instances divide the
+            # same cores, so their best values depend on each other (2 single-thread instances
+            # pay only with a second preprocessing instance to feed them).
             pairs = thread_splits(self.cores, full_only=True)
-            return [replace(plan, onnx_instances=i, intra_op_threads=t) for i, t in pairs]
-
-        def preprocess(plan: Candidate) -> list[Candidate]:
             return [
-                replace(plan, preprocess_instances=n) for n in sorted(self.preprocess_instances)
+                replace(plan, onnx_instances=i, intra_op_threads=t, preprocess_instances=n)
+                for i, t in pairs
+                for n in sorted(self.preprocess_instances)
             ]
 
         def batches(plan: Candidate) -> list[Candidate]:
@@ -160,7 +165,7 @@ class SearchSpace:
         def delays(plan: Candidate) -> list[Candidate]:
             return [replace(plan, max_queue_delay_us=n) for n in sorted(self.queue_delays_us)]
 
-        return [variants, splits, preprocess, batches, delays]
+        return [variants, cores, batches, delays]
 
 
 @dataclass(frozen=True)
