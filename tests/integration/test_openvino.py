@@ -159,7 +159,7 @@ def test_tune_measures_an_openvino_plan_and_applies_its_threads_per_instance(
             *cli,
             "--out", str(tmp_path / "report"),
             "--compare", "openvino i2xt1 p1 b4 q0",
-            "--rounds", "0",
+            "--rounds", "1",
             "--concurrency", "2",
             "--measurement-interval", "1000",
             "--max-trials", "4",
