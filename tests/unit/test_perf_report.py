@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import statistics
 from pathlib import Path
 
@@ -304,7 +303,7 @@ def test_the_cpu_table_totals_each_path_and_bounds_its_throughput() -> None:
         cpu_ms_per_image={"stub:preprocess": 3.0, "stub:resnet18_int8": 7.0},
     )
     unsampled = ServedSweep(ServedSpec("raw"), (_row("y", 1, 50.0),))
-    table = bench.cpu_table([sweep, unsampled])
-    cores = os.cpu_count() or 1
-    assert "| int8 ensemble 500x375 | 3.00 | 7.00 | 10.00 | " + f"{cores * 100:.0f} |" in table
+    table = bench.cpu_table([sweep, unsampled], cores=2)
+    assert "| int8 ensemble 500x375 | 3.00 | 7.00 | 10.00 | 200 |" in table
+    assert "img/s bound on 2 cores" in table
     assert "| raw |" not in table

@@ -469,12 +469,11 @@ def _ratio_row(value: RatioValue) -> list[str]:
     return [value.ratio.name, f"{value.value:.3f}", str(target or "-"), status, value.detail]
 
 
-def cpu_table(served: list[ServedSweep]) -> str:
+def cpu_table(served: list[ServedSweep], cores: int) -> str:
     """core-ms per image by process kind for each sampled sweep, with the total and the img/s
-    the machine's cores would allow if they did nothing else."""
+    ``cores`` cores would allow if they did nothing else."""
     sampled = [sweep for sweep in served if sweep.cpu_ms_per_image]
     kinds = sorted({kind for sweep in sampled for kind in sweep.cpu_ms_per_image})
-    cores = os.cpu_count() or 1
     rows = []
     for sweep in sampled:
         total = sum(sweep.cpu_ms_per_image.values())
@@ -484,7 +483,7 @@ def cpu_table(served: list[ServedSweep]) -> str:
     return markdown_table(headers, rows)
 
 
-def _cpu_section(served: list[ServedSweep]) -> list[str]:
+def _cpu_section(served: list[ServedSweep], cores: int) -> list[str]:
     if not any(sweep.cpu_ms_per_image for sweep in served):
         return []
     return [
@@ -494,7 +493,7 @@ def _cpu_section(served: list[ServedSweep]) -> list[str]:
         "perf_analyzer, divided by the images the path served in that time. The bound is "
         "cores x 1000 / total: what the machine could serve at 100 % CPU with this split.",
         "",
-        cpu_table(served),
+        cpu_table(served, cores),
         "",
     ]
 
@@ -539,7 +538,7 @@ def write_report(plan: BenchPlan, results: BenchResults, repo: Path) -> Path:
             "",
             f"Stack RSS at its peak: {breakdown or '-'}",
             "",
-            *_cpu_section(served),
+            *_cpu_section(served, int(str(env.get("cores") or 1))),
             "## Served sweeps",
             "",
             sweep_table(all_rows),
