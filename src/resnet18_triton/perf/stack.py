@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from resnet18_triton.layout import stub_model
 
@@ -29,12 +30,18 @@ def _label(process) -> str:
     return f"stub:{model}" if model else process.name()
 
 
-def stack_rss(pid: int) -> dict[str, float]:
-    """RSS in MB of ``pid`` and each descendant, keyed by a readable label."""
+def _stack(pid: int) -> tuple[Any, list[Any]]:
+    """psutil (imported on use: the ``perf`` extra) and ``pid`` with all its descendants."""
     psutil = __import__("psutil")
     root = psutil.Process(pid)
+    return psutil, [root, *root.children(recursive=True)]
+
+
+def stack_rss(pid: int) -> dict[str, float]:
+    """RSS in MB of ``pid`` and each descendant, keyed by a readable label."""
+    psutil, processes = _stack(pid)
     usage: dict[str, float] = {}
-    for process in [root, *root.children(recursive=True)]:
+    for process in processes:
         try:
             rss = process.memory_info().rss / (1024 * 1024)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -48,10 +55,9 @@ def stack_rss(pid: int) -> dict[str, float]:
 
 def stack_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
     """CPU seconds (user + system) so far of ``pid`` and each descendant: pid -> (label, s)."""
-    psutil = __import__("psutil")
-    root = psutil.Process(pid)
+    psutil, processes = _stack(pid)
     usage: dict[int, tuple[str, float]] = {}
-    for process in [root, *root.children(recursive=True)]:
+    for process in processes:
         try:
             times = process.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
