@@ -30,7 +30,7 @@ from resnet18_triton.export.quantize import (
     preprocess_files,
     served_transform,
 )
-from resnet18_triton.export.quantize_cli import held_classifier
+from resnet18_triton.export.repository import held_classifier
 from resnet18_triton.layout import (
     CONFIG_FILENAME,
     DEFAULT_CLASSIFIER,

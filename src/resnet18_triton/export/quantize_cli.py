@@ -17,7 +17,6 @@ from pathlib import Path
 import click
 
 from resnet18_triton.contract import DEFAULT_CLASSIFIER, ClassifierNames
-from resnet18_triton.errors import ExportError
 from resnet18_triton.export.fidelity import (
     DEFAULT_MIN_AGREEMENT,
     measure_fidelity,
@@ -37,7 +36,7 @@ from resnet18_triton.export.quantize import (
     served_transform,
     split_holdout,
 )
-from resnet18_triton.export.repository import write_int8_configs
+from resnet18_triton.export.repository import held_classifier, write_int8_configs
 from resnet18_triton.export.transaction import (
     install,
     install_lock,
@@ -46,7 +45,6 @@ from resnet18_triton.export.transaction import (
 )
 from resnet18_triton.layout import (
     CONFIG_FILENAME,
-    classifiers,
     onnx_model_path,
 )
 from resnet18_triton.options import repository_option
@@ -98,21 +96,6 @@ def quantize_repository(
         with install_lock(repository):
             install(staging, repository, names.int8_models)
     return report
-
-
-def held_classifier(repository: Path, name: str) -> ClassifierNames:
-    """The names of classifier ``name``, which ``repository`` must hold (exported FP32)."""
-    try:
-        names = ClassifierNames.of(name)
-    except ValueError as error:
-        raise ExportError(str(error)) from None
-    if not onnx_model_path(repository, names.onnx).is_file():
-        held = ", ".join(item.name for item in classifiers(repository)) or "none"
-        raise ExportError(
-            f"{repository} holds no exported classifier {name!r} (classifiers: {held}); run "
-            f"`resnet18-triton export --name {name}` first"
-        )
-    return names
 
 
 @click.command("quantize")

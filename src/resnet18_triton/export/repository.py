@@ -39,6 +39,8 @@ from resnet18_triton.layout import (
     OPENVINO_MODEL_FILENAME,
     PYTHON_MODELS,
     VERSION,
+    classifiers,
+    onnx_model_path,
     openvino_models,
     python_model_source,
 )
@@ -125,6 +127,21 @@ def _fp32_configs(repo: Path, names: ClassifierNames) -> dict[str, mc.ModelConfi
             raise ExportError(f"{path} is missing: run `resnet18-triton export` first")
         sources[name] = parse(path.read_text())
     return sources
+
+
+def held_classifier(repository: Path, name: str) -> ClassifierNames:
+    """The names of classifier ``name``, which ``repository`` must hold (exported FP32)."""
+    try:
+        names = ClassifierNames.of(name)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    if not onnx_model_path(repository, names.onnx).is_file():
+        held = ", ".join(item.name for item in classifiers(repository)) or "none"
+        raise ExportError(
+            f"{repository} holds no exported classifier {name!r} (classifiers: {held}); run "
+            f"`resnet18-triton export --name {name}` first"
+        )
+    return names
 
 
 def write_int8_configs(
