@@ -1,0 +1,135 @@
+"""What the preprocessing hop costs the INT8 path: the ensemble against one fused model.
+
+A measurement, not a served feature. It copies the default classifier's FP32 and INT8 models of
+``--repo`` into a scratch repository (hard links) and adds two models that decode, preprocess and
+run the INT8 ONNX file in one Python-backend process (``perf/fused/model.py``, with the
+repository's own preprocessing code): ``fused_i1t2`` (1 instance x 2 threads) and ``fused_i2t1``
+(2 x 1). Each round starts an embedded server with all three, perf_analyzer loads each in turn
+at the same concurrency with the same JPEGs (the stack's CPU per image is read for every run),
+and, once the server has stopped, ONNX Runtime INT8 is timed in-process on uint8 tensors, so
+every round gives served / in-process ratios from the same minutes. Prints a markdown table.
+
+    python -m resnet18_triton.perf.fused_experiment --repo model_repository --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from resnet18_triton import contract
+from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.export.model_configs import render
+from resnet18_triton.layout import CONFIG_FILENAME, VERSION, has_int8, onnx_model_path
+from resnet18_triton.perf import perf_analyzer as pa
+from resnet18_triton.perf.ab_served import engine_images_per_s
+from resnet18_triton.perf.images import TYPICAL_SIZE, jpeg_bytes
+from resnet18_triton.perf.stack import StackSampler
+from resnet18_triton.perf.tune_repository import copy_models
+from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+
+FUSED_MODEL_SOURCE = Path(__file__).parent / "fused" / "model.py"
+# (model name, instances, ONNX Runtime threads per instance)
+FUSED_PLANS = (("fused_i1t2", 1, 2), ("fused_i2t1", 2, 1))
+
+
+def fused_config(name: str, instances: int, threads: int) -> mc.ModelConfig:
+    """The fused model's config: encoded images in, probabilities out, dynamic batching to 8."""
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=8)
+    config.input.add(name=contract.ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(name="probabilities", data_type=mc.TYPE_FP32, dims=[contract.NUM_CLASSES])
+    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    config.dynamic_batching.SetInParent()
+    config.parameters["threads"].string_value = str(threads)
+    return config
+
+
+def scratch_repository(source: Path, target: Path) -> tuple[str, ...]:
+    """Copy the default classifier (FP32 and INT8) and add the fused models; returns every model
+    to load, in load order."""
+    names = ClassifierNames.of()
+    if not has_int8(source, names):
+        raise SystemExit(f"{source} has no INT8 variant: run `resnet18-triton quantize` first")
+    served = (names.preprocess, names.onnx, names.ensemble, *names.int8_models)
+    copy_models(source, target, served)
+    for name, instances, threads in FUSED_PLANS:
+        version = target / name / VERSION
+        version.mkdir(parents=True)
+        shutil.copy2(FUSED_MODEL_SOURCE, version / "model.py")
+        shutil.copy2(
+            source / names.preprocess / VERSION / "model.py", version / "preprocess_impl.py"
+        )
+        os.link(onnx_model_path(source, names.int8), version / "model.onnx")
+        config = fused_config(name, instances, threads)
+        (target / name / CONFIG_FILENAME).write_text(render(config))
+    return (*served, *(name for name, _, _ in FUSED_PLANS))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--interval-ms", type=int, default=5000)
+    args = parser.parse_args()
+    names = ClassifierNames.of()
+    targets = (names.int8_ensemble, *(name for name, _, _ in FUSED_PLANS))
+    analyzer = pa.locate()
+    with tempfile.TemporaryDirectory(prefix="fused-") as scratch:
+        work = Path(scratch)
+        models = scratch_repository(args.repo.resolve(), work / "repo")
+        images = [jpeg_bytes(*TYPICAL_SIZE, seed) for seed in range(16)]
+        data = pa.write_input_data(images, contract.ENSEMBLE_INPUT, work / "input.json")
+        settings = pa.SweepSettings(
+            concurrency=f"{args.concurrency}:{args.concurrency}:1",
+            measurement_interval_ms=args.interval_ms,
+            max_trials=6,
+        )
+        options = ServerOptions(
+            repository=work / "repo",
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            models=models,
+            exit_timeout_s=5,
+        )
+        runs: dict[str, list[tuple[float, float]]] = {target: [] for target in targets}
+        engine: list[float] = []
+        for round_index in range(args.rounds):
+            with open(work / "server.log", "a") as log, EmbeddedServer(options, log) as server:
+                assert server.process is not None
+                for target in targets:
+                    before = pa.model_inference_count(server.url, target) or 0
+                    sampler = StackSampler(server.process.pid).start()
+                    sweep = pa.Sweep(target, server.url, settings, data)
+                    result = pa.run(analyzer, sweep, work / f"{target}_{round_index}.csv")
+                    sampler.stop()
+                    served = (pa.model_inference_count(server.url, target) or 0) - before
+                    core_ms = 1000 * sum(sampler.cpu_seconds.values()) / max(served, 1)
+                    runs[target].append((max(row.throughput for row in result.rows), core_ms))
+            # The engine alone, in-process, in the same minutes, once the server has stopped.
+            engine.append(engine_images_per_s(args.repo, names.int8))
+    print(f"concurrency {args.concurrency}, {args.rounds} interleaved rounds, 500x375 JPEGs\n")
+    print("| model | img/s per round | median img/s | / in-process INT8, per round | ", end="")
+    print("stack core-ms/img per round |")
+    print("|---|---|---|---|---|")
+    for target, values in runs.items():
+        rates = ", ".join(f"{rate:.1f}" for rate, _ in values)
+        pairs = zip(values, engine, strict=True)
+        ratios = ", ".join(f"{rate / alone:.2f}" for (rate, _), alone in pairs)
+        cpu = ", ".join(f"{core_ms:.2f}" for _, core_ms in values)
+        median = statistics.median(rate for rate, _ in values)
+        print(f"| {target} | {rates} | {median:.1f} | {ratios} | {cpu} |")
+    alone = ", ".join(f"{rate:.1f}" for rate in engine)
+    print(f"| in-process {names.int8} (uint8 tensors, batch 8, 2 threads) | {alone} | ", end="")
+    print(f"{statistics.median(engine):.1f} | - | - |")
+
+
+if __name__ == "__main__":
+    main()
