@@ -47,6 +47,15 @@ class FidelityReport:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
+    def forced_warning(self, min_agreement: float) -> str | None:
+        """What to tell a person when the variant was written below the bar (``--force``)."""
+        if self.passes(min_agreement):
+            return None
+        return (
+            f"WARNING: written despite top-1 agreement {self.top1_agreement:.2%} < "
+            f"{min_agreement:.2%} (--force)"
+        )
+
     def table(self) -> str:
         """A Markdown table for people (the CLI prints it; docs/variants.md quotes one)."""
         rows = [

@@ -26,13 +26,11 @@ from resnet18_triton.export.fidelity import DEFAULT_MIN_AGREEMENT
 from resnet18_triton.export.openvino_variant import VariantRefused, build_openvino_variant
 from resnet18_triton.export.quantize import (
     image_files,
-    load_preprocess_module,
     preprocess_files,
-    served_transform,
+    served_preprocessing,
 )
 from resnet18_triton.export.repository import held_classifier
 from resnet18_triton.layout import (
-    CONFIG_FILENAME,
     DEFAULT_CLASSIFIER,
     openvino_ensemble_name,
     openvino_model_path,
@@ -118,8 +116,7 @@ def openvino(
         click.secho(f"note: {note}", err=True, fg="yellow")
     found = ", ".join(present(BF16_FLAGS + INT8_FLAGS, flags)) or "none"
     names = held_classifier(repository, name)
-    preprocess = load_preprocess_module(repository, names.preprocess)
-    transform = served_transform(preprocess, repository / names.preprocess / CONFIG_FILENAME)
+    preprocess, transform = served_preprocessing(repository, names.preprocess)
     held_out = preprocess_files(image_files(eval_images), preprocess, transform)
     click.echo(
         f"OpenVINO {chosen}: comparing with FP32 on {len(held_out)} held-out images "
@@ -134,14 +131,9 @@ def openvino(
         click.echo(refused.report.table())
         raise
     click.echo(report.table())
-    if not report.passes(min_agreement):
-        click.secho(
-            f"WARNING: written despite top-1 agreement {report.top1_agreement:.2%} < "
-            f"{min_agreement:.2%} (--force)",
-            err=True,
-            fg="yellow",
-            bold=True,
-        )
+    warning = report.forced_warning(min_agreement)
+    if warning:
+        click.secho(warning, err=True, fg="yellow", bold=True)
     if report_path is not None:
         figures = {"precision": chosen, "fidelity": json.loads(report.to_json())}
         report_path.write_text(json.dumps(figures, indent=2) + "\n")

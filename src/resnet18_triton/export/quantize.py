@@ -65,6 +65,7 @@ from resnet18_triton.export.onnx_export import set_metadata
 from resnet18_triton.files import image_files as images_in
 from resnet18_triton.files import image_suffixes_text, install_file_atomically
 from resnet18_triton.layout import (
+    CONFIG_FILENAME,
     VERSION,
     load_model_module,
     python_model_source,
@@ -185,6 +186,12 @@ def served_transform(preprocess: ModuleType, config_path: Path | None) -> Any:
         parse(config_path.read_text()), preserving_proto_field_name=True
     )
     return preprocess.transform_from_config(config)
+
+
+def served_preprocessing(repository: Path, preprocess_model: str) -> tuple[ModuleType, Any]:
+    """The preprocessing module and ``Transform`` a classifier's preprocess model serves with."""
+    preprocess = load_preprocess_module(repository, preprocess_model)
+    return preprocess, served_transform(preprocess, repository / preprocess_model / CONFIG_FILENAME)
 
 
 def preprocess_files(

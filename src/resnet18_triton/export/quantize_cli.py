@@ -30,10 +30,9 @@ from resnet18_triton.export.quantize import (
     QuantizationRefused,
     cpu_int8_flags,
     image_files,
-    load_preprocess_module,
     preprocess_files,
     quantize_model,
-    served_transform,
+    served_preprocessing,
     split_holdout,
 )
 from resnet18_triton.export.repository import held_classifier, write_int8_configs
@@ -44,7 +43,6 @@ from resnet18_triton.export.transaction import (
     staging_directory,
 )
 from resnet18_triton.layout import (
-    CONFIG_FILENAME,
     onnx_model_path,
 )
 from resnet18_triton.options import repository_option
@@ -52,9 +50,8 @@ from resnet18_triton.options import repository_option
 
 def held_classifier_input_size(repository: Path, names: ClassifierNames) -> int:
     """The image side classifier ``names`` takes, from its preprocess config."""
-    preprocess = load_preprocess_module(repository, names.preprocess)
-    config = repository / names.preprocess / CONFIG_FILENAME
-    return int(served_transform(preprocess, config).input_size)
+    _, transform = served_preprocessing(repository, names.preprocess)
+    return int(transform.input_size)
 
 
 def quantize_repository(
@@ -70,8 +67,7 @@ def quantize_repository(
     images go through that classifier's own preprocessing. Raises QuantizationRefused, or
     ExportError for a classifier the repository does not hold."""
     names = held_classifier(repository, name)
-    preprocess = load_preprocess_module(repository, names.preprocess)
-    transform = served_transform(preprocess, repository / names.preprocess / CONFIG_FILENAME)
+    preprocess, transform = served_preprocessing(repository, names.preprocess)
     fp32_path = onnx_model_path(repository, names.onnx)
     reader = PreprocessedImageReader.from_files(
         calibration_files, preprocess, recipe.calibration_batch_size, transform
@@ -218,14 +214,9 @@ def quantize(
         click.echo(refused.report.table())
         raise
     click.echo(report.table())
-    if not report.passes(min_agreement):
-        click.secho(
-            f"WARNING: written despite top-1 agreement {report.top1_agreement:.2%} < "
-            f"{min_agreement:.2%} (--force)",
-            err=True,
-            fg="yellow",
-            bold=True,
-        )
+    warning = report.forced_warning(min_agreement)
+    if warning:
+        click.secho(warning, err=True, fg="yellow", bold=True)
     figures = {
         "classifier": name,
         "recipe": json.loads(recipe.to_json()),
