@@ -15,7 +15,6 @@ every round gives served / in-process ratios from the same minutes. Prints a mar
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import tempfile
@@ -31,7 +30,7 @@ from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.ab_served import engine_images_per_s
 from resnet18_triton.perf.images import TYPICAL_SIZE, jpeg_bytes
 from resnet18_triton.perf.stack import StackSampler
-from resnet18_triton.perf.tune_repository import copy_models
+from resnet18_triton.perf.tune_repository import copy_models, link_or_copy
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
 FUSED_MODEL_SOURCE = Path(__file__).parent / "fused" / "model.py"
@@ -65,7 +64,7 @@ def scratch_repository(source: Path, target: Path) -> tuple[str, ...]:
         shutil.copy2(
             source / names.preprocess / VERSION / "model.py", version / "preprocess_impl.py"
         )
-        os.link(onnx_model_path(source, names.int8), version / "model.onnx")
+        link_or_copy(str(onnx_model_path(source, names.int8)), str(version / "model.onnx"))
         config = fused_config(name, instances, threads)
         (target / name / CONFIG_FILENAME).write_text(render(config))
     return (*served, *(name for name, _, _ in FUSED_PLANS))

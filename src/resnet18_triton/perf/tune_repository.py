@@ -248,7 +248,7 @@ def _write_openvino_configs(source: Path, target: Path, names: ClassifierNames) 
     )
 
 
-def _link_or_copy(source: str, target: str) -> None:
+def link_or_copy(source: str, target: str) -> None:
     """Hard links cost no space for the ONNX files; configs are replaced by rename, never
     written in place, so the original files never change."""
     try:
@@ -260,7 +260,7 @@ def _link_or_copy(source: str, target: str) -> None:
 def copy_models(source: Path, target: Path, models: tuple[str, ...]) -> None:
     """Copies of ``source/<model>`` in ``target`` (files hard-linked where possible)."""
     for model in models:
-        shutil.copytree(source / model, target / model, copy_function=_link_or_copy)
+        shutil.copytree(source / model, target / model, copy_function=link_or_copy)
 
 
 def scratch_repository(source: Path, target: Path, name: str = contract.ENSEMBLE_MODEL) -> Path:
