@@ -23,6 +23,12 @@ fi
 # The Triton stub is built for the system's Python 3.11; the venv must be the same minor version.
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 if [ ! -x .venv/bin/python ]; then
+  # torch 2.14.1 for x86_64 is a CUDA build: the venv takes about 7 GB, the tests about 1 GB more.
+  free_gb=$(($(df -Pk . | awk 'NR == 2 {print $4}') / 1024 / 1024))
+  if ((free_gb < 9)); then
+    echo "setup: warning: only ${free_gb} GB free here; the venv needs about 7 GB and the" \
+      "tests about 1 GB more (free space with \`df -h .\`)" >&2
+  fi
   echo "setup: creating .venv with $PYTHON"
   "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
