@@ -15,6 +15,7 @@ folder (classify, quantize calibration, benchmarks). Hidden files are never imag
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -76,6 +77,16 @@ def install_file_atomically(source: Path, target: Path) -> Path:
     finally:
         Path(tmp_name).unlink(missing_ok=True)
     return target
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """Hard-link ``source`` at ``target`` (no space for an ONNX file the repository already
+    holds), or copy it where a link cannot be made (another filesystem). Callers replace files by
+    rename, never in place, so a change to one name never shows through the other."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -20,6 +20,8 @@ CONFIG_FILENAME = "config.pbtxt"
 VERSION = "1"
 # Python-backend models whose model.py ships in this package and is copied in by `export`.
 PYTHON_MODELS = (contract.PREPROCESS_MODEL,)
+# The files of a classifier's fused INT8 model (``NAME_int8_fused/1/``), written by `quantize`.
+FUSED_MODEL_FILES = ("model.py", "preprocessing.py", "onnxruntime_engine.py", "model.onnx")
 # The repository used when none is named: ./model_repository, or this variable's value.
 REPOSITORY_ENV_VAR = "RESNET18_TRITON_REPO"
 DEFAULT_REPOSITORY_DIRNAME = "model_repository"
@@ -148,6 +150,16 @@ def has_int8(repo: Path, names: ClassifierNames | None = None) -> bool:
     return all(path.is_file() for path in int8_files(repo, names))
 
 
+def has_int8_fused(repo: Path, names: ClassifierNames | None = None) -> bool:
+    """True when ``repo`` holds the classifier's complete fused INT8 model (``NAME_int8_fused``;
+    repositories quantised before it existed have the INT8 ensemble only)."""
+    names = names or ClassifierNames.of()
+    directory = repo / names.int8_fused
+    files = [directory / CONFIG_FILENAME, directory / contract.LABELS_FILENAME]
+    files += [directory / VERSION / filename for filename in FUSED_MODEL_FILES]
+    return all(path.is_file() for path in files)
+
+
 def openvino_files(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> list[Path]:
     """What serving the OpenVINO variant needs (written by ``resnet18-triton openvino``)."""
     models = openvino_models(classifier)
@@ -167,9 +179,9 @@ def served_models(
     repo: Path, int8: bool | None = None, openvino: bool | None = None
 ) -> tuple[str, ...]:
     """Models to load, in load order: every classifier's steps, then their ensembles, then each
-    variant (INT8, then OpenVINO; classifiers before ensembles) the repository holds, or all of
-    them with ``True``, none with ``False``. A repository without classifiers yields the default
-    classifier's names."""
+    variant (INT8, then OpenVINO; classifiers before ensembles, the fused INT8 model where it was
+    written) the repository holds, or all of them with ``True``, none with ``False``. A repository
+    without classifiers yields the default classifier's names."""
     found = classifiers(repo) or [ClassifierNames.of()]
     with_int8 = [names for names in found if int8 or (int8 is None and has_int8(repo, names))]
     with_openvino = [
@@ -182,6 +194,7 @@ def served_models(
         *[names.ensemble for names in found],
         *[names.int8 for names in with_int8],
         *[names.int8_ensemble for names in with_int8],
+        *[names.int8_fused for names in with_int8 if has_int8_fused(repo, names)],
         *[openvino_model_name(name) for name in with_openvino],
         *[openvino_ensemble_name(name) for name in with_openvino],
     )

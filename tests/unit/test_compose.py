@@ -353,6 +353,7 @@ def test_dockerfile_installs_python_backend_dependencies() -> None:
     assert "pip" in runs and "--no-cache-dir" in runs
     assert "pillow" in runs.lower()
     assert re.search(r"numpy<2", runs), "numpy must be pinned below 2"
+    assert "onnxruntime" in runs, "the fused INT8 model runs ONNX Runtime in its Python stub"
 
 
 def test_dockerfile_pins_the_pillow_of_the_embedded_server() -> None:

@@ -143,6 +143,8 @@ def test_served_labels_and_models_come_from_the_spec() -> None:
     assert int8.model == "resnet18_int8_ensemble"
     assert ServedSpec("raw").model == "resnet18_onnx"
     assert ServedSpec("ensemble", images="12MP").model == "resnet18"
+    fused = ServedSpec("fused", precision="int8", images="500x375")
+    assert (fused.label, fused.model) == ("int8 fused 500x375", "resnet18_int8_fused")
 
 
 def test_ratio_table_computes_each_ratio_from_its_two_figures() -> None:
@@ -200,6 +202,34 @@ def test_served_int8_ensemble_is_held_to_three_quarters_of_the_int8_engine() -> 
     assert loop.value == pytest.approx(served_int8 / int8_loop)
     fp32_loop = _one(values, "served FP32 ensemble", "decode + preprocess + ORT loop")
     assert fp32_loop.value == pytest.approx(ENSEMBLE_C2 / 35.0)
+    assert "served INT8 fused model" not in " ".join(_by_name(values))  # not measured
+
+
+def test_the_fused_int8_model_is_held_to_the_same_bar_and_compared_with_the_ensemble() -> None:
+    int8_b8, served_ensemble, served_fused = 60.0, 40.0, 46.0
+    base = _results()
+    results = BenchResults(
+        engines=(*base.engines, _engine(InProcessSpec("ort", 8, "int8", spinning=False), int8_b8)),
+        served=(
+            *base.served,
+            _sweep(
+                ServedSpec("ensemble", precision="int8", images="500x375"),
+                _row("", 8, served_ensemble),
+            ),
+            _sweep(ServedSpec("fused", 1, "int8", "500x375"), _row("", 8, served_fused)),
+        ),
+    )
+    values = bench.ratios(results)
+    fused = _one(values, "served INT8 fused model (500x375 JPEG) / in-process ORT INT8")
+    assert fused.value == pytest.approx(served_fused / int8_b8)
+    assert fused.met is (served_fused / int8_b8 >= 0.75)
+    ensemble = _one(values, "served INT8 ensemble (500x375 JPEG) / in-process ORT INT8")
+    assert ensemble.met is (served_ensemble / int8_b8 >= 0.75)
+    versus = _one(values, "served INT8 fused model / served INT8 ensemble")
+    assert versus.value == pytest.approx(served_fused / served_ensemble)
+    specs = bench.served_specs(shared_memory=False, int8=True, fused=True)
+    assert [spec.label for spec in specs][-2:] == ["int8 ensemble 500x375", "int8 fused 500x375"]
+    assert "int8 fused 500x375" not in [s.label for s in bench.served_specs(False, True)]
 
 
 def test_ratios_without_both_figures_are_left_out() -> None:
@@ -266,7 +296,11 @@ def test_the_int8_ensemble_is_swept_until_a_full_batch_is_in_flight() -> None:
         ServedSpec("ensemble", precision=INT8, images=TYPICAL), "u", settings, data
     )
     fp32 = bench.sweep_for(ServedSpec("ensemble", images=TYPICAL), "u", settings, data)
+    fused = bench.sweep_for(
+        ServedSpec("fused", precision=INT8, images=TYPICAL), "u", settings, data
+    )
     assert int8.settings.concurrency == f"1:{bench.FAST_ENSEMBLE_MIN_CONCURRENCY}:1"
+    assert fused.settings.concurrency == int8.settings.concurrency
     assert fp32.settings.concurrency == "1:4:1"
     assert bench.extend_range("2:16:2", 8) == "2:16:2"
 

@@ -10,6 +10,7 @@ pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract, layout
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
 from resnet18_triton.export.model_configs import (
     WARMUP_DIRNAME,
@@ -17,12 +18,18 @@ from resnet18_triton.export.model_configs import (
     ServingSettings,
     all_model_configs,
     ensemble_model_config,
+    fused_model_config,
     onnx_model_config,
     parse,
     render,
     variant_configs,
 )
-from resnet18_triton.export.repository import write_configs, write_int8_configs
+from resnet18_triton.export.repository import (
+    install_python_models,
+    write_configs,
+    write_fused_model,
+    write_int8_configs,
+)
 from tests.support import preprocess_module
 
 PROVENANCE = '{"seed":0,"source":"random"}'
@@ -134,3 +141,73 @@ def test_write_int8_configs_needs_the_fp32_export(tmp_path: Path) -> None:
     assert layout.has_int8(tmp_path)
     assert layout.served_models(tmp_path) == contract.SERVED_MODELS + contract.INT8_MODELS
     assert layout.served_models(tmp_path, int8=False) == contract.SERVED_MODELS
+
+
+def test_the_fused_model_takes_the_ensembles_contract_and_the_classifiers_core_budget() -> None:
+    configs = by_name(
+        ServingSettings(
+            cores=4, onnx_instances=2, intra_op_threads=2, max_batch_size=4, response_cache=True
+        )
+    )
+    fused = fused_model_config(
+        configs[contract.ONNX_MODEL],
+        configs[contract.PREPROCESS_MODEL],
+        name=contract.INT8_FUSED_MODEL,
+    )
+    ensemble = configs[contract.ENSEMBLE_MODEL]
+    assert fused.backend == "python" and fused.max_batch_size == 4
+    assert list(fused.input) == list(ensemble.input)
+    assert list(fused.output) == list(ensemble.output)  # labelled PROBABILITIES
+    assert [(g.count, g.kind) for g in fused.instance_group] == [
+        (4, mc.ModelInstanceGroup.KIND_CPU)
+    ]
+    parameters = {key: value.string_value for key, value in fused.parameters.items()}
+    assert parameters["intra_op_thread_count"] == "1"
+    assert parameters["onnx_output"] == contract.ONNX_PROBABILITIES
+    assert parameters[contract.PROVENANCE_PARAMETER] == PROVENANCE
+    for key, value in configs[contract.PREPROCESS_MODEL].parameters.items():
+        assert parameters[key] == value.string_value, key
+    assert [(w.name, w.batch_size) for w in fused.model_warmup] == [
+        ("image_batch1", 1),
+        ("image_batch4", 4),
+    ]
+    assert {w.inputs[contract.ENSEMBLE_INPUT].input_data_file for w in fused.model_warmup} == {
+        WARMUP_IMAGE_FILENAME
+    }
+    assert fused.response_cache.enable
+    plain = by_name(ServingSettings())
+    uncached = fused_model_config(
+        plain[contract.ONNX_MODEL], plain[contract.PREPROCESS_MODEL], name="f"
+    )
+    assert not uncached.HasField("response_cache")
+    assert parse(render(uncached)) == uncached
+
+
+def test_write_fused_model_links_the_int8_file_and_completes_the_variant(tmp_path: Path) -> None:
+    write_configs(tmp_path, ServingSettings(), PROVENANCE)
+    install_python_models(tmp_path)
+    for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
+        (tmp_path / name / contract.LABELS_FILENAME).write_text("label\n")
+    write_int8_configs(tmp_path, {"quantization": "{}"})
+    int8_file = layout.onnx_model_path(tmp_path, contract.INT8_MODEL)
+    int8_file.parent.mkdir(parents=True)
+    int8_file.write_bytes(b"onnx")
+    assert not layout.has_int8_fused(tmp_path)
+    assert layout.served_models(tmp_path) == contract.SERVED_MODELS + contract.INT8_MODELS
+
+    config = parse(write_fused_model(tmp_path, ClassifierNames.of()).read_text())
+
+    version = tmp_path / contract.INT8_FUSED_MODEL / layout.VERSION
+    assert config.name == contract.INT8_FUSED_MODEL
+    assert sorted(path.name for path in version.iterdir()) == sorted(layout.FUSED_MODEL_FILES)
+    assert (version / "model.onnx").stat().st_ino == int8_file.stat().st_ino  # no second copy
+    preprocess = tmp_path / contract.PREPROCESS_MODEL / layout.VERSION / "model.py"
+    assert (version / "preprocessing.py").read_bytes() == preprocess.read_bytes()
+    warmup = tmp_path / contract.INT8_FUSED_MODEL / WARMUP_DIRNAME / WARMUP_IMAGE_FILENAME
+    assert warmup.read_bytes().startswith(len(warmup.read_bytes()[4:]).to_bytes(4, "little"))
+    assert layout.has_int8_fused(tmp_path)
+    assert layout.served_models(tmp_path) == (
+        *contract.SERVED_MODELS,
+        *contract.INT8_MODELS,
+        contract.INT8_FUSED_MODEL,
+    )

@@ -380,6 +380,23 @@ def test_apply_writes_the_plan_and_revert_restores_every_byte(repository: Path) 
     assert not backup.exists()
 
 
+def test_a_plan_re_derives_the_fused_model_from_the_int8_classifier(repository: Path) -> None:
+    from resnet18_triton.contract import ClassifierNames
+    from resnet18_triton.export.repository import write_fused_model
+
+    write_fused_model(repository, ClassifierNames.of())
+    before = digest(repository)
+    assert tuned_models(repository)[-1] == contract.INT8_FUSED_MODEL
+    apply_plan(repository, Candidate(INT8, 1, 1, 1, 4, 0), cores=2)
+    fused = parse((repository / contract.INT8_FUSED_MODEL / "config.pbtxt").read_text())
+    assert fused.instance_group[0].count == 1 and fused.max_batch_size == 4
+    assert fused.parameters["quantization"].string_value == "static"
+    model = repository / contract.INT8_FUSED_MODEL / "1" / "model.onnx"
+    assert model.read_bytes() == b"int8 stand-in"
+    assert revert(repository)[-1] == contract.INT8_FUSED_MODEL
+    assert digest(repository) == before
+
+
 def test_a_second_apply_is_refused_while_the_backup_exists(repository: Path) -> None:
     apply_plan(repository, Candidate(max_batch_size=4), cores=2)
     applied = digest(repository)

@@ -195,7 +195,8 @@ def served_names(
     names: ClassifierNames, index: dict[str, list[dict[str, Any]]] | None
 ) -> list[str]:
     """The models of ``names`` to check: FP32 always, INT8 where the index lists it."""
-    int8 = [model for model in names.int8_models if index is not None and model in index]
+    variants = (*names.int8_models, names.int8_fused)
+    int8 = [model for model in variants if index is not None and model in index]
     return [*names.served, *int8]
 
 
@@ -358,7 +359,7 @@ class ImageClassifier:
             variants = [
                 model
                 for item in names
-                for model in (*item.int8_models, *openvino_models(item.name))
+                for model in (*item.int8_models, item.int8_fused, *openvino_models(item.name))
                 if model not in models
             ]
             models += [

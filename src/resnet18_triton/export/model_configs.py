@@ -252,6 +252,17 @@ def preprocess_model_config(
     return config
 
 
+def _image_in_probabilities_out(config: mc.ModelConfig, num_classes: int) -> None:
+    """What a client calls: encoded ``IMAGE`` bytes in, labelled ``PROBABILITIES`` out."""
+    config.input.add(name=contract.ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(
+        name=contract.ENSEMBLE_OUTPUT,
+        data_type=mc.TYPE_FP32,
+        dims=[num_classes],
+        label_filename=contract.LABELS_FILENAME,
+    )
+
+
 def ensemble_model_config(
     settings: ServingSettings,
     name: str = contract.ENSEMBLE_MODEL,
@@ -268,13 +279,7 @@ def ensemble_model_config(
     """
     config = mc.ModelConfig(name=name, platform="ensemble")
     config.max_batch_size = settings.max_batch_size
-    config.input.add(name=contract.ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1])
-    config.output.add(
-        name=contract.ENSEMBLE_OUTPUT,
-        data_type=mc.TYPE_FP32,
-        dims=[num_classes],
-        label_filename=contract.LABELS_FILENAME,
-    )
+    _image_in_probabilities_out(config, num_classes)
     steps = (
         (
             preprocess,
@@ -328,6 +333,55 @@ def variant_configs(
             "expected exactly one"
         )
     return [onnx, ensemble]
+
+
+def instance_count(config: mc.ModelConfig) -> int:
+    """The model's CPU instances (Triton's default: 1 when no group is given)."""
+    return sum(group.count or 1 for group in config.instance_group) or 1
+
+
+def fused_model_config(
+    classifier: mc.ModelConfig, preprocess: mc.ModelConfig, *, name: str
+) -> mc.ModelConfig:
+    """The ensemble's two steps as one Python-backend model (``server/models/fused``).
+
+    Same input and labelled output as the ensemble (encoded ``IMAGE`` in, ``PROBABILITIES`` out),
+    the preprocessing's parameters (limits, transform) and warm-up, the classifier's ONNX
+    Runtime parameters, batching and cache. Cores: the classifier's instances x intra-op threads,
+    spent as that many instances of 1 thread each: every instance decodes and then infers, so
+    with one thread each the instances keep all cores busy without splitting one session run
+    across cores (2 x 1 served 151 img/s, 1 x 2 124 on 2 Zen 4 cores, docs/performance.md).
+    """
+    probabilities = next(
+        output for output in classifier.output if output.name == contract.ONNX_PROBABILITIES
+    )
+    config = mc.ModelConfig(name=name, backend="python")
+    config.max_batch_size = classifier.max_batch_size
+    _image_in_probabilities_out(config, probabilities.dims[-1])
+    threads = int(classifier.parameters["intra_op_thread_count"].string_value or "1")
+    _cpu_instances(config, instance_count(classifier) * max(threads, 1))
+    config.dynamic_batching.CopyFrom(classifier.dynamic_batching)
+    for source in (preprocess, classifier):
+        for key, value in source.parameters.items():
+            config.parameters[key].CopyFrom(value)
+    _string_parameters(
+        config,
+        {
+            "intra_op_thread_count": "1",
+            "inter_op_thread_count": "1",
+            "onnx_output": contract.ONNX_PROBABILITIES,
+        },
+    )
+    for sample in preprocess.model_warmup:
+        # The preprocessing's image at batch 1 and at the largest batch: the second sizes ONNX
+        # Runtime's buffers before the first full batch arrives, as the classifier's own warm-up.
+        for batch_size in sorted({1, config.max_batch_size}):
+            warmup = config.model_warmup.add()
+            warmup.CopyFrom(sample)
+            warmup.name, warmup.batch_size = f"image_batch{batch_size}", batch_size
+    if classifier.HasField("response_cache"):
+        config.response_cache.CopyFrom(classifier.response_cache)
+    return config
 
 
 OPENVINO_BACKEND = "openvino"

@@ -4,9 +4,10 @@ Reads a classifier's ``<repo>/<NAME>_onnx/1/model.onnx`` (``--name``, default ``
 calibrates on a folder of images passed through that classifier's served preprocessing, compares
 INT8 with FP32 on held-out images and, unless the top-1 agreement is below ``--min-agreement``
 (and ``--force`` is not given), writes ``<repo>/<NAME>_int8/1/model.onnx`` with the configs and
-labels of ``<NAME>_int8`` and ``<NAME>_int8_ensemble``. The INT8 model and configs are built in a
-staging directory and swapped in together (``export.transaction``): a refused model, an error or
-an interrupted run leaves the repository untouched.
+labels of ``<NAME>_int8``, ``<NAME>_int8_ensemble`` and ``<NAME>_int8_fused`` (the ensemble's
+two steps in one Python-backend process, ``server/models/fused``). The INT8 model and configs are
+built in a staging directory and swapped in together (``export.transaction``): a refused model, an
+error or an interrupted run leaves the repository untouched.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ from resnet18_triton.export.quantize import (
     served_preprocessing,
     split_holdout,
 )
-from resnet18_triton.export.repository import held_classifier, write_int8_configs
+from resnet18_triton.export.repository import (
+    held_classifier,
+    write_fused_model,
+    write_int8_configs,
+)
 from resnet18_triton.export.transaction import (
     install,
     install_lock,
@@ -89,8 +94,9 @@ def quantize_repository(
             )
         parameters = {QUANTIZATION_PARAMETER: recipe.to_json(), "fidelity": report.to_json()}
         write_int8_configs(repository, parameters, target=staging, names=names)
+        write_fused_model(repository, names, target=staging)
         with install_lock(repository):
-            install(staging, repository, names.int8_models)
+            install(staging, repository, (*names.int8_models, names.int8_fused))
     return report
 
 
@@ -100,7 +106,8 @@ def quantize_repository(
     "--name",
     default=DEFAULT_CLASSIFIER,
     show_default=True,
-    help="Classifier to quantise; its INT8 models are NAME_int8 and NAME_int8_ensemble.",
+    help="Classifier to quantise; its INT8 models are NAME_int8, NAME_int8_ensemble and "
+    "NAME_int8_fused.",
 )
 @click.option(
     "--calibration-images",
@@ -242,6 +249,7 @@ def quantize(
         report_path.write_text(json.dumps(figures, indent=2) + "\n")
     click.echo(
         f"INT8 model ready: {onnx_model_path(repository, names.int8)}; serve it with "
-        f"`resnet18-triton serve` and classify with --model {names.int8_ensemble}",
+        f"`resnet18-triton serve` and classify with --model {names.int8_fused} (the faster path) "
+        f"or --model {names.int8_ensemble}",
         err=True,
     )

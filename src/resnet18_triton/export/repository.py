@@ -28,17 +28,20 @@ from resnet18_triton.export.model_configs import (
     WARMUP_IMAGE_FILENAME,
     ServingSettings,
     all_model_configs,
+    fused_model_config,
     openvino_variant_configs,
     parse,
     render,
     variant_configs,
 )
-from resnet18_triton.files import write_bytes_atomically, write_text_atomically
+from resnet18_triton.files import link_or_copy, write_bytes_atomically, write_text_atomically
 from resnet18_triton.layout import (
     CONFIG_FILENAME,
+    FUSED_MODEL_FILES,
     OPENVINO_MODEL_FILENAME,
     PYTHON_MODELS,
     VERSION,
+    backend_source,
     classifiers,
     onnx_model_path,
     openvino_models,
@@ -164,6 +167,44 @@ def write_int8_configs(
         parameters=parameters,
     )
     return write_variant_configs(repo, configs, names, target)
+
+
+def write_fused_model(repo: Path, names: ClassifierNames, target: Path | None = None) -> Path:
+    """The fused INT8 model of classifier ``names`` (``NAME_int8_fused``, ``server/models/fused``)
+    in ``target`` (default: ``repo``), from the INT8 classifier already in ``target`` and the
+    preprocess model in ``repo``: its config, labels, code and a link to the INT8 ONNX file.
+    Returns the config's path."""
+    target = repo if target is None else target
+    classifier = parse((target / names.int8 / CONFIG_FILENAME).read_text())
+    preprocess = parse((repo / names.preprocess / CONFIG_FILENAME).read_text())
+    config = fused_model_config(classifier, preprocess, name=names.int8_fused)
+    directory = target / names.int8_fused
+    version = directory / VERSION
+    sources = {
+        "model.py": python_model_source("fused"),
+        # The repository's own preprocessing, so both INT8 paths decode the same way.
+        "preprocessing.py": repo / names.preprocess / VERSION / "model.py",
+        "onnxruntime_engine.py": backend_source("onnxruntime"),
+    }
+    for filename, source in sources.items():
+        if not source.is_file():
+            raise ExportError(f"{source} is missing: reinstall resnet18-triton or re-export")
+        write_bytes_atomically(version / filename, source.read_bytes())
+    onnx = version / FUSED_MODEL_FILES[-1]
+    onnx.unlink(missing_ok=True)
+    link_or_copy(onnx_model_path(target, names.int8), onnx)
+    labels = repo / names.onnx / contract.LABELS_FILENAME
+    write_text_atomically(directory / contract.LABELS_FILENAME, labels.read_text())
+    for sample in config.model_warmup:
+        for tensor in sample.inputs.values():
+            if tensor.input_data_file:
+                warmup = repo / names.preprocess / WARMUP_DIRNAME / tensor.input_data_file
+                write_bytes_atomically(
+                    directory / WARMUP_DIRNAME / tensor.input_data_file, warmup.read_bytes()
+                )
+    path = directory / CONFIG_FILENAME
+    write_text_atomically(path, render(config))
+    return path
 
 
 def openvino_configs(

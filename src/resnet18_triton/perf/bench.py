@@ -23,7 +23,13 @@ from pathlib import Path
 
 from resnet18_triton import contract
 from resnet18_triton.contract import INT8_MODEL
-from resnet18_triton.layout import has_int8, has_openvino, onnx_model_path, served_models
+from resnet18_triton.layout import (
+    has_int8,
+    has_int8_fused,
+    has_openvino,
+    onnx_model_path,
+    served_models,
+)
 from resnet18_triton.perf import images as image_sets
 from resnet18_triton.perf import inprocess, openvino_bench
 from resnet18_triton.perf import perf_analyzer as pa
@@ -165,12 +171,12 @@ def run_engines(
     return rows
 
 
-def served_specs(shared_memory: bool, int8: bool) -> list[ServedSpec]:
+def served_specs(shared_memory: bool, int8: bool, fused: bool = False) -> list[ServedSpec]:
     """The served sweeps, in order. The ensembles first: the stack's RSS during them is then what
     serving JPEGs costs, not swollen by the buffers of the raw model's 8-image requests (which
     RSS never gives back). The raw model 1 image per request over HTTP and (with an admin key)
     through shared memory, then full batches, so each compares with in-process ORT at the same
-    batch size."""
+    batch size. The INT8 ensemble, then (``fused``) the fused INT8 model, last."""
     specs = [ServedSpec("ensemble", images=TYPICAL), ServedSpec("ensemble", images=LARGE)]
     specs.append(ServedSpec("raw"))
     if shared_memory:
@@ -178,6 +184,8 @@ def served_specs(shared_memory: bool, int8: bool) -> list[ServedSpec]:
     specs.append(ServedSpec("raw", FULL_BATCH, shared_memory=shared_memory))
     if int8:
         specs.append(ServedSpec("ensemble", precision=INT8, images=TYPICAL))
+    if int8 and fused:
+        specs.append(ServedSpec("fused", precision=INT8, images=TYPICAL))
     return specs
 
 
@@ -185,7 +193,7 @@ def sweep_for(
     spec: ServedSpec, url: str, settings: pa.SweepSettings, input_data: dict[str, Path]
 ) -> pa.Sweep:
     """The perf_analyzer run of ``spec``: its batch and transport over the common settings;
-    full batches at FULL_BATCH_CONCURRENCY, the INT8 ensemble up to at least
+    full batches at FULL_BATCH_CONCURRENCY, the INT8 ensemble and fused model up to at least
     FAST_ENSEMBLE_MIN_CONCURRENCY in flight."""
     settings = replace(
         settings,
@@ -194,7 +202,7 @@ def sweep_for(
     )
     if spec.batch > 1:
         settings = replace(settings, concurrency=FULL_BATCH_CONCURRENCY)
-    elif spec.precision == INT8 and spec.path == "ensemble" and not settings.request_rate:
+    elif spec.precision == INT8 and spec.images and not settings.request_rate:
         widened = extend_range(settings.concurrency, FAST_ENSEMBLE_MIN_CONCURRENCY)
         settings = replace(settings, concurrency=widened)
     data = input_data[spec.images] if spec.images else None
@@ -260,6 +268,7 @@ def run_served(
     files: dict[str, list[Path]],
     int8: bool,
     echo: Echo,
+    fused: bool = False,
 ) -> list[ServedSweep]:
     """Every served sweep of ``served_specs``, in order, sampling the stack's RSS with ``pid``."""
     analyzer = pa.locate()
@@ -272,7 +281,7 @@ def run_served(
         for name, paths in files.items()
     }
     sweeps = []
-    for spec in served_specs(bool(settings.admin_key), int8):
+    for spec in served_specs(bool(settings.admin_key), int8, fused):
         sweep = sweep_for(spec, url, settings, input_data)
         echo(f"served: {spec.label} (perf_analyzer, concurrency {sweep.settings.concurrency}) ...")
         measured = _measure_sweep(analyzer, spec, sweep, pid, plan.out)
@@ -377,7 +386,8 @@ def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
             )
         settings = replace(plan.settings, admin_key=admin_key)
         int8 = plan.int8 or has_int8(repo)
-        served = run_served(plan, url, pid, settings, files, int8, echo)
+        fused = int8 and has_int8_fused(repo)
+        served = run_served(plan, url, pid, settings, files, int8, echo, fused)
         interleaved = run_interleaved(plan, repo, url, settings, served, echo)
         if has_openvino(repo):
             openvino_section = run_openvino(plan, repo, url, files[TYPICAL], environment, echo)

@@ -1,13 +1,12 @@
-"""What the preprocessing hop costs the INT8 path: the ensemble against one fused model.
+"""Interleaved A/B of the INT8 serving paths: the INT8 ensemble, the fused INT8 model, the engine.
 
-A measurement, not a served feature. It copies the default classifier's FP32 and INT8 models of
-``--repo`` into a scratch repository (hard links) and adds two models that decode, preprocess and
-run the INT8 ONNX file in one Python-backend process (``perf/fused/model.py``, with the
-repository's own preprocessing code): ``fused_i1t2`` (1 instance x 2 threads) and ``fused_i2t1``
-(2 x 1). Each round starts an embedded server with all three, perf_analyzer loads each in turn
-at the same concurrency with the same JPEGs (the stack's CPU per image is read for every run),
-and, once the server has stopped, ONNX Runtime INT8 is timed in-process on uint8 tensors, so
-every round gives served / in-process ratios from the same minutes. Prints a markdown table.
+Copies the default classifier's FP32 and INT8 models of ``--repo`` into a scratch repository
+(hard links), with the fused model as ``quantize`` writes it (``NAME_int8_fused``, N instances of
+1 thread for N cores) and the same model at 1 instance x N threads (``fused_1xN``), to check the
+instance split. Each round starts an embedded server with all of them, perf_analyzer loads each in
+turn at the same concurrency with the same JPEGs (the stack's CPU per image is read for every
+run), and, once the server has stopped, ONNX Runtime INT8 is timed in-process on uint8 tensors,
+so every round gives served / in-process ratios from the same minutes. Prints a markdown table.
 
     python -m resnet18_triton.perf.fused_experiment --repo model_repository --rounds 3
 """
@@ -24,50 +23,43 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.export.model_configs import render
-from resnet18_triton.layout import CONFIG_FILENAME, VERSION, has_int8, onnx_model_path
+from resnet18_triton.export.model_configs import instance_count, parse, render
+from resnet18_triton.export.repository import write_fused_model
+from resnet18_triton.files import link_or_copy
+from resnet18_triton.layout import CONFIG_FILENAME, has_int8
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.ab_served import engine_images_per_s
 from resnet18_triton.perf.images import TYPICAL_SIZE, jpeg_bytes
 from resnet18_triton.perf.stack import StackSampler
-from resnet18_triton.perf.tune_repository import copy_models, link_or_copy
+from resnet18_triton.perf.tune_repository import copy_models
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
-FUSED_MODEL_SOURCE = Path(__file__).parent / "fused" / "model.py"
-# (model name, instances, ONNX Runtime threads per instance)
-FUSED_PLANS = (("fused_i1t2", 1, 2), ("fused_i2t1", 2, 1))
 
-
-def fused_config(name: str, instances: int, threads: int) -> mc.ModelConfig:
-    """The fused model's config: encoded images in, probabilities out, dynamic batching to 8."""
-    config = mc.ModelConfig(name=name, backend="python", max_batch_size=8)
-    config.input.add(name=contract.ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1])
-    config.output.add(name="probabilities", data_type=mc.TYPE_FP32, dims=[contract.NUM_CLASSES])
-    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    config.dynamic_batching.SetInParent()
-    config.parameters["threads"].string_value = str(threads)
-    return config
+def one_instance_variant(repo: Path, names: ClassifierNames) -> str:
+    """A copy of the fused model with its cores given to 1 instance; returns its name."""
+    source = repo / names.int8_fused
+    config = parse((source / CONFIG_FILENAME).read_text())
+    cores = instance_count(config)
+    name = f"fused_1x{cores}"
+    shutil.copytree(source, repo / name, copy_function=link_or_copy)
+    config.name = name
+    del config.instance_group[:]
+    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    config.parameters["intra_op_thread_count"].string_value = str(cores)
+    (repo / name / CONFIG_FILENAME).write_text(render(config))
+    return name
 
 
 def scratch_repository(source: Path, target: Path) -> tuple[str, ...]:
-    """Copy the default classifier (FP32 and INT8) and add the fused models; returns every model
-    to load, in load order."""
+    """Copy the default classifier (FP32, INT8, fused INT8) and add the 1-instance fused variant;
+    returns every model to load, in load order."""
     names = ClassifierNames.of()
     if not has_int8(source, names):
         raise SystemExit(f"{source} has no INT8 variant: run `resnet18-triton quantize` first")
     served = (names.preprocess, names.onnx, names.ensemble, *names.int8_models)
     copy_models(source, target, served)
-    for name, instances, threads in FUSED_PLANS:
-        version = target / name / VERSION
-        version.mkdir(parents=True)
-        shutil.copy2(FUSED_MODEL_SOURCE, version / "model.py")
-        shutil.copy2(
-            source / names.preprocess / VERSION / "model.py", version / "preprocess_impl.py"
-        )
-        link_or_copy(str(onnx_model_path(source, names.int8)), str(version / "model.onnx"))
-        config = fused_config(name, instances, threads)
-        (target / name / CONFIG_FILENAME).write_text(render(config))
-    return (*served, *(name for name, _, _ in FUSED_PLANS))
+    write_fused_model(target, names)
+    return (*served, names.int8_fused, one_instance_variant(target, names))
 
 
 def main() -> None:
@@ -78,11 +70,11 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=int, default=5000)
     args = parser.parse_args()
     names = ClassifierNames.of()
-    targets = (names.int8_ensemble, *(name for name, _, _ in FUSED_PLANS))
     analyzer = pa.locate()
     with tempfile.TemporaryDirectory(prefix="fused-") as scratch:
         work = Path(scratch)
         models = scratch_repository(args.repo.resolve(), work / "repo")
+        targets = (names.int8_ensemble, *models[-2:])
         images = [jpeg_bytes(*TYPICAL_SIZE, seed) for seed in range(16)]
         data = pa.write_input_data(images, contract.ENSEMBLE_INPUT, work / "input.json")
         settings = pa.SweepSettings(

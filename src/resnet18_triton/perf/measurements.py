@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from resnet18_triton import contract
-from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
+from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_FUSED_MODEL, INT8_MODEL
 from resnet18_triton.perf.perf_analyzer import Row
 from resnet18_triton.perf.report import best
 
@@ -53,8 +53,9 @@ class InProcessSpec:
 class ServedSpec:
     """One served path swept with perf_analyzer.
 
-    ``path``: "ensemble" (encoded images of the ``images`` set in) or "raw" (uint8 pixel tensors
-    into the ONNX model). ``batch`` is images per request; ``shared_memory`` sends the tensors
+    ``path``: "ensemble" (encoded images of the ``images`` set in), "fused" (the same, into the
+    fused INT8 model: both steps in one process) or "raw" (uint8 pixel tensors into the ONNX
+    model). ``batch`` is images per request; ``shared_memory`` sends the tensors
     through system shared memory instead of the HTTP body.
     """
 
@@ -83,6 +84,8 @@ class ServedSpec:
         int8 = self.precision == INT8
         if self.path == "raw":
             return INT8_MODEL if int8 else contract.ONNX_MODEL
+        if self.path == "fused":
+            return INT8_FUSED_MODEL
         return INT8_ENSEMBLE_MODEL if int8 else contract.ENSEMBLE_MODEL
 
 

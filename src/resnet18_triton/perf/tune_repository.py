@@ -32,19 +32,27 @@ from resnet18_triton.export.classifier import Classifier, Preprocessing
 from resnet18_triton.export.model_configs import (
     ServingSettings,
     all_model_configs,
+    instance_count,
     openvino_parameters,
     parse,
     render,
 )
 from resnet18_triton.export.repository import (
     openvino_configs,
+    write_fused_model,
     write_int8_configs,
     write_variant_configs,
     write_warmup_data,
 )
 from resnet18_triton.export.transaction import install, install_lock, staging_directory
-from resnet18_triton.files import fsync_directory, write_text_atomically
-from resnet18_triton.layout import CONFIG_FILENAME, has_int8, has_openvino, openvino_models
+from resnet18_triton.files import fsync_directory, link_or_copy, write_text_atomically
+from resnet18_triton.layout import (
+    CONFIG_FILENAME,
+    has_int8,
+    has_int8_fused,
+    has_openvino,
+    openvino_models,
+)
 from resnet18_triton.perf.tune_space import FP32, INT8, OPENVINO, Candidate, TuneError
 
 BACKUP_MANIFEST = "tune-backup.json"
@@ -110,6 +118,10 @@ def tuned_models(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> tuple[str, 
     models: list[str] = []
     for variant in available_variants(repo, name):
         models += [m for m in variant_models(name, variant).load_order if m not in models]
+    names = _names(name)
+    if INT8 in available_variants(repo, name) and has_int8_fused(repo, names):
+        # Its instances follow the INT8 classifier's core budget (fused_model_config).
+        models.append(names.int8_fused)
     return tuple(models)
 
 
@@ -117,22 +129,18 @@ def _string(config: mc.ModelConfig, key: str, default: str = "") -> str:
     return config.parameters[key].string_value if key in config.parameters else default
 
 
-def _instances(config: mc.ModelConfig) -> int:
-    return sum(group.count for group in config.instance_group) or 1
-
-
 def settings_from_configs(
     preprocess: mc.ModelConfig, classifier: mc.ModelConfig, ensemble: mc.ModelConfig, cores: int
 ) -> ServingSettings:
     """The ``ServingSettings`` that rendered these configs (``cores`` is not in a config)."""
     threads = int(_string(classifier, "intra_op_thread_count", "1") or 1)
-    instances = _instances(classifier)
+    instances = instance_count(classifier)
     return ServingSettings(
         cores=max(cores, instances * threads),
         onnx_instances=instances,
         intra_op_threads=threads,
         inter_op_threads=int(_string(classifier, "inter_op_thread_count", "1") or 1),
-        preprocess_instances=_instances(preprocess),
+        preprocess_instances=instance_count(preprocess),
         max_batch_size=classifier.max_batch_size,
         max_queue_delay_us=classifier.dynamic_batching.max_queue_delay_microseconds,
         preferred_batch_sizes=tuple(classifier.dynamic_batching.preferred_batch_size),
@@ -224,6 +232,8 @@ def write_plan_configs(
             if key not in SERVING_PARAMETERS
         }
         written += write_int8_configs(target, kept, names=names)
+        if has_int8_fused(source, names):
+            written.append(write_fused_model(target, names))
     if has_openvino(source, names.name):
         written += _write_openvino_configs(source, target, names)
     return written
@@ -246,15 +256,6 @@ def _write_openvino_configs(source: Path, target: Path, names: ClassifierNames) 
     return write_variant_configs(
         target, openvino_configs(target, precision, kept, names), names=names
     )
-
-
-def link_or_copy(source: str, target: str) -> None:
-    """Hard links cost no space for the ONNX files; configs are replaced by rename, never
-    written in place, so the original files never change."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def copy_models(source: Path, target: Path, models: tuple[str, ...]) -> None:

@@ -88,9 +88,9 @@ KEY_ON_ARGV_NOTE = (
     "--int8/--no-int8",
     "int8",
     default=None,
-    help="Also serve each classifier's INT8 variant (resnet18_int8 and resnet18_int8_ensemble, "
-    "NAME_int8 and NAME_int8_ensemble; written by `resnet18-triton quantize`). Default: those "
-    "the repository holds.",
+    help="Also serve each classifier's INT8 variant (NAME_int8, NAME_int8_ensemble and "
+    "NAME_int8_fused, e.g. resnet18_int8_fused; written by `resnet18-triton quantize`). "
+    "Default: those the repository holds.",
 )
 def serve(
     repository: Path,

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier
 from resnet18_triton.client.results import ClassificationResult, HealthReport
-from resnet18_triton.contract import INT8_ENSEMBLE_MODEL
+from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_FUSED_MODEL
 from resnet18_triton.ui.uploads import Upload
 
-# The classifiers a repository can serve (the FP32 ensemble, the INT8 one after `quantize`).
-DEFAULT_MODELS = (contract.ENSEMBLE_MODEL, INT8_ENSEMBLE_MODEL)
+# The classifiers a repository can serve (the FP32 ensemble; after `quantize`, the INT8 ensemble
+# and the fused INT8 model); the page offers those the server has ready.
+DEFAULT_MODELS = (contract.ENSEMBLE_MODEL, INT8_ENSEMBLE_MODEL, INT8_FUSED_MODEL)
 CONNECT_TIMEOUT = 5.0
 
 
