@@ -260,6 +260,10 @@ def test_the_served_ratio_compares_the_best_rounds_of_each_ensemble() -> None:
     assert "| ort-fp32 | 1 | 17.1 | 58.5 |" in text
     assert "| ort fp32 ensemble 500x375 | 10.0, 11.0 |" in text
     assert "2.00x" in text
+    # Served against in-process for each engine and precision run both ways (no openvino-bf16
+    # in-process row here, so only ONNX Runtime FP32 gets one).
+    assert "| ort fp32 ensemble 500x375 / ort-fp32 | 11.0 | 58.5 | 0.19x |" in text
+    assert "/ openvino-bf16 |" not in text
     pairs = [{"concurrency": 2, "ratio": r} for r in (1.5, 2.1, 1.9)]
     assert "median ratio **1.90x** (range 1.50-2.10x, 3 pairs)" in report_markdown(
         environment, inprocess, served, pairs

@@ -17,6 +17,7 @@ import argparse
 import shutil
 import statistics
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -25,7 +26,7 @@ from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.export.model_configs import instance_count, parse, render
 from resnet18_triton.export.repository import write_fused_model
-from resnet18_triton.files import link_or_copy
+from resnet18_triton.files import link_or_copy, write_text_atomically
 from resnet18_triton.layout import CONFIG_FILENAME, has_int8
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.ab_served import engine_images_per_s
@@ -34,24 +35,32 @@ from resnet18_triton.perf.stack import StackSampler
 from resnet18_triton.perf.tune_repository import copy_models
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
+# Other instance x thread splits of the fused model measured beside the one quantize writes
+# (cores instances x 1 thread): all cores in one instance, and every instance with every core
+# (oversubscribed at full load, but a lone request gets all cores).
+ALTERNATIVE_SPLITS = ("1xN", "NxN")
 
-def one_instance_variant(repo: Path, names: ClassifierNames) -> str:
-    """A copy of the fused model with its cores given to 1 instance; returns its name."""
+
+def fused_variant(repo: Path, names: ClassifierNames, split: str) -> str:
+    """A copy of the fused model with the split ``1xN`` or ``NxN`` (N: its instance count as
+    written); returns its name (e.g. ``fused_1x2``)."""
     source = repo / names.int8_fused
     config = parse((source / CONFIG_FILENAME).read_text())
     cores = instance_count(config)
-    name = f"fused_1x{cores}"
+    instances = 1 if split == "1xN" else cores
+    name = f"fused_{instances}x{cores}"
     shutil.copytree(source, repo / name, copy_function=link_or_copy)
     config.name = name
     del config.instance_group[:]
-    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     config.parameters["intra_op_thread_count"].string_value = str(cores)
-    (repo / name / CONFIG_FILENAME).write_text(render(config))
+    # Replaced by rename: the copied config is a hard link to the original's.
+    write_text_atomically(repo / name / CONFIG_FILENAME, render(config))
     return name
 
 
 def scratch_repository(source: Path, target: Path) -> tuple[str, ...]:
-    """Copy the default classifier (FP32, INT8, fused INT8) and add the 1-instance fused variant;
+    """Copy the default classifier (FP32, INT8, fused INT8) and add the alternative fused splits;
     returns every model to load, in load order."""
     names = ClassifierNames.of()
     if not has_int8(source, names):
@@ -59,7 +68,8 @@ def scratch_repository(source: Path, target: Path) -> tuple[str, ...]:
     served = (names.preprocess, names.onnx, names.ensemble, *names.int8_models)
     copy_models(source, target, served)
     write_fused_model(target, names)
-    return (*served, names.int8_fused, one_instance_variant(target, names))
+    alternatives = tuple(fused_variant(target, names, split) for split in ALTERNATIVE_SPLITS)
+    return (*served, names.int8_fused, *alternatives)
 
 
 def main() -> None:
@@ -74,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fused-") as scratch:
         work = Path(scratch)
         models = scratch_repository(args.repo.resolve(), work / "repo")
-        targets = (names.int8_ensemble, *models[-2:])
+        targets = (names.int8_ensemble, *models[-1 - len(ALTERNATIVE_SPLITS) :])
         images = [jpeg_bytes(*TYPICAL_SIZE, seed) for seed in range(16)]
         data = pa.write_input_data(images, contract.ENSEMBLE_INPUT, work / "input.json")
         settings = pa.SweepSettings(
@@ -90,7 +100,8 @@ def main() -> None:
             models=models,
             exit_timeout_s=5,
         )
-        runs: dict[str, list[tuple[float, float]]] = {target: [] for target in targets}
+        single = replace(settings, concurrency="1:1:1")
+        runs: dict[str, list[tuple[float, float, float]]] = {target: [] for target in targets}
         engine: list[float] = []
         for round_index in range(args.rounds):
             with open(work / "server.log", "a") as log, EmbeddedServer(options, log) as server:
@@ -103,23 +114,31 @@ def main() -> None:
                     sampler.stop()
                     served = (pa.model_inference_count(server.url, target) or 0) - before
                     core_ms = 1000 * sum(sampler.cpu_seconds.values()) / max(served, 1)
-                    runs[target].append((max(row.throughput for row in result.rows), core_ms))
+                    # Latency of a lone request: what a split gives up at low load.
+                    alone_run = pa.run(
+                        analyzer,
+                        pa.Sweep(target, server.url, single, data),
+                        work / f"{target}_{round_index}_c1.csv",
+                    )
+                    rate = max(row.throughput for row in result.rows)
+                    runs[target].append((rate, core_ms, alone_run.rows[0].p50_ms))
             # The engine alone, in-process, in the same minutes, once the server has stopped.
             engine.append(engine_images_per_s(args.repo, names.int8))
     print(f"concurrency {args.concurrency}, {args.rounds} interleaved rounds, 500x375 JPEGs\n")
     print("| model | img/s per round | median img/s | / in-process INT8, per round | ", end="")
-    print("stack core-ms/img per round |")
-    print("|---|---|---|---|---|")
+    print("stack core-ms/img per round | p50 ms at concurrency 1, per round |")
+    print("|---|---|---|---|---|---|")
     for target, values in runs.items():
-        rates = ", ".join(f"{rate:.1f}" for rate, _ in values)
+        rates = ", ".join(f"{rate:.1f}" for rate, _, _ in values)
         pairs = zip(values, engine, strict=True)
-        ratios = ", ".join(f"{rate / alone:.2f}" for (rate, _), alone in pairs)
-        cpu = ", ".join(f"{core_ms:.2f}" for _, core_ms in values)
-        median = statistics.median(rate for rate, _ in values)
-        print(f"| {target} | {rates} | {median:.1f} | {ratios} | {cpu} |")
+        ratios = ", ".join(f"{rate / alone:.2f}" for (rate, _, _), alone in pairs)
+        cpu = ", ".join(f"{core_ms:.2f}" for _, core_ms, _ in values)
+        latency = ", ".join(f"{p50:.1f}" for _, _, p50 in values)
+        median = statistics.median(rate for rate, _, _ in values)
+        print(f"| {target} | {rates} | {median:.1f} | {ratios} | {cpu} | {latency} |")
     alone = ", ".join(f"{rate:.1f}" for rate in engine)
     print(f"| in-process {names.int8} (uint8 tensors, batch 8, 2 threads) | {alone} | ", end="")
-    print(f"{statistics.median(engine):.1f} | - | - |")
+    print(f"{statistics.median(engine):.1f} | - | - | - |")
 
 
 if __name__ == "__main__":

@@ -218,6 +218,18 @@ def ensure_repository(repo: Path | None, out: Path, precision: str, typical: lis
     return repo
 
 
+def served_vs_inprocess(served: dict, inprocess: list[dict]) -> list[tuple[str, str, float, float]]:
+    """(served label, in-process engine, served best img/s, in-process best img/s) for each served
+    path whose engine and precision (``ort fp32 ...`` -> ``ort-fp32``) was also run in-process."""
+    found = []
+    for label, rows in served.items():
+        engine = "-".join(label.split()[:2])
+        alone = [row["images_per_s"] for row in inprocess if row["engine"] == engine]
+        if rows and alone:
+            found.append((label, engine, max(row["throughput"] for row in rows), max(alone)))
+    return found
+
+
 def report_markdown(
     environment: dict, inprocess: list[dict], served: dict, pairs: list[dict] | None = None
 ) -> str:
@@ -250,6 +262,18 @@ def report_markdown(
     if served:
         ratio, label = served_ratio(served)
         lines += ["", f"**{label} / {ORT_LABEL}: {ratio:.2f}x** (best img/s, same server)"]
+    versus = served_vs_inprocess(served, inprocess)
+    if versus:
+        lines += [
+            "",
+            "| served / in-process, same engine and precision | served best img/s | "
+            "in-process best img/s (any batch) | ratio |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {label} / {engine} | {top:.1f} | {alone:.1f} | {top / alone:.2f}x |"
+            for label, engine, top, alone in versus
+        ]
     if pairs:
         ratios = [pair["ratio"] for pair in pairs]
         lines += [
