@@ -20,8 +20,18 @@ CONFIG_FILENAME = "config.pbtxt"
 VERSION = "1"
 # Python-backend models whose model.py ships in this package and is copied in by `export`.
 PYTHON_MODELS = (contract.PREPROCESS_MODEL,)
-# The files of a classifier's fused INT8 model (``NAME_int8_fused/1/``), written by `quantize`.
-FUSED_MODEL_FILES = ("model.py", "preprocessing.py", "onnxruntime_engine.py", "model.onnx")
+# A fused model (``NAME_int8_fused``, ``NAME_openvino_fused``: the ensemble's two steps in one
+# Python-backend stub) holds these in its version directory, plus the copy of the Python-based
+# backend of its engine (the classifier's backend), named after it.
+FUSED_MODEL_FILES = ("model.py", "preprocessing.py", "model.onnx")
+FUSED_ENGINES = ("onnxruntime", "openvino")
+
+
+def fused_engine_filename(engine: str) -> str:
+    """The engine's copy in a fused model's version directory, e.g. ``onnxruntime_engine.py``."""
+    return f"{engine}_engine.py"
+
+
 # The repository used when none is named: ./model_repository, or this variable's value.
 REPOSITORY_ENV_VAR = "RESNET18_TRITON_REPO"
 DEFAULT_REPOSITORY_DIRNAME = "model_repository"
@@ -48,6 +58,12 @@ def openvino_ensemble_name(classifier: str = DEFAULT_CLASSIFIER) -> str:
 def openvino_models(classifier: str = DEFAULT_CLASSIFIER) -> tuple[str, str]:
     """The OpenVINO variant's models in load order: classifier, then ensemble."""
     return openvino_model_name(classifier), openvino_ensemble_name(classifier)
+
+
+def openvino_fused_name(classifier: str = DEFAULT_CLASSIFIER) -> str:
+    """The OpenVINO variant's fused model (both ensemble steps in one stub), e.g.
+    ``resnet18_openvino_fused``."""
+    return f"{classifier}_openvino_fused"
 
 
 # Triton runs each Python-backend model instance as this child process of the server.
@@ -150,14 +166,31 @@ def has_int8(repo: Path, names: ClassifierNames | None = None) -> bool:
     return all(path.is_file() for path in int8_files(repo, names))
 
 
+def variant_model_names(names: ClassifierNames) -> tuple[str, ...]:
+    """Every variant model classifier ``names`` may have beside its FP32 ones: INT8, OpenVINO,
+    and each one's fused model."""
+    openvino = (*openvino_models(names.name), openvino_fused_name(names.name))
+    return (*names.int8_models, names.int8_fused, *openvino)
+
+
+def has_fused(repo: Path, model: str, engine: str) -> bool:
+    """True when ``repo/model`` is a complete fused model running ``engine``."""
+    directory = repo / model
+    files = [directory / CONFIG_FILENAME, directory / contract.LABELS_FILENAME]
+    filenames = (*FUSED_MODEL_FILES, fused_engine_filename(engine))
+    files += [directory / VERSION / filename for filename in filenames]
+    return all(path.is_file() for path in files)
+
+
 def has_int8_fused(repo: Path, names: ClassifierNames | None = None) -> bool:
     """True when ``repo`` holds the classifier's complete fused INT8 model (``NAME_int8_fused``;
     repositories quantised before it existed have the INT8 ensemble only)."""
-    names = names or ClassifierNames.of()
-    directory = repo / names.int8_fused
-    files = [directory / CONFIG_FILENAME, directory / contract.LABELS_FILENAME]
-    files += [directory / VERSION / filename for filename in FUSED_MODEL_FILES]
-    return all(path.is_file() for path in files)
+    return has_fused(repo, (names or ClassifierNames.of()).int8_fused, "onnxruntime")
+
+
+def has_openvino_fused(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> bool:
+    """True when ``repo`` holds the OpenVINO variant's complete fused model."""
+    return has_fused(repo, openvino_fused_name(classifier), "openvino")
 
 
 def openvino_files(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> list[Path]:
@@ -197,6 +230,7 @@ def served_models(
         *[names.int8_fused for names in with_int8 if has_int8_fused(repo, names)],
         *[openvino_model_name(name) for name in with_openvino],
         *[openvino_ensemble_name(name) for name in with_openvino],
+        *[openvino_fused_name(name) for name in with_openvino if has_openvino_fused(repo, name)],
     )
 
 
@@ -207,7 +241,7 @@ def owned_models(repo: Path, excluding: str | None = None) -> dict[str, str]:
         model: names.name
         for names in classifiers(repo)
         if names.name != excluding
-        for model in (*names.all_models, *openvino_models(names.name))
+        for model in (*names.served, *variant_model_names(names))
     }
 
 

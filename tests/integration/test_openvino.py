@@ -2,8 +2,10 @@
 
 The model is the digits-fitted ResNet-18 of tests/digits.py (its top-1 answers are real
 decisions), given its OpenVINO variant by the real ``openvino`` command. Its own server: ``serve``
-loads ``resnet18_openvino`` and its ensemble because the repository holds them, through the
-Python-based ``openvino`` backend the launcher copies into the backend directory.
+loads ``resnet18_openvino``, its ensemble and its fused model because the repository holds them,
+through the Python-based ``openvino`` backend the launcher copies into the backend directory.
+The fused model's reference is OpenVINO compiled in this process from its written config, fed
+torchvision's own resize and crop (``TorchReference.pixels``), not the server's preprocessing.
 """
 
 from __future__ import annotations
@@ -24,18 +26,22 @@ from resnet18_triton.export.openvino_variant import config_as_json, openvino_bac
 from resnet18_triton.export.quantize import load_preprocess_module
 from resnet18_triton.layout import (
     CONFIG_FILENAME,
+    openvino_fused_name,
     openvino_model_path,
     openvino_models,
     served_models,
 )
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from tests.corpus import build_corpus
 from tests.digits import digits_model, digits_openvino_repository
+from tests.support import TorchReference
 
 pytestmark = pytest.mark.skipif(
     not has_native_bf16(cpu_flags()), reason="BF16 is offered only on CPUs with native bfloat16"
 )
 IMAGES = 8
 MODEL, ENSEMBLE = openvino_models()
+FUSED = openvino_fused_name()
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +186,44 @@ def test_tune_measures_an_openvino_plan_and_applies_its_threads_per_instance(
     reverted = subprocess.run([*cli, "--revert"], capture_output=True, text=True, timeout=120)
     assert reverted.returncode == 0, reverted.stderr
     assert digest() == before
+
+
+def test_the_fused_bf16_model_answers_like_openvino_on_torchvision_pixels(openvino_server) -> None:
+    """Digits and every unusual-but-good image of the corpus, one request each, against OpenVINO
+    compiled in this process from the fused model's own config (1 thread, BF16)."""
+    server, repo, _ = openvino_server
+    assert served_models(repo)[-1] == FUSED
+    backend = openvino_backend()
+    config = config_as_json(parse((repo / FUSED / CONFIG_FILENAME).read_text()))
+    assert config["parameters"]["INFERENCE_NUM_THREADS"]["string_value"] == "1"
+    assert config["parameters"]["ENABLE_CPU_PINNING"]["string_value"] == "NO"
+    request = backend.compile_model(str(openvino_model_path(repo)), config).create_infer_request()
+    reference = TorchReference(model=digits_model()[0])
+    cases = {f"digit{i}": data for i, data in enumerate(digits_model()[1]["held_out"][0][:4])}
+    cases.update({case.name: case.data for case in build_corpus() if case.good})
+    wrong = {}
+    for name, data in cases.items():
+        served = _classify(server.url, FUSED, [data])
+        (expected,) = backend.infer(
+            request,
+            {contract.ONNX_INPUT: reference.pixels(data)[None]},
+            [contract.ONNX_PROBABILITIES],
+        )
+        if np.abs(served - expected).max() > 1e-6:
+            wrong[name] = f"{np.abs(served - expected).max():.2e}"
+    assert not wrong, f"differ from OpenVINO on torchvision's pixels: {wrong}"
+
+
+def test_the_fused_bf16_model_refuses_a_bad_image_and_matches_the_ensemble(openvino_server) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    server, _, _ = openvino_server
+    images = digits_model()[1]["held_out"][0][:IMAGES]
+    np.testing.assert_allclose(
+        _classify(server.url, FUSED, images), _classify(server.url, ENSEMBLE, images), atol=1e-6
+    )
+    with pytest.raises(InferenceServerException) as caught:
+        _classify(server.url, FUSED, [images[0], b"GIF89a broken"])
+    assert caught.value.status() == "400"
+    assert "image 2 of 2" in caught.value.message() and "Traceback" not in caught.value.message()
+    assert server.is_ready()

@@ -42,7 +42,12 @@ NATIVE_KEYS = {
     "ENABLE_BATCH_PADDING",
     "RESHAPE_IO_LAYERS",
 }
-OWN_KEYS = {"INFERENCE_PRECISION_HINT", contract.PRECISION_PARAMETER, contract.PROVENANCE_PARAMETER}
+OWN_KEYS = {
+    "INFERENCE_PRECISION_HINT",
+    "ENABLE_CPU_PINNING",
+    contract.PRECISION_PARAMETER,
+    contract.PROVENANCE_PARAMETER,
+}
 
 
 def params(**values: str) -> dict:
@@ -110,6 +115,9 @@ def test_backend_maps_the_native_keys_to_openvino_properties() -> None:
     assert backend.compile_properties(params(INFERENCE_PRECISION_HINT="F32")) == {
         "INFERENCE_PRECISION_HINT": "f32"
     }
+    assert backend.compile_properties(params(ENABLE_CPU_PINNING="no")) == {
+        "ENABLE_CPU_PINNING": "NO"
+    }
     assert backend.compile_properties({}) == {}
 
 
@@ -123,6 +131,7 @@ def test_backend_maps_the_native_keys_to_openvino_properties() -> None:
         ({"INFERENCE_PRECISION_HINT": "f16"}, "bf16, f32"),
         ({"HINT_BF16": "YES", "INFERENCE_PRECISION_HINT": "f32"}, "contradicts"),
         ({"CPU_EXTENSION_PATH": "/tmp/x.so"}, "not supported by the embedded"),
+        ({"ENABLE_CPU_PINNING": "sometimes"}, "YES or NO"),
     ],
 )
 def test_backend_rejects_what_the_native_backend_rejects(values: dict, message: str) -> None:
@@ -154,9 +163,33 @@ def _variant(precision: str, settings: ServingSettings):
     )
 
 
+def test_the_fused_openvino_model_spends_the_core_budget_as_single_thread_instances() -> None:
+    from resnet18_triton.errors import ExportError
+    from resnet18_triton.export.model_configs import fused_model_config
+
+    settings = ServingSettings.from_core_budget(cores=4, onnx_instances=2)
+    model, ensemble = _variant("bf16", settings)
+    preprocess = next(
+        c for c in all_model_configs(settings, "{}") if c.name == contract.PREPROCESS_MODEL
+    )
+    fused = fused_model_config(model, preprocess, name=layout.openvino_fused_name())
+    values = {key: value.string_value for key, value in fused.parameters.items()}
+    assert fused.instance_group[0].count == 4  # 2 instances x 2 threads
+    assert values["INFERENCE_NUM_THREADS"] == "1" and values["engine"] == "openvino"
+    assert values["HINT_BF16"] == "YES" and values["ENABLE_CPU_PINNING"] == "NO"
+    assert "inter_op_thread_count" not in values and "intra_op_thread_count" not in values
+    assert list(fused.output) == list(ensemble.output)
+    properties = openvino_backend().compile_properties(config_as_json(fused))
+    assert properties["INFERENCE_NUM_THREADS"] == "1"
+    model.backend = "tensorrt"
+    with pytest.raises(ExportError, match="no fused model for the 'tensorrt' backend"):
+        fused_model_config(model, preprocess, name="x")
+
+
 def test_variant_names_derive_from_the_classifier_name() -> None:
     assert layout.openvino_models() == ("resnet18_openvino", "resnet18_openvino_ensemble")
     assert layout.openvino_models("digits") == ("digits_openvino", "digits_openvino_ensemble")
+    assert layout.openvino_fused_name("digits") == "digits_openvino_fused"
     assert layout.shipped_backends() == ("onnxruntime", "openvino")
 
 
@@ -174,6 +207,7 @@ def test_bf16_config_uses_only_documented_native_keys_and_the_core_budget() -> N
     assert steps == [contract.PREPROCESS_MODEL, "resnet18_openvino"]
     properties = openvino_backend().compile_properties(config_as_json(model))
     assert properties["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert properties["ENABLE_CPU_PINNING"] == "NO"  # 2 instances must not share a core
 
 
 def test_f32_and_int8_configs_pin_f32_without_the_bf16_hint() -> None:

@@ -163,7 +163,8 @@ def test_the_fused_model_takes_the_ensembles_contract_and_the_classifiers_core_b
     ]
     parameters = {key: value.string_value for key, value in fused.parameters.items()}
     assert parameters["intra_op_thread_count"] == "1"
-    assert parameters["onnx_output"] == contract.ONNX_PROBABILITIES
+    assert parameters["classifier_output"] == contract.ONNX_PROBABILITIES
+    assert parameters["engine"] == "onnxruntime"
     assert parameters[contract.PROVENANCE_PARAMETER] == PROVENANCE
     for key, value in configs[contract.PREPROCESS_MODEL].parameters.items():
         assert parameters[key] == value.string_value, key
@@ -199,7 +200,8 @@ def test_write_fused_model_links_the_int8_file_and_completes_the_variant(tmp_pat
 
     version = tmp_path / contract.INT8_FUSED_MODEL / layout.VERSION
     assert config.name == contract.INT8_FUSED_MODEL
-    assert sorted(path.name for path in version.iterdir()) == sorted(layout.FUSED_MODEL_FILES)
+    expected = (*layout.FUSED_MODEL_FILES, "onnxruntime_engine.py")
+    assert sorted(path.name for path in version.iterdir()) == sorted(expected)
     assert (version / "model.onnx").stat().st_ino == int8_file.stat().st_ino  # no second copy
     preprocess = tmp_path / contract.PREPROCESS_MODEL / layout.VERSION / "model.py"
     assert (version / "preprocessing.py").read_bytes() == preprocess.read_bytes()

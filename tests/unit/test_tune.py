@@ -478,3 +478,20 @@ def test_an_openvino_plan_sets_threads_per_instance_and_keeps_precision_and_fide
     assert ("threads", "1") in serving_summary(as_served)
     revert(repository)
     assert digest(repository) == before
+
+
+def test_an_openvino_plan_re_derives_the_openvino_fused_model(repository: Path) -> None:
+    from resnet18_triton.contract import ClassifierNames
+    from resnet18_triton.export.repository import write_fused_model
+
+    add_openvino_variant(repository)
+    write_fused_model(repository, ClassifierNames.of(), openvino=True)
+    before = digest(repository)
+    assert tuned_models(repository)[-1] == "resnet18_openvino_fused"
+    apply_plan(repository, Candidate(OPENVINO, 1, 1, 1, 4, 0), cores=2)
+    fused = parse((repository / "resnet18_openvino_fused" / "config.pbtxt").read_text())
+    assert fused.instance_group[0].count == 1 and fused.max_batch_size == 4
+    assert fused.parameters["engine"].string_value == "openvino"
+    assert fused.parameters["precision"].string_value == "bf16"
+    revert(repository)
+    assert digest(repository) == before

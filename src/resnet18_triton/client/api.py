@@ -55,7 +55,7 @@ from resnet18_triton.errors import (
     ResNet18TritonError,
     ServerUnavailableError,
 )
-from resnet18_triton.layout import openvino_models
+from resnet18_triton.layout import variant_model_names
 
 T = TypeVar("T")
 
@@ -359,7 +359,7 @@ class ImageClassifier:
             variants = [
                 model
                 for item in names
-                for model in (*item.int8_models, item.int8_fused, *openvino_models(item.name))
+                for model in variant_model_names(item)
                 if model not in models
             ]
             models += [

@@ -335,6 +335,14 @@ def variant_configs(
     return [onnx, ensemble]
 
 
+ORT_BACKEND = "onnxruntime"
+# The fused model's parameters naming its engine (the classifier's backend) and the classifier
+# output it answers with; and each engine's per-instance thread key.
+FUSED_ENGINE_PARAMETER = "engine"
+FUSED_OUTPUT_PARAMETER = "classifier_output"
+FUSED_THREAD_KEYS = {ORT_BACKEND: "intra_op_thread_count", "openvino": "INFERENCE_NUM_THREADS"}
+
+
 def instance_count(config: mc.ModelConfig) -> int:
     """The model's CPU instances (Triton's default: 1 when no group is given)."""
     return sum(group.count or 1 for group in config.instance_group) or 1
@@ -343,38 +351,47 @@ def instance_count(config: mc.ModelConfig) -> int:
 def fused_model_config(
     classifier: mc.ModelConfig, preprocess: mc.ModelConfig, *, name: str
 ) -> mc.ModelConfig:
-    """The ensemble's two steps as one Python-backend model (``server/models/fused``).
+    """A classifier's ensemble as one Python-backend model (``server/models/fused``).
 
-    Same input and labelled output as the ensemble (encoded ``IMAGE`` in, ``PROBABILITIES`` out),
-    the preprocessing's parameters (limits, transform) and warm-up, the classifier's ONNX
-    Runtime parameters, batching and cache. Cores: the classifier's instances x intra-op threads,
-    spent as that many instances of 1 thread each: every instance decodes and then infers, so
-    with one thread each the instances keep all cores busy without splitting one session run
-    across cores (2 x 1 served 151 img/s, 1 x 2 124 on 2 Zen 4 cores, docs/performance.md).
+    ``classifier`` is the variant's classifier config (backend ``onnxruntime`` or ``openvino``;
+    the fused model runs the same engine in its own process). Same input and labelled output as
+    the ensemble (encoded ``IMAGE`` in, ``PROBABILITIES`` out), the preprocessing's parameters
+    (limits, transform) and warm-up, the classifier's engine parameters, batching and cache.
+    Cores: the classifier's instances x threads, spent as that many instances of 1 thread each:
+    every instance decodes and then infers, so with one thread each the instances keep all cores
+    busy without splitting one inference across cores (INT8 on 2 Zen 4 cores: 2 x 1 served 150
+    img/s, 1 x 2 124; docs/performance.md).
     """
+    engine = classifier.backend or ORT_BACKEND
+    threads_key = FUSED_THREAD_KEYS.get(engine)
+    if threads_key is None:
+        raise ExportError(f"no fused model for the {engine!r} backend of {classifier.name!r}")
     probabilities = next(
         output for output in classifier.output if output.name == contract.ONNX_PROBABILITIES
     )
     config = mc.ModelConfig(name=name, backend="python")
     config.max_batch_size = classifier.max_batch_size
     _image_in_probabilities_out(config, probabilities.dims[-1])
-    threads = int(classifier.parameters["intra_op_thread_count"].string_value or "1")
+    threads = int(classifier.parameters[threads_key].string_value or "1")
     _cpu_instances(config, instance_count(classifier) * max(threads, 1))
     config.dynamic_batching.CopyFrom(classifier.dynamic_batching)
     for source in (preprocess, classifier):
         for key, value in source.parameters.items():
             config.parameters[key].CopyFrom(value)
+    single_thread = {threads_key: "1"}
+    if engine == ORT_BACKEND:
+        single_thread["inter_op_thread_count"] = "1"
     _string_parameters(
         config,
         {
-            "intra_op_thread_count": "1",
-            "inter_op_thread_count": "1",
-            "onnx_output": contract.ONNX_PROBABILITIES,
+            **single_thread,
+            FUSED_ENGINE_PARAMETER: engine,
+            FUSED_OUTPUT_PARAMETER: contract.ONNX_PROBABILITIES,
         },
     )
     for sample in preprocess.model_warmup:
-        # The preprocessing's image at batch 1 and at the largest batch: the second sizes ONNX
-        # Runtime's buffers before the first full batch arrives, as the classifier's own warm-up.
+        # The preprocessing's image at batch 1 and at the largest batch: the second sizes the
+        # engine's buffers before the first full batch arrives, as the classifier's own warm-up.
         for batch_size in sorted({1, config.max_batch_size}):
             warmup = config.model_warmup.add()
             warmup.CopyFrom(sample)
@@ -404,6 +421,8 @@ def openvino_parameters(threads: int, precision: str) -> dict[str, str]:
     instances x threads product never oversubscribes. ``HINT_BF16`` is the native backend's only
     precision key; ``INFERENCE_PRECISION_HINT`` also pins f32 (for ``f32``, and for the float
     parts of an ``int8`` QDQ model), which the native backend cannot express.
+    ``ENABLE_CPU_PINNING`` NO keeps the instances' threads off one shared core (the embedded
+    backend's key, see its docstring).
     """
     if threads < 1:
         raise ExportError("an OpenVINO instance needs at least 1 thread")
@@ -412,6 +431,8 @@ def openvino_parameters(threads: int, precision: str) -> dict[str, str]:
         "NUM_STREAMS": "1",
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        # Pinned, the threads of every instance (a process each) land on the same first cores.
+        "ENABLE_CPU_PINNING": "NO",
         contract.PRECISION_PARAMETER: precision,
     }
     if precision == "bf16":

@@ -5,7 +5,8 @@ instances, batching, warm-up; threads from the same core budget), compiles the c
 in-process exactly as the ``openvino`` backend will (its own ``compile_properties``, read from the
 config about to be written), compares it with ONNX Runtime FP32 on held-out images
 (``export.fidelity``: top-1 agreement, top-5 overlap, probability differences) and, unless the
-agreement is below the bar and ``force`` is not set, installs the model file and the configs.
+agreement is below the bar and ``force`` is not set, installs the model file and the configs,
+and the variant's fused model (``NAME_openvino_fused``: both ensemble steps in one stub).
 A refused variant leaves the repository untouched.
 
 The model files: ``bf16`` and ``f32`` serve the verified FP32 ``model.onnx``; ``int8`` serves the
@@ -34,6 +35,7 @@ from resnet18_triton.export.fidelity import (
 from resnet18_triton.export.repository import (
     openvino_configs,
     write_bytes_atomically,
+    write_fused_model,
     write_variant_configs,
 )
 from resnet18_triton.layout import (
@@ -121,4 +123,5 @@ def build_openvino_variant(
     configs = openvino_configs(repository, precision, {"fidelity": report.to_json()}, names)
     write_bytes_atomically(openvino_model_path(repository, names.name), candidate.read_bytes())
     write_variant_configs(repository, configs, names)
+    write_fused_model(repository, names, openvino=True)
     return report

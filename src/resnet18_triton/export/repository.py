@@ -24,6 +24,7 @@ from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
 from resnet18_triton.export.classifier import Classifier
 from resnet18_triton.export.model_configs import (
+    FUSED_ENGINE_PARAMETER,
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
     ServingSettings,
@@ -37,13 +38,15 @@ from resnet18_triton.export.model_configs import (
 from resnet18_triton.files import link_or_copy, write_bytes_atomically, write_text_atomically
 from resnet18_triton.layout import (
     CONFIG_FILENAME,
-    FUSED_MODEL_FILES,
     OPENVINO_MODEL_FILENAME,
     PYTHON_MODELS,
     VERSION,
     backend_source,
     classifiers,
+    fused_engine_filename,
     onnx_model_path,
+    openvino_fused_name,
+    openvino_model_name,
     openvino_models,
     python_model_source,
 )
@@ -169,30 +172,38 @@ def write_int8_configs(
     return write_variant_configs(repo, configs, names, target)
 
 
-def write_fused_model(repo: Path, names: ClassifierNames, target: Path | None = None) -> Path:
-    """The fused INT8 model of classifier ``names`` (``NAME_int8_fused``, ``server/models/fused``)
-    in ``target`` (default: ``repo``), from the INT8 classifier already in ``target`` and the
-    preprocess model in ``repo``: its config, labels, code and a link to the INT8 ONNX file.
+def write_fused_model(
+    repo: Path, names: ClassifierNames, target: Path | None = None, *, openvino: bool = False
+) -> Path:
+    """The fused model of classifier ``names``' INT8 variant (``NAME_int8_fused``), or of its
+    OpenVINO variant with ``openvino`` (``NAME_openvino_fused``), in ``target`` (default:
+    ``repo``): its config (``fused_model_config``), labels, code (``server/models/fused``, the
+    repository's preprocessing, the engine's Python-based backend) and a link to the variant's
+    model file. The variant's classifier must be in ``target``, the preprocess model in ``repo``.
     Returns the config's path."""
     target = repo if target is None else target
-    classifier = parse((target / names.int8 / CONFIG_FILENAME).read_text())
+    classifier_name = openvino_model_name(names.name) if openvino else names.int8
+    fused_name = openvino_fused_name(names.name) if openvino else names.int8_fused
+    classifier = parse((target / classifier_name / CONFIG_FILENAME).read_text())
     preprocess = parse((repo / names.preprocess / CONFIG_FILENAME).read_text())
-    config = fused_model_config(classifier, preprocess, name=names.int8_fused)
-    directory = target / names.int8_fused
+    config = fused_model_config(classifier, preprocess, name=fused_name)
+    engine = config.parameters[FUSED_ENGINE_PARAMETER].string_value
+    directory = target / fused_name
     version = directory / VERSION
     sources = {
         "model.py": python_model_source("fused"),
-        # The repository's own preprocessing, so both INT8 paths decode the same way.
+        # The repository's own preprocessing, so the fused model and the ensemble decode alike.
         "preprocessing.py": repo / names.preprocess / VERSION / "model.py",
-        "onnxruntime_engine.py": backend_source("onnxruntime"),
+        fused_engine_filename(engine): backend_source(engine),
     }
     for filename, source in sources.items():
         if not source.is_file():
             raise ExportError(f"{source} is missing: reinstall resnet18-triton or re-export")
         write_bytes_atomically(version / filename, source.read_bytes())
-    onnx = version / FUSED_MODEL_FILES[-1]
-    onnx.unlink(missing_ok=True)
-    link_or_copy(onnx_model_path(target, names.int8), onnx)
+    model_file = classifier.default_model_filename or "model.onnx"
+    linked = version / "model.onnx"
+    linked.unlink(missing_ok=True)
+    link_or_copy(target / classifier_name / VERSION / model_file, linked)
     labels = repo / names.onnx / contract.LABELS_FILENAME
     write_text_atomically(directory / contract.LABELS_FILENAME, labels.read_text())
     for sample in config.model_warmup:

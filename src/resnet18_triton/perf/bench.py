@@ -27,6 +27,7 @@ from resnet18_triton.layout import (
     has_int8,
     has_int8_fused,
     has_openvino,
+    has_openvino_fused,
     onnx_model_path,
     served_models,
 )
@@ -416,7 +417,13 @@ def run_openvino(
     out.mkdir(parents=True, exist_ok=True)
     echo("OpenVINO: served ensembles, alternated ...")
     served = openvino_bench.served_rows(
-        url, typical, out, precision, concurrency=plan.settings.concurrency, echo=echo
+        url,
+        typical,
+        out,
+        precision,
+        concurrency=plan.settings.concurrency,
+        echo=echo,
+        fused=has_openvino_fused(repo),
     )
     pairs = openvino_bench.served_pairs(url, out / "input_500x375.json", out, precision, echo=echo)
     env = {**environment, **openvino_bench.environment()}

@@ -30,9 +30,12 @@ from resnet18_triton import contract
 from resnet18_triton.layout import (
     CONFIG_FILENAME,
     has_openvino,
+    has_openvino_fused,
     onnx_model_path,
+    openvino_fused_name,
     openvino_model_path,
     openvino_models,
+    served_models,
 )
 from resnet18_triton.perf import images as image_sets
 from resnet18_triton.perf import perf_analyzer as pa
@@ -127,8 +130,10 @@ def served_rows(
     rounds: int = 2,
     measurement_interval_ms: int = 5000,
     echo=print,
+    fused: bool = False,
 ) -> dict[str, list[dict]]:
-    """``label -> [row dicts]`` per round: the two ensembles on the same JPEGs, alternated."""
+    """``label -> [row dicts]`` per round: the two ensembles (and with ``fused`` the OpenVINO
+    fused model) on the same JPEGs, alternated."""
     analyzer = pa.locate()
     data = pa.write_input_data(
         [path.read_bytes() for path in typical], contract.ENSEMBLE_INPUT, out / "input_500x375.json"
@@ -137,6 +142,8 @@ def served_rows(
         ORT_LABEL: contract.ENSEMBLE_MODEL,
         f"openvino {precision} ensemble 500x375": openvino_models()[1],
     }
+    if fused:
+        models[f"openvino {precision} fused 500x375"] = openvino_fused_name()
     served: dict[str, list[dict]] = {label: [] for label in models}
     for round_index in range(rounds):
         for label, model in models.items():
@@ -334,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         grpc_port=free_port(),
         metrics_port=free_port(),
         exit_timeout_s=10,
-        models=(*contract.SERVED_MODELS, *openvino_models()),
+        models=served_models(repo, int8=False, openvino=True),
     )
     with (
         open(args.out / "tritonserver.log", "w") as log,
@@ -348,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
             variant_precision(repo),
             concurrency=args.concurrency,
             rounds=args.rounds,
+            fused=has_openvino_fused(repo),
         )
         pairs = served_pairs(
             server.url,

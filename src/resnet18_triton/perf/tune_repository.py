@@ -51,6 +51,8 @@ from resnet18_triton.layout import (
     has_int8,
     has_int8_fused,
     has_openvino,
+    has_openvino_fused,
+    openvino_fused_name,
     openvino_models,
 )
 from resnet18_triton.perf.tune_space import FP32, INT8, OPENVINO, Candidate, TuneError
@@ -118,10 +120,13 @@ def tuned_models(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> tuple[str, 
     models: list[str] = []
     for variant in available_variants(repo, name):
         models += [m for m in variant_models(name, variant).load_order if m not in models]
+    # The fused models' instances follow their classifier's core budget (fused_model_config).
     names = _names(name)
-    if INT8 in available_variants(repo, name) and has_int8_fused(repo, names):
-        # Its instances follow the INT8 classifier's core budget (fused_model_config).
+    variants = available_variants(repo, name)
+    if INT8 in variants and has_int8_fused(repo, names):
         models.append(names.int8_fused)
+    if OPENVINO in variants and has_openvino_fused(repo, names.name):
+        models.append(openvino_fused_name(names.name))
     return tuple(models)
 
 
@@ -253,9 +258,12 @@ def _write_openvino_configs(source: Path, target: Path, names: ClassifierNames) 
     kept = {
         key: value.string_value for key, value in config.parameters.items() if key not in derived
     }
-    return write_variant_configs(
+    written = write_variant_configs(
         target, openvino_configs(target, precision, kept, names), names=names
     )
+    if has_openvino_fused(source, names.name):
+        written.append(write_fused_model(target, names, openvino=True))
+    return written
 
 
 def copy_models(source: Path, target: Path, models: tuple[str, ...]) -> None:

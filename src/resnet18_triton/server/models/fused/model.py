@@ -1,36 +1,41 @@
 """Triton Python-backend model: encoded image bytes -> labelled class probabilities, in one process.
 
-The INT8 ensemble's two steps run in one model instance: the preprocessing decodes the batch's
-images, and ONNX Runtime runs the INT8 classifier on them in the same process. The pixels come
-from the same preprocessing code and the probabilities from the same ONNX file as the ensemble's,
-so both answer the same; this one skips the second stub, the pixel tensor's trip through the
-server and the ensemble scheduler (docs/performance.md measures what that saves).
+A classifier variant's ensemble (preprocess -> classifier) run by one model instance: the
+preprocessing decodes the batch's images and the engine runs the classifier on them in the same
+process. The pixels come from the same preprocessing code and the probabilities from the same
+model file as the ensemble's, so both answer the same; this one skips the second stub, the pixel
+tensor's trip through the server and the ensemble scheduler (docs/performance.md measures what
+that saves).
 
-``resnet18-triton quantize`` writes this file into ``<repo>/<NAME>_int8_fused/1/`` beside:
+``resnet18-triton quantize`` (INT8, ONNX Runtime) and ``resnet18-triton openvino`` (OpenVINO)
+write this file into ``<repo>/<NAME>_int8_fused/1/`` or ``<repo>/<NAME>_openvino_fused/1/``
+beside:
 
 - ``preprocessing.py``: the preprocess model's ``model.py`` (decode, limits, transform);
-- ``onnxruntime_engine.py``: the Python-based ONNX Runtime backend (session options from the
-  config's ``parameters``, batched runs that fall back to one run per request);
-- ``model.onnx``: the INT8 classifier's file.
+- ``<engine>_engine.py``: the Python-based backend of the engine the config's ``engine``
+  parameter names (``onnxruntime`` or ``openvino``), for its session or compile options;
+- ``model.onnx``: the variant classifier's model file.
 
-The config carries the preprocessing parameters (limits, transform) and the ONNX Runtime ones
-(threads, arena, spinning), as the two steps' configs do. Each request is answered on its own: an
-image that is refused fails its request only (INVALID_ARG, HTTP 400), and the other requests of
-the batch still run. Like the preprocess model, this directory is self-contained (Pillow, NumPy,
-ONNX Runtime) and runs unchanged in the official Triton container.
+The config carries the preprocessing parameters (limits, transform) and the engine's (threads,
+precision, ...), as the two steps' configs do. Each request is answered on its own: a refused
+image fails its request only (INVALID_ARG, HTTP 400), and the other requests of the batch still
+run; if the batched inference fails, each request is run alone, so only one that cannot run gets
+an error. Like the preprocess model, this directory is self-contained (Pillow, NumPy and the
+engine's package) and runs unchanged in the official Triton container.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 try:  # Present inside the Triton Python-backend stub; absent when unit tests import this file.
@@ -38,13 +43,13 @@ try:  # Present inside the Triton Python-backend stub; absent when unit tests im
 except ImportError:  # pragma: no cover - exercised only outside Triton
     pb_utils = None
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ONNX_FILENAME = "model.onnx"
+MODEL_FILENAME = "model.onnx"
+DEFAULT_ENGINE = "onnxruntime"
 # The classifier output this model answers with (the graph also has ``logits``).
-DEFAULT_ONNX_OUTPUT = "probabilities"
+DEFAULT_OUTPUT = "probabilities"
 
 
-def load_sibling(filename: str, module_name: str, directory: str = HERE) -> ModuleType:
+def load_sibling(filename: str, module_name: str, directory: str) -> ModuleType:
     """Import ``directory/filename`` (a file beside this one, not part of any package).
 
     The package's ``layout.load_model_module`` does the same, but this file cannot import the
@@ -63,14 +68,69 @@ def _parameter(model_config: dict, key: str) -> str:
     return model_config.get("parameters", {}).get(key, {}).get("string_value", "").strip()
 
 
+class OnnxRuntimeEngine:
+    """One ONNX Runtime session, with the options the Python-based backend derives."""
+
+    def __init__(self, backend: ModuleType, path: str, config: dict, output: str) -> None:
+        self.session = backend.ort.InferenceSession(
+            path, sess_options=backend.session_options(config), providers=["CPUExecutionProvider"]
+        )
+        self.options = backend.run_options(config)
+        self.input = self.session.get_inputs()[0].name
+        self.output = output
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {self.input: pixels}, self.options)[0]
+
+
+class OpenVinoEngine:
+    """One compiled model and infer request, compiled as the Python-based backend compiles."""
+
+    def __init__(self, backend: ModuleType, path: str, config: dict, output: str) -> None:
+        compiled = backend.compile_model(path, config)
+        self.backend = backend
+        self.request = compiled.create_infer_request()
+        self.input = compiled.inputs[0].get_any_name()
+        self.output = output
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.backend.infer(self.request, {self.input: pixels}, [self.output])[0]
+
+
+ENGINES = {"onnxruntime": OnnxRuntimeEngine, "openvino": OpenVinoEngine}
+
+
+def run_each(
+    run: Callable[[np.ndarray], np.ndarray], batches: list[np.ndarray], engine: str
+) -> list[np.ndarray | str]:
+    """The output of each request's batch: all as one run; if that fails, each alone, so only a
+    request that cannot run gets an error (its message)."""
+    try:
+        joined = batches[0] if len(batches) == 1 else np.concatenate(batches)
+        output = run(joined)
+        bounds = np.cumsum([0, *(len(batch) for batch in batches)])
+        return [output[start:end] for start, end in itertools.pairwise(bounds)]
+    except Exception as error:
+        if len(batches) == 1:
+            return [f"{engine} failed: {error}"]
+    return [outcome for batch in batches for outcome in run_each(run, [batch], engine)]
+
+
 class TritonPythonModel:
-    """One ONNX Runtime session per instance; preprocessing and inference share the batch."""
+    """One engine per instance; preprocessing and inference share the batch."""
 
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         directory = os.path.join(args["model_repository"], args["model_version"])
+        self.engine_name = _parameter(config, "engine") or DEFAULT_ENGINE
+        if self.engine_name not in ENGINES:
+            raise pb_utils.TritonModelException(
+                f"unknown engine {self.engine_name!r}: expected one of {', '.join(ENGINES)}"
+            )
         self.preprocessing = load_sibling("preprocessing.py", "fused_preprocessing", directory)
-        self.engine = load_sibling("onnxruntime_engine.py", "fused_onnxruntime_engine", directory)
+        backend = load_sibling(
+            f"{self.engine_name}_engine.py", f"fused_{self.engine_name}_engine", directory
+        )
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.limits = self.preprocessing.limits_from_config(config)
@@ -78,27 +138,25 @@ class TritonPythonModel:
         self.draft_min_size = int(_parameter(config, "jpeg_draft_min_size") or 0)
         # As in the preprocess model: Pillow's own bomb check follows the explicit limit.
         Image.MAX_IMAGE_PIXELS = self.limits.max_image_pixels
-        self.session = ort.InferenceSession(
-            os.path.join(directory, ONNX_FILENAME),
-            sess_options=self.engine.session_options(config),
-            providers=["CPUExecutionProvider"],
-        )
-        self.run_options = self.engine.run_options(config)
-        self.onnx_input = self.session.get_inputs()[0].name
-        self.onnx_output = _parameter(config, "onnx_output") or DEFAULT_ONNX_OUTPUT
+        output = _parameter(config, "classifier_output") or DEFAULT_OUTPUT
+        path = os.path.join(directory, MODEL_FILENAME)
+        try:
+            self.engine = ENGINES[self.engine_name](backend, path, config, output)
+        except getattr(backend, "ConfigError", ()) as error:
+            raise pb_utils.TritonModelException(str(error)) from None
 
     def execute(self, requests: list) -> list:
         answers: list[Any] = [None] * len(requests)
-        feeds, positions = [], []
+        batches, positions = [], []
         for position, request in enumerate(requests):
             pixels, failure = self._preprocess(request)
             if failure is not None:
                 answers[position] = self.preprocessing._error_response(*failure)
             else:
-                feeds.append({self.onnx_input: pixels})
+                batches.append(pixels)
                 positions.append(position)
-        if feeds:
-            outcomes = self.engine.run_requests(self._run, feeds)
+        if batches:
+            outcomes = run_each(self.engine.run, batches, self.engine_name)
             for position, outcome in zip(positions, outcomes, strict=True):
                 answers[position] = self._response(outcome)
         return answers
@@ -111,14 +169,11 @@ class TritonPythonModel:
             tensor.as_numpy(), self.limits, self.draft_min_size, self.transform
         )
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run([self.onnx_output], feeds, self.run_options)
-
-    def _response(self, outcome: list[np.ndarray] | str) -> Any:
+    def _response(self, outcome: np.ndarray | str) -> Any:
         if isinstance(outcome, str):
             return self.preprocessing._error_response(outcome, "INTERNAL")
-        tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(outcome[0]))
+        tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(outcome))
         return pb_utils.InferenceResponse(output_tensors=[tensor])
 
     def finalize(self) -> None:
-        self.session = None
+        self.engine = None
