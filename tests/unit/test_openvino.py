@@ -272,7 +272,7 @@ def test_a_classifier_the_repository_lacks_is_refused_by_name(tmp_path: Path) ->
 
 
 def test_the_served_ratio_compares_the_best_rounds_of_each_ensemble() -> None:
-    from resnet18_triton.perf.openvino_bench import ORT_LABEL, report_markdown, served_ratio
+    from resnet18_triton.perf.openvino_bench import ORT_LABEL, report_markdown, served_ratios
 
     def row(throughput: float, load: int, round_index: int) -> dict:
         return {
@@ -286,8 +286,11 @@ def test_the_served_ratio_compares_the_best_rounds_of_each_ensemble() -> None:
         ORT_LABEL: [row(9.0, 1, 0), row(10.0, 2, 0), row(11.0, 2, 1)],
         "openvino bf16 ensemble 500x375": [row(18.0, 1, 0), row(22.0, 2, 1)],
     }
-    ratio, label = served_ratio(served)
+    ((ratio, label),) = served_ratios(served)
     assert label == "openvino bf16 ensemble 500x375" and ratio == pytest.approx(2.0)
+    with_fused = {**served, "openvino bf16 fused 500x375": [row(33.0, 8, 0)]}
+    assert [label for _, label in served_ratios(with_fused)][-1] == "openvino bf16 fused 500x375"
+    assert served_ratios(with_fused)[-1][0] == pytest.approx(3.0)
     environment = {"date": "d", "cpu": "AMD EPYC", "cores": 2, "flags": "avx512_bf16"}
     inprocess = [{"engine": "ort-fp32", "batch": 1, "ms_per_image": 17.1, "images_per_s": 58.5}]
     text = report_markdown(environment, inprocess, served)

@@ -9,7 +9,7 @@ Self-contained so ``bench`` can call it as one step:
   the same 500x375 JPEGs, alternating the two for ``rounds`` rounds on the same server and cores;
 * ``served_pairs``: short back-to-back ORT/OpenVINO measurements at one concurrency, one ratio
   per pair (the figure least exposed to other processes' load);
-* ``served_ratio``: best OpenVINO ensemble img/s over best ONNX Runtime ensemble img/s.
+* ``served_ratios``: best img/s of each OpenVINO path over the best ONNX Runtime ensemble's.
 
 ``python -m resnet18_triton.perf.openvino_bench --out DIR`` exports a random-weight repository
 (or uses ``--repo``), adds the OpenVINO variant if missing, starts the embedded server and writes
@@ -195,11 +195,11 @@ def served_pairs(
     return results
 
 
-def served_ratio(served: dict[str, list[dict]]) -> tuple[float, str]:
-    """Best OpenVINO ensemble img/s over best ONNX Runtime FP32 ensemble img/s, and the label."""
-    (label,) = [name for name in served if name != ORT_LABEL]
+def served_ratios(served: dict[str, list[dict]]) -> list[tuple[float, str]]:
+    """Best img/s of each OpenVINO path (the ensemble, the fused model when served) over the best
+    ONNX Runtime FP32 ensemble img/s, with the path's label, in ``served`` order."""
     best = {name: max(row["throughput"] for row in rows) for name, rows in served.items()}
-    return best[label] / best[ORT_LABEL], label
+    return [(best[name] / best[ORT_LABEL], name) for name in served if name != ORT_LABEL]
 
 
 def ensure_repository(repo: Path | None, out: Path, precision: str, typical: list[Path]) -> Path:
@@ -266,8 +266,7 @@ def report_markdown(
             f"| {label} | {', '.join(f'{b:.1f}' for b in bests)} | "
             f"{', '.join(f'{p:.1f}' for p in p50)} |"
         )
-    if served:
-        ratio, label = served_ratio(served)
+    for ratio, label in served_ratios(served) if served else []:
         lines += ["", f"**{label} / {ORT_LABEL}: {ratio:.2f}x** (best img/s, same server)"]
     versus = served_vs_inprocess(served, inprocess)
     if versus:
