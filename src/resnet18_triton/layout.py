@@ -24,7 +24,6 @@ PYTHON_MODELS = (contract.PREPROCESS_MODEL,)
 # Python-backend stub) holds these in its version directory, plus the copy of the Python-based
 # backend of its engine (the classifier's backend), named after it.
 FUSED_MODEL_FILES = ("model.py", "preprocessing.py", "model.onnx")
-FUSED_ENGINES = ("onnxruntime", "openvino")
 
 
 def fused_engine_filename(engine: str) -> str:
@@ -212,7 +211,7 @@ def served_models(
     repo: Path, int8: bool | None = None, openvino: bool | None = None
 ) -> tuple[str, ...]:
     """Models to load, in load order: every classifier's steps, then their ensembles, then each
-    variant (INT8, then OpenVINO; classifiers before ensembles, the fused INT8 model where it was
+    variant (INT8, then OpenVINO; classifier, ensemble, then its fused model where it was
     written) the repository holds, or all of them with ``True``, none with ``False``. A repository
     without classifiers yields the default classifier's names."""
     found = classifiers(repo) or [ClassifierNames.of()]

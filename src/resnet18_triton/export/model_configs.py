@@ -130,6 +130,9 @@ def _cpu_instances(config: mc.ModelConfig, count: int) -> None:
 WARMUP_DIRNAME = "warmup"
 WARMUP_IMAGE_FILENAME = "sample_jpeg.bin"
 OPENVINO_ACCELERATOR = "openvino"
+# The classifier backends (the embedded server's Python-based ones, the container's native ones).
+ORT_BACKEND = "onnxruntime"
+OPENVINO_BACKEND = "openvino"
 
 
 def warmup_batch_sizes(settings: ServingSettings) -> list[int]:
@@ -172,7 +175,7 @@ def onnx_model_config(
 
     ``name`` serves the same layout under another name (the INT8 variant ``resnet18_int8``).
     """
-    config = mc.ModelConfig(name=name, backend="onnxruntime")
+    config = mc.ModelConfig(name=name, backend=ORT_BACKEND)
     config.max_batch_size = settings.max_batch_size
     config.input.add(
         name=contract.ONNX_INPUT,
@@ -335,12 +338,14 @@ def variant_configs(
     return [onnx, ensemble]
 
 
-ORT_BACKEND = "onnxruntime"
 # The fused model's parameters naming its engine (the classifier's backend) and the classifier
 # output it answers with; and each engine's per-instance thread key.
 FUSED_ENGINE_PARAMETER = "engine"
 FUSED_OUTPUT_PARAMETER = "classifier_output"
-FUSED_THREAD_KEYS = {ORT_BACKEND: "intra_op_thread_count", "openvino": "INFERENCE_NUM_THREADS"}
+FUSED_THREAD_KEYS = {
+    ORT_BACKEND: "intra_op_thread_count",
+    OPENVINO_BACKEND: "INFERENCE_NUM_THREADS",
+}
 
 
 def instance_count(config: mc.ModelConfig) -> int:
@@ -401,7 +406,6 @@ def fused_model_config(
     return config
 
 
-OPENVINO_BACKEND = "openvino"
 # Parameters of the ONNX Runtime backend, meaningless to OpenVINO: dropped from the variant.
 ORT_PARAMETERS = (
     "intra_op_thread_count",

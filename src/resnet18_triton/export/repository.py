@@ -206,13 +206,16 @@ def write_fused_model(
     link_or_copy(target / classifier_name / VERSION / model_file, linked)
     labels = repo / names.onnx / contract.LABELS_FILENAME
     write_text_atomically(directory / contract.LABELS_FILENAME, labels.read_text())
-    for sample in config.model_warmup:
-        for tensor in sample.inputs.values():
-            if tensor.input_data_file:
-                warmup = repo / names.preprocess / WARMUP_DIRNAME / tensor.input_data_file
-                write_bytes_atomically(
-                    directory / WARMUP_DIRNAME / tensor.input_data_file, warmup.read_bytes()
-                )
+    # Several warm-up samples (batch 1 and the largest) read the same file: copy each once.
+    warmup_files = {
+        tensor.input_data_file
+        for sample in config.model_warmup
+        for tensor in sample.inputs.values()
+        if tensor.input_data_file
+    }
+    for filename in sorted(warmup_files):
+        warmup = repo / names.preprocess / WARMUP_DIRNAME / filename
+        write_bytes_atomically(directory / WARMUP_DIRNAME / filename, warmup.read_bytes())
     path = directory / CONFIG_FILENAME
     write_text_atomically(path, render(config))
     return path

@@ -2,11 +2,13 @@
 
 Copies the default classifier's FP32 and INT8 models of ``--repo`` into a scratch repository
 (hard links), with the fused model as ``quantize`` writes it (``NAME_int8_fused``, N instances of
-1 thread for N cores) and the same model at 1 instance x N threads (``fused_1xN``), to check the
-instance split. Each round starts an embedded server with all of them, perf_analyzer loads each in
-turn at the same concurrency with the same JPEGs (the stack's CPU per image is read for every
-run), and, once the server has stopped, ONNX Runtime INT8 is timed in-process on uint8 tensors,
-so every round gives served / in-process ratios from the same minutes. Prints a markdown table.
+1 thread for N cores) and the same model at 1 x N and N x N instances x threads
+(``ALTERNATIVE_SPLITS``), to check the instance split. Each round starts an embedded server with
+all of them, perf_analyzer loads each in turn at the same concurrency with the same JPEGs (the
+stack's CPU per image is read for every run) and then at concurrency 1 (a lone request's
+latency), and, once the server has stopped, ONNX Runtime INT8 is timed in-process on uint8
+tensors, so every round gives served / in-process ratios from the same minutes. Prints a markdown
+table.
 
     python -m resnet18_triton.perf.fused_experiment --repo model_repository --rounds 3
 """
