@@ -147,6 +147,9 @@ ADMIN_KEY_HEADER = "triton-admin-key"
 ADMIN_KEY_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY"
 # Or a file holding the key (mode 0600): keys never go on a command line the project controls.
 ADMIN_KEY_FILE_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY_FILE"
+# A backend directory prepared ahead of time (the container image sets it): `serve` uses it as
+# it is instead of copying the backends into a temporary directory at every start.
+BACKEND_DIR_ENV_VAR = "RESNET18_TRITON_BACKEND_DIR"
 
 # Preprocessing limits beyond the pixel and byte limits (the preprocess model's config parameters
 # max_aspect_ratio and allowed_formats; the model file keeps the same built-in defaults).

@@ -1,18 +1,33 @@
-"""The launcher's own checks: an incomplete Triton install and the backend directory it lays out."""
+"""The launcher's own checks: an incomplete Triton install and the backend directory it lays out,
+either per start or prepared ahead of time (as a container image does) and then only read."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import hashlib
+import re
+import stat
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("pytriton")
+from resnet18_triton.client.probe import ProbeResult
 from resnet18_triton.errors import ServerStartError
+from resnet18_triton.server import embedded
 from resnet18_triton.server.embedded import (
     ORT_BACKEND_SOURCE,
+    EmbeddedServer,
+    ServerOptions,
     TritonInstall,
+    backend_directory_files,
     build_backend_directory,
+    check_backend_directory,
+    free_port,
+    prepare_backend_directory,
     server_environment,
 )
 
@@ -88,3 +103,207 @@ def test_every_python_based_backend_gets_shared_memory_for_a_full_pixel_batch(
         growth = sizes[f"{backend},shm-growth-byte-size"]
         assert default >= 2 * batch_bytes and default % 2**20 == 0
         assert growth >= batch_bytes
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file, and "dir" for every directory, under ``root``."""
+    return {
+        str(path.relative_to(root)): (
+            "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        )
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def _loopback_options(repository: Path, backend_dir: Path) -> ServerOptions:
+    return ServerOptions(
+        repository=repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        exit_timeout_s=2,
+        backend_dir=backend_dir,
+    )
+
+
+def test_a_prepared_backend_directory_holds_every_installed_file_and_passes_the_check(
+    tmp_path: Path,
+) -> None:
+    install = TritonInstall.locate()
+    target = tmp_path / "backends"
+    target.mkdir()  # an existing empty directory is as good as a new one
+    assert prepare_backend_directory(target) == target
+    check_backend_directory(install, target)
+    files = backend_directory_files(install)
+    assert {"python/triton_python_backend_stub", "onnxruntime/model.py"} <= set(files)
+    for relative, source in files.items():
+        assert (target / relative).read_bytes() == source.read_bytes(), relative
+
+
+def test_a_backend_directory_missing_a_file_is_refused_with_its_name(tmp_path: Path) -> None:
+    target = prepare_backend_directory(tmp_path / "backends")
+    (target / "python" / "triton_python_backend_stub").unlink()
+    with pytest.raises(ServerStartError, match="triton_python_backend_stub is missing") as caught:
+        check_backend_directory(TritonInstall.locate(), target)
+    assert f"python -m resnet18_triton.server.embedded {target}" in str(caught.value)
+
+
+def test_a_stale_copy_of_a_different_size_is_refused_with_its_name(tmp_path: Path) -> None:
+    # Another release's backend left in an image layer would serve code the package lacks.
+    target = prepare_backend_directory(tmp_path / "backends")
+    with open(target / "onnxruntime" / "model.py", "a") as stale:
+        stale.write("# another release\n")
+    with pytest.raises(
+        ServerStartError, match=re.escape("onnxruntime/model.py differs from the installed package")
+    ):
+        check_backend_directory(TritonInstall.locate(), target)
+
+
+def test_preparing_refuses_a_directory_that_is_not_empty_and_leaves_it_alone(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "backends"
+    target.mkdir()
+    (target / "notes.txt").write_text("kept\n")
+    before = _tree(target)
+    with pytest.raises(ServerStartError, match="is not empty"):
+        prepare_backend_directory(target)
+    assert _tree(target) == before
+
+
+def test_the_module_prepares_a_directory_and_refuses_to_prepare_it_twice(tmp_path: Path) -> None:
+    target = tmp_path / "backends"
+    command = [sys.executable, "-m", "resnet18_triton.server.embedded", str(target)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and first.stdout.strip() == str(target), first.stderr
+    check_backend_directory(TritonInstall.locate(), target)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0 and "is not empty" in second.stderr, second.stderr
+
+
+class _Launched(Exception):
+    """Raised instead of starting tritonserver, carrying its command line."""
+
+    def __init__(self, arguments: list[str]) -> None:
+        super().__init__("tritonserver not started by this test")
+        self.arguments = arguments
+
+
+def _placeholder_repository(root: Path) -> Path:
+    """Empty files wherever start() looks before launching: enough to reach the launch."""
+    from resnet18_triton.contract import ClassifierNames
+    from resnet18_triton.layout import classifier_files
+
+    for path in classifier_files(root, ClassifierNames.of()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    return root
+
+
+def test_a_server_given_a_prepared_directory_launches_on_it_and_copies_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared = prepare_backend_directory(tmp_path / "backends")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def launch(arguments: list[str], **_: object) -> None:
+        raise _Launched(arguments)
+
+    monkeypatch.setattr(embedded.subprocess, "Popen", launch)
+    options = _loopback_options(_placeholder_repository(tmp_path / "repo"), prepared)
+    with pytest.raises(_Launched) as launched:
+        EmbeddedServer(options).start()
+    assert f"--backend-directory={prepared}" in launched.value.arguments
+    assert not list(scratch.iterdir())  # no private copy in the temporary directory
+
+
+def test_a_server_refuses_a_stale_prepared_directory_before_launching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared = prepare_backend_directory(tmp_path / "backends")
+    (prepared / "python" / "triton_python_backend_stub").unlink()
+
+    def launch(arguments: list[str], **_: object) -> None:
+        raise AssertionError(f"tritonserver launched on a stale directory: {arguments}")
+
+    monkeypatch.setattr(embedded.subprocess, "Popen", launch)
+    options = _loopback_options(_placeholder_repository(tmp_path / "repo"), prepared)
+    with pytest.raises(ServerStartError, match="triton_python_backend_stub is missing"):
+        EmbeddedServer(options).start()
+
+
+@dataclass(frozen=True)
+class ReadOnlyRun:
+    """What one real server on a read-only prepared backend directory did and left behind."""
+
+    directory: Path
+    argv: list[str]
+    probe: ProbeResult
+    log_tail: str
+    private_copies: list[Path]
+    before: dict[str, str]
+    after: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def read_only_run(tmp_path_factory: pytest.TempPathFactory) -> ReadOnlyRun:
+    """A real export served by a real server whose prepared backend directory was made a-w.
+
+    One start for the tests below; every mode is restored before the fixture returns.
+    """
+    from resnet18_triton.client.probe import probe
+    from resnet18_triton.export.model_configs import ServingSettings
+    from resnet18_triton.export.pipeline import ExportRequest, export_repository
+
+    root = tmp_path_factory.mktemp("read_only_run")
+    request = ExportRequest(
+        repository=root / "model_repository",
+        weights="random",
+        seed=0,
+        settings=ServingSettings(),
+    )
+    repository = export_repository(request).repository
+    prepared = prepare_backend_directory(root / "backends")
+    before = _tree(prepared)
+    scratch = root / "tmp"
+    scratch.mkdir()
+    paths = [*sorted(prepared.rglob("*"), reverse=True), prepared]  # contents before parents
+    modes = {path: stat.S_IMODE(path.stat().st_mode) for path in paths}
+    write = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    try:
+        for path, mode in modes.items():
+            path.chmod(mode & ~write)
+        with pytest.MonkeyPatch.context() as patch:
+            # A private copy would land here: tempfile.mkdtemp reads this first.
+            patch.setattr(tempfile, "tempdir", str(scratch))
+            with EmbeddedServer(_loopback_options(repository, prepared)) as server:
+                argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode().split("\0")
+                # One real classification through the ensemble: the Python backend's stub and
+                # the onnxruntime backend both run from the prepared directory.
+                result = probe(server.url, timeout_s=30)
+                log_tail = server.log_tail
+                private_copies = list(scratch.iterdir())
+        after = _tree(prepared)
+    finally:
+        for path in reversed(paths):  # parents first, so that their contents can be reached
+            path.chmod(modes[path])
+    return ReadOnlyRun(prepared, argv, result, log_tail, private_copies, before, after)
+
+
+def test_a_real_server_serves_from_a_read_only_prepared_directory_without_a_private_copy(
+    read_only_run: ReadOnlyRun,
+) -> None:
+    run = read_only_run
+    assert run.probe.ok, f"{run.probe.detail}\n{run.log_tail}"
+    assert f"--backend-directory={run.directory}" in run.argv
+    assert run.private_copies == []
+    # Every prepared file has its bytes still, so the next start passes the same check.
+    assert {path: run.after.get(path) for path in run.before} == run.before
+    check_backend_directory(TritonInstall.locate(), run.directory)
+
+
+def test_a_real_server_adds_nothing_to_its_prepared_directory(read_only_run: ReadOnlyRun) -> None:
+    # As root the a-w modes stop nothing, so comparing the trees is what proves no write.
+    assert read_only_run.after == read_only_run.before

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from resnet18_triton import contract
-from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_FILE_ENV_VAR
+from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_FILE_ENV_VAR, BACKEND_DIR_ENV_VAR
 from resnet18_triton.errors import StartAborted
 from resnet18_triton.keys import admin_key_from
 from resnet18_triton.layout import has_int8, served_models
@@ -82,6 +82,14 @@ KEY_ON_ARGV_NOTE = (
     type=click.FloatRange(1),
     help="Seconds to wait for the models to load.",
 )
+@click.option(
+    "--backend-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    envvar=BACKEND_DIR_ENV_VAR,
+    default=None,
+    help="A backend directory prepared with `python -m resnet18_triton.server.embedded DIR`, "
+    "used read-only (the container image sets it). Unset: a fresh copy under $TMPDIR per start.",
+)
 @click.option("--log-verbose", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--quiet", is_flag=True, help="Do not echo the server log.")
 @click.option(
@@ -102,6 +110,7 @@ def serve(
     response_cache_bytes: int,
     exit_timeout_s: int,
     ready_timeout_s: float,
+    backend_dir: Path | None,
     log_verbose: int,
     quiet: bool,
     int8: bool | None = None,
@@ -127,6 +136,7 @@ def serve(
         exit_timeout_s=exit_timeout_s,
         ready_timeout_s=ready_timeout_s,
         log_verbose=log_verbose,
+        backend_dir=backend_dir.resolve() if backend_dir else None,
         models=served_models(repository.resolve(), int8),
     )
     stop_requested = threading.Event()

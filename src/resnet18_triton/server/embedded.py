@@ -11,6 +11,7 @@ and waits until it is ready.
 from __future__ import annotations
 
 import collections
+import compileall
 import contextlib
 import ctypes
 import importlib.util
@@ -137,6 +138,10 @@ class ServerOptions:
     # watches the stubs and reloads the model of a dead one (docs/reliability.md).
     restart_dead_stubs: bool = True
     watchdog_interval_s: float = 0.5
+    # A backend directory prepared ahead of time (``prepare_backend_directory``), used as it is and
+    # never written to; None: a private copy in a temporary directory for each start. A container
+    # prepares it in the image, so that a read-only root with a noexec /tmp still serves.
+    backend_dir: Path | None = None
     # A per-start secret when none is given: the restricted endpoints stay closed by default.
     generated_admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
@@ -226,6 +231,51 @@ def build_backend_directory(install: TritonInstall, target: Path) -> Path:
     return target
 
 
+def backend_directory_files(install: TritonInstall) -> dict[str, Path]:
+    """Path inside a backend directory -> the installed file it must be a copy of."""
+    files = {
+        f"python/{source.name}": source
+        for source in install.python_backend_dir.iterdir()
+        if source.is_file()
+    }
+    files["python/triton_python_backend_stub"] = install.python_stub
+    files.update({f"{name}/model.py": backend_source(name) for name in shipped_backends()})
+    return files
+
+
+def check_backend_directory(install: TritonInstall, directory: Path) -> None:
+    """Refuse a prepared backend directory that is missing a file or holds a stale copy.
+
+    A stale copy (another release's backend left in an image layer) would serve with code the
+    installed package does not have, so sizes must match the installed files.
+    """
+    for relative, source in backend_directory_files(install).items():
+        copy = directory / relative
+        if not copy.is_file() or copy.stat().st_size != source.stat().st_size:
+            state = "is missing" if not copy.is_file() else "differs from the installed package"
+            raise ServerStartError(
+                f"the backend directory {directory} is not prepared for this install ({relative} "
+                f"{state}): run `python -m resnet18_triton.server.embedded {directory}` as the "
+                "user that may write there, or leave --backend-dir unset"
+            )
+
+
+def prepare_backend_directory(target: Path) -> Path:
+    """Lay out a backend directory at ``target`` (new or empty) for ``ServerOptions.backend_dir``.
+
+    Container images call this at build time (``python -m resnet18_triton.server.embedded DIR``).
+    """
+    if target.exists() and any(target.iterdir()):
+        raise ServerStartError(f"{target} is not empty: give a new or empty directory")
+    install = TritonInstall.locate()
+    build_backend_directory(install, target)
+    # The stubs' embedded Python ignores PYTHONDONTWRITEBYTECODE and would write __pycache__ here
+    # at the first start: compiled now, the directory is never written again.
+    compileall.compile_dir(str(target), quiet=1)
+    check_backend_directory(install, target)
+    return target
+
+
 def server_environment(install: TritonInstall) -> dict[str, str]:
     """LD_LIBRARY_PATH for the bundled libraries; this interpreter's bin/ first on PATH.
 
@@ -289,6 +339,7 @@ class EmbeddedServer:
         self.process: subprocess.Popen[str] | None = None
         self._log_tail: collections.deque[str] = collections.deque(maxlen=400)
         self._backends: Path | None = None
+        self._owned_backends: Path | None = None
         self._reader: threading.Thread | None = None
         self._watchdog: StubWatchdog | None = None
         self._abort = threading.Event()
@@ -324,9 +375,7 @@ class EmbeddedServer:
             ("metrics", self.options.metrics_port),
         ):
             check_port_free(self.options.host, port, what)
-        self._backends = build_backend_directory(
-            install, Path(tempfile.mkdtemp(prefix="resnet18-triton-backends-"))
-        )
+        self._backends = self._backend_directory(install)
         self.process = subprocess.Popen(
             server_arguments(self.options, install, self._backends),
             env=server_environment(install),
@@ -349,6 +398,16 @@ class EmbeddedServer:
         if self.options.restart_dead_stubs:
             self._watchdog = StubWatchdog(self, self.options.watchdog_interval_s).start()
         return self
+
+    def _backend_directory(self, install: TritonInstall) -> Path:
+        """The prepared directory when one is given, else a private copy (removed on stop)."""
+        if self.options.backend_dir is not None:
+            check_backend_directory(install, self.options.backend_dir)
+            return self.options.backend_dir
+        self._owned_backends = build_backend_directory(
+            install, Path(tempfile.mkdtemp(prefix="resnet18-triton-backends-"))
+        )
+        return self._owned_backends
 
     @property
     def stub_recoveries(self) -> list[StubRecovery]:
@@ -467,9 +526,10 @@ class EmbeddedServer:
                 code = process.wait(timeout=10)
         if self._reader is not None:
             self._reader.join(timeout=5)
-        if self._backends is not None:
-            shutil.rmtree(self._backends, ignore_errors=True)
-            self._backends = None
+        self._backends = None
+        if self._owned_backends is not None:
+            shutil.rmtree(self._owned_backends, ignore_errors=True)
+            self._owned_backends = None
         return code
 
     def __enter__(self) -> EmbeddedServer:
@@ -483,3 +543,12 @@ def _kill_group(pid: int) -> None:
     """Stubs live in the server's process group; none may survive the server."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m resnet18_triton.server.embedded BACKEND_DIR")
+    try:
+        print(prepare_backend_directory(Path(sys.argv[1])))
+    except ServerStartError as error:
+        sys.exit(f"error: {error}")
