@@ -1,8 +1,12 @@
-# The exported model repository as a versioned image. Kubernetes copies it into each pod with an
-# init container (deploy/kubernetes/triton-deployment.yaml) or into a PVC with a Job (kserve/).
-# Build with the repository itself as the context, after `resnet18-triton export`:
-#   docker build -f docker/model-repository.Dockerfile \
-#     -t resnet18-triton/model-repository:0.1.0 model_repository
-FROM busybox:1.36
+# The exported model repository as a versioned image, on the same Debian base as the server
+# image. Kubernetes copies it into each pod with an init container (its default command), or into
+# a volume with a Job (deploy/kubernetes/kserve/). Built by scripts/build-image.sh --repository
+# DIR, with the repository itself as the build context.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
+ARG VERSION
+LABEL org.opencontainers.image.title="resnet18-triton model repository" \
+      org.opencontainers.image.version="${VERSION}"
 COPY . /model_repository
-USER 1000
+USER 1000:1000
+CMD ["cp", "-R", "/model_repository/.", "/models/"]

@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libpython3.11: the Triton Python-backend stub embeds it. libb64-0d: perf_analyzer needs it.
-# docker-compose: the tests validate docker-compose.yml offline (no Docker engine needed).
+# docker.io, docker-compose, debootstrap: the container tests start a Docker engine, build the
+# images (a Debian base made with debootstrap where no registry answers) and run docker-compose.yml.
 # chromium, chromium-driver: the web page's browser test drives the real browser (Playwright).
 # nginx: the reverse proxy in front of replicas (`resnet18-triton cluster`, tests/integration).
-APT_PACKAGES=(libpython3.11 libb64-0d docker-compose chromium chromium-driver nginx)
+APT_PACKAGES=(libpython3.11 libb64-0d docker.io docker-compose debootstrap chromium chromium-driver nginx)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

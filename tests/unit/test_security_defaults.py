@@ -12,13 +12,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from resnet18_triton.contract import ADMIN_KEY_HEADER
+from resnet18_triton.contract import (
+    ADMIN_KEY_ENV_VAR,
+    ADMIN_KEY_FILE_ENV_VAR,
+    ADMIN_KEY_HEADER,
+    BACKEND_DIR_ENV_VAR,
+)
 from resnet18_triton.server.embedded import (
     RESTRICTED_APIS,
     ServerOptions,
     TritonInstall,
     server_arguments,
 )
+from tests.compose_support import render, service_command, volumes
 from tests.support import PROJECT_ROOT, preprocess_module
 
 INSTALL = TritonInstall(
@@ -88,17 +94,91 @@ def test_dead_backend_stubs_are_watched_by_default() -> None:
     assert ServerOptions(repository=Path("/r")).restart_dead_stubs
 
 
-def test_compose_publishes_on_loopback_with_restricted_apis_and_explicit_control() -> None:
-    yaml = pytest.importorskip("yaml")
-    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
-    triton = compose["services"]["triton"]
-    assert all(str(port).startswith("127.0.0.1:") for port in triton["ports"])
-    command = " ".join(triton["command"])
-    assert "--model-control-mode=explicit" in command
-    assert "--http-restricted-api=model-repository,shared-memory,logging" in command
-    assert "--grpc-restricted-protocol=model-repository,shared-memory,logging" in command
-    assert "--model-repository=/models" in command
-    assert any(volume.endswith(":ro") for volume in triton["volumes"])
+@pytest.fixture(scope="module")
+def compose_services(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """docker-compose.yml as docker-compose renders it with its defaults (anchors merged)."""
+    return render(PROJECT_ROOT / "docker-compose.yml", tmp_path_factory.mktemp("compose"))[
+        "services"
+    ]
+
+
+def _compose_servers(services: dict) -> dict[str, dict]:
+    servers = {name: service for name, service in services.items() if "command" in service}
+    assert "triton" in servers, sorted(services)
+    return servers
+
+
+def _serve_parameters(command: list[str], monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The parameters serve's own parser makes of a compose command (which must start "serve")."""
+    from resnet18_triton.server.cli import serve
+
+    # --backend-dir reads this variable and must name an existing directory: a value set on the
+    # test host is not the container's and would make the parse fail.
+    monkeypatch.delenv(BACKEND_DIR_ENV_VAR, raising=False)
+    assert command[0] == "serve", command
+    return serve.make_context("serve", list(command[1:])).params
+
+
+def _environment(service: dict) -> dict[str, str]:
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        environment = dict(entry.split("=", 1) for entry in environment)
+    return {str(key): str(value) for key, value in environment.items()}
+
+
+def test_compose_keeps_every_listener_on_host_loopback_with_no_published_ports(
+    compose_services: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With host networking the listen address is the exposure, and published ports would be
+    # ignored; so nothing is published and no command overrides serve's 127.0.0.1.
+    for name, service in compose_services.items():
+        assert service.get("network_mode") == "host", name
+        assert not service.get("ports"), name
+        assert not any(part.startswith("--host") for part in service_command(service)), name
+    for name, service in _compose_servers(compose_services).items():
+        parameters = _serve_parameters(service_command(service), monkeypatch)
+        assert parameters["host"] == "127.0.0.1", name
+        mounts = {target: read_only for _, target, read_only in volumes(service)}
+        assert mounts.get("/models") is True, name
+    # The proxy shares the host's network too: its mounted config must listen on loopback only.
+    (config,) = [
+        Path(source)
+        for source, _, _ in volumes(compose_services["proxy"])
+        if source.endswith(".conf")
+    ]
+    listens = [line.split()[1] for line in config.read_text().splitlines() if "listen " in line]
+    assert listens and all(address.startswith("127.0.0.1:") for address in listens), listens
+
+
+def test_compose_gives_the_admin_key_only_as_a_secret_file_named_by_the_environment(
+    compose_services: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, service in _compose_servers(compose_services).items():
+        environment = _environment(service)
+        # Docker mounts the secret `admin_key` at /run/secrets/admin_key.
+        assert environment.get(ADMIN_KEY_FILE_ENV_VAR) == "/run/secrets/admin_key", name
+        assert ADMIN_KEY_ENV_VAR not in environment, name
+        secrets = [s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])]
+        assert secrets == ["admin_key"], name
+        command = service_command(service)
+        assert not any("key" in part.lower() for part in command), (name, command)
+        assert _serve_parameters(command, monkeypatch)["admin_key_file"] is None, name
+
+
+def test_compose_leaves_model_loading_and_admin_apis_to_serve(
+    compose_services: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # serve finds the repository's classifiers itself and starts tritonserver with the explicit
+    # model control and restricted APIs checked above; a compose command that named models or
+    # passed Triton's own flags would bypass both, and serve's parser refuses unknown flags.
+    for name, service in _compose_servers(compose_services).items():
+        command = service_command(service)
+        parameters = _serve_parameters(command, monkeypatch)
+        assert parameters["repository"] == Path("/models"), name
+        assert not any(
+            part.startswith(("--load-model", "--model-control-mode", "--http-restricted-api"))
+            for part in command
+        ), (name, command)
 
 
 def test_container_runs_as_non_root() -> None:

@@ -118,12 +118,25 @@ def render(settings: ProxySettings) -> str:
     )
 
 
+# docker-compose runs its replicas with host networking: replica N serves HTTP on N*100 + 8000 and
+# gRPC on the next port, all on 127.0.0.1 (docker-compose.yml names the same ports).
+COMPOSE_REPLICA_BASE_PORT = contract.DEFAULT_HTTP_PORT
+COMPOSE_REPLICA_PORT_STEP = 100
+
+
+def compose_replica_upstream(index: int) -> Upstream:
+    """Replica ``index`` (1-based) of docker-compose's ``replicas`` profile."""
+    http_port = COMPOSE_REPLICA_BASE_PORT + index * COMPOSE_REPLICA_PORT_STEP
+    return Upstream("127.0.0.1", http_port=http_port, grpc_port=http_port + 1)
+
+
 def compose_settings(replicas: int) -> ProxySettings:
-    """The configuration docker-compose mounts: replicas ``triton-1`` .. ``triton-N``."""
+    """The configuration docker-compose mounts: replicas ``triton-1`` .. ``triton-N`` on the
+    host's loopback (host networking), the proxy on 127.0.0.1:8080 and :8081."""
     return ProxySettings(
-        upstreams=tuple(Upstream(f"triton-{index}") for index in range(1, replicas + 1)),
-        listen_http="8080",
-        listen_grpc="8081",
+        upstreams=tuple(compose_replica_upstream(index) for index in range(1, replicas + 1)),
+        listen_http="127.0.0.1:8080",
+        listen_grpc="127.0.0.1:8081",
         runtime_dir="/tmp",
         error_log="/dev/stderr",
         access_log="/dev/stdout",

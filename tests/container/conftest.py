@@ -1,0 +1,199 @@
+"""A real Docker engine, the project's images built from this checkout, and a model repository.
+
+The engine: the one that answers ``docker info`` (then the images get a tag of their own, removed
+at the end), else a private ``dockerd`` started here with the flags this machine kind needs (vfs,
+no bridge, no iptables, host networking), its data root in a temporary directory, stopped by its
+PID and removed at the end. Starting one needs root; outside CI a machine without an engine skips
+these tests, in CI it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.compose_support import REPO_ROOT
+
+ENGINE_START_TIMEOUT_S = 60
+BUILD_TIMEOUT_S = 1500
+SECOND_CLASSIFIER = "second"
+SECOND_SEED = 3
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/container/" in str(item.fspath):
+            item.add_marker(pytest.mark.container)
+
+
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _answers(env: dict[str, str]) -> bool:
+    if shutil.which("docker") is None:
+        return False
+    result = subprocess.run(["docker", "info"], env=env, capture_output=True, timeout=30)
+    return result.returncode == 0
+
+
+@dataclass
+class Engine:
+    """How to reach the engine, and the tag this session's images carry."""
+
+    env: dict[str, str]
+    tag: str
+
+    def docker(self, *args: str, timeout: float = 120, check: bool = True) -> str:
+        result = subprocess.run(
+            ["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+        return result.stdout
+
+
+def _start_dockerd(root: Path) -> subprocess.Popen[bytes]:
+    socket_path = root / "docker.sock"
+    log = (root / "dockerd.log").open("wb")
+    process = subprocess.Popen(
+        [
+            "dockerd",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--storage-driver=vfs",
+            f"--data-root={root / 'data'}",
+            f"--exec-root={root / 'exec'}",
+            f"--pidfile={root / 'dockerd.pid'}",
+            f"--host=unix://{socket_path}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    env = {**os.environ, "DOCKER_HOST": f"unix://{socket_path}"}
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        if socket_path.exists() and _answers(env):
+            return process
+        time.sleep(0.5)
+    process.kill()
+    tail = (root / "dockerd.log").read_text(errors="replace")[-3000:]
+    pytest.fail(f"dockerd did not answer within {ENGINE_START_TIMEOUT_S} s:\n{tail}")
+
+
+def _stop_dockerd(process: subprocess.Popen[bytes], root: Path) -> None:
+    pid_file = root / "dockerd.pid"
+    pid = int(pid_file.read_text()) if pid_file.exists() else process.pid
+    os.kill(pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    if _answers(dict(os.environ)):
+        # Someone else's engine: a tag of this session's own, removed at the end.
+        running = Engine(dict(os.environ), f"test-{uuid.uuid4().hex[:8]}")
+        yield running
+        _remove_images(running)
+        return
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        _unavailable(
+            "no Docker engine answers and none can be started here (needs root and dockerd: "
+            "apt-get install docker.io)"
+        )
+    # Short path: dockerd's and containerd's sockets live under the exec root.
+    root = Path(tempfile.mkdtemp(prefix="r18d-", dir="/tmp"))
+    process = _start_dockerd(root)
+    running = Engine({**os.environ, "DOCKER_HOST": f"unix://{root / 'docker.sock'}"}, "0.1.0")
+    try:
+        yield running
+    finally:
+        running.docker("rm", "-f", *running.docker("ps", "-aq").split(), check=False)
+        _stop_dockerd(process, root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _remove_images(engine: Engine) -> None:
+    for name in ("server", "proxy", "model-repository"):
+        engine.docker("rmi", "-f", f"resnet18-triton/{name}:{engine.tag}", check=False)
+
+
+@dataclass(frozen=True)
+class Repository:
+    """The exported repository the containers mount, and what it was made from."""
+
+    path: Path
+    digits_model: object
+    held_out: list[bytes]
+
+
+@pytest.fixture(scope="session")
+def repository() -> Iterator[Repository]:
+    """The digits classifier as ``resnet18`` with its INT8 and fused INT8 variants (the real
+    ``quantize``), plus a second classifier exported with ``--name``; readable by the containers'
+    non-root user (pytest's own temporary folders are private to root)."""
+    from click.testing import CliRunner
+
+    from resnet18_triton.export.cli import export
+    from tests.digits import digits_int8_repository, digits_model
+
+    work = Path(tempfile.mkdtemp(prefix="r18-container-"))
+    try:
+        repo, _ = digits_int8_repository(work)
+        result = CliRunner().invoke(
+            export,
+            ["--repo", str(repo), "--weights", "random", "--seed", str(SECOND_SEED),
+             "--name", SECOND_CLASSIFIER],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        for path in [work, *work.rglob("*")]:
+            path.chmod(
+                path.stat().st_mode | 0o055 if path.is_dir() else path.stat().st_mode | 0o044
+            )
+        model, splits, _ = digits_model()
+        yield Repository(repo, model, list(splits["held_out"][0][:8]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def images(engine: Engine, repository: Repository) -> Engine:
+    """``scripts/build-image.sh`` on this checkout: the server, proxy and repository images."""
+    result = subprocess.run(
+        [
+            "bash",
+            "scripts/build-image.sh",
+            "--tag",
+            engine.tag,
+            "--repository",
+            str(repository.path),
+        ],
+        cwd=REPO_ROOT,
+        env=engine.env,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    return engine

@@ -1,0 +1,413 @@
+"""The project's images in a real Docker engine, run by the real docker-compose.yml.
+
+Served answers are compared with PyTorch (torchvision transforms, same weights) and, for the
+INT8 variant, with ONNX Runtime running the INT8 file in this process on torchvision's pixels.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnet18_triton import contract
+from resnet18_triton.deploy import proxy
+from resnet18_triton.server.embedded import free_port
+from tests.compose_support import REPO_ROOT
+from tests.container.conftest import SECOND_CLASSIFIER, SECOND_SEED, Engine, Repository
+from tests.support import PROBABILITY_ATOL, TorchReference, varied_images
+
+HEALTHY_TIMEOUT_S = 240
+ADMIN_KEY = "container-test-admin-key-0123456789"
+PROJECT = "r18test"
+
+
+@dataclass
+class Compose:
+    """docker-compose on the repository's docker-compose.yml, with this session's settings."""
+
+    engine: Engine
+    env: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 600) -> str:
+        result = subprocess.run(
+            ["docker-compose", "-p", PROJECT, "-f", str(REPO_ROOT / "docker-compose.yml"), *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.returncode == 0, f"docker-compose {' '.join(args)}:\n{result.stderr[-4000:]}"
+        return result.stdout
+
+    def container(self, service: str) -> str:
+        return f"{PROJECT}_{service}_1"
+
+    def wait_healthy(self, service: str) -> None:
+        name = self.container(service)
+        deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+        status = ""
+        while time.monotonic() < deadline:
+            status = self.engine.docker("inspect", "-f", "{{.State.Health.Status}}", name).strip()
+            if status == "healthy":
+                return
+            time.sleep(2)
+        tail = self.logs(service)[-4000:]
+        pytest.fail(f"{name} is {status!r} after {HEALTHY_TIMEOUT_S} s; last log lines:\n{tail}")
+
+    def logs(self, service: str) -> str:
+        """The container's output (the server log goes to its stderr)."""
+        result = subprocess.run(
+            ["docker", "logs", self.container(service)],
+            env=self.engine.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return result.stdout + result.stderr
+
+    def exec(self, service: str, script: str) -> str:
+        return self.engine.docker("exec", self.container(service), "sh", "-c", script)
+
+
+@pytest.fixture(scope="module")
+def compose(images: Engine, repository: Repository) -> Iterator[Compose]:
+    secrets = Path(repository.path.parent / "secrets")
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    key_file = secrets / "admin-key"
+    key_file.write_text(ADMIN_KEY + "\n")
+    key_file.chmod(0o600)
+    uid = 1000 if os.geteuid() == 0 else os.geteuid()
+    if os.geteuid() == 0:
+        os.chown(key_file, uid, uid)
+    http_port = free_port()
+    env = {
+        **images.env,
+        "RESNET18_TRITON_TAG": images.tag,
+        "MODEL_REPOSITORY": str(repository.path),
+        "TRITON_ADMIN_KEY_FILE": str(key_file),
+        "TRITON_UID": str(uid),
+        "TRITON_GID": str(uid),
+        "TRITON_HTTP_PORT": str(http_port),
+        "TRITON_GRPC_PORT": str(free_port()),
+        "TRITON_METRICS_PORT": str(free_port()),
+    }
+    running = Compose(images, env)
+    try:
+        yield running
+    finally:
+        running.run("--profile", "replicas", "down", "--timeout", "10", timeout=300)
+
+
+@pytest.fixture(scope="module")
+def triton(compose: Compose) -> str:
+    """The default service up and healthy; its URL."""
+    compose.run("up", "-d", "triton")
+    compose.wait_healthy("triton")
+    return f"127.0.0.1:{compose.env['TRITON_HTTP_PORT']}"
+
+
+def _classify(url: str, model: str, images: list[bytes]) -> np.ndarray:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url, network_timeout=120.0)
+    try:
+        tensor = httpclient.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array(images, dtype=object).reshape(-1, 1))
+        return client.infer(model, [tensor]).as_numpy(contract.ENSEMBLE_OUTPUT)
+    finally:
+        client.close()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(os.sys.executable).parent / "resnet18-triton"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_compose_service_is_healthy_and_classifies_the_sample_photos(triton: str) -> None:
+    health = _cli("health", "--url", triton)
+    assert health.returncode == 0, health.stdout + health.stderr
+    classify = _cli("classify", "--url", triton, "--json", str(REPO_ROOT / "tests/data/samples"))
+    assert classify.returncode == 0, classify.stderr
+    assert classify.stdout.count('"top_k"') == 4 or classify.stdout.count("\n") >= 4
+
+
+def test_served_probabilities_equal_pytorch_on_the_unusual_images(triton: str) -> None:
+    """Every unusual-but-good image (CMYK, palette, 1x1, ...) through a classifier exported with
+    ``--name`` (random ImageNet-shaped weights) against PyTorch with torchvision's transform."""
+    images = varied_images()
+    served = np.concatenate(
+        [_classify(triton, SECOND_CLASSIFIER, [data]) for data in images.values()]
+    )
+    expected = TorchReference(seed=SECOND_SEED).probabilities(list(images.values()))
+    distances = np.abs(served - expected).max(axis=1)
+    wrong = {name: f"{d:.2e}" for name, d in zip(images, distances, strict=True) if d > 1e-6}
+    assert not wrong, f"further than {PROBABILITY_ATOL} from PyTorch: {wrong}"
+
+
+def test_the_default_classifier_equals_its_engine_on_torchvision_pixels_and_pytorch_top1(
+    triton: str, repository: Repository
+) -> None:
+    """The digits-fitted ResNet-18: within 1e-6 of ONNX Runtime running its FP32 file in this
+    process on torchvision's resize and crop; PyTorch gives the same top-1 everywhere. Its
+    peaked probabilities differ from PyTorch's by up to 3.8e-6 on the embedded server as well
+    (FP32 kernels of the two engines), so 1e-6 against PyTorch is the random-weights test's bar."""
+    from resnet18_triton.export.fidelity import session
+    from resnet18_triton.layout import onnx_model_path
+
+    images = repository.held_out
+    served = np.concatenate([_classify(triton, contract.ENSEMBLE_MODEL, [data]) for data in images])
+    reference = TorchReference(model=repository.digits_model)
+    engine = session(onnx_model_path(repository.path, contract.ONNX_MODEL))
+    expected = np.concatenate(
+        [
+            engine.run([contract.ONNX_PROBABILITIES], {contract.ONNX_INPUT: pixels[None]})[0]
+            for pixels in map(reference.pixels, images)
+        ]
+    )
+    np.testing.assert_allclose(served, expected, rtol=0, atol=PROBABILITY_ATOL)
+    pytorch = reference.probabilities(images)
+    np.testing.assert_array_equal(served.argmax(1), pytorch.argmax(1))
+    np.testing.assert_allclose(served, pytorch, rtol=0, atol=10 * PROBABILITY_ATOL)
+
+
+def test_the_int8_fused_variant_is_served_and_equals_onnx_runtime(
+    triton: str, repository: Repository
+) -> None:
+    from resnet18_triton.export.fidelity import session
+    from resnet18_triton.layout import onnx_model_path
+
+    images = repository.held_out[:4]
+    served = np.concatenate(
+        [_classify(triton, contract.INT8_FUSED_MODEL, [data]) for data in images]
+    )
+    int8 = session(onnx_model_path(repository.path, contract.INT8_MODEL))
+    reference = TorchReference(model=repository.digits_model)
+    expected = np.concatenate(
+        [
+            int8.run(
+                [contract.ONNX_PROBABILITIES], {contract.ONNX_INPUT: reference.pixels(data)[None]}
+            )[0]
+            for data in images
+        ]
+    )
+    np.testing.assert_allclose(served, expected, atol=PROBABILITY_ATOL)
+
+
+def test_the_container_runs_without_capabilities_as_non_root_on_a_read_only_root(
+    compose: Compose, triton: str
+) -> None:
+    status = compose.exec("triton", "grep -h CapEff /proc/1/status /proc/self/status")
+    assert {line.split()[1] for line in status.splitlines()} == {"0000000000000000"}, status
+    assert compose.exec("triton", "id -u").strip() != "0"
+    write = compose.engine.docker(
+        "exec", compose.container("triton"), "sh", "-c", "touch /usr/x 2>&1; echo $?", check=False
+    )
+    assert "Read-only file system" in write and write.strip().endswith("1"), write
+
+
+def test_the_admin_key_is_not_on_the_launchers_command_line(compose: Compose, triton: str) -> None:
+    """The launcher reads it from the secret file; only tritonserver's own argv holds it (Triton
+    2.51 takes it nowhere else, docs/reliability.md)."""
+    script = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done; true"
+    command_lines = [line for line in compose.exec("triton", script).splitlines() if line]
+    others = [line for line in command_lines if "bin/tritonserver" not in line]
+    assert any("resnet18-triton serve" in line for line in others), command_lines
+    assert not [line for line in others if ADMIN_KEY in line]
+    inspect = compose.engine.docker("inspect", compose.container("triton"))
+    assert ADMIN_KEY not in inspect
+
+
+# --- faults under load
+
+
+@dataclass
+class Load:
+    """Threads classifying one image in a loop; every answer is checked against ``expected``."""
+
+    url: str
+    model: str
+    image: bytes
+    expected: np.ndarray
+    threads: int = 3
+    outcomes: Counter[str] = field(default_factory=Counter)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            self.outcomes[outcome] += 1
+
+    def _work(self) -> None:
+        import tritonclient.http as httpclient
+        from gevent import Timeout as GeventTimeout
+        from tritonclient.utils import InferenceServerException
+
+        while not self._stop.is_set():
+            client = httpclient.InferenceServerClient(self.url, network_timeout=60.0)
+            try:
+                tensor = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
+                tensor.set_data_from_numpy(np.array([self.image], dtype=object).reshape(1, 1))
+                answer = client.infer(self.model, [tensor]).as_numpy(contract.ENSEMBLE_OUTPUT)
+            except InferenceServerException as error:
+                self._count(f"explicit error: {str(error)[:60]}")
+                time.sleep(0.05)
+                continue
+            except (TimeoutError, GeventTimeout):
+                self._count("timeout")
+                continue
+            except Exception as error:  # refused, reset or closed: the client knows at once
+                self._count(f"connection: {type(error).__name__}")
+                time.sleep(0.05)
+                continue
+            finally:
+                client.close()
+            close = np.abs(answer[0] - self.expected).max() <= PROBABILITY_ATOL
+            self._count("ok" if close else "wrong")
+
+    def __enter__(self) -> Load:
+        self._workers = [threading.Thread(target=self._work) for _ in range(self.threads)]
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=90)
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.outcomes)
+
+    def wait_for_answers(self, count: int, timeout_s: float) -> None:
+        start = self.snapshot()["ok"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.snapshot()["ok"] >= start + count:
+                return
+            time.sleep(0.1)
+        pytest.fail(f"fewer than {count} answers in {timeout_s} s: {dict(self.snapshot())}")
+
+
+def _load(url: str, repository: Repository) -> Load:
+    image = repository.held_out[0]
+    expected = TorchReference(model=repository.digits_model).probabilities([image])[0]
+    return Load(url, "resnet18", image, expected)
+
+
+def _stubs(compose: Compose, service: str) -> dict[str, str]:
+    """pid -> model of every Python stub in the container (its argv names the model's folder)."""
+    script = (
+        "for p in /proc/[0-9]*; do grep -q triton_python_backend_stub $p/cmdline 2>/dev/null && "
+        "echo $(basename $p) $(tr '\\0' ' ' < $p/cmdline); done; true"
+    )
+    stubs = {}
+    for line in compose.exec(service, script).splitlines():
+        pid, _, command = line.partition(" ")
+        model = re.search(r"/models/([\w.-]+)/", command)
+        if model:
+            stubs[pid] = model.group(1)
+    return stubs
+
+
+def test_killing_every_python_stub_under_load_gives_no_wrong_answer(
+    compose: Compose, triton: str, repository: Repository
+) -> None:
+    stubs = _stubs(compose, "triton")
+    assert len(set(stubs.values())) >= 3, (
+        stubs
+    )  # preprocess, resnet18_onnx, and the other classifiers' models
+    with _load(triton, repository) as load:
+        load.wait_for_answers(5, timeout_s=60)
+        killed = set()
+        for pid, model in stubs.items():
+            # A model with two instances has two stubs: its reload already replaced the second.
+            if compose.exec("triton", f"kill -9 {pid} 2>/dev/null && echo killed; true").strip():
+                killed.add(model)
+            time.sleep(1.0)
+        # The launcher's watchdog reloads each model whose stub died.
+        time.sleep(3)
+        load.wait_for_answers(20, timeout_s=90)
+    outcomes = load.snapshot()
+    print(f"kill -9 of {len(stubs)} stubs under load: outcomes {dict(outcomes)}")
+    assert outcomes["wrong"] == 0 and outcomes["timeout"] == 0, dict(outcomes)
+    assert set(_stubs(compose, "triton")).isdisjoint(stubs)
+    # The launcher's watchdog saw each model's stub die and reloads the models one at a time.
+    deadline = time.monotonic() + 120
+    while True:
+        logs = compose.logs("triton")
+        waiting = [m for m in killed if f"model '{m}' reloaded after its stub died" not in logs]
+        if not waiting or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert not waiting, (waiting, logs[-3000:])
+
+
+def test_docker_stop_under_load_drains_within_the_grace_period(
+    compose: Compose, triton: str, repository: Repository
+) -> None:
+    with _load(triton, repository) as load:
+        load.wait_for_answers(5, timeout_s=60)
+        started = time.monotonic()
+        compose.run("stop", "triton", timeout=120)
+        stopped_after = time.monotonic() - started
+        time.sleep(1)
+    outcomes = load.snapshot()
+    print(f"docker stop under load: {stopped_after:.1f} s, outcomes {dict(outcomes)}")
+    exit_code = compose.engine.docker(
+        "inspect", "-f", "{{.State.ExitCode}}", compose.container("triton")
+    ).strip()
+    assert stopped_after < 40, f"stop took {stopped_after:.1f} s (grace period 40 s)"
+    assert exit_code == "0", exit_code
+    # In flight at the stop: answered, or refused explicitly; never a wrong answer or a hang.
+    assert outcomes["wrong"] == 0 and outcomes["timeout"] == 0, dict(outcomes)
+    assert outcomes["ok"] >= 5
+
+
+# --- the replicas profile behind the project's nginx image
+
+
+def test_replicas_behind_nginx_lose_no_request_when_one_is_killed(
+    compose: Compose, triton: str, repository: Repository
+) -> None:
+    compose.run("stop", "triton", timeout=120)
+    compose.run("--profile", "replicas", "up", "-d", "proxy", timeout=900)
+    url = "127.0.0.1:8080"
+    with _load(url, repository) as load:
+        load.wait_for_answers(10, timeout_s=120)
+        compose.engine.docker("kill", compose.container("triton-1"))
+        time.sleep(1)
+        load.wait_for_answers(20, timeout_s=120)
+    outcomes = load.snapshot()
+    print(f"one replica killed under load: outcomes {dict(outcomes)}")
+    assert set(outcomes) == {"ok"}, dict(outcomes)
+
+
+def test_a_body_over_the_limit_gets_413_from_nginx(compose: Compose) -> None:
+    limit = proxy.body_limit(contract.MAX_BATCH_SIZE, contract.MAX_IMAGE_BYTES)
+    connection = http.client.HTTPConnection("127.0.0.1", 8080, timeout=30)
+    connection.putrequest("POST", "/v2/models/resnet18/infer")
+    connection.putheader("Content-Length", str(limit + 1))
+    connection.putheader("Content-Type", "application/octet-stream")
+    connection.endheaders()
+    connection.send(b"\0" * 1024)
+    response = connection.getresponse()
+    assert response.status == 413, response.status
+    connection.close()
