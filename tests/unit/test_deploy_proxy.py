@@ -123,5 +123,20 @@ def test_committed_generated_files_are_current() -> None:
     assert not stale, f"re-run `python -m resnet18_triton.deploy.render`: {stale} differ"
 
 
+def test_every_generated_file_is_read_by_compose_or_kustomize() -> None:
+    # A generated file that nothing mounts is dead weight the freshness test above still
+    # demands be kept current; each must be named, relative to the file that reads it.
+    readers = [REPO_ROOT / "docker-compose.yml", *REPO_ROOT.glob("deploy/**/kustomization.yaml")]
+    unread = [
+        str(path)
+        for path in render.rendered_files()
+        if not any(
+            os.path.relpath(REPO_ROOT / path, reader.parent) in reader.read_text()
+            for reader in readers
+        )
+    ]
+    assert not unread, f"generated but read by no compose file or kustomization: {unread}"
+
+
 def test_deploy_proxy_template_is_the_shipped_one() -> None:
     assert (REPO_ROOT / "deploy/proxy/nginx.conf.template").resolve() == proxy.TEMPLATE_PATH

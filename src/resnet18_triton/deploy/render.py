@@ -9,13 +9,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from resnet18_triton.client.probe import probe_request
 from resnet18_triton.deploy import proxy
 
 COMPOSE_REPLICAS = 2
 COMPOSE_PROXY_CONFIG = Path("deploy/proxy/nginx.compose.conf")
 KUBERNETES_PROXY_CONFIG = Path("deploy/kubernetes/proxy/nginx.conf")
-KUBERNETES_PROBE_BODY = Path("deploy/kubernetes/probe/probe-request.bin")
 
 
 def rendered_files() -> dict[Path, bytes]:
@@ -23,7 +21,6 @@ def rendered_files() -> dict[Path, bytes]:
     return {
         COMPOSE_PROXY_CONFIG: proxy.render(proxy.compose_settings(COMPOSE_REPLICAS)).encode(),
         KUBERNETES_PROXY_CONFIG: proxy.render(proxy.kubernetes_settings()).encode(),
-        KUBERNETES_PROBE_BODY: probe_request()[0],
     }
 
 
