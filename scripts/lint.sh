@@ -20,8 +20,8 @@ run() {
   echo "lint: $name"
   "$@" || failed+=("$name")
 }
-run "ruff format --check" "$VENV/bin/ruff" format --check src tests
-run "ruff check" "$VENV/bin/ruff" check src tests
+run "ruff format --check" "$VENV/bin/ruff" format --check src tests benchmarks
+run "ruff check" "$VENV/bin/ruff" check src tests benchmarks
 run "mypy" "$VENV/bin/mypy"
 
 if ((${#failed[@]})); then

@@ -6,7 +6,9 @@ INT8 variant, with ONNX Runtime running the INT8 file in this process on torchvi
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import json
 import os
 import re
 import subprocess
@@ -139,12 +141,24 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_compose_service_is_healthy_and_classifies_the_sample_photos(triton: str) -> None:
-    health = _cli("health", "--url", triton)
+def test_the_compose_service_is_healthy_and_classifies_the_sample_photos(
+    triton: str, repository: Repository
+) -> None:
+    health = _cli("health", "--url", triton, f"--model={SECOND_CLASSIFIER}")
     assert health.returncode == 0, health.stdout + health.stderr
-    classify = _cli("classify", "--url", triton, "--json", str(REPO_ROOT / "tests/data/samples"))
+    for model in ("resnet18", SECOND_CLASSIFIER, contract.INT8_FUSED_MODEL):
+        assert re.search(rf"^\s*{model}\s+ready", health.stdout, re.MULTILINE), health.stdout
+    samples = sorted((REPO_ROOT / "tests/data/samples").glob("*.*g"))
+    classify = _cli("classify", "--url", triton, "--json", *map(str, samples))
     assert classify.returncode == 0, classify.stderr
-    assert classify.stdout.count('"top_k"') == 4 or classify.stdout.count("\n") >= 4
+    records = {Path(r["image"]).name: r for r in map(json.loads, classify.stdout.splitlines())}
+    assert sorted(records) == [path.name for path in samples]
+    expected = TorchReference(model=repository.digits_model).probabilities(
+        [path.read_bytes() for path in samples]
+    )
+    for path, probabilities in zip(samples, expected, strict=True):
+        top = records[path.name]["top"]
+        assert len(top) == 5 and top[0]["index"] == int(probabilities.argmax()), top
 
 
 def test_served_probabilities_equal_pytorch_on_the_unusual_images(triton: str) -> None:
@@ -411,3 +425,31 @@ def test_a_body_over_the_limit_gets_413_from_nginx(compose: Compose) -> None:
     response = connection.getresponse()
     assert response.status == 413, response.status
     connection.close()
+
+
+# --- the model repository as an image (a Kubernetes init container)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_the_model_repository_image_copies_the_repository_as_exported(
+    images: Engine, repository: Repository, tmp_path: Path
+) -> None:
+    target = tmp_path / "models"
+    target.mkdir()
+    if os.geteuid() == 0:
+        os.chown(target, 1000, 1000)  # the image's user writes there, as in a pod's emptyDir
+    images.docker(
+        "run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges", "-v", f"{target}:/models",
+        f"resnet18-triton/model-repository:{images.tag}",
+    )  # fmt: skip
+    copied = _digests(target)
+    assert copied == _digests(repository.path)
+    assert "resnet18_int8_fused/config.pbtxt" in copied
