@@ -50,6 +50,9 @@ if ! "$DOCKER" info >/dev/null 2>&1; then
 fi
 
 say() { echo "build-image: $*" >&2; }
+quietly() {  # run a step with its output in a log, shown only when it fails
+  "$@" >"$work/step.log" 2>&1 || { tail -40 "$work/step.log" >&2; say "failed: $*"; exit 1; }
+}
 work="$(mktemp -d -t resnet18-triton-image.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 
@@ -123,10 +126,12 @@ fi
 context="$work/context"
 mkdir -p "$context/wheels"
 say "building the project's wheel"
-quietly() {  # run a step with its output in a log, shown only when it fails
-  "$@" >"$work/step.log" 2>&1 || { tail -40 "$work/step.log" >&2; say "failed: $*"; exit 1; }
-}
-quietly "$PYTHON" -m pip wheel --no-deps -w "$context/wheels" .
+# From a copy of what the wheel is made of: setuptools reuses ./build, where a module deleted
+# from src/ would live on in every later wheel.
+mkdir -p "$work/project"
+cp -r pyproject.toml README.md src "$work/project/"
+find "$work/project" -name __pycache__ -prune -exec rm -rf {} + -o -name '*.egg-info' -prune -exec rm -rf {} +
+quietly "$PYTHON" -m pip wheel --no-deps -w "$context/wheels" "$work/project"
 wheel="$(ls "$context"/wheels/resnet18_triton-"$VERSION"-*.whl)"
 say "downloading the wheels of resnet18-triton[server] (host pip configuration)"
 # pip does not widen a --platform to older glibc tags by itself: name every one Debian 12's glibc
