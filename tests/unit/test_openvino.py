@@ -250,6 +250,64 @@ def test_the_gate_refuses_a_model_that_disagrees_with_fp32(tmp_path: Path) -> No
     assert layout.has_openvino(repo) and "WARNING" in forced.output
 
 
+# Kills the build the moment its fused model is about to be staged: the model file and the
+# configs are written by then, so a build that wrote into the live repository would leave them.
+_KILLED_BUILD = """
+import os, signal, sys
+from resnet18_triton.export import openvino_variant
+openvino_variant.write_fused_model = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+from resnet18_triton.export.openvino_cli import openvino
+openvino.main(sys.argv[1:])
+"""
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file, and "dir" for every directory."""
+    import hashlib
+
+    return {
+        str(path.relative_to(root)): (
+            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        )
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def test_an_openvino_build_killed_before_its_install_leaves_the_repository_byte_identical(
+    tmp_path: Path,
+) -> None:
+    """The variant's classifier, fused model and ensemble are staged and swapped in together, as
+    export and quantize do; the next build removes the killed one's staging and installs all."""
+    pytest.importorskip("sklearn")
+    import signal
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from resnet18_triton.export.openvino_cli import openvino
+    from tests.digits import digits_model, export_repository, write_images
+
+    model, splits, _ = digits_model()
+    repo = export_repository(model, tmp_path / "repo")
+    images = write_images(tmp_path / "held_out", splits["held_out"][0][:20])
+    arguments = ["--repo", str(repo), "--precision", "f32", "--eval-images", str(images)]
+    before = _tree(repo)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_BUILD, *arguments], capture_output=True, timeout=600
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert _tree(repo) == before
+    staged = list(tmp_path.glob(".repo.export-*"))
+    assert staged and (staged[0] / layout.openvino_model_name(contract.ENSEMBLE_MODEL)).is_dir()
+
+    result = CliRunner().invoke(openvino, arguments)
+    assert result.exit_code == 0, result.output
+    assert not list(tmp_path.glob(".repo.export-*"))
+    assert layout.has_openvino(repo)
+    assert all(path.exists() for path in layout.openvino_files(repo))
+
+
 def test_a_classifier_the_repository_lacks_is_refused_by_name(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

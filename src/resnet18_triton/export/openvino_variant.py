@@ -7,7 +7,9 @@ config about to be written), compares it with ONNX Runtime FP32 on held-out imag
 (``export.fidelity``: top-1 agreement, top-5 overlap, probability differences) and, unless the
 agreement is below the bar and ``force`` is not set, installs the model file and the configs,
 and the variant's fused model (``NAME_openvino_fused``: both ensemble steps in one stub).
-A refused variant leaves the repository untouched.
+The three model directories are built in a staging directory and swapped in by the repository's
+transaction (``export.transaction``), as export and quantize do: a refused variant, an error or
+a killed process leaves the repository byte-identical.
 
 The model files: ``bf16`` and ``f32`` serve the verified FP32 ``model.onnx``; ``int8`` serves the
 QDQ file written by ``resnet18-triton quantize``. OpenVINO reads ONNX directly, so the file is a
@@ -38,11 +40,19 @@ from resnet18_triton.export.repository import (
     write_fused_model,
     write_variant_configs,
 )
+from resnet18_triton.export.transaction import (
+    install,
+    install_lock,
+    remove_stale_staging,
+    staging_directory,
+)
 from resnet18_triton.layout import (
     backend_source,
     load_model_module,
     onnx_model_path,
+    openvino_fused_name,
     openvino_model_path,
+    openvino_models,
 )
 
 _BACKEND_MODULE_NAME = "resnet18_triton_openvino_backend"
@@ -121,7 +131,21 @@ def build_openvino_variant(
             report,
         )
     configs = openvino_configs(repository, precision, {"fidelity": report.to_json()}, names)
-    write_bytes_atomically(openvino_model_path(repository, names.name), candidate.read_bytes())
-    write_variant_configs(repository, configs, names)
-    write_fused_model(repository, names, openvino=True)
+    install_variant(repository, candidate, configs, names)
     return report
+
+
+def install_variant(
+    repository: Path, candidate: Path, configs: list, names: ClassifierNames
+) -> None:
+    """Stage the variant's classifier (``candidate`` copied), ensemble and fused model, then swap
+    them in together: steps first, the ensemble last."""
+    classifier, ensemble = openvino_models(names.name)
+    repository = repository.resolve()
+    remove_stale_staging(repository)
+    with staging_directory(repository) as staging:
+        write_bytes_atomically(openvino_model_path(staging, names.name), candidate.read_bytes())
+        write_variant_configs(repository, configs, names, target=staging)
+        write_fused_model(repository, names, target=staging, openvino=True)
+        with install_lock(repository):
+            install(staging, repository, (classifier, openvino_fused_name(names.name), ensemble))
