@@ -131,7 +131,16 @@ def engine() -> Iterator[Engine]:
     finally:
         running.docker("rm", "-f", *running.docker("ps", "-aq").split(), check=False)
         _stop_dockerd(process, root)
+        _unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _unmount_below(root: Path) -> None:
+    """dockerd leaves its network namespace mounted under the exec root (nsfs): unmount what is
+    left below ``root``, deepest first, so that the folder can be removed."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
+        subprocess.run(["umount", mount], capture_output=True, timeout=30)
 
 
 def _remove_images(engine: Engine) -> None:
