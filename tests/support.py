@@ -25,6 +25,21 @@ PROBABILITY_ATOL = 1e-6
 LOGIT_ATOL = 1e-3
 
 
+def classify_ensemble(url: str, model: str, images: list[bytes]) -> np.ndarray:
+    """PROBABILITIES [N, classes] of one request carrying ``images`` to ensemble-like ``model``."""
+    import tritonclient.http as httpclient
+
+    from resnet18_triton import contract
+
+    client = httpclient.InferenceServerClient(url, network_timeout=120.0)
+    try:
+        tensor = httpclient.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array(images, dtype=object).reshape(-1, 1))
+        return client.infer(model, [tensor]).as_numpy(contract.ENSEMBLE_OUTPUT)
+    finally:
+        client.close()
+
+
 def load_module(path: Path, name: str) -> ModuleType:
     """Import a file that is not part of a package (the Triton models' model.py)."""
     return load_model_module(path, name)

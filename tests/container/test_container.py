@@ -27,7 +27,7 @@ from resnet18_triton.deploy import proxy
 from resnet18_triton.server.embedded import free_port
 from tests.compose_support import REPO_ROOT
 from tests.container.conftest import SECOND_CLASSIFIER, SECOND_SEED, Engine, Repository
-from tests.support import PROBABILITY_ATOL, TorchReference, varied_images
+from tests.support import PROBABILITY_ATOL, TorchReference, classify_ensemble, varied_images
 
 HEALTHY_TIMEOUT_S = 240
 ADMIN_KEY = "container-test-admin-key-0123456789"
@@ -120,18 +120,6 @@ def triton(compose: Compose) -> str:
     return f"127.0.0.1:{compose.env['TRITON_HTTP_PORT']}"
 
 
-def _classify(url: str, model: str, images: list[bytes]) -> np.ndarray:
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(url, network_timeout=120.0)
-    try:
-        tensor = httpclient.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array(images, dtype=object).reshape(-1, 1))
-        return client.infer(model, [tensor]).as_numpy(contract.ENSEMBLE_OUTPUT)
-    finally:
-        client.close()
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(os.sys.executable).parent / "resnet18-triton"), *args],
@@ -166,7 +154,7 @@ def test_served_probabilities_equal_pytorch_on_the_unusual_images(triton: str) -
     ``--name`` (random ImageNet-shaped weights) against PyTorch with torchvision's transform."""
     images = varied_images()
     served = np.concatenate(
-        [_classify(triton, SECOND_CLASSIFIER, [data]) for data in images.values()]
+        [classify_ensemble(triton, SECOND_CLASSIFIER, [data]) for data in images.values()]
     )
     expected = TorchReference(seed=SECOND_SEED).probabilities(list(images.values()))
     distances = np.abs(served - expected).max(axis=1)
@@ -185,7 +173,9 @@ def test_the_default_classifier_equals_its_engine_on_torchvision_pixels_and_pyto
     from resnet18_triton.layout import onnx_model_path
 
     images = repository.held_out
-    served = np.concatenate([_classify(triton, contract.ENSEMBLE_MODEL, [data]) for data in images])
+    served = np.concatenate(
+        [classify_ensemble(triton, contract.ENSEMBLE_MODEL, [data]) for data in images]
+    )
     reference = TorchReference(model=repository.digits_model)
     engine = session(onnx_model_path(repository.path, contract.ONNX_MODEL))
     expected = np.concatenate(
@@ -208,7 +198,7 @@ def test_the_int8_fused_variant_is_served_and_equals_onnx_runtime(
 
     images = repository.held_out[:4]
     served = np.concatenate(
-        [_classify(triton, contract.INT8_FUSED_MODEL, [data]) for data in images]
+        [classify_ensemble(triton, contract.INT8_FUSED_MODEL, [data]) for data in images]
     )
     int8 = session(onnx_model_path(repository.path, contract.INT8_MODEL))
     reference = TorchReference(model=repository.digits_model)

@@ -28,7 +28,7 @@ from resnet18_triton.layout import onnx_model_path, served_models
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 from tests.corpus import build_corpus
 from tests.digits import digits_int8_repository, digits_model
-from tests.support import PROBABILITY_ATOL, TorchReference
+from tests.support import PROBABILITY_ATOL, TorchReference, classify_ensemble
 
 IMAGES = 8
 
@@ -48,18 +48,6 @@ def int8_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embe
         yield running, repo
 
 
-def _classify(url: str, model: str, images: list[bytes]) -> np.ndarray:
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(url, network_timeout=120.0)
-    try:
-        tensor = httpclient.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array(images, dtype=object).reshape(-1, 1))
-        return client.infer(model, [tensor]).as_numpy(contract.ENSEMBLE_OUTPUT)
-    finally:
-        client.close()
-
-
 def test_int8_models_are_served_next_to_fp32(int8_server) -> None:
     server, repo = int8_server
     assert served_models(repo)[-3:] == (INT8_MODEL, INT8_ENSEMBLE_MODEL, INT8_FUSED_MODEL)
@@ -77,8 +65,8 @@ def test_served_int8_matches_in_process_int8_and_agrees_with_fp32(int8_server) -
     server, repo = int8_server
     _, splits, _ = digits_model()
     images = splits["held_out"][0][:IMAGES]
-    int8 = _classify(server.url, INT8_ENSEMBLE_MODEL, images)
-    fp32 = _classify(server.url, contract.ENSEMBLE_MODEL, images)
+    int8 = classify_ensemble(server.url, INT8_ENSEMBLE_MODEL, images)
+    fp32 = classify_ensemble(server.url, contract.ENSEMBLE_MODEL, images)
     preprocess = load_preprocess_module(repo)
     batch = np.stack([preprocess.preprocess_bytes(data) for data in images])
     expected = softmax(run_logits(session(onnx_model_path(repo, INT8_MODEL)), batch))
@@ -107,7 +95,9 @@ def test_fused_int8_answers_like_onnx_runtime_on_torchvision_pixels(int8_server)
     _, splits, _ = digits_model()
     cases = {f"digit{i}": data for i, data in enumerate(splits["held_out"][0][:4])}
     cases.update({case.name: case.data for case in build_corpus() if case.good})
-    served = np.concatenate([_classify(server.url, INT8_FUSED_MODEL, [d]) for d in cases.values()])
+    served = np.concatenate(
+        [classify_ensemble(server.url, INT8_FUSED_MODEL, [d]) for d in cases.values()]
+    )
     expected = _int8_on_reference_pixels(repo, list(cases.values()))
     distances = np.abs(served - expected).max(axis=1)
     wrong = {name: f"{d:.2e}" for name, d in zip(cases, distances, strict=True) if d > 1e-6}
@@ -118,8 +108,8 @@ def test_fused_int8_answers_like_onnx_runtime_on_torchvision_pixels(int8_server)
 def test_fused_and_ensemble_int8_give_the_same_answers(int8_server) -> None:
     server, _ = int8_server
     images = digits_model()[1]["held_out"][0][:IMAGES]
-    fused = _classify(server.url, INT8_FUSED_MODEL, images)
-    ensemble = _classify(server.url, INT8_ENSEMBLE_MODEL, images)
+    fused = classify_ensemble(server.url, INT8_FUSED_MODEL, images)
+    ensemble = classify_ensemble(server.url, INT8_ENSEMBLE_MODEL, images)
     np.testing.assert_allclose(fused, ensemble, atol=1e-6)
 
 
@@ -137,7 +127,7 @@ def test_a_bad_image_fails_only_its_own_request_in_a_fused_batch(int8_server) ->
 
     def call(data: bytes) -> np.ndarray | InferenceServerException:
         try:
-            return _classify(server.url, INT8_FUSED_MODEL, [data])
+            return classify_ensemble(server.url, INT8_FUSED_MODEL, [data])
         except InferenceServerException as error:
             return error
 

@@ -34,7 +34,7 @@ from resnet18_triton.layout import (
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 from tests.corpus import build_corpus
 from tests.digits import digits_model, digits_openvino_repository
-from tests.support import TorchReference
+from tests.support import TorchReference, classify_ensemble
 
 pytestmark = pytest.mark.skipif(
     not has_native_bf16(cpu_flags()), reason="BF16 is offered only on CPUs with native bfloat16"
@@ -59,18 +59,6 @@ def openvino_server(
     )
     with EmbeddedServer(options) as running:
         yield running, repo, report
-
-
-def _classify(url: str, model: str, images: list[bytes]) -> np.ndarray:
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(url, network_timeout=120.0)
-    try:
-        tensor = httpclient.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array(images, dtype=object).reshape(-1, 1))
-        return client.infer(model, [tensor]).as_numpy(contract.ENSEMBLE_OUTPUT)
-    finally:
-        client.close()
 
 
 def _in_process_probabilities(repo: Path, images: list[bytes]) -> np.ndarray:
@@ -106,7 +94,7 @@ def test_served_bf16_equals_in_process_openvino_bf16(openvino_server) -> None:
     server, repo, _ = openvino_server
     _, splits, _ = digits_model()
     images = splits["held_out"][0][:IMAGES]
-    served = _classify(server.url, ENSEMBLE, images)
+    served = classify_ensemble(server.url, ENSEMBLE, images)
     np.testing.assert_allclose(served, _in_process_probabilities(repo, images), rtol=0, atol=1e-6)
 
 
@@ -117,8 +105,8 @@ def test_bf16_keeps_the_fp32_decisions_on_digits(openvino_server) -> None:
     assert report["fidelity"]["top1_agreement"] >= 0.99
     _, splits, _ = digits_model()
     images = splits["held_out"][0][:IMAGES]
-    bf16 = _classify(server.url, ENSEMBLE, images)
-    fp32 = _classify(server.url, contract.ENSEMBLE_MODEL, images)
+    bf16 = classify_ensemble(server.url, ENSEMBLE, images)
+    fp32 = classify_ensemble(server.url, contract.ENSEMBLE_MODEL, images)
     assert (bf16.argmax(1) == fp32.argmax(1)).all()
     assert not np.array_equal(bf16, fp32)  # it really runs at another precision
 
@@ -203,7 +191,7 @@ def test_the_fused_bf16_model_answers_like_openvino_on_torchvision_pixels(openvi
     cases.update({case.name: case.data for case in build_corpus() if case.good})
     wrong = {}
     for name, data in cases.items():
-        served = _classify(server.url, FUSED, [data])
+        served = classify_ensemble(server.url, FUSED, [data])
         (expected,) = backend.infer(
             request,
             {contract.ONNX_INPUT: reference.pixels(data)[None]},
@@ -220,10 +208,12 @@ def test_the_fused_bf16_model_refuses_a_bad_image_and_matches_the_ensemble(openv
     server, _, _ = openvino_server
     images = digits_model()[1]["held_out"][0][:IMAGES]
     np.testing.assert_allclose(
-        _classify(server.url, FUSED, images), _classify(server.url, ENSEMBLE, images), atol=1e-6
+        classify_ensemble(server.url, FUSED, images),
+        classify_ensemble(server.url, ENSEMBLE, images),
+        atol=1e-6,
     )
     with pytest.raises(InferenceServerException) as caught:
-        _classify(server.url, FUSED, [images[0], b"GIF89a broken"])
+        classify_ensemble(server.url, FUSED, [images[0], b"GIF89a broken"])
     assert caught.value.status() == "400"
     assert "image 2 of 2" in caught.value.message() and "Traceback" not in caught.value.message()
     assert server.is_ready()
