@@ -159,6 +159,16 @@ def test_a_stale_copy_of_a_different_size_is_refused_with_its_name(tmp_path: Pat
         check_backend_directory(TritonInstall.locate(), target)
 
 
+def test_a_stale_copy_of_the_same_size_is_refused_too(tmp_path: Path) -> None:
+    target = prepare_backend_directory(tmp_path / "backends")
+    model = target / "openvino" / "model.py"
+    text = model.read_text()
+    model.write_text(text[:-1] + ("#" if text[-1] != "#" else " "))  # one byte changed
+    assert model.stat().st_size == len(text.encode())
+    with pytest.raises(ServerStartError, match=re.escape("openvino/model.py differs")):
+        check_backend_directory(TritonInstall.locate(), target)
+
+
 def test_preparing_refuses_a_directory_that_is_not_empty_and_leaves_it_alone(
     tmp_path: Path,
 ) -> None:

@@ -14,6 +14,7 @@ import collections
 import compileall
 import contextlib
 import ctypes
+import filecmp
 import importlib.util
 import os
 import secrets
@@ -246,17 +247,18 @@ def backend_directory_files(install: TritonInstall) -> dict[str, Path]:
 def check_backend_directory(install: TritonInstall, directory: Path) -> None:
     """Refuse a prepared backend directory that is missing a file or holds a stale copy.
 
-    A stale copy (another release's backend left in an image layer) would serve with code the
-    installed package does not have, so sizes must match the installed files.
+    A stale copy (another release's backend left in an image layer or a mounted volume) would
+    serve with code the installed package does not have, so every file must equal the installed
+    one byte for byte (about 20 MB read, a few milliseconds).
     """
     for relative, source in backend_directory_files(install).items():
         copy = directory / relative
-        if not copy.is_file() or copy.stat().st_size != source.stat().st_size:
+        if not copy.is_file() or not filecmp.cmp(copy, source, shallow=False):
             state = "is missing" if not copy.is_file() else "differs from the installed package"
             raise ServerStartError(
                 f"the backend directory {directory} is not prepared for this install ({relative} "
-                f"{state}): run `python -m resnet18_triton.server.embedded {directory}` as the "
-                "user that may write there, or leave --backend-dir unset"
+                f"{state}): remove it and run `python -m resnet18_triton.server.embedded "
+                f"{directory}`, or leave --backend-dir unset"
             )
 
 
