@@ -10,7 +10,7 @@ start-up time to ready.
 Run with the project's venv, as root or with access to a Docker engine, after
 `bash scripts/build-image.sh`:
 
-    .venv/bin/python benchmarks/container.py --repo model_repository --rounds 3
+    .venv/bin/python -m benchmarks.container --repo model_repository --rounds 3
 
 Prints a markdown report; numbers belong in docs/decisions.md, not in tests.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnet18_triton.perf.replicas import Layout, Measurement, report
+from benchmarks.replicas import Layout, Measurement, report
 
 
 def test_report_gives_each_round_the_median_and_the_ratio_to_the_first_layout() -> None:

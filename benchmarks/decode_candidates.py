@@ -6,7 +6,7 @@ decodes with Pillow). Cases: the JPEG samples, and generated 500x375 JPEGs with 
 chroma subsampling, progressive, grayscale, CMYK and an EXIF orientation. Speed: median decode
 time per image, candidates interleaved with Pillow (A/B/A/B) so machine noise hits both.
 
-    python -m resnet18_triton.perf.decode_candidates [--samples tests/data/samples] [--repeats 200]
+    python -m benchmarks.decode_candidates [--samples tests/data/samples] [--repeats 200]
 
 Candidates that are not installed are reported as such (simplejpeg: ``pip install simplejpeg``).
 """

@@ -3,7 +3,7 @@
 Start Triton and `resnet18-triton ui` first; optionally a Gradio app with the same job (the one
 in docs/ui.md's comparison) for a third column, which needs `gradio_client` installed:
 
-    python -m resnet18_triton.ui.overhead --triton 127.0.0.1:8000 --ui http://127.0.0.1:8080 \\
+    python -m benchmarks.ui_overhead --triton 127.0.0.1:8000 --ui http://127.0.0.1:8080 \\
         [--gradio http://127.0.0.1:7860 --gradio-api /classify] [--rounds 100] IMAGE
 
 Each round sends the same image once through every path, in turn, so that load from other

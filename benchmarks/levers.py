@@ -11,7 +11,7 @@ Each pair runs A, B, A, B, ... and reports medians.
   new graph's normalisation prefix is included in its figure;
 - the tensor handed from one model to the next: bytes per image, and the cost of one copy.
 
-    python -m resnet18_triton.perf.levers --before REPO_A --after REPO_B --images DIR
+    python -m benchmarks.levers --before REPO_A --after REPO_B --images DIR
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ classifier of the repository, e.g. resnet18_int8) each round also times that mod
 with ONNX Runtime on ready uint8/float tensors (2 threads, spinning off, batch 8) after the
 server has stopped, so the served/in-process ratio is measured in the same minutes.
 
-    python -m resnet18_triton.perf.ab_served --images DIR --rounds 2 \\
+    python -m benchmarks.ab_served --images DIR --rounds 2 \\
         --arm before=/path/to/old/src:/tmp/repo_before --arm after=src:/tmp/repo_after \\
         --model resnet18 --model resnet18_int8_ensemble
 """

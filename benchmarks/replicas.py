@@ -1,6 +1,6 @@
 """Throughput of 1 vs N replicas behind nginx, measured with perf_analyzer through the proxy.
 
-``python -m resnet18_triton.perf.replicas --repo model_repository [--repo-1t DIR] --out DIR``
+``python -m benchmarks.replicas --repo model_repository [--repo-1t DIR] --out DIR``
 
 Each configuration starts its own ``Cluster`` (real ``serve`` replicas + nginx), sends the
 ensemble real JPEG bytes at a fixed concurrency, and stops it again. Configurations are run

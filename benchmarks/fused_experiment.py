@@ -10,7 +10,7 @@ latency), and, once the server has stopped, ONNX Runtime INT8 is timed in-proces
 tensors, so every round gives served / in-process ratios from the same minutes. Prints a markdown
 table.
 
-    python -m resnet18_triton.perf.fused_experiment --repo model_repository --rounds 3
+    python -m benchmarks.fused_experiment --repo model_repository --rounds 3
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from benchmarks.ab_served import engine_images_per_s
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.export.model_configs import instance_count, parse, render
@@ -31,7 +32,6 @@ from resnet18_triton.export.repository import write_fused_model
 from resnet18_triton.files import link_or_copy, write_text_atomically
 from resnet18_triton.layout import CONFIG_FILENAME, has_int8
 from resnet18_triton.perf import perf_analyzer as pa
-from resnet18_triton.perf.ab_served import engine_images_per_s
 from resnet18_triton.perf.images import TYPICAL_SIZE, jpeg_bytes
 from resnet18_triton.perf.stack import StackSampler
 from resnet18_triton.perf.tune_repository import copy_models
