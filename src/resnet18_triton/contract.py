@@ -44,6 +44,8 @@ INT8_FUSED_MODEL = "resnet18_int8_fused"
 
 IMAGE_SIZE = 224
 NUM_CLASSES = 1000
+# Classes a client shows per image unless asked for another number (CLI, library, web page).
+DEFAULT_TOP_K = 5
 CHANNELS = 3
 
 # A classifier is one ensemble plus the models it runs, all named after the classifier's name.

@@ -444,7 +444,9 @@ class ImageClassifier:
 
     # --- classification -------------------------------------------------------------------
 
-    def classify_bytes(self, images: Sequence[bytes], top_k: int = 5) -> list[list[Prediction]]:
+    def classify_bytes(
+        self, images: Sequence[bytes], top_k: int = contract.DEFAULT_TOP_K
+    ) -> list[list[Prediction]]:
         """Classify encoded images (JPEG, PNG, ... bytes); one list of predictions per image.
 
         Raises ImageError naming the first image (by position) the server rejected.
@@ -459,7 +461,7 @@ class ImageClassifier:
     def classify_files(
         self,
         paths: Iterable[str | os.PathLike[str]],
-        top_k: int = 5,
+        top_k: int = contract.DEFAULT_TOP_K,
         batch_size: int | None = None,
         concurrency: int | None = None,
         max_file_bytes: int = contract.MAX_IMAGE_BYTES,
@@ -482,7 +484,7 @@ class ImageClassifier:
     def classify_named(
         self,
         images: Iterable[tuple[str, bytes]],
-        top_k: int = 5,
+        top_k: int = contract.DEFAULT_TOP_K,
         batch_size: int | None = None,
     ) -> Iterator[ClassificationResult]:
         """Classify ``(name, encoded bytes)`` pairs held in memory, e.g. uploads.

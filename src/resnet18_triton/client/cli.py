@@ -46,7 +46,7 @@ url_option = click.option(
 @click.option(
     "--top-k",
     type=click.IntRange(1, contract.NUM_CLASSES),
-    default=5,
+    default=contract.DEFAULT_TOP_K,
     show_default=True,
     help="Classes to show per image.",
 )

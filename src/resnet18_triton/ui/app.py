@@ -41,8 +41,6 @@ from resnet18_triton.ui.uploads import (
 
 log = logging.getLogger("resnet18_triton.ui")
 
-DEFAULT_TOP_K = 5
-
 
 @dataclass(frozen=True)
 class UiSettings:
@@ -116,7 +114,7 @@ def create_app(settings: UiSettings) -> Starlette:
             {
                 "models": ready,
                 "random_weights": report.random_weights,
-                "top_k": DEFAULT_TOP_K,
+                "top_k": contract.DEFAULT_TOP_K,
                 "max_top_k": contract.NUM_CLASSES,
                 "limits": {
                     "max_file_bytes": settings.limits.max_file_bytes,
@@ -167,9 +165,10 @@ def create_app(settings: UiSettings) -> Starlette:
 
 
 def parse_top_k(value: str | None) -> int:
-    """``?top_k=`` as an int in 1..1000 (default 5); UploadError names what is wrong."""
+    """``?top_k=`` as an int in 1..NUM_CLASSES (default ``DEFAULT_TOP_K``); UploadError names
+    what is wrong."""
     if value is None or value == "":
-        return DEFAULT_TOP_K
+        return contract.DEFAULT_TOP_K
     try:
         top_k = int(value)
     except ValueError:
