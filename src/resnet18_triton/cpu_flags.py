@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnet18_triton.errors import ResNet18TritonError
+from resnet18_triton.errors import PrecisionUnavailableError
 
 CPUINFO = Path("/proc/cpuinfo")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 PRECISIONS = ("bf16", "f32", "int8")
 FALLBACK_PRECISION = "f32"
-
-
-class PrecisionUnavailableError(ResNet18TritonError):
-    """The CPU lacks the instructions a requested precision needs."""
 
 
 def parse_flags(cpuinfo_text: str) -> frozenset[str]:

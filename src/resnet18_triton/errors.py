@@ -2,12 +2,35 @@
 
 Messages are meant for people: they say what went wrong and what to do next. The command line
 prints ``str(error)`` on one line and exits with ``error.exit_code`` (as click's ``UsageError``
-does); library callers catch ``ResNet18TritonError`` or one of its subclasses.
+does); library callers catch ``ResNet18TritonError`` or one of its subclasses. The tree:
+
+    ResNet18TritonError                 exit 2 unless said otherwise
+    ├── MissingExtraError               an optional dependency group is not installed
+    ├── ServerUnavailableError          unreachable, not ready, or the model is not loaded
+    ├── ImageError (exit 1)             one image could not be read or was rejected
+    ├── NoImagesError                   the inputs named no image at all
+    ├── AdminKeyError                   the admin key file is missing, unsafe or empty
+    ├── PrecisionUnavailableError       the CPU lacks what a precision needs
+    ├── ExportError                     exporting or filling the repository failed
+    │   ├── WeightsUnavailableError     weights cannot be loaded (offline, missing, incompatible)
+    │   ├── VerificationError           the ONNX model does not reproduce PyTorch
+    │   ├── QuantizationRefused         the INT8 model agrees too little with FP32
+    │   └── VariantRefused              the OpenVINO variant agrees too little with FP32
+    ├── ServerStartError                the server could not start or become ready
+    │   └── StartAborted (exit 130)     a signal arrived while it was starting
+    ├── ProxyError                      nginx is missing, rejects its config, or did not start
+    ├── PerfError                       a load test or benchmark could not run
+    │   ├── PerfAnalyzerError           perf_analyzer is missing, cannot start, or failed
+    │   ├── TuneError                   the tuning search cannot run or found no plan
+    │   └── SoakFailedError (exit 1)    the soak lost requests or gave wrong answers
+    ├── UploadError                     a web upload is not acceptable (carries its HTTP status)
+    └── Busy                            the web page has more requests in flight than it admits
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -71,3 +94,71 @@ class StartAborted(ServerStartError):
     """A signal (Ctrl-C, SIGTERM) arrived while the server was starting; it was stopped."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class AdminKeyError(ResNet18TritonError):
+    """The admin key file is missing, unsafe or empty; the message says how to fix it."""
+
+
+class PrecisionUnavailableError(ResNet18TritonError):
+    """The CPU lacks the instructions a requested precision needs."""
+
+
+class VerificationError(ExportError):
+    """The exported ONNX model is invalid or does not reproduce the PyTorch model's outputs.
+
+    ``report`` carries the figures (an ``export.verify.VerificationReport``, when the model ran
+    at all), so callers need not parse the message.
+    """
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class QuantizationRefused(ExportError):
+    """The quantised model agrees too little with the FP32 model (``report``: an
+    ``export.fidelity.FidelityReport``)."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class VariantRefused(ExportError):
+    """The OpenVINO variant agrees too little with FP32 (``report``: an
+    ``export.fidelity.FidelityReport``)."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class ProxyError(ResNet18TritonError):
+    """nginx is missing, its configuration is invalid, or it did not start."""
+
+
+class PerfAnalyzerError(PerfError):
+    """perf_analyzer is missing, cannot start, or failed a run."""
+
+
+class TuneError(PerfError):
+    """The tuning search cannot run or found no plan that meets its constraints."""
+
+
+class SoakFailedError(PerfError):
+    """The soak lost requests, gave wrong answers, grew or replaced a server process."""
+
+    exit_code = ExitCode.SOME_FAILED
+
+
+class UploadError(ResNet18TritonError):
+    """The request body is not an acceptable upload; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Busy(ResNet18TritonError):
+    """More requests in flight than the app admits."""

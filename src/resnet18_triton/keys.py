@@ -13,11 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_FILE_ENV_VAR
-from resnet18_triton.errors import ResNet18TritonError
-
-
-class AdminKeyError(ResNet18TritonError):
-    """The admin key file is missing, unsafe or empty; the message says how to fix it."""
+from resnet18_triton.errors import AdminKeyError
 
 
 def read_key_file(path: Path) -> str:

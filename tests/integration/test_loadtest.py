@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from resnet18_triton.errors import PerfAnalyzerError
 from resnet18_triton.perf import images
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.loadtest import LoadTestPlan, run_loadtest
@@ -17,7 +18,7 @@ def analyzer() -> pa.PerfAnalyzer:
     try:
         found = pa.locate()
         found.version()
-    except pa.PerfAnalyzerError as error:
+    except PerfAnalyzerError as error:
         pytest.skip(f"perf_analyzer cannot run here: {error}")
     return found
 
@@ -87,6 +88,6 @@ def test_loadtest_shared_memory_without_the_admin_key_fails_clearly(
             shared_memory="system",
         ),
     )
-    with pytest.raises(pa.PerfAnalyzerError, match=r"(?s)restricted.*--admin-key") as error:
+    with pytest.raises(PerfAnalyzerError, match=r"(?s)restricted.*--admin-key") as error:
         run_loadtest(plan, analyzer, echo=lambda _text: None)
     assert "resnet18_onnx" in str(error.value)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from resnet18_triton.deploy import proxy, render
+from resnet18_triton.errors import ProxyError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,12 +65,12 @@ def test_repository_body_limit_reads_the_preprocess_config(tmp_path: Path) -> No
 
 
 def test_repository_body_limit_names_the_missing_config(tmp_path: Path) -> None:
-    with pytest.raises(proxy.ProxyError, match="resnet18-triton export"):
+    with pytest.raises(ProxyError, match="resnet18-triton export"):
         proxy.repository_body_limit(tmp_path)
 
 
 def test_render_refuses_a_proxy_without_upstreams() -> None:
-    with pytest.raises(proxy.ProxyError, match="at least one upstream"):
+    with pytest.raises(ProxyError, match="at least one upstream"):
         proxy.render(proxy.ProxySettings(upstreams=()))
 
 

@@ -22,11 +22,12 @@ from resnet18_triton.contract import (
 from resnet18_triton.errors import (
     ExportError,
     ResNet18TritonError,
+    VerificationError,
     WeightsUnavailableError,
 )
 from resnet18_triton.export import weights as weights_module
 from resnet18_triton.export.onnx_export import export_onnx
-from resnet18_triton.export.verify import VerificationError, VerificationReport, verify_onnx
+from resnet18_triton.export.verify import VerificationReport, verify_onnx
 from resnet18_triton.export.weights import (
     Provenance,
     imagenet_cache_path,

@@ -14,8 +14,8 @@ import pytest
 
 from resnet18_triton.cli import cli as cli_main
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_FILE_ENV_VAR
-from resnet18_triton.errors import ServerStartError
-from resnet18_triton.keys import AdminKeyError, admin_key_from
+from resnet18_triton.errors import AdminKeyError, ServerStartError
+from resnet18_triton.keys import admin_key_from
 from resnet18_triton.server.embedded import (
     EmbeddedServer,
     ServerOptions,

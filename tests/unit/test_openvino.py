@@ -12,6 +12,7 @@ pytest.importorskip("openvino")
 pytest.importorskip("tritonclient.grpc")
 
 from resnet18_triton import contract, cpu_flags, layout
+from resnet18_triton.errors import PrecisionUnavailableError
 from resnet18_triton.export.model_configs import (
     ServingSettings,
     all_model_configs,
@@ -82,7 +83,7 @@ def test_a_cpu_without_bf16_falls_back_to_f32_with_a_note() -> None:
     flags = cpu_flags.parse_flags(ZEN1)
     precision, note = choose_precision("auto", flags)
     assert precision == "f32" and "no native bfloat16" in note
-    with pytest.raises(cpu_flags.PrecisionUnavailableError, match="--precision f32"):
+    with pytest.raises(PrecisionUnavailableError, match="--precision f32"):
         choose_precision("bf16", flags)
     assert choose_precision("f32", flags) == ("f32", None)
     assert "may not be faster" in choose_precision("int8", flags)[1]

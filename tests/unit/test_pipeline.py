@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from resnet18_triton import contract
-from resnet18_triton.errors import ExportError
+from resnet18_triton.errors import ExportError, VerificationError
 from resnet18_triton.export import pipeline, transaction
 from resnet18_triton.export.model_configs import ServingSettings
-from resnet18_triton.export.verify import VerificationError
 from resnet18_triton.layout import missing_files, onnx_model_path
 
 KILL_DEADLINE_S = 300

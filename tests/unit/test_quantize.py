@@ -29,6 +29,7 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 from click.testing import CliRunner  # noqa: E402
 
 from resnet18_triton import contract  # noqa: E402
+from resnet18_triton.errors import QuantizationRefused  # noqa: E402
 from resnet18_triton.export import quantize as q  # noqa: E402
 from resnet18_triton.export.fidelity import compare_logits, softmax  # noqa: E402
 from tests.digits import (  # noqa: E402
@@ -204,7 +205,7 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
         str(write_images(tmp_path / "held_out", splits["held_out"][0])),
     ]
     refused = CliRunner().invoke(quantize, args)
-    assert isinstance(refused.exception, q.QuantizationRefused), refused.output
+    assert isinstance(refused.exception, QuantizationRefused), refused.output
     assert refused.exception.report.top1_agreement < 0.99
     assert "top-1 agreement" in refused.output  # the table is shown before refusing
     assert not has_int8(repo) and not (repo / "resnet18_int8").exists()

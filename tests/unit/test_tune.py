@@ -11,6 +11,7 @@ from google.protobuf.json_format import MessageToDict
 
 from resnet18_triton import contract
 from resnet18_triton.client.results import serving_summary
+from resnet18_triton.errors import TuneError
 from resnet18_triton.export.model_configs import ServingSettings, all_model_configs, parse
 from resnet18_triton.export.repository import (
     fill_repository,
@@ -39,7 +40,6 @@ from resnet18_triton.perf.tune_space import (
     Candidate,
     Measurement,
     SearchSpace,
-    TuneError,
     best_by_median,
     coordinate_descent,
     interleaved,

@@ -18,16 +18,11 @@ from typing import Any
 import pytest
 
 from resnet18_triton.client.results import ClassificationResult, Prediction, result_to_json
+from resnet18_triton.errors import UploadError
 from resnet18_triton.server.embedded import free_port
 from resnet18_triton.ui.app import choose_model, classify_response, parse_top_k
 from resnet18_triton.ui.service import Answer
-from resnet18_triton.ui.uploads import (
-    Upload,
-    UploadError,
-    UploadLimits,
-    read_uploads,
-    with_idle_timeout,
-)
+from resnet18_triton.ui.uploads import Upload, UploadLimits, read_uploads, with_idle_timeout
 from tests.support import SAMPLE_FILES
 from tests.ui_support import curl, running_ui
 

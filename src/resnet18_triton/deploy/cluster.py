@@ -23,7 +23,7 @@ from pathlib import Path
 
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
 from resnet18_triton.deploy import proxy
-from resnet18_triton.errors import ServerStartError
+from resnet18_triton.errors import ProxyError, ServerStartError
 from resnet18_triton.layout import missing_files
 from resnet18_triton.server.embedded import free_port
 
@@ -243,7 +243,7 @@ class Cluster:
         deadline = time.monotonic() + 15
         while not http_ok(f"http://{self.url}/v2/health/ready"):
             if self.nginx.poll() is not None or time.monotonic() > deadline:
-                raise proxy.ProxyError(
+                raise ProxyError(
                     f"nginx did not start on {self.url}; see {self.workdir / 'nginx-error.log'}"
                 )
             time.sleep(0.1)

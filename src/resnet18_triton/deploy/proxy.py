@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet18_triton import contract
-from resnet18_triton.errors import ResNet18TritonError
+from resnet18_triton.errors import ProxyError
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "nginx.conf.template"
 # Room for the JSON inference header (names, shapes, parameters) in front of the binary data.
@@ -28,10 +28,6 @@ DEFAULT_MAX_BATCH_SIZE = contract.MAX_BATCH_SIZE
 DEFAULT_MAX_IMAGE_BYTES = contract.MAX_IMAGE_BYTES
 # A replica that refused or dropped a connection is left out this long before it is tried again.
 FAIL_TIMEOUT_S = 5
-
-
-class ProxyError(ResNet18TritonError):
-    """nginx is missing, its configuration is invalid, or it did not start."""
 
 
 class _Template(string.Template):

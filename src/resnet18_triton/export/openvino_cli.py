@@ -22,8 +22,9 @@ from resnet18_triton.cpu_flags import (
     has_fast_int8,
     present,
 )
+from resnet18_triton.errors import VariantRefused
 from resnet18_triton.export.fidelity import DEFAULT_MIN_AGREEMENT
-from resnet18_triton.export.openvino_variant import VariantRefused, build_openvino_variant
+from resnet18_triton.export.openvino_variant import build_openvino_variant
 from resnet18_triton.export.quantize import (
     image_files,
     preprocess_files,

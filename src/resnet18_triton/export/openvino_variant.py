@@ -26,7 +26,7 @@ from google.protobuf import json_format
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import ExportError
+from resnet18_triton.errors import ExportError, VariantRefused
 from resnet18_triton.export.fidelity import (
     DEFAULT_MIN_AGREEMENT,
     FidelityReport,
@@ -56,14 +56,6 @@ from resnet18_triton.layout import (
 )
 
 _BACKEND_MODULE_NAME = "resnet18_triton_openvino_backend"
-
-
-class VariantRefused(ExportError):
-    """The OpenVINO variant agrees too little with FP32 (see ``report``)."""
-
-    def __init__(self, message: str, report: FidelityReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 def openvino_backend() -> ModuleType:

@@ -60,7 +60,6 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from resnet18_triton import contract
 from resnet18_triton.cpu_flags import INT8_FLAGS, cpu_flags, present
 from resnet18_triton.errors import ExportError
-from resnet18_triton.export.fidelity import FidelityReport
 from resnet18_triton.export.onnx_export import set_metadata
 from resnet18_triton.files import image_files as images_in
 from resnet18_triton.files import image_suffixes_text, install_file_atomically
@@ -89,14 +88,6 @@ _PREPROCESS_MODULE_NAME = "resnet18_triton_served_preprocess"
 # Op types kept in float: the softmax always, the classifier head unless --quantize-head.
 SOFTMAX_OPS = ("Softmax",)
 HEAD_OPS = ("Gemm", "MatMul")
-
-
-class QuantizationRefused(ExportError):
-    """The quantised model agrees too little with the FP32 model (see ``report``)."""
-
-    def __init__(self, message: str, report: FidelityReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 def cpu_int8_flags() -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from resnet18_triton.contract import DEFAULT_CLASSIFIER, ClassifierNames
+from resnet18_triton.errors import QuantizationRefused
 from resnet18_triton.export.fidelity import (
     DEFAULT_MIN_AGREEMENT,
     measure_fidelity,
@@ -28,7 +29,6 @@ from resnet18_triton.export.quantize import (
     QUANTIZATION_PARAMETER,
     PreprocessedImageReader,
     QuantizationRecipe,
-    QuantizationRefused,
     cpu_int8_flags,
     image_files,
     preprocess_files,

@@ -34,25 +34,13 @@ import onnxruntime as ort
 import torch
 
 from resnet18_triton.contract import CHANNELS, IMAGE_SIZE, ONNX_INPUT, ONNX_OUTPUTS
-from resnet18_triton.errors import ExportError
+from resnet18_triton.errors import VerificationError
 from resnet18_triton.export.onnx_export import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 DEFAULT_ATOL = 1e-3
 DEFAULT_PROBABILITY_ATOL = 1e-6
 SUM_ATOL = 1e-5
 TOP_K = 5
-
-
-class VerificationError(ExportError):
-    """The exported ONNX model is invalid or does not reproduce the PyTorch model's outputs.
-
-    ``report`` carries the figures (when the model ran at all), so callers need not parse the
-    message.
-    """
-
-    def __init__(self, message: str, report: VerificationReport | None = None) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from resnet18_triton import contract
+from resnet18_triton.errors import SoakFailedError
 
 RANGE = re.compile(r"^\d+(\.\d+)?(:\d+(\.\d+)?(:\d+(\.\d+)?)?)?$")
 
@@ -437,4 +438,4 @@ def soak(
         json_out.write_text(text + "\n")
     failures = soaking.verdict(summary, max_rss_growth)
     if failures:
-        raise soaking.SoakFailedError("soak failed: " + "; ".join(failures))
+        raise SoakFailedError("soak failed: " + "; ".join(failures))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnet18_triton import contract
+from resnet18_triton.errors import PerfAnalyzerError
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.report import best, plot_throughput_latency, sweep_table, write_rows_csv
 
@@ -37,7 +38,7 @@ def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
     for target in plan.targets:
         if target == "ensemble":
             if not plan.images:
-                raise pa.PerfAnalyzerError("the ensemble load test needs images (--images DIR)")
+                raise PerfAnalyzerError("the ensemble load test needs images (--images DIR)")
             data = pa.write_input_data(
                 [path.read_bytes() for path in plan.images],
                 contract.ENSEMBLE_INPUT,

@@ -27,13 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_HEADER
-from resnet18_triton.errors import PerfError
+from resnet18_triton.errors import PerfAnalyzerError
 
 BINARY_NAME = "perf_analyzer"
-
-
-class PerfAnalyzerError(PerfError):
-    """perf_analyzer is missing, cannot start, or failed a run."""
 
 
 @dataclass(frozen=True)

@@ -30,17 +30,10 @@ if TYPE_CHECKING:
     import psutil
 
 from resnet18_triton import contract
-from resnet18_triton.errors import ExitCode, PerfError
 from resnet18_triton.layout import stub_model
 from resnet18_triton.perf.images import distinct_jpegs
 
 PROBABILITY_ATOL = 1e-6
-
-
-class SoakFailedError(PerfError):
-    """The soak lost requests, gave wrong answers, grew or replaced a server process."""
-
-    exit_code = ExitCode.SOME_FAILED
 
 
 # --- server processes ---------------------------------------------------------------------------

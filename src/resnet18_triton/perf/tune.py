@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnet18_triton import contract
-from resnet18_triton.errors import ResNet18TritonError
+from resnet18_triton.errors import PerfAnalyzerError, ResNet18TritonError, TuneError
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.report import markdown_table
 from resnet18_triton.perf.tune_repository import (
@@ -35,7 +35,6 @@ from resnet18_triton.perf.tune_space import (
     Candidate,
     Measurement,
     SearchSpace,
-    TuneError,
     best_by_median,
     coordinate_descent,
     interleaved,
@@ -149,7 +148,7 @@ class PlanMeasurer:
         usually a neighbour's burst, not the plan, and a plan must not lose by bad luck."""
         try:
             return self._measure(candidate)
-        except pa.PerfAnalyzerError as error:
+        except PerfAnalyzerError as error:
             if UNSTABLE not in str(error):
                 raise
             self.echo("    no stable measurement; measuring once more")

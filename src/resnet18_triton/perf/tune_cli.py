@@ -166,13 +166,14 @@ def tune(
     repository, under a perf_analyzer sweep of the ensemble with real JPEGs. The repository is
     changed only by --apply (atomically, with a backup that --revert restores).
     """
+    from resnet18_triton.errors import TuneError
     from resnet18_triton.export.model_configs import available_cores
     from resnet18_triton.perf import images as image_sets
     from resnet18_triton.perf.perf_analyzer import SweepSettings
     from resnet18_triton.perf.tune import TunePlan, run_tune
     from resnet18_triton.perf.tune_repository import apply_plan, available_variants, variant_models
     from resnet18_triton.perf.tune_repository import revert as revert_repository
-    from resnet18_triton.perf.tune_space import SearchSpace, TuneError, parse_label
+    from resnet18_triton.perf.tune_space import SearchSpace, parse_label
     from resnet18_triton.server.embedded import TritonInstall
 
     repository = repo or default_repository()

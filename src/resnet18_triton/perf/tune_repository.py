@@ -28,6 +28,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.errors import TuneError
 from resnet18_triton.export.classifier import Classifier, Preprocessing
 from resnet18_triton.export.model_configs import (
     ServingSettings,
@@ -55,7 +56,7 @@ from resnet18_triton.layout import (
     openvino_fused_name,
     openvino_models,
 )
-from resnet18_triton.perf.tune_space import FP32, INT8, OPENVINO, Candidate, TuneError
+from resnet18_triton.perf.tune_space import FP32, INT8, OPENVINO, Candidate
 
 BACKUP_MANIFEST = "tune-backup.json"
 # ONNX Runtime session options that ServingSettings renders; a variant's other parameters (its

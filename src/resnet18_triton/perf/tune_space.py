@@ -28,17 +28,13 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from resnet18_triton.errors import PerfError
+from resnet18_triton.errors import TuneError
 from resnet18_triton.perf.perf_analyzer import Row
 
 FP32 = "fp32"
 INT8 = "int8"
 # The OpenVINO variant in whatever precision `resnet18-triton openvino` built it (bf16, f32, int8).
 OPENVINO = "openvino"
-
-
-class TuneError(PerfError):
-    """The tuning search cannot run or found no plan that meets its constraints."""
 
 
 @dataclass(frozen=True, order=True)

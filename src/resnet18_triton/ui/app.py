@@ -28,11 +28,10 @@ from starlette.routing import Route
 
 from resnet18_triton import contract
 from resnet18_triton.client.results import result_to_json
-from resnet18_triton.errors import ResNet18TritonError
+from resnet18_triton.errors import Busy, ResNet18TritonError, UploadError
 from resnet18_triton.ui.openapi import openapi_schema
 from resnet18_triton.ui.service import DEFAULT_MODELS, Answer, TritonService
 from resnet18_triton.ui.uploads import (
-    UploadError,
     UploadLimits,
     check_declared_length,
     read_uploads,
@@ -53,10 +52,6 @@ class UiSettings:
     workers: int = 4
     timeout: float = 60.0
     upload_idle_timeout: float = 30.0
-
-
-class Busy(ResNet18TritonError):
-    """More requests in flight than the app admits."""
 
 
 class _Admission:

@@ -15,21 +15,13 @@ from typing import TYPE_CHECKING
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from resnet18_triton.errors import ResNet18TritonError
+from resnet18_triton.errors import UploadError
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 IMAGE_FIELD = "image"
 MEGABYTE = 1024 * 1024
-
-
-class UploadError(ResNet18TritonError):
-    """The request body is not an acceptable upload; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
