@@ -192,7 +192,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A port the OS says is free now (used by tests to run servers side by side)."""
     with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
         probe.bind((host.strip("[]"), 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def check_port_free(host: str, port: int, what: str) -> None:
@@ -464,7 +465,8 @@ class EmbeddedServer:
             with urllib.request.urlopen(
                 f"http://{self.url}/v2/health/ready", timeout=timeout_s
             ) as reply:
-                return reply.status == 200
+                status: int = reply.status
+                return status == 200
         except (urllib.error.URLError, OSError):
             return False
 
