@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +24,18 @@ SAMPLE_FILES = sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix in (".png", "
 # (random-weight probability vectors of different images are ~1e-3 apart).
 PROBABILITY_ATOL = 1e-6
 LOGIT_ATOL = 1e-3
+
+
+def tree_snapshot(root: Path, directories: bool = True) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``root``, and "dir" for every directory
+    (unless ``directories`` is False): equal snapshots mean a byte-identical tree."""
+    return {
+        str(path.relative_to(root)): (
+            "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        )
+        for path in sorted(root.rglob("*"))
+        if directories or path.is_file()
+    }
 
 
 def classify_ensemble(url: str, model: str, images: list[bytes]) -> np.ndarray:

@@ -6,7 +6,6 @@ INT8 variant, with ONNX Runtime running the INT8 file in this process on torchvi
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -27,7 +26,13 @@ from resnet18_triton.deploy import proxy
 from resnet18_triton.server.embedded import free_port
 from tests.compose_support import REPO_ROOT
 from tests.container.conftest import SECOND_CLASSIFIER, SECOND_SEED, Engine, Repository
-from tests.support import PROBABILITY_ATOL, TorchReference, classify_ensemble, varied_images
+from tests.support import (
+    PROBABILITY_ATOL,
+    TorchReference,
+    classify_ensemble,
+    tree_snapshot,
+    varied_images,
+)
 
 HEALTHY_TIMEOUT_S = 240
 ADMIN_KEY = "container-test-admin-key-0123456789"
@@ -420,14 +425,6 @@ def test_a_body_over_the_limit_gets_413_from_nginx(compose: Compose) -> None:
 # --- the model repository as an image (a Kubernetes init container)
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
-
-
 def test_the_model_repository_image_copies_the_repository_as_exported(
     images: Engine, repository: Repository, tmp_path: Path
 ) -> None:
@@ -440,6 +437,6 @@ def test_the_model_repository_image_copies_the_repository_as_exported(
         "--security-opt", "no-new-privileges", "-v", f"{target}:/models",
         f"resnet18-triton/model-repository:{images.tag}",
     )  # fmt: skip
-    copied = _digests(target)
-    assert copied == _digests(repository.path)
+    copied = tree_snapshot(target, directories=False)
+    assert copied == tree_snapshot(repository.path, directories=False)
     assert "resnet18_int8_fused/config.pbtxt" in copied

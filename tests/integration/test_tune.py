@@ -4,7 +4,6 @@ winner, then ``--revert`` restoring every byte."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from tests.support import tree_snapshot
 
 CLI = [sys.executable, "-m", "resnet18_triton.cli"]
 TUNED_BATCH = 4  # differs from the export's 8, so health shows that the plan was applied
@@ -21,20 +21,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
 
 
-def digest(repo: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(repo.rglob("*"))
-        if path.is_file()
-    }
-
-
 def test_a_tiny_tune_applies_its_winner_which_serves_and_reverts_byte_for_byte(
     exported_repository: Path, tmp_path: Path
 ) -> None:
     repo = tmp_path / "model_repository"
     shutil.copytree(exported_repository, repo)
-    before = digest(repo)
+    before = tree_snapshot(repo, directories=False)
     out = tmp_path / "report"
     # Quick search over the two full thread splits of 2 cores only: 2-3 plans, 1 s windows.
     tuned = run_cli(
@@ -64,7 +56,7 @@ def test_a_tiny_tune_applies_its_winner_which_serves_and_reverts_byte_for_byte(
     assert (out / "tune.png").stat().st_size > 0
     assert f"**Winner: fp32 i{instances}xt{threads} p1 b4 q0**" in (out / "tune.md").read_text()
     assert not (out / "scratch_repository").exists()
-    assert digest(repo) != before
+    assert tree_snapshot(repo, directories=False) != before
 
     options = ServerOptions(
         repository=repo,
@@ -86,4 +78,4 @@ def test_a_tiny_tune_applies_its_winner_which_serves_and_reverts_byte_for_byte(
 
     reverted = run_cli("tune", "--repo", str(repo), "--revert")
     assert reverted.returncode == 0, reverted.stderr
-    assert digest(repo) == before
+    assert tree_snapshot(repo, directories=False) == before

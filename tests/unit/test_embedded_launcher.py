@@ -3,7 +3,6 @@ either per start or prepared ahead of time (as a container image does) and then 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import stat
 import subprocess
@@ -30,6 +29,7 @@ from resnet18_triton.server.embedded import (
     prepare_backend_directory,
     server_environment,
 )
+from tests.support import tree_snapshot
 
 
 def test_missing_binary_is_named_with_the_fix(tmp_path: Path) -> None:
@@ -105,16 +105,6 @@ def test_every_python_based_backend_gets_shared_memory_for_a_full_pixel_batch(
         assert growth >= batch_bytes
 
 
-def _tree(root: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file, and "dir" for every directory, under ``root``."""
-    return {
-        str(path.relative_to(root)): (
-            "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-        )
-        for path in sorted(root.rglob("*"))
-    }
-
-
 def _loopback_options(repository: Path, backend_dir: Path) -> ServerOptions:
     return ServerOptions(
         repository=repository,
@@ -175,10 +165,10 @@ def test_preparing_refuses_a_directory_that_is_not_empty_and_leaves_it_alone(
     target = tmp_path / "backends"
     target.mkdir()
     (target / "notes.txt").write_text("kept\n")
-    before = _tree(target)
+    before = tree_snapshot(target)
     with pytest.raises(ServerStartError, match="is not empty"):
         prepare_backend_directory(target)
-    assert _tree(target) == before
+    assert tree_snapshot(target) == before
 
 
 def test_the_module_prepares_a_directory_and_refuses_to_prepare_it_twice(tmp_path: Path) -> None:
@@ -276,7 +266,7 @@ def read_only_run(tmp_path_factory: pytest.TempPathFactory) -> ReadOnlyRun:
     )
     repository = export_repository(request).repository
     prepared = prepare_backend_directory(root / "backends")
-    before = _tree(prepared)
+    before = tree_snapshot(prepared)
     scratch = root / "tmp"
     scratch.mkdir()
     paths = [*sorted(prepared.rglob("*"), reverse=True), prepared]  # contents before parents
@@ -295,7 +285,7 @@ def read_only_run(tmp_path_factory: pytest.TempPathFactory) -> ReadOnlyRun:
                 result = probe(server.url, timeout_s=30)
                 log_tail = server.log_tail
                 private_copies = list(scratch.iterdir())
-        after = _tree(prepared)
+        after = tree_snapshot(prepared)
     finally:
         for path in reversed(paths):  # parents first, so that their contents can be reached
             path.chmod(modes[path])

@@ -20,6 +20,7 @@ from resnet18_triton.export.model_configs import (
 )
 from resnet18_triton.export.openvino_cli import choose_precision
 from resnet18_triton.export.openvino_variant import config_as_json, openvino_backend
+from tests.support import tree_snapshot
 
 # /proc/cpuinfo excerpts (one processor each; real files repeat the block per CPU).
 ZEN4 = """processor\t: 0
@@ -262,18 +263,6 @@ openvino.main(sys.argv[1:])
 """
 
 
-def _tree(root: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file, and "dir" for every directory."""
-    import hashlib
-
-    return {
-        str(path.relative_to(root)): (
-            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
-        )
-        for path in sorted(root.rglob("*"))
-    }
-
-
 def test_an_openvino_build_killed_before_its_install_leaves_the_repository_byte_identical(
     tmp_path: Path,
 ) -> None:
@@ -293,12 +282,12 @@ def test_an_openvino_build_killed_before_its_install_leaves_the_repository_byte_
     repo = export_repository(model, tmp_path / "repo")
     images = write_images(tmp_path / "held_out", splits["held_out"][0][:20])
     arguments = ["--repo", str(repo), "--precision", "f32", "--eval-images", str(images)]
-    before = _tree(repo)
+    before = tree_snapshot(repo)
     killed = subprocess.run(
         [sys.executable, "-c", _KILLED_BUILD, *arguments], capture_output=True, timeout=600
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
-    assert _tree(repo) == before
+    assert tree_snapshot(repo) == before
     staged = list(tmp_path.glob(".repo.export-*"))
     assert staged and (staged[0] / layout.openvino_model_name(contract.ENSEMBLE_MODEL)).is_dir()
 

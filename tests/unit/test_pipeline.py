@@ -6,7 +6,6 @@ a real SIGKILL of an export running in another process.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from resnet18_triton.errors import ExportError, VerificationError
 from resnet18_triton.export import pipeline, transaction
 from resnet18_triton.export.model_configs import ServingSettings
 from resnet18_triton.layout import missing_files, onnx_model_path
+from tests.support import tree_snapshot
 
 KILL_DEADLINE_S = 300
 
@@ -31,15 +31,6 @@ def _request(repo: Path, seed: int = 0, **fields: object) -> pipeline.ExportRequ
     return pipeline.ExportRequest(
         repository=repo, weights="random", seed=seed, settings=ServingSettings(), **fields
     )
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file, plus every directory (as "dir")."""
-    snapshot = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        snapshot[key] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return snapshot
 
 
 def _staging_dirs(repo: Path) -> list[Path]:
@@ -85,27 +76,27 @@ def test_the_export_result_names_the_installed_model_and_its_verification(
 
 
 def test_a_failed_verification_leaves_the_repository_byte_identical(repo: Path) -> None:
-    before = _snapshot(repo)
+    before = tree_snapshot(repo)
     # No float32 ONNX Runtime run reproduces PyTorch's logits exactly: a zero tolerance fails.
     with pytest.raises(VerificationError, match="does NOT match"):
         pipeline.export_repository(_request(repo, seed=1, atol=0.0))
-    assert _snapshot(repo) == before
+    assert tree_snapshot(repo) == before
     assert _staging_dirs(repo) == []
 
 
 def test_a_refused_plan_fails_before_anything_is_written(repo: Path) -> None:
-    before = _snapshot(repo)
+    before = tree_snapshot(repo)
     oversubscribed = ServingSettings(cores=1, onnx_instances=2, intra_op_threads=1)
     request = pipeline.ExportRequest(repository=repo, weights="random", settings=oversubscribed)
     with pytest.raises(ExportError, match="oversubscribe"):
         pipeline.export_repository(request)
-    assert _snapshot(repo) == before
+    assert tree_snapshot(repo) == before
 
 
 def test_an_export_killed_mid_way_leaves_the_repository_byte_identical_and_the_next_succeeds(
     repo: Path,
 ) -> None:
-    before = _snapshot(repo)
+    before = tree_snapshot(repo)
     command = [
         sys.executable,
         "-m",
@@ -125,13 +116,13 @@ def test_an_export_killed_mid_way_leaves_the_repository_byte_identical_and_the_n
     process.wait()
     process.stderr.close()
     assert process.returncode == -signal.SIGKILL, f"export ended before the kill ({staged})"
-    assert _snapshot(repo) == before
+    assert tree_snapshot(repo) == before
     assert _staging_dirs(repo)  # the killed export's staging directory is left behind...
 
     result = pipeline.export_repository(_request(repo, seed=1))
 
     assert _staging_dirs(repo) == []  # ...and removed by the next export
-    after = _snapshot(repo)
+    after = tree_snapshot(repo)
     assert after != before
     assert after["notes.txt"] == before["notes.txt"]
     assert result.provenance.seed == 1
@@ -159,10 +150,10 @@ def test_a_failed_swap_undoes_the_swaps_already_made(tmp_path: Path) -> None:
             (root / name).mkdir(parents=True)
             (root / name / "file").write_text(f"{text} {name}")
     shutil.rmtree(staging / contract.ENSEMBLE_MODEL)  # the last swap finds nothing to swap in
-    before = _snapshot(repo)
+    before = tree_snapshot(repo)
     with pytest.raises(ExportError, match="the repository is unchanged"):
         transaction.install(staging, repo, contract.SERVED_MODELS)
-    assert _snapshot(repo) == before
+    assert tree_snapshot(repo) == before
     assert (staging / contract.PREPROCESS_MODEL / "file").read_text() == "new preprocess"
 
 
