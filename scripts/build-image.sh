@@ -34,7 +34,7 @@ while (($#)); do
     --repository) REPOSITORY="${2:?--repository needs a directory}"; shift 2 ;;
     --tag) TAG="${2:?--tag needs a value}"; shift 2 ;;
     --no-proxy) PROXY=0; shift ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "build-image: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -121,8 +121,8 @@ else
   make_base_with_debootstrap
 fi
 
-# The context: the Dockerfile and wheels/ (the project's wheel and everything it needs, for
-# CPython 3.11 on x86_64 glibc, which is what Debian 12 runs).
+# The context: wheels/ (the project's wheel and everything it needs, for CPython 3.11 on x86_64
+# glibc, which is what Debian 12 runs).
 context="$work/context"
 mkdir -p "$context/wheels"
 say "building the project's wheel"
@@ -140,14 +140,13 @@ platforms=(--platform manylinux1_x86_64 --platform manylinux2010_x86_64 --platfo
 for minor in $(seq 5 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
 quietly "$PYTHON" -m pip download -d "$context/wheels" --only-binary=:all: \
   --python-version 3.11 --implementation cp --abi cp311 "${platforms[@]}" "${wheel}[server]"
-cp docker/Dockerfile "$context/Dockerfile"
 
 build() {  # build IMAGE DOCKERFILE CONTEXT
   say "docker build $1"
   quietly "$DOCKER" build --network "$BUILD_NETWORK" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --build-arg "VERSION=$VERSION" -t "$1" -f "$2" "$3"
 }
-build "resnet18-triton/server:$TAG" "$context/Dockerfile" "$context"
+build "resnet18-triton/server:$TAG" docker/Dockerfile "$context"
 if ((PROXY)); then
   mkdir -p "$work/proxy"
   build "resnet18-triton/proxy:$TAG" docker/proxy.Dockerfile "$work/proxy"
