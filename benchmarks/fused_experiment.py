@@ -27,14 +27,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 from benchmarks.ab_served import engine_images_per_s
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.export.model_configs import instance_count, parse, render
-from resnet18_triton.export.repository import write_fused_model
 from resnet18_triton.files import link_or_copy, write_text_atomically
-from resnet18_triton.layout import CONFIG_FILENAME, has_int8
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.images import TYPICAL_SIZE, jpeg_bytes
 from resnet18_triton.perf.stack import StackSampler
 from resnet18_triton.perf.tune_repository import copy_models
+from resnet18_triton.repository.configs import instance_count, parse, render
+from resnet18_triton.repository.layout import CONFIG_FILENAME, has_int8
+from resnet18_triton.repository.writer import write_fused_model
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
 # Other instance x thread splits of the fused model measured beside the one quantize writes

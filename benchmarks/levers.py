@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from resnet18_triton.layout import load_model_module
+from resnet18_triton.repository.layout import load_model_module
 
 
 def cpu_ms(step: Callable[[], object], repeats: int) -> list[float]:

@@ -98,8 +98,8 @@ def write_images(folder: Path, images: list[bytes]) -> Path:
 def export_repository(model, repo: Path, **settings: object) -> Path:
     """The digits model through the export pipeline (verified like any export) into ``repo``."""
     from resnet18_triton.export import pipeline
-    from resnet18_triton.export.model_configs import ServingSettings
     from resnet18_triton.export.weights import Provenance
+    from resnet18_triton.repository.configs import ServingSettings
 
     request = pipeline.ExportRequest(repository=repo, settings=ServingSettings(**settings))
     loaded = pipeline.LoadedModel(model, Provenance("file", path="digits-fitted"))
@@ -169,7 +169,7 @@ CUSTOM_HEAD_TEMPERATURE = 20.0
 
 
 def custom_preprocessing():
-    from resnet18_triton.export.classifier import RESIZE_STRAIGHT, Preprocessing
+    from resnet18_triton.repository.classifier import RESIZE_STRAIGHT, Preprocessing
 
     return Preprocessing(
         resize_size=RESIZE_STRAIGHT,

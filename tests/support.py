@@ -9,8 +9,8 @@ from types import ModuleType
 
 import numpy as np
 
-from resnet18_triton.layout import load_model_module, python_model_source
 from resnet18_triton.perf.images import encode, gradient_image
+from resnet18_triton.repository.layout import load_model_module, python_model_source
 
 __all__ = ["encode", "gradient_image"]  # re-exported: tests import them from here
 

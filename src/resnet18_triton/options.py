@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import click
 
-from resnet18_triton.layout import DEFAULT_REPOSITORY_DIRNAME, default_repository
+from resnet18_triton.repository.layout import DEFAULT_REPOSITORY_DIRNAME, default_repository
 
 F = TypeVar("F", bound=Callable[..., object])
 

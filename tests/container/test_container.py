@@ -175,7 +175,7 @@ def test_the_default_classifier_equals_its_engine_on_torchvision_pixels_and_pyto
     peaked probabilities differ from PyTorch's by up to 3.8e-6 on the embedded server as well
     (FP32 kernels of the two engines), so 1e-6 against PyTorch is the random-weights test's bar."""
     from resnet18_triton.export.fidelity import session
-    from resnet18_triton.layout import onnx_model_path
+    from resnet18_triton.repository.layout import onnx_model_path
 
     images = repository.held_out
     served = np.concatenate(
@@ -199,7 +199,7 @@ def test_the_int8_fused_variant_is_served_and_equals_onnx_runtime(
     triton: str, repository: Repository
 ) -> None:
     from resnet18_triton.export.fidelity import session
-    from resnet18_triton.layout import onnx_model_path
+    from resnet18_triton.repository.layout import onnx_model_path
 
     images = repository.held_out[:4]
     served = np.concatenate(

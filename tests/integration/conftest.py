@@ -31,8 +31,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def exported_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository filled by the export pipeline (random weights, seed 0)."""
-    from resnet18_triton.export.model_configs import ServingSettings
     from resnet18_triton.export.pipeline import ExportRequest, export_repository
+    from resnet18_triton.repository.configs import ServingSettings
 
     request = ExportRequest(
         repository=tmp_path_factory.mktemp("model_repository"),

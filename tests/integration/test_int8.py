@@ -24,7 +24,7 @@ from resnet18_triton import contract
 from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_FUSED_MODEL, INT8_MODEL
 from resnet18_triton.export.fidelity import run_logits, session, softmax
 from resnet18_triton.export.quantize import load_preprocess_module
-from resnet18_triton.layout import onnx_model_path, served_models
+from resnet18_triton.repository.layout import onnx_model_path, served_models
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 from tests.corpus import build_corpus
 from tests.digits import digits_int8_repository, digits_model

@@ -21,10 +21,10 @@ pytest.importorskip("openvino")
 
 from resnet18_triton import contract
 from resnet18_triton.cpu_flags import cpu_flags, has_native_bf16
-from resnet18_triton.export.model_configs import parse
 from resnet18_triton.export.openvino_variant import config_as_json, openvino_backend
 from resnet18_triton.export.quantize import load_preprocess_module
-from resnet18_triton.layout import (
+from resnet18_triton.repository.configs import parse
+from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
     openvino_fused_name,
     openvino_model_path,

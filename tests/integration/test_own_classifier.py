@@ -189,7 +189,7 @@ def test_openvino_by_name_builds_the_digits_variant_on_its_own_held_out_images(
 ) -> None:
     pytest.importorskip("openvino")
     from resnet18_triton.export.openvino_cli import openvino
-    from resnet18_triton.layout import served_models
+    from resnet18_triton.repository.layout import served_models
 
     source, digits = session_repository
     repo = tmp_path / "model_repository"

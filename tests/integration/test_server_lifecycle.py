@@ -17,7 +17,7 @@ import pytest
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ServerStartError
-from resnet18_triton.layout import stub_model
+from resnet18_triton.repository.layout import stub_model
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
 CLI = [sys.executable, "-m", "resnet18_triton.cli"]

@@ -50,11 +50,11 @@ def test_body_limit_is_a_full_batch_of_maximal_images_plus_the_header() -> None:
 
 
 def test_repository_body_limit_reads_the_preprocess_config(tmp_path: Path) -> None:
-    from resnet18_triton.export.model_configs import (
+    from resnet18_triton.repository.configs import (
         ServingSettings,
         preprocess_model_config,
     )
-    from resnet18_triton.export.model_configs import render as render_config
+    from resnet18_triton.repository.configs import render as render_config
 
     settings = ServingSettings(max_batch_size=4, max_image_bytes=1000)
     (tmp_path / "preprocess").mkdir()

@@ -68,7 +68,7 @@ def test_server_environment_finds_libraries_and_this_python(
 
 
 def test_stub_model_reads_the_model_from_a_stub_command_line() -> None:
-    from resnet18_triton.layout import stub_model
+    from resnet18_triton.repository.layout import stub_model
 
     stub = "/tmp/backends/python/triton_python_backend_stub"
     assert (
@@ -95,7 +95,7 @@ def test_every_python_based_backend_gets_shared_memory_for_a_full_pixel_batch(
     ]
     sizes = {key: int(value) for key, _, value in settings}
     batch_bytes = contract.MAX_BATCH_SIZE * contract.CHANNELS * contract.IMAGE_SIZE**2
-    from resnet18_triton.layout import shipped_backends
+    from resnet18_triton.repository.layout import shipped_backends
 
     assert {"onnxruntime", "openvino"} <= set(shipped_backends())
     for backend in ("python", *shipped_backends()):
@@ -192,7 +192,7 @@ class _Launched(Exception):
 def _placeholder_repository(root: Path) -> Path:
     """Empty files wherever start() looks before launching: enough to reach the launch."""
     from resnet18_triton.contract import ClassifierNames
-    from resnet18_triton.layout import classifier_files
+    from resnet18_triton.repository.layout import classifier_files
 
     for path in classifier_files(root, ClassifierNames.of()):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,8 +254,8 @@ def read_only_run(tmp_path_factory: pytest.TempPathFactory) -> ReadOnlyRun:
     One start for the tests below; every mode is restored before the fixture returns.
     """
     from resnet18_triton.client.probe import probe
-    from resnet18_triton.export.model_configs import ServingSettings
     from resnet18_triton.export.pipeline import ExportRequest, export_repository
+    from resnet18_triton.repository.configs import ServingSettings
 
     root = tmp_path_factory.mktemp("read_only_run")
     request = ExportRequest(

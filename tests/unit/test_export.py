@@ -326,7 +326,7 @@ def test_export_command_renders_the_preprocessing_options(tmp_path: Path) -> Non
     from click.testing import CliRunner
 
     from resnet18_triton.export.cli import export
-    from resnet18_triton.export.model_configs import parse
+    from resnet18_triton.repository.configs import parse
 
     repo = tmp_path / "repo"
     result = CliRunner().invoke(

@@ -157,3 +157,15 @@ def test_a_layering_breach_is_reported_by_its_edge() -> None:
     assert crossings(graph, ("perf",), ("client",)) == [
         f"{PACKAGE}.perf.bench -> {PACKAGE}.client.api"
     ]
+
+
+def test_the_repository_core_imports_no_other_subpackage(graph: Graph) -> None:
+    others = ("export", "server", "perf", "client", "ui", "deploy")
+    assert crossings(graph, ("repository",), others) == []
+
+
+def test_the_client_reaches_the_repository_only_through_its_standard_library_layout(
+    graph: Graph,
+) -> None:
+    reached = {edge.split(" -> ")[1] for edge in crossings(graph, ("client",), ("repository",))}
+    assert reached <= {f"{PACKAGE}.repository.layout", f"{PACKAGE}.repository.variants"}

@@ -30,7 +30,7 @@ import yaml
 from resnet18_triton import contract
 from resnet18_triton.cli import cli
 from resnet18_triton.deploy import render
-from resnet18_triton.export.model_configs import ServingSettings
+from resnet18_triton.repository.configs import ServingSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO_ROOT / "deploy" / "kubernetes"

@@ -12,18 +12,18 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ExportError
-from resnet18_triton.export.model_configs import (
+from resnet18_triton.repository.configs import (
     ServingSettings,
     all_model_configs,
     parse,
     render,
 )
-from resnet18_triton.export.repository import (
+from resnet18_triton.repository.layout import missing_files, onnx_model_path
+from resnet18_triton.repository.writer import (
     install_python_models,
     write_configs,
     write_labels,
 )
-from resnet18_triton.layout import missing_files, onnx_model_path
 
 PROVENANCE = '{"seed":0,"source":"random"}'
 

@@ -11,15 +11,16 @@ import pytest
 pytest.importorskip("openvino")
 pytest.importorskip("tritonclient.grpc")
 
-from resnet18_triton import contract, cpu_flags, layout
+from resnet18_triton import contract, cpu_flags
 from resnet18_triton.errors import PrecisionUnavailableError
-from resnet18_triton.export.model_configs import (
+from resnet18_triton.export.openvino_cli import choose_precision
+from resnet18_triton.export.openvino_variant import config_as_json, openvino_backend
+from resnet18_triton.repository import layout
+from resnet18_triton.repository.configs import (
     ServingSettings,
     all_model_configs,
     openvino_variant_configs,
 )
-from resnet18_triton.export.openvino_cli import choose_precision
-from resnet18_triton.export.openvino_variant import config_as_json, openvino_backend
 from tests.support import tree_snapshot
 
 # /proc/cpuinfo excerpts (one processor each; real files repeat the block per CPU).
@@ -167,7 +168,7 @@ def _variant(precision: str, settings: ServingSettings):
 
 def test_the_fused_openvino_model_spends_the_core_budget_as_single_thread_instances() -> None:
     from resnet18_triton.errors import ExportError
-    from resnet18_triton.export.model_configs import fused_model_config
+    from resnet18_triton.repository.configs import fused_model_config
 
     settings = ServingSettings.from_core_budget(cores=4, onnx_instances=2)
     model, ensemble = _variant("bf16", settings)

@@ -18,13 +18,13 @@ from torchvision.models import resnet18, resnet34
 from resnet18_triton.cli import main
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExitCode, ExportError, WeightsUnavailableError
-from resnet18_triton.export.classifier import Preprocessing, load_labels
 from resnet18_triton.export.cli import export
-from resnet18_triton.export.model_configs import ServingSettings
 from resnet18_triton.export.onnx_input import inspect_onnx
 from resnet18_triton.export.pipeline import ExportRequest, export_repository
 from resnet18_triton.export.weights import load_resnet18
-from resnet18_triton.layout import classifiers, served_models
+from resnet18_triton.repository.classifier import Preprocessing, load_labels
+from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.layout import classifiers, served_models
 
 
 def ten_class_model(seed: int = 1) -> torch.nn.Module:
@@ -356,7 +356,7 @@ def test_the_served_transform_read_from_its_config_equals_torchvision_bit_for_bi
     import numpy as np
     from google.protobuf import json_format
 
-    from resnet18_triton.export.model_configs import preprocess_model_config
+    from resnet18_triton.repository.configs import preprocess_model_config
     from tests.support import (
         normalised,
         preprocess_module,

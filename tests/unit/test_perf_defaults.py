@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from resnet18_triton.export.model_configs import (
+from resnet18_triton.repository.configs import (
     ServingSettings,
     onnx_model_config,
     preprocess_model_config,
@@ -24,7 +24,7 @@ def test_ort_spinning_is_off_by_default() -> None:
 def test_ort_backend_passes_the_spinning_entry_through() -> None:
     from google.protobuf import json_format
 
-    from resnet18_triton.layout import backend_source
+    from resnet18_triton.repository.layout import backend_source
     from tests.support import load_module
 
     backend = load_module(

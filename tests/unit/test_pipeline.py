@@ -19,9 +19,10 @@ import pytest
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ExportError, VerificationError
-from resnet18_triton.export import pipeline, transaction
-from resnet18_triton.export.model_configs import ServingSettings
-from resnet18_triton.layout import missing_files, onnx_model_path
+from resnet18_triton.export import pipeline
+from resnet18_triton.repository import transaction
+from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.layout import missing_files, onnx_model_path
 from tests.support import tree_snapshot
 
 KILL_DEADLINE_S = 300

@@ -162,7 +162,7 @@ def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
     import onnx
 
     from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
-    from resnet18_triton.layout import has_int8, onnx_model_path
+    from resnet18_triton.repository.layout import has_int8, onnx_model_path
 
     _, _, accuracy = digits_model()
     # The FP32 model is meaningful: right on most held-out digits, not one constant answer.
@@ -191,7 +191,7 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
 
     from resnet18_triton.contract import INT8_MODEL
     from resnet18_triton.export.quantize_cli import quantize
-    from resnet18_triton.layout import has_int8, onnx_model_path
+    from resnet18_triton.repository.layout import has_int8, onnx_model_path
 
     model, splits, _ = digits_model()
     repo = export_repository(model, tmp_path / "repo", warmup=False)

@@ -9,10 +9,11 @@ import pytest
 pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet18_triton import contract, layout
+from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
-from resnet18_triton.export.model_configs import (
+from resnet18_triton.repository import layout
+from resnet18_triton.repository.configs import (
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
     ServingSettings,
@@ -24,7 +25,7 @@ from resnet18_triton.export.model_configs import (
     render,
     variant_configs,
 )
-from resnet18_triton.export.repository import (
+from resnet18_triton.repository.writer import (
     install_python_models,
     write_configs,
     write_fused_model,

@@ -12,14 +12,6 @@ from google.protobuf.json_format import MessageToDict
 from resnet18_triton import contract
 from resnet18_triton.client.results import serving_summary
 from resnet18_triton.errors import TuneError
-from resnet18_triton.export.model_configs import ServingSettings, all_model_configs, parse
-from resnet18_triton.export.repository import (
-    fill_repository,
-    openvino_configs,
-    write_int8_configs,
-    write_variant_configs,
-)
-from resnet18_triton.layout import onnx_model_path, openvino_model_path
 from resnet18_triton.perf.perf_analyzer import Row
 from resnet18_triton.perf.tune import csv_records, summary_table
 from resnet18_triton.perf.tune_repository import (
@@ -48,6 +40,14 @@ from resnet18_triton.perf.tune_space import (
     select_winner,
     thread_splits,
     top_plans,
+)
+from resnet18_triton.repository.configs import ServingSettings, all_model_configs, parse
+from resnet18_triton.repository.layout import onnx_model_path, openvino_model_path
+from resnet18_triton.repository.writer import (
+    fill_repository,
+    openvino_configs,
+    write_int8_configs,
+    write_variant_configs,
 )
 
 
@@ -382,7 +382,7 @@ def test_apply_writes_the_plan_and_revert_restores_every_byte(repository: Path) 
 
 def test_a_plan_re_derives_the_fused_model_from_the_int8_classifier(repository: Path) -> None:
     from resnet18_triton.contract import ClassifierNames
-    from resnet18_triton.export.repository import write_fused_model
+    from resnet18_triton.repository.writer import write_fused_model
 
     write_fused_model(repository, ClassifierNames.of())
     before = digest(repository)
@@ -414,7 +414,7 @@ def test_a_plan_keeps_a_named_classifiers_classes_and_preprocessing(tmp_path: Pa
     """Applying a plan to a 10-class classifier with its own preprocessing re-renders that
     classifier (its class count, input size, mean and std), not the ImageNet default."""
     from resnet18_triton.contract import ClassifierNames
-    from resnet18_triton.export.classifier import Classifier, Preprocessing
+    from resnet18_triton.repository.classifier import Classifier, Preprocessing
 
     names = ClassifierNames.of("digits")
     preprocessing = Preprocessing(resize_size=0, input_size=96, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -482,7 +482,7 @@ def test_an_openvino_plan_sets_threads_per_instance_and_keeps_precision_and_fide
 
 def test_an_openvino_plan_re_derives_the_openvino_fused_model(repository: Path) -> None:
     from resnet18_triton.contract import ClassifierNames
-    from resnet18_triton.export.repository import write_fused_model
+    from resnet18_triton.repository.writer import write_fused_model
 
     add_openvino_variant(repository)
     write_fused_model(repository, ClassifierNames.of(), openvino=True)

@@ -55,7 +55,7 @@ from resnet18_triton.errors import (
     ResNet18TritonError,
     ServerUnavailableError,
 )
-from resnet18_triton.layout import variant_model_names
+from resnet18_triton.repository.layout import variant_model_names
 
 T = TypeVar("T")
 

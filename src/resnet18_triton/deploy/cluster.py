@@ -24,7 +24,7 @@ from pathlib import Path
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
 from resnet18_triton.deploy import proxy
 from resnet18_triton.errors import ProxyError, ServerStartError
-from resnet18_triton.layout import missing_files
+from resnet18_triton.repository.layout import missing_files
 from resnet18_triton.server.embedded import free_port
 
 SERVER_BINARY_NAME = "tritonserver"

@@ -72,7 +72,7 @@ def repository_body_limit(repository: Path) -> int:
     Needs Triton's ModelConfig schema (``tritonclient[grpc]``); raises ``ProxyError`` when the
     config is missing.
     """
-    from resnet18_triton.export.model_configs import parse
+    from resnet18_triton.repository.configs import parse
 
     path = repository / contract.PREPROCESS_MODEL / "config.pbtxt"
     if not path.is_file():

@@ -11,8 +11,6 @@ from typing import Any
 
 import click
 
-from resnet18_triton.export.classifier import INTERPOLATIONS, RESIZE_STRAIGHT, Preprocessing
-from resnet18_triton.export.model_configs import ServingSettings, available_cores
 from resnet18_triton.export.onnx_export import MIN_OPSET
 from resnet18_triton.export.pipeline import (
     ExportRequest,
@@ -23,6 +21,8 @@ from resnet18_triton.export.pipeline import (
     load_model,
 )
 from resnet18_triton.options import repository_option
+from resnet18_triton.repository.classifier import INTERPOLATIONS, RESIZE_STRAIGHT, Preprocessing
+from resnet18_triton.repository.configs import ServingSettings, available_cores
 
 
 def _request_default(name: str) -> object:

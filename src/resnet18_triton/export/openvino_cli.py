@@ -30,13 +30,13 @@ from resnet18_triton.export.quantize import (
     preprocess_files,
     served_preprocessing,
 )
-from resnet18_triton.export.repository import held_classifier
-from resnet18_triton.layout import (
+from resnet18_triton.options import repository_option
+from resnet18_triton.repository.layout import (
     DEFAULT_CLASSIFIER,
     openvino_ensemble_name,
     openvino_model_path,
 )
-from resnet18_triton.options import repository_option
+from resnet18_triton.repository.writer import held_classifier
 
 
 def choose_precision(requested: str, flags: frozenset[str]) -> tuple[str, str | None]:

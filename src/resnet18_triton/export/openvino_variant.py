@@ -8,7 +8,7 @@ config about to be written), compares it with ONNX Runtime FP32 on held-out imag
 agreement is below the bar and ``force`` is not set, installs the model file and the configs,
 and the variant's fused model (``NAME_openvino_fused``: both ensemble steps in one stub).
 The three model directories are built in a staging directory and swapped in by the repository's
-transaction (``export.transaction``), as export and quantize do: a refused variant, an error or
+transaction (``repository.transaction``), as export and quantize do: a refused variant, an error or
 a killed process leaves the repository byte-identical.
 
 The model files: ``bf16`` and ``f32`` serve the verified FP32 ``model.onnx``; ``int8`` serves the
@@ -34,25 +34,25 @@ from resnet18_triton.export.fidelity import (
     run_logits,
     session,
 )
-from resnet18_triton.export.repository import (
-    openvino_configs,
-    write_bytes_atomically,
-    write_fused_model,
-    write_variant_configs,
-)
-from resnet18_triton.export.transaction import (
-    install,
-    install_lock,
-    remove_stale_staging,
-    staging_directory,
-)
-from resnet18_triton.layout import (
+from resnet18_triton.repository.layout import (
     backend_source,
     load_model_module,
     onnx_model_path,
     openvino_fused_name,
     openvino_model_path,
     openvino_models,
+)
+from resnet18_triton.repository.transaction import (
+    install,
+    install_lock,
+    remove_stale_staging,
+    staging_directory,
+)
+from resnet18_triton.repository.writer import (
+    openvino_configs,
+    write_bytes_atomically,
+    write_fused_model,
+    write_variant_configs,
 )
 
 _BACKEND_MODULE_NAME = "resnet18_triton_openvino_backend"

@@ -10,11 +10,11 @@ steps are separate functions:
 2. ``export_onnx`` into a staging directory;
 3. ``verify_onnx`` of the staged file against PyTorch;
 4. ``fill_repository`` of the staging directory: configs, labels, the Python model, warm-up data;
-5. ``install`` (``export.transaction``): each model directory of this classifier is swapped into
+5. ``install`` (``repository.transaction``): each model directory of this classifier is swapped into
    the repository with an atomic rename, steps first and the ensemble last. Other classifiers'
    directories are not touched.
 
-It is a transaction (``export.transaction``): steps 2-4 write into a hidden sibling of the
+It is a transaction (``repository.transaction``): steps 2-4 write into a hidden sibling of the
 repository, so a failed verification, any other error, or a process killed before step 5
 (SIGKILL included) leaves the repository byte-identical, and a failed swap is undone. Entries of
 the repository other than the served models (e.g. the INT8 variant) are neither read nor
@@ -34,14 +34,6 @@ import torch
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError, WeightsUnavailableError
-from resnet18_triton.export.classifier import (
-    Classifier,
-    Preprocessing,
-    check_label_count,
-    default_labels,
-    load_labels,
-)
-from resnet18_triton.export.model_configs import ServingSettings
 from resnet18_triton.export.onnx_export import (
     DEFAULT_OPSET,
     DYNAMO_MIN_OPSET,
@@ -55,13 +47,6 @@ from resnet18_triton.export.onnx_input import (
     inspect_onnx,
     is_onnx_file,
 )
-from resnet18_triton.export.repository import fill_repository
-from resnet18_triton.export.transaction import (
-    install,
-    install_lock,
-    remove_stale_staging,
-    staging_directory,
-)
 from resnet18_triton.export.verify import DEFAULT_ATOL, VerificationReport, verify_onnx
 from resnet18_triton.export.weights import (
     Provenance,
@@ -69,12 +54,27 @@ from resnet18_triton.export.weights import (
     imagenet_categories,
     load_resnet18,
 )
-from resnet18_triton.layout import (
+from resnet18_triton.repository.classifier import (
+    Classifier,
+    Preprocessing,
+    check_label_count,
+    default_labels,
+    load_labels,
+)
+from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.layout import (
     classifiers,
     default_repository,
     onnx_model_path,
     owned_models,
 )
+from resnet18_triton.repository.transaction import (
+    install,
+    install_lock,
+    remove_stale_staging,
+    staging_directory,
+)
+from resnet18_triton.repository.writer import fill_repository
 
 
 @dataclass(frozen=True)

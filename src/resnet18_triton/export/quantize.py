@@ -63,7 +63,7 @@ from resnet18_triton.errors import ExportError
 from resnet18_triton.export.onnx_export import set_metadata
 from resnet18_triton.files import image_files as images_in
 from resnet18_triton.files import image_suffixes_text, install_file_atomically
-from resnet18_triton.layout import (
+from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
     VERSION,
     load_model_module,
@@ -171,7 +171,7 @@ def served_transform(preprocess: ModuleType, config_path: Path | None) -> Any:
         return preprocess.Transform()
     from google.protobuf import json_format
 
-    from resnet18_triton.export.model_configs import parse
+    from resnet18_triton.repository.configs import parse
 
     config = json_format.MessageToDict(
         parse(config_path.read_text()), preserving_proto_field_name=True

@@ -6,8 +6,8 @@ INT8 with FP32 on held-out images and, unless the top-1 agreement is below ``--m
 (and ``--force`` is not given), writes ``<repo>/<NAME>_int8/1/model.onnx`` with the configs and
 labels of ``<NAME>_int8``, ``<NAME>_int8_ensemble`` and ``<NAME>_int8_fused`` (the ensemble's
 two steps in one Python-backend process, ``server/models/fused``). The INT8 model and configs are
-built in a staging directory and swapped in together (``export.transaction``): a refused model, an
-error or an interrupted run leaves the repository untouched.
+built in a staging directory and swapped in together (``repository.transaction``): a refused
+model, an error or an interrupted run leaves the repository untouched.
 """
 
 from __future__ import annotations
@@ -36,21 +36,21 @@ from resnet18_triton.export.quantize import (
     served_preprocessing,
     split_holdout,
 )
-from resnet18_triton.export.repository import (
-    held_classifier,
-    write_fused_model,
-    write_int8_configs,
+from resnet18_triton.options import repository_option
+from resnet18_triton.repository.layout import (
+    onnx_model_path,
 )
-from resnet18_triton.export.transaction import (
+from resnet18_triton.repository.transaction import (
     install,
     install_lock,
     remove_stale_staging,
     staging_directory,
 )
-from resnet18_triton.layout import (
-    onnx_model_path,
+from resnet18_triton.repository.writer import (
+    held_classifier,
+    write_fused_model,
+    write_int8_configs,
 )
-from resnet18_triton.options import repository_option
 
 
 def held_classifier_input_size(repository: Path, names: ClassifierNames) -> int:

@@ -23,14 +23,6 @@ from pathlib import Path
 
 from resnet18_triton import contract
 from resnet18_triton.contract import INT8_MODEL
-from resnet18_triton.layout import (
-    has_int8,
-    has_int8_fused,
-    has_openvino,
-    has_openvino_fused,
-    onnx_model_path,
-    served_models,
-)
 from resnet18_triton.perf import images as image_sets
 from resnet18_triton.perf import inprocess, openvino_bench
 from resnet18_triton.perf import perf_analyzer as pa
@@ -55,6 +47,14 @@ from resnet18_triton.perf.report import (
     write_rows_csv,
 )
 from resnet18_triton.perf.stack import StackSampler
+from resnet18_triton.repository.layout import (
+    has_int8,
+    has_int8_fused,
+    has_openvino,
+    has_openvino_fused,
+    onnx_model_path,
+    served_models,
+)
 
 Echo = Callable[[str], None]
 

@@ -139,7 +139,7 @@ def _ort_session(spec: EngineSpec):
 
 
 def _load_preprocess(path: str):
-    from resnet18_triton.layout import load_model_module
+    from resnet18_triton.repository.layout import load_model_module
 
     return load_model_module(Path(path), "bench_preprocess_model")
 

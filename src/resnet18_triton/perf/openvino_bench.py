@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from resnet18_triton import contract
-from resnet18_triton.layout import (
+from resnet18_triton.perf import images as image_sets
+from resnet18_triton.perf import perf_analyzer as pa
+from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
     has_openvino,
     has_openvino_fused,
@@ -37,15 +39,13 @@ from resnet18_triton.layout import (
     openvino_models,
     served_models,
 )
-from resnet18_triton.perf import images as image_sets
-from resnet18_triton.perf import perf_analyzer as pa
 
 ORT_LABEL = "ort fp32 ensemble 500x375"
 
 
 def _variant_config(repo: Path) -> dict:
-    from resnet18_triton.export.model_configs import parse
     from resnet18_triton.export.openvino_variant import config_as_json
+    from resnet18_triton.repository.configs import parse
 
     return config_as_json(parse((repo / openvino_models()[0] / CONFIG_FILENAME).read_text()))
 

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     import psutil
 
 from resnet18_triton import contract
-from resnet18_triton.layout import stub_model
 from resnet18_triton.perf.images import distinct_jpegs
+from resnet18_triton.repository.layout import stub_model
 
 PROBABILITY_ATOL = 1e-6
 
@@ -345,8 +345,8 @@ def machine() -> dict[str, object]:
 def _export_repository(target: Path) -> Path:
     """A verified repository with random weights (seed 0) and a 2 ms queue delay, so that
     requests under load are batched."""
-    from resnet18_triton.export.model_configs import ServingSettings
     from resnet18_triton.export.pipeline import ExportRequest, export_repository
+    from resnet18_triton.repository.configs import ServingSettings
 
     request = ExportRequest(
         repository=target,

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from resnet18_triton.layout import stub_model
+from resnet18_triton.repository.layout import stub_model
 
 
 def _label(process) -> str:

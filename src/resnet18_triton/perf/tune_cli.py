@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from resnet18_triton import contract
-from resnet18_triton.layout import default_repository, missing_files
 from resnet18_triton.perf.cli import _range
+from resnet18_triton.repository.layout import default_repository, missing_files
 
 
 def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
@@ -167,13 +167,13 @@ def tune(
     changed only by --apply (atomically, with a backup that --revert restores).
     """
     from resnet18_triton.errors import TuneError
-    from resnet18_triton.export.model_configs import available_cores
     from resnet18_triton.perf import images as image_sets
     from resnet18_triton.perf.perf_analyzer import SweepSettings
     from resnet18_triton.perf.tune import TunePlan, run_tune
     from resnet18_triton.perf.tune_repository import apply_plan, available_variants, variant_models
     from resnet18_triton.perf.tune_repository import revert as revert_repository
     from resnet18_triton.perf.tune_space import SearchSpace, parse_label
+    from resnet18_triton.repository.configs import available_cores
     from resnet18_triton.server.embedded import TritonInstall
 
     repository = repo or default_repository()

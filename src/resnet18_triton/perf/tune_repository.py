@@ -1,6 +1,6 @@
 """Where ``tune`` reads and writes model configs: scratch copies, ``--apply`` and ``--revert``.
 
-Configs are always rendered by ``export.model_configs`` (Triton's ``ModelConfig`` protobuf):
+Configs are always rendered by ``repository.configs`` (Triton's ``ModelConfig`` protobuf):
 ``settings_from_configs`` reads the ``ServingSettings`` a repository was exported with (limits,
 warm-up, cache, ... included), a plan replaces only the knobs it tunes, and the FP32 configs are
 rendered again; the INT8 and OpenVINO variants' are derived from them as ``quantize`` and
@@ -8,9 +8,9 @@ rendered again; the INT8 and OpenVINO variants' are derived from them as ``quant
 fidelity report). For OpenVINO the plan's intra-op threads become ``INFERENCE_NUM_THREADS`` per
 instance.
 
-``apply_plan`` is a transaction (``export.transaction``): the served model directories are copied
-into a staging directory (files hard-linked, configs rewritten), swapped in atomically, and the
-replaced directories are moved, untouched, to ``backup_directory(repo)``. ``revert`` swaps them
+``apply_plan`` is a transaction (``repository.transaction``): the served model directories are
+copied into a staging directory (files hard-linked, configs rewritten), swapped in atomically, and
+the replaced directories are moved, untouched, to ``backup_directory(repo)``. ``revert`` swaps them
 back, byte for byte, and removes the backup. A second apply is refused while a backup exists, so
 the backup always holds the files from before tuning.
 """
@@ -29,8 +29,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import TuneError
-from resnet18_triton.export.classifier import Classifier, Preprocessing
-from resnet18_triton.export.model_configs import (
+from resnet18_triton.files import fsync_directory, link_or_copy, write_text_atomically
+from resnet18_triton.perf.tune_space import FP32, INT8, OPENVINO, Candidate
+from resnet18_triton.repository.classifier import Classifier, Preprocessing
+from resnet18_triton.repository.configs import (
     ServingSettings,
     all_model_configs,
     instance_count,
@@ -38,16 +40,7 @@ from resnet18_triton.export.model_configs import (
     parse,
     render,
 )
-from resnet18_triton.export.repository import (
-    openvino_configs,
-    write_fused_model,
-    write_int8_configs,
-    write_variant_configs,
-    write_warmup_data,
-)
-from resnet18_triton.export.transaction import install, install_lock, staging_directory
-from resnet18_triton.files import fsync_directory, link_or_copy, write_text_atomically
-from resnet18_triton.layout import (
+from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
     has_int8,
     has_int8_fused,
@@ -56,7 +49,14 @@ from resnet18_triton.layout import (
     openvino_fused_name,
     openvino_models,
 )
-from resnet18_triton.perf.tune_space import FP32, INT8, OPENVINO, Candidate
+from resnet18_triton.repository.transaction import install, install_lock, staging_directory
+from resnet18_triton.repository.writer import (
+    openvino_configs,
+    write_fused_model,
+    write_int8_configs,
+    write_variant_configs,
+    write_warmup_data,
+)
 
 BACKUP_MANIFEST = "tune-backup.json"
 # ONNX Runtime session options that ServingSettings renders; a variant's other parameters (its

@@ -13,8 +13,8 @@ from resnet18_triton import contract
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_FILE_ENV_VAR, BACKEND_DIR_ENV_VAR
 from resnet18_triton.errors import StartAborted
 from resnet18_triton.keys import admin_key_from
-from resnet18_triton.layout import has_int8, served_models
 from resnet18_triton.options import repository_option
+from resnet18_triton.repository.layout import has_int8, served_models
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions
 
 # Triton 2.51 reads the restricted-API key only from its command line (no variable, no file).

@@ -34,7 +34,12 @@ from typing import TextIO
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ServerStartError, StartAborted
-from resnet18_triton.layout import backend_source, missing_files, served_models, shipped_backends
+from resnet18_triton.repository.layout import (
+    backend_source,
+    missing_files,
+    served_models,
+    shipped_backends,
+)
 from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = backend_source("onnxruntime")

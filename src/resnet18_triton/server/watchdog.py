@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from resnet18_triton.contract import ADMIN_KEY_HEADER
-from resnet18_triton.layout import stub_model
+from resnet18_triton.repository.layout import stub_model
 
 
 class WatchedOptions(Protocol):

@@ -22,8 +22,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
-from resnet18_triton.export.classifier import Classifier
-from resnet18_triton.export.model_configs import (
+from resnet18_triton.files import link_or_copy, write_bytes_atomically, write_text_atomically
+from resnet18_triton.repository.classifier import Classifier
+from resnet18_triton.repository.configs import (
     FUSED_ENGINE_PARAMETER,
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
@@ -35,8 +36,7 @@ from resnet18_triton.export.model_configs import (
     render,
     variant_configs,
 )
-from resnet18_triton.files import link_or_copy, write_bytes_atomically, write_text_atomically
-from resnet18_triton.layout import (
+from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
     OPENVINO_MODEL_FILENAME,
     PYTHON_MODELS,

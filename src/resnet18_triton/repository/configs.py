@@ -29,7 +29,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
-from resnet18_triton.export.classifier import Classifier, Preprocessing
+from resnet18_triton.repository.classifier import Classifier, Preprocessing
 
 
 def available_cores() -> int:

@@ -35,7 +35,7 @@ def fused_engine_filename(engine: str) -> str:
 REPOSITORY_ENV_VAR = "RESNET18_TRITON_REPO"
 DEFAULT_REPOSITORY_DIRNAME = "model_repository"
 # Code that runs inside tritonserver, shipped as package data beside the server launcher.
-_TRITON_CODE = Path(__file__).resolve().parent / "server"
+_TRITON_CODE = Path(__file__).resolve().parent.parent / "server"
 
 # The OpenVINO variant written by `resnet18-triton openvino`, named after its classifier. Its
 # classifier directory holds the same ONNX file name the native OpenVINO backend is told to read
