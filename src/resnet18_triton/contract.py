@@ -149,6 +149,12 @@ ADMIN_KEY_HEADER = "triton-admin-key"
 ADMIN_KEY_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY"
 # Or a file holding the key (mode 0600): keys never go on a command line the project controls.
 ADMIN_KEY_FILE_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY_FILE"
+# The inference API key a client sends as ``Authorization: Bearer <key>`` to a proxy that asks for
+# one (``cluster``, the compose and Kubernetes proxies): from this variable, or from the file this
+# one names. The proxy stores only the keys' SHA-256 hashes.
+API_KEY_ENV_VAR = "RESNET18_TRITON_API_KEY"
+API_KEY_FILE_ENV_VAR = "RESNET18_TRITON_API_KEY_FILE"
+API_KEY_HEADER = "Authorization"
 # A backend directory prepared ahead of time (the container image sets it): `serve` uses it as
 # it is instead of copying the backends into a temporary directory at every start.
 BACKEND_DIR_ENV_VAR = "RESNET18_TRITON_BACKEND_DIR"
