@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, fields
 
 import numpy as np
 import tritonclient.http as httpclient
@@ -39,17 +40,19 @@ def test_soak_loses_nothing_and_does_not_grow(server, url, reference) -> None:
         reference=reference.probabilities(images),
         images=images,
     )
-    print("FIGURE " + json.dumps(summary, sort_keys=True))
+    print("FIGURE " + json.dumps(asdict(summary), sort_keys=True))
     print(soak.markdown(summary))
-    assert summary["requests_failed"] == 0, summary["errors"]
-    assert summary["answers_wrong"] == 0, summary["errors"]
-    assert summary["requests_ok"] > 0
-    assert summary["max_difference_from_reference"] <= PROBABILITY_ATOL
-    assert summary["answers_after_soak_equal"]
-    assert summary["pids_unchanged"] and summary["processes_alive_at_end"]
-    assert summary["max_rss_growth_percent"] < MAX_RSS_GROWTH_PERCENT, summary[
-        "rss_growth_percent_after_warmup"
-    ]
+    assert summary.requests_failed == 0, summary.errors
+    assert summary.answers_wrong == 0, summary.errors
+    assert summary.requests_ok > 0
+    assert summary.max_difference_from_reference is not None
+    assert summary.max_difference_from_reference <= PROBABILITY_ATOL
+    assert summary.answers_after_soak_equal
+    assert summary.pids_unchanged and summary.processes_alive_at_end
+    assert summary.max_rss_growth_percent is not None
+    assert summary.max_rss_growth_percent < MAX_RSS_GROWTH_PERCENT, (
+        summary.rss_growth_percent_after_warmup
+    )
 
 
 def _classify(url: str, image: bytes) -> np.ndarray:
@@ -86,4 +89,6 @@ def test_soak_command_against_the_session_server_passes_and_writes_its_summary(
     summary = json.loads(summary_path.read_text())
     assert summary["requests_ok"] > 0 and summary["requests_failed"] == 0
     assert summary["distinct_images"] == 8 and summary["concurrency"] == 4
+    # The summary's fields in order, then where it ran: the JSON that scripts already read.
+    assert list(summary) == [field.name for field in fields(soak.SoakSummary)] + ["machine"]
     assert "| process |" in result.output

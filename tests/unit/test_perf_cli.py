@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from click.testing import CliRunner
 
 from resnet18_triton import contract
@@ -59,16 +62,29 @@ def test_soak_refuses_a_zero_duration() -> None:
     assert "--duration" in result.output
 
 
-def _summary(**changes: object) -> dict:
-    clean = {
-        "requests_failed": 0,
-        "answers_wrong": 0,
-        "answers_after_soak_equal": True,
-        "max_rss_growth_percent": 0.4,
-        "pids_unchanged": True,
-        "max_difference_from_reference": None,
-    }
-    return {**clean, **changes}
+def _summary(**changes: Any) -> soaking.SoakSummary:
+    clean = soaking.SoakSummary(
+        url="127.0.0.1:8000",
+        concurrency=4,
+        warmup_s=1.0,
+        duration_s=3.0,
+        distinct_images=8,
+        requests_ok=100,
+        requests_failed=0,
+        answers_wrong=0,
+        requests_per_s_after_warmup=30.0,
+        errors=(),
+        rss_mb_start={"tritonserver": 100.0},
+        rss_mb_after_warmup={"tritonserver": 110.0},
+        rss_mb_end={"tritonserver": 110.4},
+        rss_growth_percent_after_warmup={"tritonserver": 0.4},
+        max_rss_growth_percent=0.4,
+        answers_after_soak_equal=True,
+        max_difference_from_reference=None,
+        processes_alive_at_end=True,
+        pids_unchanged=True,
+    )
+    return replace(clean, **changes)
 
 
 def test_soak_verdict_passes_a_clean_summary() -> None:
@@ -86,3 +102,9 @@ def test_soak_verdict_names_each_failure() -> None:
     assert "replaced" in failures[2]
     far = soaking.verdict(_summary(max_difference_from_reference=1e-3), 10.0)
     assert len(far) == 1 and "reference" in far[0]
+
+
+def test_soak_markdown_has_a_row_per_process() -> None:
+    text = soaking.markdown(_summary())
+    assert "concurrency 4, 8 distinct images" in text
+    assert "| tritonserver | 100.0 | 110.0 | 110.4 | 0.4 % |" in text

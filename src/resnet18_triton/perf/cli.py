@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -429,8 +430,7 @@ def soak(
     with server as (target, pid):
         click.echo(f"soaking {target}: {warmup:g} s warm-up, then {duration:g} s ...", err=True)
         summary = soaking.run_soak(target, pid, duration, concurrency, warmup, images=images)
-    summary["machine"] = soaking.machine()
-    text = json.dumps(summary, indent=2)
+    text = json.dumps({**asdict(summary), "machine": soaking.machine()}, indent=2)
     click.echo(text)
     click.echo()
     click.echo(soaking.markdown(summary))

@@ -22,12 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     import psutil
+    import tritonclient.http as httpclient
 
 from resnet18_triton import contract
 from resnet18_triton.perf.images import distinct_jpegs
@@ -35,11 +37,13 @@ from resnet18_triton.repository.layout import stub_model
 
 PROBABILITY_ATOL = 1e-6
 
+Probabilities = npt.NDArray[np.float32]
+
 
 # --- server processes ---------------------------------------------------------------------------
 
 
-def process_role(process) -> str:
+def process_role(process: psutil.Process) -> str:
     """'tritonserver', or the model a Python stub serves ('preprocess', 'resnet18_onnx', ...)."""
     try:
         cmdline = process.cmdline()
@@ -56,7 +60,7 @@ def server_processes(server_pid: int) -> dict[str, psutil.Process]:
     import psutil
 
     root = psutil.Process(server_pid)
-    found = {"tritonserver": root}
+    found: dict[str, psutil.Process] = {"tritonserver": root}
     for child in root.children(recursive=True):
         role = process_role(child)
         key, n = role, 1
@@ -68,7 +72,7 @@ def server_processes(server_pid: int) -> dict[str, psutil.Process]:
 
 
 def rss_mb(processes: dict[str, psutil.Process]) -> dict[str, float]:
-    result = {}
+    result: dict[str, float] = {}
     for role, process in processes.items():
         try:
             result[role] = round(process.memory_info().rss / 2**20, 1)
@@ -105,16 +109,19 @@ def distinct_images(count: int, seed: int = 1000) -> list[bytes]:
     return distinct_jpegs(count, seed)
 
 
-def infer_one(client, image: bytes) -> np.ndarray:
+def infer_one(client: httpclient.InferenceServerClient, image: bytes) -> Probabilities:
+    """The ensemble's probabilities for one encoded image (one request)."""
     import tritonclient.http as httpclient
 
     data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
     data.set_data_from_numpy(np.array([[image]], dtype=object))
     result = client.infer(contract.ENSEMBLE_MODEL, [data])
-    return result.as_numpy(contract.ENSEMBLE_OUTPUT)[0]
+    answer: Probabilities = result.as_numpy(contract.ENSEMBLE_OUTPUT)[0]
+    return answer
 
 
-def expected_answers(url: str, images: list[bytes]) -> np.ndarray:
+def expected_answers(url: str, images: list[bytes]) -> Probabilities:
+    """The probabilities each image gets, one request at a time (stacked in ``images`` order)."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url, network_timeout=60.0)
@@ -144,7 +151,7 @@ class LoadGenerator:
         self,
         url: str,
         images: list[bytes],
-        expected: np.ndarray | None,
+        expected: Probabilities | None,
         concurrency: int,
         max_s: float = 3600.0,
         network_timeout: float = 30.0,
@@ -231,6 +238,40 @@ class LoadGenerator:
 # --- the soak -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SoakSummary:
+    """What one ``run_soak`` measured; ``dataclasses.asdict`` of it is the JSON summary
+    ``resnet18-triton soak`` prints and writes, keys in field order.
+
+    RSS figures are MB per server process role (``server_processes``), NaN where a process could
+    not be read; the ``after_warmup`` and ``end`` ones are peaks over a short window
+    (``peak_rss_mb``). ``rss_growth_percent_after_warmup`` is the end over the after-warm-up
+    peak, per role readable both times; ``max_rss_growth_percent`` its largest value (None when
+    no role was readable). ``errors`` holds the first few failures' messages.
+    ``max_difference_from_reference`` is None without reference probabilities.
+    """
+
+    url: str
+    concurrency: int
+    warmup_s: float
+    duration_s: float
+    distinct_images: int
+    requests_ok: int
+    requests_failed: int
+    answers_wrong: int
+    requests_per_s_after_warmup: float | None
+    errors: tuple[str, ...]
+    rss_mb_start: dict[str, float]
+    rss_mb_after_warmup: dict[str, float]
+    rss_mb_end: dict[str, float]
+    rss_growth_percent_after_warmup: dict[str, float]
+    max_rss_growth_percent: float | None
+    answers_after_soak_equal: bool
+    max_difference_from_reference: float | None
+    processes_alive_at_end: bool
+    pids_unchanged: bool
+
+
 def run_soak(
     url: str,
     server_pid: int,
@@ -238,9 +279,12 @@ def run_soak(
     concurrency: int,
     warmup_s: float,
     image_count: int = 64,
-    reference: np.ndarray | None = None,
+    reference: Probabilities | None = None,
     images: list[bytes] | None = None,
-) -> dict:
+) -> SoakSummary:
+    """Soak the server at ``url`` (tritonserver pid ``server_pid``): ``concurrency`` clients for
+    ``warmup_s`` then ``duration_s`` seconds, sending ``images`` (default: ``image_count``
+    distinct ones) in turn; every answer compared with the one before the load."""
     images = images or distinct_images(image_count)
     expected = expected_answers(url, images)
     reference_error = float(np.abs(expected - reference).max()) if reference is not None else None
@@ -263,66 +307,67 @@ def run_soak(
         for role in rss_warm
         if rss_warm[role] == rss_warm[role] and rss_warm[role] > 0
     }
-    return {
-        "url": url,
-        "concurrency": concurrency,
-        "warmup_s": warmup_s,
-        "duration_s": duration_s,
-        "distinct_images": len(images),
-        "requests_ok": stats.ok,
-        "requests_failed": stats.failed,
-        "answers_wrong": stats.wrong,
-        "requests_per_s_after_warmup": round(after_warmup / elapsed, 1) if elapsed > 0 else None,
-        "errors": stats.errors[:5],
-        "rss_mb_start": rss_start,
-        "rss_mb_after_warmup": rss_warm,
-        "rss_mb_end": rss_end,
-        "rss_growth_percent_after_warmup": growth,
-        "max_rss_growth_percent": max(growth.values()) if growth else None,
-        "answers_after_soak_equal": bool(np.abs(final - expected).max() <= PROBABILITY_ATOL),
-        "max_difference_from_reference": reference_error,
-        "processes_alive_at_end": all(p.is_running() for p in processes.values()),
-        "pids_unchanged": {r: p.pid for r, p in processes.items()}
+    return SoakSummary(
+        url=url,
+        concurrency=concurrency,
+        warmup_s=warmup_s,
+        duration_s=duration_s,
+        distinct_images=len(images),
+        requests_ok=stats.ok,
+        requests_failed=stats.failed,
+        answers_wrong=stats.wrong,
+        requests_per_s_after_warmup=round(after_warmup / elapsed, 1) if elapsed > 0 else None,
+        errors=tuple(stats.errors[:5]),
+        rss_mb_start=rss_start,
+        rss_mb_after_warmup=rss_warm,
+        rss_mb_end=rss_end,
+        rss_growth_percent_after_warmup=growth,
+        max_rss_growth_percent=max(growth.values()) if growth else None,
+        answers_after_soak_equal=bool(np.abs(final - expected).max() <= PROBABILITY_ATOL),
+        max_difference_from_reference=reference_error,
+        processes_alive_at_end=all(p.is_running() for p in processes.values()),
+        pids_unchanged={r: p.pid for r, p in processes.items()}
         == {r: p.pid for r, p in server_processes(server_pid).items()},
-    }
+    )
 
 
-def markdown(summary: dict) -> str:
+def markdown(summary: SoakSummary) -> str:
+    """The summary as a few lines and a per-process RSS table (Markdown)."""
     lines = [
-        f"Soak: {summary['duration_s']:g} s after {summary['warmup_s']:g} s warm-up, "
-        f"concurrency {summary['concurrency']}, {summary['distinct_images']} distinct images",
+        f"Soak: {summary.duration_s:g} s after {summary.warmup_s:g} s warm-up, "
+        f"concurrency {summary.concurrency}, {summary.distinct_images} distinct images",
         "",
-        f"- requests served: {summary['requests_ok']} ({summary['requests_per_s_after_warmup']} /s "
+        f"- requests served: {summary.requests_ok} ({summary.requests_per_s_after_warmup} /s "
         "after warm-up)",
-        f"- failed: {summary['requests_failed']}, wrong answers: {summary['answers_wrong']}, "
-        f"answers after the soak equal: {summary['answers_after_soak_equal']}",
+        f"- failed: {summary.requests_failed}, wrong answers: {summary.answers_wrong}, "
+        f"answers after the soak equal: {summary.answers_after_soak_equal}",
         "",
         "| process | RSS start MB | after warm-up MB | end MB | growth after warm-up |",
         "|---|---|---|---|---|",
     ]
-    for role, warm in summary["rss_mb_after_warmup"].items():
+    for role, warm in summary.rss_mb_after_warmup.items():
         lines.append(
-            f"| {role} | {summary['rss_mb_start'].get(role)} | {warm} | "
-            f"{summary['rss_mb_end'].get(role)} | "
-            f"{summary['rss_growth_percent_after_warmup'].get(role)} % |"
+            f"| {role} | {summary.rss_mb_start.get(role)} | {warm} | "
+            f"{summary.rss_mb_end.get(role)} | "
+            f"{summary.rss_growth_percent_after_warmup.get(role)} % |"
         )
     return "\n".join(lines)
 
 
-def verdict(summary: dict, max_rss_growth_percent: float) -> list[str]:
+def verdict(summary: SoakSummary, max_rss_growth_percent: float) -> list[str]:
     """What failed in a ``run_soak`` summary, one sentence each; empty when the soak passed."""
     checks = [
-        (summary["requests_failed"] == 0, f"{summary['requests_failed']} requests failed"),
-        (summary["answers_wrong"] == 0, f"{summary['answers_wrong']} answers were wrong"),
-        (summary["answers_after_soak_equal"], "answers after the soak differ from before"),
+        (summary.requests_failed == 0, f"{summary.requests_failed} requests failed"),
+        (summary.answers_wrong == 0, f"{summary.answers_wrong} answers were wrong"),
+        (summary.answers_after_soak_equal, "answers after the soak differ from before"),
         (
-            (summary["max_rss_growth_percent"] or 0.0) < max_rss_growth_percent,
-            f"a server process grew by {summary['max_rss_growth_percent']} % "
+            (summary.max_rss_growth_percent or 0.0) < max_rss_growth_percent,
+            f"a server process grew by {summary.max_rss_growth_percent} % "
             f"(bound {max_rss_growth_percent:g} %)",
         ),
-        (summary["pids_unchanged"], "a server process was replaced during the soak"),
+        (summary.pids_unchanged, "a server process was replaced during the soak"),
     ]
-    difference = summary.get("max_difference_from_reference")
+    difference = summary.max_difference_from_reference
     if difference is not None:
         checks.append(
             (
@@ -334,7 +379,14 @@ def verdict(summary: dict, max_rss_growth_percent: float) -> list[str]:
     return [message for passed, message in checks if not passed]
 
 
-def machine() -> dict[str, object]:
+class Machine(TypedDict):
+    """Where a soak ran: the cores this process may use and the 1/5/15-minute load average."""
+
+    cores: int
+    load_average: list[float]
+
+
+def machine() -> Machine:
     """Cores available and load average: the context a soak's throughput needs."""
     return {
         "cores": len(os.sched_getaffinity(0)),
