@@ -142,6 +142,10 @@ URL_ENV_VAR = "RESNET18_TRITON_URL"
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 60.0
 CLIENT_CONCURRENCY = 4
+# Times the client resends a request the server refused as overloaded (429, or 503 from a full
+# queue), after a jittered exponential backoff; 0 disables. Small, because under overload every
+# retry is more load.
+CLIENT_OVERLOAD_RETRIES = 3
 
 # `resnet18-triton serve` keeps Triton's restricted APIs (model repository, shared memory, ...)
 # behind this header; the key comes from this variable (a random one when unset).

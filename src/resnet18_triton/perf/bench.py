@@ -26,6 +26,7 @@ from resnet18_triton.contract import INT8_MODEL
 from resnet18_triton.perf import images as image_sets
 from resnet18_triton.perf import inprocess, openvino_bench
 from resnet18_triton.perf import perf_analyzer as pa
+from resnet18_triton.perf.inprocess import InProcessEngine
 from resnet18_triton.perf.measurements import (
     FP32,
     INT8,
@@ -88,7 +89,7 @@ class BenchPlan:
     seconds: float = 10.0
     typical_count: int = 16
     large_count: int = 4
-    engines: tuple[str, ...] = ("eager", "torchscript", "ort")
+    engines: tuple[InProcessEngine, ...] = ("eager", "torchscript", "ort")
     batches: tuple[int, ...] = BATCHES
     # Also sweep the INT8 ensemble (also done when the repository holds one, see `quantize`).
     int8: bool = False

@@ -23,15 +23,28 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-ENGINES = ("eager", "torchscript", "ort", "pipeline")
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# The engines timed in-process (see the module docstring). Not the serving engines of
+# ``repository.variants.Engine`` (the backends Triton runs a classifier model on).
+InProcessEngine = Literal["eager", "torchscript", "ort", "pipeline"]
+ENGINES: tuple[InProcessEngine, ...] = get_args(InProcessEngine)
 
 
 @dataclass
 class EngineSpec:
-    engine: str
+    """One engine run: ``batch`` images per call on ``threads`` threads for at least
+    ``seconds`` and ``min_iterations`` calls after ``warmup`` untimed ones."""
+
+    engine: InProcessEngine
     batch: int = 1
     threads: int = 2
     seconds: float = 10.0
@@ -46,7 +59,10 @@ class EngineSpec:
 
 @dataclass
 class EngineResult:
-    engine: str
+    """An engine run's timings; ``extra`` holds the pipeline's median split
+    (``preprocess_ms_median``, ``inference_ms_median``)."""
+
+    engine: InProcessEngine
     batch: int
     threads: int
     iterations: int
@@ -54,7 +70,7 @@ class EngineResult:
     ms_per_image: float
     images_per_s: float
     peak_rss_mb: float
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 def measure(spec: EngineSpec, python: str | None = None, timeout_s: float = 900.0) -> EngineResult:
@@ -98,7 +114,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _time_loop(step, spec: EngineSpec) -> tuple[list[float], float]:
+def _time_loop(step: Callable[[int], None], spec: EngineSpec) -> tuple[list[float], float]:
     for _ in range(spec.warmup):
         step(0)
     times: list[float] = []
@@ -112,7 +128,8 @@ def _time_loop(step, spec: EngineSpec) -> tuple[list[float], float]:
     return times, time.perf_counter() - start
 
 
-def _torch_model(spec: EngineSpec):
+def _torch_model(spec: EngineSpec) -> tuple[ModuleType, Any]:
+    """torch (the ``export`` extra) and a random-weight ResNet-18 in eval mode."""
     from resnet18_triton.extras import require
 
     torch = require("torch", "export")
@@ -124,7 +141,8 @@ def _torch_model(spec: EngineSpec):
     return torch, model.eval()
 
 
-def _ort_session(spec: EngineSpec):
+def _ort_session(spec: EngineSpec) -> Any:
+    """An ONNX Runtime CPU session on ``spec.onnx_path`` with ``spec``'s threads and spinning."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -138,13 +156,13 @@ def _ort_session(spec: EngineSpec):
     )
 
 
-def _load_preprocess(path: str):
+def _load_preprocess(path: str) -> ModuleType:
     from resnet18_triton.repository.layout import load_model_module
 
     return load_model_module(Path(path), "bench_preprocess_model")
 
 
-def random_input(session, shape: tuple[int, ...], seed: int):
+def random_input(session: Any, shape: tuple[int, ...], seed: int) -> npt.NDArray[np.generic]:
     """Random data of the session's first input type: uint8 pixels for this project's graphs
     (normalised inside), standard normal float32 for a float-input graph."""
     import numpy as np
@@ -156,8 +174,8 @@ def random_input(session, shape: tuple[int, ...], seed: int):
 
 
 def run_engine(spec: EngineSpec) -> EngineResult:
-
-    extra: dict = {}
+    """Time ``spec`` in this process."""
+    extra: dict[str, float] = {}
     shape = (spec.batch, 3, 224, 224)
     if spec.engine in ("eager", "torchscript"):
         torch, model = _torch_model(spec)

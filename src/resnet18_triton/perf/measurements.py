@@ -8,16 +8,21 @@ Results are looked up by spec (specs are frozen, hence comparable and hashable).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final, Literal, get_args
 
 from resnet18_triton import contract
 from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_FUSED_MODEL, INT8_MODEL
+from resnet18_triton.perf.inprocess import InProcessEngine
 from resnet18_triton.perf.perf_analyzer import Row
 from resnet18_triton.perf.report import best
 
-FP32, INT8 = "fp32", "int8"
+# The ONNX Runtime model files a measurement runs: the exported model and its INT8 quantisation.
+Precision = Literal["fp32", "int8"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+FP32: Final = "fp32"
+INT8: Final = "int8"
 # The two JPEG sets: typical photos and 12-megapixel ones (see perf/images.py).
 TYPICAL, LARGE = "500x375", "12MP"
-ENGINES = ("eager", "torchscript", "ort", "pipeline")
 
 
 @dataclass(frozen=True)
@@ -29,9 +34,9 @@ class InProcessSpec:
     ``spinning`` is ORT's intra-op spinning (the served model runs with it off).
     """
 
-    engine: str
+    engine: InProcessEngine
     batch: int = 1
-    precision: str = FP32
+    precision: Precision = FP32
     spinning: bool = True
     images: str | None = None
 
@@ -41,7 +46,7 @@ class InProcessSpec:
         if self.engine == "pipeline":
             precision = "" if self.precision == FP32 else f"-{self.precision}"
             return f"pipeline{precision} {self.images}"
-        parts = [self.engine]
+        parts: list[str] = [self.engine]
         if self.precision != FP32:
             parts.append(self.precision)
         if not self.spinning:
@@ -61,14 +66,14 @@ class ServedSpec:
 
     path: str
     batch: int = 1
-    precision: str = FP32
+    precision: Precision = FP32
     images: str | None = None
     shared_memory: bool = False
 
     @property
     def label(self) -> str:
         """E.g. "ensemble 500x375", "int8 ensemble 500x375", "raw", "raw shm", "raw b8 shm"."""
-        parts = [] if self.precision == FP32 else [self.precision]
+        parts: list[str] = [] if self.precision == FP32 else [self.precision]
         parts.append(self.path)
         if self.batch != 1:
             parts.append(f"b{self.batch}")

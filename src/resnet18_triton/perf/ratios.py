@@ -20,6 +20,7 @@ from resnet18_triton.perf.measurements import (
     TYPICAL,
     BenchResults,
     InProcessSpec,
+    Precision,
     ServedSpec,
 )
 
@@ -179,7 +180,7 @@ def evaluate(table: Sequence[Ratio], results: BenchResults) -> list[RatioValue]:
     return values
 
 
-def _ort(batch: int, spinning: bool = True, precision: str = FP32) -> InProcessSpec:
+def _ort(batch: int, spinning: bool = True, precision: Precision = FP32) -> InProcessSpec:
     return InProcessSpec("ort", batch, precision, spinning)
 
 

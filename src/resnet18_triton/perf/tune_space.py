@@ -27,14 +27,16 @@ import re
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from resnet18_triton.errors import TuneError
+from resnet18_triton.perf.measurements import FP32 as FP32
+from resnet18_triton.perf.measurements import INT8 as INT8
 from resnet18_triton.perf.perf_analyzer import Row
 
-FP32 = "fp32"
-INT8 = "int8"
-# The OpenVINO variant in whatever precision `resnet18-triton openvino` built it (bf16, f32, int8).
-OPENVINO = "openvino"
+# The variants a plan may serve: the ONNX Runtime precisions (``measurements.Precision``) and
+# the OpenVINO variant in whatever precision `resnet18-triton openvino` built it (bf16, f32, int8).
+OPENVINO: Final = "openvino"
 
 
 @dataclass(frozen=True, order=True)
