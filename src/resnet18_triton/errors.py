@@ -10,6 +10,7 @@ does); library callers catch ``ResNet18TritonError`` or one of its subclasses. T
     ├── ImageError (exit 1)             one image could not be read or was rejected
     ├── NoImagesError                   the inputs named no image at all
     ├── AdminKeyError                   the admin key file is missing, unsafe or empty
+    ├── ApiKeyError                     the inference API key is missing, refused or unsafe
     ├── PrecisionUnavailableError       the CPU lacks what a precision needs
     ├── ExportError                     exporting or filling the repository failed
     │   ├── WeightsUnavailableError     weights cannot be loaded (offline, missing, incompatible)
@@ -98,6 +99,11 @@ class StartAborted(ServerStartError):
 
 class AdminKeyError(ResNet18TritonError):
     """The admin key file is missing, unsafe or empty; the message says how to fix it."""
+
+
+class ApiKeyError(ResNet18TritonError):
+    """The inference API key is missing or refused (HTTP 401), or its file is unsafe or empty;
+    the message says where to put it."""
 
 
 class PrecisionUnavailableError(ResNet18TritonError):
