@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 from resnet18_triton.files import image_files, write_bytes_atomically
 
@@ -20,7 +24,7 @@ TYPICAL_SIZE = (500, 375)
 LARGE_SIZE = (4000, 3000)  # 12 megapixels
 
 
-def photo_like(width: int, height: int, seed: int):
+def photo_like(width: int, height: int, seed: int) -> Image.Image:
     """A textured RGB PIL image, distinct per seed."""
     from PIL import Image
 
@@ -37,7 +41,7 @@ def photo_like(width: int, height: int, seed: int):
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def gradient_image(width: int, height: int, seed: int):
+def gradient_image(width: int, height: int, seed: int) -> Image.Image:
     """A deterministic, textured RGB PIL image (distinct per seed) that compresses like a photo."""
     from PIL import Image
 
@@ -51,7 +55,7 @@ def gradient_image(width: int, height: int, seed: int):
     return Image.fromarray(pixels, "RGB")
 
 
-def encode(image, fmt: str, **save_args: object) -> bytes:
+def encode(image: Image.Image, fmt: str, **save_args: object) -> bytes:
     """``image`` saved in format ``fmt`` ("JPEG", "PNG", ...), as bytes."""
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save_args)

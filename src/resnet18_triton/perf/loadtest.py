@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def sweeps(plan: LoadTestPlan) -> list[tuple[str, pa.Sweep]]:
 
 
 def run_loadtest(
-    plan: LoadTestPlan, analyzer: pa.PerfAnalyzer | None = None, echo=print
+    plan: LoadTestPlan,
+    analyzer: pa.PerfAnalyzer | None = None,
+    echo: Callable[[str], None] = print,
 ) -> list[pa.SweepResult]:
     analyzer = analyzer or pa.locate()
     plan.out.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,12 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_HEADER
-from resnet18_triton.errors import PerfAnalyzerError
+
+# Re-exported: callers catch the error of the tool they drive (pa.PerfAnalyzerError).
+from resnet18_triton.errors import PerfAnalyzerError as PerfAnalyzerError
 
 BINARY_NAME = "perf_analyzer"
 
@@ -104,7 +107,7 @@ def length_prefixed(data: bytes) -> bytes:
     return struct.pack("<I", len(data)) + data
 
 
-def input_data_json(images: list[bytes], input_name: str) -> dict:
+def input_data_json(images: list[bytes], input_name: str) -> dict[str, Any]:
     """``--input-data`` document: one entry per image, each a [1] BYTES tensor of the file."""
     if not images:
         raise PerfAnalyzerError("no images to send")
@@ -212,7 +215,7 @@ class Row:
     server_queue_ms: float
     server_compute_ms: float
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -237,7 +240,7 @@ def parse_csv(path: Path, model: str, label: str, mode: str) -> list[Row]:
             if not record.get(first) or not record[first].strip():
                 continue
 
-            def ms(key: str, record: dict = record) -> float:
+            def ms(key: str, record: dict[str, str] = record) -> float:
                 value = record.get(key)
                 return float(value) / 1000.0 if value not in (None, "") else float("nan")
 
@@ -271,7 +274,7 @@ def parse_csv(path: Path, model: str, label: str, mode: str) -> list[Row]:
     return sorted(rows, key=lambda row: row.load)
 
 
-def model_stats(http_url: str, model: str) -> list[dict]:
+def model_stats(http_url: str, model: str) -> list[dict[str, Any]]:
     """The ``model_stats`` entries (one per version) of the server's statistics API for
     ``model``; empty when the server cannot say."""
     try:

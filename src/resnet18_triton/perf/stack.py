@@ -17,17 +17,19 @@ from typing import Any
 from resnet18_triton.repository.layout import stub_model
 
 
-def _label(process) -> str:
+def _label(process: Any) -> str:
+    """The process's kind: ``tritonserver``, ``stub:MODEL`` for a Python-backend stub, else its
+    name."""
     try:
         cmdline = process.cmdline()
     except Exception:
         return "?"
     if not cmdline:
-        return process.name()
+        return str(process.name())
     if cmdline[0].endswith("tritonserver"):
         return "tritonserver"
     model = stub_model(cmdline)
-    return f"stub:{model}" if model else process.name()
+    return f"stub:{model}" if model else str(process.name())
 
 
 def _stack(pid: int) -> tuple[Any, list[Any]]:
