@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 # docker.io, docker-compose, debootstrap: the container tests start a Docker engine, build the
 # images (a Debian base made with debootstrap where no registry answers) and run docker-compose.yml.
 # chromium, chromium-driver: the web page's browser test drives the real browser (Playwright).
-# nginx: the reverse proxy in front of replicas (`resnet18-triton cluster`, tests/integration).
-APT_PACKAGES=(libpython3.11 libb64-0d docker.io docker-compose debootstrap chromium chromium-driver nginx)
+# nginx: the reverse proxy in front of replicas (`resnet18-triton cluster`, tests/integration);
+# libnginx-mod-http-js: its njs module, which checks API keys against their SHA-256 hashes.
+APT_PACKAGES=(libpython3.11 libb64-0d docker.io docker-compose debootstrap chromium chromium-driver nginx libnginx-mod-http-js)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -52,6 +52,9 @@ def cluster(
         grpc_port=free_port(),
         admin_key=admin_key,
         workdir=tmp_path_factory.mktemp("cluster"),
+        # This module is about failover and spreading load from one client address; the edge's
+        # limits are tested in test_edge.py.
+        limits=proxy.Limits(rate_per_s=10_000, burst=10_000, client_connections=64),
     )
     with Cluster(options) as running:
         yield running
@@ -203,9 +206,10 @@ def test_kill_9_of_one_replica_under_load_loses_no_request_and_it_rejoins(
 
 
 def test_body_over_the_limit_gets_413_from_the_proxy_and_never_reaches_triton(
-    cluster: Cluster, exported_repository: Path
+    cluster: Cluster,
 ) -> None:
-    limit = proxy.repository_body_limit(exported_repository)
+    assert cluster.settings is not None
+    limit = cluster.settings.body_limit
     before = [ensemble_counts(replica) for replica in cluster.replicas]
     host, port = cluster.url.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=30)

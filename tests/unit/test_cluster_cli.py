@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
-from resnet18_triton.errors import ServerStartError
+from resnet18_triton.deploy.cluster import Cluster, ClusterOptions, is_loopback
+from resnet18_triton.errors import ProxyError, ServerStartError
 
 
 def _cluster(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,3 +37,51 @@ def test_cluster_on_an_empty_repository_says_to_export_first(tmp_path: Path) -> 
 def test_cluster_library_refuses_no_replicas(tmp_path: Path) -> None:
     with pytest.raises(ServerStartError, match="at least one replica"):
         Cluster(ClusterOptions(repository=tmp_path, replicas=0))
+
+
+def test_cluster_on_all_interfaces_without_a_key_file_refuses_and_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    result = _cluster("--host", "0.0.0.0", "--repo", str(tmp_path))
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "refusing to serve on 0.0.0.0 without API keys" in message
+    assert "--api-key-file" in message and "--add-api-key" in message
+    assert "--insecure-no-auth" in message
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_cluster_on_loopback_needs_no_key_file(tmp_path: Path) -> None:
+    # It gets past the edge check and stops at the empty repository instead.
+    result = _cluster("--host", "127.0.0.1", "--repo", str(tmp_path))
+    assert result.returncode == 2 and "resnet18-triton export" in result.stderr
+
+
+def test_insecure_no_auth_lets_an_exposed_cluster_start_without_keys(tmp_path: Path) -> None:
+    result = _cluster("--host", "0.0.0.0", "--insecure-no-auth", "--repo", str(tmp_path))
+    assert result.returncode == 2 and "resnet18-triton export" in result.stderr
+
+
+def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
+    certificate = tmp_path / "tls.crt"
+    certificate.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ProxyError, match="both --tls-cert and --tls-key"):
+        Cluster(ClusterOptions(repository=tmp_path, tls_certificate=certificate))
+
+
+def test_a_bad_key_file_is_refused_before_any_process_starts(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text("tooshort\n")
+    key_file.chmod(0o600)
+    with pytest.raises(ProxyError, match="line 1"):
+        Cluster(ClusterOptions(repository=tmp_path, api_key_file=key_file))
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True), ("::1", True),
+     ("0.0.0.0", False), ("::", False), ("10.1.2.3", False), ("example.org", False)],
+)  # fmt: skip
+def test_only_loopback_hosts_count_as_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback

@@ -146,7 +146,7 @@ def test_the_proxy_config_names_the_replicas_ports(services: dict) -> None:
         assert _flag(command, "--http-port") == str(upstream.http_port), name
         assert _flag(command, "--grpc-port") == str(upstream.grpc_port), name
         assert f"server 127.0.0.1:{upstream.http_port} " in text
-    assert "listen 127.0.0.1:8080;" in text
+    assert "listen 127.0.0.1:8080 ssl;" in text
 
 
 def test_the_proxy_waits_for_healthy_replicas_and_mounts_its_config(services: dict) -> None:
@@ -157,6 +157,40 @@ def test_the_proxy_waits_for_healthy_replicas_and_mounts_its_config(services: di
     assert mounts[(REPO_ROOT / render.COMPOSE_PROXY_CONFIG).resolve()] == (
         "/etc/nginx/resnet18/nginx.conf"
     )
+    settings = proxy.compose_settings(len(REPLICAS))
+    assert settings.auth is not None
+    assert mounts[(REPO_ROOT / render.COMPOSE_PROXY_SCRIPT).resolve()] == settings.auth.script
+
+
+def test_the_proxy_takes_key_hashes_and_its_certificate_from_compose_secrets(
+    services: dict, rendered: dict
+) -> None:
+    settings = proxy.compose_settings(len(REPLICAS))
+    assert settings.auth is not None and settings.tls is not None
+    wanted = {
+        settings.auth.key_map,
+        settings.tls.certificate,
+        settings.tls.key,
+    }
+    names = [_secret_name(entry) for entry in services["proxy"]["secrets"]]
+    assert {f"{proxy.COMPOSE_SECRETS_DIR}/{name}" for name in names} == wanted
+    for name in names:
+        assert "file" in rendered["secrets"][name], name
+    # The replicas get the admin key, never the proxy's secrets.
+    for name in REPLICAS:
+        assert [_secret_name(entry) for entry in services[name]["secrets"]] == ["admin_key"]
+
+
+def _secret_name(entry: str | dict) -> str:
+    return entry if isinstance(entry, str) else str(entry["source"])
+
+
+def test_the_proxy_tmpfs_and_memory_hold_the_body_budget(services: dict) -> None:
+    service = services["proxy"]
+    tmpfs = next(entry for entry in service["tmpfs"] if entry.startswith("/tmp:"))
+    budget = proxy.Limits().body_budget_bytes
+    assert size_bytes(tmpfs.split("size=")[1]) > budget
+    assert size_bytes(service["mem_limit"]) > size_bytes(tmpfs.split("size=")[1])
 
 
 # --- Dockerfiles

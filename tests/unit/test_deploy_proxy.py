@@ -1,4 +1,7 @@
-"""The nginx template and the generated deployment files (real ``nginx -t``, no server)."""
+"""The nginx template and the generated deployment files (real ``nginx -t``, no server).
+
+Behaviour with a real nginx but no Triton (401, 429, 413, TLS) is in test_deploy_edge.py.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from resnet18_triton.deploy import proxy, render
+from resnet18_triton.deploy import keys, proxy, render
 from resnet18_triton.errors import ProxyError
+from tests.edge_support import self_signed_certificate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,15 +30,27 @@ def _nginx() -> str:
 
 
 def _on_loopback(settings: proxy.ProxySettings, runtime: Path) -> proxy.ProxySettings:
-    """The same settings with resolvable upstreams and a writable runtime dir, for ``nginx -t``.
+    """The same settings with resolvable upstreams, a writable runtime dir and the secrets'
+    files present, for ``nginx -t``.
 
     Service names (triton-1, triton) only resolve inside compose or Kubernetes; nginx refuses a
-    config whose upstream host it cannot resolve.
+    config whose upstream host it cannot resolve, or whose key map or certificate is missing.
     """
     upstreams = tuple(
         dataclasses.replace(upstream, host="127.0.0.1") for upstream in settings.upstreams
     )
-    return dataclasses.replace(settings, upstreams=upstreams, runtime_dir=str(runtime))
+    auth, tls = settings.auth, settings.tls
+    if auth is not None:
+        script, key_map = runtime / "edge.js", runtime / "keys.map"
+        script.write_text(proxy.script_text())
+        key_map.write_text(keys.hash_map([keys.ApiKey("ci", "k" * 32)]))
+        auth = dataclasses.replace(auth, script=str(script), key_map=str(key_map))
+    if tls is not None:
+        certificate, key = self_signed_certificate(runtime / "tls")
+        tls = proxy.Tls(str(certificate), str(key))
+    return dataclasses.replace(
+        settings, upstreams=upstreams, runtime_dir=str(runtime), auth=auth, tls=tls
+    )
 
 
 def _check(settings: proxy.ProxySettings, tmp_path: Path) -> None:
@@ -47,6 +63,25 @@ def _check(settings: proxy.ProxySettings, tmp_path: Path) -> None:
 
 def test_body_limit_is_a_full_batch_of_maximal_images_plus_the_header() -> None:
     assert proxy.body_limit(8, 32 * 1024 * 1024) == 8 * (32 * 1024 * 1024 + 4) + 64 * 1024
+
+
+def test_each_request_may_send_its_share_of_the_body_budget() -> None:
+    limits = proxy.Limits(max_in_flight=16, body_budget_bytes=256 * proxy.MIB)
+    assert limits.request_body_bytes(repository_limit=10**9) == 16 * proxy.MIB
+    settings = proxy.ProxySettings(upstreams=(proxy.Upstream("127.0.0.1"),), limits=limits)
+    assert f"client_max_body_size {16 * proxy.MIB};" in proxy.render(settings)
+
+
+def test_the_share_never_exceeds_what_the_repository_accepts() -> None:
+    limits = proxy.Limits(max_in_flight=1, body_budget_bytes=1024 * proxy.MIB)
+    assert limits.request_body_bytes(repository_limit=5 * proxy.MIB) == 5 * proxy.MIB
+
+
+def test_limits_refuse_a_budget_below_one_mib_per_request() -> None:
+    with pytest.raises(ProxyError, match="at least 1 MiB"):
+        proxy.Limits(max_in_flight=64, body_budget_bytes=32 * proxy.MIB)
+    with pytest.raises(ProxyError, match="rate_per_s"):
+        proxy.Limits(rate_per_s=0)
 
 
 def test_repository_body_limit_reads_the_preprocess_config(tmp_path: Path) -> None:
@@ -85,12 +120,105 @@ def test_each_replica_is_an_upstream_with_a_passive_health_check() -> None:
     assert f"client_max_body_size {settings.body_limit};" in text
 
 
+def _location_bodies(text: str) -> dict[str, str]:
+    """location pattern -> its block, for the HTTP server (the first ``server``)."""
+    http_server = text.split("    server {")[1]
+    bodies = {}
+    for part in http_server.split("        location ")[1:]:
+        head, _, body = part.partition("{")
+        bodies[head.strip()] = body.split("\n        }")[0]
+    return bodies
+
+
+def test_every_path_to_triton_but_health_needs_a_key_and_is_limited() -> None:
+    settings = proxy.ProxySettings(
+        upstreams=(proxy.Upstream("127.0.0.1"),),
+        auth=proxy.Auth(key_map="/k.map", script="/edge.js"),
+    )
+    bodies = _location_bodies(proxy.render(settings))
+    passing = {head: body for head, body in bodies.items() if "proxy_pass" in body}
+    health = {"= /v2/health/live", "= /v2/health/ready"}
+    assert health < set(passing)
+    for head, body in passing.items():
+        guarded = 'if ($api_key_name = "")' in body and "limit_req zone=per_client" in body
+        assert guarded == (head not in health), head
+        assert ("limit_conn in_flight" in body) == (head not in health), head
+
+
+def test_without_keys_no_module_is_loaded_and_nothing_is_checked() -> None:
+    text = proxy.render(proxy.ProxySettings(upstreams=(proxy.Upstream("127.0.0.1"),)))
+    assert "load_module" not in text and "js_set" not in text and "$api_key_name = " not in text
+    assert "limit_req zone=per_client" in text  # the limits hold with or without keys
+
+
+def test_keys_load_njs_and_map_hashes_to_names_from_the_included_file() -> None:
+    settings = proxy.ProxySettings(
+        upstreams=(proxy.Upstream("127.0.0.1"),),
+        auth=proxy.Auth(key_map="/secrets/k.map", script="/etc/edge.js"),
+    )
+    text = proxy.render(settings)
+    assert text.splitlines()[5] == f"load_module {proxy.NJS_MODULE_PATH};"
+    assert "js_import edge from /etc/edge.js;" in text
+    assert "js_set $api_key_hash edge.bearerKeyHash;" in text
+    assert "map $api_key_hash $api_key_name {" in text and "include /secrets/k.map;" in text
+
+
+def test_tls_turns_on_for_both_ports_with_modern_protocols_only() -> None:
+    settings = proxy.ProxySettings(
+        upstreams=(proxy.Upstream("127.0.0.1"),), tls=proxy.Tls("/c.pem", "/k.pem")
+    )
+    text = proxy.render(settings)
+    assert "listen 127.0.0.1:8080 ssl;" in text
+    assert "listen 127.0.0.1:8081 ssl http2;" in text
+    assert "ssl_certificate /c.pem;" in text and "ssl_certificate_key /k.pem;" in text
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in text
+
+
+def test_refusals_are_json_with_www_authenticate_and_retry_after() -> None:
+    text = proxy.render(proxy.ProxySettings(upstreams=(proxy.Upstream("127.0.0.1"),)))
+    bodies = _location_bodies(text)
+    assert "WWW-Authenticate 'Bearer" in bodies["@unauthorized"]
+    assert "add_header Retry-After 1 always;" in bodies["@too_many"]
+    for name in ("@unauthorized", "@too_large", "@too_many"):
+        assert "default_type application/json;" in bodies[name], name
+    assert "limit_req_status 429;" in text and "limit_conn_status 429;" in text
+
+
+def test_the_access_log_names_the_key_and_logs_no_request_header() -> None:
+    text = proxy.render(
+        proxy.ProxySettings(upstreams=(proxy.Upstream("127.0.0.1"),), access_log="/a.log")
+    )
+    log_format = text[text.index("log_format edge") : text.index(";", text.index("log_format"))]
+    assert "$api_key_name" in log_format
+    assert "$http_" not in log_format and "$remote_user" not in log_format
+    assert "access_log /a.log edge;" in text
+
+
 def test_local_config_passes_nginx_syntax_check(tmp_path: Path) -> None:
     settings = proxy.ProxySettings(
         upstreams=(proxy.Upstream("127.0.0.1", 9000, 9001), proxy.Upstream("127.0.0.1", 9010)),
         runtime_dir=str(tmp_path),
     )
     _check(settings, tmp_path)
+
+
+def test_local_config_with_keys_and_tls_passes_nginx_syntax_check(tmp_path: Path) -> None:
+    settings = proxy.ProxySettings(
+        upstreams=(proxy.Upstream("127.0.0.1", 9000, 9001),),
+        auth=proxy.Auth(key_map="unused", script="unused"),
+        tls=proxy.Tls("unused", "unused"),
+    )
+    _check(_on_loopback(settings, tmp_path), tmp_path)
+
+
+def test_container_configs_ask_for_keys_and_tls_from_their_secrets() -> None:
+    compose, kubernetes = proxy.compose_settings(2), proxy.kubernetes_settings()
+    assert compose.auth is not None and compose.tls is not None
+    assert compose.auth.key_map.startswith("/run/secrets/")
+    assert compose.tls.certificate.startswith("/run/secrets/")
+    assert kubernetes.auth is not None and kubernetes.tls is not None
+    assert kubernetes.auth.key_map.startswith(proxy.KUBERNETES_KEY_HASHES_DIR)
+    assert kubernetes.tls.key == f"{proxy.KUBERNETES_TLS_DIR}/tls.key"
 
 
 @pytest.mark.parametrize(

@@ -507,6 +507,51 @@ def test_proxy_image_entrypoint_reads_the_config_where_the_config_map_is_mounted
     assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["runAsGroup"] == 101
 
 
+def test_proxy_mounts_its_njs_script_key_hashes_and_certificate_where_the_config_reads_them(
+    rendered: list[dict],
+) -> None:
+    from resnet18_triton.deploy import proxy
+
+    settings = proxy.kubernetes_settings()
+    assert settings.auth is not None and settings.tls is not None
+    pod = _proxy_pod(rendered)
+    container = pod["containers"][0]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+
+    def source(path: str) -> tuple[dict, str]:
+        directory, name = path.rsplit("/", 1)
+        return mounts[directory], name
+
+    script_volume, script_name = source(settings.auth.script)
+    assert script_volume["configMap"]["name"].startswith("proxy-nginx")
+    config_map = next(
+        d for d in rendered if d["kind"] == "ConfigMap" and "nginx.conf" in d.get("data", {})
+    )
+    assert config_map["data"][script_name] == proxy.script_text()
+    for path, secret_name in (
+        (settings.auth.key_map, "triton-proxy-api-keys"),
+        (settings.tls.certificate, "triton-proxy-tls"),
+        (settings.tls.key, "triton-proxy-tls"),
+    ):
+        volume, name = source(path)
+        assert volume["secret"]["secretName"] == secret_name, path
+        assert name in [item["path"] for item in volume["secret"]["items"]], path
+        # Readable by the proxy's group only: no key material for other users of the pod.
+        assert volume["secret"]["defaultMode"] == 0o440, path
+    assert pod["securityContext"]["fsGroup"] == 101
+    # The keys' hashes and the certificate are never in the manifests: created by the operator.
+    assert not [d for d in rendered if d["kind"] == "Secret"]
+
+
+def test_proxy_probes_speak_https_to_the_tls_port(rendered: list[dict]) -> None:
+    container = _proxy_pod(rendered)["containers"][0]
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["scheme"] == "HTTPS" and probe["path"] == "/v2/health/ready"
+    text = render.rendered_files()[render.KUBERNETES_PROXY_CONFIG].decode()
+    assert "listen 8080 ssl;" in text and "listen 8081 ssl http2;" in text
+
+
 def test_kserve_runs_the_same_server_image_and_serve_command_on_its_runtime(
     rendered: list[dict], kserve: list[dict]
 ) -> None:

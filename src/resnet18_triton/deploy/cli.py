@@ -1,4 +1,9 @@
-"""``resnet18-triton cluster``: N embedded Triton replicas behind nginx, in the foreground."""
+"""``resnet18-triton cluster``: N embedded Triton replicas behind nginx, in the foreground.
+
+Also the key-file helpers of the proxy's edge: ``--add-api-key NAME`` appends a random key to
+``--api-key-file`` and ``--hash-api-keys`` prints the hash -> name map that the compose and
+Kubernetes proxies take as a secret; both exit without starting anything.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from pathlib import Path
 import click
 
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
+from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
+from resnet18_triton.errors import ProxyError
 from resnet18_triton.options import repository_option
 
 
@@ -20,7 +27,8 @@ from resnet18_triton.options import repository_option
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Address of the proxy and the replicas. Keep loopback unless a firewall guards it.",
+    help="Address of the proxy (the replicas stay on 127.0.0.1). Beyond loopback it needs "
+    "--api-key-file, or --insecure-no-auth.",
 )
 @click.option("--http-port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--grpc-port", default=8081, show_default=True, type=click.IntRange(1, 65535))
@@ -30,6 +38,75 @@ from resnet18_triton.options import repository_option
     default=None,
     help="Key for the replicas' restricted APIs (never reachable through the proxy). "
     f"Unset: each replica makes a random one. [env: {ADMIN_KEY_ENV_VAR}]",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File of API keys (mode 0600; one key a line, or name:key). Clients must send "
+    "`Authorization: Bearer <key>`; nginx stores only the keys' SHA-256. Send SIGHUP to this "
+    "process after editing the file (revoking a key is deleting its line).",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Serve a non-loopback --host without API keys (a firewall or another proxy "
+    "authenticates callers).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM certificate (chain): the proxy serves HTTPS and gRPC over TLS. Needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--rate-limit",
+    default=proxy.Limits.rate_per_s,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Requests per second per client address; beyond --burst: 429 with Retry-After.",
+)
+@click.option("--burst", default=proxy.Limits.burst, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--client-connections",
+    default=proxy.Limits.client_connections,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Requests in flight per client address (429 beyond).",
+)
+@click.option(
+    "--max-in-flight",
+    default=proxy.Limits.max_in_flight,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Requests in flight through the proxy in total (429 beyond).",
+)
+@click.option(
+    "--body-budget-mib",
+    default=proxy.Limits.body_budget_bytes // proxy.MIB,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Request bodies the proxy holds at once; each request may send "
+    "budget / --max-in-flight (413 beyond).",
+)
+@click.option(
+    "--add-api-key",
+    metavar="NAME",
+    default=None,
+    help="Append a random key named NAME to --api-key-file (created mode 0600), print it once "
+    "on stdout, and exit.",
+)
+@click.option(
+    "--hash-api-keys",
+    is_flag=True,
+    help="Print the SHA-256 -> name map of --api-key-file (the compose/Kubernetes secret) and "
+    "exit.",
 )
 @click.option(
     "--workdir",
@@ -44,11 +121,42 @@ def cluster(
     http_port: int,
     grpc_port: int,
     admin_key: str | None,
+    api_key_file: Path | None,
+    insecure_no_auth: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    rate_limit: int,
+    burst: int,
+    client_connections: int,
+    max_in_flight: int,
+    body_budget_mib: int,
+    add_api_key: str | None,
+    hash_api_keys: bool,
     workdir: Path | None,
 ) -> None:
-    """Run N `serve` replicas behind nginx until Ctrl-C; a replica that exits is restarted."""
+    """Run N `serve` replicas behind nginx until Ctrl-C; a replica that exits is restarted.
+
+    SIGHUP reloads --api-key-file.
+    """
+    if add_api_key is not None or hash_api_keys:
+        if api_key_file is None:
+            raise click.UsageError("--add-api-key and --hash-api-keys need --api-key-file FILE")
+        if add_api_key is not None:
+            key = keys.add_api_key(api_key_file, add_api_key)
+            click.echo(f"added key {add_api_key!r} to {api_key_file}; give the client:", err=True)
+            click.echo(key)
+        if hash_api_keys:
+            click.echo(keys.hash_map(keys.read_api_keys(api_key_file)), nl=False)
+        return
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
+    limits = proxy.Limits(
+        rate_per_s=rate_limit,
+        burst=burst,
+        client_connections=client_connections,
+        max_in_flight=max_in_flight,
+        body_budget_bytes=body_budget_mib * proxy.MIB,
+    )
     options = ClusterOptions(
         repository=repository.resolve(),
         replicas=replicas,
@@ -57,25 +165,53 @@ def cluster(
         grpc_port=grpc_port,
         admin_key=admin_key,
         workdir=workdir.resolve() if workdir else None,
+        api_key_file=api_key_file.resolve() if api_key_file else None,
+        insecure_no_auth=insecure_no_auth,
+        tls_certificate=tls_cert.resolve() if tls_cert else None,
+        tls_key=tls_key.resolve() if tls_key else None,
+        limits=limits,
     )
+    running = Cluster(options)  # refuses an exposed host without keys before anything starts
+    wake = threading.Event()
     stop_requested = threading.Event()
+    reload_requested = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
         stop_requested.set()
+        wake.set()
+
+    def request_reload(signum: int, _frame: object) -> None:
+        reload_requested.set()
+        wake.set()
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    running = Cluster(options)
+    signal.signal(signal.SIGHUP, request_reload)
     click.echo(f"starting {replicas} replica(s); logs in {running.workdir}", err=True)
     running.start()
     try:
         for replica in running.replicas:
             click.echo(f"replica {replica.index}: http://{replica.url}", err=True)
+        edge = "API keys required" if api_key_file else "no API keys"
+        body_limit = running.settings.body_limit if running.settings else 0
         click.echo(
-            f"ready: http://{running.url} (gRPC {running.grpc_url}) through nginx; Ctrl-C to stop",
+            f"ready: {running.scheme}://{running.url} (gRPC {running.grpc_url}) through nginx; "
+            f"{edge}; bodies up to {body_limit} bytes; Ctrl-C to stop",
             err=True,
         )
-        stop_requested.wait()
+        while not stop_requested.is_set():
+            wake.wait()
+            wake.clear()
+            if reload_requested.is_set() and not stop_requested.is_set():
+                reload_requested.clear()
+                try:
+                    count = running.reload_api_keys()
+                except ProxyError as error:
+                    click.echo(
+                        f"keys not reloaded, the previous ones stay in force: {error}", err=True
+                    )
+                else:
+                    click.echo(f"reloaded {count} API key(s) from {api_key_file}", err=True)
         click.echo("stopping: waiting for in-flight requests...", err=True)
     finally:
         running.stop()

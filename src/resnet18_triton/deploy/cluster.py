@@ -4,13 +4,19 @@ For tests and a user's trial of the replicated setup without Docker. Each replic
 ``serve`` process on its own loopback ports; nginx (rendered from the same template as the
 compose and Kubernetes proxy) spreads requests and retries a failed one on the next replica.
 Like a container's restart policy, the cluster starts a replica again when its process exits.
+
+The replicas always listen on 127.0.0.1: only the proxy is bound to ``ClusterOptions.host``. A
+proxy bound beyond loopback needs an API key file (or the explicit ``insecure_no_auth``); keys
+are read from that file, and only their SHA-256 hashes are written for nginx.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,12 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
-from resnet18_triton.deploy import proxy
+from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.errors import ProxyError, ServerStartError
 from resnet18_triton.repository.layout import missing_files
 from resnet18_triton.server.embedded import free_port
 
 SERVER_BINARY_NAME = "tritonserver"
+# Replicas are reached by the proxy only, on this machine.
+REPLICA_HOST = "127.0.0.1"
 
 
 def _term_with_parent() -> None:
@@ -37,10 +45,10 @@ def _term_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+def http_ok(url: str, timeout_s: float = 2.0, context: ssl.SSLContext | None = None) -> bool:
     """True when ``GET url`` answers 200."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as reply:
             return bool(reply.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -114,6 +122,52 @@ class ClusterOptions:
     ready_timeout_s: float = 300.0
     restart_replicas: bool = True
     serve_args: tuple[str, ...] = field(default_factory=tuple)
+    # The proxy's edge: a key file (``keys`` format) turns API keys on; certificate and key
+    # (PEM) turn TLS on for both ports. ``insecure_no_auth`` lets a non-loopback host run
+    # without keys (behind a firewall or another authenticating proxy).
+    api_key_file: Path | None = None
+    insecure_no_auth: bool = False
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    limits: proxy.Limits = field(default_factory=proxy.Limits)
+    access_log: bool = True
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_edge(options: ClusterOptions) -> None:
+    """``ProxyError`` when the options would expose the proxy unsafely or half-configured.
+
+    Beyond loopback, a key file is required unless ``insecure_no_auth`` says otherwise; a
+    certificate needs its key and the other way round; both files must be readable.
+    """
+    if options.api_key_file is not None and options.insecure_no_auth:
+        raise ProxyError("--api-key-file and --insecure-no-auth contradict each other: pick one")
+    if (
+        options.api_key_file is None
+        and not options.insecure_no_auth
+        and not is_loopback(options.host)
+    ):
+        raise ProxyError(
+            f"refusing to serve on {options.host} without API keys: anyone who can reach it "
+            "could run inferences. Make a key file with `resnet18-triton cluster --api-key-file "
+            "keys.txt --add-api-key NAME` and pass --api-key-file keys.txt (add --tls-cert and "
+            "--tls-key for HTTPS), or pass --insecure-no-auth if a firewall or another proxy "
+            "already authenticates callers"
+        )
+    if (options.tls_certificate is None) != (options.tls_key is None):
+        raise ProxyError("TLS needs both --tls-cert and --tls-key (PEM files)")
+    for path in (options.tls_certificate, options.tls_key):
+        if path is not None and not path.is_file():
+            raise ProxyError(f"the TLS file {path} does not exist")
 
 
 class Cluster:
@@ -122,20 +176,24 @@ class Cluster:
     def __init__(self, options: ClusterOptions) -> None:
         if options.replicas < 1:
             raise ServerStartError("a cluster needs at least one replica")
+        check_edge(options)
+        if options.api_key_file is not None:
+            keys.read_api_keys(options.api_key_file)  # a bad key file fails before any process
         self.options = options
         self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="resnet18-triton-cluster-"))
         self.replicas = [
             Replica(
                 index=index,
-                host=options.host,
-                http_port=free_port(options.host),
-                grpc_port=free_port(options.host),
-                metrics_port=free_port(options.host),
+                host=REPLICA_HOST,
+                http_port=free_port(REPLICA_HOST),
+                grpc_port=free_port(REPLICA_HOST),
+                metrics_port=free_port(REPLICA_HOST),
                 log_path=self.workdir / f"replica-{index}.log",
             )
             for index in range(1, options.replicas + 1)
         ]
         self.nginx: subprocess.Popen[bytes] | None = None
+        self.settings: proxy.ProxySettings | None = None  # what nginx runs, once started
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -144,6 +202,20 @@ class Cluster:
     def url(self) -> str:
         """HTTP address of the proxy (what clients use)."""
         return f"{self.options.host}:{self.options.http_port}"
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the proxy terminates TLS, else ``http``."""
+        return "https" if self.options.tls_certificate is not None else "http"
+
+    @property
+    def api_key_hashes(self) -> Path:
+        """The hash -> name map nginx includes (written from the key file; holds no key)."""
+        return self.workdir / "api-key-hashes.map"
+
+    @property
+    def access_log(self) -> Path:
+        return self.workdir / "nginx-access.log"
 
     @property
     def grpc_url(self) -> str:
@@ -226,27 +298,89 @@ class Cluster:
             f"last log lines:\n{_tail(replica.log_path)}"
         )
 
-    def _start_proxy(self) -> None:
+    def proxy_settings(self) -> proxy.ProxySettings:
+        """The nginx settings of this cluster (writes the key hashes and the njs script)."""
         runtime = self.workdir / "nginx"
-        proxy.prepare_runtime_dir(runtime)
-        settings = proxy.ProxySettings(
+        auth = None
+        if self.options.api_key_file is not None:
+            self._write_key_hashes()
+            script = self.workdir / proxy.NJS_SCRIPT_NAME
+            script.write_text(proxy.script_text())
+            auth = proxy.Auth(key_map=str(self.api_key_hashes), script=str(script))
+        tls = None
+        if self.options.tls_certificate is not None and self.options.tls_key is not None:
+            tls = proxy.Tls(str(self.options.tls_certificate), str(self.options.tls_key))
+        return proxy.ProxySettings(
             upstreams=tuple(replica.upstream for replica in self.replicas),
             listen_http=self.url,
             listen_grpc=self.grpc_url,
             max_body_bytes=proxy.repository_body_limit(self.options.repository),
             runtime_dir=str(runtime),
             error_log=str(self.workdir / "nginx-error.log"),
+            access_log=str(self.access_log) if self.options.access_log else "off",
+            auth=auth,
+            tls=tls,
+            limits=self.options.limits,
         )
+
+    def _write_key_hashes(self) -> int:
+        assert self.options.api_key_file is not None
+        api_keys = keys.read_api_keys(self.options.api_key_file)
+        keys.write_private(self.api_key_hashes, keys.hash_map(api_keys))
+        return len(api_keys)
+
+    def _health_probe(self) -> tuple[str, ssl.SSLContext | None]:
+        """URL and TLS context to see that this proxy is up (on loopback when bound to all)."""
+        host = self.options.host
+        if host in ("0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        context = None
+        if self.scheme == "https":
+            # Only "is nginx listening" is asked here; the certificate may name another host.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return f"{self.scheme}://{host}:{self.options.http_port}/v2/health/ready", context
+
+    def _start_proxy(self) -> None:
+        settings = self.settings = self.proxy_settings()
+        runtime = Path(settings.runtime_dir)
+        proxy.prepare_runtime_dir(runtime)
         self.nginx_config.write_text(proxy.render(settings))
         proxy.check_config(self.nginx_config, runtime)
         self.nginx = proxy.start_nginx(self.nginx_config, runtime, self.workdir / "nginx.log")
+        url, context = self._health_probe()
         deadline = time.monotonic() + 15
-        while not http_ok(f"http://{self.url}/v2/health/ready"):
+        while not http_ok(url, context=context):
             if self.nginx.poll() is not None or time.monotonic() > deadline:
                 raise ProxyError(
                     f"nginx did not start on {self.url}; see {self.workdir / 'nginx-error.log'}"
                 )
             time.sleep(0.1)
+
+    def reload_api_keys(self, timeout_s: float = 30.0) -> int:
+        """Read the key file again and make nginx use it; returns the number of keys.
+
+        Returns once every nginx worker that knew the old keys has exited, so a revoked key is
+        refused from then on. ``ProxyError`` when keys are off, the file is invalid (the old
+        keys stay in force) or nginx does not finish the reload in ``timeout_s``.
+        """
+        if self.options.api_key_file is None or self.nginx is None:
+            raise ProxyError("this cluster runs without API keys: start it with --api-key-file")
+        count = self._write_key_hashes()
+        proxy.check_config(self.nginx_config, self.workdir / "nginx")
+        old_workers = set(child_pids(self.nginx.pid))
+        self.nginx.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            current = set(child_pids(self.nginx.pid))
+            if current and not current & old_workers:
+                return count
+            if self.nginx.poll() is not None or time.monotonic() > deadline:
+                raise ProxyError(
+                    f"nginx did not finish reloading the keys; see {self.workdir}/nginx-error.log"
+                )
+            time.sleep(0.05)
 
     def _supervise(self) -> None:
         """Restart a replica whose serve process exited (its tritonserver died or was killed)."""

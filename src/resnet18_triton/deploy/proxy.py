@@ -4,6 +4,10 @@ One template (``nginx.conf.template`` beside this module) serves every deploymen
 ``resnet18-triton cluster`` (replicas on loopback ports, nginx writing only to a runtime
 directory), docker-compose and Kubernetes (replicas by service name). Placeholders are
 ``@{name}``; nginx's own ``$variables`` pass through untouched.
+
+The public edge is in the same file: API keys checked against their SHA-256 hashes (``Auth``,
+with ``keys``), TLS termination (``Tls``), and per-client and total limits on requests and body
+bytes (``Limits``). Health stays open for probes; restricted and metrics paths stay closed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet18_triton import contract
+from resnet18_triton.deploy.keys import NJS_SCRIPT
 from resnet18_triton.errors import ProxyError
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "nginx.conf.template"
@@ -28,6 +33,70 @@ DEFAULT_MAX_BATCH_SIZE = contract.MAX_BATCH_SIZE
 DEFAULT_MAX_IMAGE_BYTES = contract.MAX_IMAGE_BYTES
 # A replica that refused or dropped a connection is left out this long before it is tried again.
 FAIL_TIMEOUT_S = 5
+# Debian's libnginx-mod-http-js (njs 0.7.9); the proxy image installs the same package.
+NJS_MODULE_PATH = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+NJS_SCRIPT_NAME = "edge.js"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one proxy lets through, per client address and in total.
+
+    ``rate_per_s`` and ``burst``: limit_req per client address (a token bucket; requests beyond
+    the burst get 429 at once, with ``Retry-After``). ``client_connections``: requests one client
+    address may have in flight. ``max_in_flight``: requests the whole proxy passes at once (429
+    beyond). ``body_budget_bytes``: request bodies the proxy holds at once (it buffers each body
+    before it goes upstream, in its temp dir); each request gets an equal share,
+    ``body_budget_bytes // max_in_flight``, capped by what the model repository can accept.
+    """
+
+    rate_per_s: int = 100
+    burst: int = 200
+    client_connections: int = 8
+    max_in_flight: int = 16
+    body_budget_bytes: int = 256 * MIB
+
+    def __post_init__(self) -> None:
+        for name in ("rate_per_s", "burst", "client_connections", "max_in_flight"):
+            if getattr(self, name) < 1:
+                raise ProxyError(f"the proxy limit {name} must be at least 1")
+        if self.body_budget_bytes < self.max_in_flight * MIB:
+            raise ProxyError(
+                "the body budget must leave each request in flight at least 1 MiB: raise it or "
+                "lower max_in_flight"
+            )
+
+    @property
+    def retry_after_s(self) -> int:
+        """Seconds a refused client should wait: at ``rate_per_s`` >= 1 the bucket has room for
+        one more request within 1 s, and an in-flight slot frees as soon as a request ends."""
+        return 1
+
+    def request_body_bytes(self, repository_limit: int) -> int:
+        """client_max_body_size: a request's share of the budget, at most ``repository_limit``."""
+        return min(self.body_budget_bytes // self.max_in_flight, repository_limit)
+
+
+@dataclass(frozen=True)
+class Auth:
+    """API-key checking: nginx hashes the bearer token (njs) and looks the hash up in a map.
+
+    ``key_map``: the file of ``"sha256" "name";`` lines (``keys.hash_map``), included into the
+    config; ``script``: where ``NJS_SCRIPT`` is (``script_text`` writes it).
+    """
+
+    key_map: str
+    script: str
+    module: str = NJS_MODULE_PATH
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS termination at the proxy: PEM certificate (chain) and its private key."""
+
+    certificate: str
+    key: str
 
 
 class _Template(string.Template):
@@ -55,10 +124,19 @@ class ProxySettings:
     error_log: str = "stderr"
     access_log: str = "off"
     worker_processes: str = "1"
+    auth: Auth | None = None
+    tls: Tls | None = None
+    limits: Limits = Limits()
+
+    @property
+    def repository_limit(self) -> int:
+        """The largest request the model repository can accept (``max_body_bytes`` if set)."""
+        return self.max_body_bytes or body_limit(DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_IMAGE_BYTES)
 
     @property
     def body_limit(self) -> int:
-        return self.max_body_bytes or body_limit(DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_IMAGE_BYTES)
+        """client_max_body_size: the budget's share per request, within the repository's limit."""
+        return self.limits.request_body_bytes(self.repository_limit)
 
 
 def body_limit(max_batch_size: int, max_image_bytes: int) -> int:
@@ -95,23 +173,90 @@ def _server_lines(upstreams: Sequence[Upstream], grpc: bool) -> str:
     return "\n".join(lines)
 
 
+def _auth_http(auth: Auth | None) -> str:
+    if auth is None:
+        # Without keys every caller is anonymous; the log format still names the key.
+        return '    map $remote_addr $api_key_name {\n        default "-";\n    }'
+    return "\n".join(
+        [
+            f"    js_import edge from {auth.script};",
+            "    js_set $api_key_hash edge.bearerKeyHash;",
+            "    # SHA-256 hashes are 64 characters: more than the default bucket holds.",
+            "    map_hash_bucket_size 128;",
+            "    map $api_key_hash $api_key_name {",
+            '        default "";',
+            f"        include {auth.key_map};",
+            "    }",
+        ]
+    )
+
+
+def _tls_http(tls: Tls | None) -> str:
+    if tls is None:
+        return "    # No TLS: plain HTTP (loopback, or TLS terminated in front of this proxy)."
+    return "\n".join(
+        [
+            f"    ssl_certificate {tls.certificate};",
+            f"    ssl_certificate_key {tls.key};",
+            "    ssl_protocols TLSv1.2 TLSv1.3;",
+            "    ssl_prefer_server_ciphers off;",
+            "    # Resumed sessions skip the full handshake: a client that reconnects pays less.",
+            "    ssl_session_cache shared:edge_tls:4m;",
+            "    ssl_session_timeout 1h;",
+            "    ssl_session_tickets off;",
+        ]
+    )
+
+
+def _guard(settings: ProxySettings) -> str:
+    """Lines at the top of every location that reaches Triton (not health): key, then limits."""
+    lines = []
+    if settings.auth is not None:
+        lines.append('if ($api_key_name = "") {\n                return 401;\n            }')
+    limits = settings.limits
+    lines += [
+        f"limit_req zone=per_client burst={limits.burst} nodelay;",
+        f"limit_conn per_client_conn {limits.client_connections};",
+        f"limit_conn in_flight {limits.max_in_flight};",
+    ]
+    return "\n            ".join(lines)
+
+
 def render(settings: ProxySettings) -> str:
     """The nginx.conf text for ``settings`` (raises ``ProxyError`` without upstreams)."""
     if not settings.upstreams:
         raise ProxyError("the proxy needs at least one upstream replica")
+    ssl = " ssl" if settings.tls is not None else ""
     return _Template(TEMPLATE_PATH.read_text()).substitute(
+        load_modules=(
+            f"load_module {settings.auth.module};" if settings.auth else "# no modules: no API keys"
+        ),
         http_servers=_server_lines(settings.upstreams, grpc=False),
         grpc_servers=_server_lines(settings.upstreams, grpc=True),
-        listen_http=settings.listen_http,
-        listen_grpc=settings.listen_grpc,
+        listen_http=settings.listen_http + ssl,
+        listen_grpc=settings.listen_grpc + ssl,
         max_body_bytes=settings.body_limit,
+        body_budget_bytes=settings.limits.body_budget_bytes,
+        max_in_flight=settings.limits.max_in_flight,
+        rate_per_s=settings.limits.rate_per_s,
+        retry_after_s=settings.limits.retry_after_s,
+        auth_http=_auth_http(settings.auth),
+        tls_http=_tls_http(settings.tls),
+        guard=_guard(settings),
         runtime_dir=settings.runtime_dir,
         error_log=settings.error_log,
-        access_log=settings.access_log,
+        access_log=settings.access_log
+        if settings.access_log == "off"
+        else (f"{settings.access_log} edge"),
         worker_processes=settings.worker_processes,
         # Every replica once: a request fails only when all of them failed it.
         next_upstream_tries=len(settings.upstreams),
     )
+
+
+def script_text() -> str:
+    """The njs script ``Auth.script`` must point at (the same for every deployment)."""
+    return NJS_SCRIPT
 
 
 # docker-compose runs its replicas with host networking: replica N serves HTTP on N*100 + 8000 and
@@ -126,9 +271,22 @@ def compose_replica_upstream(index: int) -> Upstream:
     return Upstream("127.0.0.1", http_port=http_port, grpc_port=http_port + 1)
 
 
+# Where the container proxies find their njs script, key hashes and certificate. compose mounts
+# file secrets under /run/secrets/<name>; Kubernetes mounts a ConfigMap and two Secrets.
+CONTAINER_CONFIG_DIR = "/etc/nginx/resnet18"
+COMPOSE_SECRETS_DIR = "/run/secrets"
+COMPOSE_KEY_HASHES_SECRET = "api_key_hashes"
+COMPOSE_TLS_CERTIFICATE_SECRET = "tls_certificate"
+COMPOSE_TLS_KEY_SECRET = "tls_key"
+KUBERNETES_KEY_HASHES_DIR = "/etc/nginx/resnet18-api-keys"
+KUBERNETES_KEY_HASHES_FILE = "api-key-hashes.map"
+KUBERNETES_TLS_DIR = "/etc/nginx/resnet18-tls"
+
+
 def compose_settings(replicas: int) -> ProxySettings:
     """The configuration docker-compose mounts: replicas ``triton-1`` .. ``triton-N`` on the
-    host's loopback (host networking), the proxy on 127.0.0.1:8080 and :8081."""
+    host's loopback (host networking), the proxy on 127.0.0.1:8080 (HTTPS) and :8081 (gRPC over
+    TLS), API-key hashes and the certificate from compose secrets."""
     return ProxySettings(
         upstreams=tuple(compose_replica_upstream(index) for index in range(1, replicas + 1)),
         listen_http="127.0.0.1:8080",
@@ -136,6 +294,14 @@ def compose_settings(replicas: int) -> ProxySettings:
         runtime_dir="/tmp",
         error_log="/dev/stderr",
         access_log="/dev/stdout",
+        auth=Auth(
+            key_map=f"{COMPOSE_SECRETS_DIR}/{COMPOSE_KEY_HASHES_SECRET}",
+            script=f"{CONTAINER_CONFIG_DIR}/{NJS_SCRIPT_NAME}",
+        ),
+        tls=Tls(
+            certificate=f"{COMPOSE_SECRETS_DIR}/{COMPOSE_TLS_CERTIFICATE_SECRET}",
+            key=f"{COMPOSE_SECRETS_DIR}/{COMPOSE_TLS_KEY_SECRET}",
+        ),
     )
 
 
@@ -144,7 +310,9 @@ def kubernetes_settings(service: str = "triton") -> ProxySettings:
 
     Upstream is the replicas' Service, listed twice: kube-proxy balances connections over the
     ready pods, and the second entry lets nginx resend a failed request on a new connection
-    (which may land on another pod) instead of failing it.
+    (which may land on another pod) instead of failing it. Key hashes and the certificate come
+    from the Secrets ``triton-proxy-api-keys`` and ``triton-proxy-tls`` (a kubernetes.io/tls
+    Secret: ``tls.crt``, ``tls.key``).
     """
     return ProxySettings(
         upstreams=(Upstream(service), Upstream(service)),
@@ -153,6 +321,14 @@ def kubernetes_settings(service: str = "triton") -> ProxySettings:
         runtime_dir="/tmp",
         error_log="stderr",
         access_log="/dev/stdout",
+        auth=Auth(
+            key_map=f"{KUBERNETES_KEY_HASHES_DIR}/{KUBERNETES_KEY_HASHES_FILE}",
+            script=f"{CONTAINER_CONFIG_DIR}/{NJS_SCRIPT_NAME}",
+        ),
+        tls=Tls(
+            certificate=f"{KUBERNETES_TLS_DIR}/tls.crt",
+            key=f"{KUBERNETES_TLS_DIR}/tls.key",
+        ),
     )
 
 

@@ -14,6 +14,9 @@ from resnet18_triton.deploy import proxy
 COMPOSE_REPLICAS = 2
 COMPOSE_PROXY_CONFIG = Path("deploy/proxy/nginx.compose.conf")
 KUBERNETES_PROXY_CONFIG = Path("deploy/kubernetes/proxy/nginx.conf")
+# The njs script that hashes bearer tokens, mounted beside each config.
+COMPOSE_PROXY_SCRIPT = Path("deploy/proxy") / proxy.NJS_SCRIPT_NAME
+KUBERNETES_PROXY_SCRIPT = Path("deploy/kubernetes/proxy") / proxy.NJS_SCRIPT_NAME
 
 
 def rendered_files() -> dict[Path, bytes]:
@@ -21,6 +24,8 @@ def rendered_files() -> dict[Path, bytes]:
     return {
         COMPOSE_PROXY_CONFIG: proxy.render(proxy.compose_settings(COMPOSE_REPLICAS)).encode(),
         KUBERNETES_PROXY_CONFIG: proxy.render(proxy.kubernetes_settings()).encode(),
+        COMPOSE_PROXY_SCRIPT: proxy.script_text().encode(),
+        KUBERNETES_PROXY_SCRIPT: proxy.script_text().encode(),
     }
 
 

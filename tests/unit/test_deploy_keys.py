@@ -1,0 +1,116 @@
+"""API key files for the proxy: parsing, hashing, the nginx map, and the key-file CLI helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet18_triton.deploy import keys
+from resnet18_triton.errors import ProxyError
+from tests.edge_support import write_key_file
+
+GOOD = "0123456789abcdef0123456789abcdef"
+OTHER = "fedcba9876543210fedcba9876543210"
+
+
+def test_a_line_is_a_key_or_a_name_and_a_key_and_comments_are_skipped() -> None:
+    parsed = keys.parse_api_keys(f"# team keys\n\nalice:{GOOD}\n  {OTHER}  \n")
+    assert [key.name for key in parsed] == [
+        "alice",
+        f"key-{hashlib.sha256(OTHER.encode()).hexdigest()[:8]}",
+    ]
+    assert [key.key for key in parsed] == [GOOD, OTHER]
+
+
+def test_the_hash_is_the_sha256_hex_the_njs_script_computes() -> None:
+    assert keys.key_hash(GOOD) == hashlib.sha256(GOOD.encode()).hexdigest()
+    assert "createHash('sha256')" in keys.NJS_SCRIPT and ".digest('hex')" in keys.NJS_SCRIPT
+
+
+def test_the_map_holds_hashes_and_names_and_never_a_key() -> None:
+    text = keys.hash_map(keys.parse_api_keys(f"alice:{GOOD}\nbob:{OTHER}\n"))
+    assert f'"{keys.key_hash(GOOD)}" "alice";' in text
+    assert f'"{keys.key_hash(OTHER)}" "bob";' in text
+    assert GOOD not in text and OTHER not in text
+
+
+def test_an_empty_file_revokes_every_key() -> None:
+    assert keys.parse_api_keys("# nobody\n") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("short", "fewer than 16"),
+        ("has space in the middle of it", "letters, digits"),
+        ('quote"inside0123456789', "letters, digits"),
+        (f"bad name:{GOOD}", "the name before ':'"),
+        (f"a:{GOOD}\na:{OTHER}", "appear more than once"),
+        (f"a:{GOOD}\nb:{GOOD}", "same key appears on two lines"),
+    ],
+)
+def test_a_bad_line_is_refused_by_its_number_without_quoting_the_key(
+    text: str, message: str
+) -> None:
+    with pytest.raises(ProxyError, match=message) as refused:
+        keys.parse_api_keys(text, "keys.txt")
+    assert "keys.txt" in str(refused.value)
+    assert GOOD not in str(refused.value) and OTHER not in str(refused.value)
+
+
+def test_a_key_file_readable_by_others_is_refused_with_the_chmod_to_run(tmp_path: Path) -> None:
+    path = write_key_file(tmp_path / "keys.txt", [GOOD])
+    path.chmod(0o644)
+    with pytest.raises(ProxyError, match=f"chmod 600 {path}"):
+        keys.read_api_keys(path)
+
+
+def test_the_repr_of_a_key_shows_its_name_only() -> None:
+    assert GOOD not in repr(keys.ApiKey("alice", GOOD))
+
+
+def test_add_api_key_appends_a_random_key_to_a_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys.txt"
+    first = keys.add_api_key(path, "alice")
+    second = keys.add_api_key(path, "bob")
+    assert first != second and len(first) == 2 * keys.GENERATED_KEY_BYTES
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [(k.name, k.key) for k in keys.read_api_keys(path)] == [
+        ("alice", first),
+        ("bob", second),
+    ]
+    with pytest.raises(ProxyError, match="more than once"):
+        keys.add_api_key(path, "alice")
+
+
+def _cluster_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "resnet18_triton.cli", "cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+
+
+def test_the_cli_adds_a_key_prints_it_once_and_hashes_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys.txt"
+    added = _cluster_cli("--api-key-file", str(path), "--add-api-key", "alice")
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip()
+    assert keys.read_api_keys(path)[0].key == key
+    hashed = _cluster_cli("--api-key-file", str(path), "--hash-api-keys")
+    assert hashed.returncode == 0, hashed.stderr
+    assert f'"{keys.key_hash(key)}" "alice";' in hashed.stdout
+    assert key not in hashed.stdout + hashed.stderr
+
+
+def test_the_key_helpers_need_a_key_file() -> None:
+    result = _cluster_cli("--hash-api-keys")
+    assert result.returncode == 2 and "--api-key-file" in result.stderr
