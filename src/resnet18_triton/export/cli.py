@@ -53,7 +53,7 @@ def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
         values = values * 3
     if len(values) != 3:
         raise click.BadParameter(f"{text!r} needs 1 or 3 values (R,G,B)", param_hint=option)
-    return values  # type: ignore[return-value]
+    return values
 
 
 @click.command("export")

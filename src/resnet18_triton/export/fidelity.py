@@ -21,14 +21,20 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 from resnet18_triton import contract
 
 DEFAULT_MIN_AGREEMENT = 0.99
 TOP_K = 5
+
+# [N, classes] scores of N images; [N, 3, 224, 224] model inputs (the graphs take uint8 pixels).
+Logits = npt.NDArray[np.floating[Any]]
+Images = npt.NDArray[np.generic]
 
 
 @dataclass(frozen=True)
@@ -76,10 +82,12 @@ class FidelityReport:
         return "\n".join(lines)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: Logits) -> npt.NDArray[np.float64]:
+    """Row-wise softmax of [N, classes] logits, in float64."""
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    probabilities: npt.NDArray[np.float64] = exp / exp.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:
@@ -89,17 +97,18 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def run_logits(model: ort.InferenceSession, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+def run_logits(model: ort.InferenceSession, images: Images, batch_size: int = 8) -> Logits:
     """Logits for preprocessed images [N, 3, 224, 224], run in batches."""
     outputs = [
         model.run([contract.ONNX_OUTPUT], {contract.ONNX_INPUT: images[i : i + batch_size]})[0]
         for i in range(0, len(images), batch_size)
     ]
-    return np.concatenate(outputs)
+    logits: Logits = np.concatenate(outputs)
+    return logits
 
 
 def compare_logits(
-    fp32_logits: np.ndarray, int8_logits: np.ndarray, fp32_bytes: int = 0, int8_bytes: int = 0
+    fp32_logits: Logits, int8_logits: Logits, fp32_bytes: int = 0, int8_bytes: int = 0
 ) -> FidelityReport:
     """The fidelity figures for two [N, classes] logit arrays of the same images."""
     if fp32_logits.shape != int8_logits.shape or fp32_logits.ndim != 2 or not len(fp32_logits):
@@ -122,7 +131,7 @@ def compare_logits(
     )
 
 
-def measure_fidelity(fp32_path: Path, int8_path: Path, images: np.ndarray) -> FidelityReport:
+def measure_fidelity(fp32_path: Path, int8_path: Path, images: Images) -> FidelityReport:
     """Run both models on the same preprocessed held-out images and compare."""
     fp32 = run_logits(session(fp32_path), images)
     int8 = run_logits(session(int8_path), images)

@@ -82,7 +82,10 @@ class Normalized(torch.nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(normalize(pixels, self.mean, self.std))
+        outputs: tuple[torch.Tensor, torch.Tensor] = self.model(
+            normalize(pixels, self.mean, self.std)
+        )
+        return outputs
 
 
 def normalize(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

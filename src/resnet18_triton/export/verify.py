@@ -27,8 +27,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import torch
@@ -41,6 +43,9 @@ DEFAULT_ATOL = 1e-3
 DEFAULT_PROBABILITY_ATOL = 1e-6
 SUM_ATOL = 1e-5
 TOP_K = 5
+
+# [images, classes] logits or probabilities, from PyTorch or ONNX Runtime.
+Scores = npt.NDArray[np.floating[Any]]
 
 
 @dataclass(frozen=True)
@@ -175,13 +180,14 @@ def _random_batches(
     ]
 
 
-def _joined(batches: list[list[np.ndarray]]) -> list[np.ndarray]:
+def _joined(batches: list[list[Scores]]) -> list[Scores]:
     """[logits, probabilities] of each batch -> [all logits, all probabilities]."""
     return [np.concatenate(parts) for parts in zip(*batches, strict=True)]
 
 
-def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.abs(a.astype(np.float64) - b.astype(np.float64))
+def _abs_diff(a: Scores, b: Scores) -> npt.NDArray[np.float64]:
+    difference: npt.NDArray[np.float64] = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return difference
 
 
 def _compare(
@@ -189,8 +195,8 @@ def _compare(
     sizes: tuple[int, ...],
     atol: float,
     probability_atol: float,
-    expected: list[np.ndarray],
-    actual: list[np.ndarray],
+    expected: list[Scores],
+    actual: list[Scores],
 ) -> VerificationReport:
     """Figures for PyTorch (``expected``) vs ONNX Runtime (``actual``): each is
     [logits, probabilities], both [images, classes]."""
@@ -214,5 +220,5 @@ def _compare(
     )
 
 
-def _top_k(logits: np.ndarray) -> np.ndarray:
+def _top_k(logits: Scores) -> npt.NDArray[np.intp]:
     return np.argsort(-logits, axis=1)[:, :TOP_K]

@@ -117,7 +117,7 @@ def imagenet_categories() -> list[str]:
 
 def imagenet_cache_path() -> Path:
     """Where torch.hub keeps (or would keep) the downloaded ImageNet checkpoint."""
-    filename = os.path.basename(IMAGENET_WEIGHTS.url)
+    filename: str = os.path.basename(IMAGENET_WEIGHTS.url)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
@@ -220,7 +220,7 @@ def resnet18_from_state_dict(state_dict: Mapping[str, Any], source: str) -> torc
             f"(the classifier head){_architecture_hint(state_dict)}; found keys such as "
             f"{', '.join(list(state_dict)[:_MAX_NAMED_KEYS])}"
         )
-    model = resnet18(weights=None, num_classes=int(fc_weight.shape[0]))
+    model: torch.nn.Module = resnet18(weights=None, num_classes=int(fc_weight.shape[0]))
     _check_compatible(model.state_dict(), state_dict, source)
     model.load_state_dict(state_dict)
     return model
@@ -250,7 +250,8 @@ def _model_from_torchscript(path: Path) -> torch.nn.Module:
     """The ResNet-18 a TorchScript module holds, rebuilt from its parameters and checked to
     compute what the module computes (so the exported graph is torchvision's, not opaque code)."""
     try:
-        scripted = torch.jit.load(str(path), map_location="cpu").eval()
+        # torch leaves jit.load unannotated.
+        scripted = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
     except Exception as error:  # torch.jit.load raises RuntimeError and friends
         raise WeightsUnavailableError(f"cannot load TorchScript module {path}: {error}") from error
     model = resnet18_from_state_dict(scripted.state_dict(), str(path)).eval()
