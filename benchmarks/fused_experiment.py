@@ -32,8 +32,9 @@ from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.images import TYPICAL_SIZE, jpeg_bytes
 from resnet18_triton.perf.stack import StackSampler
 from resnet18_triton.perf.tune_repository import copy_models
+from resnet18_triton.repository import variants
 from resnet18_triton.repository.configs import instance_count, parse, render
-from resnet18_triton.repository.layout import CONFIG_FILENAME, has_int8
+from resnet18_triton.repository.layout import CONFIG_FILENAME
 from resnet18_triton.repository.writer import write_fused_model
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
@@ -46,7 +47,7 @@ ALTERNATIVE_SPLITS = ("1xN", "NxN")
 def fused_variant(repo: Path, names: ClassifierNames, split: str) -> str:
     """A copy of the fused model with the split ``1xN`` or ``NxN`` (N: its instance count as
     written); returns its name (e.g. ``fused_1x2``)."""
-    source = repo / names.int8_fused
+    source = repo / variants.INT8_FUSED.entry(names)
     config = parse((source / CONFIG_FILENAME).read_text())
     cores = instance_count(config)
     instances = 1 if split == "1xN" else cores
@@ -65,13 +66,13 @@ def scratch_repository(source: Path, target: Path) -> tuple[str, ...]:
     """Copy the default classifier (FP32, INT8, fused INT8) and add the alternative fused splits;
     returns every model to load, in load order."""
     names = ClassifierNames.of()
-    if not has_int8(source, names):
+    if not variants.holds(source, variants.INT8, names):
         raise SystemExit(f"{source} has no INT8 variant: run `resnet18-triton quantize` first")
-    served = (names.preprocess, names.onnx, names.ensemble, *names.int8_models)
+    served = (names.preprocess, names.onnx, names.ensemble, *variants.INT8.models(names))
     copy_models(source, target, served)
-    write_fused_model(target, names)
+    write_fused_model(target, variants.INT8_FUSED, names)
     alternatives = tuple(fused_variant(target, names, split) for split in ALTERNATIVE_SPLITS)
-    return (*served, names.int8_fused, *alternatives)
+    return (*served, variants.INT8_FUSED.entry(names), *alternatives)
 
 
 def main() -> None:
@@ -86,7 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fused-") as scratch:
         work = Path(scratch)
         models = scratch_repository(args.repo.resolve(), work / "repo")
-        targets = (names.int8_ensemble, *models[-1 - len(ALTERNATIVE_SPLITS) :])
+        targets = (variants.INT8.entry(names), *models[-1 - len(ALTERNATIVE_SPLITS) :])
         images = [jpeg_bytes(*TYPICAL_SIZE, seed) for seed in range(16)]
         data = pa.write_input_data(images, contract.ENSEMBLE_INPUT, work / "input.json")
         settings = pa.SweepSettings(
@@ -125,7 +126,7 @@ def main() -> None:
                     rate = max(row.throughput for row in result.rows)
                     runs[target].append((rate, core_ms, alone_run.rows[0].p50_ms))
             # The engine alone, in-process, in the same minutes, once the server has stopped.
-            engine.append(engine_images_per_s(args.repo, names.int8))
+            engine.append(engine_images_per_s(args.repo, variants.INT8.classifier(names)))
     print(f"concurrency {args.concurrency}, {args.rounds} interleaved rounds, 500x375 JPEGs\n")
     print("| model | img/s per round | median img/s | / in-process INT8, per round | ", end="")
     print("stack core-ms/img per round | p50 ms at concurrency 1, per round |")
@@ -139,7 +140,8 @@ def main() -> None:
         median = statistics.median(rate for rate, _, _ in values)
         print(f"| {target} | {rates} | {median:.1f} | {ratios} | {cpu} | {latency} |")
     alone = ", ".join(f"{rate:.1f}" for rate in engine)
-    print(f"| in-process {names.int8} (uint8 tensors, batch 8, 2 threads) | {alone} | ", end="")
+    int8 = variants.INT8.classifier(names)
+    print(f"| in-process {int8} (uint8 tensors, batch 8, 2 threads) | {alone} | ", end="")
     print(f"{statistics.median(engine):.1f} | - | - | - |")
 
 

@@ -59,49 +59,27 @@ class ClassifierNames:
     """Every model name of one classifier, derived from its name (``ClassifierNames.of``).
 
     The default classifier keeps the historical names (``preprocess``, ``resnet18_onnx``,
-    ``resnet18``, ``resnet18_int8``, ``resnet18_int8_ensemble``, ``resnet18_int8_fused``); any
-    other NAME gets ``NAME`` (the ensemble), ``NAME_preprocess``, ``NAME_onnx``, ``NAME_int8``,
-    ``NAME_int8_ensemble`` and ``NAME_int8_fused``.
-    A new variant adds a field here and a line in ``of``.
+    ``resnet18``); any other NAME gets ``NAME`` (the ensemble), ``NAME_preprocess`` and
+    ``NAME_onnx``. Its variants' models (INT8, OpenVINO, fused) are named by
+    ``repository.variants``.
     """
 
     name: str
     ensemble: str
     preprocess: str
     onnx: str
-    int8: str
-    int8_ensemble: str
-    int8_fused: str
 
     @classmethod
     def of(cls, name: str = DEFAULT_CLASSIFIER) -> ClassifierNames:
         """The names of classifier ``name``; raises ValueError for a name Triton cannot serve."""
         check_classifier_name(name)
         preprocess = PREPROCESS_MODEL if name == DEFAULT_CLASSIFIER else f"{name}_preprocess"
-        return cls(
-            name=name,
-            ensemble=name,
-            preprocess=preprocess,
-            onnx=f"{name}_onnx",
-            int8=f"{name}_int8",
-            int8_ensemble=f"{name}_int8_ensemble",
-            int8_fused=f"{name}_int8_fused",
-        )
+        return cls(name=name, ensemble=name, preprocess=preprocess, onnx=f"{name}_onnx")
 
     @property
     def served(self) -> tuple[str, ...]:
         """The FP32 models in load order: steps first, the ensemble last."""
         return (self.preprocess, self.onnx, self.ensemble)
-
-    @property
-    def int8_models(self) -> tuple[str, ...]:
-        """The INT8 variant (written by ``quantize``) in load order: classifier, then ensemble."""
-        return (self.int8, self.int8_ensemble)
-
-    @property
-    def all_models(self) -> tuple[str, ...]:
-        """Every model name this classifier may own in a repository."""
-        return (*self.served, *self.int8_models, self.int8_fused)
 
 
 def check_classifier_name(name: str) -> None:
@@ -122,6 +100,9 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 LABELS_FILENAME = "labels.txt"
+# Each model directory of a repository: its config, and the one version directory export writes.
+CONFIG_FILENAME = "config.pbtxt"
+VERSION = "1"
 # Model-config parameter that carries where the weights came from (see export).
 PROVENANCE_PARAMETER = "weights_provenance"
 

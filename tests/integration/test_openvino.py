@@ -20,15 +20,14 @@ pytest.importorskip("sklearn")
 pytest.importorskip("openvino")
 
 from resnet18_triton import contract
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.cpu_flags import cpu_flags, has_native_bf16
 from resnet18_triton.export.openvino_variant import config_as_json, openvino_backend
 from resnet18_triton.export.quantize import load_preprocess_module
+from resnet18_triton.repository import variants
 from resnet18_triton.repository.configs import parse
 from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
-    openvino_fused_name,
-    openvino_model_path,
-    openvino_models,
     served_models,
 )
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
@@ -36,12 +35,14 @@ from tests.corpus import build_corpus
 from tests.digits import digits_model, digits_openvino_repository
 from tests.support import TorchReference, classify_ensemble
 
+DEFAULT = ClassifierNames.of()
+
 pytestmark = pytest.mark.skipif(
     not has_native_bf16(cpu_flags()), reason="BF16 is offered only on CPUs with native bfloat16"
 )
 IMAGES = 8
-MODEL, ENSEMBLE = openvino_models()
-FUSED = openvino_fused_name()
+MODEL, ENSEMBLE = variants.OPENVINO.models(DEFAULT)
+FUSED = variants.OPENVINO_FUSED.entry(DEFAULT)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,9 @@ def _in_process_probabilities(repo: Path, images: list[bytes]) -> np.ndarray:
     """OpenVINO in this process, compiled from the written config as the backend compiles it."""
     backend = openvino_backend()
     config = config_as_json(parse((repo / MODEL / CONFIG_FILENAME).read_text()))
-    request = backend.compile_model(str(openvino_model_path(repo)), config).create_infer_request()
+    request = backend.compile_model(
+        str(variants.OPENVINO.model_path(repo, DEFAULT)), config
+    ).create_infer_request()
     preprocess = load_preprocess_module(repo)
     batch = np.stack([preprocess.preprocess_bytes(data) for data in images])
     (probabilities,) = backend.infer(
@@ -185,7 +188,9 @@ def test_the_fused_bf16_model_answers_like_openvino_on_torchvision_pixels(openvi
     config = config_as_json(parse((repo / FUSED / CONFIG_FILENAME).read_text()))
     assert config["parameters"]["INFERENCE_NUM_THREADS"]["string_value"] == "1"
     assert config["parameters"]["ENABLE_CPU_PINNING"]["string_value"] == "NO"
-    request = backend.compile_model(str(openvino_model_path(repo)), config).create_infer_request()
+    request = backend.compile_model(
+        str(variants.OPENVINO.model_path(repo, DEFAULT)), config
+    ).create_infer_request()
     reference = TorchReference(model=digits_model()[0])
     cases = {f"digit{i}": data for i, data in enumerate(digits_model()[1]["held_out"][0][:4])}
     cases.update({case.name: case.data for case in build_corpus() if case.good})

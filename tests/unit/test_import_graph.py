@@ -125,6 +125,8 @@ def test_the_ui_reaches_triton_only_through_the_client_and_nothing_imports_it(
     graph: Graph,
 ) -> None:
     assert crossings(graph, ("ui",), ("export", "server", "perf")) == []
+    reached = {edge.split(" -> ")[1] for edge in crossings(graph, ("ui",), ("repository",))}
+    assert reached <= {f"{PACKAGE}.repository.variants"}
     assert crossings(graph, ("client", "export", "server", "perf"), ("ui",)) == []
     assert f"{PACKAGE}.client.api" in graph[f"{PACKAGE}.ui.service"]
 

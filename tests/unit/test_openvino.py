@@ -12,16 +12,19 @@ pytest.importorskip("openvino")
 pytest.importorskip("tritonclient.grpc")
 
 from resnet18_triton import contract, cpu_flags
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import PrecisionUnavailableError
 from resnet18_triton.export.openvino_cli import choose_precision
 from resnet18_triton.export.openvino_variant import config_as_json, openvino_backend
-from resnet18_triton.repository import layout
+from resnet18_triton.repository import layout, variants
 from resnet18_triton.repository.configs import (
     ServingSettings,
     all_model_configs,
     openvino_variant_configs,
 )
 from tests.support import tree_snapshot
+
+DEFAULT = ClassifierNames.of()
 
 # /proc/cpuinfo excerpts (one processor each; real files repeat the block per CPU).
 ZEN4 = """processor\t: 0
@@ -159,10 +162,10 @@ def _variant(precision: str, settings: ServingSettings):
     return openvino_variant_configs(
         fp32[contract.ONNX_MODEL],
         fp32[contract.ENSEMBLE_MODEL],
-        onnx_name=layout.openvino_model_name(),
-        ensemble_name=layout.openvino_ensemble_name(),
+        onnx_name=variants.OPENVINO.classifier(DEFAULT),
+        ensemble_name=variants.OPENVINO.entry(DEFAULT),
         precision=precision,
-        model_filename=layout.OPENVINO_MODEL_FILENAME,
+        model_filename=variants.OPENVINO.model_filename,
     )
 
 
@@ -175,7 +178,7 @@ def test_the_fused_openvino_model_spends_the_core_budget_as_single_thread_instan
     preprocess = next(
         c for c in all_model_configs(settings, "{}") if c.name == contract.PREPROCESS_MODEL
     )
-    fused = fused_model_config(model, preprocess, name=layout.openvino_fused_name())
+    fused = fused_model_config(model, preprocess, name=variants.OPENVINO_FUSED.entry(DEFAULT))
     values = {key: value.string_value for key, value in fused.parameters.items()}
     assert fused.instance_group[0].count == 4  # 2 instances x 2 threads
     assert values["INFERENCE_NUM_THREADS"] == "1" and values["engine"] == "openvino"
@@ -190,9 +193,15 @@ def test_the_fused_openvino_model_spends_the_core_budget_as_single_thread_instan
 
 
 def test_variant_names_derive_from_the_classifier_name() -> None:
-    assert layout.openvino_models() == ("resnet18_openvino", "resnet18_openvino_ensemble")
-    assert layout.openvino_models("digits") == ("digits_openvino", "digits_openvino_ensemble")
-    assert layout.openvino_fused_name("digits") == "digits_openvino_fused"
+    assert variants.OPENVINO.models(DEFAULT) == (
+        "resnet18_openvino",
+        "resnet18_openvino_ensemble",
+    )
+    assert variants.OPENVINO.models(ClassifierNames.of("digits")) == (
+        "digits_openvino",
+        "digits_openvino_ensemble",
+    )
+    assert variants.OPENVINO_FUSED.entry(ClassifierNames.of("digits")) == "digits_openvino_fused"
     assert layout.shipped_backends() == ("onnxruntime", "openvino")
 
 
@@ -247,10 +256,10 @@ def test_the_gate_refuses_a_model_that_disagrees_with_fp32(tmp_path: Path) -> No
     assert isinstance(result.exception, ExportError), result.output
     assert "below the required 99.00%" in str(result.exception)
     assert "top-1 agreement" in result.output  # the report is shown
-    assert not any(path.exists() for path in layout.openvino_files(repo))
+    assert not any(path.exists() for path in variants.OPENVINO.required_files(repo, DEFAULT))
     forced = CliRunner().invoke(openvino, [*arguments, "--force"])
     assert forced.exit_code == 0, forced.output
-    assert layout.has_openvino(repo) and "WARNING" in forced.output
+    assert variants.holds(repo, variants.OPENVINO) and "WARNING" in forced.output
 
 
 # Kills the build the moment its fused model is about to be staged: the model file and the
@@ -258,7 +267,7 @@ def test_the_gate_refuses_a_model_that_disagrees_with_fp32(tmp_path: Path) -> No
 _KILLED_BUILD = """
 import os, signal, sys
 from resnet18_triton.export import openvino_variant
-openvino_variant.write_fused_model = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+openvino_variant.install_variant = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 from resnet18_triton.export.openvino_cli import openvino
 openvino.main(sys.argv[1:])
 """
@@ -290,13 +299,13 @@ def test_an_openvino_build_killed_before_its_install_leaves_the_repository_byte_
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     assert tree_snapshot(repo) == before
     staged = list(tmp_path.glob(".repo.export-*"))
-    assert staged and (staged[0] / layout.openvino_model_name(contract.ENSEMBLE_MODEL)).is_dir()
+    assert staged and (staged[0] / variants.OPENVINO.classifier(DEFAULT)).is_dir()
 
     result = CliRunner().invoke(openvino, arguments)
     assert result.exit_code == 0, result.output
     assert not list(tmp_path.glob(".repo.export-*"))
-    assert layout.has_openvino(repo)
-    assert all(path.exists() for path in layout.openvino_files(repo))
+    assert variants.holds(repo, variants.OPENVINO)
+    assert all(path.exists() for path in variants.OPENVINO.required_files(repo, DEFAULT))
 
 
 def test_a_classifier_the_repository_lacks_is_refused_by_name(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from resnet18_triton.export.cli import export
 from resnet18_triton.export.onnx_input import inspect_onnx
 from resnet18_triton.export.pipeline import ExportRequest, export_repository
 from resnet18_triton.export.weights import load_resnet18
+from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import Preprocessing, load_labels
 from resnet18_triton.repository.configs import ServingSettings
 from resnet18_triton.repository.layout import classifiers, served_models
@@ -55,13 +56,13 @@ def default_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_default_classifier_keeps_todays_model_names() -> None:
     names = ClassifierNames.of("resnet18")
     assert names.served == ("preprocess", "resnet18_onnx", "resnet18")
-    assert names.int8_models == ("resnet18_int8", "resnet18_int8_ensemble")
+    assert variants.INT8.models(names) == ("resnet18_int8", "resnet18_int8_ensemble")
 
 
 def test_another_classifier_derives_every_model_name_from_its_own() -> None:
     names = ClassifierNames.of("digits")
     assert names.served == ("digits_preprocess", "digits_onnx", "digits")
-    assert names.int8_models == ("digits_int8", "digits_int8_ensemble")
+    assert variants.INT8.models(names) == ("digits_int8", "digits_int8_ensemble")
 
 
 @pytest.mark.parametrize("name", ["", ".hidden", "a/b", "name with space", "x" * 65, "é"])

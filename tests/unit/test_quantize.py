@@ -162,7 +162,8 @@ def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
     import onnx
 
     from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_MODEL
-    from resnet18_triton.repository.layout import has_int8, onnx_model_path
+    from resnet18_triton.repository import variants
+    from resnet18_triton.repository.layout import onnx_model_path
 
     _, _, accuracy = digits_model()
     # The FP32 model is meaningful: right on most held-out digits, not one constant answer.
@@ -173,7 +174,7 @@ def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
     assert fidelity["top1_agreement"] >= 0.97, fidelity
     assert fidelity["top5_overlap"] >= 0.9, fidelity
     assert fidelity["int8_bytes"] < 0.35 * fidelity["fp32_bytes"], fidelity
-    assert has_int8(repo)
+    assert variants.holds(repo, variants.INT8)
     int8 = onnx.load(str(onnx_model_path(repo, INT8_MODEL)))
     assert any(node.op_type == "QuantizeLinear" for node in int8.graph.node)
     # The head and the softmax stay float: probabilities are a float softmax of float logits.
@@ -191,7 +192,8 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
 
     from resnet18_triton.contract import INT8_MODEL
     from resnet18_triton.export.quantize_cli import quantize
-    from resnet18_triton.repository.layout import has_int8, onnx_model_path
+    from resnet18_triton.repository import variants
+    from resnet18_triton.repository.layout import onnx_model_path
 
     model, splits, _ = digits_model()
     repo = export_repository(model, tmp_path / "repo", warmup=False)
@@ -208,11 +210,11 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     assert isinstance(refused.exception, QuantizationRefused), refused.output
     assert refused.exception.report.top1_agreement < 0.99
     assert "top-1 agreement" in refused.output  # the table is shown before refusing
-    assert not has_int8(repo) and not (repo / "resnet18_int8").exists()
+    assert not variants.holds(repo, variants.INT8) and not (repo / "resnet18_int8").exists()
     assert not list(repo.parent.glob(f".{repo.name}.export-*"))  # no staging left behind
     forced = CliRunner().invoke(quantize, [*args, "--force"], catch_exceptions=False)
     assert forced.exit_code == 0, forced.output
-    assert has_int8(repo)
+    assert variants.holds(repo, variants.INT8)
     # The quantised head's output (the logits) is 8-bit, but the softmax itself is still float.
     int8 = onnx.load(str(onnx_model_path(repo, INT8_MODEL)))
     assert_float_softmax(int8.graph, input_from="DequantizeLinear")

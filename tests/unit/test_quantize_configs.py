@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
-from resnet18_triton.repository import layout
+from resnet18_triton.repository import layout, variants
 from resnet18_triton.repository.configs import (
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
@@ -29,9 +29,11 @@ from resnet18_triton.repository.writer import (
     install_python_models,
     write_configs,
     write_fused_model,
-    write_int8_configs,
+    write_variant,
 )
 from tests.support import preprocess_module
+
+DEFAULT = ClassifierNames.of()
 
 PROVENANCE = '{"seed":0,"source":"random"}'
 
@@ -128,18 +130,18 @@ def test_variant_configs_copy_every_serving_choice() -> None:
 
 def test_write_int8_configs_needs_the_fp32_export(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="export"):
-        write_int8_configs(tmp_path, {})
+        write_variant(tmp_path, variants.INT8, {})
     write_configs(tmp_path, ServingSettings(), PROVENANCE)
     for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
         (tmp_path / name / contract.LABELS_FILENAME).write_text("label\n")
-    written = write_int8_configs(tmp_path, {"quantization": "{}"})
+    written = write_variant(tmp_path, variants.INT8, {"quantization": "{}"})
     assert [p.parent.name for p in written] == list(contract.INT8_MODELS)
     assert parse(written[0].read_text()).parameters["quantization"].string_value == "{}"
     assert (tmp_path / contract.INT8_MODEL / contract.LABELS_FILENAME).read_text() == "label\n"
-    assert not layout.has_int8(tmp_path)  # no model.onnx yet
+    assert not variants.holds(tmp_path, variants.INT8)  # no model.onnx yet
     layout.onnx_model_path(tmp_path, contract.INT8_MODEL).parent.mkdir(parents=True)
     layout.onnx_model_path(tmp_path, contract.INT8_MODEL).write_bytes(b"onnx")
-    assert layout.has_int8(tmp_path)
+    assert variants.holds(tmp_path, variants.INT8)
     assert layout.served_models(tmp_path) == contract.SERVED_MODELS + contract.INT8_MODELS
     assert layout.served_models(tmp_path, int8=False) == contract.SERVED_MODELS
 
@@ -190,25 +192,25 @@ def test_write_fused_model_links_the_int8_file_and_completes_the_variant(tmp_pat
     install_python_models(tmp_path)
     for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):
         (tmp_path / name / contract.LABELS_FILENAME).write_text("label\n")
-    write_int8_configs(tmp_path, {"quantization": "{}"})
+    write_variant(tmp_path, variants.INT8, {"quantization": "{}"})
     int8_file = layout.onnx_model_path(tmp_path, contract.INT8_MODEL)
     int8_file.parent.mkdir(parents=True)
     int8_file.write_bytes(b"onnx")
-    assert not layout.has_int8_fused(tmp_path)
+    assert not variants.holds(tmp_path, variants.INT8_FUSED)
     assert layout.served_models(tmp_path) == contract.SERVED_MODELS + contract.INT8_MODELS
 
-    config = parse(write_fused_model(tmp_path, ClassifierNames.of()).read_text())
+    config = parse(write_fused_model(tmp_path, variants.INT8_FUSED, DEFAULT).read_text())
 
     version = tmp_path / contract.INT8_FUSED_MODEL / layout.VERSION
     assert config.name == contract.INT8_FUSED_MODEL
-    expected = (*layout.FUSED_MODEL_FILES, "onnxruntime_engine.py")
+    expected = (*variants.FUSED_MODEL_FILES, "onnxruntime_engine.py")
     assert sorted(path.name for path in version.iterdir()) == sorted(expected)
     assert (version / "model.onnx").stat().st_ino == int8_file.stat().st_ino  # no second copy
     preprocess = tmp_path / contract.PREPROCESS_MODEL / layout.VERSION / "model.py"
     assert (version / "preprocessing.py").read_bytes() == preprocess.read_bytes()
     warmup = tmp_path / contract.INT8_FUSED_MODEL / WARMUP_DIRNAME / WARMUP_IMAGE_FILENAME
     assert warmup.read_bytes().startswith(len(warmup.read_bytes()[4:]).to_bytes(4, "little"))
-    assert layout.has_int8_fused(tmp_path)
+    assert variants.holds(tmp_path, variants.INT8_FUSED)
     assert layout.served_models(tmp_path) == (
         *contract.SERVED_MODELS,
         *contract.INT8_MODELS,

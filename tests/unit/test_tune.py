@@ -11,6 +11,7 @@ from google.protobuf.json_format import MessageToDict
 
 from resnet18_triton import contract
 from resnet18_triton.client.results import serving_summary
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import TuneError
 from resnet18_triton.perf.perf_analyzer import Row
 from resnet18_triton.perf.tune import csv_records, summary_table
@@ -21,7 +22,6 @@ from resnet18_triton.perf.tune_repository import (
     plan_settings,
     repository_settings,
     revert,
-    settings_from_configs,
     tuned_models,
     variant_models,
 )
@@ -41,14 +41,22 @@ from resnet18_triton.perf.tune_space import (
     thread_splits,
     top_plans,
 )
-from resnet18_triton.repository.configs import ServingSettings, all_model_configs, parse
-from resnet18_triton.repository.layout import onnx_model_path, openvino_model_path
+from resnet18_triton.repository import variants
+from resnet18_triton.repository.configs import (
+    ServingSettings,
+    all_model_configs,
+    parse,
+    settings_from_configs,
+)
+from resnet18_triton.repository.layout import onnx_model_path
 from resnet18_triton.repository.writer import (
     fill_repository,
-    openvino_configs,
-    write_int8_configs,
+    variant_model_configs,
+    write_variant,
     write_variant_configs,
 )
+
+DEFAULT = ClassifierNames.of()
 
 
 def row(throughput: float, p99_ms: float, load: float = 2) -> Row:
@@ -329,7 +337,7 @@ def repository(tmp_path: Path) -> Path:
         onnx_model_path(repo, model).parent.mkdir(parents=True, exist_ok=True)
         onnx_model_path(repo, model).write_bytes(content + b" stand-in")
         if model == contract.ONNX_MODEL:
-            write_int8_configs(repo, {"quantization": "static"})
+            write_variant(repo, variants.INT8, {"quantization": "static"})
     return repo
 
 
@@ -381,10 +389,9 @@ def test_apply_writes_the_plan_and_revert_restores_every_byte(repository: Path) 
 
 
 def test_a_plan_re_derives_the_fused_model_from_the_int8_classifier(repository: Path) -> None:
-    from resnet18_triton.contract import ClassifierNames
     from resnet18_triton.repository.writer import write_fused_model
 
-    write_fused_model(repository, ClassifierNames.of())
+    write_fused_model(repository, variants.INT8_FUSED, DEFAULT)
     before = digest(repository)
     assert tuned_models(repository)[-1] == contract.INT8_FUSED_MODEL
     apply_plan(repository, Candidate(INT8, 1, 1, 1, 4, 0), cores=2)
@@ -444,10 +451,12 @@ def test_a_plan_keeps_a_named_classifiers_classes_and_preprocessing(tmp_path: Pa
 
 def add_openvino_variant(repo: Path, precision: str = "bf16") -> None:
     """What `resnet18-triton openvino` leaves: its configs and a stand-in model file."""
-    configs = openvino_configs(repo, precision, {"fidelity": '{"top1_agreement": 1.0}'})
+    configs = variant_model_configs(
+        repo, variants.OPENVINO, {"fidelity": '{"top1_agreement": 1.0}'}, precision=precision
+    )
     write_variant_configs(repo, configs)
-    openvino_model_path(repo).parent.mkdir(parents=True, exist_ok=True)
-    openvino_model_path(repo).write_bytes(b"openvino stand-in")
+    variants.OPENVINO.model_path(repo, DEFAULT).parent.mkdir(parents=True, exist_ok=True)
+    variants.OPENVINO.model_path(repo, DEFAULT).write_bytes(b"openvino stand-in")
 
 
 def test_the_openvino_variant_is_searched_once_it_was_built(repository: Path) -> None:
@@ -481,11 +490,10 @@ def test_an_openvino_plan_sets_threads_per_instance_and_keeps_precision_and_fide
 
 
 def test_an_openvino_plan_re_derives_the_openvino_fused_model(repository: Path) -> None:
-    from resnet18_triton.contract import ClassifierNames
     from resnet18_triton.repository.writer import write_fused_model
 
     add_openvino_variant(repository)
-    write_fused_model(repository, ClassifierNames.of(), openvino=True)
+    write_fused_model(repository, variants.OPENVINO_FUSED, DEFAULT)
     before = digest(repository)
     assert tuned_models(repository)[-1] == "resnet18_openvino_fused"
     apply_plan(repository, Candidate(OPENVINO, 1, 1, 1, 4, 0), cores=2)

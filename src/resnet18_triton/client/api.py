@@ -55,7 +55,7 @@ from resnet18_triton.errors import (
     ResNet18TritonError,
     ServerUnavailableError,
 )
-from resnet18_triton.repository.layout import variant_model_names
+from resnet18_triton.repository.variants import REGISTRY, variant_model_names
 
 T = TypeVar("T")
 
@@ -194,10 +194,10 @@ def served_classifiers(
 def served_names(
     names: ClassifierNames, index: dict[str, list[dict[str, Any]]] | None
 ) -> list[str]:
-    """The models of ``names`` to check: FP32 always, INT8 where the index lists it."""
-    variants = (*names.int8_models, names.int8_fused)
-    int8 = [model for model in variants if index is not None and model in index]
-    return [*names.served, *int8]
+    """The models of ``names`` to check: FP32 always, each variant's where the index lists it."""
+    models = [model for variant in REGISTRY for model in variant.models(names)]
+    listed = [model for model in models if index is not None and model in index]
+    return [*names.served, *listed]
 
 
 def classifier_health(

@@ -31,11 +31,8 @@ from resnet18_triton.export.quantize import (
     served_preprocessing,
 )
 from resnet18_triton.options import repository_option
-from resnet18_triton.repository.layout import (
-    DEFAULT_CLASSIFIER,
-    openvino_ensemble_name,
-    openvino_model_path,
-)
+from resnet18_triton.repository import variants
+from resnet18_triton.repository.layout import DEFAULT_CLASSIFIER
 from resnet18_triton.repository.writer import held_classifier
 
 
@@ -139,8 +136,9 @@ def openvino(
         figures = {"precision": chosen, "fidelity": json.loads(report.to_json())}
         report_path.write_text(json.dumps(figures, indent=2) + "\n")
     click.echo(
-        f"OpenVINO {chosen} model ready: {openvino_model_path(repository, names.name)}; serve it "
-        f"with `resnet18-triton serve` and classify with --model "
-        f"{openvino_ensemble_name(names.name)}",
+        f"OpenVINO {chosen} model ready: {variants.OPENVINO.model_path(repository, names)}; "
+        f"serve it with `resnet18-triton serve` and classify with --model "
+        f"{variants.OPENVINO_FUSED.entry(names)} (the faster path) or --model "
+        f"{variants.OPENVINO.entry(names)}",
         err=True,
     )

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
+from numpy.typing import NDArray
+from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
@@ -34,26 +37,11 @@ from resnet18_triton.export.fidelity import (
     run_logits,
     session,
 )
-from resnet18_triton.repository.layout import (
-    backend_source,
-    load_model_module,
-    onnx_model_path,
-    openvino_fused_name,
-    openvino_model_path,
-    openvino_models,
-)
-from resnet18_triton.repository.transaction import (
-    install,
-    install_lock,
-    remove_stale_staging,
-    staging_directory,
-)
-from resnet18_triton.repository.writer import (
-    openvino_configs,
-    write_bytes_atomically,
-    write_fused_model,
-    write_variant_configs,
-)
+from resnet18_triton.files import write_bytes_atomically
+from resnet18_triton.repository import variants
+from resnet18_triton.repository.layout import backend_source, load_model_module, onnx_model_path
+from resnet18_triton.repository.transaction import remove_stale_staging, staging_directory
+from resnet18_triton.repository.writer import install_variant, variant_model_configs
 
 _BACKEND_MODULE_NAME = "resnet18_triton_openvino_backend"
 
@@ -63,16 +51,18 @@ def openvino_backend() -> ModuleType:
     return load_model_module(backend_source("openvino"), _BACKEND_MODULE_NAME)
 
 
-def config_as_json(config) -> dict:
+def config_as_json(config: mc.ModelConfig) -> dict[str, Any]:
     """A ModelConfig as the JSON dict Triton hands a Python model (``args["model_config"]``)."""
-    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+    result: dict[str, Any] = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    return result
 
 
 def source_model(repository: Path, precision: str, names: ClassifierNames | None = None) -> Path:
     """The ONNX file the variant of classifier ``names`` (default: the default one) serves: its
     FP32 export, or its INT8 QDQ file for ``int8``."""
     names = names or ClassifierNames.of()
-    path = onnx_model_path(repository, names.int8 if precision == "int8" else names.onnx)
+    onnx = variants.INT8.classifier(names) if precision == "int8" else names.onnx
+    path = onnx_model_path(repository, onnx)
     if not path.is_file():
         named = "" if names.name == contract.ENSEMBLE_MODEL else f" --name {names.name}"
         step = "resnet18-triton quantize" if precision == "int8" else "resnet18-triton export"
@@ -80,7 +70,9 @@ def source_model(repository: Path, precision: str, names: ClassifierNames | None
     return path
 
 
-def openvino_logits(path: Path, model_config: dict, images: np.ndarray, batch_size: int = 8):
+def openvino_logits(
+    path: Path, model_config: dict[str, Any], images: NDArray[np.uint8], batch_size: int = 8
+) -> NDArray[np.float32]:
     """Logits of ``images`` [N, 3, S, S] (uint8) from OpenVINO compiled as the backend would."""
     backend = openvino_backend()
     request = backend.compile_model(str(path), model_config).create_infer_request()
@@ -90,13 +82,14 @@ def openvino_logits(path: Path, model_config: dict, images: np.ndarray, batch_si
         )[0]
         for i in range(0, len(images), batch_size)
     ]
-    return np.concatenate(chunks)
+    result: NDArray[np.float32] = np.concatenate(chunks)
+    return result
 
 
 def build_openvino_variant(
     repository: Path,
     precision: str,
-    held_out: np.ndarray,
+    held_out: NDArray[np.uint8],
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     force: bool = False,
     names: ClassifierNames | None = None,
@@ -107,7 +100,7 @@ def build_openvino_variant(
     names = names or ClassifierNames.of()
     fp32_path = onnx_model_path(repository, names.onnx)
     candidate = source_model(repository, precision, names)
-    configs = openvino_configs(repository, precision, {}, names)
+    configs = variant_model_configs(repository, variants.OPENVINO, {}, names, precision)
     candidate_logits = openvino_logits(candidate, config_as_json(configs[0]), held_out)
     report = compare_logits(
         run_logits(session(fp32_path), held_out),
@@ -122,22 +115,23 @@ def build_openvino_variant(
             "nothing was written. Try --precision f32, or --force to write it anyway.",
             report,
         )
-    configs = openvino_configs(repository, precision, {"fidelity": report.to_json()}, names)
-    install_variant(repository, candidate, configs, names)
+    parameters = {"fidelity": report.to_json()}
+    install_openvino(repository, candidate, names, parameters, precision)
     return report
 
 
-def install_variant(
-    repository: Path, candidate: Path, configs: list, names: ClassifierNames
+def install_openvino(
+    repository: Path,
+    candidate: Path,
+    names: ClassifierNames,
+    parameters: dict[str, str],
+    precision: str,
 ) -> None:
-    """Stage the variant's classifier (``candidate`` copied), ensemble and fused model, then swap
-    them in together: steps first, the ensemble last."""
-    classifier, ensemble = openvino_models(names.name)
+    """Stage the variant's model file (``candidate`` copied) and install it with its configs and
+    fused model through the repository's transaction (``writer.install_variant``)."""
     repository = repository.resolve()
     remove_stale_staging(repository)
     with staging_directory(repository) as staging:
-        write_bytes_atomically(openvino_model_path(staging, names.name), candidate.read_bytes())
-        write_variant_configs(repository, configs, names, target=staging)
-        write_fused_model(repository, names, target=staging, openvino=True)
-        with install_lock(repository):
-            install(staging, repository, (classifier, openvino_fused_name(names.name), ensemble))
+        target = variants.OPENVINO.model_path(staging, names)
+        write_bytes_atomically(target, candidate.read_bytes())
+        install_variant(repository, staging, variants.OPENVINO, names, parameters, precision)

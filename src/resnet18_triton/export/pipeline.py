@@ -63,6 +63,7 @@ from resnet18_triton.repository.classifier import (
 )
 from resnet18_triton.repository.configs import ServingSettings
 from resnet18_triton.repository.layout import (
+    all_models,
     classifiers,
     default_repository,
     onnx_model_path,
@@ -201,7 +202,7 @@ def check_name_free(repository: Path, names: ClassifierNames) -> None:
     that belongs to no classifier of that name (e.g. ``--name resnet18_onnx``)."""
     taken = owned_models(repository, excluding=names.name)
     ours = {item.name for item in classifiers(repository)}
-    for model in names.all_models:
+    for model in all_models(names):
         owner = taken.get(model)
         if owner is not None:
             raise ExportError(

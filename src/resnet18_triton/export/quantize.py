@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from numpy.typing import NDArray
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -187,7 +188,7 @@ def served_preprocessing(repository: Path, preprocess_model: str) -> tuple[Modul
 
 def preprocess_files(
     files: Sequence[Path], preprocess: ModuleType, transform: Any = None
-) -> np.ndarray:
+) -> NDArray[np.uint8]:
     """Encoded image files -> uint8 [N, 3, S, S] via the served preprocessing and the
     classifier's ``transform`` (default: ImageNet's, S = 224)."""
     transform = transform or preprocess.Transform()
@@ -201,15 +202,15 @@ def preprocess_files(
     return batch
 
 
-class PreprocessedImageReader(CalibrationDataReader):
+class PreprocessedImageReader(CalibrationDataReader):  # type: ignore[misc]
     """Feeds preprocessed images to the calibrator in batches of ``batch_size``."""
 
-    def __init__(self, images: np.ndarray, batch_size: int = 8) -> None:
+    def __init__(self, images: NDArray[np.uint8], batch_size: int = 8) -> None:
         if images.ndim != 4 or len(images) == 0:
             raise ExportError("calibration needs a non-empty [N, 3, 224, 224] batch of images")
         self.images = images
         self.batch_size = batch_size
-        self._batches: Iterator[np.ndarray] = iter(())
+        self._batches: Iterator[NDArray[np.uint8]] = iter(())
         self.rewind()
 
     @classmethod
@@ -222,7 +223,7 @@ class PreprocessedImageReader(CalibrationDataReader):
     ) -> PreprocessedImageReader:
         return cls(preprocess_files(files, preprocess, transform), batch_size)
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
+    def get_next(self) -> dict[str, NDArray[np.uint8]] | None:
         batch = next(self._batches, None)
         return None if batch is None else {contract.ONNX_INPUT: batch}
 

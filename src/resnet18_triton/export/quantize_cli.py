@@ -21,6 +21,7 @@ from resnet18_triton.contract import DEFAULT_CLASSIFIER, ClassifierNames
 from resnet18_triton.errors import QuantizationRefused
 from resnet18_triton.export.fidelity import (
     DEFAULT_MIN_AGREEMENT,
+    FidelityReport,
     measure_fidelity,
     measure_speed,
 )
@@ -37,20 +38,10 @@ from resnet18_triton.export.quantize import (
     split_holdout,
 )
 from resnet18_triton.options import repository_option
-from resnet18_triton.repository.layout import (
-    onnx_model_path,
-)
-from resnet18_triton.repository.transaction import (
-    install,
-    install_lock,
-    remove_stale_staging,
-    staging_directory,
-)
-from resnet18_triton.repository.writer import (
-    held_classifier,
-    write_fused_model,
-    write_int8_configs,
-)
+from resnet18_triton.repository import variants
+from resnet18_triton.repository.layout import onnx_model_path
+from resnet18_triton.repository.transaction import remove_stale_staging, staging_directory
+from resnet18_triton.repository.writer import held_classifier, install_variant
 
 
 def held_classifier_input_size(repository: Path, names: ClassifierNames) -> int:
@@ -67,7 +58,7 @@ def quantize_repository(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     force: bool = False,
     name: str = DEFAULT_CLASSIFIER,
-):
+) -> FidelityReport:
     """Library form of the command for classifier ``name``; returns the FidelityReport. Its
     images go through that classifier's own preprocessing. Raises QuantizationRefused, or
     ExportError for a classifier the repository does not hold."""
@@ -82,7 +73,8 @@ def quantize_repository(
     repository = repository.resolve()
     remove_stale_staging(repository)
     with staging_directory(repository) as staging:
-        candidate = quantize_model(fp32_path, onnx_model_path(staging, names.int8), reader, recipe)
+        target = variants.INT8.model_path(staging, names)
+        candidate = quantize_model(fp32_path, target, reader, recipe)
         report = measure_fidelity(fp32_path, candidate, held_out)
         if not report.passes(min_agreement) and not force:
             raise QuantizationRefused(
@@ -93,10 +85,7 @@ def quantize_repository(
                 report,
             )
         parameters = {QUANTIZATION_PARAMETER: recipe.to_json(), "fidelity": report.to_json()}
-        write_int8_configs(repository, parameters, target=staging, names=names)
-        write_fused_model(repository, names, target=staging)
-        with install_lock(repository):
-            install(staging, repository, (*names.int8_models, names.int8_fused))
+        install_variant(repository, staging, variants.INT8, names, parameters)
     return report
 
 
@@ -233,7 +222,7 @@ def quantize(
         speed = measure_speed(
             {
                 "fp32": onnx_model_path(repository, names.onnx),
-                "int8": onnx_model_path(repository, names.int8),
+                "int8": variants.INT8.model_path(repository, names),
             },
             input_size=held_classifier_input_size(repository, names),
         )
@@ -248,8 +237,8 @@ def quantize(
     if report_path is not None:
         report_path.write_text(json.dumps(figures, indent=2) + "\n")
     click.echo(
-        f"INT8 model ready: {onnx_model_path(repository, names.int8)}; serve it with "
-        f"`resnet18-triton serve` and classify with --model {names.int8_fused} (the faster path) "
-        f"or --model {names.int8_ensemble}",
+        f"INT8 model ready: {variants.INT8.model_path(repository, names)}; serve it with "
+        f"`resnet18-triton serve` and classify with --model {variants.INT8_FUSED.entry(names)} "
+        f"(the faster path) or --model {variants.INT8.entry(names)}",
         err=True,
     )

@@ -48,14 +48,8 @@ from resnet18_triton.perf.report import (
     write_rows_csv,
 )
 from resnet18_triton.perf.stack import StackSampler
-from resnet18_triton.repository.layout import (
-    has_int8,
-    has_int8_fused,
-    has_openvino,
-    has_openvino_fused,
-    onnx_model_path,
-    served_models,
-)
+from resnet18_triton.repository import variants
+from resnet18_triton.repository.layout import onnx_model_path, served_models
 
 Echo = Callable[[str], None]
 
@@ -387,11 +381,11 @@ def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
                 "the raw model is timed over HTTP only (no shared memory)"
             )
         settings = replace(plan.settings, admin_key=admin_key)
-        int8 = plan.int8 or has_int8(repo)
-        fused = int8 and has_int8_fused(repo)
+        int8 = plan.int8 or variants.holds(repo, variants.INT8)
+        fused = int8 and variants.holds(repo, variants.INT8_FUSED)
         served = run_served(plan, url, pid, settings, files, int8, echo, fused)
         interleaved = run_interleaved(plan, repo, url, settings, served, echo)
-        if has_openvino(repo):
+        if variants.holds(repo, variants.OPENVINO):
             openvino_section = run_openvino(plan, repo, url, files[TYPICAL], environment, echo)
     results = BenchResults(tuple(engines), tuple(served), tuple(interleaved), environment)
     (plan.out / "bench.json").write_text(json.dumps(results_json(results), indent=2, default=str))
@@ -424,13 +418,13 @@ def run_openvino(
         precision,
         concurrency=plan.settings.concurrency,
         echo=echo,
-        fused=has_openvino_fused(repo),
+        fused=variants.holds(repo, variants.OPENVINO_FUSED),
     )
     pairs = openvino_bench.served_pairs(url, out / "input_500x375.json", out, precision, echo=echo)
     env = {**environment, **openvino_bench.environment()}
     text = openvino_bench.report_markdown(env, inprocess, served, pairs)
     (out / "openvino.json").write_text(
-        json.dumps({"inprocess": inprocess, "served": served, "pairs": pairs}, indent=2)
+        json.dumps(openvino_bench.figures_json(inprocess, served, pairs), indent=2)
     )
     return text.replace("# OpenVINO bench", "## OpenVINO variant", 1)
 

@@ -22,41 +22,95 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
 from resnet18_triton import contract
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.perf import images as image_sets
 from resnet18_triton.perf import perf_analyzer as pa
-from resnet18_triton.repository.layout import (
-    CONFIG_FILENAME,
-    has_openvino,
-    has_openvino_fused,
-    onnx_model_path,
-    openvino_fused_name,
-    openvino_model_path,
-    openvino_models,
-    served_models,
-)
+from resnet18_triton.repository import variants
+from resnet18_triton.repository.layout import onnx_model_path, served_models
+
+# The benchmark measures the default classifier's variant.
+DEFAULT = ClassifierNames.of()
 
 ORT_LABEL = "ort fp32 ensemble 500x375"
 
+# A model config as JSON (``export.openvino_variant.config_as_json``).
+JsonObject = dict[str, Any]
+# One in-process engine: runs a uint8 [batch, 3, 224, 224] batch, outputs unused.
+Runner = Callable[[npt.NDArray[np.uint8]], object]
+Echo = Callable[[str], None]
 
-def _variant_config(repo: Path) -> dict:
+
+@dataclass(frozen=True)
+class InProcessRow:
+    """One engine at one batch size, timed in this process: median ms per image and images/s
+    (batch over the median batch time), over ``iterations`` timed runs."""
+
+    engine: str
+    batch: int
+    threads: int
+    iterations: int
+    ms_per_image: float
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class ServedRound:
+    """A perf_analyzer row of one served path and the round (from 0) it was measured in."""
+
+    row: pa.Row
+    round: int
+
+    def as_dict(self) -> dict[str, object]:
+        """The row's fields, then ``round``: its entry in the JSON figures."""
+        return {**self.row.as_dict(), "round": self.round}
+
+
+@dataclass(frozen=True)
+class ServedPair:
+    """One back-to-back measurement: ORT then OpenVINO img/s at ``concurrency``, and
+    ``ratio`` = OpenVINO over ORT."""
+
+    pair: int
+    concurrency: int
+    ort_img_s: float
+    openvino_img_s: float
+    ratio: float
+
+
+class BenchEnvironment(TypedDict):
+    """Where the figures were measured: date, CPU model, usable cores, the CPU's BF16/INT8
+    flags and the OpenVINO version."""
+
+    date: str
+    cpu: str
+    cores: int
+    flags: str
+    openvino: str
+
+
+def _variant_config(repo: Path) -> JsonObject:
     from resnet18_triton.export.openvino_variant import config_as_json
-    from resnet18_triton.repository.configs import parse
+    from resnet18_triton.repository.configs import read_config
 
-    return config_as_json(parse((repo / openvino_models()[0] / CONFIG_FILENAME).read_text()))
+    return config_as_json(read_config(repo, variants.OPENVINO.classifier(DEFAULT)))
 
 
 def variant_precision(repo: Path) -> str:
     """The precision the repository's OpenVINO variant was built with."""
     parameters = _variant_config(repo).get("parameters", {})
-    return parameters.get(contract.PRECISION_PARAMETER, {}).get("string_value", "unknown")
+    return str(parameters.get(contract.PRECISION_PARAMETER, {}).get("string_value", "unknown"))
 
 
-def _runners(repo: Path, threads: int) -> dict:
+def _runners(repo: Path, threads: int) -> dict[str, Runner]:
     """name -> callable(batch) for each in-process engine."""
     import onnxruntime as ort
 
@@ -74,14 +128,16 @@ def _runners(repo: Path, threads: int) -> dict:
     for key in ("HINT_BF16", contract.PRECISION_PARAMETER):
         f32.get("parameters", {}).pop(key, None)
     f32["parameters"]["INFERENCE_PRECISION_HINT"] = {"string_value": "f32"}
-    runners = {"ort-fp32": lambda batch: session.run(None, {contract.ONNX_INPUT: batch})}
+    runners: dict[str, Runner] = {
+        "ort-fp32": lambda batch: session.run(None, {contract.ONNX_INPUT: batch})
+    }
     for name, variant in ((f"openvino-{variant_precision(repo)}", config), ("openvino-f32", f32)):
-        request = backend.compile_model(str(openvino_model_path(repo)), variant)
+        request = backend.compile_model(str(variants.OPENVINO.model_path(repo, DEFAULT)), variant)
         runners[name] = _openvino_runner(backend, request.create_infer_request())
     return runners
 
 
-def _openvino_runner(backend, request):
+def _openvino_runner(backend: Any, request: Any) -> Runner:
     return lambda batch: backend.infer(
         request, {contract.ONNX_INPUT: batch}, [contract.ONNX_OUTPUT]
     )
@@ -89,7 +145,7 @@ def _openvino_runner(backend, request):
 
 def inprocess_rows(
     repo: Path, threads: int = 2, seconds: float = 5.0, batch_sizes: tuple[int, ...] = (1, 8)
-) -> list[dict]:
+) -> list[InProcessRow]:
     """Median ms/img and img/s per engine and batch size, timed interleaved."""
     runners = _runners(repo, threads)
     rng = np.random.default_rng(0)
@@ -109,14 +165,14 @@ def inprocess_rows(
         for name, values in times.items():
             median = statistics.median(values)
             rows.append(
-                {
-                    "engine": name,
-                    "batch": batch_size,
-                    "threads": threads,
-                    "iterations": len(values),
-                    "ms_per_image": 1000 * median / batch_size,
-                    "images_per_s": batch_size / median,
-                }
+                InProcessRow(
+                    engine=name,
+                    batch=batch_size,
+                    threads=threads,
+                    iterations=len(values),
+                    ms_per_image=1000 * median / batch_size,
+                    images_per_s=batch_size / median,
+                )
             )
     return rows
 
@@ -129,10 +185,10 @@ def served_rows(
     concurrency: str = "1:4:1",
     rounds: int = 2,
     measurement_interval_ms: int = 5000,
-    echo=print,
+    echo: Echo = print,
     fused: bool = False,
-) -> dict[str, list[dict]]:
-    """``label -> [row dicts]`` per round: the two ensembles (and with ``fused`` the OpenVINO
+) -> dict[str, list[ServedRound]]:
+    """``label -> [rows of every round]``: the two ensembles (and with ``fused`` the OpenVINO
     fused model) on the same JPEGs, alternated."""
     analyzer = pa.locate()
     data = pa.write_input_data(
@@ -140,11 +196,11 @@ def served_rows(
     )
     models = {
         ORT_LABEL: contract.ENSEMBLE_MODEL,
-        f"openvino {precision} ensemble 500x375": openvino_models()[1],
+        f"openvino {precision} ensemble 500x375": variants.OPENVINO.entry(DEFAULT),
     }
     if fused:
-        models[f"openvino {precision} fused 500x375"] = openvino_fused_name()
-    served: dict[str, list[dict]] = {label: [] for label in models}
+        models[f"openvino {precision} fused 500x375"] = variants.OPENVINO_FUSED.entry(DEFAULT)
+    served: dict[str, list[ServedRound]] = {label: [] for label in models}
     for round_index in range(rounds):
         for label, model in models.items():
             settings = pa.SweepSettings(
@@ -155,7 +211,7 @@ def served_rows(
             result = pa.run(analyzer, sweep, out / f"perf_{slug}_{round_index}.csv", label=label)
             top = max(result.rows, key=lambda row: row.throughput)
             echo(f"  {label} round {round_index + 1}: best {top.throughput:.1f} img/s")
-            served[label] += [dict(row.as_dict(), round=round_index) for row in result.rows]
+            served[label] += [ServedRound(row, round_index) for row in result.rows]
     return served
 
 
@@ -167,38 +223,44 @@ def served_pairs(
     concurrency: int = 2,
     pairs: int = 8,
     measurement_interval_ms: int = 3000,
-    echo=print,
-) -> list[dict]:
+    echo: Echo = print,
+) -> list[ServedPair]:
     """Short back-to-back measurements, ORT then OpenVINO, ``pairs`` times at one concurrency.
 
     Load from other processes changes within minutes; a ratio taken within one pair (seconds
     apart) is far less exposed to it than best-of-sweep figures taken minutes apart.
     """
     analyzer = pa.locate()
-    models = {"ort": contract.ENSEMBLE_MODEL, "openvino": openvino_models()[1]}
-    results = []
+    models = {"ort": contract.ENSEMBLE_MODEL, "openvino": variants.OPENVINO.entry(DEFAULT)}
+    results: list[ServedPair] = []
     for index in range(pairs):
-        pair: dict[str, float] = {"pair": index, "concurrency": concurrency}
+        throughput: dict[str, float] = {}
         for name, model in models.items():
             settings = pa.SweepSettings(
                 concurrency=str(concurrency), measurement_interval_ms=measurement_interval_ms
             )
             sweep = pa.Sweep(model=model, url=url, settings=settings, input_data=data)
             result = pa.run(analyzer, sweep, out / f"pair_{name}_{index}.csv", label=name)
-            pair[f"{name}_img_s"] = result.rows[0].throughput
-        pair["ratio"] = pair["openvino_img_s"] / pair["ort_img_s"]
+            throughput[name] = result.rows[0].throughput
+        pair = ServedPair(
+            pair=index,
+            concurrency=concurrency,
+            ort_img_s=throughput["ort"],
+            openvino_img_s=throughput["openvino"],
+            ratio=throughput["openvino"] / throughput["ort"],
+        )
         echo(
-            f"  pair {index + 1}: ORT {pair['ort_img_s']:.1f}, OpenVINO {precision} "
-            f"{pair['openvino_img_s']:.1f} img/s -> {pair['ratio']:.2f}x"
+            f"  pair {index + 1}: ORT {pair.ort_img_s:.1f}, OpenVINO {precision} "
+            f"{pair.openvino_img_s:.1f} img/s -> {pair.ratio:.2f}x"
         )
         results.append(pair)
     return results
 
 
-def served_ratios(served: dict[str, list[dict]]) -> list[tuple[float, str]]:
+def served_ratios(served: Mapping[str, Sequence[ServedRound]]) -> list[tuple[float, str]]:
     """Best img/s of each OpenVINO path (the ensemble, the fused model when served) over the best
     ONNX Runtime FP32 ensemble img/s, with the path's label, in ``served`` order."""
-    best = {name: max(row["throughput"] for row in rows) for name, rows in served.items()}
+    best = {name: max(entry.row.throughput for entry in rows) for name, rows in served.items()}
     return [(best[name] / best[ORT_LABEL], name) for name in served if name != ORT_LABEL]
 
 
@@ -216,7 +278,7 @@ def ensure_repository(repo: Path | None, out: Path, precision: str, typical: lis
 
         request = ExportRequest(repository=out / "model_repository", weights="random", seed=0)
         repo = export_repository(request).repository
-    if not has_openvino(repo):
+    if not variants.holds(repo, variants.OPENVINO):
         held_out = preprocess_files(typical, load_preprocess_module(repo))
         report = build_openvino_variant(repo, precision, held_out, force=True)
         print(
@@ -225,22 +287,28 @@ def ensure_repository(repo: Path | None, out: Path, precision: str, typical: lis
     return repo
 
 
-def served_vs_inprocess(served: dict, inprocess: list[dict]) -> list[tuple[str, str, float, float]]:
+def served_vs_inprocess(
+    served: Mapping[str, Sequence[ServedRound]], inprocess: Sequence[InProcessRow]
+) -> list[tuple[str, str, float, float]]:
     """(served label, in-process engine, served best img/s, in-process best img/s) for each served
     path whose engine and precision (``ort fp32 ...`` -> ``ort-fp32``) was also run in-process."""
     found = []
     for label, rows in served.items():
         engine = "-".join(label.split()[:2])
-        alone = [row["images_per_s"] for row in inprocess if row["engine"] == engine]
+        alone = [row.images_per_s for row in inprocess if row.engine == engine]
         if rows and alone:
-            found.append((label, engine, max(row["throughput"] for row in rows), max(alone)))
+            found.append((label, engine, max(entry.row.throughput for entry in rows), max(alone)))
     return found
 
 
 def report_markdown(
-    environment: dict, inprocess: list[dict], served: dict, pairs: list[dict] | None = None
+    environment: Mapping[str, object],
+    inprocess: Sequence[InProcessRow],
+    served: Mapping[str, Sequence[ServedRound]],
+    pairs: Sequence[ServedPair] | None = None,
 ) -> str:
-    """The figures as Markdown tables, with the CPU and the served ratio."""
+    """The figures as Markdown tables, with the CPU and the served ratio. ``environment`` needs
+    the keys ``date``, ``cpu``, ``cores`` and ``flags`` (a ``BenchEnvironment`` has them)."""
     lines = [
         f"# OpenVINO bench ({environment['date']})",
         "",
@@ -250,7 +318,7 @@ def report_markdown(
         "|---|---|---|---|",
     ]
     lines += [
-        f"| {r['engine']} | {r['batch']} | {r['ms_per_image']:.1f} | {r['images_per_s']:.1f} |"
+        f"| {r.engine} | {r.batch} | {r.ms_per_image:.1f} | {r.images_per_s:.1f} |"
         for r in inprocess
     ]
     lines += [
@@ -259,9 +327,9 @@ def report_markdown(
         "|---|---|---|",
     ]
     for label, rows in served.items():
-        rounds = sorted({row["round"] for row in rows})
-        bests = [max(r["throughput"] for r in rows if r["round"] == i) for i in rounds]
-        p50 = [r["p50_ms"] for r in rows if r["load"] == 1]
+        rounds = sorted({entry.round for entry in rows})
+        bests = [max(e.row.throughput for e in rows if e.round == i) for i in rounds]
+        p50 = [e.row.p50_ms for e in rows if e.row.load == 1]
         lines.append(
             f"| {label} | {', '.join(f'{b:.1f}' for b in bests)} | "
             f"{', '.join(f'{p:.1f}' for p in p50)} |"
@@ -281,17 +349,32 @@ def report_markdown(
             for label, engine, top, alone in versus
         ]
     if pairs:
-        ratios = [pair["ratio"] for pair in pairs]
+        ratios = [pair.ratio for pair in pairs]
         lines += [
             "",
-            f"Back-to-back pairs at concurrency {pairs[0]['concurrency']}: median ratio "
+            f"Back-to-back pairs at concurrency {pairs[0].concurrency}: median ratio "
             f"**{statistics.median(ratios):.2f}x** (range {min(ratios):.2f}-{max(ratios):.2f}x, "
             f"{len(ratios)} pairs)",
         ]
     return "\n".join(lines) + "\n"
 
 
-def environment() -> dict:
+def figures_json(
+    inprocess: Sequence[InProcessRow],
+    served: Mapping[str, Sequence[ServedRound]],
+    pairs: Sequence[ServedPair],
+) -> dict[str, object]:
+    """The figures as JSON-ready data: ``inprocess`` and ``pairs`` as lists of objects,
+    ``served`` as label -> [row fields plus ``round``]."""
+    return {
+        "inprocess": [asdict(row) for row in inprocess],
+        "served": {label: [entry.as_dict() for entry in rows] for label, rows in served.items()},
+        "pairs": [asdict(pair) for pair in pairs],
+    }
+
+
+def environment() -> BenchEnvironment:
+    """Where this process runs (see ``BenchEnvironment``)."""
     import os
     import platform
 
@@ -317,7 +400,7 @@ def environment() -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repo", type=Path, default=None)
     parser.add_argument("--precision", default="bf16", choices=("bf16", "f32", "int8"))
@@ -354,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
             variant_precision(repo),
             concurrency=args.concurrency,
             rounds=args.rounds,
-            fused=has_openvino_fused(repo),
+            fused=variants.holds(repo, variants.OPENVINO_FUSED),
         )
         pairs = served_pairs(
             server.url,
@@ -363,12 +446,7 @@ def main(argv: list[str] | None = None) -> None:
             variant_precision(repo),
             pairs=args.pairs,
         )
-    figures = {
-        "environment": env,
-        "inprocess": inprocess,
-        "served": served,
-        "pairs": pairs,
-    }
+    figures = {"environment": env, **figures_json(inprocess, served, pairs)}
     (args.out / "openvino_bench.json").write_text(json.dumps(figures, indent=2, default=str))
     markdown = report_markdown(env, inprocess, served, pairs)
     (args.out / "openvino_bench.md").write_text(markdown)

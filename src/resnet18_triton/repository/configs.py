@@ -21,15 +21,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
-from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.contract import CONFIG_FILENAME, ClassifierNames
 from resnet18_triton.errors import ExportError
 from resnet18_triton.repository.classifier import Classifier, Preprocessing
+from resnet18_triton.repository.variants import (
+    ENGINES,
+    INTER_OP_THREADS,
+    INTRA_OP_THREADS,
+    OPENVINO_THREADS,
+    THREAD_KEYS,
+)
 
 
 def available_cores() -> int:
@@ -195,8 +203,8 @@ def onnx_model_config(
     _string_parameters(
         config,
         {
-            "intra_op_thread_count": str(settings.intra_op_threads),
-            "inter_op_thread_count": str(settings.inter_op_threads),
+            INTRA_OP_THREADS: str(settings.intra_op_threads),
+            INTER_OP_THREADS: str(settings.inter_op_threads),
             "execution_mode": "0",
             "enable_mem_arena": "1" if settings.ort_memory_arena else "0",
             "enable_mem_pattern": "1",
@@ -342,10 +350,6 @@ def variant_configs(
 # output it answers with; and each engine's per-instance thread key.
 FUSED_ENGINE_PARAMETER = "engine"
 FUSED_OUTPUT_PARAMETER = "classifier_output"
-FUSED_THREAD_KEYS = {
-    ORT_BACKEND: "intra_op_thread_count",
-    OPENVINO_BACKEND: "INFERENCE_NUM_THREADS",
-}
 
 
 def instance_count(config: mc.ModelConfig) -> int:
@@ -368,7 +372,7 @@ def fused_model_config(
     img/s, 1 x 2 124; docs/performance.md).
     """
     engine = classifier.backend or ORT_BACKEND
-    threads_key = FUSED_THREAD_KEYS.get(engine)
+    threads_key = THREAD_KEYS.get(engine) if engine in ENGINES else None
     if threads_key is None:
         raise ExportError(f"no fused model for the {engine!r} backend of {classifier.name!r}")
     probabilities = next(
@@ -385,7 +389,7 @@ def fused_model_config(
             config.parameters[key].CopyFrom(value)
     single_thread = {threads_key: "1"}
     if engine == ORT_BACKEND:
-        single_thread["inter_op_thread_count"] = "1"
+        single_thread[INTER_OP_THREADS] = "1"
     _string_parameters(
         config,
         {
@@ -406,15 +410,36 @@ def fused_model_config(
     return config
 
 
-# Parameters of the ONNX Runtime backend, meaningless to OpenVINO: dropped from the variant.
+# The ONNX Runtime session options a classifier config carries, all derived from the serving
+# settings: a variant's other parameters (its quantisation recipe, fidelity report, provenance)
+# are its own, and are kept when its configs are derived again.
 ORT_PARAMETERS = (
-    "intra_op_thread_count",
-    "inter_op_thread_count",
+    INTRA_OP_THREADS,
+    INTER_OP_THREADS,
     "execution_mode",
     "enable_mem_arena",
     "enable_mem_pattern",
     "memory.enable_memory_arena_shrinkage",
 )
+ORT_SESSION_PREFIX = "session."
+
+
+def is_serving_parameter(engine: str, key: str) -> bool:
+    """True when parameter ``key`` of an ``engine`` classifier is derived from the serving
+    settings (threads, session options), not the model's own (recipe, fidelity, provenance)."""
+    if engine == OPENVINO_BACKEND:
+        return key in openvino_parameters(1, "f32") or key == "HINT_BF16"
+    return key in ORT_PARAMETERS or key.startswith(ORT_SESSION_PREFIX)
+
+
+def own_parameters(config: mc.ModelConfig) -> dict[str, str]:
+    """The classifier config's parameters that are not derived from the serving settings."""
+    engine = config.backend or ORT_BACKEND
+    return {
+        key: value.string_value
+        for key, value in config.parameters.items()
+        if not is_serving_parameter(engine, key)
+    }
 
 
 def openvino_parameters(threads: int, precision: str) -> dict[str, str]:
@@ -431,7 +456,7 @@ def openvino_parameters(threads: int, precision: str) -> dict[str, str]:
     if threads < 1:
         raise ExportError("an OpenVINO instance needs at least 1 thread")
     parameters = {
-        "INFERENCE_NUM_THREADS": str(threads),
+        OPENVINO_THREADS: str(threads),
         "NUM_STREAMS": "1",
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
@@ -467,10 +492,8 @@ def openvino_variant_configs(
     onnx.backend = OPENVINO_BACKEND
     onnx.default_model_filename = model_filename
     onnx.ClearField("optimization")
-    threads_text = onnx.parameters["intra_op_thread_count"].string_value or "1"
-    for key in [
-        key for key in onnx.parameters if key in ORT_PARAMETERS or key.startswith("session.")
-    ]:
+    threads_text = onnx.parameters[INTRA_OP_THREADS].string_value or "1"
+    for key in [key for key in onnx.parameters if is_serving_parameter(ORT_BACKEND, key)]:
         del onnx.parameters[key]
     _string_parameters(onnx, openvino_parameters(int(threads_text), precision))
     _string_parameters(onnx, parameters or {})
@@ -502,3 +525,76 @@ def render(config: mc.ModelConfig) -> str:
 def parse(text: str) -> mc.ModelConfig:
     """Parse config.pbtxt text with Triton's schema (raises on unknown fields)."""
     return text_format.Parse(text, mc.ModelConfig())
+
+
+def read_config_file(path: Path) -> mc.ModelConfig | None:
+    """The config at ``path``; None when it is missing, unreadable or not a model config."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, text_format.ParseError):
+        return None
+
+
+def read_config(repo: Path, model: str) -> mc.ModelConfig:
+    """Model ``model``'s config in ``repo``; raises ExportError saying how to write it."""
+    path = repo / model / CONFIG_FILENAME
+    config = read_config_file(path)
+    if config is None:
+        state = "is not a readable model config" if path.exists() else "is missing"
+        raise ExportError(f"{path} {state}: run `resnet18-triton export` first")
+    return config
+
+
+def _string(config: mc.ModelConfig, key: str, default: str = "") -> str:
+    return config.parameters[key].string_value if key in config.parameters else default
+
+
+def settings_from_configs(
+    preprocess: mc.ModelConfig, classifier: mc.ModelConfig, ensemble: mc.ModelConfig, cores: int
+) -> ServingSettings:
+    """The ``ServingSettings`` that rendered these configs (``cores`` is not in a config)."""
+    threads = int(_string(classifier, INTRA_OP_THREADS, "1") or 1)
+    instances = instance_count(classifier)
+    return ServingSettings(
+        cores=max(cores, instances * threads),
+        onnx_instances=instances,
+        intra_op_threads=threads,
+        inter_op_threads=int(_string(classifier, INTER_OP_THREADS, "1") or 1),
+        preprocess_instances=instance_count(preprocess),
+        max_batch_size=classifier.max_batch_size,
+        max_queue_delay_us=classifier.dynamic_batching.max_queue_delay_microseconds,
+        preferred_batch_sizes=tuple(classifier.dynamic_batching.preferred_batch_size),
+        max_image_pixels=int(_string(preprocess, "max_image_pixels", "0")),
+        max_image_bytes=int(_string(preprocess, "max_image_bytes", "0")),
+        max_aspect_ratio=float(_string(preprocess, "max_aspect_ratio", "0")),
+        allowed_formats=tuple(filter(None, _string(preprocess, "allowed_formats").split(","))),
+        response_cache=ensemble.response_cache.enable,
+        warmup=len(classifier.model_warmup) > 0,
+        openvino=len(classifier.optimization.execution_accelerators.cpu_execution_accelerator) > 0,
+        intra_op_spinning=_string(classifier, "session.intra_op.allow_spinning") == "1",
+        ort_memory_arena=_string(classifier, "enable_mem_arena") == "1",
+        jpeg_draft_min_size=int(_string(preprocess, "jpeg_draft_min_size", "0") or 0),
+    )
+
+
+def repository_settings(
+    repo: Path, cores: int, name: str = contract.ENSEMBLE_MODEL
+) -> ServingSettings:
+    """The FP32 serving settings classifier ``name`` has in the repository now."""
+    names = ClassifierNames.of(name)
+    return settings_from_configs(
+        read_config(repo, names.preprocess),
+        read_config(repo, names.onnx),
+        read_config(repo, names.ensemble),
+        cores,
+    )
+
+
+def repository_classifier(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> Classifier:
+    """Classifier ``name`` as exported into ``repo``: its labels (so its class count) and its
+    preprocessing, read back from its files, so a plan re-renders exactly that classifier."""
+    names = ClassifierNames.of(name)
+    preprocess = read_config(repo, names.preprocess)
+    parameters = {key: value.string_value for key, value in preprocess.parameters.items()}
+    labels = (repo / names.onnx / contract.LABELS_FILENAME).read_text().splitlines()
+    return Classifier(names, tuple(labels), Preprocessing.from_parameters(parameters))

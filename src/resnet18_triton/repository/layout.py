@@ -7,62 +7,26 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 from resnet18_triton import contract
+from resnet18_triton.contract import CONFIG_FILENAME as CONFIG_FILENAME
+from resnet18_triton.contract import VERSION as VERSION
 from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.repository import variants
 
-CONFIG_FILENAME = "config.pbtxt"
-VERSION = "1"
 # Python-backend models whose model.py ships in this package and is copied in by `export`.
 PYTHON_MODELS = (contract.PREPROCESS_MODEL,)
-# A fused model (``NAME_int8_fused``, ``NAME_openvino_fused``: the ensemble's two steps in one
-# Python-backend stub) holds these in its version directory, plus the copy of the Python-based
-# backend of its engine (the classifier's backend), named after it.
-FUSED_MODEL_FILES = ("model.py", "preprocessing.py", "model.onnx")
-
-
-def fused_engine_filename(engine: str) -> str:
-    """The engine's copy in a fused model's version directory, e.g. ``onnxruntime_engine.py``."""
-    return f"{engine}_engine.py"
-
-
 # The repository used when none is named: ./model_repository, or this variable's value.
 REPOSITORY_ENV_VAR = "RESNET18_TRITON_REPO"
 DEFAULT_REPOSITORY_DIRNAME = "model_repository"
 # Code that runs inside tritonserver, shipped as package data beside the server launcher.
 _TRITON_CODE = Path(__file__).resolve().parent.parent / "server"
 
-# The OpenVINO variant written by `resnet18-triton openvino`, named after its classifier. Its
-# classifier directory holds the same ONNX file name the native OpenVINO backend is told to read
-# (``default_model_filename``), so the directory also serves in the official container.
 DEFAULT_CLASSIFIER = contract.ENSEMBLE_MODEL
-OPENVINO_MODEL_FILENAME = "model.onnx"
-
-
-def openvino_model_name(classifier: str = DEFAULT_CLASSIFIER) -> str:
-    """The OpenVINO classifier of ``classifier``, e.g. ``resnet18_openvino``."""
-    return f"{classifier}_openvino"
-
-
-def openvino_ensemble_name(classifier: str = DEFAULT_CLASSIFIER) -> str:
-    """The ensemble running the OpenVINO classifier, e.g. ``resnet18_openvino_ensemble``."""
-    return f"{classifier}_openvino_ensemble"
-
-
-def openvino_models(classifier: str = DEFAULT_CLASSIFIER) -> tuple[str, str]:
-    """The OpenVINO variant's models in load order: classifier, then ensemble."""
-    return openvino_model_name(classifier), openvino_ensemble_name(classifier)
-
-
-def openvino_fused_name(classifier: str = DEFAULT_CLASSIFIER) -> str:
-    """The OpenVINO variant's fused model (both ensemble steps in one stub), e.g.
-    ``resnet18_openvino_fused``."""
-    return f"{classifier}_openvino_fused"
 
 
 # Triton runs each Python-backend model instance as this child process of the server.
@@ -94,10 +58,6 @@ def onnx_model_path(repo: Path, model: str = contract.ONNX_MODEL) -> Path:
     return repo / model / VERSION / "model.onnx"
 
 
-def openvino_model_path(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> Path:
-    return repo / openvino_model_name(classifier) / VERSION / OPENVINO_MODEL_FILENAME
-
-
 def missing_files(repo: Path) -> list[Path]:
     """What a servable repository still lacks; empty once ``resnet18-triton export`` has run.
 
@@ -117,20 +77,16 @@ def classifier_files(repo: Path, names: ClassifierNames) -> list[Path]:
     return [path for path in required if not path.is_file()]
 
 
-# The steps an ensemble config names, in order (export renders ``model_name: "..."`` lines).
-_ENSEMBLE_PLATFORM = re.compile(r'^platform:\s*"ensemble"', re.MULTILINE)
-_STEP_MODEL = re.compile(r'^\s*model_name:\s*"([^"]+)"', re.MULTILINE)
-
-
 def ensemble_steps(config_path: Path) -> tuple[str, ...] | None:
-    """The models an ensemble's config.pbtxt runs, in order; None when it is no ensemble."""
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+    """The models an ensemble's config.pbtxt runs, in order; None when it is no ensemble (or no
+    readable config)."""
+    # Imported here: the protobuf schema is not needed for the paths and names above.
+    from resnet18_triton.repository.configs import read_config_file
+
+    config = read_config_file(config_path)
+    if config is None or config.platform != "ensemble":
         return None
-    if not _ENSEMBLE_PLATFORM.search(text):
-        return None
-    return tuple(_STEP_MODEL.findall(text))
+    return tuple(step.model_name for step in config.ensemble_scheduling.step)
 
 
 def classifiers(repo: Path) -> list[ClassifierNames]:
@@ -150,87 +106,32 @@ def classifiers(repo: Path) -> list[ClassifierNames]:
     return found
 
 
-def int8_files(repo: Path, names: ClassifierNames | None = None) -> list[Path]:
-    """What serving a classifier's INT8 variant needs (written by ``resnet18-triton quantize``)."""
-    names = names or ClassifierNames.of()
-    return [
-        onnx_model_path(repo, names.int8),
-        *[repo / name / CONFIG_FILENAME for name in names.int8_models],
-        *[repo / name / contract.LABELS_FILENAME for name in names.int8_models],
-    ]
-
-
-def has_int8(repo: Path, names: ClassifierNames | None = None) -> bool:
-    """True when ``repo`` holds a complete INT8 variant of the classifier (default: default)."""
-    return all(path.is_file() for path in int8_files(repo, names))
-
-
-def variant_model_names(names: ClassifierNames) -> tuple[str, ...]:
-    """Every variant model classifier ``names`` may have beside its FP32 ones: INT8, OpenVINO,
-    and each one's fused model."""
-    openvino = (*openvino_models(names.name), openvino_fused_name(names.name))
-    return (*names.int8_models, names.int8_fused, *openvino)
-
-
-def has_fused(repo: Path, model: str, engine: str) -> bool:
-    """True when ``repo/model`` is a complete fused model running ``engine``."""
-    directory = repo / model
-    files = [directory / CONFIG_FILENAME, directory / contract.LABELS_FILENAME]
-    filenames = (*FUSED_MODEL_FILES, fused_engine_filename(engine))
-    files += [directory / VERSION / filename for filename in filenames]
-    return all(path.is_file() for path in files)
-
-
-def has_int8_fused(repo: Path, names: ClassifierNames | None = None) -> bool:
-    """True when ``repo`` holds the classifier's complete fused INT8 model (``NAME_int8_fused``;
-    repositories quantised before it existed have the INT8 ensemble only)."""
-    return has_fused(repo, (names or ClassifierNames.of()).int8_fused, "onnxruntime")
-
-
-def has_openvino_fused(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> bool:
-    """True when ``repo`` holds the OpenVINO variant's complete fused model."""
-    return has_fused(repo, openvino_fused_name(classifier), "openvino")
-
-
-def openvino_files(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> list[Path]:
-    """What serving the OpenVINO variant needs (written by ``resnet18-triton openvino``)."""
-    models = openvino_models(classifier)
-    return [
-        openvino_model_path(repo, classifier),
-        *[repo / name / CONFIG_FILENAME for name in models],
-        *[repo / name / contract.LABELS_FILENAME for name in models],
-    ]
-
-
-def has_openvino(repo: Path, classifier: str = DEFAULT_CLASSIFIER) -> bool:
-    """True when ``repo`` holds a complete OpenVINO variant of ``classifier``."""
-    return all(path.is_file() for path in openvino_files(repo, classifier))
-
-
 def served_models(
     repo: Path, int8: bool | None = None, openvino: bool | None = None
 ) -> tuple[str, ...]:
-    """Models to load, in load order: every classifier's steps, then their ensembles, then each
-    variant (INT8, then OpenVINO; classifier, ensemble, then its fused model where it was
-    written) the repository holds, or all of them with ``True``, none with ``False``. A repository
-    without classifiers yields the default classifier's names."""
+    """Models to load, in load order: every classifier's steps, then their ensembles, then the
+    models of each variant (``variants.REGISTRY`` order) the repository holds completely. ``int8``
+    and ``openvino`` force the variants of that engine family in (``True``, their fused models
+    only where written) or out (``False``). A repository without classifiers yields the default
+    classifier's names."""
     found = classifiers(repo) or [ClassifierNames.of()]
-    with_int8 = [names for names in found if int8 or (int8 is None and has_int8(repo, names))]
-    with_openvino = [
-        names.name
-        for names in found
-        if openvino or (openvino is None and has_openvino(repo, names.name))
-    ]
-    return (
-        *[model for names in found for model in (names.preprocess, names.onnx)],
-        *[names.ensemble for names in found],
-        *[names.int8 for names in with_int8],
-        *[names.int8_ensemble for names in with_int8],
-        *[names.int8_fused for names in with_int8 if has_int8_fused(repo, names)],
-        *[openvino_model_name(name) for name in with_openvino],
-        *[openvino_ensemble_name(name) for name in with_openvino],
-        *[openvino_fused_name(name) for name in with_openvino if has_openvino_fused(repo, name)],
-    )
+    forced = {"int8": int8, "openvino": openvino}
+    models = [model for names in found for model in (names.preprocess, names.onnx)]
+    models += [names.ensemble for names in found]
+    for variant in variants.REGISTRY:
+        family = variant.fuses or variant.key
+        for names in found:
+            held = variant in variants.present(repo, names)
+            wanted = forced.get(family)
+            if wanted is False or not (held or (wanted and not variant.fused)):
+                continue
+            models += variant.models(names)
+    return tuple(models)
+
+
+def all_models(names: ClassifierNames) -> tuple[str, ...]:
+    """Every model name classifier ``names`` may own in a repository, its variants' included."""
+    return (*names.served, *variants.variant_model_names(names))
 
 
 def owned_models(repo: Path, excluding: str | None = None) -> dict[str, str]:
@@ -240,7 +141,7 @@ def owned_models(repo: Path, excluding: str | None = None) -> dict[str, str]:
         model: names.name
         for names in classifiers(repo)
         if names.name != excluding
-        for model in (*names.served, *variant_model_names(names))
+        for model in all_models(names)
     }
 
 

@@ -23,9 +23,11 @@ from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
 from resnet18_triton.files import link_or_copy, write_bytes_atomically, write_text_atomically
+from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import Classifier
 from resnet18_triton.repository.configs import (
     FUSED_ENGINE_PARAMETER,
+    OPENVINO_BACKEND,
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
     ServingSettings,
@@ -38,18 +40,15 @@ from resnet18_triton.repository.configs import (
 )
 from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
-    OPENVINO_MODEL_FILENAME,
     PYTHON_MODELS,
     VERSION,
     backend_source,
     classifiers,
-    fused_engine_filename,
     onnx_model_path,
-    openvino_fused_name,
-    openvino_model_name,
-    openvino_models,
     python_model_source,
 )
+from resnet18_triton.repository.transaction import install, install_lock
+from resnet18_triton.repository.variants import Variant
 
 
 def install_python_models(repo: Path, names: ClassifierNames | None = None) -> None:
@@ -150,40 +149,69 @@ def held_classifier(repository: Path, name: str) -> ClassifierNames:
     return names
 
 
-def write_int8_configs(
+def variant_model_configs(
     repo: Path,
+    variant: Variant,
+    parameters: dict[str, str],
+    names: ClassifierNames | None = None,
+    precision: str | None = None,
+) -> list[mc.ModelConfig]:
+    """The classifier and ensemble configs of ensemble variant ``variant`` of ``names``, derived
+    from its FP32 configs in ``repo`` (same instances, threads, batching, warm-up, cache), with
+    ``parameters`` added to the classifier's; not written. ``precision`` is the OpenVINO one
+    (default: the variant's first)."""
+    names = names or ClassifierNames.of()
+    if variant.fused:
+        raise ExportError(f"{variant.key} is a fused variant: write it with write_fused_model")
+    sources = _fp32_configs(repo, names)
+    classifier, ensemble = variant.models(names)
+    if variant.engine == OPENVINO_BACKEND:
+        return openvino_variant_configs(
+            sources[names.onnx],
+            sources[names.ensemble],
+            onnx_name=classifier,
+            ensemble_name=ensemble,
+            precision=precision or variant.precisions[0],
+            model_filename=variant.model_filename,
+            parameters=parameters,
+        )
+    return variant_configs(
+        sources[names.onnx],
+        sources[names.ensemble],
+        onnx_name=classifier,
+        ensemble_name=ensemble,
+        parameters=parameters,
+    )
+
+
+def write_variant(
+    repo: Path,
+    variant: Variant,
     parameters: dict[str, str],
     target: Path | None = None,
     names: ClassifierNames | None = None,
+    precision: str | None = None,
 ) -> list[Path]:
-    """Configs and labels of a classifier's INT8 variant (``resnet18_int8`` and
-    ``resnet18_int8_ensemble`` for the default one), derived from the FP32 ones already in
-    ``repo`` (same instances, threads, batching, warm-up, cache), written into ``target``
-    (default: ``repo``); returns the config paths written."""
-    names = names or ClassifierNames.of()
-    sources = _fp32_configs(repo, names)
-    configs = variant_configs(
-        sources[names.onnx],
-        sources[names.ensemble],
-        onnx_name=names.int8,
-        ensemble_name=names.int8_ensemble,
-        parameters=parameters,
-    )
+    """Configs and labels of ensemble variant ``variant`` (``variant_model_configs``) in
+    ``target`` (default: ``repo``); returns the config paths written. The model file is the
+    writer's own (quantised, compiled, ...)."""
+    configs = variant_model_configs(repo, variant, parameters, names, precision)
     return write_variant_configs(repo, configs, names, target)
 
 
 def write_fused_model(
-    repo: Path, names: ClassifierNames, target: Path | None = None, *, openvino: bool = False
+    repo: Path, variant: Variant, names: ClassifierNames, target: Path | None = None
 ) -> Path:
-    """The fused model of classifier ``names``' INT8 variant (``NAME_int8_fused``), or of its
-    OpenVINO variant with ``openvino`` (``NAME_openvino_fused``), in ``target`` (default:
-    ``repo``): its config (``fused_model_config``), labels, code (``server/models/fused``, the
-    repository's preprocessing, the engine's Python-based backend) and a link to the variant's
-    model file. The variant's classifier must be in ``target``, the preprocess model in ``repo``.
-    Returns the config's path."""
+    """Fused variant ``variant`` of classifier ``names`` in ``target`` (default: ``repo``): its
+    config (``fused_model_config``), labels, code (``server/models/fused``, the repository's
+    preprocessing, the engine's Python-based backend) and a link to the model file of the
+    ensemble variant it fuses, whose classifier must be in ``target`` (the preprocess model in
+    ``repo``). Returns the config's path."""
     target = repo if target is None else target
-    classifier_name = openvino_model_name(names.name) if openvino else names.int8
-    fused_name = openvino_fused_name(names.name) if openvino else names.int8_fused
+    if variant.fuses is None:
+        raise ExportError(f"{variant.key} is not a fused variant")
+    classifier_name = variants.by_key(variant.fuses).classifier(names)
+    fused_name = variant.entry(names)
     classifier = parse((target / classifier_name / CONFIG_FILENAME).read_text())
     preprocess = parse((repo / names.preprocess / CONFIG_FILENAME).read_text())
     config = fused_model_config(classifier, preprocess, name=fused_name)
@@ -194,7 +222,7 @@ def write_fused_model(
         "model.py": python_model_source("fused"),
         # The repository's own preprocessing, so the fused model and the ensemble decode alike.
         "preprocessing.py": repo / names.preprocess / VERSION / "model.py",
-        fused_engine_filename(engine): backend_source(engine),
+        variants.fused_engine_filename(engine): backend_source(engine),
     }
     for filename, source in sources.items():
         if not source.is_file():
@@ -221,26 +249,31 @@ def write_fused_model(
     return path
 
 
-def openvino_configs(
+def install_variant(
     repo: Path,
-    precision: str,
+    staging: Path,
+    variant: Variant,
+    names: ClassifierNames,
     parameters: dict[str, str],
-    names: ClassifierNames | None = None,
-) -> list[mc.ModelConfig]:
-    """The OpenVINO classifier and ensemble configs of a classifier (``layout.openvino_models``),
-    derived from its FP32 ones in ``repo``; not written."""
-    names = names or ClassifierNames.of()
-    sources = _fp32_configs(repo, names)
-    onnx_name, ensemble_name = openvino_models(names.name)
-    return openvino_variant_configs(
-        sources[names.onnx],
-        sources[names.ensemble],
-        onnx_name=onnx_name,
-        ensemble_name=ensemble_name,
-        precision=precision,
-        model_filename=OPENVINO_MODEL_FILENAME,
-        parameters=parameters,
-    )
+    precision: str | None = None,
+) -> tuple[str, ...]:
+    """Finish ensemble variant ``variant`` of ``names`` in ``staging`` (a ``staging_directory``
+    of ``repo`` already holding its model file at ``variant.model_path(staging, names)``): its
+    configs and labels, and the fused variant running it where one is registered; then swap them
+    all into ``repo`` at once, under the repository's lock, the ensemble last. Every writer of a
+    variant installs through here, so a failure or a kill at any point leaves ``repo``
+    byte-identical. Returns the models installed."""
+    if not variant.model_path(staging, names).is_file():
+        raise ExportError(f"{variant.key}: the model file was not staged before the install")
+    write_variant(repo, variant, parameters, staging, names, precision)
+    fused = variants.fused_of(variant)
+    if fused is not None:
+        write_fused_model(repo, fused, names, target=staging)
+    classifier, ensemble = variant.models(names)
+    models = (classifier, *(fused.models(names) if fused else ()), ensemble)
+    with install_lock(repo):
+        install(staging, repo, models)
+    return models
 
 
 def write_variant_configs(

@@ -14,7 +14,8 @@ from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_FILE_ENV_VAR, 
 from resnet18_triton.errors import StartAborted
 from resnet18_triton.keys import admin_key_from
 from resnet18_triton.options import repository_option
-from resnet18_triton.repository.layout import has_int8, served_models
+from resnet18_triton.repository import variants
+from resnet18_triton.repository.layout import served_models
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions
 
 # Triton 2.51 reads the restricted-API key only from its command line (no variable, no file).
@@ -121,7 +122,7 @@ def serve(
     and NAME_onnx models, the default one's preprocess and resnet18_onnx): steps first, ensembles
     last.
     """
-    if int8 and not has_int8(repository.resolve()):
+    if int8 and not variants.holds(repository.resolve(), variants.INT8):
         raise click.ClickException(
             f"--int8: {repository} holds no complete INT8 variant; run `resnet18-triton quantize`"
         )

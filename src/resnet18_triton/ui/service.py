@@ -16,12 +16,17 @@ from dataclasses import dataclass
 from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier
 from resnet18_triton.client.results import ClassificationResult, HealthReport
-from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_FUSED_MODEL
+from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.repository.variants import REGISTRY
 from resnet18_triton.ui.uploads import Upload
 
-# The classifiers a repository can serve (the FP32 ensemble; after `quantize`, the INT8 ensemble
-# and the fused INT8 model); the page offers those the server has ready.
-DEFAULT_MODELS = (contract.ENSEMBLE_MODEL, INT8_ENSEMBLE_MODEL, INT8_FUSED_MODEL)
+# What a client can call for the default classifier: its FP32 ensemble, then each registered
+# variant's entry model (INT8 and OpenVINO ensembles, their fused models); the page offers those
+# the server has ready.
+DEFAULT_MODELS = (
+    contract.ENSEMBLE_MODEL,
+    *(variant.entry(ClassifierNames.of()) for variant in REGISTRY),
+)
 CONNECT_TIMEOUT = 5.0
 
 
