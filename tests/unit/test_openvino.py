@@ -330,15 +330,21 @@ def test_a_classifier_the_repository_lacks_is_refused_by_name(tmp_path: Path) ->
 
 
 def test_the_served_ratio_compares_the_best_rounds_of_each_ensemble() -> None:
-    from resnet18_triton.perf.openvino_bench import ORT_LABEL, report_markdown, served_ratios
+    from resnet18_triton.perf.openvino_bench import (
+        ORT_LABEL,
+        InProcessRow,
+        ServedPair,
+        ServedRound,
+        figures_json,
+        report_markdown,
+        served_ratios,
+    )
+    from resnet18_triton.perf.perf_analyzer import Row
 
-    def row(throughput: float, load: int, round_index: int) -> dict:
-        return {
-            "throughput": throughput,
-            "load": load,
-            "p50_ms": 1000 / throughput,
-            "round": round_index,
-        }
+    def row(throughput: float, load: int, round_index: int) -> ServedRound:
+        latency = 1000 / throughput
+        measured = Row("m", "l", load, "concurrency", throughput, *[latency] * 5, 0.0, 0.0)
+        return ServedRound(measured, round_index)
 
     served = {
         ORT_LABEL: [row(9.0, 1, 0), row(10.0, 2, 0), row(11.0, 2, 1)],
@@ -350,7 +356,7 @@ def test_the_served_ratio_compares_the_best_rounds_of_each_ensemble() -> None:
     assert [label for _, label in served_ratios(with_fused)][-1] == "openvino bf16 fused 500x375"
     assert served_ratios(with_fused)[-1][0] == pytest.approx(3.0)
     environment = {"date": "d", "cpu": "AMD EPYC", "cores": 2, "flags": "avx512_bf16"}
-    inprocess = [{"engine": "ort-fp32", "batch": 1, "ms_per_image": 17.1, "images_per_s": 58.5}]
+    inprocess = [InProcessRow("ort-fp32", 1, 2, 10, 17.1, 58.5)]
     text = report_markdown(environment, inprocess, served)
     assert "| ort-fp32 | 1 | 17.1 | 58.5 |" in text
     assert "| ort fp32 ensemble 500x375 | 10.0, 11.0 |" in text
@@ -359,7 +365,18 @@ def test_the_served_ratio_compares_the_best_rounds_of_each_ensemble() -> None:
     # in-process row here, so only ONNX Runtime FP32 gets one).
     assert "| ort fp32 ensemble 500x375 / ort-fp32 | 11.0 | 58.5 | 0.19x |" in text
     assert "/ openvino-bf16 |" not in text
-    pairs = [{"concurrency": 2, "ratio": r} for r in (1.5, 2.1, 1.9)]
+    pairs = [ServedPair(n, 2, 10.0, 10.0 * r, r) for n, r in enumerate((1.5, 2.1, 1.9))]
     assert "median ratio **1.90x** (range 1.50-2.10x, 3 pairs)" in report_markdown(
         environment, inprocess, served, pairs
     )
+    # The JSON figures: each served row's fields plus its round, each pair's fields.
+    figures = figures_json(inprocess, served, pairs)
+    assert figures["served"][ORT_LABEL][2] == {**served[ORT_LABEL][2].row.as_dict(), "round": 1}
+    assert figures["pairs"][0] == {
+        "pair": 0,
+        "concurrency": 2,
+        "ort_img_s": 10.0,
+        "openvino_img_s": 15.0,
+        "ratio": 1.5,
+    }
+    assert figures["inprocess"][0]["images_per_s"] == 58.5
