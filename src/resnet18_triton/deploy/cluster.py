@@ -318,6 +318,7 @@ class Cluster:
             runtime_dir=str(runtime),
             error_log=str(self.workdir / "nginx-error.log"),
             access_log=str(self.access_log) if self.options.access_log else "off",
+            user=_root_user(),
             auth=auth,
             tls=tls,
             limits=self.options.limits,
@@ -419,6 +420,17 @@ class Cluster:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _root_user() -> str:
+    """``"root root"`` when this process is root, else "" (nginx then keeps its workers as the
+    current user; as root it would switch them to nobody)."""
+    if os.geteuid() != 0:
+        return ""
+    import grp
+    import pwd
+
+    return f"{pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name}"
 
 
 def _tail(path: Path, lines: int = 15) -> str:

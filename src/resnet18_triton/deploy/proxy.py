@@ -124,6 +124,9 @@ class ProxySettings:
     error_log: str = "stderr"
     access_log: str = "off"
     worker_processes: str = "1"
+    # "user group" for the workers; only when nginx starts as root, which would otherwise run
+    # them as nobody, unable to write the runtime dir (request bodies over 1 MiB spill there).
+    user: str = ""
     auth: Auth | None = None
     tls: Tls | None = None
     limits: Limits = Limits()
@@ -249,6 +252,7 @@ def render(settings: ProxySettings) -> str:
         if settings.access_log == "off"
         else (f"{settings.access_log} edge"),
         worker_processes=settings.worker_processes,
+        user=f"user {settings.user};" if settings.user else "# no user: workers run as nginx does",
         # Every replica once: a request fails only when all of them failed it.
         next_upstream_tries=len(settings.upstreams),
     )
