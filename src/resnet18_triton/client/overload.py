@@ -1,0 +1,121 @@
+"""Overload refusals: how to recognise them, how long to wait before asking again, what to say.
+
+Under a flood, Triton refuses at once what a model's queue cannot hold when its config sets
+``dynamic_batching { default_queue_policy { max_queue_size: N } }``: HTTP 503 with the error
+``Exceeds maximum queue size`` (Triton 2.51; through the ensemble ``in ensemble 'resnet18',
+[request id: <id_unknown>] Exceeds maximum queue size``, and no ``Retry-After``). A proxy in front
+answers 429, or 503 with ``Retry-After``. Each says "not now", not "never": the client waits and
+sends the same request again, a few times at most, because under overload every retry is more
+load.
+
+The wait is exponential backoff with full jitter (uniform between 0 and the exponential bound):
+clients refused together then come back spread out instead of together. A ``Retry-After`` from
+the server is honoured (plus a little jitter, for the same reason), up to a cap, so that a proxy
+that asks for an hour does not hang a command line.
+
+Everything here is a pure function of its arguments (the random source is one of them), so the
+delays can be tested exactly with a seeded ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from resnet18_triton import contract
+
+# What Triton says when a model's queue is full (its HTTP front end answers 503).
+QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
+# How every per-image overload error starts, so that callers can count them.
+OVERLOAD_ERROR_PREFIX = "server overloaded:"
+# An exponent past this changes nothing (the bound is capped long before) but could overflow.
+_MAX_EXPONENT = 32
+
+
+@dataclass(frozen=True)
+class OverloadPolicy:
+    """How the client resends a request the server refused as overloaded.
+
+    ``retries`` resends at most (0: none, the refusal is reported at once). Before resend ``n``
+    (0-based) it waits a uniform random time in ``[0, min(max_delay_s, base_delay_s * 2**n)]``,
+    or the server's ``Retry-After`` plus up to ``base_delay_s`` of jitter, never more than
+    ``max_retry_after_s``. The defaults wait at most 0.5 + 1 + 2 = 3.5 s over three retries
+    without ``Retry-After``.
+    """
+
+    retries: int = contract.CLIENT_OVERLOAD_RETRIES
+    base_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+    max_retry_after_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {self.retries}")
+        for name in ("base_delay_s", "max_delay_s", "max_retry_after_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value}")
+
+
+# What ImageClassifier and classify use unless told otherwise.
+DEFAULT_POLICY = OverloadPolicy()
+
+
+def backoff_bound(policy: OverloadPolicy, retry: int) -> float:
+    """The longest wait before resend ``retry`` (0-based) when the server gave no Retry-After."""
+    exponent = min(max(retry, 0), _MAX_EXPONENT)
+    return min(policy.max_delay_s, math.ldexp(policy.base_delay_s, exponent))
+
+
+def overload_delay(
+    policy: OverloadPolicy, retry: int, retry_after: float | None, rng: random.Random
+) -> float:
+    """Seconds to wait before resend ``retry`` (0-based) of a refused request.
+
+    With ``retry_after`` (the server's ``Retry-After``, in seconds): that plus a uniform jitter
+    of up to ``base_delay_s``, capped at ``max_retry_after_s``. Without: full jitter, a uniform
+    time in ``[0, backoff_bound(policy, retry)]``. Always within ``[0, max(max_delay_s,
+    max_retry_after_s)]``.
+    """
+    if retry_after is not None:
+        jitter = rng.uniform(0.0, policy.base_delay_s)
+        return min(max(retry_after, 0.0) + jitter, policy.max_retry_after_s)
+    return rng.uniform(0.0, backoff_bound(policy, retry))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds, or None when absent or not a number of seconds.
+
+    RFC 9110 also allows an HTTP date; that is ignored (the client then backs off on its own
+    schedule), as are negative and non-finite values.
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def is_overload(status: str | None, message: str, retry_after: float | None) -> bool:
+    """Whether an HTTP refusal means "overloaded, come back later": 429, or 503 that either
+    carries ``Retry-After`` or is Triton's full queue.
+
+    A 503 without either (Triton starting or stopping: "Server not ready") is not overload: it is
+    retried as a transient fault and, if it lasts, reported as the server being unavailable.
+    """
+    if status == "429":
+        return True
+    return status == "503" and (retry_after is not None or QUEUE_FULL_MESSAGE in message)
+
+
+def overload_error(status: str | None, reason: str, retries: int) -> str:
+    """The per-image error after the last refusal: what happened and what to do about it."""
+    tries = "once" if retries == 0 else f"{retries + 1} times"
+    return (
+        f"{OVERLOAD_ERROR_PREFIX} refused {tries} (HTTP {status}: {reason}); send fewer requests "
+        "at once (classify --concurrency) or add replicas (resnet18-triton cluster --replicas N), "
+        "then try these images again"
+    )
