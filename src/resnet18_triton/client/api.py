@@ -7,6 +7,11 @@ which the server answers as ``"probability:index:label"`` strings.
 ``tritonclient.http`` is gevent-based: an ``ImageClassifier`` must be used from the OS thread that
 created it (one classifier per thread). Concurrency comes from ``async_infer`` greenlets.
 
+Every request carries the inference API key (``Authorization: Bearer``) when one is set, for a
+proxy that asks for it. A request the server refuses as overloaded (429, 503 with a full queue or
+``Retry-After``) is sent again a few times with jittered backoff (``OverloadPolicy``); after the
+last refusal each of its images gets an error saying so. Each result counts its retries.
+
 Example::
 
     from resnet18_triton.client.api import ImageClassifier
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import socket
 import stat
@@ -38,6 +44,13 @@ from geventhttpclient.response import HTTPParseError
 from tritonclient.utils import InferenceServerException
 
 from resnet18_triton import contract
+from resnet18_triton.client.overload import (
+    DEFAULT_POLICY,
+    OverloadPolicy,
+    is_overload,
+    overload_delay,
+    overload_error,
+)
 from resnet18_triton.client.results import (
     ClassificationResult,
     ClassifierHealth,
@@ -49,12 +62,15 @@ from resnet18_triton.client.results import (
     precision_of,
     serving_summary,
 )
+from resnet18_triton.client.transport import TritonHttpClient
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import (
+    ApiKeyError,
     ImageError,
     ResNet18TritonError,
     ServerUnavailableError,
 )
+from resnet18_triton.keys import api_key_from
 from resnet18_triton.repository.variants import REGISTRY, variant_model_names
 
 T = TypeVar("T")
@@ -63,12 +79,16 @@ T = TypeVar("T")
 # reset, garbage on the wire). Server-side failures arrive as InferenceServerException instead.
 _NETWORK_ERRORS = (OSError, HTTPParseError, gevent.Timeout)
 _HINT = "see `resnet18-triton health`"
+# Errors that say the whole run cannot go on: no point asking the server anything else.
+_FATAL = (ServerUnavailableError, ApiKeyError)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff for inference that failed on a connection error or 503.
+    """Bounded exponential backoff for inference that failed on a connection error, a 503 that
+    is not overload (e.g. "Server not ready"), or a backend process being replaced.
 
+    Overload refusals follow ``OverloadPolicy`` instead: fewer retries, with jitter.
     Inference is idempotent, so resending is safe; timeouts are not retried because a server
     that is too slow once would only make the user wait ``attempts`` times as long. The default
     waits up to 5.75 s in all, longer than the ~3 s the server needs to replace a backend process
@@ -86,9 +106,10 @@ class RetryPolicy:
 
 
 def server_message(error: InferenceServerException) -> str:
-    """The server's own words: no ``[400]`` status prefix, no ``in ensemble 'x',`` wrapper."""
+    """The server's own words: no ``[400]`` status prefix, no ``in ensemble 'x',`` wrapper, no
+    ``[request id: ...]`` tag."""
     message = error.message() or str(error)
-    return re.sub(r"^(in ensemble '[^']*', )+", "", message).strip()
+    return re.sub(r"^(in ensemble '[^']*', |\[request id: [^\]]*\] )+", "", message).strip()
 
 
 def read_image_bytes(
@@ -169,8 +190,25 @@ class _Flight:
         return [item.data for item in self.items if item.data is not None]
 
 
-# An image's outcome: its predictions, or the server's reason for rejecting it.
-_Outcome = list[Prediction] | str
+@dataclass(frozen=True)
+class _Outcome:
+    """An image's outcome: its predictions, or the reason it has none; and its request's
+    retries."""
+
+    predictions: list[Prediction] | None = None
+    error: str = ""
+    retries: int = 0
+
+
+class _RequestFailed(Exception):
+    """A request that failed for good after ``retries`` resends; ``cause`` is the last failure,
+    ``overloaded`` whether it was an overload refusal (then the retries for overload ran out)."""
+
+    def __init__(self, cause: BaseException, retries: int, overloaded: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.retries = retries
+        self.overloaded = overloaded
 
 
 def served_classifiers(
@@ -233,6 +271,14 @@ class ImageClassifier:
     ``connection_timeout`` bounds connecting, ``network_timeout`` each wait for an answer (a
     request additionally gives up after their sum), so no call hangs. ``concurrency`` is both
     the number of HTTP connections and the number of requests in flight. Use it from one thread.
+
+    ``retry`` governs resending after faults the server heals from (a dropped connection, a
+    backend process being replaced), ``overload`` after overload refusals (429; 503 from a full
+    queue or with ``Retry-After``); nothing else is resent, in particular no 4xx image or model
+    error. ``api_key`` is sent as ``Authorization: Bearer <key>`` with every request; None takes
+    it from ``$RESNET18_TRITON_API_KEY_FILE`` (a 0600 file) or ``$RESNET18_TRITON_API_KEY``, and
+    sends none when neither is set (raises ApiKeyError for an unsafe or unreadable file). A 401
+    raises ApiKeyError, whatever the call.
     """
 
     def __init__(
@@ -244,20 +290,29 @@ class ImageClassifier:
         network_timeout: float = contract.REQUEST_TIMEOUT_S,
         concurrency: int = contract.CLIENT_CONCURRENCY,
         retry: RetryPolicy = RetryPolicy(),
+        overload: OverloadPolicy = DEFAULT_POLICY,
+        api_key: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         address, ssl = _parse_url(url)
+        if api_key is None:
+            api_key = api_key_from(None)
         self.url = address
         self.model = model
         self.concurrency = concurrency
         self.retry = retry
+        self.overload = overload
+        self.sends_api_key = bool(api_key)
+        # Jitter only has to differ between clients; it needs no cryptographic quality.
+        self._random = random.Random()
         self.connection_timeout = connection_timeout
         self.network_timeout = network_timeout
         self._max_batch_size: int | None = None
         self._answered_version: str | None = None
-        self._client = triton_http.InferenceServerClient(
+        self._client = TritonHttpClient(
             address,
+            api_key=api_key,
             concurrency=concurrency,
             connection_timeout=connection_timeout,
             network_timeout=network_timeout,
@@ -367,7 +422,7 @@ class ImageClassifier:
             ]
         try:
             provenance, provenance_error = self.weights_provenance(), None
-        except ServerUnavailableError:
+        except _FATAL:
             raise
         except ResNet18TritonError as error:
             provenance, provenance_error = None, str(error)
@@ -389,7 +444,7 @@ class ImageClassifier:
             ensemble = self._call(self._client.get_model_config, names.ensemble)
             preprocess = self._call(self._client.get_model_config, names.preprocess)
             onnx = self._call(self._client.get_model_config, names.onnx)
-        except ServerUnavailableError:
+        except _FATAL:
             raise
         except ResNet18TritonError:
             return None
@@ -419,7 +474,7 @@ class ImageClassifier:
             classifier = ensemble_classifier(config)
             if classifier is not None:
                 config = self._call(self._client.get_model_config, classifier)
-        except ServerUnavailableError:
+        except _FATAL:
             raise
         except ResNet18TritonError:
             return ""
@@ -433,7 +488,7 @@ class ImageClassifier:
         headers = {contract.ADMIN_KEY_HEADER: admin_key} if admin_key else None
         try:
             entries = self._call(self._client.get_model_repository_index, headers)
-        except ServerUnavailableError:
+        except _FATAL:
             raise
         except ResNet18TritonError:
             return None
@@ -475,8 +530,10 @@ class ImageClassifier:
         upper bound: the model's ``max_batch_size``), with up to ``concurrency`` requests in
         flight (default and upper bound: the classifier's). An unreadable file or an image the
         server rejects becomes that result's ``error``; a batch the server rejects is retried
-        image by image so its good images still get answers. Raises ServerUnavailableError if
-        the server becomes unreachable (after retries) or does not answer in time.
+        image by image so its good images still get answers. A request refused as overloaded is
+        resent per ``overload``; when that runs out, each of its images gets an error that says
+        so. Raises ServerUnavailableError if the server becomes unreachable (after retries) or
+        does not answer in time, ApiKeyError on a 401.
         """
         items = (_read_item(path, max_file_bytes) for path in paths)
         return _quietly(self._classify_items(items, top_k, batch_size, concurrency))
@@ -534,32 +591,51 @@ class ImageClassifier:
     def _land(self, flight: _Flight) -> Iterator[ClassificationResult]:
         outcomes = iter(self._outcomes(flight) if flight.request is not None else [])
         for item in flight.items:
-            outcome: _Outcome = next(outcomes) if item.data is not None else item.error or ""
-            if isinstance(outcome, str):
-                yield ClassificationResult(item.path, error=outcome)
-            else:
-                yield ClassificationResult(item.path, predictions=outcome)
+            outcome = next(outcomes) if item.data is not None else _Outcome(error=item.error or "")
+            yield ClassificationResult(
+                item.path,
+                predictions=outcome.predictions or [],
+                error=None if outcome.predictions is not None else outcome.error,
+                retries=outcome.retries,
+            )
 
     def _outcomes(self, flight: _Flight) -> Sequence[_Outcome]:
         """Each image's outcome; splits a rejected batch so only the bad images fail."""
         assert flight.request is not None
         images = flight.images
         try:
-            return self._predictions(images, flight.top_k, flight.request)
-        except (InferenceServerException, *_NETWORK_ERRORS) as error:
-            reason = self._rejection(error)
-            if _is_input_error(error) and len(images) > 1:
-                return [self._single_outcome(image, flight.top_k) for image in images]
-            return [reason] * len(images)
+            rows, retries = self._predictions(images, flight.top_k, flight.request)
+        except _RequestFailed as failed:
+            outcome = self._failure(failed, 0)
+            if _is_input_error(failed.cause) and len(images) > 1:
+                return [
+                    self._single_outcome(image, flight.top_k, failed.retries) for image in images
+                ]
+            return [outcome] * len(images)
+        return [_Outcome(row, retries=retries) for row in rows]
 
-    def _single_outcome(self, image: bytes, top_k: int) -> _Outcome:
+    def _single_outcome(self, image: bytes, top_k: int, earlier_retries: int) -> _Outcome:
         try:
-            return self._predictions([image], top_k, self._send([image], top_k))[0]
-        except (InferenceServerException, *_NETWORK_ERRORS) as error:
-            return self._rejection(error)
+            rows, retries = self._predictions([image], top_k, self._send([image], top_k))
+        except _RequestFailed as failed:
+            return self._failure(failed, earlier_retries)
+        return _Outcome(rows[0], retries=earlier_retries + retries)
+
+    def _failure(self, failed: _RequestFailed, earlier_retries: int) -> _Outcome:
+        """The images' outcome when their request failed for good; raises when the failure is
+        the server's or the key's, not the images' (see ``_rejection``)."""
+        retries = earlier_retries + failed.retries
+        error = failed.cause
+        if failed.overloaded and isinstance(error, InferenceServerException):
+            reason = overload_error(error.status(), server_message(error), failed.retries)
+            return _Outcome(error=reason, retries=retries)
+        return _Outcome(error=self._rejection(error), retries=retries)
 
     def _rejection(self, error: BaseException) -> str:
-        """The server's reason for refusing the images; raises if the server itself failed."""
+        """The server's reason for refusing the images; raises if the server itself failed or
+        refused the API key."""
+        if isinstance(error, InferenceServerException) and error.status() == "401":
+            raise self._key_refused(error) from None
         rejected = isinstance(error, InferenceServerException) and error.status() is not None
         if rejected and not _is_transient(error):
             return server_message(error)
@@ -567,17 +643,39 @@ class ImageClassifier:
 
     def _predictions(
         self, images: list[bytes], top_k: int, request: triton_http.InferAsyncRequest
-    ) -> list[list[Prediction]]:
-        """Wait for ``request``; on a transient failure resend with backoff (bounded attempts)."""
-        for delay in self.retry.delays():
+    ) -> tuple[list[list[Prediction]], int]:
+        """Wait for ``request`` and return its rows and how many times it was resent.
+
+        A fault is resent per ``self.retry``, an overload refusal per ``self.overload``, anything
+        else not at all. Raises _RequestFailed when a failure is final.
+        """
+        fault_delays = self.retry.delays()
+        overloads = retries = 0
+        while True:
             try:
-                return self._await(request, len(images))
+                return self._await(request, len(images)), retries
             except (InferenceServerException, *_NETWORK_ERRORS) as error:
-                if not _is_transient(error):
-                    raise
+                overloaded = _is_overload(error)
+                delay = self._retry_delay(error, overloaded, overloads, fault_delays)
+                if delay is None:
+                    raise _RequestFailed(error, retries, overloaded) from error
+                overloads += overloaded
             gevent.sleep(delay)
+            retries += 1
             request = self._send(images, top_k)
-        return self._await(request, len(images))
+
+    def _retry_delay(
+        self, error: BaseException, overloaded: bool, overloads: int, fault_delays: Iterator[float]
+    ) -> float | None:
+        """Seconds to wait before resending after ``error``; None when it must not be resent."""
+        if overloaded:
+            if overloads >= self.overload.retries:
+                return None
+            retry_after = getattr(error, "retry_after", None)
+            return overload_delay(self.overload, overloads, retry_after, self._random)
+        if _is_transient(error):
+            return next(fault_delays, None)
+        return None
 
     def _send(self, images: list[bytes], top_k: int) -> triton_http.InferAsyncRequest:
         image_input = triton_http.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
@@ -611,14 +709,38 @@ class ImageClassifier:
         try:
             return method(*args)
         except InferenceServerException as error:
-            if error.status() is None or _is_transient(error):
+            if error.status() == "401":
+                raise self._key_refused(error) from None
+            if error.status() is None or _is_transient(error) or _is_overload(error):
                 raise self._unavailable(error) from None
             raise ResNet18TritonError(f"Triton at {self.url}: {server_message(error)}") from None
         except _NETWORK_ERRORS as error:
             raise self._unavailable(error) from None
 
+    def _key_refused(self, error: InferenceServerException) -> ApiKeyError:
+        """The 401 as a message that says which key to set or check."""
+        where = f"Triton at {self.url}"
+        reason = server_message(error)
+        key_file = f"a file only you can read (chmod 600) named by ${contract.API_KEY_FILE_ENV_VAR}"
+        if self.sends_api_key:
+            return ApiKeyError(
+                f"{where} refused the inference API key (HTTP 401: {reason}): check the key in "
+                f"${contract.API_KEY_ENV_VAR}, or in the file given by --api-key-file or "
+                f"${contract.API_KEY_FILE_ENV_VAR}"
+            )
+        return ApiKeyError(
+            f"{where} asks for an inference API key (HTTP 401: {reason}) and none was sent: set "
+            f"${contract.API_KEY_ENV_VAR}, or put the key in {key_file} or by --api-key-file"
+        )
+
     def _unavailable(self, error: BaseException) -> ServerUnavailableError:
         where = f"Triton at {self.url}"
+        if _is_overload(error):
+            assert isinstance(error, InferenceServerException)
+            return ServerUnavailableError(
+                f"{where} is overloaded (HTTP {error.status()}: {server_message(error)}) — send "
+                "fewer requests at once or add replicas, then try again"
+            )
         if isinstance(error, socket.gaierror):
             host = self.url.split("/")[0].rsplit(":", 1)[0]
             return ServerUnavailableError(
@@ -671,9 +793,18 @@ def _is_transient(error: BaseException) -> bool:
     return isinstance(error, (ConnectionError, HTTPParseError))
 
 
-def _is_input_error(error: InferenceServerException) -> bool:
+def _is_overload(error: BaseException) -> bool:
+    """Refused as overloaded (429; 503 from a full queue or with Retry-After): see
+    ``overload.is_overload``."""
+    if not isinstance(error, InferenceServerException):
+        return False
+    retry_after = getattr(error, "retry_after", None)
+    return is_overload(error.status(), error.message() or "", retry_after)
+
+
+def _is_input_error(error: BaseException) -> bool:
     """The server rejected the request's content (preprocess answers INVALID_ARG = HTTP 400)."""
-    return bool(error.status() == "400")
+    return isinstance(error, InferenceServerException) and error.status() == "400"
 
 
 def _read_item(path: str | os.PathLike[str], max_bytes: int) -> _Item:

@@ -20,9 +20,10 @@ from resnet18_triton import contract
 from resnet18_triton.client import probe as probe_module
 from resnet18_triton.client.api import ImageClassifier
 from resnet18_triton.client.inputs import expand_inputs
+from resnet18_triton.client.overload import OVERLOAD_ERROR_PREFIX, OverloadPolicy
 from resnet18_triton.client.results import ClassificationResult, HealthReport, result_to_json
 from resnet18_triton.errors import ExitCode, NoImagesError, ResNet18TritonError
-from resnet18_triton.keys import admin_key_from
+from resnet18_triton.keys import admin_key_from, api_key_from
 
 # A health check is a few small requests: a server slower than this is not healthy.
 HEALTH_TIMEOUT = 10.0
@@ -36,6 +37,15 @@ url_option = click.option(
     default=contract.DEFAULT_URL,
     show_default=True,
     help="Triton HTTP endpoint, host:port.",
+)
+
+api_key_file_option = click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File (mode 0600) holding the inference API key, sent as 'Authorization: Bearer' with "
+    f"every request to a proxy that asks for one. Or set ${contract.API_KEY_ENV_VAR} (or "
+    f"${contract.API_KEY_FILE_ENV_VAR}). There is no option for the key itself: other users can "
+    "read command lines.",
 )
 
 
@@ -70,6 +80,15 @@ url_option = click.option(
     show_default=True,
     help="Seconds to wait for each answer before giving up.",
 )
+@click.option(
+    "--overload-retries",
+    type=click.IntRange(0, 10),
+    default=contract.CLIENT_OVERLOAD_RETRIES,
+    show_default=True,
+    help="Times to resend a request the server refused as overloaded (HTTP 429, or 503 from a "
+    "full queue), after a random wait that doubles each time and honours Retry-After; 0 disables.",
+)
+@api_key_file_option
 @click.option("-r", "--recursive", is_flag=True, help="Also take images from subdirectories.")
 @click.option("--no-progress", is_flag=True, help="Never show a progress bar.")
 @click.option(
@@ -93,12 +112,22 @@ def classify(
     recursive: bool,
     no_progress: bool,
     max_file_bytes: int = contract.MAX_IMAGE_BYTES,
+    overload_retries: int = contract.CLIENT_OVERLOAD_RETRIES,
+    api_key_file: Path | None = None,
 ) -> None:
     """Classify images given as files, directories or (quoted) globs like 'photos/*.jpg'.
 
     Directories contribute their regular jpg, jpeg, png, bmp, gif, webp, tif and tiff files.
     Only regular files up to --max-file-bytes are read; others are reported per file.
-    Exit status: 0 all classified, 1 some images failed, 2 usage error or server unreachable.
+
+    A request the server refuses as overloaded is sent again up to --overload-retries times;
+    an image whose request is still refused gets an error line saying so (then lower
+    --concurrency, or add replicas). With --json, an image that needed retries says how many
+    ("retries": N). Image and model errors (4xx) are never retried. A 401 stops the run with
+    what key to set.
+
+    Exit status: 0 all classified, 1 some images failed, 2 usage error, server unreachable or
+    API key missing or refused.
     """
     paths = _expand(inputs, recursive)
     with ImageClassifier(
@@ -107,6 +136,8 @@ def classify(
         connection_timeout=min(timeout, contract.CONNECT_TIMEOUT_S),
         network_timeout=timeout,
         concurrency=concurrency,
+        overload=OverloadPolicy(retries=overload_retries),
+        api_key=api_key_from(api_key_file),
     ) as classifier:
         classifier.ensure_ready()
         _note_batch_size_cap(batch_size, classifier.max_batch_size)
@@ -115,9 +146,11 @@ def classify(
             paths, top_k=top_k, batch_size=batch_size, max_file_bytes=max_file_bytes
         )
         show_progress = not (no_progress or as_json) and _wants_progress(len(paths))
-        failed = _print_results(results, len(paths), as_json, show_progress)
+        failed, overloaded = _print_results(results, len(paths), as_json, show_progress)
     if failed:
         click.echo(f"{failed} of {len(paths)} images failed", err=True)
+        if overloaded:
+            click.echo(overload_summary(overloaded), err=True)
         ctx.exit(ExitCode.SOME_FAILED)
 
 
@@ -145,6 +178,7 @@ def classify(
     type=click.FloatRange(0.1),
     help="Seconds the --probe inference may take.",
 )
+@api_key_file_option
 @click.pass_context
 def health(
     ctx: click.Context,
@@ -153,15 +187,18 @@ def health(
     classifiers: tuple[str, ...] = (),
     probe: bool = False,
     timeout_s: float = probe_module.DEFAULT_TIMEOUT_S,
+    api_key_file: Path | None = None,
 ) -> None:
     """Show server liveness and readiness, each model's state, and each classifier's classes,
     input size, preprocessing and weights provenance.
 
     Exit status: 0 everything ready, 1 reachable but something not ready, 2 unreachable.
     With --probe: 0 when a real inference through the ensemble succeeded, 1 otherwise.
+    Every request carries the inference API key when one is set (--api-key-file or the
+    environment).
     """
     if probe:
-        _run_probe(ctx, url, as_json, timeout_s)
+        _run_probe(ctx, url, as_json, timeout_s, api_key_file)
         return
     for name in classifiers:
         try:
@@ -169,7 +206,10 @@ def health(
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--model") from None
     with ImageClassifier(
-        url, connection_timeout=contract.CONNECT_TIMEOUT_S, network_timeout=HEALTH_TIMEOUT
+        url,
+        connection_timeout=contract.CONNECT_TIMEOUT_S,
+        network_timeout=HEALTH_TIMEOUT,
+        api_key=api_key_from(api_key_file),
     ) as classifier:
         report = classifier.health(admin_key=admin_key_from(None), classifiers=classifiers)
     if as_json:
@@ -182,8 +222,16 @@ def health(
         ctx.exit(ExitCode.SOME_FAILED)
 
 
-def _run_probe(ctx: click.Context, url: str, as_json: bool, timeout_s: float) -> None:
-    result = probe_module.probe(url, timeout_s=timeout_s)
+def _run_probe(
+    ctx: click.Context, url: str, as_json: bool, timeout_s: float, api_key_file: Path | None
+) -> None:
+    try:
+        api_key = api_key_from(api_key_file)
+    except ResNet18TritonError as error:
+        # A probe reports every failure the same way (exit 1), an unsafe key file included.
+        result = probe_module.ProbeResult(False, f"{type(error).__name__}: {error}", 0.0)
+    else:
+        result = probe_module.probe(url, timeout_s=timeout_s, api_key=api_key)
     if as_json:
         record = {"live": result.ok, "detail": result.detail, "seconds": round(result.seconds, 3)}
         click.echo(json.dumps(record))
@@ -203,15 +251,27 @@ def format_json_line(result: ClassificationResult) -> str:
 
 
 def format_table(result: ClassificationResult) -> str:
-    """The path, then one aligned row per class: rank, probability, class index, label."""
+    """The path (with ``(N retries)`` when its request was resent), then one aligned row per
+    class: rank, probability, class index, label; or the error."""
+    heading = result.path
+    if result.retries:
+        heading += f"  ({result.retries} {'retry' if result.retries == 1 else 'retries'})"
     if not result.ok:
-        return f"{result.path}\n  error: {result.error}"
+        return f"{heading}\n  error: {result.error}"
     rank_width = len(str(len(result.predictions)))
     rows = [
         f"  {rank:>{rank_width}}  {p.probability:6.4f}  {p.index:>3}  {p.label}"
         for rank, p in enumerate(result.predictions, start=1)
     ]
-    return "\n".join([result.path, *rows])
+    return "\n".join([heading, *rows])
+
+
+def overload_summary(overloaded: int) -> str:
+    """The stderr line after a run in which the server refused ``overloaded`` images."""
+    return (
+        f"{overloaded} of them refused as overloaded after retries: lower --concurrency, raise "
+        "--overload-retries, or add replicas (resnet18-triton cluster --replicas N)"
+    )
 
 
 def format_health(report: HealthReport) -> str:
@@ -333,17 +393,19 @@ def _wants_progress(total: int) -> bool:
 
 def _print_results(
     results: Iterable[ClassificationResult], total: int, as_json: bool, show_progress: bool
-) -> int:
-    """Print each result as it arrives; returns how many images failed."""
+) -> tuple[int, int]:
+    """Print each result as it arrives; returns how many images failed, and how many of those
+    the server refused as overloaded."""
     # tqdm.write clears the bar before writing, so results and bar share one terminal cleanly.
     emit = tqdm.write if show_progress else click.echo
-    failed = 0
+    failed = overloaded = 0
     with tqdm(total=total, unit="image", file=sys.stderr, disable=not show_progress) as bar:
         for result in results:
             emit(format_json_line(result) if as_json else format_table(result))
             failed += not result.ok
+            overloaded += (result.error or "").startswith(OVERLOAD_ERROR_PREFIX)
             bar.update()
-    return failed
+    return failed, overloaded
 
 
 def _yes_no(flag: bool) -> str:

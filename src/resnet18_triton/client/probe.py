@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier, RetryPolicy
+from resnet18_triton.client.overload import OverloadPolicy
 from resnet18_triton.client.results import Prediction
 
 # A 32x32 colour gradient, JPEG quality 75 (made once with Pillow).
@@ -73,10 +74,13 @@ def probe(
     url: str = contract.DEFAULT_URL,
     model: str = contract.ENSEMBLE_MODEL,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    api_key: str | None = None,
 ) -> ProbeResult:
-    """Classify ``PROBE_JPEG`` once (no retry) and check the answer is a probability.
+    """Classify ``PROBE_JPEG`` once (no retry, not even after an overload refusal) and check the
+    answer is a probability. ``api_key`` as for ``ImageClassifier`` (None: from the environment).
 
-    Never raises: any failure (unreachable, 4xx/5xx, timeout, malformed answer) is a failed probe.
+    Never raises: any failure (unreachable, 401, 4xx/5xx, overload, timeout, malformed answer, an
+    unsafe key file) is a failed probe whose detail says which.
     """
     started = time.monotonic()
     try:
@@ -87,6 +91,8 @@ def probe(
             network_timeout=timeout_s,
             concurrency=1,
             retry=RetryPolicy(attempts=1),
+            overload=OverloadPolicy(retries=0),
+            api_key=api_key,
         ) as classifier:
             predictions = classifier.classify_bytes([PROBE_JPEG], top_k=1)
     # A liveness probe must turn every failure into "not live", whatever raised it.

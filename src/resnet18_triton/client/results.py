@@ -25,11 +25,16 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ClassificationResult:
-    """The outcome for one image: its predictions, or why there are none."""
+    """The outcome for one image: its predictions, or why there are none.
+
+    ``retries`` counts the times its request was sent again after a refusal the server may get
+    over (overload, a backend process being replaced, a dropped connection).
+    """
 
     path: str
     predictions: list[Prediction] = field(default_factory=list)
     error: str | None = None
+    retries: int = 0
 
     @property
     def ok(self) -> bool:
@@ -39,7 +44,9 @@ class ClassificationResult:
 def result_to_json(result: ClassificationResult) -> dict[str, Any]:
     """The result as plain JSON types: the one form that ``classify --json`` prints and the web
     API returns. ``{"image", "top": [{"label", "index", "probability"}, ...]}``, or
-    ``{"image", "error"}`` when the image was not classified.
+    ``{"image", "error"}`` when the image was not classified; either with ``"retries": N`` when
+    its request had to be sent again (absent means none, so an answer at the first attempt reads
+    the same as before retries were counted).
     """
     record: dict[str, Any] = {"image": result.path}
     if result.ok:
@@ -49,6 +56,8 @@ def result_to_json(result: ClassificationResult) -> dict[str, Any]:
         ]
     else:
         record["error"] = result.error
+    if result.retries:
+        record["retries"] = result.retries
     return record
 
 

@@ -1,0 +1,427 @@
+"""The client against a real local HTTP server that refuses: overload (429, 503 with Retry-After
+or a full queue) is retried and counted, client errors never are, a 401 stops the run with what
+key to set, and the API key travels as a Bearer header, never on a command line.
+
+The server is a tiny ``http.server`` speaking just enough KServe v2 for ``classify``; it answers
+inference requests from a script, then with a fixed top-k, and records every request's
+``Authorization`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from resnet18_triton import contract
+from resnet18_triton.cli import main
+from resnet18_triton.client.api import ImageClassifier
+from resnet18_triton.client.overload import (
+    OVERLOAD_ERROR_PREFIX,
+    QUEUE_FULL_MESSAGE,
+    OverloadPolicy,
+)
+from resnet18_triton.errors import ApiKeyError, ServerUnavailableError
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "rocket.jpg"
+KEY = "k3y-that-must-not-leak"
+QUEUE_FULL = (
+    503,
+    {},
+    json.dumps(
+        {"error": f"in ensemble 'resnet18', [request id: <id_unknown>] {QUEUE_FULL_MESSAGE}"}
+    ).encode(),
+)
+NGINX_429 = (
+    429,
+    {"Retry-After": "0"},
+    b"<html><head><title>429 Too Many Requests</title></head><body></body></html>",
+)
+# Quick retries: the waits themselves are tested in test_client_overload.py.
+FAST = OverloadPolicy(base_delay_s=0.01)
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+@dataclass
+class RefusingServer:
+    """What the server answers, and what it was sent."""
+
+    url: str = ""
+    # Answers to the next inference requests, in order; then a normal answer.
+    script: list[Answer] = field(default_factory=list)
+    # When set, any request without ``Authorization: Bearer <api_key>`` gets nginx's 401 page.
+    api_key: str | None = None
+    # When set, the answer to every GET (health, metadata, config).
+    health_answer: Answer | None = None
+    authorizations: list[str | None] = field(default_factory=list)
+    infer_requests: int = 0
+    # Set when an inference request arrived; the answer waits for ``release``.
+    infer_arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+def _handler(server: RefusingServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _reply(self, answer: Answer) -> None:
+            status, headers, body = answer
+            self._send(status, body, headers)
+
+        def _authorized(self) -> bool:
+            authorization = self.headers.get("Authorization")
+            server.authorizations.append(authorization)
+            if server.api_key is None or authorization == f"Bearer {server.api_key}":
+                return True
+            page = b"<html><head><title>401 Authorization Required</title></head></html>"
+            self._send(401, page, {"WWW-Authenticate": "Bearer"})
+            return False
+
+        def do_GET(self) -> None:
+            if not self._authorized():
+                return
+            if server.health_answer is not None:
+                self._reply(server.health_answer)
+                return
+            parts = self.path.strip("/").split("/")
+            if parts[-1] in ("live", "ready"):
+                self._send(200, b"")
+            elif parts[-1] == "config":
+                provenance = json.dumps({"source": "imagenet"})
+                config = {
+                    "name": parts[2],
+                    "max_batch_size": contract.MAX_BATCH_SIZE,
+                    "parameters": {contract.PROVENANCE_PARAMETER: {"string_value": provenance}},
+                }
+                self._send(200, json.dumps(config).encode())
+            else:
+                self._send(200, json.dumps({"name": parts[2], "versions": ["1"]}).encode())
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if not self._authorized():
+                return
+            if self.path.endswith("/repository/index"):  # an admin API, as `serve` keeps it
+                self._send(403, json.dumps({"error": "This API is restricted"}).encode())
+                return
+            server.infer_requests += 1
+            server.infer_arrived.set()
+            server.release.wait()
+            if server.script:
+                self._reply(server.script.pop(0))
+                return
+            header_size = int(self.headers["Inference-Header-Content-Length"])
+            request = json.loads(body[:header_size])
+            count = request["inputs"][0]["shape"][0]
+            top_k = request["outputs"][0]["parameters"]["classification"]
+            data = [
+                f"0.{9 - rank}:{rank}:label {rank}" for _ in range(count) for rank in range(top_k)
+            ]
+            output = {"name": "PROBABILITIES", "datatype": "BYTES", "shape": [count, top_k]}
+            answer = {"model_name": "resnet18", "outputs": [{**output, "data": data}]}
+            self._send(200, json.dumps(answer).encode())
+
+    return Handler
+
+
+@pytest.fixture
+def server() -> Iterator[RefusingServer]:
+    state = RefusingServer()
+    state.release.set()
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    http.daemon_threads = True
+    state.url = f"127.0.0.1:{http.server_address[1]}"
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    state.release.set()
+    http.shutdown()
+    http.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_key_or_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (contract.API_KEY_ENV_VAR, contract.API_KEY_FILE_ENV_VAR, contract.URL_ENV_VAR):
+        monkeypatch.delenv(name, raising=False)
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the real entry point in this process; returns (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def key_file(directory: Path, mode: int = 0o600) -> Path:
+    path = directory / "api-key"
+    path.write_text(KEY + "\n")
+    path.chmod(mode)
+    return path
+
+
+# --- overload is retried, and counted --------------------------------------------------------
+
+
+def test_a_429_with_retry_after_then_an_answer_is_an_answer_after_one_retry(
+    server: RefusingServer,
+) -> None:
+    server.script = [NGINX_429]
+    with ImageClassifier(server.url, overload=FAST) as classifier:
+        [result] = classifier.classify_files([SAMPLE], top_k=2)
+    assert result.ok and result.retries == 1
+    assert [p.label for p in result.predictions] == ["label 0", "label 1"]
+    assert server.infer_requests == 2
+
+
+def test_classify_json_says_how_many_retries_an_image_took(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.script = [NGINX_429, (503, {"Retry-After": "0"}, b"busy")]
+    code, out, _ = run(["classify", "--url", server.url, "--json", str(SAMPLE)], capsys)
+    assert code == 0
+    record = json.loads(out)
+    assert record["retries"] == 2 and record["top"][0]["label"] == "label 0"
+
+
+def test_an_image_refused_after_every_retry_gets_an_overload_error_line(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.script = [QUEUE_FULL] * 10
+    argv = ["classify", "--url", server.url, "--json", "--overload-retries", "2", str(SAMPLE)]
+    code, out, err = run(argv, capsys)
+    assert code == 1
+    record = json.loads(out)
+    assert record["retries"] == 2
+    assert record["error"].startswith(OVERLOAD_ERROR_PREFIX)
+    assert QUEUE_FULL_MESSAGE in record["error"] and "--concurrency" in record["error"]
+    assert "request id" not in record["error"]
+    assert "1 of them refused as overloaded" in err and "replicas" in err
+    assert server.infer_requests == 3
+
+
+def test_zero_overload_retries_reports_the_first_refusal(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.script = [NGINX_429] * 3
+    argv = ["classify", "--url", server.url, "--overload-retries", "0", str(SAMPLE)]
+    code, out, _ = run(argv, capsys)
+    assert code == 1
+    assert "server overloaded: refused once (HTTP 429: 429 Too Many Requests)" in out
+    assert server.infer_requests == 1
+
+
+def test_the_table_shows_the_retries_beside_the_image(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.script = [NGINX_429]
+    code, out, _ = run(["classify", "--url", server.url, "--top-k", "1", str(SAMPLE)], capsys)
+    assert code == 0
+    assert out.splitlines()[0] == f"{SAMPLE}  (1 retry)"
+
+
+def test_every_image_of_a_refused_batch_is_answered_after_the_retry(
+    server: RefusingServer, tmp_path: Path
+) -> None:
+    paths = []
+    for number in range(3):
+        paths.append(tmp_path / f"{number}.jpg")
+        paths[-1].write_bytes(SAMPLE.read_bytes())
+    server.script = [QUEUE_FULL]
+    with ImageClassifier(server.url, overload=FAST) as classifier:
+        results = list(classifier.classify_files(paths, top_k=1))
+    assert [(result.ok, result.retries) for result in results] == [(True, 1)] * 3
+    assert server.infer_requests == 2  # the batch was resent whole, not split
+
+
+# --- client errors are never retried ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, "cannot identify an image in 812 bytes"),
+        (404, "Request for unknown model: 'resnet19' is not found"),
+        (403, "This API is restricted"),
+        (413, "Request Entity Too Large"),
+    ],
+)
+def test_a_client_error_is_never_retried(server: RefusingServer, status: int, error: str) -> None:
+    # Retry-After on a client error changes nothing: only overload and faults are resent.
+    server.script = [(status, {"Retry-After": "0"}, json.dumps({"error": error}).encode())] * 5
+    with ImageClassifier(server.url, overload=FAST) as classifier:
+        [result] = classifier.classify_files([SAMPLE])
+    assert result.error == error and result.retries == 0
+    assert server.infer_requests == 1
+
+
+# --- the API key -----------------------------------------------------------------------------
+
+
+def test_a_401_without_a_key_stops_classify_with_what_to_set(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.api_key = KEY
+    code, out, err = run(["classify", "--url", server.url, str(SAMPLE)], capsys)
+    assert code == 2 and out == ""
+    assert "asks for an inference API key" in err and "none was sent" in err
+    assert f"set ${contract.API_KEY_ENV_VAR}" in err and "--api-key-file" in err
+    assert server.authorizations == [None]  # stopped at the first 401, not retried
+
+
+def test_a_401_for_a_wrong_key_says_the_key_was_refused_without_showing_it(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.api_key = KEY
+    monkeypatch.setenv(contract.API_KEY_ENV_VAR, "wrong-key")
+    code, out, err = run(["classify", "--url", server.url, str(SAMPLE)], capsys)
+    assert code == 2
+    assert "refused the inference API key" in err and contract.API_KEY_ENV_VAR in err
+    assert "wrong-key" not in out + err
+    assert len(server.authorizations) == 1
+
+
+def test_a_401_on_an_inference_request_is_an_api_key_error_not_an_image_error(
+    server: RefusingServer,
+) -> None:
+    server.script = [(401, {}, b"")] * 3
+    refused = pytest.raises(ApiKeyError, match="asks for an inference API key")
+    with ImageClassifier(server.url, overload=FAST) as classifier, refused:
+        list(classifier.classify_files([SAMPLE]))
+    assert server.infer_requests == 1
+
+
+def test_health_and_its_probe_report_a_401_with_what_to_set(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.api_key = KEY
+    code, _, err = run(["health", "--url", server.url], capsys)
+    assert code == 2 and contract.API_KEY_ENV_VAR in err
+    code, out, _ = run(["health", "--probe", "--url", server.url, "--json"], capsys)
+    record = json.loads(out)
+    assert code == 1 and record["live"] is False
+    assert record["detail"].startswith("ApiKeyError:") and contract.API_KEY_ENV_VAR in out
+
+
+def test_the_key_from_the_environment_goes_with_every_request(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.api_key = KEY
+    monkeypatch.setenv(contract.API_KEY_ENV_VAR, KEY)
+    code, _, _ = run(["classify", "--url", server.url, str(SAMPLE)], capsys)
+    assert code == 0
+    code, _, _ = run(["health", "--url", server.url], capsys)
+    assert code == 0
+    code, _, _ = run(["health", "--probe", "--url", server.url], capsys)
+    assert code == 0
+    # Health, readiness, metadata, config and inference: every one of them carried the key.
+    assert len(server.authorizations) > 5
+    assert set(server.authorizations) == {f"Bearer {KEY}"}
+
+
+def test_the_key_from_a_private_file_is_sent(
+    server: RefusingServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.api_key = KEY
+    argv = ["classify", "--url", server.url, "--api-key-file", str(key_file(tmp_path)), str(SAMPLE)]
+    code, _, _ = run(argv, capsys)
+    assert code == 0
+    assert set(server.authorizations) == {f"Bearer {KEY}"}
+
+
+def test_a_key_file_others_can_read_is_refused_before_anything_is_sent(
+    server: RefusingServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = key_file(tmp_path, mode=0o644)
+    monkeypatch.setenv(contract.API_KEY_FILE_ENV_VAR, str(path))
+    code, _, err = run(["classify", "--url", server.url, str(SAMPLE)], capsys)
+    assert code == 2
+    assert f"the inference API key file {path} is readable by other users" in err
+    assert f"chmod 600 {path}" in err
+    assert server.authorizations == []
+
+
+def test_there_is_no_option_that_takes_the_key_itself(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["classify", "--url", server.url, "--api-key", KEY, str(SAMPLE)], capsys)
+    assert code == 2 and "No such option '--api-key'" in err
+    assert server.authorizations == []
+
+
+def test_the_key_reaches_the_server_as_a_bearer_header_and_never_appears_in_argv(
+    server: RefusingServer,
+) -> None:
+    server.api_key = KEY
+    server.release.clear()  # hold the inference answer while the client's argv is read
+    command = [sys.executable, "-m", "resnet18_triton.cli", "classify", "--url", server.url]
+    environment = {**os.environ, contract.API_KEY_ENV_VAR: KEY}
+    with subprocess.Popen(
+        [*command, "--json", str(SAMPLE)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as client:
+        try:
+            arrived = server.infer_arrived.wait(timeout=120)
+            argv = Path(f"/proc/{client.pid}/cmdline").read_bytes()
+        finally:
+            server.release.set()
+        out, err = client.communicate(timeout=120)
+    assert arrived, err
+    assert client.returncode == 0, err
+    assert json.loads(out)["top"]
+    assert KEY.encode() not in argv and b"classify" in argv
+    assert set(server.authorizations) == {f"Bearer {KEY}"}
+    assert KEY not in out + err
+
+
+def test_the_library_takes_the_key_as_an_argument_too(server: RefusingServer) -> None:
+    server.api_key = KEY
+    with ImageClassifier(server.url, api_key=KEY) as classifier:
+        classifier.ensure_ready()
+        assert classifier.classify_bytes([SAMPLE.read_bytes()], top_k=1)[0][0].index == 0
+    assert set(server.authorizations) == {f"Bearer {KEY}"}
+
+
+def test_a_429_to_a_health_call_is_reported_as_overload_not_as_not_ready(
+    server: RefusingServer,
+) -> None:
+    server.health_answer = NGINX_429
+    overloaded = pytest.raises(ServerUnavailableError, match=r"is overloaded \(HTTP 429: 429 Too")
+    with ImageClassifier(server.url) as classifier, overloaded:
+        classifier.ensure_ready()
+
+
+def test_classify_help_names_the_key_file_and_the_overload_retries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(["classify", "--help"], capsys)
+    assert code == 0
+    assert "--api-key-file" in out and contract.API_KEY_ENV_VAR in out
+    assert "--overload-retries" in out and "Retry-After" in out
