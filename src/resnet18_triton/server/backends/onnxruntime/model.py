@@ -24,10 +24,13 @@ import itertools
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 try:  # Present inside the Triton Python-backend stub.
     import triton_python_backend_utils as pb_utils
@@ -36,18 +39,23 @@ except ImportError:  # pragma: no cover - only when unit tests import this file
 
 DEFAULT_MODEL_FILENAME = "model.onnx"
 
+# A Triton model config as JSON (``args["model_config"]`` parsed), and the ``args`` of
+# ``initialize``.
+ModelConfig = dict[str, Any]
+Args = dict[str, str]
 
-def _parameter(model_config: dict, key: str) -> str | None:
-    value = model_config.get("parameters", {}).get(key, {}).get("string_value")
+
+def _parameter(model_config: ModelConfig, key: str) -> str | None:
+    value: str | None = model_config.get("parameters", {}).get(key, {}).get("string_value")
     return value if value not in (None, "") else None
 
 
-def _flag(model_config: dict, key: str) -> bool | None:
+def _flag(model_config: ModelConfig, key: str) -> bool | None:
     value = _parameter(model_config, key)
     return None if value is None else value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def graph_optimization_level(model_config: dict) -> ort.GraphOptimizationLevel:
+def graph_optimization_level(model_config: ModelConfig) -> ort.GraphOptimizationLevel:
     """Map Triton's ``optimization.graph.level`` the way the native backend does."""
     level = int(model_config.get("optimization", {}).get("graph", {}).get("level", 0) or 0)
     return {
@@ -57,7 +65,7 @@ def graph_optimization_level(model_config: dict) -> ort.GraphOptimizationLevel:
     }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
 
 
-def session_options(model_config: dict) -> ort.SessionOptions:
+def session_options(model_config: ModelConfig) -> ort.SessionOptions:
     """Build ONNX Runtime session options from a Triton model config (as a JSON dict)."""
     options = ort.SessionOptions()
     intra = _parameter(model_config, "intra_op_thread_count")
@@ -84,30 +92,32 @@ def session_options(model_config: dict) -> ort.SessionOptions:
     return options
 
 
-def run_options(model_config: dict) -> ort.RunOptions:
+def run_options(model_config: ModelConfig) -> ort.RunOptions:
     options = ort.RunOptions()
     if _flag(model_config, "memory.enable_memory_arena_shrinkage"):
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return options
 
 
-def model_path(args: dict, model_config: dict) -> str:
+def model_path(args: Args, model_config: ModelConfig) -> str:
     filename = model_config.get("default_model_filename") or DEFAULT_MODEL_FILENAME
     return os.path.join(args["model_repository"], args["model_version"], filename)
 
 
-def split_batches(outputs: list[np.ndarray], sizes: list[int]) -> list[list[np.ndarray]]:
+def split_batches(
+    outputs: list[npt.NDArray[Any]], sizes: list[int]
+) -> list[list[npt.NDArray[Any]]]:
     """Cut each batched output back into one slice per request, in request order."""
     bounds = np.cumsum([0, *sizes])
     return [[output[start:end] for output in outputs] for start, end in itertools.pairwise(bounds)]
 
 
-Feeds = dict[str, np.ndarray]
-Outcome = list[np.ndarray] | str  # the outputs of one request, or why it failed
+Feeds = dict[str, "npt.NDArray[Any]"]
+Outcome = list["npt.NDArray[Any]"] | str  # the outputs of one request, or why it failed
 
 
 def run_requests(
-    run: Callable[[Feeds], list[np.ndarray]], per_request: list[Feeds]
+    run: Callable[[Feeds], list[npt.NDArray[Any]]], per_request: list[Feeds]
 ) -> list[Outcome]:
     """Run all requests as one batch; if that fails, run each alone so only the bad one fails."""
     names = list(per_request[0])
@@ -124,7 +134,7 @@ def run_requests(
 class TritonPythonModel:
     """One ONNX Runtime session per model instance."""
 
-    def initialize(self, args: dict) -> None:
+    def initialize(self, args: Args) -> None:
         self.model_config = json.loads(args["model_config"])
         self.input_names = [tensor["name"] for tensor in self.model_config["input"]]
         self.output_names = [tensor["name"] for tensor in self.model_config["output"]]
@@ -142,12 +152,15 @@ class TritonPythonModel:
                 "running on ONNX Runtime's CPU provider (use the container for OpenVINO)"
             )
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list[Any]) -> list[Any]:
         outcomes = run_requests(self._run, [self._inputs_of(request) for request in requests])
         return [self._response(outcome) for outcome in outcomes]
 
-    def _run(self, feeds: Feeds) -> list[np.ndarray]:
-        return self.session.run(self.output_names, feeds, self.run_options)
+    def _run(self, feeds: Feeds) -> list[npt.NDArray[Any]]:
+        outputs: list[npt.NDArray[Any]] = self.session.run(
+            self.output_names, feeds, self.run_options
+        )
+        return outputs
 
     def _response(self, outcome: Outcome) -> Any:
         if isinstance(outcome, str):
@@ -169,6 +182,6 @@ class TritonPythonModel:
         self.session = None
 
 
-def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+def _concatenate(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
     # A single request needs no copy; several are joined into one batch for one session run.
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)

@@ -33,10 +33,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import openvino as ov
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 try:  # Present inside the Triton Python-backend stub.
     import triton_python_backend_utils as pb_utils
@@ -50,13 +53,18 @@ PINNING_KEY = "ENABLE_CPU_PINNING"
 PRECISIONS = ("bf16", "f32")
 IGNORED_KEYS = ("SKIP_OV_DYNAMIC_BATCHSIZE", "ENABLE_BATCH_PADDING", "RESHAPE_IO_LAYERS")
 
+# A Triton model config as JSON (``args["model_config"]`` parsed), and the ``args`` of
+# ``initialize``.
+ModelConfig = dict[str, Any]
+Args = dict[str, str]
+
 
 class ConfigError(ValueError):
     """A parameter value the native backend would also reject."""
 
 
-def _parameter(model_config: dict, key: str) -> str | None:
-    value = model_config.get("parameters", {}).get(key, {}).get("string_value")
+def _parameter(model_config: ModelConfig, key: str) -> str | None:
+    value: str | None = model_config.get("parameters", {}).get(key, {}).get("string_value")
     return value.strip().lower() if value not in (None, "") and value.strip() else None
 
 
@@ -83,7 +91,7 @@ def _hint(value: str) -> str:
     return value.upper()
 
 
-def inference_precision(model_config: dict) -> str | None:
+def inference_precision(model_config: ModelConfig) -> str | None:
     """``bf16``, ``f32``, or None (OpenVINO's default: BF16 where the CPU has it natively)."""
     bf16 = _parameter(model_config, "HINT_BF16")
     if bf16 is not None and bf16 != "yes":
@@ -99,7 +107,7 @@ def inference_precision(model_config: dict) -> str | None:
     return precision or ("bf16" if bf16 == "yes" else None)
 
 
-def compile_properties(model_config: dict) -> dict[str, str]:
+def compile_properties(model_config: ModelConfig) -> dict[str, str]:
     """OpenVINO CPU properties from a Triton model config (as a JSON dict), as the native
     backend derives them. Raises ConfigError on values the native backend rejects."""
     if _parameter(model_config, "CPU_EXTENSION_PATH") is not None:
@@ -131,24 +139,28 @@ def compile_properties(model_config: dict) -> dict[str, str]:
     return properties
 
 
-def model_path(args: dict, model_config: dict) -> str:
+def model_path(args: Args, model_config: ModelConfig) -> str:
     filename = model_config.get("default_model_filename") or DEFAULT_MODEL_FILENAME
     return os.path.join(args["model_repository"], args["model_version"], filename)
 
 
-def compile_model(path: str, model_config: dict) -> ov.CompiledModel:
+def compile_model(path: str, model_config: ModelConfig) -> ov.CompiledModel:
     """Read and compile the model file for the CPU with the config's properties."""
     core = ov.Core()
     return core.compile_model(core.read_model(path), DEVICE, compile_properties(model_config))
 
 
-def infer(request: ov.InferRequest, feeds: dict[str, np.ndarray], outputs: list[str]) -> list:
+def infer(
+    request: ov.InferRequest, feeds: dict[str, npt.NDArray[Any]], outputs: list[str]
+) -> list[npt.NDArray[Any]]:
     """One synchronous inference; copies the outputs (the request reuses its buffers)."""
     request.infer(feeds)
     return [np.array(request.get_tensor(name).data, copy=True) for name in outputs]
 
 
-def split_batches(outputs: list[np.ndarray], sizes: list[int]) -> list[list[np.ndarray]]:
+def split_batches(
+    outputs: list[npt.NDArray[Any]], sizes: list[int]
+) -> list[list[npt.NDArray[Any]]]:
     """Cut each batched output back into one slice per request, in request order."""
     bounds = np.cumsum([0, *sizes])
     return [[output[start:end] for output in outputs] for start, end in itertools.pairwise(bounds)]
@@ -157,7 +169,7 @@ def split_batches(outputs: list[np.ndarray], sizes: list[int]) -> list[list[np.n
 class TritonPythonModel:
     """One compiled model and one infer request per model instance."""
 
-    def initialize(self, args: dict) -> None:
+    def initialize(self, args: Args) -> None:
         self.model_config = json.loads(args["model_config"])
         self.input_names = [tensor["name"] for tensor in self.model_config["input"]]
         self.output_names = [tensor["name"] for tensor in self.model_config["output"]]
@@ -169,7 +181,7 @@ class TritonPythonModel:
         precision = self.compiled.get_property(PRECISION_KEY)
         pb_utils.Logger.log_info(f"openvino {ov.__version__}: inference precision {precision}")
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list[Any]) -> list[Any]:
         per_request = [self._inputs_of(request) for request in requests]
         sizes = [len(inputs[self.input_names[0]]) for inputs in per_request]
         feeds = {
@@ -193,7 +205,7 @@ class TritonPythonModel:
             for sliced in split_batches(outputs, sizes)
         ]
 
-    def _inputs_of(self, request: Any) -> dict[str, np.ndarray]:
+    def _inputs_of(self, request: Any) -> dict[str, npt.NDArray[Any]]:
         return {
             name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
             for name in self.input_names
@@ -204,6 +216,6 @@ class TritonPythonModel:
         self.compiled = None
 
 
-def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+def _concatenate(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
     # A single request needs no copy; several are joined into one batch for one inference.
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)

@@ -33,10 +33,13 @@ import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 try:  # Present inside the Triton Python-backend stub; absent when unit tests import this file.
     import triton_python_backend_utils as pb_utils
@@ -47,6 +50,11 @@ MODEL_FILENAME = "model.onnx"
 DEFAULT_ENGINE = "onnxruntime"
 # The classifier output this model answers with (the graph also has ``logits``).
 DEFAULT_OUTPUT = "probabilities"
+
+# A Triton model config as JSON (``args["model_config"]`` parsed), and the ``args`` of
+# ``initialize``.
+ModelConfig = dict[str, Any]
+Args = dict[str, str]
 
 
 def load_sibling(filename: str, module_name: str, directory: str) -> ModuleType:
@@ -64,14 +72,15 @@ def load_sibling(filename: str, module_name: str, directory: str) -> ModuleType:
     return module
 
 
-def _parameter(model_config: dict, key: str) -> str:
-    return model_config.get("parameters", {}).get(key, {}).get("string_value", "").strip()
+def _parameter(model_config: ModelConfig, key: str) -> str:
+    value: str = model_config.get("parameters", {}).get(key, {}).get("string_value", "").strip()
+    return value
 
 
 class OnnxRuntimeEngine:
     """One ONNX Runtime session, with the options the Python-based backend derives."""
 
-    def __init__(self, backend: ModuleType, path: str, config: dict, output: str) -> None:
+    def __init__(self, backend: ModuleType, path: str, config: ModelConfig, output: str) -> None:
         self.session = backend.ort.InferenceSession(
             path, sess_options=backend.session_options(config), providers=["CPUExecutionProvider"]
         )
@@ -79,30 +88,39 @@ class OnnxRuntimeEngine:
         self.input = self.session.get_inputs()[0].name
         self.output = output
 
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output], {self.input: pixels}, self.options)[0]
+    def run(self, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
+        outputs: list[npt.NDArray[Any]] = self.session.run(
+            [self.output], {self.input: pixels}, self.options
+        )
+        return outputs[0]
 
 
 class OpenVinoEngine:
     """One compiled model and infer request, compiled as the Python-based backend compiles."""
 
-    def __init__(self, backend: ModuleType, path: str, config: dict, output: str) -> None:
+    def __init__(self, backend: ModuleType, path: str, config: ModelConfig, output: str) -> None:
         compiled = backend.compile_model(path, config)
         self.backend = backend
         self.request = compiled.create_infer_request()
         self.input = compiled.inputs[0].get_any_name()
         self.output = output
 
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        return self.backend.infer(self.request, {self.input: pixels}, [self.output])[0]
+    def run(self, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
+        outputs: list[npt.NDArray[Any]] = self.backend.infer(
+            self.request, {self.input: pixels}, [self.output]
+        )
+        return outputs[0]
 
 
-ENGINES = {"onnxruntime": OnnxRuntimeEngine, "openvino": OpenVinoEngine}
+Engine = OnnxRuntimeEngine | OpenVinoEngine
+ENGINES: dict[str, type[Engine]] = {"onnxruntime": OnnxRuntimeEngine, "openvino": OpenVinoEngine}
 
 
 def run_each(
-    run: Callable[[np.ndarray], np.ndarray], batches: list[np.ndarray], engine: str
-) -> list[np.ndarray | str]:
+    run: Callable[[npt.NDArray[np.uint8]], npt.NDArray[Any]],
+    batches: list[npt.NDArray[np.uint8]],
+    engine: str,
+) -> list[npt.NDArray[Any] | str]:
     """The output of each request's batch: all as one run; if that fails, each alone, so only a
     request that cannot run gets an error (its message)."""
     try:
@@ -119,7 +137,7 @@ def run_each(
 class TritonPythonModel:
     """One engine per instance; preprocessing and inference share the batch."""
 
-    def initialize(self, args: dict) -> None:
+    def initialize(self, args: Args) -> None:
         config = json.loads(args["model_config"])
         directory = os.path.join(args["model_repository"], args["model_version"])
         self.engine_name = _parameter(config, "engine") or DEFAULT_ENGINE
@@ -145,15 +163,17 @@ class TritonPythonModel:
         except getattr(backend, "ConfigError", ()) as error:
             raise pb_utils.TritonModelException(str(error)) from None
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list[Any]) -> list[Any]:
         answers: list[Any] = [None] * len(requests)
-        batches, positions = [], []
+        batches: list[npt.NDArray[np.uint8]] = []
+        positions: list[int] = []
         for position, request in enumerate(requests):
             pixels, failure = self._preprocess(request)
             if failure is not None:
                 answers[position] = self.preprocessing._error_response(*failure)
             else:
-                batches.append(pixels)
+                # preprocess_outcome gives pixels exactly when there is no failure.
+                batches.append(cast("npt.NDArray[np.uint8]", pixels))
                 positions.append(position)
         if batches:
             outcomes = run_each(self.engine.run, batches, self.engine_name)
@@ -161,19 +181,23 @@ class TritonPythonModel:
                 answers[position] = self._response(outcome)
         return answers
 
-    def _preprocess(self, request: Any) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    def _preprocess(
+        self, request: Any
+    ) -> tuple[npt.NDArray[np.uint8] | None, tuple[str, str] | None]:
         tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
         if tensor is None:
             return None, (f"missing input '{self.input_name}'", "INVALID_ARG")
-        return self.preprocessing.preprocess_outcome(
+        outcome: tuple[npt.NDArray[np.uint8] | None, tuple[str, str] | None]
+        outcome = self.preprocessing.preprocess_outcome(
             tensor.as_numpy(), self.limits, self.draft_min_size, self.transform
         )
+        return outcome
 
-    def _response(self, outcome: np.ndarray | str) -> Any:
+    def _response(self, outcome: npt.NDArray[Any] | str) -> Any:
         if isinstance(outcome, str):
             return self.preprocessing._error_response(outcome, "INTERNAL")
         tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(outcome))
         return pb_utils.InferenceResponse(output_tensors=[tensor])
 
     def finalize(self) -> None:
-        self.engine = None
+        self.engine = None  # type: ignore[assignment]  # released at unload; never run again

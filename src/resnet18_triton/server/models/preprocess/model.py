@@ -38,9 +38,13 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 try:  # Present inside the Triton Python-backend stub; absent when unit tests import this file.
     import triton_python_backend_utils as pb_utils
@@ -230,7 +234,7 @@ class Transform:
 IMAGENET = Transform()
 
 
-def preprocess_image(image: Image.Image, transform: Transform = IMAGENET) -> np.ndarray:
+def preprocess_image(image: Image.Image, transform: Transform = IMAGENET) -> npt.NDArray[np.uint8]:
     """RGB PIL image -> uint8 [3, S, S] (S = ``transform.input_size``): the pixels the torchvision
     transform with the same settings would scale and normalise (default: ImageNet's, S = 224).
 
@@ -260,18 +264,18 @@ def preprocess_bytes(
     limits: Limits = Limits(),
     draft_min_size: int = 0,
     transform: Transform = IMAGENET,
-) -> np.ndarray:
+) -> npt.NDArray[np.uint8]:
     """Encoded image bytes -> uint8 [3, S, S], contiguous."""
     image = decode_image(data, limits, draft_min_size)
     return np.ascontiguousarray(preprocess_image(image, transform))
 
 
 def preprocess_batch(
-    items: np.ndarray,
+    items: npt.NDArray[np.object_],
     limits: Limits = Limits(),
     draft_min_size: int = 0,
     transform: Transform = IMAGENET,
-) -> np.ndarray:
+) -> npt.NDArray[np.uint8]:
     """An object array [N, 1] of encoded images -> uint8 [N, 3, S, S].
 
     A bad image fails the whole request (Triton answers a request with one error), and the message
@@ -300,7 +304,7 @@ def _as_bytes(data: object) -> bytes:
     raise ImageRejected(f"IMAGE element has unsupported type {type(data).__name__}")
 
 
-def limits_from_config(model_config: dict) -> Limits:
+def limits_from_config(model_config: dict[str, Any]) -> Limits:
     """Read the limits from the model config's string parameters; absent ones keep the defaults.
 
     ``allowed_formats`` is a comma-separated list of Pillow format names (``JPEG,PNG``).
@@ -308,7 +312,8 @@ def limits_from_config(model_config: dict) -> Limits:
     parameters = model_config.get("parameters", {})
 
     def text(key: str) -> str:
-        return parameters.get(key, {}).get("string_value", "").strip()
+        value: str = parameters.get(key, {}).get("string_value", "").strip()
+        return value
 
     formats = tuple(name.strip().upper() for name in text("allowed_formats").split(",") if name)
     return Limits(
@@ -319,7 +324,7 @@ def limits_from_config(model_config: dict) -> Limits:
     )
 
 
-def transform_from_config(model_config: dict) -> Transform:
+def transform_from_config(model_config: dict[str, Any]) -> Transform:
     """Read the preprocessing settings from the config's string parameters (absent: ImageNet).
 
     ``mean`` and ``std`` are comma-separated triples; ``resize_size`` 0 means resize straight to
@@ -328,7 +333,8 @@ def transform_from_config(model_config: dict) -> Transform:
     parameters = model_config.get("parameters", {})
 
     def text(key: str) -> str:
-        return parameters.get(key, {}).get("string_value", "").strip()
+        value: str = parameters.get(key, {}).get("string_value", "").strip()
+        return value
 
     def triple(key: str, default: tuple[float, float, float]) -> tuple[float, float, float]:
         values = tuple(float(item) for item in text(key).split(",") if item.strip())
@@ -346,7 +352,7 @@ def transform_from_config(model_config: dict) -> Transform:
 class TritonPythonModel:
     """Preprocesses every request of one ``execute`` call (dynamic batching hands us a list)."""
 
-    def initialize(self, args: dict) -> None:
+    def initialize(self, args: dict[str, str]) -> None:
         model_config = json.loads(args["model_config"])
         self.input_name = model_config["input"][0]["name"]
         self.output_name = model_config["output"][0]["name"]
@@ -361,7 +367,7 @@ class TritonPythonModel:
         # consistent with our explicit limit, which is checked first with a clearer message.
         Image.MAX_IMAGE_PIXELS = self.limits.max_image_pixels
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list[Any]) -> list[object]:
         return [self._execute_one(request) for request in requests]
 
     def _execute_one(self, request: object) -> object:
@@ -377,8 +383,11 @@ class TritonPythonModel:
 
 
 def preprocess_outcome(
-    items: np.ndarray, limits: Limits, draft_min_size: int = 0, transform: Transform = IMAGENET
-) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    items: npt.NDArray[np.object_],
+    limits: Limits,
+    draft_min_size: int = 0,
+    transform: Transform = IMAGENET,
+) -> tuple[npt.NDArray[np.uint8] | None, tuple[str, str] | None]:
     """(batch, None), or (None, (message, Triton error code)) for this request alone.
 
     A refused image is INVALID_ARG (HTTP 400); anything unexpected, MemoryError included, is
