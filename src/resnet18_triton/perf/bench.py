@@ -57,7 +57,7 @@ Echo = Callable[[str], None]
 FULL_BATCH_CONCURRENCY = "1:2:1"
 # A fast engine (INT8) needs about a full batch in flight before dynamic batching and the
 # overlap of preprocessing with inference peak: its ensemble is swept up to this concurrency at
-# least (on the 2-core Zen 4 host: 113 img/s at 2, 127 at 4, 134 at 8).
+# least (the measurements: docs/decisions.md, "`bench` sweeps the INT8 ensemble to 8").
 FAST_ENSEMBLE_MIN_CONCURRENCY = 8
 # The raw-model target compares two measurements a few percent apart; minutes of drift on a
 # shared machine between the in-process phase and the served phase can exceed that. So they are

@@ -2,7 +2,8 @@
 12-megapixel ones) and distinct small images for load and soak runs.
 
 The pixels are smooth gradients plus noise (seeded), so the files compress like photographs
-(~60-100 KB at 500x375, several MB at 4000x3000) and decoding costs what a real photo costs.
+(their sizes: docs/performance.md, "Figures behind the code's contracts") and decoding costs what
+a real photo costs.
 Generated sets are cached by name in the target folder, so repeated runs reuse them.
 Pillow (the ``export``/``server`` extras) is imported only when an image is made.
 """

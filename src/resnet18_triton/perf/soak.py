@@ -87,9 +87,9 @@ def peak_rss_mb(
     """Each process's highest RSS over ``window_s`` under load.
 
     One snapshot is not a level: with ONNX Runtime's memory arena off (the default), the ORT stub
-    mallocs and frees a batch's activations (~25 MB at batch 8) on every run, so a single sample
-    depends on what is in flight at that instant. The peak over a window is the level a leak
-    would raise.
+    mallocs and frees a batch's activations on every run (the size: docs/performance.md,
+    "Figures behind the code's contracts"), so a single sample depends on what is in flight at
+    that instant. The peak over a window is the level a leak would raise.
     """
     peak: dict[str, float] = {}
     deadline = time.monotonic() + window_s

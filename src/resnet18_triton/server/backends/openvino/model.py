@@ -15,9 +15,9 @@ directory runs unchanged in both places:
   native backend ignores the key (it reads only the keys it knows);
 - ``ENABLE_CPU_PINNING`` (``YES`` or ``NO``): also this backend's own key. OpenVINO pins its
   inference threads to cores by default, and every process picks the same first cores: two
-  single-thread instances (two stub processes) then share one core (measured: 31 + 31 img/s
-  pinned, 62 + 62 unpinned, BF16 on 2 Zen 4 cores). One instance with every core gains nothing
-  from pinning (119-123 img/s either way), so export writes ``NO``;
+  single-thread instances (two stub processes) then share one core. One instance with every
+  core gains nothing from pinning, so export writes ``NO`` (the measurements: docs/decisions.md,
+  "OpenVINO configs turn CPU pinning off");
 - ``SKIP_OV_DYNAMIC_BATCHSIZE``, ``ENABLE_BATCH_PADDING``, ``RESHAPE_IO_LAYERS`` are accepted and
   have no effect here: the model keeps its own (dynamic) batch axis and runs each batch as it is;
 - ``CPU_EXTENSION_PATH`` is refused: loading a shared library named by a config file is not
