@@ -71,7 +71,7 @@ from resnet18_triton.errors import (
     ServerUnavailableError,
 )
 from resnet18_triton.keys import api_key_from
-from resnet18_triton.repository.variants import REGISTRY, variant_model_names
+from resnet18_triton.repository.variants import REGISTRY, classifier_of, variant_model_names
 
 T = TypeVar("T")
 
@@ -216,7 +216,13 @@ def served_classifiers(
 ) -> list[ClassifierNames]:
     """``named`` classifiers, then those whose ensemble, preprocess and ONNX models the
     repository ``index`` lists (the default classifier when there is no index)."""
-    found = [ClassifierNames.of(name) for name in named]
+    # A variant's model (``--model resnet18_int8_fused``) stands for its classifier.
+    found = []
+    for name in named:
+        owner = classifier_of(name)
+        names = owner[0] if owner else ClassifierNames.of(name)
+        if names not in found:
+            found.append(names)
     candidates = sorted(index) if index is not None else [contract.DEFAULT_CLASSIFIER]
     for name in candidates:
         try:

@@ -187,6 +187,17 @@ def owner(
     return None
 
 
+def classifier_of(model: str) -> tuple[ClassifierNames, Variant] | None:
+    """The classifier and variant whose model ``model`` is, by its name; None for a name no
+    variant derives (a classifier's own models included)."""
+    for variant in REGISTRY:
+        for suffix in variant.suffixes:
+            base = model.removesuffix(suffix)
+            if base != model and contract.CLASSIFIER_NAME_PATTERN.fullmatch(base):
+                return ClassifierNames.of(base), variant
+    return None
+
+
 def holds(repo: Path, variant: Variant, names: ClassifierNames | None = None) -> bool:
     """True when ``repo`` serves ``variant`` of ``names`` (default: the default classifier)."""
     return variant in present(repo, names or ClassifierNames.of())
