@@ -38,7 +38,7 @@ def exported_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         repository=tmp_path_factory.mktemp("model_repository"),
         weights="random",
         seed=EXPORT_SEED,
-        settings=ServingSettings(max_queue_delay_us=2000),
+        settings=ServingSettings.from_core_budget(max_queue_delay_us=2000),
     )
     return export_repository(request).repository
 

@@ -46,6 +46,8 @@ from resnet18_triton.repository.configs import (
     ServingSettings,
     all_model_configs,
     parse,
+    queue_bound,
+    queue_timeout_us,
     settings_from_configs,
 )
 from resnet18_triton.repository.layout import onnx_model_path
@@ -322,9 +324,35 @@ def test_health_shows_instances_threads_and_batching_from_a_config() -> None:
         ("intra-op threads", "1"),
         ("max batch", "8"),
         ("queue delay us", "2000"),
+        ("queue limit", "unbounded"),
     )
     assert serving_summary(MessageToDict(ensemble, preserving_proto_field_name=True)) == (
         ("max batch", "8"),
+    )
+
+
+def test_health_shows_the_queue_policy_that_export_derives_from_the_core_budget() -> None:
+    settings = ServingSettings.from_core_budget(cores=4)
+    preprocess, classifier, _ = all_model_configs(settings, "{}")
+    for config in (preprocess, classifier):
+        summary = dict(serving_summary(MessageToDict(config, preserving_proto_field_name=True)))
+        assert summary["queue limit"] == str(queue_bound(4, settings.max_batch_size))
+        assert summary["queue timeout ms"] == str(queue_timeout_us() // 1000)
+
+
+def test_the_queue_holds_more_work_for_more_cores_and_never_less_than_a_batch() -> None:
+    assert queue_bound(1, 8) < queue_bound(2, 8) < queue_bound(8, 8)
+    assert queue_bound(1, 64) == 64
+    assert ServingSettings.from_core_budget(cores=2, max_queue_size=0).max_queue_size == 0
+
+
+def test_a_plan_keeps_the_queue_policy_read_back_from_the_configs() -> None:
+    settings = ServingSettings.from_core_budget(cores=2)
+    preprocess, classifier, ensemble = all_model_configs(settings, "{}")
+    read = settings_from_configs(preprocess, classifier, ensemble, cores=2)
+    assert (read.max_queue_size, read.queue_timeout_us) == (
+        settings.max_queue_size,
+        settings.queue_timeout_us,
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from resnet18_triton import contract
+from resnet18_triton.repository.variants import INTRA_OP_THREADS, OPENVINO_THREADS
 
 
 @dataclass(frozen=True)
@@ -138,15 +139,16 @@ class HealthReport:
 # Config parameters that decide how a model uses the CPU: ONNX Runtime's intra-op pool and
 # OpenVINO's threads per instance (the same core budget, see `resnet18-triton tune`).
 _THREAD_PARAMETERS = (
-    ("intra_op_thread_count", "intra-op threads"),
-    ("INFERENCE_NUM_THREADS", "threads"),
+    (INTRA_OP_THREADS, "intra-op threads"),
+    (OPENVINO_THREADS, "threads"),
 )
 
 
 def serving_summary(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """How a model is served, from its config as the server reports it (JSON): instance count,
-    threads (ONNX Runtime's intra-op, OpenVINO's per instance), max batch size and
-    dynamic-batching queue delay.
+    threads (ONNX Runtime's intra-op, OpenVINO's per instance), max batch size, and the dynamic
+    batcher's queue delay and queue policy (the most requests it queues before refusing more, and
+    how long one may wait queued; "unbounded" when the config sets none).
 
     Settings the config does not carry are left out, so an ensemble shows only its batch size.
     """
@@ -165,6 +167,12 @@ def serving_summary(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     if isinstance(batching, dict):
         delay = batching.get("max_queue_delay_microseconds", 0)
         summary.append(("queue delay us", str(delay)))
+        policy = batching.get("default_queue_policy") or {}
+        size = int(policy.get("max_queue_size", 0) or 0)
+        summary.append(("queue limit", str(size) if size else "unbounded"))
+        timeout_us = int(policy.get("default_timeout_microseconds", 0) or 0)
+        if timeout_us:
+            summary.append(("queue timeout ms", str(timeout_us // 1000)))
     return tuple(summary)
 
 

@@ -22,7 +22,11 @@ from resnet18_triton.export.pipeline import (
 )
 from resnet18_triton.options import repository_option
 from resnet18_triton.repository.classifier import INTERPOLATIONS, RESIZE_STRAIGHT, Preprocessing
-from resnet18_triton.repository.configs import ServingSettings, available_cores
+from resnet18_triton.repository.configs import (
+    ServingSettings,
+    available_cores,
+    describe_queue,
+)
 
 
 def _request_default(name: str) -> object:
@@ -171,6 +175,14 @@ def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
     help="Dynamic batching: how long a request may wait for others to join its batch.",
 )
 @click.option(
+    "--max-queue-size",
+    default=None,
+    type=click.IntRange(0),
+    help="Requests each batching model queues before refusing more at once (503, 'Exceeds "
+    "maximum queue size'). Default: about 2 s of work for the core budget; 0: unbounded, "
+    "so a flood queues until clients time out.",
+)
+@click.option(
     "--max-image-pixels",
     default=_settings_default("max_image_pixels"),
     show_default=True,
@@ -235,6 +247,7 @@ def export(
     onnx_instances: int,
     max_batch_size: int,
     max_queue_delay_us: int,
+    max_queue_size: int | None,
     max_image_pixels: int,
     preprocess_instances: int,
     jpeg_draft_min_size: int,
@@ -246,9 +259,11 @@ def export(
 
     Re-exporting a classifier replaces only its own models; the others stay byte-identical.
     """
+    bounded = {} if max_queue_size is None else {"max_queue_size": max_queue_size}
     settings = ServingSettings.from_core_budget(
         cores or available_cores(),
         onnx_instances,
+        **bounded,
         max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us,
         max_image_pixels=max_image_pixels,
@@ -297,7 +312,7 @@ def export(
     click.echo(
         f"model repository ready: {result.repository} ({settings.onnx_instances} ONNX Runtime "
         f"instance(s) x {settings.intra_op_threads} intra-op threads on a {settings.cores}-core "
-        "budget)",
+        f"budget; {describe_queue(settings)})",
         err=True,
     )
     if loaded.provenance.is_random:

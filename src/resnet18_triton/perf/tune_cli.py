@@ -170,10 +170,15 @@ def tune(
     from resnet18_triton.perf import images as image_sets
     from resnet18_triton.perf.perf_analyzer import SweepSettings
     from resnet18_triton.perf.tune import TunePlan, run_tune
-    from resnet18_triton.perf.tune_repository import apply_plan, available_variants, variant_models
+    from resnet18_triton.perf.tune_repository import (
+        apply_plan,
+        available_variants,
+        repository_settings,
+        variant_models,
+    )
     from resnet18_triton.perf.tune_repository import revert as revert_repository
     from resnet18_triton.perf.tune_space import SearchSpace, parse_label
-    from resnet18_triton.repository.configs import available_cores
+    from resnet18_triton.repository.configs import available_cores, describe_queue
     from resnet18_triton.server.embedded import TritonInstall
 
     repository = repo or default_repository()
@@ -246,6 +251,7 @@ def tune(
             f"applied to {repository} (previous configs kept in {backup}; "
             "`resnet18-triton tune --revert` restores them); restart the server"
         )
+        click.echo(f"serving with {describe_queue(repository_settings(repository, cores, name))}")
         ensemble = variant_models(name, winner.candidate.variant).ensemble
         if ensemble != name:
             click.echo(

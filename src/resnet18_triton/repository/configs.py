@@ -19,6 +19,7 @@ single batched session run can use.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,27 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+# A model's queue is bounded, so excess work is refused at once (Triton's "Exceeds maximum queue
+# size", HTTP 503) instead of piling up until clients time out: it holds about QUEUE_BUDGET_S of
+# work for the cores given to inference, at IMAGE_CORE_S of core time per image (the FP32 JPEG
+# ensemble's measured cost; docs/decisions.md, "Bounded queues"), and never less than one full
+# batch. A request that still waits after QUEUE_TIMEOUT_FACTOR budgets (larger images than the
+# estimate) is refused too.
+QUEUE_BUDGET_S = 2.0
+IMAGE_CORE_S = 0.054
+QUEUE_TIMEOUT_FACTOR = 2
+
+
+def queue_bound(cores: int, max_batch_size: int, budget_s: float = QUEUE_BUDGET_S) -> int:
+    """Requests a model's queue holds for ``cores`` (see ``QUEUE_BUDGET_S``)."""
+    return max(max_batch_size, math.ceil(budget_s * cores / IMAGE_CORE_S))
+
+
+def queue_timeout_us(budget_s: float = QUEUE_BUDGET_S) -> int:
+    """How long a queued request may wait before it is refused, in microseconds."""
+    return round(budget_s * QUEUE_TIMEOUT_FACTOR * 1_000_000)
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """Every knob the rendered configs depend on, with the defaults the measurements chose."""
@@ -56,6 +78,11 @@ class ServingSettings:
     preprocess_instances: int = 1
     max_batch_size: int = contract.MAX_BATCH_SIZE
     max_queue_delay_us: int = 0
+    # The queue policy of every batching model (preprocess, classifiers, fused models): at most
+    # this many queued requests (0: Triton's unbounded default), refused after this long queued
+    # (0: never). ``from_core_budget`` derives both (``queue_bound``).
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = field(default_factory=tuple)
     max_image_pixels: int = contract.MAX_IMAGE_PIXELS
     max_image_bytes: int = contract.MAX_IMAGE_BYTES
@@ -92,6 +119,9 @@ class ServingSettings:
         if cores < 1 or onnx_instances < 1:
             raise ExportError("the core budget and the instance count must be at least 1")
         intra = overrides.pop("intra_op_threads", None) or max(1, cores // onnx_instances)
+        batch = overrides.get("max_batch_size", contract.MAX_BATCH_SIZE)
+        overrides.setdefault("max_queue_size", queue_bound(cores, batch))
+        overrides.setdefault("queue_timeout_us", queue_timeout_us())
         settings = cls(
             cores=cores, onnx_instances=onnx_instances, intra_op_threads=intra, **overrides
         )
@@ -109,11 +139,25 @@ class ServingSettings:
             )
         if self.max_batch_size < 1:
             raise ExportError("max_batch_size must be at least 1")
+        if self.max_queue_size < 0 or self.queue_timeout_us < 0:
+            raise ExportError("the queue size and timeout must be 0 (unbounded) or more")
         too_big = [size for size in self.preferred_batch_sizes if size > self.max_batch_size]
         if too_big:
             raise ExportError(
                 f"preferred batch sizes {too_big} exceed max_batch_size {self.max_batch_size}"
             )
+
+
+def describe_queue(settings: ServingSettings) -> str:
+    """The queue policy in words, for export, tune and the docs."""
+    if not settings.max_queue_size:
+        return "unbounded queues"
+    after = (
+        f", refused after {settings.queue_timeout_us / 1e6:g} s queued"
+        if settings.queue_timeout_us
+        else ""
+    )
+    return f"queues of at most {settings.max_queue_size} requests{after}"
 
 
 def _string_parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
@@ -123,6 +167,12 @@ def _string_parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
 
 def _dynamic_batching(config: mc.ModelConfig, settings: ServingSettings) -> None:
     config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
+    if settings.max_queue_size:
+        policy = config.dynamic_batching.default_queue_policy
+        policy.max_queue_size = settings.max_queue_size
+        if settings.queue_timeout_us:
+            policy.timeout_action = mc.ModelQueuePolicy.REJECT
+            policy.default_timeout_microseconds = settings.queue_timeout_us
     config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
 
 
@@ -519,7 +569,8 @@ def all_model_configs(
 
 def render(config: mc.ModelConfig) -> str:
     """The config.pbtxt text Triton reads."""
-    return text_format.MessageToString(config)
+    text: str = text_format.MessageToString(config)
+    return text
 
 
 def parse(text: str) -> mc.ModelConfig:
@@ -563,6 +614,8 @@ def settings_from_configs(
         preprocess_instances=instance_count(preprocess),
         max_batch_size=classifier.max_batch_size,
         max_queue_delay_us=classifier.dynamic_batching.max_queue_delay_microseconds,
+        max_queue_size=classifier.dynamic_batching.default_queue_policy.max_queue_size,
+        queue_timeout_us=classifier.dynamic_batching.default_queue_policy.default_timeout_microseconds,
         preferred_batch_sizes=tuple(classifier.dynamic_batching.preferred_batch_size),
         max_image_pixels=int(_string(preprocess, "max_image_pixels", "0")),
         max_image_bytes=int(_string(preprocess, "max_image_bytes", "0")),

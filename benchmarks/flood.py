@@ -1,0 +1,366 @@
+"""A flood against one embedded server: far more clients than cores, large images, a bounded time.
+
+Each client sends the same large PNG to the ensemble in a closed loop over its own connection
+(Triton's binary HTTP protocol, so the body is the image and the answer is float32 bytes). Every
+request ends as one of: ``ok`` (probabilities equal to the expected ones within ``atol``),
+``wrong`` (an answer that differs), ``refused`` (an explicit HTTP error: the queue is full, the
+queue timeout passed), ``error`` (the connection broke), or ``timeout`` (no answer within the
+client's time-out: the failure the queue bounds exist to prevent). Meanwhile one thread asks
+``/v2/health/ready`` and another samples the server's process tree's memory.
+
+The integration test ``tests/integration/test_flood.py`` asserts on a short flood; run this file
+for the report (accepted throughput and p99 under the flood against the unloaded server):
+
+    .venv/bin/python -m benchmarks.flood --repo model_repository --clients 96 --seconds 25
+
+Prints a markdown report; numbers belong in docs/reliability.md, not in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+from numpy.typing import NDArray
+from PIL import Image
+
+from resnet18_triton import contract
+
+OUTCOMES = ("ok", "wrong", "refused", "error", "timeout")
+
+
+def noisy_png(width: int = 1600, height: int = 1420, seed: int = 0) -> bytes:
+    """A large PNG that does not compress (noise): about 6.8 MB at the default size."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def infer_request(image: bytes) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a binary-protocol request for one encoded image."""
+    header = {
+        "inputs": [
+            {
+                "name": contract.ENSEMBLE_INPUT,
+                "shape": [1, 1],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(image) + 4},
+            }
+        ],
+        "outputs": [{"name": contract.ENSEMBLE_OUTPUT, "parameters": {"binary_data": True}}],
+    }
+    text = json.dumps(header).encode()
+    body = text + len(image).to_bytes(4, "little") + image
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(text)),
+    }
+    return body, headers
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one request ended, when, and after how long."""
+
+    kind: str
+    seconds: float
+    at: float
+    status: int | None = None
+    detail: str = ""
+
+
+def send(
+    host: str,
+    port: int,
+    model: str,
+    request: tuple[bytes, dict[str, str]],
+    expected: NDArray[np.float32],
+    timeout_s: float,
+    atol: float,
+) -> Outcome:
+    """One request on a fresh connection, classified as an ``Outcome``."""
+    start = time.monotonic()
+    connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    try:
+        connection.request("POST", f"/v2/models/{model}/infer", request[0], request[1])
+        response = connection.getresponse()
+        payload = response.read()
+    except TimeoutError:
+        return Outcome("timeout", time.monotonic() - start, start)
+    except OSError as error:
+        return Outcome("error", time.monotonic() - start, start, detail=type(error).__name__)
+    finally:
+        connection.close()
+    seconds = time.monotonic() - start
+    if response.status != 200:
+        detail = payload[:200].decode(errors="replace")
+        return Outcome("refused", seconds, start, response.status, detail)
+    offset = int(response.getheader("Inference-Header-Content-Length") or 0)
+    probabilities = np.frombuffer(payload[offset:], dtype=np.float32)
+    if probabilities.shape != expected.shape or not np.allclose(probabilities, expected, atol=atol):
+        return Outcome("wrong", seconds, start, 200)
+    return Outcome("ok", seconds, start, 200)
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` and all its descendants (the stubs), in MB."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
+
+
+@dataclass
+class FloodReport:
+    """What a flood did: every outcome, the readiness checks, the memory of the process tree."""
+
+    clients: int
+    seconds: float
+    outcomes: list[Outcome] = field(default_factory=list)
+    ready_checks: int = 0
+    not_ready: list[str] = field(default_factory=list)
+    rss_before_mb: float = 0.0
+    rss_peak_mb: float = 0.0
+    # (seconds into the flood, MB): whether the growth levels off or keeps climbing.
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counted = Counter(outcome.kind for outcome in self.outcomes)
+        return {kind: counted.get(kind, 0) for kind in OUTCOMES}
+
+    @property
+    def refusals(self) -> Counter[str]:
+        """Refusal status and the end of Triton's message (its start names the ensemble and the
+        request) -> how many."""
+        return Counter(
+            f"{outcome.status} {outcome.detail.rstrip(chr(34) + '}')[-60:]}"
+            for outcome in self.outcomes
+            if outcome.kind == "refused"
+        )
+
+    @property
+    def accepted_per_s(self) -> float:
+        return self.counts["ok"] / self.seconds
+
+    def growth_by_quarter_mb(self) -> list[float]:
+        """The tree's growth at the end of each quarter of the flood (the peak within it)."""
+        quarters = [0.0, 0.0, 0.0, 0.0]
+        for at, rss in self.rss_samples:
+            index = min(3, int(4 * at / self.seconds))
+            quarters[index] = max(quarters[index], rss - self.rss_before_mb)
+        return quarters
+
+    def latency_s(self, quantile: float) -> float:
+        times = sorted(o.seconds for o in self.outcomes if o.kind == "ok")
+        if not times:
+            return float("nan")
+        return times[min(len(times) - 1, int(quantile * len(times)))]
+
+    @property
+    def growth_mb(self) -> float:
+        return self.rss_peak_mb - self.rss_before_mb
+
+
+def _watch(stop: threading.Event, interval_s: float, check: Callable[[], None]) -> threading.Thread:
+    def loop() -> None:
+        while not stop.is_set():
+            check()
+            stop.wait(interval_s)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_flood(
+    url: str,
+    model: str,
+    image: bytes,
+    expected: NDArray[np.float32],
+    *,
+    clients: int,
+    seconds: float,
+    server_pid: int,
+    timeout_s: float = 60.0,
+    atol: float = 1e-5,
+) -> FloodReport:
+    """``clients`` closed loops sending ``image`` to ``model`` for ``seconds`` (requests started
+    before the end run to completion), with readiness and memory watched throughout."""
+    host, port = url.rsplit(":", 1)
+    request = infer_request(image)
+    report = FloodReport(clients, seconds, rss_before_mb=tree_rss_mb(server_pid))
+    report.rss_peak_mb = report.rss_before_mb
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def ready() -> None:
+        try:
+            connection = http.client.HTTPConnection(host, int(port), timeout=5)
+            connection.request("GET", "/v2/health/ready")
+            status = connection.getresponse().status
+            connection.close()
+            result = "" if status == 200 else f"HTTP {status}"
+        except OSError as error:
+            result = type(error).__name__
+        with lock:
+            report.ready_checks += 1
+            if result:
+                report.not_ready.append(result)
+
+    started = time.monotonic()
+
+    def memory() -> None:
+        rss = tree_rss_mb(server_pid)
+        with lock:
+            report.rss_peak_mb = max(report.rss_peak_mb, rss)
+            report.rss_samples.append((time.monotonic() - started, rss))
+
+    watchers = [_watch(stop, 0.5, ready), _watch(stop, 0.2, memory)]
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            outcome = send(host, int(port), model, request, expected, timeout_s, atol)
+            with lock:
+                report.outcomes.append(outcome)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    for watcher in watchers:
+        watcher.join()
+    return report
+
+
+def lone_latency_s(
+    url: str, model: str, image: bytes, expected: NDArray[np.float32], atol: float = 1e-5
+) -> float:
+    """Seconds one request on an otherwise idle connection takes; raises on a wrong answer."""
+    host, port = url.rsplit(":", 1)
+    outcome = send(host, int(port), model, infer_request(image), expected, 60.0, atol)
+    if outcome.kind != "ok":
+        raise RuntimeError(f"a lone request ended {outcome.kind}: {outcome.detail}")
+    return outcome.seconds
+
+
+def markdown(unloaded: FloodReport, flood: FloodReport, cpu: str) -> str:
+    """The benchmark's report."""
+    rows = []
+    for label, report in (("unloaded (best)", unloaded), ("flood", flood)):
+        counts = report.counts
+        rows.append(
+            f"| {label} | {report.clients} | {report.accepted_per_s:.1f} | "
+            f"{report.latency_s(0.5) * 1000:.0f} | {report.latency_s(0.99) * 1000:.0f} | "
+            f"{counts['refused']} | {counts['wrong']} | {counts['timeout'] + counts['error']} | "
+            f"{report.growth_mb:.0f} |"
+        )
+    ratio = flood.accepted_per_s / unloaded.accepted_per_s
+    return "\n".join(
+        [
+            f"CPU: {cpu}",
+            "",
+            "| load | clients | accepted img/s | p50 ms | p99 ms | refused | wrong | "
+            "time-outs+errors | tree growth MB |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"accepted throughput under the flood / unloaded best: {ratio:.2f}x",
+            f"refusals: {dict(flood.refusals)}",
+            f"ready checks failed: {len(flood.not_ready)} of {flood.ready_checks}",
+            "tree growth by quarter of the flood (MB): "
+            + ", ".join(f"{mb:.0f}" for mb in flood.growth_by_quarter_mb()),
+        ]
+    )
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def main() -> None:
+    from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--model", default=contract.ENSEMBLE_MODEL)
+    parser.add_argument("--clients", type=int, default=96)
+    parser.add_argument("--seconds", type=float, default=25.0)
+    parser.add_argument("--unloaded-clients", default="1,2,4")
+    args = parser.parse_args()
+    image = noisy_png()
+    options = ServerOptions(
+        repository=args.repo, http_port=free_port(), grpc_port=free_port(), metrics_port=0
+    )
+    with EmbeddedServer(options) as server:
+        expected = _answer(server.url, args.model, image)
+        runs = [
+            run_flood(
+                server.url,
+                args.model,
+                image,
+                expected,
+                clients=int(count),
+                seconds=args.seconds / 2,
+                server_pid=server.pid,
+            )
+            for count in args.unloaded_clients.split(",")
+        ]
+        unloaded = max(runs, key=lambda report: report.accepted_per_s)
+        flood = run_flood(
+            server.url,
+            args.model,
+            image,
+            expected,
+            clients=args.clients,
+            seconds=args.seconds,
+            server_pid=server.pid,
+        )
+        recovery = statistics.median(
+            lone_latency_s(server.url, args.model, image, expected) for _ in range(3)
+        )
+    print(markdown(unloaded, flood, cpu_name()))
+    print(f"lone request after the flood: {recovery * 1000:.0f} ms")
+
+
+def _answer(url: str, model: str, image: bytes) -> NDArray[np.float32]:
+    """The server's own answer, used only as the benchmark's consistency check (the test compares
+    with an independent PyTorch reference)."""
+    host, port = url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    body, headers = infer_request(image)
+    connection.request("POST", f"/v2/models/{model}/infer", body, headers)
+    response = connection.getresponse()
+    payload = response.read()
+    offset = int(response.getheader("Inference-Header-Content-Length") or 0)
+    return np.frombuffer(payload[offset:], dtype=np.float32).copy()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""A flood on one embedded server: far more clients than cores, each sending a large PNG in a loop.
+
+The repository is exported with the default, bounded queues (``ServingSettings.from_core_budget``),
+so the excess is refused at once with Triton's explicit error instead of queueing without end.
+Figures (accepted throughput against the unloaded server, p99) come from ``benchmarks/flood.py``
+and live in docs/reliability.md; here only the guarantees are asserted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from benchmarks.flood import FloodReport, lone_latency_s, noisy_png, run_flood
+
+from resnet18_triton import contract
+from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.repository.configs import read_config
+from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from tests.support import TorchReference, varied_images
+
+# Far more clients than the 2 cores and than the queue holds (75 requests on 2 cores), for long
+# enough that the queue fills, times out and refuses many times over.
+CLIENTS = 128
+SECONDS = 12.0
+# Each client's body is 6.8 MB: the HTTP front end holds one body per open request, and the queue
+# holds at most max_queue_size of them. The tree may grow by the bodies of every client plus the
+# queue's, and the decoded batches in flight, never in proportion to the flood's duration.
+IMAGE_MB = 6.8
+SLACK_MB = 400
+# Probabilities of random weights are small and flat: absolute tolerance against PyTorch.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def flood_server(
+    session_repository: tuple[Path, object], tmp_path_factory
+) -> Iterator[EmbeddedServer]:
+    options = ServerOptions(
+        repository=session_repository[0],
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        models=ClassifierNames.of().served,
+        exit_timeout_s=10,
+    )
+    log = tmp_path_factory.mktemp("flood") / "tritonserver.log"
+    with open(log, "w") as stream, EmbeddedServer(options, log_stream=stream) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def flood(flood_server: EmbeddedServer, reference: TorchReference) -> tuple[FloodReport, float]:
+    image = noisy_png()
+    expected = reference.probabilities([image])[0].astype(np.float32)
+    small = varied_images()["gradient_500x375.jpg"]
+    small_expected = reference.probabilities([small])[0].astype(np.float32)
+    url, model = flood_server.url, contract.ENSEMBLE_MODEL
+    baseline = min(lone_latency_s(url, model, small, small_expected, ATOL) for _ in range(3))
+    report = run_flood(
+        url, model, image, expected, clients=CLIENTS, seconds=SECONDS, server_pid=flood_server.pid,
+        atol=ATOL,
+    )  # fmt: skip
+    # After the flood: how long until a lone small request is as fast as before (3x, or 200 ms).
+    recovered_after = float("inf")
+    start = time.monotonic()
+    while time.monotonic() - start < 20:
+        if lone_latency_s(url, model, small, small_expected, ATOL) <= max(3 * baseline, 0.2):
+            recovered_after = time.monotonic() - start
+            break
+    print(
+        f"\nFIGURE flood: {CLIENTS} clients {SECONDS:.0f} s: {report.counts}, "
+        f"accepted {report.accepted_per_s:.1f} img/s, p99 {report.latency_s(0.99):.2f} s, "
+        f"growth {report.growth_mb:.0f} MB, refusals {dict(report.refusals)}, "
+        f"recovered after {recovered_after:.1f} s (baseline {baseline * 1000:.0f} ms)"
+    )
+    return report, recovered_after
+
+
+def test_the_exported_models_carry_a_bounded_queue_with_a_timeout(
+    session_repository: tuple[Path, object],
+) -> None:
+    names = ClassifierNames.of()
+    for model in (names.preprocess, names.onnx):
+        policy = read_config(session_repository[0], model).dynamic_batching.default_queue_policy
+        assert policy.max_queue_size >= contract.MAX_BATCH_SIZE
+        assert policy.default_timeout_microseconds > 0
+
+
+def test_a_flood_gets_no_wrong_answer_and_no_client_time_out(flood) -> None:
+    report, _ = flood
+    counts = report.counts
+    assert counts["ok"] > 0
+    assert counts["wrong"] == 0
+    assert counts["timeout"] == 0 and counts["error"] == 0, report.outcomes[:5]
+
+
+def test_the_excess_of_a_flood_is_refused_explicitly_as_overload(flood) -> None:
+    report, _ = flood
+    assert report.counts["refused"] > 0
+    for refusal in report.refusals:
+        status, _, message = refusal.partition(" ")
+        assert status in {"429", "503"}, refusal
+        assert "queue" in message.lower() or "timeout" in message.lower(), refusal
+
+
+def test_the_server_stays_ready_throughout_a_flood(flood) -> None:
+    report, _ = flood
+    assert report.ready_checks >= SECONDS
+    assert report.not_ready == []
+
+
+def test_a_flood_grows_memory_by_the_bodies_in_flight_not_by_its_length(flood) -> None:
+    report, _ = flood
+    queue = read_queue_size()
+    bound = (CLIENTS + queue) * IMAGE_MB + SLACK_MB
+    assert report.growth_mb < bound, f"grew {report.growth_mb:.0f} MB, bound {bound:.0f} MB"
+
+
+def test_a_lone_request_is_fast_again_within_seconds_of_a_flood(flood) -> None:
+    _, recovered_after = flood
+    assert recovered_after < 10
+
+
+def read_queue_size() -> int:
+    from resnet18_triton.repository.configs import ServingSettings
+
+    return ServingSettings.from_core_budget().max_queue_size
