@@ -12,8 +12,12 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import ssl
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -405,3 +409,53 @@ def test_no_key_is_in_any_log_or_any_process_command_line(edge: Edge) -> None:
     assert not leaked, f"a key is on the command line of process(es) {leaked}"
     hashes = edge.cluster.api_key_hashes.read_text()
     assert keys.key_hash(BOB) in hashes and BOB not in hashes
+
+
+# --- the command line: exposed on all interfaces, keys from a file, SIGHUP reloads them
+
+
+def test_the_cluster_command_on_all_interfaces_serves_with_keys_and_reloads_them_on_sighup(
+    exported_repository: Path, tmp_path: Path
+) -> None:
+    key_file = write_key_file(tmp_path / "keys.txt", [f"alice:{ALICE}", f"bob:{BOB}"])
+    certificate, tls_key = self_signed_certificate(tmp_path / "tls")
+    port = free_port()
+    log = (tmp_path / "cluster.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "resnet18_triton.cli", "cluster", "--replicas", "1",
+            f"--repo={exported_repository}", "--host", "0.0.0.0", f"--http-port={port}",
+            f"--grpc-port={free_port()}", f"--api-key-file={key_file}",
+            f"--tls-cert={certificate}", f"--tls-key={tls_key}",
+            f"--workdir={tmp_path / 'work'}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    context = ssl.create_default_context(cafile=str(certificate))
+
+    def status(key: str) -> int:
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+        try:
+            return request(connection, "GET", METADATA_PATH, key).status
+        finally:
+            connection.close()
+
+    def wait_for_log(text: str) -> None:
+        while text not in (tmp_path / "cluster.log").read_text():
+            assert process.poll() is None, (tmp_path / "cluster.log").read_text()
+            time.sleep(0.2)
+
+    try:
+        wait_for_log("ready: https://0.0.0.0")
+        assert status(ALICE) == 200 and status(WRONG) == 401
+        write_key_file(key_file, [f"bob:{BOB}"])
+        process.send_signal(signal.SIGHUP)
+        wait_for_log("reloaded 1 API key(s)")
+        assert status(ALICE) == 401 and status(BOB) == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 0
+        log.close()
+    text = (tmp_path / "cluster.log").read_text()
+    assert "API keys required" in text and ALICE not in text and BOB not in text

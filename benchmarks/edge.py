@@ -1,0 +1,329 @@
+"""What TLS + API-key checking cost at the proxy, per request, against the same proxy in plain HTTP.
+
+``python -m benchmarks.edge --repo model_repository [--rounds 6] [--seconds 8] [--concurrency 8]``
+
+One ``Cluster`` (real ``serve`` replicas) with its nginx in edge mode (TLS with a self-signed
+P-256 certificate, API keys hashed by njs, the limits set high enough never to refuse) and, beside
+it, a second nginx rendered from the same template without TLS and keys, in front of the same
+replicas. Each workload runs on both proxies in turn, ``rounds`` times, the order alternating
+(A/B, B/A, ...), so that load from other processes hits both alike. Each run is ``concurrency``
+client threads on keep-alive connections for ``seconds``; throughput is completed requests per
+second, all of which must be 200. Workloads:
+
+- ``infer``: one 500x375 JPEG through the ensemble (what clients do);
+- ``metadata``: ``GET /v2/models/resnet18``, which Triton answers at once: the proxy's own cost
+  dominates, the worst case for a relative overhead;
+- ``metadata, new connection``: the same with a new connection per request (a full TLS
+  handshake each time: clients that do not keep connections).
+
+Throughput on a shared 2-core machine is noisy, and the clients share the cores with the proxy.
+So the CPU time of each nginx's workers (utime + stime from /proc) is counted too, per request:
+that is the proxy's own cost, whatever else runs. For ``infer``, the replicas' CPU per request
+(every process under each ``serve``) is the yardstick: on a CPU-bound node, the extra proxy CPU
+divided by proxy + replica CPU is the throughput the edge costs.
+
+Prints a markdown table with every round, the medians and the ratio edge / plain, and the CPU.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import ssl
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import tritonclient.http as httpclient
+
+from resnet18_triton import contract
+from resnet18_triton.deploy import keys, proxy
+from resnet18_triton.deploy.cluster import Cluster, ClusterOptions, child_pids
+from resnet18_triton.perf.images import encode, gradient_image
+from resnet18_triton.server.embedded import free_port
+
+NEVER_REFUSE = proxy.Limits(
+    rate_per_s=1_000_000,
+    burst=1_000_000,
+    client_connections=4096,
+    max_in_flight=4096,
+    body_budget_bytes=4096 * proxy.MIB,
+)
+
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(root: int, include_root: bool = True) -> float:
+    """CPU seconds (user + system) used so far by the live processes under ``root``."""
+    total, pending = 0.0, [root]
+    while pending:
+        pid = pending.pop()
+        pending += child_pids(pid)
+        if pid == root and not include_root:
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    return total
+
+
+@dataclass(frozen=True)
+class Target:
+    """One proxy as the clients reach it, and its nginx master's pid."""
+
+    name: str
+    port: int
+    context: ssl.SSLContext | None
+    headers: dict[str, str]
+    master_pid: int
+
+    def connect(self) -> http.client.HTTPConnection:
+        if self.context is None:
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.port, timeout=120, context=self.context
+        )
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    method: str
+    path: str
+    body: bytes | None
+    headers: dict[str, str]
+    reuse_connection: bool = True
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    certificate, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(certificate),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return certificate, key
+
+
+def infer_workload(image: bytes) -> Workload:
+    data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
+    data.set_data_from_numpy(np.array([[image]], dtype=object))
+    output = httpclient.InferRequestedOutput(contract.ENSEMBLE_OUTPUT, binary_data=True)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([data], [output])
+    headers = {"Content-Type": "application/octet-stream"}
+    if json_size is not None:
+        headers["Inference-Header-Content-Length"] = str(json_size)
+    return Workload("infer (500x375 JPEG)", "POST", f"/v2/models/{contract.ENSEMBLE_MODEL}/infer",
+                    body, headers)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Run:
+    rate: float  # requests/s
+    requests: int
+    proxy_cpu_s: float  # the nginx workers' CPU during the run
+    replica_cpu_s: float  # every process under the replicas' serve processes
+
+
+def run(
+    target: Target,
+    workload: Workload,
+    concurrency: int,
+    seconds: float,
+    replica_pids: list[int] | None = None,
+) -> Run:
+    """``concurrency`` threads for ``seconds``: throughput and CPU; every answer must be 200."""
+    counts = [0] * concurrency
+    failures: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    def client(slot: int) -> None:
+        connection = target.connect()
+        headers = {**workload.headers, **target.headers}
+        while time.monotonic() < deadline:
+            if not workload.reuse_connection:
+                connection.close()
+                connection = target.connect()
+            connection.request(workload.method, workload.path, workload.body, headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                failures.append(f"{target.name}: HTTP {response.status}")
+                return
+            counts[slot] += 1
+        connection.close()
+
+    replicas = replica_pids or []
+    proxy_before = tree_cpu_s(target.master_pid, include_root=False)
+    replicas_before = sum(tree_cpu_s(pid) for pid in replicas)
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(slot,)) for slot in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    proxy_cpu = tree_cpu_s(target.master_pid, include_root=False) - proxy_before
+    replica_cpu = sum(tree_cpu_s(pid) for pid in replicas) - replicas_before
+    if failures:
+        raise SystemExit(f"a request failed, the comparison is void: {failures[0]}")
+    return Run(sum(counts) / elapsed, sum(counts), proxy_cpu, replica_cpu)
+
+
+def start_plain_proxy(cluster: Cluster, workdir: Path) -> tuple[int, int, Callable[[], None]]:
+    """A second nginx without TLS or keys in front of ``cluster``'s replicas; (port, pid, stop)."""
+    assert cluster.settings is not None
+    port = free_port()
+    runtime = workdir / "plain"
+    proxy.prepare_runtime_dir(runtime)
+    settings = proxy.ProxySettings(
+        upstreams=cluster.settings.upstreams,
+        listen_http=f"127.0.0.1:{port}",
+        listen_grpc=f"127.0.0.1:{free_port()}",
+        max_body_bytes=cluster.settings.max_body_bytes,
+        runtime_dir=str(runtime),
+        error_log=str(workdir / "plain-error.log"),
+        access_log=str(workdir / "plain-access.log"),  # both proxies log, as in production
+        user=cluster.settings.user,
+        limits=NEVER_REFUSE,
+    )
+    config = workdir / "plain.conf"
+    config.write_text(proxy.render(settings))
+    proxy.check_config(config, runtime)
+    process = proxy.start_nginx(config, runtime, workdir / "plain.log")
+    for _ in range(100):
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/v2/health/ready")
+            if connection.getresponse().status == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.terminate()
+        raise SystemExit(f"the plain nginx did not start; see {workdir / 'plain-error.log'}")
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(timeout=30)
+
+    return port, process.pid, stop
+
+
+@click.command()
+@click.option("--repo", "repository", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("model_repository"), show_default=True)  # fmt: skip
+@click.option("--replicas", default=1, show_default=True)
+@click.option("--rounds", default=6, show_default=True)
+@click.option("--seconds", default=8.0, show_default=True)
+@click.option("--concurrency", default=8, show_default=True)
+def main(repository: Path, replicas: int, rounds: int, seconds: float, concurrency: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="edge-benchmark-"))
+    certificate, tls_key = self_signed(workdir)
+    key_file = workdir / "keys.txt"
+    api_key = keys.add_api_key(key_file, "benchmark")  # read from the file, never from argv
+    options = ClusterOptions(
+        repository=repository.resolve(),
+        replicas=replicas,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        workdir=workdir / "cluster",
+        restart_replicas=False,
+        api_key_file=key_file,
+        tls_certificate=certificate,
+        tls_key=tls_key,
+        limits=NEVER_REFUSE,
+    )
+    options.workdir.mkdir(parents=True)  # type: ignore[union-attr]
+    image = encode(gradient_image(500, 375, seed=7), "JPEG")
+    workloads = [
+        infer_workload(image),
+        Workload("metadata", "GET", f"/v2/models/{contract.ENSEMBLE_MODEL}", None, {}),
+        Workload("metadata, new connection", "GET", f"/v2/models/{contract.ENSEMBLE_MODEL}",
+                 None, {}, reuse_connection=False),
+    ]  # fmt: skip
+    with Cluster(options) as cluster:
+        plain_port, plain_pid, stop_plain = start_plain_proxy(cluster, workdir)
+        assert cluster.nginx is not None
+        replica_pids = [r.process.pid for r in cluster.replicas if r.process is not None]
+        try:
+            edge = Target(
+                "TLS + key",
+                cluster.options.http_port,
+                ssl.create_default_context(cafile=str(certificate)),
+                {contract.API_KEY_HEADER: f"Bearer {api_key}"},
+                cluster.nginx.pid,
+            )
+            plain = Target("plain", plain_port, None, {}, plain_pid)
+            results: dict[tuple[str, str], list[Run]] = {}
+            loads: list[float] = []
+            for workload in workloads:
+                run(plain, workload, concurrency, 2.0)  # warm-up, both paths
+                run(edge, workload, concurrency, 2.0)
+                for round_ in range(rounds):
+                    order = (plain, edge) if round_ % 2 == 0 else (edge, plain)
+                    for target in order:
+                        loads.append(os.getloadavg()[0])
+                        measured = run(target, workload, concurrency, seconds, replica_pids)
+                        results.setdefault((workload.name, target.name), []).append(measured)
+        finally:
+            stop_plain()
+    print(f"\nCPU: {cpu_name()}, {os.cpu_count()} logical CPUs; {replicas} replica(s); "
+          f"{concurrency} client threads; {rounds} rounds x {seconds:.0f} s, A/B alternating; "
+          f"load average {min(loads):.1f}-{max(loads):.1f}\n")  # fmt: skip
+    print(
+        "| workload | plain req/s (median) | TLS + key req/s (median) | TLS + key / plain "
+        "| rounds plain | rounds TLS + key | nginx CPU µs/request plain | TLS + key |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for workload in workloads:
+        a, b = results[(workload.name, "plain")], results[(workload.name, "TLS + key")]
+        ratio = statistics.median(r.rate for r in b) / statistics.median(r.rate for r in a)
+        print(
+            f"| {workload.name} | {statistics.median(r.rate for r in a):.1f} | "
+            f"{statistics.median(r.rate for r in b):.1f} | {ratio:.3f} | "
+            f"{', '.join(f'{r.rate:.0f}' for r in a)} | {', '.join(f'{r.rate:.0f}' for r in b)} | "
+            f"{cpu_per_request(a):.0f} | {cpu_per_request(b):.0f} |"
+        )
+    infer = workloads[0].name
+    a, b = results[(infer, "plain")], results[(infer, "TLS + key")]
+    replica_us = 1e6 * sum(r.replica_cpu_s for r in a + b) / sum(r.requests for r in a + b)
+    extra_us = cpu_per_request(b) - cpu_per_request(a)
+    share = extra_us / (replica_us + cpu_per_request(b))
+    print(
+        f"\n{infer}: replicas {replica_us:.0f} µs CPU/request; the edge adds {extra_us:.0f} µs "
+        f"at the proxy: {100 * share:.2f} % of the CPU per request (the throughput it costs on "
+        "a CPU-bound node)"
+    )
+
+
+def cpu_per_request(runs: list[Run]) -> float:
+    """nginx worker CPU µs per request over all rounds (ticks are 10 ms; summing rounds helps)."""
+    return 1e6 * sum(r.proxy_cpu_s for r in runs) / sum(r.requests for r in runs)
+
+
+if __name__ == "__main__":
+    main()
