@@ -56,7 +56,7 @@ def fused_variant(repo: Path, names: ClassifierNames, split: str) -> str:
     config.name = name
     del config.instance_group[:]
     config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    config.parameters["intra_op_thread_count"].string_value = str(cores)
+    config.parameters[variants.INTRA_OP_THREADS].string_value = str(cores)
     # Replaced by rename: the copied config is a hard link to the original's.
     write_text_atomically(repo / name / CONFIG_FILENAME, render(config))
     return name

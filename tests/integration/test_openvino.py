@@ -22,10 +22,10 @@ pytest.importorskip("openvino")
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.cpu_flags import cpu_flags, has_native_bf16
-from resnet18_triton.export.openvino_variant import config_as_json, openvino_backend
+from resnet18_triton.export.openvino_variant import openvino_backend
 from resnet18_triton.export.quantize import load_preprocess_module
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.configs import parse
+from resnet18_triton.repository.configs import as_json, parse
 from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
     served_models,
@@ -65,7 +65,7 @@ def openvino_server(
 def _in_process_probabilities(repo: Path, images: list[bytes]) -> np.ndarray:
     """OpenVINO in this process, compiled from the written config as the backend compiles it."""
     backend = openvino_backend()
-    config = config_as_json(parse((repo / MODEL / CONFIG_FILENAME).read_text()))
+    config = as_json(parse((repo / MODEL / CONFIG_FILENAME).read_text()))
     request = backend.compile_model(
         str(variants.OPENVINO.model_path(repo, DEFAULT)), config
     ).create_infer_request()
@@ -185,7 +185,7 @@ def test_the_fused_bf16_model_answers_like_openvino_on_torchvision_pixels(openvi
     server, repo, _ = openvino_server
     assert served_models(repo)[-1] == FUSED
     backend = openvino_backend()
-    config = config_as_json(parse((repo / FUSED / CONFIG_FILENAME).read_text()))
+    config = as_json(parse((repo / FUSED / CONFIG_FILENAME).read_text()))
     assert config["parameters"]["INFERENCE_NUM_THREADS"]["string_value"] == "1"
     assert config["parameters"]["ENABLE_CPU_PINNING"]["string_value"] == "NO"
     request = backend.compile_model(

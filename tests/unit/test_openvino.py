@@ -15,11 +15,12 @@ from resnet18_triton import contract, cpu_flags
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import PrecisionUnavailableError
 from resnet18_triton.export.openvino_cli import choose_precision
-from resnet18_triton.export.openvino_variant import config_as_json, openvino_backend
+from resnet18_triton.export.openvino_variant import openvino_backend
 from resnet18_triton.repository import layout, variants
 from resnet18_triton.repository.configs import (
     ServingSettings,
     all_model_configs,
+    as_json,
     openvino_variant_configs,
 )
 from tests.support import tree_snapshot
@@ -185,7 +186,7 @@ def test_the_fused_openvino_model_spends_the_core_budget_as_single_thread_instan
     assert values["HINT_BF16"] == "YES" and values["ENABLE_CPU_PINNING"] == "NO"
     assert "inter_op_thread_count" not in values and "intra_op_thread_count" not in values
     assert list(fused.output) == list(ensemble.output)
-    properties = openvino_backend().compile_properties(config_as_json(fused))
+    properties = openvino_backend().compile_properties(as_json(fused))
     assert properties["INFERENCE_NUM_THREADS"] == "1"
     model.backend = "tensorrt"
     with pytest.raises(ExportError, match="no fused model for the 'tensorrt' backend"):
@@ -217,7 +218,7 @@ def test_bf16_config_uses_only_documented_native_keys_and_the_core_budget() -> N
     assert not model.HasField("optimization")
     steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
     assert steps == [contract.PREPROCESS_MODEL, "resnet18_openvino"]
-    properties = openvino_backend().compile_properties(config_as_json(model))
+    properties = openvino_backend().compile_properties(as_json(model))
     assert properties["INFERENCE_PRECISION_HINT"] == "bf16"
     assert properties["ENABLE_CPU_PINNING"] == "NO"  # 2 instances must not share a core
 

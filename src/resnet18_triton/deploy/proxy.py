@@ -153,14 +153,15 @@ def repository_body_limit(repository: Path) -> int:
     Needs Triton's ModelConfig schema (``tritonclient[grpc]``); raises ``ProxyError`` when the
     config is missing.
     """
-    from resnet18_triton.repository.configs import parse
+    from resnet18_triton.repository.configs import read_config_file
+    from resnet18_triton.repository.layout import CONFIG_FILENAME
 
-    path = repository / contract.PREPROCESS_MODEL / "config.pbtxt"
-    if not path.is_file():
+    path = repository / contract.PREPROCESS_MODEL / CONFIG_FILENAME
+    config = read_config_file(path)
+    if config is None:
         raise ProxyError(
             f"{path} is missing: run `resnet18-triton export` to fill the repository first"
         )
-    config = parse(path.read_text())
     parameter = config.parameters.get("max_image_bytes")
     image_bytes = int(parameter.string_value) if parameter else DEFAULT_MAX_IMAGE_BYTES
     return body_limit(config.max_batch_size or 1, image_bytes)

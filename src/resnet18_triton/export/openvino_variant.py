@@ -23,9 +23,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from google.protobuf import json_format
 from numpy.typing import NDArray
-from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
@@ -39,6 +37,7 @@ from resnet18_triton.export.fidelity import (
 )
 from resnet18_triton.files import write_bytes_atomically
 from resnet18_triton.repository import variants
+from resnet18_triton.repository.configs import as_json
 from resnet18_triton.repository.layout import backend_source, load_model_module, onnx_model_path
 from resnet18_triton.repository.transaction import remove_stale_staging, staging_directory
 from resnet18_triton.repository.writer import install_variant, variant_model_configs
@@ -49,12 +48,6 @@ _BACKEND_MODULE_NAME = "resnet18_triton_openvino_backend"
 def openvino_backend() -> ModuleType:
     """The shipped ``openvino`` backend's ``model.py``, imported by path (it needs no server)."""
     return load_model_module(backend_source("openvino"), _BACKEND_MODULE_NAME)
-
-
-def config_as_json(config: mc.ModelConfig) -> dict[str, Any]:
-    """A ModelConfig as the JSON dict Triton hands a Python model (``args["model_config"]``)."""
-    result: dict[str, Any] = json_format.MessageToDict(config, preserving_proto_field_name=True)
-    return result
 
 
 def source_model(repository: Path, precision: str, names: ClassifierNames | None = None) -> Path:
@@ -101,7 +94,7 @@ def build_openvino_variant(
     fp32_path = onnx_model_path(repository, names.onnx)
     candidate = source_model(repository, precision, names)
     configs = variant_model_configs(repository, variants.OPENVINO, {}, names, precision)
-    candidate_logits = openvino_logits(candidate, config_as_json(configs[0]), held_out)
+    candidate_logits = openvino_logits(candidate, as_json(configs[0]), held_out)
     report = compare_logits(
         run_logits(session(fp32_path), held_out),
         candidate_logits,

@@ -168,16 +168,12 @@ def split_holdout(files: Sequence[Path], every: int = 5) -> tuple[list[Path], li
 
 def served_transform(preprocess: ModuleType, config_path: Path | None) -> Any:
     """The ``Transform`` a preprocess model's config sets (ImageNet's without a config)."""
-    if config_path is None or not config_path.is_file():
+    from resnet18_triton.repository.configs import as_json, read_config_file
+
+    config = None if config_path is None else read_config_file(config_path)
+    if config is None:
         return preprocess.Transform()
-    from google.protobuf import json_format
-
-    from resnet18_triton.repository.configs import parse
-
-    config = json_format.MessageToDict(
-        parse(config_path.read_text()), preserving_proto_field_name=True
-    )
-    return preprocess.transform_from_config(config)
+    return preprocess.transform_from_config(as_json(config))
 
 
 def served_preprocessing(repository: Path, preprocess_model: str) -> tuple[ModuleType, Any]:

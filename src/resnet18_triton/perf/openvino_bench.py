@@ -42,7 +42,7 @@ DEFAULT = ClassifierNames.of()
 
 ORT_LABEL = "ort fp32 ensemble 500x375"
 
-# A model config as JSON (``export.openvino_variant.config_as_json``).
+# A model config as JSON (``export.openvino_variant.as_json``).
 JsonObject = dict[str, Any]
 # One in-process engine: runs a uint8 [batch, 3, 224, 224] batch, outputs unused.
 Runner = Callable[[npt.NDArray[np.uint8]], object]
@@ -98,10 +98,9 @@ class BenchEnvironment(TypedDict):
 
 
 def _variant_config(repo: Path) -> JsonObject:
-    from resnet18_triton.export.openvino_variant import config_as_json
-    from resnet18_triton.repository.configs import read_config
+    from resnet18_triton.repository.configs import as_json, read_config
 
-    return config_as_json(read_config(repo, variants.OPENVINO.classifier(DEFAULT)))
+    return as_json(read_config(repo, variants.OPENVINO.classifier(DEFAULT)))
 
 
 def variant_precision(repo: Path) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
@@ -50,11 +50,10 @@ def available_cores() -> int:
 # size", HTTP 503) instead of piling up until clients time out: it holds about QUEUE_BUDGET_S of
 # work for the cores given to inference, at IMAGE_CORE_S of core time per image (the FP32 JPEG
 # ensemble's measured cost; docs/decisions.md, "Bounded queues"), and never less than one full
-# batch. A request that still waits after QUEUE_TIMEOUT_FACTOR budgets (larger images than the
-# estimate) is refused too.
+# batch. Larger images cost more than the estimate, so a request still queued after the budget is
+# refused too ("Request timeout expired"): a queued request waits about the budget at most.
 QUEUE_BUDGET_S = 2.0
 IMAGE_CORE_S = 0.054
-QUEUE_TIMEOUT_FACTOR = 2
 
 
 def queue_bound(cores: int, max_batch_size: int, budget_s: float = QUEUE_BUDGET_S) -> int:
@@ -64,7 +63,7 @@ def queue_bound(cores: int, max_batch_size: int, budget_s: float = QUEUE_BUDGET_
 
 def queue_timeout_us(budget_s: float = QUEUE_BUDGET_S) -> int:
     """How long a queued request may wait before it is refused, in microseconds."""
-    return round(budget_s * QUEUE_TIMEOUT_FACTOR * 1_000_000)
+    return round(budget_s * 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -576,6 +575,13 @@ def render(config: mc.ModelConfig) -> str:
 def parse(text: str) -> mc.ModelConfig:
     """Parse config.pbtxt text with Triton's schema (raises on unknown fields)."""
     return text_format.Parse(text, mc.ModelConfig())
+
+
+def as_json(config: mc.ModelConfig) -> dict[str, Any]:
+    """A config as the JSON dict Triton hands a Python model (``args["model_config"]``) and its
+    model-config API returns."""
+    result: dict[str, Any] = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    return result
 
 
 def read_config_file(path: Path) -> mc.ModelConfig | None:
