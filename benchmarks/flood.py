@@ -22,6 +22,7 @@ import argparse
 import http.client
 import io
 import json
+import os
 import statistics
 import threading
 import time
@@ -114,20 +115,28 @@ def send(
     return Outcome("ok", seconds, start, 200)
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` and all its descendants (the stubs), in MB."""
+def rss_by_process_mb(pid: int) -> dict[str, float]:
+    """Resident memory of process ``pid`` and each descendant (the stubs, by the model each
+    serves), in MB."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
+        return {}
+    sizes: dict[str, float] = {}
     for process in processes:
         try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:
+            argv = process.cmdline()
+            role = Path(argv[1]).parts[-3] if len(argv) > 1 and "stub" in argv[0] else "server"
+            sizes[f"{role} {process.pid}"] = process.memory_info().rss / 2**20
+        except (psutil.NoSuchProcess, IndexError):
             continue
-    return total / 2**20
+    return sizes
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` and all its descendants (the stubs), in MB."""
+    return sum(rss_by_process_mb(pid).values())
 
 
 @dataclass
@@ -143,6 +152,9 @@ class FloodReport:
     rss_peak_mb: float = 0.0
     # (seconds into the flood, MB): whether the growth levels off or keeps climbing.
     rss_samples: list[tuple[float, float]] = field(default_factory=list)
+    # Each process's growth at its peak, so the report says where the memory went.
+    rss_peak_by_process_mb: dict[str, float] = field(default_factory=dict)
+    rss_before_by_process_mb: dict[str, float] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -209,7 +221,9 @@ def run_flood(
     before the end run to completion), with readiness and memory watched throughout."""
     host, port = url.rsplit(":", 1)
     request = infer_request(image)
-    report = FloodReport(clients, seconds, rss_before_mb=tree_rss_mb(server_pid))
+    before = rss_by_process_mb(server_pid)
+    report = FloodReport(clients, seconds, rss_before_mb=sum(before.values()))
+    report.rss_before_by_process_mb = before
     report.rss_peak_mb = report.rss_before_mb
     lock = threading.Lock()
     stop = threading.Event()
@@ -231,8 +245,12 @@ def run_flood(
     started = time.monotonic()
 
     def memory() -> None:
-        rss = tree_rss_mb(server_pid)
+        sizes = rss_by_process_mb(server_pid)
+        rss = sum(sizes.values())
         with lock:
+            for name, mb in sizes.items():
+                peak = report.rss_peak_by_process_mb.get(name, 0.0)
+                report.rss_peak_by_process_mb[name] = max(peak, mb)
             report.rss_peak_mb = max(report.rss_peak_mb, rss)
             report.rss_samples.append((time.monotonic() - started, rss))
 
@@ -293,6 +311,11 @@ def markdown(unloaded: FloodReport, flood: FloodReport, cpu: str) -> str:
             f"ready checks failed: {len(flood.not_ready)} of {flood.ready_checks}",
             "tree growth by quarter of the flood (MB): "
             + ", ".join(f"{mb:.0f}" for mb in flood.growth_by_quarter_mb()),
+            "peak by process (MB, before -> peak): "
+            + ", ".join(
+                f"{name} {flood.rss_before_by_process_mb.get(name, 0):.0f} -> {mb:.0f}"
+                for name, mb in sorted(flood.rss_peak_by_process_mb.items())
+            ),
         ]
     )
 
@@ -313,7 +336,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=96)
     parser.add_argument("--seconds", type=float, default=25.0)
     parser.add_argument("--unloaded-clients", default="1,2,4")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Set for the server only (e.g. LD_PRELOAD=... to compare allocators).",
+    )
     args = parser.parse_args()
+    # The server inherits this process's environment; this process itself started before it.
+    os.environ.update(item.split("=", 1) for item in args.server_env)
     image = noisy_png()
     options = ServerOptions(
         repository=args.repo, http_port=free_port(), grpc_port=free_port(), metrics_port=0

@@ -26,10 +26,13 @@ from tests.support import TorchReference, varied_images
 # enough that the queue fills, times out and refuses many times over.
 CLIENTS = 128
 SECONDS = 12.0
-# Each client's body is 6.8 MB: the HTTP front end holds one body per open request, and the queue
-# holds at most max_queue_size of them. The tree may grow by the bodies of every client plus the
-# queue's, and the decoded batches in flight, never in proportion to the flood's duration.
+# Each client's body is 6.8 MB. Triton 2.51's HTTP front end reads the body of every open request,
+# whatever the queue holds (it has no connection limit: the proxy's limit_conn is that), and the
+# queue holds at most max_queue_size more; glibc keeps about as much again after they are freed
+# (benchmarks/flood.py: the growth levels off near twice the bodies, docs/reliability.md). So the
+# bound grows with the clients and the queue, never with the flood's duration.
 IMAGE_MB = 6.8
+RETENTION = 2
 SLACK_MB = 400
 # Probabilities of random weights are small and flat: absolute tolerance against PyTorch.
 ATOL = 1e-5
@@ -113,10 +116,10 @@ def test_the_server_stays_ready_throughout_a_flood(flood) -> None:
     assert report.not_ready == []
 
 
-def test_a_flood_grows_memory_by_the_bodies_in_flight_not_by_its_length(flood) -> None:
+def test_a_flood_grows_memory_with_the_bodies_in_flight_not_with_its_length(flood) -> None:
     report, _ = flood
     queue = read_queue_size()
-    bound = (CLIENTS + queue) * IMAGE_MB + SLACK_MB
+    bound = RETENTION * (CLIENTS + queue) * IMAGE_MB + SLACK_MB
     assert report.growth_mb < bound, f"grew {report.growth_mb:.0f} MB, bound {bound:.0f} MB"
 
 
