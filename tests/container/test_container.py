@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import ssl
 import subprocess
 import threading
 import time
@@ -22,10 +23,11 @@ import numpy as np
 import pytest
 
 from resnet18_triton import contract
-from resnet18_triton.deploy import proxy
+from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.server.embedded import free_port
 from tests.compose_support import REPO_ROOT
 from tests.container.conftest import SECOND_CLASSIFIER, SECOND_SEED, Engine, Repository
+from tests.edge_support import self_signed_certificate
 from tests.support import (
     PROBABILITY_ATOL,
     TorchReference,
@@ -36,6 +38,8 @@ from tests.support import (
 
 HEALTHY_TIMEOUT_S = 240
 ADMIN_KEY = "container-test-admin-key-0123456789"
+API_KEY = "container-test-api-key-0123456789abcdef"
+PROXY_UID = 101
 PROJECT = "r18test"
 
 
@@ -88,6 +92,20 @@ class Compose:
         return self.engine.docker("exec", self.container(service), "sh", "-c", script)
 
 
+def _write_proxy_secrets(secrets: Path) -> None:
+    """The replicas proxy's secrets: the API key's hash (never the key) and a certificate, all
+    readable by the proxy's uid 101."""
+    (secrets / "api-key-hashes.map").write_text(keys.hash_map([keys.ApiKey("ci", API_KEY)]))
+    self_signed_certificate(secrets)
+    for name in ("api-key-hashes.map", "tls.crt", "tls.key"):
+        path = secrets / name
+        if os.geteuid() == 0:
+            os.chown(path, PROXY_UID, PROXY_UID)
+            path.chmod(0o400)
+        else:
+            path.chmod(0o644)  # a test's throw-away key; the proxy's user cannot be given it
+
+
 @pytest.fixture(scope="module")
 def compose(images: Engine, repository: Repository) -> Iterator[Compose]:
     secrets = Path(repository.path.parent / "secrets")
@@ -98,6 +116,7 @@ def compose(images: Engine, repository: Repository) -> Iterator[Compose]:
     uid = 1000 if os.geteuid() == 0 else os.geteuid()
     if os.geteuid() == 0:
         os.chown(key_file, uid, uid)
+    _write_proxy_secrets(secrets)
     http_port = free_port()
     env = {
         **images.env,
@@ -109,6 +128,9 @@ def compose(images: Engine, repository: Repository) -> Iterator[Compose]:
         "TRITON_HTTP_PORT": str(http_port),
         "TRITON_GRPC_PORT": str(free_port()),
         "TRITON_METRICS_PORT": str(free_port()),
+        "PROXY_API_KEY_HASHES_FILE": str(secrets / "api-key-hashes.map"),
+        "PROXY_TLS_CERTIFICATE_FILE": str(secrets / "tls.crt"),
+        "PROXY_TLS_KEY_FILE": str(secrets / "tls.key"),
     }
     running = Compose(images, env)
     try:
@@ -254,6 +276,9 @@ class Load:
     image: bytes
     expected: np.ndarray
     threads: int = 3
+    # Through the replicas' proxy: its certificate (PEM) and an API key.
+    tls_ca: str | None = None
+    api_key: str | None = None
     outcomes: Counter[str] = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -269,11 +294,19 @@ class Load:
         from tritonclient.utils import InferenceServerException
 
         while not self._stop.is_set():
-            client = httpclient.InferenceServerClient(self.url, network_timeout=60.0)
+            client = httpclient.InferenceServerClient(
+                self.url,
+                network_timeout=60.0,
+                ssl=self.tls_ca is not None,
+                ssl_options={"ca_certs": self.tls_ca} if self.tls_ca else None,
+            )
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
             try:
                 tensor = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
                 tensor.set_data_from_numpy(np.array([self.image], dtype=object).reshape(1, 1))
-                answer = client.infer(self.model, [tensor]).as_numpy(contract.ENSEMBLE_OUTPUT)
+                answer = client.infer(self.model, [tensor], headers=headers).as_numpy(
+                    contract.ENSEMBLE_OUTPUT
+                )
             except InferenceServerException as error:
                 self._count(f"explicit error: {str(error)[:60]}")
                 time.sleep(0.05)
@@ -315,10 +348,12 @@ class Load:
         pytest.fail(f"fewer than {count} answers in {timeout_s} s: {dict(self.snapshot())}")
 
 
-def _load(url: str, repository: Repository) -> Load:
+def _load(
+    url: str, repository: Repository, tls_ca: str | None = None, api_key: str | None = None
+) -> Load:
     image = repository.held_out[0]
     expected = TorchReference(model=repository.digits_model).probabilities([image])[0]
-    return Load(url, "resnet18", image, expected)
+    return Load(url, "resnet18", image, expected, tls_ca=tls_ca, api_key=api_key)
 
 
 def _stubs(compose: Compose, service: str) -> dict[str, str]:
@@ -393,13 +428,22 @@ def test_docker_stop_under_load_drains_within_the_grace_period(
 # --- the replicas profile behind the project's nginx image
 
 
+def _proxy_connection(compose: Compose, tls: bool = True) -> http.client.HTTPConnection:
+    if not tls:
+        return http.client.HTTPConnection("127.0.0.1", 8080, timeout=30)
+    certificate = Path(compose.env["PROXY_TLS_CERTIFICATE_FILE"])
+    context = ssl.create_default_context(cafile=str(certificate))
+    return http.client.HTTPSConnection("127.0.0.1", 8080, timeout=30, context=context)
+
+
 def test_replicas_behind_nginx_lose_no_request_when_one_is_killed(
     compose: Compose, triton: str, repository: Repository
 ) -> None:
     compose.run("stop", "triton", timeout=120)
     compose.run("--profile", "replicas", "up", "-d", "proxy", timeout=900)
     url = "127.0.0.1:8080"
-    with _load(url, repository) as load:
+    certificate = compose.env["PROXY_TLS_CERTIFICATE_FILE"]
+    with _load(url, repository, tls_ca=certificate, api_key=API_KEY) as load:
         load.wait_for_answers(10, timeout_s=120)
         compose.engine.docker("kill", compose.container("triton-1"))
         time.sleep(1)
@@ -409,10 +453,27 @@ def test_replicas_behind_nginx_lose_no_request_when_one_is_killed(
     assert set(outcomes) == {"ok"}, dict(outcomes)
 
 
+def test_the_proxy_refuses_no_key_a_wrong_key_and_plain_http(compose: Compose) -> None:
+    path = f"/v2/models/{contract.ENSEMBLE_MODEL}"
+    for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789abcdef"}):
+        connection = _proxy_connection(compose)
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        assert response.status == 401, headers
+        assert response.getheader("WWW-Authenticate", "").startswith("Bearer")
+        connection.close()
+    connection = _proxy_connection(compose, tls=False)
+    connection.request("GET", path, headers={"Authorization": f"Bearer {API_KEY}"})
+    response = connection.getresponse()
+    assert response.status == 400 and b"plain HTTP" in response.read()
+    connection.close()
+
+
 def test_a_body_over_the_limit_gets_413_from_nginx(compose: Compose) -> None:
-    limit = proxy.body_limit(contract.MAX_BATCH_SIZE, contract.MAX_IMAGE_BYTES)
-    connection = http.client.HTTPConnection("127.0.0.1", 8080, timeout=30)
+    limit = proxy.compose_settings(2).body_limit
+    connection = _proxy_connection(compose)
     connection.putrequest("POST", "/v2/models/resnet18/infer")
+    connection.putheader("Authorization", f"Bearer {API_KEY}")
     connection.putheader("Content-Length", str(limit + 1))
     connection.putheader("Content-Type", "application/octet-stream")
     connection.endheaders()
@@ -420,6 +481,13 @@ def test_a_body_over_the_limit_gets_413_from_nginx(compose: Compose) -> None:
     response = connection.getresponse()
     assert response.status == 413, response.status
     connection.close()
+
+
+def test_the_api_key_is_in_neither_the_proxy_log_nor_docker_inspect(compose: Compose) -> None:
+    log = compose.logs("proxy")
+    assert "key=ci" in log  # the access log names the key
+    inspect = compose.engine.docker("inspect", compose.container("proxy"))
+    assert API_KEY not in log and API_KEY not in inspect
 
 
 # --- the model repository as an image (a Kubernetes init container)
