@@ -99,11 +99,11 @@ class ServingSettings:
     # Container only: this project's Python-based ONNX Runtime backend does not use it.
     openvino: bool = False
     # ONNX Runtime's intra-op pool busy-waits between ops by default; on a small machine that spin
-    # steals the core the preprocessing needs (measured: JPEG ensemble ~1.6x faster with it off,
-    # docs/performance.md). Rendered as session.intra_op.allow_spinning.
+    # steals the core the preprocessing needs (measured in docs/performance.md, "ORT thread
+    # spinning"). Rendered as session.intra_op.allow_spinning.
     intra_op_spinning: bool = False
-    # ONNX Runtime's CPU memory arena keeps freed blocks; off saved 21-38 MB of the ORT stub's RSS
-    # with no measurable throughput change (docs/performance.md). Rendered as enable_mem_arena.
+    # ONNX Runtime's CPU memory arena keeps freed blocks; off, the ORT stub's RSS is lower with no
+    # measurable throughput change (docs/performance.md). Rendered as enable_mem_arena.
     ort_memory_arena: bool = False
     # Preprocess: Image.draft for JPEGs at least twice this size on both sides (0 = off). Off by
     # default: it changes large JPEGs' probabilities slightly (tolerance in docs/performance.md).
@@ -417,8 +417,8 @@ def fused_model_config(
     (limits, transform) and warm-up, the classifier's engine parameters, batching and cache.
     Cores: the classifier's instances x threads, spent as that many instances of 1 thread each:
     every instance decodes and then infers, so with one thread each the instances keep all cores
-    busy without splitting one inference across cores (INT8 on 2 Zen 4 cores: 2 x 1 served 150
-    img/s, 1 x 2 124; docs/performance.md).
+    busy without splitting one inference across cores (measured against 1 x N in
+    docs/performance.md and docs/decisions.md, "The served fast path").
     """
     engine = classifier.backend or ORT_BACKEND
     threads_key = THREAD_KEYS.get(engine) if engine in ENGINES else None
