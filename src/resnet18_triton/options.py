@@ -1,16 +1,37 @@
-"""Click options that several subcommands share, each defined once."""
+"""Click options that several subcommands share, each defined once.
+
+Every option here is a decorator factory: the command passes what differs (its help text, the
+parameter's name) and gets the same flag, type, default and checks as every other command that
+has it. No CLI module imports another; what two of them share lives here.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import click
 
+from resnet18_triton import contract
 from resnet18_triton.repository.layout import DEFAULT_REPOSITORY_DIRNAME, default_repository
 
 F = TypeVar("F", bound=Callable[..., object])
+
+# perf_analyzer's range syntax: START[:END[:STEP]].
+RANGE = re.compile(r"^\d+(\.\d+)?(:\d+(\.\d+)?(:\d+(\.\d+)?)?)?$")
+
+
+def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """One decorator applying ``decorators`` so that ``--help`` lists them in the given order."""
+
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
 
 
 def repository_option(help: str) -> Callable[[F], F]:
@@ -23,4 +44,131 @@ def repository_option(help: str) -> Callable[[F], F]:
         default=default_repository,
         show_default=f"./{DEFAULT_REPOSITORY_DIRNAME}",
         help=help,
+    )
+
+
+def check_classifier_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A ``--name`` Triton can serve, or a usage error naming the rule."""
+    try:
+        contract.check_classifier_name(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
+def name_option(help: str, parameter: str = "name") -> Callable[[F], F]:
+    """``--name``: the classifier a command works on (default ``resnet18``), checked to be a
+    name Triton can serve; passed as ``parameter``."""
+    return click.option(
+        "--name",
+        parameter,
+        default=contract.DEFAULT_CLASSIFIER,
+        show_default=True,
+        callback=check_classifier_name,
+        help=help,
+    )
+
+
+URL_HELP = "Triton HTTP endpoint, host:port."
+
+
+def url_option(help: str = URL_HELP, *, optional: bool = False) -> Callable[[F], F]:
+    """``--url``: the server to talk to, by default ``$RESNET18_TRITON_URL`` or 127.0.0.1:8000.
+
+    ``optional``: no default and no environment variable; a command given none starts its own
+    server (``bench``, ``soak``).
+    """
+    if optional:
+        return click.option("--url", default=None, help=help)
+    return click.option(
+        "--url",
+        envvar=contract.URL_ENV_VAR,
+        show_envvar=True,
+        default=contract.DEFAULT_URL,
+        show_default=True,
+        help=help,
+    )
+
+
+API_KEY_FILE_HELP = (
+    "File (mode 0600) holding the inference API key, sent as 'Authorization: Bearer' with every "
+    f"request to a proxy that asks for one. Or set ${contract.API_KEY_ENV_VAR} (or "
+    f"${contract.API_KEY_FILE_ENV_VAR}). There is no option for the key itself: other users can "
+    "read command lines."
+)
+
+
+def api_key_file_option(help: str = API_KEY_FILE_HELP) -> Callable[[F], F]:
+    """``--api-key-file`` as the ``api_key_file`` parameter (a path; ``keys.api_key_from`` reads
+    it, or the environment, when the command runs)."""
+    return click.option(
+        "--api-key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=help,
+    )
+
+
+def admin_key_file_option(help: str, unset: str = "") -> Callable[[F], F]:
+    """``--admin-key-file`` as the ``admin_key_file`` parameter (a path; ``keys.admin_key_from``
+    reads it, or the environment, when the command runs). ``help`` says what the key is for;
+    where else the key may come from is appended, then ``unset``: what happens without one."""
+    environment = f"Or set {contract.ADMIN_KEY_ENV_VAR} (or {contract.ADMIN_KEY_FILE_ENV_VAR})."
+    return click.option(
+        "--admin-key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=" ".join(filter(None, (help, environment, unset))),
+    )
+
+
+def images_option(help: str) -> Callable[[F], F]:
+    """``--images``: a folder of images to send (default: generated ones, as ``help`` says)."""
+    return click.option(
+        "--images",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help=help,
+    )
+
+
+def image_count_option(parameter: str, default: int, help: str) -> Callable[[F], F]:
+    """``--images`` where a command generates its images: how many, passed as ``parameter``."""
+    return click.option(
+        "--images",
+        parameter,
+        default=default,
+        show_default=True,
+        type=click.IntRange(1),
+        help=help,
+    )
+
+
+def check_range(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A perf_analyzer range (``START[:END[:STEP]]``), or a usage error showing the form."""
+    if value is not None and not RANGE.match(value):
+        raise click.BadParameter("expected START[:END[:STEP]], e.g. 1:4:1")
+    return value
+
+
+def fidelity_gate_options(what: str, report_help: str, min_agreement: float) -> Callable[[F], F]:
+    """The gate of a variant checked against FP32: ``--min-agreement`` (the top-1 agreement
+    below which ``what`` is refused; default ``min_agreement``, export.fidelity's), ``--force``
+    (write ``what`` anyway) and ``--report`` (the figures as JSON, passed as ``report_path``)."""
+    return _compose(
+        click.option(
+            "--min-agreement",
+            default=min_agreement,
+            show_default=True,
+            type=click.FloatRange(0, 1),
+            help=f"Refuse {what} below this top-1 agreement with FP32 (0.99 = 99%).",
+        ),
+        click.option("--force", is_flag=True, help=f"Write {what} even below --min-agreement."),
+        click.option(
+            "--report",
+            "report_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help=report_help,
+        ),
     )

@@ -171,3 +171,21 @@ def test_the_client_reaches_the_repository_only_through_its_standard_library_lay
 ) -> None:
     reached = {edge.split(" -> ")[1] for edge in crossings(graph, ("client",), ("repository",))}
     assert reached <= {f"{PACKAGE}.repository.layout", f"{PACKAGE}.repository.variants"}
+
+
+def is_cli_module(module: str) -> bool:
+    """A module that defines subcommands: ``cli`` (the group and each subpackage's) or ``*_cli``."""
+    last = module.rpartition(".")[2]
+    return last == "cli" or last.endswith("_cli")
+
+
+def test_no_cli_module_imports_another_cli_module(graph: Graph) -> None:
+    cli_modules = {module for module in graph if is_cli_module(module)}
+    assert {f"{PACKAGE}.perf.tune_cli", f"{PACKAGE}.ui.cli", f"{PACKAGE}.cli"} <= cli_modules
+    edges = sorted(
+        f"{module} -> {target}"
+        for module in cli_modules
+        for target in graph[module]
+        if target in cli_modules
+    )
+    assert edges == [], "shared options belong in resnet18_triton.options"

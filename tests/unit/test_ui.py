@@ -9,14 +9,17 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from resnet18_triton import contract
 from resnet18_triton.client.results import ClassificationResult, Prediction, result_to_json
 from resnet18_triton.errors import UploadError
 from resnet18_triton.server.embedded import free_port
@@ -25,6 +28,7 @@ from resnet18_triton.ui.service import Answer
 from resnet18_triton.ui.uploads import Upload, UploadLimits, read_uploads, with_idle_timeout
 from tests.support import SAMPLE_FILES
 from tests.ui_support import curl, running_ui
+from tests.unit.test_client_refusals import RefusingServer, _handler
 
 BOUNDARY = "----resnet18-triton-test"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -281,3 +285,97 @@ def test_a_port_in_use_is_a_usage_error_naming_it() -> None:
     assert done.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- the API key of a proxy in front of Triton ------------------------------------------------
+
+KEY = "ui-k3y-that-must-not-leak"
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[RefusingServer]:
+    """A local stand-in for Triton behind the proxy: every request without ``Authorization:
+    Bearer KEY`` gets a 401; it records every request's header. The ui app started in the test
+    inherits an environment without any key or URL."""
+    for name in (contract.API_KEY_ENV_VAR, contract.API_KEY_FILE_ENV_VAR, contract.URL_ENV_VAR):
+        monkeypatch.delenv(name, raising=False)
+    state = RefusingServer(api_key=KEY)
+    state.release.set()
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    http.daemon_threads = True
+    state.url = f"127.0.0.1:{http.server_address[1]}"
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    http.shutdown()
+    http.server_close()
+
+
+def _everything_the_browser_gets(base: str) -> str:
+    """The page, the schema, the model list and a classification, as text."""
+    texts = []
+    for path in ("/", "/openapi.json", "/v1/models"):
+        with urllib.request.urlopen(f"{base}{path}", timeout=30) as response:
+            texts.append(response.read().decode())
+    answer = curl(base, [SAMPLE_FILES[0]], "?top_k=2")
+    assert answer.status == 200, answer.body
+    assert answer.body["results"][0]["top"][0]["label"] == "label 0"
+    return "\n".join([*texts, answer.headers, json.dumps(answer.body)])
+
+
+def test_the_ui_sends_the_key_from_its_key_file_to_triton_and_never_to_the_browser(
+    proxy: RefusingServer, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "api-key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
+    with running_ui(proxy.url, "--api-key-file", str(key_file)) as base:
+        status, body = get_json(f"{base}/v1/models")
+        assert status == 200, body
+        assert contract.ENSEMBLE_MODEL in [model["name"] for model in body["models"]]
+        seen_by_the_browser = _everything_the_browser_gets(base)
+    assert KEY not in seen_by_the_browser
+    # Health, readiness, config and inference: every request carried the key.
+    assert proxy.infer_requests == 1 and len(proxy.authorizations) > 3
+    assert set(proxy.authorizations) == {f"Bearer {KEY}"}
+
+
+def test_the_ui_takes_the_key_from_the_environment(
+    proxy: RefusingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(contract.API_KEY_ENV_VAR, KEY)
+    with running_ui(proxy.url) as base:
+        assert KEY not in _everything_the_browser_gets(base)
+    assert set(proxy.authorizations) == {f"Bearer {KEY}"}
+
+
+def test_without_the_key_the_page_is_told_which_key_to_set(proxy: RefusingServer) -> None:
+    with running_ui(proxy.url) as base:
+        status, body = get_json(f"{base}/v1/models")
+    assert status == 503
+    assert "asks for an inference API key" in body["error"] and "none was sent" in body["error"]
+    assert "--api-key-file" in body["error"]
+    assert proxy.authorizations == [None]
+
+
+def test_an_unsafe_key_file_stops_the_ui_before_it_listens(tmp_path: Path) -> None:
+    key_file = tmp_path / "api-key"
+    key_file.write_text(KEY)
+    key_file.chmod(0o644)
+    command = [sys.executable, "-m", "resnet18_triton.cli", "ui", "--api-key-file", str(key_file)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"the inference API key file {key_file} is readable by other users" in done.stderr
+    assert KEY not in done.stdout + done.stderr
+
+
+def test_the_ui_has_no_option_that_takes_the_key_itself() -> None:
+    from click.testing import CliRunner
+
+    from resnet18_triton.ui.cli import ui
+
+    options = {option for param in ui.params for option in param.opts}
+    assert "--api-key-file" in options and "--api-key" not in options
+    result = CliRunner().invoke(ui, ["--help"])
+    text = " ".join(result.output.split())
+    assert contract.API_KEY_ENV_VAR in text and "never sent to the browser" in text

@@ -24,34 +24,17 @@ from resnet18_triton.client.overload import OVERLOAD_ERROR_PREFIX, OverloadPolic
 from resnet18_triton.client.results import ClassificationResult, HealthReport, result_to_json
 from resnet18_triton.errors import ExitCode, NoImagesError, ResNet18TritonError
 from resnet18_triton.keys import admin_key_from, api_key_from
+from resnet18_triton.options import api_key_file_option, url_option
 
 # A health check is a few small requests: a server slower than this is not healthy.
 HEALTH_TIMEOUT = 10.0
 # Below this many images the results themselves show the progress.
 PROGRESS_MIN_IMAGES = 10
 
-url_option = click.option(
-    "--url",
-    envvar=contract.URL_ENV_VAR,
-    show_envvar=True,
-    default=contract.DEFAULT_URL,
-    show_default=True,
-    help="Triton HTTP endpoint, host:port.",
-)
-
-api_key_file_option = click.option(
-    "--api-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="File (mode 0600) holding the inference API key, sent as 'Authorization: Bearer' with "
-    f"every request to a proxy that asks for one. Or set ${contract.API_KEY_ENV_VAR} (or "
-    f"${contract.API_KEY_FILE_ENV_VAR}). There is no option for the key itself: other users can "
-    "read command lines.",
-)
-
 
 @click.command("classify")
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR_OR_GLOB...")
-@url_option
+@url_option()
 @click.option("--model", default=contract.ENSEMBLE_MODEL, show_default=True, help="Model to ask.")
 @click.option(
     "--top-k",
@@ -88,7 +71,7 @@ api_key_file_option = click.option(
     help="Times to resend a request the server refused as overloaded (HTTP 429, or 503 from a "
     "full queue), after a random wait that doubles each time and honours Retry-After; 0 disables.",
 )
-@api_key_file_option
+@api_key_file_option()
 @click.option("-r", "--recursive", is_flag=True, help="Also take images from subdirectories.")
 @click.option("--no-progress", is_flag=True, help="Never show a progress bar.")
 @click.option(
@@ -155,7 +138,7 @@ def classify(
 
 
 @click.command("health")
-@url_option
+@url_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option(
     "--model",
@@ -178,7 +161,7 @@ def classify(
     type=click.FloatRange(0.1),
     help="Seconds the --probe inference may take.",
 )
-@api_key_file_option
+@api_key_file_option()
 @click.pass_context
 def health(
     ctx: click.Context,

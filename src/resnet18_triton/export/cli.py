@@ -20,7 +20,7 @@ from resnet18_triton.export.pipeline import (
     export_repository,
     load_model,
 )
-from resnet18_triton.options import repository_option
+from resnet18_triton.options import name_option, repository_option
 from resnet18_triton.repository.classifier import INTERPOLATIONS, RESIZE_STRAIGHT, Preprocessing
 from resnet18_triton.repository.configs import (
     ServingSettings,
@@ -70,13 +70,10 @@ def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
     "ResNet-18 checkpoint: a state dict (any class count; nested under state_dict/model; "
     "module./model. prefixes), a TorchScript module, or an ONNX file with an [N,3,S,S] input.",
 )
-@click.option(
-    "--name",
-    default=_request_default("name"),
-    show_default=True,
-    help="Classifier name: its ensemble is NAME, its other models NAME_preprocess and NAME_onnx "
+@name_option(
+    "Classifier name: its ensemble is NAME, its other models NAME_preprocess and NAME_onnx "
     "(the default name keeps preprocess and resnet18_onnx). Other classifiers in the repository "
-    "are left as they are.",
+    "are left as they are."
 )
 @click.option(
     "--labels",

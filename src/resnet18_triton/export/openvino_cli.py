@@ -30,9 +30,8 @@ from resnet18_triton.export.quantize import (
     preprocess_files,
     served_preprocessing,
 )
-from resnet18_triton.options import repository_option
+from resnet18_triton.options import fidelity_gate_options, name_option, repository_option
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.layout import DEFAULT_CLASSIFIER
 from resnet18_triton.repository.writer import held_classifier
 
 
@@ -62,12 +61,8 @@ def choose_precision(requested: str, flags: frozenset[str]) -> tuple[str, str | 
 @repository_option(
     "Model repository holding the exported FP32 model (and, for int8, the INT8 one)."
 )
-@click.option(
-    "--name",
-    default=DEFAULT_CLASSIFIER,
-    show_default=True,
-    help="Classifier to serve with OpenVINO; its models are NAME_openvino and "
-    "NAME_openvino_ensemble.",
+@name_option(
+    "Classifier to serve with OpenVINO; its models are NAME_openvino and NAME_openvino_ensemble."
 )
 @click.option(
     "--precision",
@@ -83,20 +78,10 @@ def choose_precision(requested: str, flags: frozenset[str]) -> tuple[str, str | 
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Folder of held-out images (JPEG, PNG, ...) for the fidelity report against FP32.",
 )
-@click.option(
-    "--min-agreement",
-    default=DEFAULT_MIN_AGREEMENT,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Refuse the variant below this top-1 agreement with FP32 (0.99 = 99%).",
-)
-@click.option("--force", is_flag=True, help="Write the variant even below --min-agreement.")
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the fidelity figures as JSON to this file.",
+@fidelity_gate_options(
+    "the variant",
+    "Write the figures (precision, fidelity) as JSON to this file.",
+    DEFAULT_MIN_AGREEMENT,
 )
 def openvino(
     repository: Path,

@@ -37,7 +37,7 @@ from resnet18_triton.export.quantize import (
     served_preprocessing,
     split_holdout,
 )
-from resnet18_triton.options import repository_option
+from resnet18_triton.options import fidelity_gate_options, name_option, repository_option
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.layout import onnx_model_path
 from resnet18_triton.repository.transaction import remove_stale_staging, staging_directory
@@ -91,12 +91,8 @@ def quantize_repository(
 
 @click.command("quantize")
 @repository_option("Model repository holding the exported FP32 model.")
-@click.option(
-    "--name",
-    default=DEFAULT_CLASSIFIER,
-    show_default=True,
-    help="Classifier to quantise; its INT8 models are NAME_int8, NAME_int8_ensemble and "
-    "NAME_int8_fused.",
+@name_option(
+    "Classifier to quantise; its INT8 models are NAME_int8, NAME_int8_ensemble and NAME_int8_fused."
 )
 @click.option(
     "--calibration-images",
@@ -148,24 +144,14 @@ def quantize_repository(
     "quantising it cost 9 points of top-1 agreement on a fitted model).",
 )
 @click.option(
-    "--min-agreement",
-    default=DEFAULT_MIN_AGREEMENT,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Refuse the INT8 model below this top-1 agreement with FP32 (0.99 = 99%).",
-)
-@click.option("--force", is_flag=True, help="Write the INT8 model even below --min-agreement.")
-@click.option(
     "--benchmark",
     is_flag=True,
     help="Also time FP32 and INT8 in-process (ONNX Runtime, batch 1 and 8).",
 )
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the figures as JSON to this file.",
+@fidelity_gate_options(
+    "the INT8 model",
+    "Write the figures (recipe, fidelity, with --benchmark the speed) as JSON to this file.",
+    DEFAULT_MIN_AGREEMENT,
 )
 def quantize(
     repository: Path,
@@ -177,9 +163,9 @@ def quantize(
     reduce_range: str,
     method: str,
     quantize_head: bool,
+    benchmark: bool,
     min_agreement: float,
     force: bool,
-    benchmark: bool,
     report_path: Path | None,
 ) -> None:
     """Quantise an exported classifier to INT8 (static, calibrated) and serve it as NAME_int8."""

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from resnet18_triton import contract
-from resnet18_triton.contract import INT8_MODEL
+from resnet18_triton.contract import VERSION, ClassifierNames
+from resnet18_triton.errors import ExportError
 from resnet18_triton.perf import images as image_sets
 from resnet18_triton.perf import inprocess, openvino_bench
 from resnet18_triton.perf import perf_analyzer as pa
@@ -49,7 +50,7 @@ from resnet18_triton.perf.report import (
 )
 from resnet18_triton.perf.stack import StackSampler
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.layout import onnx_model_path, served_models
+from resnet18_triton.repository.layout import classifiers, onnx_model_path, served_models
 
 Echo = Callable[[str], None]
 
@@ -70,9 +71,10 @@ INTERLEAVED_SECONDS = 5.0
 class BenchPlan:
     """What to measure and how. With ``url`` the server there is timed (``server_pid`` gives the
     stack's RSS; ``settings.admin_key`` allows the shared-memory paths); without, one is started
-    on ``repo`` (or on a repository exported into ``out``)."""
+    on ``repo`` (or on a repository exported into ``out``). ``name`` is the classifier timed."""
 
     out: Path
+    name: str = contract.DEFAULT_CLASSIFIER
     repo: Path | None = None
     url: str | None = None
     server_pid: int | None = None
@@ -92,12 +94,102 @@ class BenchPlan:
     openvino: str | None = None
 
 
-def _export_repository(repo: Path, echo: Echo) -> Path:
-    """A verified repository with random weights (seed 0) and the default settings."""
+@dataclass(frozen=True)
+class BenchModels:
+    """The models of one classifier that ``bench`` times, by the names the repository serves
+    them under: its ensemble and ONNX model, and the variants of it in ``present``
+    (``variants.present``). ``force_int8`` sweeps the INT8 ensemble even when not present."""
+
+    names: ClassifierNames
+    present: tuple[variants.Variant, ...] = ()
+    force_int8: bool = False
+
+    @property
+    def int8(self) -> bool:
+        """The INT8 ensemble is swept."""
+        return self.force_int8 or variants.INT8 in self.present
+
+    @property
+    def int8_inprocess(self) -> bool:
+        """The INT8 model file is timed in-process (only when the repository holds it)."""
+        return variants.INT8 in self.present
+
+    @property
+    def int8_fused(self) -> bool:
+        """The fused INT8 model is swept."""
+        return self.int8 and variants.INT8_FUSED in self.present
+
+    @property
+    def openvino(self) -> bool:
+        """The OpenVINO section runs (``perf.openvino_bench`` times the default classifier's
+        variant only)."""
+        return variants.OPENVINO in self.present and self.names == ClassifierNames.of()
+
+    def served(self, spec: ServedSpec) -> str:
+        """The Triton model ``spec``'s path sends requests to."""
+        int8 = spec.precision == INT8
+        if spec.path == "raw":
+            return variants.INT8.classifier(self.names) if int8 else self.names.onnx
+        if spec.path == "fused":
+            return variants.INT8_FUSED.entry(self.names)
+        return variants.INT8.entry(self.names) if int8 else self.names.ensemble
+
+    def onnx_path(self, repo: Path, precision: str = FP32) -> Path:
+        """The ONNX file the in-process engines run at ``precision``."""
+        if precision == INT8:
+            return variants.INT8.model_path(repo, self.names)
+        return onnx_model_path(repo, self.names.onnx)
+
+    def preprocess_path(self, repo: Path) -> Path:
+        """The classifier's served preprocessing code (the in-process pipeline runs it)."""
+        return repo / self.names.preprocess / VERSION / "model.py"
+
+    def listing(self) -> list[str]:
+        """The models timed, for the log and the report."""
+        specs = served_specs(True, self.int8, self.int8_fused)
+        return list(dict.fromkeys(self.served(spec) for spec in specs))
+
+
+def bench_models(plan: BenchPlan, repo: Path) -> BenchModels:
+    """What ``plan`` times in ``repo``: classifier ``plan.name`` and its variants there."""
+    names = ClassifierNames.of(plan.name)
+    return BenchModels(names, variants.present(repo, names), plan.int8)
+
+
+def check_plan(plan: BenchPlan) -> None:
+    """Refuse now, not minutes into a run, a plan whose repository lacks its classifier or whose
+    classifier the in-process engines cannot feed (they time 224x224 tensors)."""
+    if plan.repo is None:
+        return
+    names = ClassifierNames.of(plan.name)
+    if names not in classifiers(plan.repo):
+        held = ", ".join(item.name for item in classifiers(plan.repo)) or "none"
+        raise ExportError(
+            f"{plan.repo} holds no classifier {plan.name!r} (classifiers: {held}); run "
+            f"`resnet18-triton export --name {plan.name}` first"
+        )
+    from resnet18_triton.repository.configs import repository_classifier
+
+    size = repository_classifier(plan.repo, plan.name).preprocessing.input_size
+    if size != contract.IMAGE_SIZE:
+        raise ExportError(
+            f"classifier {plan.name!r} takes {size}x{size} images; bench's in-process engines "
+            f"time {contract.IMAGE_SIZE}x{contract.IMAGE_SIZE} (use `resnet18-triton loadtest "
+            f"--name {plan.name}` for its served paths)"
+        )
+
+
+def _export_repository(repo: Path, echo: Echo, name: str = contract.DEFAULT_CLASSIFIER) -> Path:
+    """A verified repository with random weights (seed 0) and the default settings, holding
+    classifier ``name``."""
     from resnet18_triton.export.pipeline import ExportRequest, export_repository
 
-    echo(f"exporting a model repository (random weights, seed 0, default settings) to {repo}")
-    return export_repository(ExportRequest(repository=repo, weights="random", seed=0)).repository
+    echo(
+        f"exporting a model repository (classifier {name}, random weights, seed 0, default "
+        f"settings) to {repo}"
+    )
+    request = ExportRequest(repository=repo, weights="random", seed=0, name=name)
+    return export_repository(request).repository
 
 
 def _environment(plan: BenchPlan) -> dict[str, object]:
@@ -130,32 +222,34 @@ def engine_specs(plan: BenchPlan, with_int8: bool) -> list[InProcessSpec]:
 
 
 def _inprocess_spec(
-    spec: InProcessSpec, plan: BenchPlan, repo: Path, files: dict[str, list[Path]], seconds: float
+    spec: InProcessSpec,
+    plan: BenchPlan,
+    repo: Path,
+    files: dict[str, list[Path]],
+    seconds: float,
+    models: BenchModels,
 ) -> inprocess.EngineSpec:
-    model = INT8_MODEL if spec.precision == INT8 else contract.ONNX_MODEL
     pipeline = spec.engine == "pipeline"
     return inprocess.EngineSpec(
         spec.engine,
         spec.batch,
         plan.threads,
         seconds,
-        onnx_path=str(onnx_model_path(repo, model)),
-        preprocess_path=str(repo / contract.PREPROCESS_MODEL / "1" / "model.py")
-        if pipeline
-        else None,
+        onnx_path=str(models.onnx_path(repo, spec.precision)),
+        preprocess_path=str(models.preprocess_path(repo)) if pipeline else None,
         images=[str(path) for path in files[spec.images or TYPICAL]] if pipeline else [],
         allow_spinning=spec.spinning,
     )
 
 
 def run_engines(
-    plan: BenchPlan, repo: Path, files: dict[str, list[Path]], echo: Echo
+    plan: BenchPlan, repo: Path, files: dict[str, list[Path]], echo: Echo, models: BenchModels
 ) -> list[EngineRow]:
     """Every in-process run of ``engine_specs``, each in a fresh process."""
     rows = []
-    for spec in engine_specs(plan, onnx_model_path(repo, INT8_MODEL).is_file()):
+    for spec in engine_specs(plan, models.int8_inprocess):
         echo(f"in-process: {spec.label} batch {spec.batch} ...")
-        result = inprocess.measure(_inprocess_spec(spec, plan, repo, files, plan.seconds))
+        result = inprocess.measure(_inprocess_spec(spec, plan, repo, files, plan.seconds, models))
         row = EngineRow(
             spec, result.ms_per_image, result.images_per_s, result.peak_rss_mb, result.extra
         )
@@ -186,10 +280,15 @@ def served_specs(shared_memory: bool, int8: bool, fused: bool = False) -> list[S
 
 
 def sweep_for(
-    spec: ServedSpec, url: str, settings: pa.SweepSettings, input_data: dict[str, Path]
+    spec: ServedSpec,
+    url: str,
+    settings: pa.SweepSettings,
+    input_data: dict[str, Path],
+    models: BenchModels | None = None,
 ) -> pa.Sweep:
-    """The perf_analyzer run of ``spec``: its batch and transport over the common settings;
-    full batches at FULL_BATCH_CONCURRENCY, the INT8 ensemble and fused model up to at least
+    """The perf_analyzer run of ``spec`` against ``models``' model for it (default: the default
+    classifier's): its batch and transport over the common settings; full batches at
+    FULL_BATCH_CONCURRENCY, the INT8 ensemble and fused model up to at least
     FAST_ENSEMBLE_MIN_CONCURRENCY in flight."""
     settings = replace(
         settings,
@@ -202,7 +301,8 @@ def sweep_for(
         widened = extend_range(settings.concurrency, FAST_ENSEMBLE_MIN_CONCURRENCY)
         settings = replace(settings, concurrency=widened)
     data = input_data[spec.images] if spec.images else None
-    return pa.Sweep(spec.model, url, settings, data)
+    model = (models or BenchModels(ClassifierNames.of())).served(spec)
+    return pa.Sweep(model, url, settings, data)
 
 
 def extend_range(span: str, end: int) -> str:
@@ -217,7 +317,7 @@ def extend_range(span: str, end: int) -> str:
 def _measure_sweep(
     analyzer: pa.PerfAnalyzer, spec: ServedSpec, sweep: pa.Sweep, pid: int | None, out: Path
 ) -> ServedSweep:
-    images_before = pa.model_inference_count(sweep.url, spec.model)
+    images_before = pa.model_inference_count(sweep.url, sweep.model)
     client_before = _children_cpu_s()
     sampler = StackSampler(pid).start() if pid else None
     try:
@@ -225,7 +325,7 @@ def _measure_sweep(
     finally:
         if sampler is not None:
             sampler.stop()
-    images_after = pa.model_inference_count(sweep.url, spec.model)
+    images_after = pa.model_inference_count(sweep.url, sweep.model)
     cpu: dict[str, float] = {}
     if sampler is not None and sampler.cpu_seconds:
         cpu = {**sampler.cpu_seconds, "perf_analyzer": _children_cpu_s() - client_before}
@@ -262,11 +362,11 @@ def run_served(
     pid: int | None,
     settings: pa.SweepSettings,
     files: dict[str, list[Path]],
-    int8: bool,
     echo: Echo,
-    fused: bool = False,
+    models: BenchModels,
 ) -> list[ServedSweep]:
-    """Every served sweep of ``served_specs``, in order, sampling the stack's RSS with ``pid``."""
+    """Every served sweep of ``served_specs`` for ``models``, in order, sampling the stack's RSS
+    with ``pid``."""
     analyzer = pa.locate()
     input_data = {
         name: pa.write_input_data(
@@ -277,9 +377,12 @@ def run_served(
         for name, paths in files.items()
     }
     sweeps = []
-    for spec in served_specs(bool(settings.admin_key), int8, fused):
-        sweep = sweep_for(spec, url, settings, input_data)
-        echo(f"served: {spec.label} (perf_analyzer, concurrency {sweep.settings.concurrency}) ...")
+    for spec in served_specs(bool(settings.admin_key), models.int8, models.int8_fused):
+        sweep = sweep_for(spec, url, settings, input_data, models)
+        echo(
+            f"served: {spec.label}, {sweep.model} (perf_analyzer, concurrency "
+            f"{sweep.settings.concurrency}) ..."
+        )
         measured = _measure_sweep(analyzer, spec, sweep, pid, plan.out)
         top = measured.best
         echo(
@@ -301,6 +404,7 @@ def run_interleaved(
     settings: pa.SweepSettings,
     served: list[ServedSweep],
     echo: Echo,
+    models: BenchModels,
 ) -> list[InterleavedPair]:
     """For batch 1 and the full batch: in-process ORT (served settings) and the fastest served raw
     path at its best concurrency, alternated INTERLEAVED_ROUNDS times."""
@@ -311,10 +415,15 @@ def run_interleaved(
         if fastest is None:
             continue
         spec, load = fastest.spec, fastest.best.load
-        sweep = sweep_for(spec, url, settings, {})
+        sweep = sweep_for(spec, url, settings, {}, models)
         sweep = replace(sweep, settings=replace(sweep.settings, concurrency=f"{load:g}"))
         engine = _inprocess_spec(
-            InProcessSpec("ort", batch, FP32, spinning=False), plan, repo, {}, INTERLEAVED_SECONDS
+            InProcessSpec("ort", batch, FP32, spinning=False),
+            plan,
+            repo,
+            {},
+            INTERLEAVED_SECONDS,
+            models,
         )
         in_process, served_rates = [], []
         for round_ in range(1, INTERLEAVED_ROUNDS + 1):
@@ -366,13 +475,22 @@ def _image_files(plan: BenchPlan) -> dict[str, list[Path]]:
 
 def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
     """Measure everything, write ``bench.json`` and the report, and return the results."""
+    check_plan(plan)
     plan.out.mkdir(parents=True, exist_ok=True)
     environment = _environment(plan)
-    repo = plan.repo or _export_repository(plan.out / "model_repository", echo)
+    repo = plan.repo or _export_repository(plan.out / "model_repository", echo, plan.name)
     files = _image_files(plan)
     if plan.openvino and not plan.url:
         repo = openvino_bench.ensure_repository(repo, plan.out, plan.openvino, files[TYPICAL])
-    engines = run_engines(plan, repo, files, echo)
+    models = bench_models(plan, repo)
+    environment["classifier"] = plan.name
+    echo(f"timing classifier {plan.name}: {', '.join(models.listing())}")
+    if variants.OPENVINO in models.present and not models.openvino:
+        echo(
+            f"note: the OpenVINO comparison times the {contract.DEFAULT_CLASSIFIER} classifier's "
+            f"variant only, not {plan.name}'s"
+        )
+    engines = run_engines(plan, repo, files, echo, models)
     openvino_section = ""
     with _server(plan, repo) as (url, pid, admin_key):
         if not admin_key:
@@ -381,11 +499,9 @@ def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
                 "the raw model is timed over HTTP only (no shared memory)"
             )
         settings = replace(plan.settings, admin_key=admin_key)
-        int8 = plan.int8 or variants.holds(repo, variants.INT8)
-        fused = int8 and variants.holds(repo, variants.INT8_FUSED)
-        served = run_served(plan, url, pid, settings, files, int8, echo, fused)
-        interleaved = run_interleaved(plan, repo, url, settings, served, echo)
-        if variants.holds(repo, variants.OPENVINO):
+        served = run_served(plan, url, pid, settings, files, echo, models)
+        interleaved = run_interleaved(plan, repo, url, settings, served, echo, models)
+        if models.openvino:
             openvino_section = run_openvino(plan, repo, url, files[TYPICAL], environment, echo)
     results = BenchResults(tuple(engines), tuple(served), tuple(interleaved), environment)
     (plan.out / "bench.json").write_text(json.dumps(results_json(results), indent=2, default=str))
@@ -536,7 +652,7 @@ def write_report(plan: BenchPlan, results: BenchResults, repo: Path) -> Path:
             "",
             f"Measured {env.get('date')} on {env.get('cores')} cores ({env.get('cpu')}), "
             f"load average at start {env.get('load_average_at_start')}, "
-            f"{plan.threads} threads per engine, repository {repo}. "
+            f"{plan.threads} threads per engine, classifier {plan.name} of repository {repo}. "
             "ms/img for served paths = 1000 / img/s at the best concurrency.",
             "",
             table,

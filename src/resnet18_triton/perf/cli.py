@@ -13,21 +13,14 @@ import click
 
 from resnet18_triton import contract
 from resnet18_triton.errors import SoakFailedError
-
-RANGE = re.compile(r"^\d+(\.\d+)?(:\d+(\.\d+)?(:\d+(\.\d+)?)?)?$")
-
-
-def _range(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not RANGE.match(value):
-        raise click.BadParameter("expected START[:END[:STEP]], e.g. 1:4:1")
-    return value
-
-
-def _admin_key(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> str | None:
-    """The key from --admin-key-file or the environment; never from the command line."""
-    from resnet18_triton.keys import admin_key_from
-
-    return admin_key_from(value)
+from resnet18_triton.options import (
+    admin_key_file_option,
+    check_range,
+    image_count_option,
+    images_option,
+    name_option,
+    url_option,
+)
 
 
 def _default_out(kind: str) -> Path:
@@ -39,13 +32,7 @@ def _strip_scheme(url: str) -> str:
 
 
 @click.command("loadtest")
-@click.option(
-    "--url",
-    envvar=contract.URL_ENV_VAR,
-    default=contract.DEFAULT_URL,
-    show_default=True,
-    help=f"Server to load (the embedded server or the container). [env: {contract.URL_ENV_VAR}]",
-)
+@url_option("Server to load (the embedded server or the container).")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
 @click.option(
     "--model",
@@ -55,31 +42,20 @@ def _strip_scheme(url: str) -> str:
     show_default=True,
     help="ensemble: JPEG bytes in (resnet18); raw: uint8 pixel tensors in (resnet18_onnx).",
 )
-@click.option(
-    "--name",
-    "classifier",
-    default=contract.DEFAULT_CLASSIFIER,
-    show_default=True,
-    help="Classifier to load: its ensemble NAME and its ONNX model NAME_onnx.",
-)
-@click.option(
-    "--images",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Folder of images sent to the ensemble (default: generated 500x375 JPEGs).",
-)
+@name_option("Classifier to load: its ensemble NAME and its ONNX model NAME_onnx.", "classifier")
+@images_option("Folder of images sent to the ensemble (default: generated 500x375 JPEGs).")
 @click.option("--max-images", default=32, show_default=True, type=click.IntRange(1))
 @click.option(
     "--concurrency",
     default="1:4:1",
     show_default=True,
-    callback=_range,
+    callback=check_range,
     help="Concurrency sweep START:END:STEP.",
 )
 @click.option(
     "--request-rate",
     default=None,
-    callback=_range,
+    callback=check_range,
     help="Request-rate sweep START:END:STEP (requests/s) instead of concurrency.",
 )
 @click.option(
@@ -119,13 +95,9 @@ def _strip_scheme(url: str) -> str:
     help="system: send tensors through POSIX shared memory instead of the HTTP body "
     "(perf_analyzer on the server's host; the container needs ipc: host).",
 )
-@click.option(
-    "--admin-key-file",
-    "admin_key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    callback=_admin_key,
-    help="File (mode 0600) with the server's admin key: registering shared memory is a "
-    f"restricted API on `resnet18-triton serve`. Or set {contract.ADMIN_KEY_ENV_VAR}.",
+@admin_key_file_option(
+    "File (mode 0600) with the server's admin key: registering shared memory is a restricted "
+    "API on `resnet18-triton serve`."
 )
 @click.option(
     "--out",
@@ -148,24 +120,22 @@ def loadtest(
     stats_url: str | None,
     batch_size: int,
     shared_memory: str,
-    admin_key: str | None,
+    admin_key_file: Path | None,
     out: Path | None,
 ) -> None:
     """Sweep a running server with perf_analyzer: CSV, markdown summary and PNG plot."""
+    from resnet18_triton.keys import admin_key_from
     from resnet18_triton.perf import images as image_sets
     from resnet18_triton.perf.loadtest import LoadTestPlan, run_loadtest
     from resnet18_triton.perf.perf_analyzer import SweepSettings
 
+    admin_key = admin_key_from(admin_key_file)
     if shared_memory != "none" and admin_key and protocol == "grpc":
         raise click.BadParameter(
             "perf_analyzer sends the admin key only over HTTP: use "
             "--protocol http with --shared-memory",
             param_hint="--protocol",
         )
-    try:
-        contract.check_classifier_name(classifier)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--name") from None
     out = out or _default_out("loadtest")
     chosen = ("ensemble", "raw") if targets == "both" else (targets,)
     label = "500x375"
@@ -220,11 +190,15 @@ def loadtest(
     help="Model repository to serve and time (default: export one with "
     "random weights into the output folder).",
 )
-@click.option(
-    "--url",
-    default=None,
-    help="Benchmark this running server instead of starting one "
+@name_option(
+    "Classifier to time: its ensemble, its ONNX model and each of its variants (INT8, fused) the "
+    "repository holds.",
+    "classifier",
+)
+@url_option(
+    "Benchmark this running server instead of starting one "
     "(its repository must hold the same model as --repo).",
+    optional=True,
 )
 @click.option(
     "--server-pid",
@@ -232,13 +206,9 @@ def loadtest(
     type=int,
     help="With --url: the tritonserver pid, to measure the stack's RSS.",
 )
-@click.option(
-    "--admin-key-file",
-    "admin_key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    callback=_admin_key,
-    help="With --url: file (mode 0600) with the server's admin key, to also time the raw "
-    f"model with tensors in shared memory. Or set {contract.ADMIN_KEY_ENV_VAR}.",
+@admin_key_file_option(
+    "With --url: file (mode 0600) with the server's admin key, to also time the raw model with "
+    "tensors in shared memory."
 )
 @click.option(
     "--threads",
@@ -253,14 +223,7 @@ def loadtest(
     type=click.FloatRange(1),
     help="Timed seconds per in-process engine.",
 )
-@click.option(
-    "--images",
-    "typical_count",
-    default=16,
-    show_default=True,
-    type=click.IntRange(1),
-    help="500x375 JPEGs generated.",
-)
+@image_count_option("typical_count", 16, "500x375 JPEGs generated.")
 @click.option(
     "--large-images",
     "large_count",
@@ -269,7 +232,7 @@ def loadtest(
     type=click.IntRange(1),
     help="12-megapixel JPEGs generated.",
 )
-@click.option("--concurrency", default="1:4:1", show_default=True, callback=_range)
+@click.option("--concurrency", default="1:4:1", show_default=True, callback=check_range)
 @click.option(
     "--measurement-interval",
     "interval_ms",
@@ -295,9 +258,10 @@ def loadtest(
 )
 def bench(
     repository: Path | None,
+    classifier: str,
     url: str | None,
     server_pid: int | None,
-    admin_key: str | None,
+    admin_key_file: Path | None,
     threads: int | None,
     seconds: float,
     typical_count: int,
@@ -308,10 +272,15 @@ def bench(
     out: Path | None,
     openvino_precision: str | None = None,
 ) -> None:
-    """PyTorch eager, TorchScript, ORT in-process and the served paths, side by side."""
+    """PyTorch eager, TorchScript, ORT in-process and the served paths, side by side.
+
+    Times classifier --name: its ensemble, its ONNX model (in-process and served) and the
+    variants of it the repository holds. The OpenVINO comparison covers the default classifier.
+    """
     from resnet18_triton.extras import require
 
     require("torch", "export")
+    from resnet18_triton.keys import admin_key_from
     from resnet18_triton.perf.bench import BenchPlan, run_bench
     from resnet18_triton.perf.perf_analyzer import SweepSettings
 
@@ -319,14 +288,21 @@ def bench(
         raise click.BadParameter(
             "--url needs --repo (the in-process engines time its model.onnx)", param_hint="--repo"
         )
+    if openvino_precision and classifier != contract.DEFAULT_CLASSIFIER:
+        raise click.BadParameter(
+            f"--openvino builds and times the {contract.DEFAULT_CLASSIFIER} classifier's variant "
+            f"only, not {classifier!r}",
+            param_hint="--openvino",
+        )
     settings = SweepSettings(
         concurrency=concurrency,
         measurement_interval_ms=interval_ms,
         stability_percentage=stability,
-        admin_key=admin_key,
+        admin_key=admin_key_from(admin_key_file),
     )
     plan = BenchPlan(
         out=out or _default_out("bench"),
+        name=classifier,
         repo=repository.resolve() if repository else None,
         url=_strip_scheme(url) if url else None,
         server_pid=server_pid,
@@ -357,19 +333,8 @@ def bench(
     help="Seconds of load before the RSS baseline.",
 )
 @click.option("--concurrency", default=64, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--images",
-    "image_count",
-    default=64,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Distinct images sent in turn.",
-)
-@click.option(
-    "--url",
-    default=None,
-    help="Soak this running server (needs --server-pid) instead of starting one.",
-)
+@image_count_option("image_count", 64, "Distinct images sent in turn.")
+@url_option("Soak this running server (needs --server-pid) instead of starting one.", optional=True)
 @click.option(
     "--server-pid",
     default=None,

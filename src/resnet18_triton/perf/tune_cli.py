@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from resnet18_triton import contract
-from resnet18_triton.perf.cli import _range
-from resnet18_triton.repository.layout import default_repository, missing_files
+from resnet18_triton.options import check_range, images_option, name_option, repository_option
+from resnet18_triton.repository.layout import missing_files
 
 
 def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
@@ -25,18 +24,8 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 @click.command("tune")
-@click.option(
-    "--repo",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Model repository (default: $RESNET18_TRITON_REPO or ./model_repository).",
-)
-@click.option(
-    "--name",
-    default=contract.ENSEMBLE_MODEL,
-    show_default=True,
-    help="Classifier (ensemble) of the repository to tune.",
-)
+@repository_option("Model repository to tune.")
+@name_option("Classifier (ensemble) of the repository to tune.")
 @click.option(
     "--cores",
     type=click.IntRange(1, 1024),
@@ -112,7 +101,7 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     "--concurrency",
     default="2:8:6",
     show_default=True,
-    callback=_range,
+    callback=check_range,
     help="perf_analyzer concurrency levels START:END:STEP, the same for every plan.",
 )
 @click.option(
@@ -124,12 +113,7 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="perf_analyzer window (ms).",
 )
 @click.option("--max-trials", default=6, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--images",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Folder of images sent to the ensemble (default: generated 500x375 JPEGs).",
-)
+@images_option("Folder of images sent to the ensemble (default: generated 500x375 JPEGs).")
 @click.option("--max-images", default=8, show_default=True, type=click.IntRange(1))
 @click.option(
     "--out",
@@ -138,7 +122,7 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="Report folder (default reports/tune-<time>).",
 )
 def tune(
-    repo: Path | None,
+    repository: Path,
     name: str,
     cores: int | None,
     max_p99_ms: float | None,
@@ -181,7 +165,6 @@ def tune(
     from resnet18_triton.repository.configs import available_cores, describe_queue
     from resnet18_triton.server.embedded import TritonInstall
 
-    repository = repo or default_repository()
     if revert:
         restored = revert_repository(repository)
         click.echo(f"restored {', '.join(restored)} in {repository} (restart the server)")

@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 
 from resnet18_triton import contract
-from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_FILE_ENV_VAR, BACKEND_DIR_ENV_VAR
+from resnet18_triton.contract import BACKEND_DIR_ENV_VAR
 from resnet18_triton.errors import StartAborted
 from resnet18_triton.keys import admin_key_from
-from resnet18_triton.options import repository_option
+from resnet18_triton.options import admin_key_file_option, repository_option
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.layout import served_models
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions
@@ -52,13 +52,10 @@ KEY_ON_ARGV_NOTE = (
     show_default=True,
     type=click.IntRange(1, 65535),
 )
-@click.option(
-    "--admin-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="File (mode 0600) holding the key for the restricted APIs (model repository, shared "
-    f"memory, logging, trace), sent as header 'triton-admin-key'. Or set {ADMIN_KEY_ENV_VAR} "
-    f"(or {ADMIN_KEY_FILE_ENV_VAR}). Unset: a random key, so they stay closed.",
+@admin_key_file_option(
+    "File (mode 0600) holding the key for the restricted APIs (model repository, shared memory, "
+    f"logging, trace), sent as header '{contract.ADMIN_KEY_HEADER}'.",
+    unset="Unset: a random key, so they stay closed.",
 )
 @click.option(
     "--response-cache-bytes",

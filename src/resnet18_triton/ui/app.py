@@ -43,9 +43,15 @@ log = logging.getLogger("resnet18_triton.ui")
 
 @dataclass(frozen=True)
 class UiSettings:
-    """How the app reaches Triton and what it accepts."""
+    """How the app reaches Triton and what it accepts.
+
+    ``api_key`` goes to Triton (or the proxy in front of it) as ``Authorization: Bearer`` with
+    every request; None takes it from the environment, as ``ImageClassifier`` does. It is never
+    part of an answer, and is left out of the settings' repr so that no log shows it.
+    """
 
     url: str = contract.DEFAULT_URL
+    api_key: str | None = field(default=None, repr=False)
     models: tuple[str, ...] = DEFAULT_MODELS
     limits: UploadLimits = field(default_factory=UploadLimits)
     max_in_flight: int = 16
@@ -84,7 +90,9 @@ def create_app(settings: UiSettings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal service
-        service = TritonService(settings.url, settings.workers, settings.timeout)
+        service = TritonService(
+            settings.url, settings.workers, settings.timeout, api_key=settings.api_key
+        )
         try:
             yield
         finally:

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import click
 
-from resnet18_triton.client.cli import url_option
+from resnet18_triton import contract
 from resnet18_triton.extras import require
+from resnet18_triton.keys import api_key_from
+from resnet18_triton.options import api_key_file_option, url_option
 from resnet18_triton.ui.app import UiSettings, create_app
 from resnet18_triton.ui.service import DEFAULT_MODELS
 from resnet18_triton.ui.uploads import MEGABYTE, UploadLimits
 
 
 @click.command("ui")
-@url_option
+@url_option("Triton HTTP endpoint, host:port: the server, or a proxy in front of it.")
+@api_key_file_option(
+    "File (mode 0600) holding the inference API key the app sends to Triton as "
+    "'Authorization: Bearer' (for a --url that is a proxy asking for one); read once at start, "
+    f"never sent to the browser. Or set ${contract.API_KEY_ENV_VAR} (or "
+    f"${contract.API_KEY_FILE_ENV_VAR}). There is no option for the key itself: other users can "
+    "read command lines."
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option(
@@ -79,14 +89,19 @@ def ui(
     max_in_flight: int,
     workers: int,
     timeout: float,
+    api_key_file: Path | None = None,
 ) -> None:
     """Serve a page to drop photos on, and POST /v1/classify for curl:
 
     curl -F image=@cat.jpg http://127.0.0.1:8080/v1/classify
+
+    Every request to Triton carries the inference API key when one is set (--api-key-file or
+    the environment); the page and its answers never contain it.
     """
     uvicorn = require("uvicorn", "ui")
     settings = UiSettings(
         url=url,
+        api_key=api_key_from(api_key_file),
         models=models,
         limits=UploadLimits(
             max_file_bytes=int(max_image_mb * MEGABYTE),

@@ -46,11 +46,16 @@ class Answer:
 class TritonService:
     """Runs classifications and health checks on worker threads with their own classifiers."""
 
-    def __init__(self, url: str, workers: int = 4, timeout: float = 60.0) -> None:
-        # Fails now, with the client's message, on a malformed URL.
-        ImageClassifier(url).close()
+    def __init__(
+        self, url: str, workers: int = 4, timeout: float = 60.0, api_key: str | None = None
+    ) -> None:
+        """``api_key``: sent to Triton with every request (None: from the environment, as
+        ``ImageClassifier`` takes it)."""
+        # Fails now, with the client's message, on a malformed URL or an unsafe key file.
+        ImageClassifier(url, api_key=api_key).close()
         self.url = url
         self.timeout = timeout
+        self._api_key = api_key
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="triton-client")
         self._local = threading.local()
 
@@ -79,5 +84,6 @@ class TritonService:
                 connection_timeout=min(self.timeout, CONNECT_TIMEOUT),
                 network_timeout=self.timeout,
                 concurrency=2,
+                api_key=self._api_key,
             )
         return classifiers[model]
