@@ -324,6 +324,27 @@ def test_health_and_its_probe_report_a_401_with_what_to_set(
     assert record["detail"].startswith("ApiKeyError:") and contract.API_KEY_ENV_VAR in out
 
 
+def test_the_liveness_probe_counts_an_overload_refusal_as_live_and_says_so(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.script = [QUEUE_FULL]
+    code, out, _ = run(["health", "--probe", "--url", server.url, "--json"], capsys)
+    record = json.loads(out)
+    assert code == 0 and record["live"] is True
+    assert record["detail"].startswith("live but overloaded:")
+    assert server.infer_requests == 1  # a probe never retries
+
+
+def test_the_liveness_probe_fails_on_a_server_error_that_is_not_overload(
+    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.script = [(500, {}, json.dumps({"error": "Stub process is not healthy."}).encode())]
+    code, out, _ = run(["health", "--probe", "--url", server.url, "--json"], capsys)
+    record = json.loads(out)
+    assert code == 1 and record["live"] is False
+    assert "not healthy" in record["detail"]
+
+
 def test_the_key_from_the_environment_goes_with_every_request(
     server: RefusingServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

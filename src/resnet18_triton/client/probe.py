@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier, RetryPolicy
-from resnet18_triton.client.overload import OverloadPolicy
+from resnet18_triton.client.overload import OVERLOAD_ERROR_PREFIX, OverloadPolicy
 from resnet18_triton.client.results import Prediction
+from resnet18_triton.errors import ImageError
 
 # A 32x32 colour gradient, JPEG quality 75 (made once with Pillow).
 PROBE_JPEG = base64.b64decode(
@@ -79,8 +80,11 @@ def probe(
     """Classify ``PROBE_JPEG`` once (no retry, not even after an overload refusal) and check the
     answer is a probability. ``api_key`` as for ``ImageClassifier`` (None: from the environment).
 
-    Never raises: any failure (unreachable, 401, 4xx/5xx, overload, timeout, malformed answer, an
-    unsafe key file) is a failed probe whose detail says which.
+    An overload refusal (a full queue, a queue timeout, a proxy's 429) counts as live: the
+    server's front end and scheduler answered, explicitly, and restarting a server because it is
+    busy would turn a flood into an outage. Never raises: any other failure (unreachable, 401,
+    other 4xx/5xx, timeout, malformed answer, an unsafe key file) is a failed probe whose detail
+    says which.
     """
     started = time.monotonic()
     try:
@@ -95,6 +99,10 @@ def probe(
             api_key=api_key,
         ) as classifier:
             predictions = classifier.classify_bytes([PROBE_JPEG], top_k=1)
+    except ImageError as error:
+        if OVERLOAD_ERROR_PREFIX in str(error):
+            return ProbeResult(True, f"live but overloaded: {error}", _since(started))
+        return ProbeResult(False, f"{type(error).__name__}: {error}", _since(started))
     # A liveness probe must turn every failure into "not live", whatever raised it.
     except Exception as error:
         return ProbeResult(False, f"{type(error).__name__}: {error}", _since(started))
