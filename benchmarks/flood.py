@@ -1,4 +1,4 @@
-"""A flood against one embedded server: far more clients than cores, large images, a bounded time.
+"""A flood against one server or the proxy: many more clients than cores, large images.
 
 Each client sends the same large PNG to the ensemble in a closed loop over its own connection
 (Triton's binary HTTP protocol, so the body is the image and the answer is float32 bytes). Every
@@ -12,6 +12,10 @@ The integration test ``tests/integration/test_flood.py`` asserts on a short floo
 for the report (accepted throughput and p99 under the flood against the unloaded server):
 
     .venv/bin/python -m benchmarks.flood --repo model_repository --clients 96 --seconds 25
+    .venv/bin/python -m benchmarks.flood --repo model_repository --through-proxy
+
+``--through-proxy`` floods ``cluster``'s proxy instead (one replica, TLS, an API key, the default
+per-client limits), each client from its own loopback address.
 
 Prints a markdown report; numbers belong in docs/reliability.md, not in tests.
 """
@@ -23,6 +27,7 @@ import http.client
 import io
 import json
 import os
+import ssl
 import statistics
 import threading
 import time
@@ -82,20 +87,53 @@ class Outcome:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where the flood goes: a server, or a proxy with TLS and an API key. A proxy limits per
+    client address, so client ``n`` connects from ``sources[n % len(sources)]``."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+    api_key: str | None = None
+    sources: tuple[str, ...] = ("127.0.0.1",)
+
+    @classmethod
+    def from_url(cls, url: str) -> Target:
+        host, port = url.rsplit(":", 1)
+        return cls(host, int(port))
+
+    def connect(self, timeout_s: float, client: int = 0) -> http.client.HTTPConnection:
+        source = (self.sources[client % len(self.sources)], 0)
+        if self.tls is None:
+            return http.client.HTTPConnection(
+                self.host, self.port, timeout=timeout_s, source_address=source
+            )
+        return http.client.HTTPSConnection(
+            self.host, self.port, timeout=timeout_s, source_address=source, context=self.tls
+        )
+
+    def headers(self, headers: dict[str, str]) -> dict[str, str]:
+        if self.api_key is None:
+            return headers
+        return {**headers, contract.API_KEY_HEADER: f"Bearer {self.api_key}"}
+
+
 def send(
-    host: str,
-    port: int,
+    target: Target,
     model: str,
     request: tuple[bytes, dict[str, str]],
     expected: NDArray[np.float32],
     timeout_s: float,
     atol: float,
+    client: int = 0,
 ) -> Outcome:
     """One request on a fresh connection, classified as an ``Outcome``."""
     start = time.monotonic()
-    connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    connection = target.connect(timeout_s, client)
     try:
-        connection.request("POST", f"/v2/models/{model}/infer", request[0], request[1])
+        path = f"/v2/models/{model}/infer"
+        connection.request("POST", path, request[0], target.headers(request[1]))
         response = connection.getresponse()
         payload = response.read()
     except TimeoutError:
@@ -206,7 +244,7 @@ def _watch(stop: threading.Event, interval_s: float, check: Callable[[], None]) 
 
 
 def run_flood(
-    url: str,
+    target: Target,
     model: str,
     image: bytes,
     expected: NDArray[np.float32],
@@ -219,7 +257,6 @@ def run_flood(
 ) -> FloodReport:
     """``clients`` closed loops sending ``image`` to ``model`` for ``seconds`` (requests started
     before the end run to completion), with readiness and memory watched throughout."""
-    host, port = url.rsplit(":", 1)
     request = infer_request(image)
     before = rss_by_process_mb(server_pid)
     report = FloodReport(clients, seconds, rss_before_mb=sum(before.values()))
@@ -230,7 +267,7 @@ def run_flood(
 
     def ready() -> None:
         try:
-            connection = http.client.HTTPConnection(host, int(port), timeout=5)
+            connection = target.connect(5)
             connection.request("GET", "/v2/health/ready")
             status = connection.getresponse().status
             connection.close()
@@ -257,13 +294,15 @@ def run_flood(
     watchers = [_watch(stop, 0.5, ready), _watch(stop, 0.2, memory)]
     deadline = time.monotonic() + seconds
 
-    def client() -> None:
+    def client(number: int) -> None:
         while time.monotonic() < deadline:
-            outcome = send(host, int(port), model, request, expected, timeout_s, atol)
+            outcome = send(target, model, request, expected, timeout_s, atol, number)
             with lock:
                 report.outcomes.append(outcome)
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    threads = [
+        threading.Thread(target=client, args=(number,), daemon=True) for number in range(clients)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -275,11 +314,10 @@ def run_flood(
 
 
 def lone_latency_s(
-    url: str, model: str, image: bytes, expected: NDArray[np.float32], atol: float = 1e-5
+    target: Target, model: str, image: bytes, expected: NDArray[np.float32], atol: float = 1e-5
 ) -> float:
     """Seconds one request on an otherwise idle connection takes; raises on a wrong answer."""
-    host, port = url.rsplit(":", 1)
-    outcome = send(host, int(port), model, infer_request(image), expected, 60.0, atol)
+    outcome = send(target, model, infer_request(image), expected, 60.0, atol)
     if outcome.kind != "ok":
         raise RuntimeError(f"a lone request ended {outcome.kind}: {outcome.detail}")
     return outcome.seconds
@@ -327,6 +365,78 @@ def cpu_name() -> str:
     return "unknown"
 
 
+def measure(
+    target: Target, server_pid: int, args: argparse.Namespace, image: bytes
+) -> tuple[FloodReport, FloodReport, float]:
+    """The best unloaded run, the flood, and a lone request's latency after it."""
+    expected = _answer(target, args.model, image)
+    runs = [
+        run_flood(
+            target,
+            args.model,
+            image,
+            expected,
+            clients=int(count),
+            seconds=args.seconds / 2,
+            server_pid=server_pid,
+        )
+        for count in args.unloaded_clients.split(",")
+    ]
+    unloaded = max(runs, key=lambda report: report.accepted_per_s)
+    flood = run_flood(
+        target,
+        args.model,
+        image,
+        expected,
+        clients=args.clients,
+        seconds=args.seconds,
+        server_pid=server_pid,
+    )
+    recovery = statistics.median(
+        lone_latency_s(target, args.model, image, expected) for _ in range(3)
+    )
+    return unloaded, flood, recovery
+
+
+def through_proxy(args: argparse.Namespace, image: bytes) -> tuple[FloodReport, FloodReport, float]:
+    """The same flood through ``cluster``'s proxy (one replica, TLS, an API key, the default
+    per-client limits), each client from its own loopback address as distinct callers would."""
+    import tempfile
+
+    from benchmarks.edge import self_signed
+    from resnet18_triton.deploy import keys
+    from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
+    from resnet18_triton.server.embedded import free_port
+
+    workdir = Path(tempfile.mkdtemp(prefix="flood-benchmark-"))
+    certificate, tls_key = self_signed(workdir)
+    key_file = workdir / "keys.txt"
+    api_key = keys.add_api_key(key_file, "flood")  # from the file, never from argv
+    options = ClusterOptions(
+        repository=args.repo.resolve(),
+        replicas=1,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        workdir=workdir / "cluster",
+        restart_replicas=False,
+        api_key_file=key_file,
+        tls_certificate=certificate,
+        tls_key=tls_key,
+    )
+    options.workdir.mkdir(parents=True)  # type: ignore[union-attr]
+    with Cluster(options) as cluster:
+        replica = cluster.replicas[0].process
+        assert replica is not None
+        target = Target(
+            "127.0.0.1",
+            options.http_port,
+            ssl.create_default_context(cafile=str(certificate)),
+            api_key,
+            tuple(f"127.0.0.{2 + number}" for number in range(args.clients)),
+        )
+        return measure(target, replica.pid, args, image)
+
+
 def main() -> None:
     from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
@@ -336,6 +446,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=96)
     parser.add_argument("--seconds", type=float, default=25.0)
     parser.add_argument("--unloaded-clients", default="1,2,4")
+    parser.add_argument(
+        "--through-proxy",
+        action="store_true",
+        help="Flood `cluster`'s proxy (TLS, API key, per-client limits) over one replica.",
+    )
     parser.add_argument(
         "--server-env",
         action="append",
@@ -347,49 +462,30 @@ def main() -> None:
     # The server inherits this process's environment; this process itself started before it.
     os.environ.update(item.split("=", 1) for item in args.server_env)
     image = noisy_png()
-    options = ServerOptions(
-        repository=args.repo, http_port=free_port(), grpc_port=free_port(), metrics_port=0
-    )
-    with EmbeddedServer(options) as server:
-        expected = _answer(server.url, args.model, image)
-        runs = [
-            run_flood(
-                server.url,
-                args.model,
-                image,
-                expected,
-                clients=int(count),
-                seconds=args.seconds / 2,
-                server_pid=server.pid,
+    if args.through_proxy:
+        unloaded, flood, recovery = through_proxy(args, image)
+    else:
+        options = ServerOptions(
+            repository=args.repo, http_port=free_port(), grpc_port=free_port(), metrics_port=0
+        )
+        with EmbeddedServer(options) as server:
+            unloaded, flood, recovery = measure(
+                Target.from_url(server.url), server.pid, args, image
             )
-            for count in args.unloaded_clients.split(",")
-        ]
-        unloaded = max(runs, key=lambda report: report.accepted_per_s)
-        flood = run_flood(
-            server.url,
-            args.model,
-            image,
-            expected,
-            clients=args.clients,
-            seconds=args.seconds,
-            server_pid=server.pid,
-        )
-        recovery = statistics.median(
-            lone_latency_s(server.url, args.model, image, expected) for _ in range(3)
-        )
     print(markdown(unloaded, flood, cpu_name()))
     print(f"lone request after the flood: {recovery * 1000:.0f} ms")
 
 
-def _answer(url: str, model: str, image: bytes) -> NDArray[np.float32]:
+def _answer(target: Target, model: str, image: bytes) -> NDArray[np.float32]:
     """The server's own answer, used only as the benchmark's consistency check (the test compares
     with an independent PyTorch reference)."""
-    host, port = url.rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection = target.connect(60)
     body, headers = infer_request(image)
-    connection.request("POST", f"/v2/models/{model}/infer", body, headers)
+    connection.request("POST", f"/v2/models/{model}/infer", body, target.headers(headers))
     response = connection.getresponse()
     payload = response.read()
+    if response.status != 200:
+        raise SystemExit(f"the server refused the first request: {response.status} {payload!r}")
     offset = int(response.getheader("Inference-Header-Content-Length") or 0)
     return np.frombuffer(payload[offset:], dtype=np.float32).copy()
 

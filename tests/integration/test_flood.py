@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from benchmarks.flood import FloodReport, lone_latency_s, noisy_png, run_flood
+from benchmarks.flood import FloodReport, Target, lone_latency_s, noisy_png, run_flood
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
@@ -61,7 +61,7 @@ def flood(flood_server: EmbeddedServer, reference: TorchReference) -> tuple[Floo
     expected = reference.probabilities([image])[0].astype(np.float32)
     small = varied_images()["gradient_500x375.jpg"]
     small_expected = reference.probabilities([small])[0].astype(np.float32)
-    url, model = flood_server.url, contract.ENSEMBLE_MODEL
+    url, model = Target.from_url(flood_server.url), contract.ENSEMBLE_MODEL
     baseline = min(lone_latency_s(url, model, small, small_expected, ATOL) for _ in range(3))
     report = run_flood(
         url, model, image, expected, clients=CLIENTS, seconds=SECONDS, server_pid=flood_server.pid,
