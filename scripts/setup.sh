@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 # chromium, chromium-driver: the web page's browser test drives the real browser (Playwright).
 # nginx: the reverse proxy in front of replicas (`resnet18-triton cluster`, tests/integration);
 # libnginx-mod-http-js: its njs module, which checks API keys against their SHA-256 hashes.
-APT_PACKAGES=(libpython3.11 libb64-0d docker.io docker-compose debootstrap chromium chromium-driver nginx libnginx-mod-http-js)
+# libtcmalloc-minimal4: the malloc `serve` preloads for tritonserver (Triton's advice; it keeps
+# less of the memory large request bodies leave behind than glibc does).
+APT_PACKAGES=(libpython3.11 libb64-0d libtcmalloc-minimal4 docker.io docker-compose debootstrap chromium chromium-driver nginx libnginx-mod-http-js)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

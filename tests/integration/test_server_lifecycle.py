@@ -255,3 +255,20 @@ def test_every_stub_starts_with_the_configured_shared_memory(server: EmbeddedSer
     for model in (contract.PREPROCESS_MODEL, contract.ONNX_MODEL):
         assert stubs[model][3:5] == expected, stubs[model]
     assert server.options.python_shm_default_bytes > 2**20  # more than Triton's 1 MiB default
+
+
+def test_the_server_and_its_stubs_run_on_tcmalloc_when_it_is_installed(server) -> None:
+    from resnet18_triton.server.embedded import allocator_library
+
+    library = allocator_library("tcmalloc")
+    if library is None:
+        message = "libtcmalloc-minimal4 is not installed (scripts/setup.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = psutil.Process(server.pid)
+    stubs = [child for child in root.children(recursive=True) if stub_model(child.cmdline())]
+    assert stubs, "no Python-backend stub found"
+    for process in (root, *stubs):
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert library.name in maps, process.cmdline()[:2]

@@ -67,6 +67,23 @@ def test_server_environment_finds_libraries_and_this_python(
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
 
 
+def test_tcmalloc_is_preloaded_first_when_installed_and_never_with_the_system_allocator(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from resnet18_triton.server.embedded import TCMALLOC_LIBRARY, allocator_library
+
+    assert allocator_library("tcmalloc", (str(tmp_path),)) is None  # not installed: glibc
+    (tmp_path / TCMALLOC_LIBRARY).write_bytes(b"")
+    library = allocator_library("tcmalloc", (str(tmp_path),))
+    assert library == tmp_path / TCMALLOC_LIBRARY
+    assert allocator_library("system", (str(tmp_path),)) is None
+    monkeypatch.setenv("LD_PRELOAD", "/other.so")
+    env = server_environment(TritonInstall.locate(), library)
+    assert env["LD_PRELOAD"] == f"{library} /other.so"
+    with pytest.raises(ServerStartError, match="unknown allocator 'hoard'"):
+        allocator_library("hoard")
+
+
 def test_stub_model_reads_the_model_from_a_stub_command_line() -> None:
     from resnet18_triton.repository.layout import stub_model
 

@@ -16,7 +16,7 @@ from resnet18_triton.keys import admin_key_from
 from resnet18_triton.options import admin_key_file_option, repository_option
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.layout import served_models
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions
+from resnet18_triton.server.embedded import ALLOCATORS, EmbeddedServer, ServerOptions
 
 # Triton 2.51 reads the restricted-API key only from its command line (no variable, no file).
 KEY_ON_ARGV_NOTE = (
@@ -98,6 +98,14 @@ KEY_ON_ARGV_NOTE = (
     "NAME_int8_fused, e.g. resnet18_int8_fused; written by `resnet18-triton quantize`). "
     "Default: those the repository holds.",
 )
+@click.option(
+    "--allocator",
+    type=click.Choice(ALLOCATORS),
+    default="tcmalloc",
+    show_default=True,
+    help="malloc for tritonserver and its stubs: tcmalloc (preloaded when installed; Triton's "
+    "advice for memory glibc keeps after large request bodies) or the system's.",
+)
 def serve(
     repository: Path,
     host: str,
@@ -112,6 +120,7 @@ def serve(
     log_verbose: int,
     quiet: bool,
     int8: bool | None = None,
+    allocator: str = "tcmalloc",
 ) -> None:
     """Run the real Triton server on this machine (no Docker) until Ctrl-C or SIGTERM.
 
@@ -136,6 +145,7 @@ def serve(
         log_verbose=log_verbose,
         backend_dir=backend_dir.resolve() if backend_dir else None,
         models=served_models(repository.resolve(), int8),
+        allocator=allocator,
     )
     stop_requested = threading.Event()
     server = EmbeddedServer(options, log_stream=None if quiet else sys.stderr)

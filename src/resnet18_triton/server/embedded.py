@@ -148,6 +148,8 @@ class ServerOptions:
     # never written to; None: a private copy in a temporary directory for each start. A container
     # prepares it in the image, so that a read-only root with a noexec /tmp still serves.
     backend_dir: Path | None = None
+    # The malloc tritonserver and its stubs run with (``ALLOCATORS``): tcmalloc when installed.
+    allocator: str = "tcmalloc"
     # A per-start secret when none is given: the restricted endpoints stay closed by default.
     generated_admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
@@ -284,13 +286,41 @@ def prepare_backend_directory(target: Path) -> Path:
     return target
 
 
-def server_environment(install: TritonInstall) -> dict[str, str]:
-    """LD_LIBRARY_PATH for the bundled libraries; this interpreter's bin/ first on PATH.
+# Triton's own advice for memory that glibc keeps after large, short-lived allocations (request
+# bodies): preload tcmalloc or jemalloc. tcmalloc held a flood's growth lowest here
+# (docs/decisions.md, "Bounded queues"). Debian's libtcmalloc-minimal4 (scripts/setup.sh, image).
+ALLOCATORS = ("tcmalloc", "system")
+TCMALLOC_LIBRARY = "libtcmalloc_minimal.so.4"
+_LIBRARY_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+)
+
+
+def allocator_library(allocator: str, search: tuple[str, ...] = _LIBRARY_DIRS) -> Path | None:
+    """The library to preload for ``allocator`` (``ALLOCATORS``); None for glibc's own malloc,
+    or when tcmalloc is not installed (the server then runs as before)."""
+    if allocator == "system":
+        return None
+    if allocator != "tcmalloc":
+        raise ServerStartError(f"unknown allocator {allocator!r}: choose one of {ALLOCATORS}")
+    return next(
+        (path for path in (Path(d) / TCMALLOC_LIBRARY for d in search) if path.is_file()), None
+    )
+
+
+def server_environment(install: TritonInstall, preload: Path | None = None) -> dict[str, str]:
+    """LD_LIBRARY_PATH for the bundled libraries; this interpreter's bin/ first on PATH;
+    ``preload`` (an allocator, ``allocator_library``) first in LD_PRELOAD.
 
     The Python stub finds its site-packages through the first ``python3`` on PATH, so without
     the virtual environment's ``bin/`` in front it cannot import numpy or onnxruntime.
     """
     env = dict(os.environ)
+    if preload is not None:
+        env["LD_PRELOAD"] = " ".join(filter(None, [str(preload), env.get("LD_PRELOAD")]))
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         filter(None, [str(install.library_dir), env.get("LD_LIBRARY_PATH")])
     )
@@ -386,7 +416,7 @@ class EmbeddedServer:
         self._backends = self._backend_directory(install)
         self.process = subprocess.Popen(
             server_arguments(self.options, install, self._backends),
-            env=server_environment(install),
+            env=server_environment(install, allocator_library(self.options.allocator)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
