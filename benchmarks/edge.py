@@ -27,6 +27,7 @@ Prints a markdown table with every round, the medians and the ratio edge / plain
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import ssl
@@ -126,6 +127,42 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         capture_output=True,
     )  # fmt: skip
     return certificate, key
+
+
+@dataclass(frozen=True)
+class SecuredCluster:
+    """A cluster's options with TLS and one API key, and what a client needs to reach it."""
+
+    options: ClusterOptions
+    certificate: Path
+    api_key: str
+
+
+def secured_cluster(
+    repository: Path, replicas: int, prefix: str, limits: proxy.Limits | None = None
+) -> SecuredCluster:
+    """Options for ``cluster`` with a self-signed certificate and one new API key, in a fresh
+    temporary directory; the key is read from its file, never from argv. ``limits``: the
+    proxy's (None: its defaults)."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    certificate, tls_key = self_signed(workdir)
+    key_file = workdir / "keys.txt"
+    api_key = keys.add_api_key(key_file, "benchmark")
+    options = ClusterOptions(
+        repository=repository.resolve(),
+        replicas=replicas,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        workdir=workdir / "cluster",
+        restart_replicas=False,
+        api_key_file=key_file,
+        tls_certificate=certificate,
+        tls_key=tls_key,
+    )
+    if limits is not None:
+        options = dataclasses.replace(options, limits=limits)
+    (workdir / "cluster").mkdir()
+    return SecuredCluster(options, certificate, api_key)
 
 
 def infer_workload(image: bytes) -> Workload:
@@ -241,23 +278,9 @@ def start_plain_proxy(cluster: Cluster, workdir: Path) -> tuple[int, int, Callab
 @click.option("--seconds", default=8.0, show_default=True)
 @click.option("--concurrency", default=8, show_default=True)
 def main(repository: Path, replicas: int, rounds: int, seconds: float, concurrency: int) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="edge-benchmark-"))
-    certificate, tls_key = self_signed(workdir)
-    key_file = workdir / "keys.txt"
-    api_key = keys.add_api_key(key_file, "benchmark")  # read from the file, never from argv
-    options = ClusterOptions(
-        repository=repository.resolve(),
-        replicas=replicas,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        workdir=workdir / "cluster",
-        restart_replicas=False,
-        api_key_file=key_file,
-        tls_certificate=certificate,
-        tls_key=tls_key,
-        limits=NEVER_REFUSE,
-    )
-    options.workdir.mkdir(parents=True)  # type: ignore[union-attr]
+    secured = secured_cluster(repository, replicas, "edge-benchmark-", NEVER_REFUSE)
+    options, certificate, api_key = secured.options, secured.certificate, secured.api_key
+    workdir = certificate.parent
     image = encode(gradient_image(500, 375, seed=7), "JPEG")
     workloads = [
         infer_workload(image),

@@ -401,37 +401,19 @@ def measure(
 def through_proxy(args: argparse.Namespace, image: bytes) -> tuple[FloodReport, FloodReport, float]:
     """The same flood through ``cluster``'s proxy (one replica, TLS, an API key, the default
     per-client limits), each client from its own loopback address as distinct callers would."""
-    import tempfile
+    from benchmarks.edge import secured_cluster
+    from resnet18_triton.deploy.cluster import Cluster
 
-    from benchmarks.edge import self_signed
-    from resnet18_triton.deploy import keys
-    from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
-    from resnet18_triton.server.embedded import free_port
-
-    workdir = Path(tempfile.mkdtemp(prefix="flood-benchmark-"))
-    certificate, tls_key = self_signed(workdir)
-    key_file = workdir / "keys.txt"
-    api_key = keys.add_api_key(key_file, "flood")  # from the file, never from argv
-    options = ClusterOptions(
-        repository=args.repo.resolve(),
-        replicas=1,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        workdir=workdir / "cluster",
-        restart_replicas=False,
-        api_key_file=key_file,
-        tls_certificate=certificate,
-        tls_key=tls_key,
-    )
-    options.workdir.mkdir(parents=True)  # type: ignore[union-attr]
+    secured = secured_cluster(args.repo, 1, "flood-benchmark-")
+    options = secured.options
     with Cluster(options) as cluster:
         replica = cluster.replicas[0].process
         assert replica is not None
         target = Target(
             "127.0.0.1",
             options.http_port,
-            ssl.create_default_context(cafile=str(certificate)),
-            api_key,
+            ssl.create_default_context(cafile=str(secured.certificate)),
+            secured.api_key,
             tuple(f"127.0.0.{2 + number}" for number in range(args.clients)),
         )
         return measure(target, replica.pid, args, image)
