@@ -9,6 +9,7 @@ inference requests from a script, then with a fixed top-k, and records every req
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -145,19 +146,27 @@ def _handler(server: RefusingServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def server() -> Iterator[RefusingServer]:
-    state = RefusingServer()
+@contextlib.contextmanager
+def serving(state: RefusingServer) -> Iterator[RefusingServer]:
+    """``state`` answered by a real HTTP server on a free loopback port (``state.url``)."""
     state.release.set()
     http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     http.daemon_threads = True
     state.url = f"127.0.0.1:{http.server_address[1]}"
     thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield state
-    state.release.set()
-    http.shutdown()
-    http.server_close()
+    try:
+        yield state
+    finally:
+        state.release.set()
+        http.shutdown()
+        http.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[RefusingServer]:
+    with serving(RefusingServer()) as state:
+        yield state
 
 
 @pytest.fixture(autouse=True)

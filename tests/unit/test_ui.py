@@ -9,11 +9,9 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from resnet18_triton.ui.service import Answer
 from resnet18_triton.ui.uploads import Upload, UploadLimits, read_uploads, with_idle_timeout
 from tests.support import SAMPLE_FILES
 from tests.ui_support import curl, running_ui
-from tests.unit.test_client_refusals import RefusingServer, _handler
+from tests.unit.test_client_refusals import RefusingServer, serving
 
 BOUNDARY = "----resnet18-triton-test"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -299,16 +297,8 @@ def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[RefusingServer]:
     inherits an environment without any key or URL."""
     for name in (contract.API_KEY_ENV_VAR, contract.API_KEY_FILE_ENV_VAR, contract.URL_ENV_VAR):
         monkeypatch.delenv(name, raising=False)
-    state = RefusingServer(api_key=KEY)
-    state.release.set()
-    http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    http.daemon_threads = True
-    state.url = f"127.0.0.1:{http.server_address[1]}"
-    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield state
-    http.shutdown()
-    http.server_close()
+    with serving(RefusingServer(api_key=KEY)) as state:
+        yield state
 
 
 def _everything_the_browser_gets(base: str) -> str:
