@@ -83,14 +83,14 @@ def flood(flood_server: EmbeddedServer, reference: TorchReference) -> tuple[Floo
     return report, recovered_after
 
 
-def test_the_exported_models_carry_a_bounded_queue_with_a_timeout(
+def test_the_exported_models_carry_a_bounded_queue_and_the_entry_one_a_timeout(
     session_repository: tuple[Path, object],
 ) -> None:
     names = ClassifierNames.of()
     for model in (names.preprocess, names.onnx):
         policy = read_config(session_repository[0], model).dynamic_batching.default_queue_policy
         assert policy.max_queue_size >= contract.MAX_BATCH_SIZE
-        assert policy.default_timeout_microseconds > 0
+        assert (policy.default_timeout_microseconds > 0) == (model == names.preprocess)
 
 
 def test_a_flood_gets_no_wrong_answer_and_no_client_time_out(flood) -> None:

@@ -50,10 +50,14 @@ def available_cores() -> int:
 # size", HTTP 503) instead of piling up until clients time out: it holds about QUEUE_BUDGET_S of
 # work for the cores given to inference, at IMAGE_CORE_S of core time per image (the FP32 JPEG
 # ensemble's measured cost; docs/decisions.md, "Bounded queues"), and never less than one full
-# batch. Larger images cost more than the estimate, so a request still queued after the budget is
-# refused too ("Request timeout expired"): a queued request waits about the budget at most.
+# batch. Larger images cost more than the estimate, so a request still queued at the entry model
+# (preprocess, or a fused model) after QUEUE_TIMEOUT_FACTOR budgets is refused too ("Request
+# timeout expired"); twice the budget leaves a burst that the estimate says fits room to drain.
+# The classifier behind the preprocessing gets no timeout: a request that reaches it has been
+# decoded already, and refusing it then would throw that work away.
 QUEUE_BUDGET_S = 2.0
 IMAGE_CORE_S = 0.054
+QUEUE_TIMEOUT_FACTOR = 2
 
 
 def queue_bound(cores: int, max_batch_size: int, budget_s: float = QUEUE_BUDGET_S) -> int:
@@ -62,8 +66,9 @@ def queue_bound(cores: int, max_batch_size: int, budget_s: float = QUEUE_BUDGET_
 
 
 def queue_timeout_us(budget_s: float = QUEUE_BUDGET_S) -> int:
-    """How long a queued request may wait before it is refused, in microseconds."""
-    return round(budget_s * 1_000_000)
+    """How long a request may wait queued at the entry model before it is refused, in
+    microseconds."""
+    return round(budget_s * QUEUE_TIMEOUT_FACTOR * 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,8 @@ class ServingSettings:
     max_batch_size: int = contract.MAX_BATCH_SIZE
     max_queue_delay_us: int = 0
     # The queue policy of every batching model (preprocess, classifiers, fused models): at most
-    # this many queued requests (0: Triton's unbounded default), refused after this long queued
-    # (0: never). ``from_core_budget`` derives both (``queue_bound``).
+    # this many queued requests (0: Triton's unbounded default); at the entry models (preprocess,
+    # fused), refused after this long queued (0: never). ``from_core_budget`` derives both.
     max_queue_size: int = 0
     queue_timeout_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = field(default_factory=tuple)
@@ -164,14 +169,21 @@ def _string_parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
         config.parameters[key].string_value = value
 
 
-def _dynamic_batching(config: mc.ModelConfig, settings: ServingSettings) -> None:
+def _queue_timeout(config: mc.ModelConfig, timeout_us: int) -> None:
+    if timeout_us:
+        policy = config.dynamic_batching.default_queue_policy
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = timeout_us
+
+
+def _dynamic_batching(config: mc.ModelConfig, settings: ServingSettings, entry: bool) -> None:
+    """Batching and the queue policy; ``entry``: the model a request queues at first (it gets the
+    queue timeout)."""
     config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
     if settings.max_queue_size:
-        policy = config.dynamic_batching.default_queue_policy
-        policy.max_queue_size = settings.max_queue_size
-        if settings.queue_timeout_us:
-            policy.timeout_action = mc.ModelQueuePolicy.REJECT
-            policy.default_timeout_microseconds = settings.queue_timeout_us
+        config.dynamic_batching.default_queue_policy.max_queue_size = settings.max_queue_size
+        if entry:
+            _queue_timeout(config, settings.queue_timeout_us)
     config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
 
 
@@ -248,7 +260,7 @@ def onnx_model_config(
             label_filename=contract.LABELS_FILENAME,
         )
     _cpu_instances(config, settings.onnx_instances)
-    _dynamic_batching(config, settings)
+    _dynamic_batching(config, settings, entry=False)
     _string_parameters(
         config,
         {
@@ -289,7 +301,7 @@ def preprocess_model_config(
         dims=[contract.CHANNELS, size, size],
     )
     _cpu_instances(config, settings.preprocess_instances)
-    _dynamic_batching(config, settings)
+    _dynamic_batching(config, settings, entry=True)
     _string_parameters(
         config,
         {
@@ -433,6 +445,10 @@ def fused_model_config(
     threads = int(classifier.parameters[threads_key].string_value or "1")
     _cpu_instances(config, instance_count(classifier) * max(threads, 1))
     config.dynamic_batching.CopyFrom(classifier.dynamic_batching)
+    # The fused model is where its requests queue first: the preprocessing's queue timeout.
+    _queue_timeout(
+        config, preprocess.dynamic_batching.default_queue_policy.default_timeout_microseconds
+    )
     for source in (preprocess, classifier):
         for key, value in source.parameters.items():
             config.parameters[key].CopyFrom(value)
@@ -621,7 +637,7 @@ def settings_from_configs(
         max_batch_size=classifier.max_batch_size,
         max_queue_delay_us=classifier.dynamic_batching.max_queue_delay_microseconds,
         max_queue_size=classifier.dynamic_batching.default_queue_policy.max_queue_size,
-        queue_timeout_us=classifier.dynamic_batching.default_queue_policy.default_timeout_microseconds,
+        queue_timeout_us=preprocess.dynamic_batching.default_queue_policy.default_timeout_microseconds,
         preferred_batch_sizes=tuple(classifier.dynamic_batching.preferred_batch_size),
         max_image_pixels=int(_string(preprocess, "max_image_pixels", "0")),
         max_image_bytes=int(_string(preprocess, "max_image_bytes", "0")),
