@@ -118,10 +118,12 @@ def served_models(
     forced = {"int8": int8, "openvino": openvino}
     models = [model for names in found for model in (names.preprocess, names.onnx)]
     models += [names.ensemble for names in found]
+    # What each classifier holds, read once: present() checks every variant's files.
+    held_by = {names: variants.present(repo, names) for names in found}
     for variant in variants.REGISTRY:
         family = variant.fuses or variant.key
         for names in found:
-            held = variant in variants.present(repo, names)
+            held = variant in held_by[names]
             wanted = forced.get(family)
             if wanted is False or not (held or (wanted and not variant.fused)):
                 continue
