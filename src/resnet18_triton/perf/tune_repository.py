@@ -17,10 +17,12 @@ the backup always holds the files from before tuning.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,30 +72,33 @@ def _names(name: str) -> ClassifierNames:
         raise TuneError(str(error)) from None
 
 
-def read_config(repo: Path, model: str) -> mc.ModelConfig:
-    """``configs.read_config``, refusing with TuneError."""
+@contextlib.contextmanager
+def _as_tune_error() -> Iterator[None]:
+    """The repository core's refusals (ExportError) surface as TuneError."""
     try:
-        return _read_config(repo, model)
+        yield
     except ExportError as error:
         raise TuneError(str(error)) from None
+
+
+def read_config(repo: Path, model: str) -> mc.ModelConfig:
+    """``configs.read_config``, refusing with TuneError."""
+    with _as_tune_error():
+        return _read_config(repo, model)
 
 
 def repository_settings(
     repo: Path, cores: int, name: str = contract.ENSEMBLE_MODEL
 ) -> ServingSettings:
     """The FP32 serving settings classifier ``name`` has in the repository now."""
-    try:
+    with _as_tune_error():
         return _repository_settings(repo, cores, _names(name).name)
-    except ExportError as error:
-        raise TuneError(str(error)) from None
 
 
 def repository_classifier(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> Classifier:
     """Classifier ``name`` as exported into ``repo`` (``configs.repository_classifier``)."""
-    try:
+    with _as_tune_error():
         return _repository_classifier(repo, _names(name).name)
-    except ExportError as error:
-        raise TuneError(str(error)) from None
 
 
 def _variant(family: str) -> Variant:
