@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
-import tritonclient.http as httpclient
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import keys, proxy
@@ -166,13 +164,9 @@ def secured_cluster(
 
 
 def infer_workload(image: bytes) -> Workload:
-    data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
-    data.set_data_from_numpy(np.array([[image]], dtype=object))
-    output = httpclient.InferRequestedOutput(contract.ENSEMBLE_OUTPUT, binary_data=True)
-    body, json_size = httpclient.InferenceServerClient.generate_request_body([data], [output])
-    headers = {"Content-Type": "application/octet-stream"}
-    if json_size is not None:
-        headers["Inference-Header-Content-Length"] = str(json_size)
+    from benchmarks.flood import infer_request
+
+    body, headers = infer_request(image)
     return Workload("infer (500x375 JPEG)", "POST", f"/v2/models/{contract.ENSEMBLE_MODEL}/infer",
                     body, headers)  # fmt: skip
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import json
 import os
 import ssl
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import tritonclient.http as httpclient
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -55,24 +55,15 @@ def noisy_png(width: int = 1600, height: int = 1420, seed: int = 0) -> bytes:
 
 
 def infer_request(image: bytes) -> tuple[bytes, dict[str, str]]:
-    """Body and headers of a binary-protocol request for one encoded image."""
-    header = {
-        "inputs": [
-            {
-                "name": contract.ENSEMBLE_INPUT,
-                "shape": [1, 1],
-                "datatype": "BYTES",
-                "parameters": {"binary_data_size": len(image) + 4},
-            }
-        ],
-        "outputs": [{"name": contract.ENSEMBLE_OUTPUT, "parameters": {"binary_data": True}}],
-    }
-    text = json.dumps(header).encode()
-    body = text + len(image).to_bytes(4, "little") + image
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(len(text)),
-    }
+    """Body and headers of a binary KServe v2 request for the ensemble, one encoded image, as
+    tritonclient sends it (the answer comes back as float32 bytes)."""
+    data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
+    data.set_data_from_numpy(np.array([[image]], dtype=object))
+    output = httpclient.InferRequestedOutput(contract.ENSEMBLE_OUTPUT, binary_data=True)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([data], [output])
+    headers = {"Content-Type": "application/octet-stream"}
+    if json_size is not None:
+        headers["Inference-Header-Content-Length"] = str(json_size)
     return body, headers
 
 

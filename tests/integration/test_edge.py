@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from benchmarks.flood import infer_request
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import keys, proxy
@@ -124,18 +125,6 @@ def request(
     connection.request(method, path, body=body, headers=sent)
     response = connection.getresponse()
     return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
-
-
-def infer_request(image: bytes) -> tuple[bytes, dict[str, str]]:
-    """A binary KServe v2 request for the ensemble, as tritonclient would send it."""
-    data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
-    data.set_data_from_numpy(np.array([[image]], dtype=object))
-    output = httpclient.InferRequestedOutput(contract.ENSEMBLE_OUTPUT, binary_data=True)
-    body, json_size = httpclient.InferenceServerClient.generate_request_body([data], [output])
-    headers = {"Content-Type": "application/octet-stream"}
-    if json_size is not None:
-        headers["Inference-Header-Content-Length"] = str(json_size)
-    return body, headers
 
 
 def probabilities(reply: Reply) -> np.ndarray:
