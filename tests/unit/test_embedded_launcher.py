@@ -80,8 +80,41 @@ def test_tcmalloc_is_preloaded_first_when_installed_and_never_with_the_system_al
     monkeypatch.setenv("LD_PRELOAD", "/other.so")
     env = server_environment(TritonInstall.locate(), library)
     assert env["LD_PRELOAD"] == f"{library} /other.so"
+    assert env["TBB_ENABLE_SANITIZERS"] == "1"  # OpenVINO's tbbbind loads without DEEPBIND
+    assert "TBB_ENABLE_SANITIZERS" not in server_environment(TritonInstall.locate(), None)
     with pytest.raises(ServerStartError, match="unknown allocator 'hoard'"):
         allocator_library("hoard")
+
+
+OPENVINO_COMPILE = """
+import numpy as np, openvino as ov
+x = ov.opset13.parameter([1, 3, 8, 8], np.float32)
+conv = ov.opset13.convolution(x, ov.opset13.constant(np.ones((4, 3, 3, 3), np.float32)),
+                              [1, 1], [0, 0], [0, 0], [1, 1])
+compiled = ov.Core().compile_model(ov.Model([conv], [x]), "CPU")
+print(float(compiled(np.ones((1, 3, 8, 8), np.float32))[0].sum()))
+"""
+
+
+def test_openvino_compiles_under_the_preloaded_tcmalloc_of_the_server_environment() -> None:
+    """What an OpenVINO stub does first, in a process with the stubs' environment: with tcmalloc
+    preloaded and tbbbind deep-bound, hwloc freed a tcmalloc pointer with glibc (SIGSEGV)."""
+    import subprocess
+    import sys
+
+    from resnet18_triton.server.embedded import allocator_library
+
+    pytest.importorskip("openvino")
+    library = allocator_library("tcmalloc")
+    if library is None:
+        pytest.skip("libtcmalloc-minimal4 is not installed (scripts/setup.sh installs it)")
+    env = server_environment(TritonInstall.locate(), library)
+    result = subprocess.run(
+        [sys.executable, "-c", OPENVINO_COMPILE], env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert float(result.stdout) == 4 * 6 * 6 * 27.0
 
 
 def test_stub_model_reads_the_model_from_a_stub_command_line() -> None:

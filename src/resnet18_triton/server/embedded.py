@@ -290,6 +290,7 @@ def prepare_backend_directory(target: Path) -> Path:
 # bodies): preload tcmalloc or jemalloc. tcmalloc held a flood's growth lowest here
 # (docs/decisions.md, "Bounded queues"). Debian's libtcmalloc-minimal4 (scripts/setup.sh, image).
 ALLOCATORS = ("tcmalloc", "system")
+TBB_NO_DEEPBIND = ("TBB_ENABLE_SANITIZERS", "1")
 TCMALLOC_LIBRARY = "libtcmalloc_minimal.so.4"
 _LIBRARY_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
@@ -321,6 +322,12 @@ def server_environment(install: TritonInstall, preload: Path | None = None) -> d
     env = dict(os.environ)
     if preload is not None:
         env["LD_PRELOAD"] = " ".join(filter(None, [str(preload), env.get("LD_PRELOAD")]))
+        # oneTBB (under OpenVINO) dlopens tbbbind with RTLD_DEEPBIND, so the hwloc it brings
+        # binds free() to glibc's while glibc's own helpers allocate with the preloaded malloc:
+        # hwloc then frees a tcmalloc pointer with glibc and the OpenVINO stub dies at its first
+        # compile. This variable is oneTBB's documented switch to load without RTLD_DEEPBIND
+        # (docs/decisions.md, "OpenVINO under tcmalloc").
+        env[TBB_NO_DEEPBIND[0]] = TBB_NO_DEEPBIND[1]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         filter(None, [str(install.library_dir), env.get("LD_LIBRARY_PATH")])
     )
