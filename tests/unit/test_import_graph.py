@@ -1,8 +1,10 @@
 """The package's import graph, read from the source with ``ast``: no cycles, and the layering holds.
 
 Every import counts: module level, under ``if TYPE_CHECKING:`` and inside functions. The core
-(contract, errors, extras, layout, cli) sits at the root; ``client`` must stay thin (it shares only
-the core with the rest), and ``export``, ``server`` and ``perf`` reach the client's code never.
+(contract, errors, extras, files, keys, options, cli) sits in root modules; ``client`` must stay
+thin (it shares only the core with the rest), and ``export``, ``server`` and ``perf`` reach the
+client's code never. The package's own ``__init__`` is the public library API, so it may import
+the client, and only the client: ``import resnet18_triton`` must work on the base install.
 """
 
 from __future__ import annotations
@@ -119,6 +121,15 @@ def test_export_server_and_perf_do_not_import_the_client(graph: Graph) -> None:
 
 def test_the_client_imports_nothing_from_export_server_or_perf(graph: Graph) -> None:
     assert crossings(graph, ("client",), ("export", "server", "perf")) == []
+
+
+def test_the_package_root_exports_the_client_and_imports_nothing_that_needs_an_extra(
+    graph: Graph,
+) -> None:
+    assert f"{PACKAGE}.client.api" in graph[PACKAGE]
+    needs_an_extra = ("export", "server", "perf", "ui", "deploy")
+    reached = [t for t in graph[PACKAGE] if any(in_subpackage(t, s) for s in needs_an_extra)]
+    assert reached == []
 
 
 def test_the_ui_reaches_triton_only_through_the_client_and_nothing_imports_it(
