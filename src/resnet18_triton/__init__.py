@@ -7,8 +7,10 @@ running server, and needs neither torch nor Pillow::
 
     import resnet18_triton as r
 
+    image = Path("cat.jpg").read_bytes()
     with r.ImageClassifier("127.0.0.1:8000") as classifier:
-        [top] = classifier.classify_bytes([Path("cat.jpg").read_bytes()], top_k=3)
+        [top] = classifier.classify_bytes([image], top_k=3)  # [Prediction(label, index, p), ...]
+        vectors = classifier.probabilities([image])  # float32, shape (1, classes)
 
 Exported (``__all__``): ``ImageClassifier``; its policies ``RetryPolicy`` (faults the server
 heals from) and ``OverloadPolicy`` (overload refusals); what it returns (``Prediction``,

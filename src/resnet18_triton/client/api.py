@@ -2,7 +2,8 @@
 
 The client sends the encoded file bytes (JPEG, PNG, ...) and lets the server decode them, so it
 needs neither torch nor Pillow. It asks Triton's classification extension for the top k classes,
-which the server answers as ``"probability:index:label"`` strings.
+which the server answers as ``"probability:index:label"`` strings, or for the classifier's whole
+probability vector (``probabilities``).
 
 ``tritonclient.http`` is gevent-based: an ``ImageClassifier`` must be used from the OS thread that
 created it (one classifier per thread). Concurrency comes from ``async_infer`` greenlets.
@@ -34,11 +35,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import gevent
 import numpy as np
+import numpy.typing as npt
 import tritonclient.http as triton_http
 from geventhttpclient.response import HTTPParseError
 from tritonclient.utils import InferenceServerException
@@ -74,6 +76,8 @@ from resnet18_triton.keys import api_key_from
 from resnet18_triton.repository.variants import REGISTRY, classifier_of, variant_model_names
 
 T = TypeVar("T")
+# What the server answers for one image: its top-k predictions, or its probability vector.
+Row = TypeVar("Row")
 
 # Errors raised by the HTTP layer when the server cannot be talked to (refused, DNS, timeout,
 # reset, garbage on the wire). Server-side failures arrive as InferenceServerException instead.
@@ -177,12 +181,32 @@ class _Item:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class _Ask(Generic[Row]):
+    """What a request asks the ensemble's output for, and how the answer reads as one ``Row`` per
+    image: the top ``class_count`` classes (Triton's classification extension), or with
+    ``class_count`` 0 the whole probability vector."""
+
+    class_count: int
+    rows: Callable[[npt.NDArray[Any]], list[Row]]
+
+
+def _probability_rows(entries: npt.NDArray[Any]) -> list[npt.NDArray[np.float32]]:
+    """The ``[N, classes]`` PROBABILITIES tensor as one float32 vector per image."""
+    if entries.ndim != 2:
+        raise ValueError(f"probabilities of shape {entries.shape}, expected [images, classes]")
+    return list(entries.astype(np.float32, copy=False))
+
+
+_PROBABILITIES = _Ask(0, _probability_rows)
+
+
 @dataclass
-class _Flight:
+class _Flight(Generic[Row]):
     """A batch whose request is in flight; unreadable items ride along to keep the order."""
 
     items: list[_Item]
-    top_k: int
+    ask: _Ask[Row]
     request: triton_http.InferAsyncRequest | None
 
     @property
@@ -191,11 +215,10 @@ class _Flight:
 
 
 @dataclass(frozen=True)
-class _Outcome:
-    """An image's outcome: its predictions, or the reason it has none; and its request's
-    retries."""
+class _Outcome(Generic[Row]):
+    """An image's outcome: its answer, or the reason it has none; and its request's retries."""
 
-    predictions: list[Prediction] | None = None
+    row: Row | None = None
     error: str = ""
     retries: int = 0
 
@@ -512,12 +535,35 @@ class ImageClassifier:
 
         Raises ImageError naming the first image (by position) the server rejected.
         """
+        return self._answer_bytes(images, self._top_classes(top_k))
+
+    def probabilities(self, images: Sequence[bytes]) -> npt.NDArray[np.float32]:
+        """The classifier's whole probability vector (softmax over its classes) for each encoded
+        image: float32 of shape ``(len(images), classes)``, rows in input order.
+
+        Sent like ``classify_bytes`` (requests of up to ``max_batch_size`` images, the same
+        retries, API key and errors): raises ImageError naming the first image (by position) the
+        server rejected, ServerUnavailableError when it cannot answer, ApiKeyError on a 401.
+        """
+        rows = self._answer_bytes(images, _PROBABILITIES)
+        if rows:
+            return np.stack(rows)
+        # Nothing was sent: the ensemble's config says how many classes there are.
+        config = self._call(self._client.get_model_config, self.model)
+        classes = int(config.get("output", [{}])[0].get("dims", [0])[-1])
+        return np.empty((0, classes), dtype=np.float32)
+
+    def _answer_bytes(self, images: Sequence[bytes], ask: _Ask[Row]) -> list[Row]:
+        """Each image's answer to ``ask``, in order; raises ImageError naming the first image
+        the server rejected."""
         items = [_bytes_item(position, data) for position, data in enumerate(images)]
-        results = list(_quietly(self._classify_items(items, top_k, None, None)))
-        failed = next((result for result in results if not result.ok), None)
-        if failed is not None:
-            raise ImageError(f"{failed.path}: {failed.error}")
-        return [result.predictions for result in results]
+        rows = []
+        # Every answer first, so that no request is still in flight when one image fails.
+        for item, outcome in list(_quietly(self._answer_items(items, ask, None, None))):
+            if outcome.row is None:
+                raise ImageError(f"{item.path}: {outcome.error}")
+            rows.append(outcome.row)
+        return rows
 
     def classify_files(
         self,
@@ -571,13 +617,34 @@ class ImageClassifier:
         batch_size: int | None,
         concurrency: int | None,
     ) -> Iterator[ClassificationResult]:
+        answered = self._answer_items(items, self._top_classes(top_k), batch_size, concurrency)
+        for item, outcome in answered:
+            yield ClassificationResult(
+                item.path,
+                predictions=outcome.row or [],
+                error=None if outcome.row is not None else outcome.error,
+                retries=outcome.retries,
+            )
+
+    @staticmethod
+    def _top_classes(top_k: int) -> _Ask[list[Prediction]]:
         if not 1 <= top_k <= contract.NUM_CLASSES:
             raise ValueError(f"top_k must be between 1 and {contract.NUM_CLASSES}, not {top_k}")
+        return _Ask(top_k, parse_classifications)
+
+    def _answer_items(
+        self,
+        items: Iterable[_Item],
+        ask: _Ask[Row],
+        batch_size: int | None,
+        concurrency: int | None,
+    ) -> Iterator[tuple[_Item, _Outcome[Row]]]:
+        """Each item with its outcome, in input order, ``concurrency`` requests in flight."""
         self._answered_version = None
         in_flight = min(concurrency or self.concurrency, self.concurrency)
-        window: deque[_Flight] = deque()
+        window: deque[_Flight[Row]] = deque()
         for chunk in _chunks(items, self._batch_size(batch_size)):
-            window.append(self._launch(chunk, top_k))
+            window.append(self._launch(chunk, ask))
             if len(window) >= in_flight:
                 yield from self._land(window.popleft())
         while window:
@@ -588,46 +655,39 @@ class ImageClassifier:
             raise ValueError(f"batch_size must be at least 1, not {requested}")
         return min(requested or self.max_batch_size, self.max_batch_size)
 
-    def _launch(self, items: list[_Item], top_k: int) -> _Flight:
-        flight = _Flight(items, top_k, None)
+    def _launch(self, items: list[_Item], ask: _Ask[Row]) -> _Flight[Row]:
+        flight = _Flight(items, ask, None)
         if flight.images:
-            flight.request = self._send(flight.images, top_k)
+            flight.request = self._send(flight.images, ask)
         return flight
 
-    def _land(self, flight: _Flight) -> Iterator[ClassificationResult]:
+    def _land(self, flight: _Flight[Row]) -> Iterator[tuple[_Item, _Outcome[Row]]]:
         outcomes = iter(self._outcomes(flight) if flight.request is not None else [])
         for item in flight.items:
             outcome = next(outcomes) if item.data is not None else _Outcome(error=item.error or "")
-            yield ClassificationResult(
-                item.path,
-                predictions=outcome.predictions or [],
-                error=None if outcome.predictions is not None else outcome.error,
-                retries=outcome.retries,
-            )
+            yield item, outcome
 
-    def _outcomes(self, flight: _Flight) -> Sequence[_Outcome]:
+    def _outcomes(self, flight: _Flight[Row]) -> Sequence[_Outcome[Row]]:
         """Each image's outcome; splits a rejected batch so only the bad images fail."""
         assert flight.request is not None
         images = flight.images
         try:
-            rows, retries = self._predictions(images, flight.top_k, flight.request)
+            rows, retries = self._answers(images, flight.ask, flight.request)
         except _RequestFailed as failed:
-            outcome = self._failure(failed, 0)
+            outcome: _Outcome[Row] = self._failure(failed, 0)
             if _is_input_error(failed.cause) and len(images) > 1:
-                return [
-                    self._single_outcome(image, flight.top_k, failed.retries) for image in images
-                ]
+                return [self._single_outcome(image, flight.ask, failed.retries) for image in images]
             return [outcome] * len(images)
         return [_Outcome(row, retries=retries) for row in rows]
 
-    def _single_outcome(self, image: bytes, top_k: int, earlier_retries: int) -> _Outcome:
+    def _single_outcome(self, image: bytes, ask: _Ask[Row], earlier_retries: int) -> _Outcome[Row]:
         try:
-            rows, retries = self._predictions([image], top_k, self._send([image], top_k))
+            rows, retries = self._answers([image], ask, self._send([image], ask))
         except _RequestFailed as failed:
             return self._failure(failed, earlier_retries)
         return _Outcome(rows[0], retries=earlier_retries + retries)
 
-    def _failure(self, failed: _RequestFailed, earlier_retries: int) -> _Outcome:
+    def _failure(self, failed: _RequestFailed, earlier_retries: int) -> _Outcome[Any]:
         """The images' outcome when their request failed for good; raises when the failure is
         the server's or the key's, not the images' (see ``_rejection``)."""
         retries = earlier_retries + failed.retries
@@ -647,9 +707,9 @@ class ImageClassifier:
             return server_message(error)
         raise self._unavailable(error) from None
 
-    def _predictions(
-        self, images: list[bytes], top_k: int, request: triton_http.InferAsyncRequest
-    ) -> tuple[list[list[Prediction]], int]:
+    def _answers(
+        self, images: list[bytes], ask: _Ask[Row], request: triton_http.InferAsyncRequest
+    ) -> tuple[list[Row], int]:
         """Wait for ``request`` and return its rows and how many times it was resent.
 
         A fault is resent per ``self.retry``, an overload refusal per ``self.overload``, anything
@@ -659,7 +719,7 @@ class ImageClassifier:
         overloads = retries = 0
         while True:
             try:
-                return self._await(request, len(images)), retries
+                return self._await(request, len(images), ask), retries
             except (InferenceServerException, *_NETWORK_ERRORS) as error:
                 overloaded = _is_overload(error)
                 delay = self._retry_delay(error, overloaded, overloads, fault_delays)
@@ -668,7 +728,7 @@ class ImageClassifier:
                 overloads += overloaded
             gevent.sleep(delay)
             retries += 1
-            request = self._send(images, top_k)
+            request = self._send(images, ask)
 
     def _retry_delay(
         self, error: BaseException, overloaded: bool, overloads: int, fault_delays: Iterator[float]
@@ -683,15 +743,17 @@ class ImageClassifier:
             return next(fault_delays, None)
         return None
 
-    def _send(self, images: list[bytes], top_k: int) -> triton_http.InferAsyncRequest:
+    def _send(self, images: list[bytes], ask: _Ask[Any]) -> triton_http.InferAsyncRequest:
         image_input = triton_http.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
         image_input.set_data_from_numpy(np.array(images, dtype=np.object_).reshape(-1, 1))
         output = triton_http.InferRequestedOutput(
-            contract.ENSEMBLE_OUTPUT, binary_data=True, class_count=top_k
+            contract.ENSEMBLE_OUTPUT, binary_data=True, class_count=ask.class_count
         )
         return self._client.async_infer(self.model, [image_input], outputs=[output])
 
-    def _await(self, request: triton_http.InferAsyncRequest, count: int) -> list[list[Prediction]]:
+    def _await(
+        self, request: triton_http.InferAsyncRequest, count: int, ask: _Ask[Row]
+    ) -> list[Row]:
         deadline = self.connection_timeout + self.network_timeout
         answer = request.get_result(block=True, timeout=deadline)
         self._answered_version = str(answer.get_response().get("model_version", "")) or None
@@ -699,7 +761,7 @@ class ImageClassifier:
         try:
             if entries is None:
                 raise ValueError(f"no '{contract.ENSEMBLE_OUTPUT}' output")
-            rows = parse_classifications(entries)
+            rows = ask.rows(entries)
             if len(rows) != count:
                 raise ValueError(f"{len(rows)} results for {count} images")
         except ValueError as error:
