@@ -132,7 +132,7 @@ def test_in_process_labels_come_from_the_spec() -> None:
     assert InProcessSpec("pipeline", precision="int8", images="12MP").label == "pipeline-int8 12MP"
 
 
-def test_served_labels_and_models_come_from_the_spec() -> None:
+def test_served_labels_come_from_the_spec() -> None:
     assert ServedSpec("raw").label == "raw"
     assert ServedSpec("raw", shared_memory=True).label == "raw shm"
     assert ServedSpec("raw", 8).label == "raw b8"
@@ -140,11 +140,8 @@ def test_served_labels_and_models_come_from_the_spec() -> None:
     assert ServedSpec("ensemble", images="500x375").label == "ensemble 500x375"
     int8 = ServedSpec("ensemble", precision="int8", images="500x375")
     assert int8.label == "int8 ensemble 500x375"
-    assert int8.model == "resnet18_int8_ensemble"
-    assert ServedSpec("raw").model == "resnet18_onnx"
-    assert ServedSpec("ensemble", images="12MP").model == "resnet18"
     fused = ServedSpec("fused", precision="int8", images="500x375")
-    assert (fused.label, fused.model) == ("int8 fused 500x375", "resnet18_int8_fused")
+    assert fused.label == "int8 fused 500x375"
 
 
 def test_ratio_table_computes_each_ratio_from_its_two_figures() -> None:

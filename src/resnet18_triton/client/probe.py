@@ -9,9 +9,7 @@ passes only on a well-formed answer. Thin client only: no Pillow, no torch.
 from __future__ import annotations
 
 import base64
-import json
 import math
-import struct
 import time
 from dataclasses import dataclass
 
@@ -37,29 +35,6 @@ PROBE_JPEG = base64.b64decode(
 )
 # Kubernetes' timeoutSeconds for the exec probe is larger, so the probe reports before it is cut.
 DEFAULT_TIMEOUT_S = 4.0
-
-
-def probe_request() -> tuple[bytes, int]:
-    """The same probe as one raw HTTP body, for checks without this package (curl in a pod).
-
-    Returns ``(body, header_length)``: POST ``body`` to ``/v2/models/resnet18/infer`` with the
-    header ``Inference-Header-Content-Length: header_length`` (KServe v2 binary tensor
-    extension). The answer is JSON with the top-1 class.
-    """
-    tensor = struct.pack("<I", len(PROBE_JPEG)) + PROBE_JPEG
-    header = {
-        "inputs": [
-            {
-                "name": contract.ENSEMBLE_INPUT,
-                "shape": [1, 1],
-                "datatype": "BYTES",
-                "parameters": {"binary_data_size": len(tensor)},
-            }
-        ],
-        "outputs": [{"name": contract.ENSEMBLE_OUTPUT, "parameters": {"classification": 1}}],
-    }
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    return encoded + tensor, len(encoded)
 
 
 @dataclass(frozen=True)

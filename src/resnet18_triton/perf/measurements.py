@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
 
-from resnet18_triton import contract
-from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_FUSED_MODEL, INT8_MODEL
 from resnet18_triton.perf.inprocess import InProcessEngine
 from resnet18_triton.perf.perf_analyzer import Row
 from resnet18_triton.perf.report import best
@@ -82,16 +80,6 @@ class ServedSpec:
         if self.shared_memory:
             parts.append("shm")
         return " ".join(parts)
-
-    @property
-    def model(self) -> str:
-        """The Triton model this path sends requests to."""
-        int8 = self.precision == INT8
-        if self.path == "raw":
-            return INT8_MODEL if int8 else contract.ONNX_MODEL
-        if self.path == "fused":
-            return INT8_FUSED_MODEL
-        return INT8_ENSEMBLE_MODEL if int8 else contract.ENSEMBLE_MODEL
 
 
 @dataclass(frozen=True)
