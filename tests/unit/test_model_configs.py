@@ -18,7 +18,7 @@ from resnet18_triton.repository.configs import (
     parse,
     render,
 )
-from resnet18_triton.repository.layout import missing_files, onnx_model_path
+from resnet18_triton.repository.layout import missing_files, onnx_model_path, version_dir
 from resnet18_triton.repository.writer import (
     install_python_models,
     write_configs,
@@ -52,6 +52,20 @@ def test_a_filled_repository_holds_exactly_the_served_models(tmp_path: Path) -> 
     onnx_model_path(tmp_path).write_bytes(b"stands in for model.onnx")
     assert missing_files(tmp_path) == []
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(contract.SERVED_MODELS)
+
+
+def test_each_model_version_has_its_own_numbered_directory(tmp_path: Path) -> None:
+    assert version_dir(tmp_path, "m") == tmp_path / "m" / contract.VERSION
+    assert version_dir(tmp_path, "m", 2) == version_dir(tmp_path, "m", "2") == tmp_path / "m" / "2"
+    assert onnx_model_path(tmp_path).parent == version_dir(tmp_path, contract.ONNX_MODEL)
+
+
+@pytest.mark.parametrize("version", [0, -1, "01", "v2", "", "1.0", "\u00b2"])
+def test_a_version_directory_triton_would_ignore_is_refused(
+    tmp_path: Path, version: object
+) -> None:
+    with pytest.raises(ValueError, match="not a version Triton loads"):
+        version_dir(tmp_path, "m", version)
 
 
 def test_parse_rejects_unknown_fields() -> None:

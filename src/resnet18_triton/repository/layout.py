@@ -54,8 +54,22 @@ def shipped_backends() -> tuple[str, ...]:
     return tuple(sorted(path.parent.name for path in root.glob("*/model.py")))
 
 
+def version_dir(repo: Path, model: str, version: int | str = VERSION) -> Path:
+    """``<repo>/<model>/<version>``: where Triton looks for the files of one version of ``model``.
+
+    Export writes version ``VERSION`` only. Raises ValueError for a name Triton would ignore:
+    one that is not a number, or that starts with 0.
+    """
+    text = str(version)
+    if not (text.isascii() and text.isdigit() and not text.startswith("0")):
+        raise ValueError(
+            f"model version {version!r} is not a version Triton loads: use 1, 2, 3, ..."
+        )
+    return repo / model / text
+
+
 def onnx_model_path(repo: Path, model: str = contract.ONNX_MODEL) -> Path:
-    return repo / model / VERSION / "model.onnx"
+    return version_dir(repo, model) / "model.onnx"
 
 
 def missing_files(repo: Path) -> list[Path]:
@@ -72,7 +86,7 @@ def classifier_files(repo: Path, names: ClassifierNames) -> list[Path]:
     """The files missing from ``repo`` for serving classifier ``names`` (FP32)."""
     required = [onnx_model_path(repo, names.onnx)]
     required += [repo / name / CONFIG_FILENAME for name in names.served]
-    required.append(repo / names.preprocess / VERSION / "model.py")
+    required.append(version_dir(repo, names.preprocess) / "model.py")
     required += [repo / name / contract.LABELS_FILENAME for name in (names.onnx, names.ensemble)]
     return [path for path in required if not path.is_file()]
 

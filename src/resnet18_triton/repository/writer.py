@@ -41,11 +41,11 @@ from resnet18_triton.repository.configs import (
 from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
     PYTHON_MODELS,
-    VERSION,
     backend_source,
     classifiers,
     onnx_model_path,
     python_model_source,
+    version_dir,
 )
 from resnet18_triton.repository.transaction import install, install_lock
 from resnet18_triton.repository.variants import Variant
@@ -59,7 +59,9 @@ def install_python_models(repo: Path, names: ClassifierNames | None = None) -> N
         source = python_model_source(name)
         if not source.is_file():
             raise ExportError(f"the Python model {source} is missing: reinstall resnet18-triton")
-        write_bytes_atomically(repo / names.preprocess / VERSION / "model.py", source.read_bytes())
+        write_bytes_atomically(
+            version_dir(repo, names.preprocess) / "model.py", source.read_bytes()
+        )
 
 
 def write_labels(
@@ -93,7 +95,7 @@ def write_configs(
         write_text_atomically(path, render(config))
         written.append(path)
     # The ensemble has no files of its own, but Triton needs its version directory.
-    (repo / names.ensemble / VERSION).mkdir(parents=True, exist_ok=True)
+    version_dir(repo, names.ensemble).mkdir(parents=True, exist_ok=True)
     if settings.warmup:
         write_warmup_data(repo, names.preprocess)
     return written
@@ -217,11 +219,11 @@ def write_fused_model(
     config = fused_model_config(classifier, preprocess, name=fused_name)
     engine = config.parameters[FUSED_ENGINE_PARAMETER].string_value
     directory = target / fused_name
-    version = directory / VERSION
+    version = version_dir(target, fused_name)
     sources = {
         "model.py": python_model_source("fused"),
         # The repository's own preprocessing, so the fused model and the ensemble decode alike.
-        "preprocessing.py": repo / names.preprocess / VERSION / "model.py",
+        "preprocessing.py": version_dir(repo, names.preprocess) / "model.py",
         variants.fused_engine_filename(engine): backend_source(engine),
     }
     for filename, source in sources.items():
@@ -231,7 +233,7 @@ def write_fused_model(
     model_file = classifier.default_model_filename or "model.onnx"
     linked = version / "model.onnx"
     linked.unlink(missing_ok=True)
-    link_or_copy(target / classifier_name / VERSION / model_file, linked)
+    link_or_copy(version_dir(target, classifier_name) / model_file, linked)
     labels = repo / names.onnx / contract.LABELS_FILENAME
     write_text_atomically(directory / contract.LABELS_FILENAME, labels.read_text())
     # Several warm-up samples (batch 1 and the largest) read the same file: copy each once.
@@ -294,7 +296,7 @@ def write_variant_configs(
         labels = repo / source / contract.LABELS_FILENAME
         write_text_atomically(target / config.name / contract.LABELS_FILENAME, labels.read_text())
         written.append(path)
-    (target / configs[1].name / VERSION).mkdir(parents=True, exist_ok=True)
+    version_dir(target, configs[1].name).mkdir(parents=True, exist_ok=True)
     return written
 
 
