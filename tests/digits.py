@@ -9,6 +9,7 @@ accuracy on held-out digits is ~92% (chance 10%), so its top-1 answers are real 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -95,13 +96,16 @@ def write_images(folder: Path, images: list[bytes]) -> Path:
     return folder
 
 
-def export_repository(model, repo: Path, **settings: object) -> Path:
-    """The digits model through the export pipeline (verified like any export) into ``repo``."""
+def export_repository(model, repo: Path, name: str | None = None, **settings: object) -> Path:
+    """The digits model through the export pipeline (verified like any export) into ``repo``, as
+    classifier ``name`` (default: the default classifier)."""
     from resnet18_triton.export import pipeline
     from resnet18_triton.export.weights import Provenance
     from resnet18_triton.repository.configs import ServingSettings
 
     request = pipeline.ExportRequest(repository=repo, settings=ServingSettings(**settings))
+    if name is not None:
+        request = dataclasses.replace(request, name=name)
     loaded = pipeline.LoadedModel(model, Provenance("file", path="digits-fitted"))
     return pipeline.export_repository(request, loaded).repository
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -188,3 +194,47 @@ class TorchReference:
         batch = self.torch.stack([self.tensor(data) for data in images])
         with self.torch.inference_mode():
             return self.torch.softmax(self.model(batch), dim=1).numpy()
+
+
+@contextlib.contextmanager
+def serve_process(repository: Path, log: Path, *extra: str) -> Iterator[str]:
+    """``resnet18-triton serve`` with its default options (allocator, models, watchdog) on free
+    loopback ports, its output in ``log``; yields its URL once ready, SIGTERM on exit.
+
+    Fails with the log's tail when it exits, or is not ready within ``SERVE_READY_TIMEOUT_S``.
+    """
+    from resnet18_triton.server.embedded import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "resnet18_triton.cli", "serve", "--repo", str(repository),
+               "--http-port", str(port), "--grpc-port", str(free_port()),
+               "--metrics-port", str(free_port()), *extra]  # fmt: skip
+    url = f"127.0.0.1:{port}"
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + SERVE_READY_TIMEOUT_S
+        while not _is_ready(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-6000:]
+                raise AssertionError(f"serve is not ready (exit {process.poll()}):\n{tail}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+SERVE_READY_TIMEOUT_S = 300
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False

@@ -48,6 +48,15 @@ def has_fast_int8(flags: frozenset[str]) -> bool:
     return bool(present(INT8_FLAGS, flags))
 
 
+def serves(precision: str, flags: frozenset[str]) -> bool:
+    """Whether a CPU with ``flags`` serves ``precision`` (one of ``PRECISIONS``, or ``fp32``).
+
+    ``bf16`` only natively (``check_precision`` refuses it elsewhere); ``f32``/``fp32`` and
+    ``int8`` on every x86-64 CPU (INT8 without VNNI is slower, not wrong).
+    """
+    return precision != "bf16" or has_native_bf16(flags)
+
+
 def default_precision(flags: frozenset[str]) -> str:
     """``bf16`` where the CPU computes it natively, else ``f32``."""
     return "bf16" if has_native_bf16(flags) else FALLBACK_PRECISION

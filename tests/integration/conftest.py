@@ -174,3 +174,31 @@ def http_client(url: str):
     client = httpclient.InferenceServerClient(url, network_timeout=120.0)
     yield client
     client.close()
+
+
+@dataclass(frozen=True)
+class VariantStack:
+    """Every registered variant at every precision this CPU serves it at (``serving_matrix``),
+    one digits classifier per precision, served by ``resnet18-triton serve`` as it starts with
+    no option."""
+
+    url: str
+    repository: Path
+    matrix: list[Any]
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def variant_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VariantStack]:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("openvino")
+    from resnet18_triton.cpu_flags import cpu_flags
+    from tests.support import serve_process
+    from tests.variant_support import serving_matrix, write_matrix
+
+    work = tmp_path_factory.mktemp("variants")
+    matrix = serving_matrix(cpu_flags())
+    repo = write_matrix(work / "model_repository", matrix, work)
+    log = work / "serve.log"
+    with serve_process(repo, log) as url:
+        yield VariantStack(url, repo, matrix, log)

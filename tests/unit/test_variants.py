@@ -51,6 +51,34 @@ def test_every_registered_variant_declares_what_a_new_variant_must_provide() -> 
             assert variant.model_filename.endswith(".onnx")
 
 
+# The flags that decide precisions on the CPUs this project's hosts have had, as /proc/cpuinfo
+# lists them (the low-precision ones and their neighbours; the chooser reads no others).
+CPU_FLAG_SETS = {
+    "AMD EPYC Zen 2": frozenset(["avx", "avx2", "fma", "f16c", "bmi2", "sha_ni"]),
+    "AMD EPYC Zen 4": frozenset(
+        ["avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "gfni"]
+    ),
+    "Intel Xeon with AMX": frozenset(
+        ["avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
+    ),
+}
+
+
+@pytest.mark.parametrize("cpu", CPU_FLAG_SETS)
+def test_the_precision_chooser_serves_every_registered_variant_on_every_known_cpu(cpu) -> None:
+    flags = CPU_FLAG_SETS[cpu]
+    for variant in variants.REGISTRY:
+        chosen = variants.precisions_on(variant, flags)
+        assert chosen, f"{variant.key} has no precision to serve on {cpu}"
+        assert set(chosen) <= set(variants.built_precisions(variant))
+        # The form every x86-64 CPU computes is always among them: no host skips a variant.
+        assert set(chosen) & {"f32", "fp32", "int8"}, (variant.key, chosen)
+    openvino = variants.precisions_on(variants.OPENVINO, flags)
+    assert ("bf16" in openvino) == (cpu != "AMD EPYC Zen 2")
+    assert variants.precisions_on(variants.OPENVINO_FUSED, flags) == openvino
+    assert variants.precisions_on(variants.INT8_FUSED, flags) == ("int8",)
+
+
 def test_every_variant_model_name_maps_back_to_its_classifier_and_variant() -> None:
     for names in (ClassifierNames.of(), SECOND):
         for variant in variants.REGISTRY:

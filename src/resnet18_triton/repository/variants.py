@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from resnet18_triton import contract
+from resnet18_triton import contract, cpu_flags
 from resnet18_triton.contract import CONFIG_FILENAME, VERSION, ClassifierNames
 
 # The engines a classifier model runs on: the backends' names in a config (the embedded server's
@@ -63,7 +63,11 @@ class Variant:
     classifier's name, in load order (classifier, then ensemble; one model when fused);
     ``written_by`` is the command that writes it; ``fuses`` is the ensemble variant a fused one
     runs; ``model_filename`` is the classifier model's file in its version directory;
-    ``precisions`` are the precisions it can be built at (the first is the default).
+    ``precisions`` are the precisions it can be built at (the first is the default; a
+    ``precision`` parameter of its configs says which), ``fixed_precision`` the one its model
+    file has when it has no choice (a fused variant has those of the variant it fuses);
+    ``served_atol`` is how far a served probability may be from the variant's engine run in
+    this process on the same pixels (``precisions_on``, the tests that serve every variant).
     """
 
     key: str
@@ -73,6 +77,8 @@ class Variant:
     fuses: str | None = None
     model_filename: str = "model.onnx"
     precisions: tuple[str, ...] = ()
+    fixed_precision: str = "fp32"
+    served_atol: float = 1e-6
 
     @property
     def fused(self) -> bool:
@@ -116,6 +122,10 @@ INT8 = Variant(
     engine="onnxruntime",
     suffixes=("_int8", "_int8_ensemble"),
     written_by="quantize",
+    fixed_precision="int8",
+    # ONNX Runtime's INT8 kernels requantise each layer: the same file on the same pixels moves
+    # by a few quantisation steps between runs that tile the work differently.
+    served_atol=1e-4,
 )
 INT8_FUSED = Variant(
     key="int8_fused",
@@ -123,6 +133,8 @@ INT8_FUSED = Variant(
     suffixes=("_int8_fused",),
     written_by="quantize",
     fuses="int8",
+    fixed_precision="int8",
+    served_atol=1e-4,
 )
 OPENVINO = Variant(
     key="openvino",
@@ -149,6 +161,18 @@ def by_key(key: str) -> Variant:
             return variant
     known = ", ".join(variant.key for variant in REGISTRY)
     raise KeyError(f"unknown variant {key!r}: expected one of {known}")
+
+
+def built_precisions(variant: Variant) -> tuple[str, ...]:
+    """Every precision ``variant`` can be built at: its own, or those of the variant it fuses."""
+    source = by_key(variant.fuses) if variant.fuses else variant
+    return source.precisions or (source.fixed_precision,)
+
+
+def precisions_on(variant: Variant, flags: frozenset[str]) -> tuple[str, ...]:
+    """The precisions ``variant`` is served at on a CPU with ``flags`` (``cpu_flags.serves``):
+    never empty, since every variant has a form every x86-64 CPU computes."""
+    return tuple(p for p in built_precisions(variant) if cpu_flags.serves(p, flags))
 
 
 def written_by(command: str) -> tuple[Variant, ...]:
