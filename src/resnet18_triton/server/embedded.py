@@ -40,6 +40,7 @@ from resnet18_triton.repository.layout import (
     served_models,
     shipped_backends,
 )
+from resnet18_triton.server import load_failures
 from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
 ORT_BACKEND_SOURCE = backend_source("onnxruntime")
@@ -541,7 +542,9 @@ class EmbeddedServer:
         code = self.process.returncode if self.process else None
         if "Address already in use" in log or "address already in use" in log:
             reason = "a port is already in use"
-        elif "failed to load" in log or "failed to load" in log.lower():
+        elif explained := load_failures.explain(log, self.options.repository):
+            return f"the server failed to start: {explained}"
+        elif "failed to load" in log.lower():
             reason = "a model failed to load"
         else:
             reason = f"tritonserver exited with code {code}"
