@@ -139,6 +139,9 @@ ADMIN_KEY_FILE_ENV_VAR = "RESNET18_TRITON_ADMIN_KEY_FILE"
 # one names. The proxy stores only the keys' SHA-256 hashes.
 API_KEY_ENV_VAR = "RESNET18_TRITON_API_KEY"
 API_KEY_FILE_ENV_VAR = "RESNET18_TRITON_API_KEY_FILE"
+# A PEM file of the CA certificate(s) the client trusts for an https:// URL, beside the system's
+# (a proxy's self-signed or private-CA certificate).
+CA_FILE_ENV_VAR = "RESNET18_TRITON_CA_FILE"
 API_KEY_HEADER = "Authorization"
 # A backend directory prepared ahead of time (the container image sets it): `serve` uses it as
 # it is instead of copying the backends into a temporary directory at every start.

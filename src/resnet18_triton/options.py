@@ -109,6 +109,18 @@ def api_key_file_option(help: str = API_KEY_FILE_HELP) -> Callable[[F], F]:
     )
 
 
+def ca_file_option() -> Callable[[F], F]:
+    """``--ca-file`` as the ``ca_file`` parameter: PEM CA certificates trusted for an https://
+    URL beside the system's (None: ``$RESNET18_TRITON_CA_FILE``, read by the client)."""
+    return click.option(
+        "--ca-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="PEM file of the CA certificate(s) to trust for an https:// URL, beside the system's "
+        f"(e.g. the proxy's self-signed certificate). Or set {contract.CA_FILE_ENV_VAR}.",
+    )
+
+
 def admin_key_file_option(help: str, unset: str = "") -> Callable[[F], F]:
     """``--admin-key-file`` as the ``admin_key_file`` parameter (a path; ``keys.admin_key_from``
     reads it, or the environment, when the command runs). ``help`` says what the key is for;

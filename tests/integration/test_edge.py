@@ -448,3 +448,29 @@ def test_the_cluster_command_on_all_interfaces_serves_with_keys_and_reloads_them
         log.close()
     text = (tmp_path / "cluster.log").read_text()
     assert "API keys required" in text and ALICE not in text and BOB not in text
+
+
+def _classify_over_tls(edge: Edge, *options: str, env: dict[str, str] | None = None):
+    sample = Path(__file__).parents[1] / "data" / "samples"
+    environment = {
+        **{k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")},
+        contract.API_KEY_ENV_VAR: ALICE,
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "resnet18_triton.cli", "classify", "--no-progress",
+         "--url", f"https://127.0.0.1:{edge.port}", *options, str(sorted(sample.glob("*.jpg"))[0])],
+        capture_output=True, text=True, timeout=120, env=environment,
+    )  # fmt: skip
+
+
+def test_classify_trusts_the_proxys_private_certificate_only_when_told_to(edge: Edge) -> None:
+    untrusted = _classify_over_tls(edge)
+    assert untrusted.returncode == 2, untrusted.stderr
+    assert "cannot trust" in untrusted.stderr and "--ca-file" in untrusted.stderr
+    assert "Traceback" not in untrusted.stderr
+    by_option = _classify_over_tls(edge, "--ca-file", str(edge.certificate))
+    assert by_option.returncode == 0, by_option.stdout + by_option.stderr
+    by_environment = _classify_over_tls(edge, env={contract.CA_FILE_ENV_VAR: str(edge.certificate)})
+    assert by_environment.returncode == 0, by_environment.stdout + by_environment.stderr
+    assert by_option.stdout.split()[1:] == by_environment.stdout.split()[1:]

@@ -30,15 +30,18 @@ import os
 import random
 import re
 import socket
+import ssl
 import stat
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.ssl
 import numpy as np
 import numpy.typing as npt
 import tritonclient.http as triton_http
@@ -307,7 +310,9 @@ class ImageClassifier:
     error. ``api_key`` is sent as ``Authorization: Bearer <key>`` with every request; None takes
     it from ``$RESNET18_TRITON_API_KEY_FILE`` (a 0600 file) or ``$RESNET18_TRITON_API_KEY``, and
     sends none when neither is set (raises ApiKeyError for an unsafe or unreadable file). A 401
-    raises ApiKeyError, whatever the call.
+    raises ApiKeyError, whatever the call. For an ``https://`` URL, ``ca_file`` (None:
+    ``$RESNET18_TRITON_CA_FILE``) names PEM CA certificates trusted beside the system's; a
+    certificate that does not verify raises ServerUnavailableError saying so.
     """
 
     def __init__(
@@ -321,10 +326,11 @@ class ImageClassifier:
         retry: RetryPolicy = RetryPolicy(),
         overload: OverloadPolicy = DEFAULT_POLICY,
         api_key: str | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        address, ssl = _parse_url(url)
+        address, tls = _parse_url(url)
         if api_key is None:
             api_key = api_key_from(None)
         self.url = address
@@ -345,7 +351,8 @@ class ImageClassifier:
             concurrency=concurrency,
             connection_timeout=connection_timeout,
             network_timeout=network_timeout,
-            ssl=ssl,
+            ssl=tls,
+            ssl_context_factory=tls_context_factory(ca_file) if tls else None,
         )
 
     def __enter__(self) -> ImageClassifier:
@@ -809,6 +816,13 @@ class ImageClassifier:
                 f"{where} is overloaded (HTTP {error.status()}: {server_message(error)}) — send "
                 "fewer requests at once or add replicas, then try again"
             )
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return ServerUnavailableError(
+                f"cannot trust {where}: its TLS certificate did not verify "
+                f"({error.verify_message}) — pass --ca-file with the CA certificate that signed it "
+                f"(for `cluster`'s self-signed one, its certificate file) or set "
+                f"${contract.CA_FILE_ENV_VAR}"
+            )
         if isinstance(error, socket.gaierror):
             host = self.url.split("/")[0].rsplit(":", 1)[0]
             return ServerUnavailableError(
@@ -894,6 +908,27 @@ def _chunks(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def tls_context_factory(
+    ca_file: str | Path | None, environ: Mapping[str, str] = os.environ
+) -> Callable[[], ssl.SSLContext]:
+    """What makes the TLS context of each connection: the system's trusted CAs plus ``ca_file``
+    (None: ``$RESNET18_TRITON_CA_FILE``, if set). Raises ResNet18TritonError for a CA file that
+    cannot be read as PEM certificates."""
+    chosen = ca_file or environ.get(contract.CA_FILE_ENV_VAR) or None
+    # gevent's context: its sockets yield to the other requests' greenlets while they wait.
+    context = gevent.ssl.create_default_context()
+    if chosen is not None:
+        try:
+            context.load_verify_locations(cafile=str(chosen))
+        except (OSError, ssl.SSLError) as error:
+            raise ResNet18TritonError(
+                f"cannot use the CA file {chosen}: {getattr(error, 'strerror', None) or error} — "
+                "give a PEM file of CA certificates (--ca-file or "
+                f"${contract.CA_FILE_ENV_VAR})"
+            ) from None
+    return lambda: context
 
 
 def _parse_url(url: str) -> tuple[str, bool]:

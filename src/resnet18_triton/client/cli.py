@@ -24,7 +24,7 @@ from resnet18_triton.client.overload import OVERLOAD_ERROR_PREFIX, OverloadPolic
 from resnet18_triton.client.results import ClassificationResult, HealthReport, result_to_json
 from resnet18_triton.errors import ExitCode, NoImagesError, ResNet18TritonError
 from resnet18_triton.keys import admin_key_from, api_key_from
-from resnet18_triton.options import api_key_file_option, url_option
+from resnet18_triton.options import api_key_file_option, ca_file_option, url_option
 
 # A health check is a few small requests: a server slower than this is not healthy.
 HEALTH_TIMEOUT = 10.0
@@ -72,6 +72,7 @@ PROGRESS_MIN_IMAGES = 10
     "full queue), after a random wait that doubles each time and honours Retry-After; 0 disables.",
 )
 @api_key_file_option()
+@ca_file_option()
 @click.option("-r", "--recursive", is_flag=True, help="Also take images from subdirectories.")
 @click.option("--no-progress", is_flag=True, help="Never show a progress bar.")
 @click.option(
@@ -97,6 +98,7 @@ def classify(
     max_file_bytes: int = contract.MAX_IMAGE_BYTES,
     overload_retries: int = contract.CLIENT_OVERLOAD_RETRIES,
     api_key_file: Path | None = None,
+    ca_file: Path | None = None,
 ) -> None:
     """Classify images given as files, directories or (quoted) globs like 'photos/*.jpg'.
 
@@ -121,6 +123,7 @@ def classify(
         concurrency=concurrency,
         overload=OverloadPolicy(retries=overload_retries),
         api_key=api_key_from(api_key_file),
+        ca_file=ca_file,
     ) as classifier:
         classifier.ensure_ready()
         _note_batch_size_cap(batch_size, classifier.max_batch_size)
@@ -162,6 +165,7 @@ def classify(
     help="Seconds the --probe inference may take.",
 )
 @api_key_file_option()
+@ca_file_option()
 @click.pass_context
 def health(
     ctx: click.Context,
@@ -171,6 +175,7 @@ def health(
     probe: bool = False,
     timeout_s: float = probe_module.DEFAULT_TIMEOUT_S,
     api_key_file: Path | None = None,
+    ca_file: Path | None = None,
 ) -> None:
     """Show server liveness and readiness, each model's state, and each classifier's classes,
     input size, preprocessing and weights provenance.
@@ -181,7 +186,7 @@ def health(
     environment).
     """
     if probe:
-        _run_probe(ctx, url, as_json, timeout_s, api_key_file)
+        _run_probe(ctx, url, as_json, timeout_s, api_key_file, ca_file)
         return
     for name in classifiers:
         try:
@@ -193,6 +198,7 @@ def health(
         connection_timeout=contract.CONNECT_TIMEOUT_S,
         network_timeout=HEALTH_TIMEOUT,
         api_key=api_key_from(api_key_file),
+        ca_file=ca_file,
     ) as classifier:
         report = classifier.health(admin_key=admin_key_from(None), classifiers=classifiers)
     if as_json:
@@ -206,7 +212,12 @@ def health(
 
 
 def _run_probe(
-    ctx: click.Context, url: str, as_json: bool, timeout_s: float, api_key_file: Path | None
+    ctx: click.Context,
+    url: str,
+    as_json: bool,
+    timeout_s: float,
+    api_key_file: Path | None,
+    ca_file: Path | None = None,
 ) -> None:
     try:
         api_key = api_key_from(api_key_file)
@@ -214,7 +225,7 @@ def _run_probe(
         # A probe reports every failure the same way (exit 1), an unsafe key file included.
         result = probe_module.ProbeResult(False, f"{type(error).__name__}: {error}", 0.0)
     else:
-        result = probe_module.probe(url, timeout_s=timeout_s, api_key=api_key)
+        result = probe_module.probe(url, timeout_s=timeout_s, api_key=api_key, ca_file=ca_file)
     if as_json:
         record = {"live": result.ok, "detail": result.detail, "seconds": round(result.seconds, 3)}
         click.echo(json.dumps(record))

@@ -12,6 +12,7 @@ import base64
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier, RetryPolicy
@@ -51,9 +52,11 @@ def probe(
     model: str = contract.ENSEMBLE_MODEL,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     api_key: str | None = None,
+    ca_file: str | Path | None = None,
 ) -> ProbeResult:
     """Classify ``PROBE_JPEG`` once (no retry, not even after an overload refusal) and check the
-    answer is a probability. ``api_key`` as for ``ImageClassifier`` (None: from the environment).
+    answer is a probability. ``api_key`` and ``ca_file`` as for ``ImageClassifier`` (None: from
+    the environment).
 
     An overload refusal (a full queue, a queue timeout, a proxy's 429) counts as live: the
     server's front end and scheduler answered, explicitly, and restarting a server because it is
@@ -72,6 +75,7 @@ def probe(
             retry=RetryPolicy(attempts=1),
             overload=OverloadPolicy(retries=0),
             api_key=api_key,
+            ca_file=ca_file,
         ) as classifier:
             predictions = classifier.classify_bytes([PROBE_JPEG], top_k=1)
     except ImageError as error:

@@ -48,10 +48,12 @@ class UiSettings:
     ``api_key`` goes to Triton (or the proxy in front of it) as ``Authorization: Bearer`` with
     every request; None takes it from the environment, as ``ImageClassifier`` does. It is never
     part of an answer, and is left out of the settings' repr so that no log shows it.
+    ``ca_file``: CA certificates trusted for an https:// URL (None: from the environment).
     """
 
     url: str = contract.DEFAULT_URL
     api_key: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
     models: tuple[str, ...] = DEFAULT_MODELS
     limits: UploadLimits = field(default_factory=UploadLimits)
     max_in_flight: int = 16
@@ -91,7 +93,11 @@ def create_app(settings: UiSettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal service
         service = TritonService(
-            settings.url, settings.workers, settings.timeout, api_key=settings.api_key
+            settings.url,
+            settings.workers,
+            settings.timeout,
+            api_key=settings.api_key,
+            ca_file=settings.ca_file,
         )
         try:
             yield

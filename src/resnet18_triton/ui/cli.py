@@ -10,7 +10,7 @@ import click
 from resnet18_triton import contract
 from resnet18_triton.extras import require
 from resnet18_triton.keys import api_key_from
-from resnet18_triton.options import api_key_file_option, url_option
+from resnet18_triton.options import api_key_file_option, ca_file_option, url_option
 from resnet18_triton.ui.app import UiSettings, create_app
 from resnet18_triton.ui.service import DEFAULT_MODELS
 from resnet18_triton.ui.uploads import MEGABYTE, UploadLimits
@@ -25,6 +25,7 @@ from resnet18_triton.ui.uploads import MEGABYTE, UploadLimits
     f"${contract.API_KEY_FILE_ENV_VAR}). There is no option for the key itself: other users can "
     "read command lines."
 )
+@ca_file_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option(
@@ -90,6 +91,7 @@ def ui(
     workers: int,
     timeout: float,
     api_key_file: Path | None = None,
+    ca_file: Path | None = None,
 ) -> None:
     """Serve a page to drop photos on, and POST /v1/classify for curl:
 
@@ -102,6 +104,7 @@ def ui(
     settings = UiSettings(
         url=url,
         api_key=api_key_from(api_key_file),
+        ca_file=str(ca_file) if ca_file else None,
         models=models,
         limits=UploadLimits(
             max_file_bytes=int(max_image_mb * MEGABYTE),

@@ -47,15 +47,22 @@ class TritonService:
     """Runs classifications and health checks on worker threads with their own classifiers."""
 
     def __init__(
-        self, url: str, workers: int = 4, timeout: float = 60.0, api_key: str | None = None
+        self,
+        url: str,
+        workers: int = 4,
+        timeout: float = 60.0,
+        api_key: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
-        """``api_key``: sent to Triton with every request (None: from the environment, as
-        ``ImageClassifier`` takes it)."""
-        # Fails now, with the client's message, on a malformed URL or an unsafe key file.
-        ImageClassifier(url, api_key=api_key).close()
+        """``api_key``: sent to Triton with every request; ``ca_file``: CA certificates trusted
+        for an https:// URL (None: from the environment, as ``ImageClassifier`` takes them)."""
+        # Fails now, with the client's message, on a malformed URL, an unsafe key file or a CA
+        # file that is no PEM certificate.
+        ImageClassifier(url, api_key=api_key, ca_file=ca_file).close()
         self.url = url
         self.timeout = timeout
         self._api_key = api_key
+        self._ca_file = ca_file
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="triton-client")
         self._local = threading.local()
 
@@ -85,5 +92,6 @@ class TritonService:
                 network_timeout=self.timeout,
                 concurrency=2,
                 api_key=self._api_key,
+                ca_file=self._ca_file,
             )
         return classifiers[model]
