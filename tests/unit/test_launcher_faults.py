@@ -136,7 +136,7 @@ def test_an_empty_or_missing_key_file_is_refused(tmp_path: Path) -> None:
         admin_key_from(tmp_path / "absent.key", {})
 
 
-@pytest.mark.parametrize("command", ["serve", "loadtest", "bench"])
+@pytest.mark.parametrize("command", ["serve", "loadtest", "bench", "cluster"])
 def test_no_command_takes_the_admin_key_on_its_command_line(command: str) -> None:
     ctx = click.Context(cli_main)
     options = {opt for param in cli_main.get_command(ctx, command).params for opt in param.opts}

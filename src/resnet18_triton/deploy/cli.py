@@ -13,11 +13,11 @@ from pathlib import Path
 
 import click
 
-from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
 from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
 from resnet18_triton.errors import ProxyError
-from resnet18_triton.options import repository_option
+from resnet18_triton.keys import admin_key_from
+from resnet18_triton.options import admin_key_file_option, repository_option
 
 
 @click.command("cluster")
@@ -32,12 +32,10 @@ from resnet18_triton.options import repository_option
 )
 @click.option("--http-port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--grpc-port", default=8081, show_default=True, type=click.IntRange(1, 65535))
-@click.option(
-    "--admin-key",
-    envvar=ADMIN_KEY_ENV_VAR,
-    default=None,
-    help="Key for the replicas' restricted APIs (never reachable through the proxy). "
-    f"Unset: each replica makes a random one. [env: {ADMIN_KEY_ENV_VAR}]",
+@admin_key_file_option(
+    "File (mode 0600) of the key for the replicas' restricted APIs (never reachable through the "
+    "proxy); no option takes the key itself, so it never stands on a command line you type.",
+    "Unset: each replica makes a random one.",
 )
 @click.option(
     "--api-key-file",
@@ -120,7 +118,7 @@ def cluster(
     host: str,
     http_port: int,
     grpc_port: int,
-    admin_key: str | None,
+    admin_key_file: Path | None,
     api_key_file: Path | None,
     insecure_no_auth: bool,
     tls_cert: Path | None,
@@ -163,7 +161,7 @@ def cluster(
         host=host,
         http_port=http_port,
         grpc_port=grpc_port,
-        admin_key=admin_key,
+        admin_key=admin_key_from(admin_key_file),
         workdir=workdir.resolve() if workdir else None,
         api_key_file=api_key_file.resolve() if api_key_file else None,
         insecure_no_auth=insecure_no_auth,
