@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from resnet18_triton import contract
+from resnet18_triton import contract, cpu_flags
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.variants import Variant
@@ -40,10 +40,7 @@ class ServedVariant:
 
     variant: Variant
     precision: str
-
-    @property
-    def names(self) -> ClassifierNames:
-        return classifier_for(self.precision)
+    names: ClassifierNames
 
     @property
     def id(self) -> str:
@@ -67,10 +64,22 @@ def classifier_for(precision: str) -> ClassifierNames:
 def serving_matrix(flags: frozenset[str]) -> list[ServedVariant]:
     """Every registered variant at every precision a CPU with ``flags`` serves it at."""
     return [
-        ServedVariant(variant, precision)
+        ServedVariant(variant, precision, classifier_for(precision))
         for variant in variants.REGISTRY
         for precision in variants.precisions_on(variant, flags)
     ]
+
+
+def one_precision_each(names: ClassifierNames, flags: frozenset[str]) -> list[ServedVariant]:
+    """Every registered variant once, as classifier ``names`` serves it, at the precision a
+    writer picks by default on this CPU (``cpu_flags.default_precision`` where the variant can
+    be built at it: bf16 where native, else f32; INT8's own otherwise)."""
+    preferred = cpu_flags.default_precision(flags)
+    cells = []
+    for variant in variants.REGISTRY:
+        served = variants.precisions_on(variant, flags)
+        cells.append(ServedVariant(variant, preferred if preferred in served else served[0], names))
+    return cells
 
 
 def _invoke(command, args: list[str]) -> None:
@@ -102,16 +111,21 @@ WRITERS: dict[str, Callable[[Path, ClassifierNames, str, Path], None]] = {
 
 
 def write_matrix(repo: Path, matrix: list[ServedVariant], work: Path) -> Path:
-    """Export one digits classifier per precision of ``matrix`` into ``repo`` and run, in registry
-    order (INT8 before an OpenVINO int8 that reads its file), each command writing its variants."""
+    """Export the digits classifier of each cell of ``matrix`` into ``repo``, unless ``repo``
+    holds it, and run, in registry order (INT8 before an OpenVINO int8 that reads its file),
+    each command writing its cells' variants, unless ``repo`` holds them all."""
+    from resnet18_triton.repository.layout import classifiers
+
     model, splits, _ = digits_model()
     images = write_images(work / "gate_images", splits["held_out"][0][:GATE_IMAGES])
-    for precision in dict.fromkeys(cell.precision for cell in matrix):
-        names = classifier_for(precision)
-        export_repository(model, repo, name=names.name)
-        commands = [cell.variant.written_by for cell in matrix if cell.precision == precision]
-        for command in dict.fromkeys(commands):
-            WRITERS[command](repo, names, precision, images)
+    for names in dict.fromkeys(cell.names for cell in matrix):
+        if names not in classifiers(repo):
+            export_repository(model, repo, name=names.name)
+        cells = [cell for cell in matrix if cell.names == names]
+        for command in dict.fromkeys(cell.variant.written_by for cell in cells):
+            written = [cell for cell in cells if cell.variant.written_by == command]
+            if not all(cell.variant in variants.present(repo, names) for cell in written):
+                WRITERS[command](repo, names, written[0].precision, images)
     return repo
 
 

@@ -6,6 +6,11 @@ process on torchvision's pixels. A variant added to the registry is checked here
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -62,3 +67,33 @@ def test_health_shows_the_variant_ready_at_its_precision(variant_stack, cell) ->
     assert {model: shown.get(model) for model in cell.models} == {
         model: (True, cell.precision) for model in cell.models
     }
+
+
+def test_serve_names_a_variant_model_that_fails_to_load_and_what_to_try(
+    variant_stack, tmp_path: Path
+) -> None:
+    """A variant's model file that its engine cannot read: serve exits 2 naming the model, the
+    ensemble that runs it and the way to serve the rest, instead of Triton's summary alone."""
+    from resnet18_triton.repository import variants
+    from resnet18_triton.repository.layout import served_models
+    from resnet18_triton.server.embedded import free_port
+
+    names = MATRIX[0].names
+    repo = tmp_path / "repo"
+    for model in served_models(variant_stack.repository):
+        if variants.owner(model, [names]) is not None:
+            shutil.copytree(variant_stack.repository / model, repo / model)
+    broken = variants.OPENVINO.model_path(repo, names)
+    broken.write_bytes(b"not an ONNX model")
+    result = subprocess.run(
+        [sys.executable, "-m", "resnet18_triton.cli", "serve", "--repo", str(repo), "--quiet",
+         "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+         "--metrics-port", str(free_port())],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    model, ensemble = variants.OPENVINO.models(names)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"model(s) failed to load:\n  {model}: " in result.stderr, result.stderr[-3000:]
+    assert f"so did the ensembles that run them: {ensemble}" in result.stderr
+    assert f"rm -r {repo / model} {repo / ensemble}" in result.stderr
+    assert "Traceback" not in result.stderr.split("failed to load:")[0][-200:]
