@@ -35,8 +35,8 @@ def test_the_hash_is_the_sha256_hex_the_njs_script_computes() -> None:
 
 def test_the_map_holds_hashes_and_names_and_never_a_key() -> None:
     text = keys.hash_map(keys.parse_api_keys(f"alice:{GOOD}\nbob:{OTHER}\n"))
-    assert f'"{keys.key_hash(GOOD)}" "alice";' in text
-    assert f'"{keys.key_hash(OTHER)}" "bob";' in text
+    assert f'"{keys.key_hash(GOOD)}" "alice:1";' in text
+    assert f'"{keys.key_hash(OTHER)}" "bob:1";' in text
     assert GOOD not in text and OTHER not in text
 
 
@@ -107,10 +107,21 @@ def test_the_cli_adds_a_key_prints_it_once_and_hashes_the_file(tmp_path: Path) -
     assert keys.read_api_keys(path)[0].key == key
     hashed = _cluster_cli("--api-key-file", str(path), "--hash-api-keys")
     assert hashed.returncode == 0, hashed.stderr
-    assert f'"{keys.key_hash(key)}" "alice";' in hashed.stdout
+    assert f'"{keys.key_hash(key)}" "alice:1";' in hashed.stdout
     assert key not in hashed.stdout + hashed.stderr
 
 
 def test_the_key_helpers_need_a_key_file() -> None:
     result = _cluster_cli("--hash-api-keys")
     assert result.returncode == 2 and "--api-key-file" in result.stderr
+
+
+def test_a_key_line_may_end_with_its_tenants_weight_and_a_bad_weight_is_named() -> None:
+    parsed = keys.parse_api_keys(f"alice:{GOOD}:3\nbob:{OTHER}\n")
+    assert [(key.name, key.weight) for key in parsed] == [("alice", 3), ("bob", 1)]
+    assert f'"{keys.key_hash(GOOD)}" "alice:3";' in keys.hash_map(parsed)
+    with pytest.raises(ProxyError, match=r"line 1: the weight after the key must be one of 1, 2"):
+        keys.parse_api_keys(f"alice:{GOOD}:9\n")
+    with pytest.raises(ProxyError, match="line 1") as refused:
+        keys.parse_api_keys(f"alice:{GOOD}:heavy\n")
+    assert GOOD not in str(refused.value)

@@ -160,7 +160,7 @@ def test_keys_load_njs_and_map_hashes_to_names_from_the_included_file() -> None:
     assert text.splitlines()[5] == f"load_module {proxy.NJS_MODULE_PATH};"
     assert "js_import edge from /etc/edge.js;" in text
     assert "js_set $api_key_hash edge.bearerKeyHash;" in text
-    assert "map $api_key_hash $api_key_name {" in text and "include /secrets/k.map;" in text
+    assert "map $api_key_hash $api_key_entry {" in text and "include /secrets/k.map;" in text
 
 
 def test_tls_turns_on_for_both_ports_with_modern_protocols_only() -> None:
@@ -269,3 +269,20 @@ def test_every_generated_file_is_read_by_compose_or_kustomize() -> None:
 
 def test_deploy_proxy_template_is_the_shipped_one() -> None:
     assert (REPO_ROOT / "deploy/proxy/nginx.conf.template").resolve() == proxy.TEMPLATE_PATH
+
+
+def test_each_tenant_is_capped_by_its_weight_and_never_beyond_the_proxys_total() -> None:
+    limits = proxy.Limits(key_in_flight=4, max_in_flight=10)
+    assert [limits.tenant_in_flight(weight) for weight in keys.WEIGHTS] == [4, 8, 10, 10]
+    settings = proxy.ProxySettings(
+        upstreams=(proxy.Upstream("127.0.0.1"),),
+        auth=proxy.Auth(key_map="/secrets/k.map", script="/etc/edge.js"),
+        limits=limits,
+    )
+    text = proxy.render(settings)
+    for weight, cap in zip(keys.WEIGHTS, (4, 8, 10, 10), strict=True):
+        assert f"limit_conn_zone $tenant_w{weight} zone=tenant_w{weight}:1m;" in text
+        assert f"limit_conn tenant_w{weight} {cap};" in text
+    # Without keys every caller is anonymous: the per-address limits are the only ones.
+    anonymous = proxy.render(dataclasses.replace(settings, auth=None))
+    assert "tenant_w" not in anonymous

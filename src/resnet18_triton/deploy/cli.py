@@ -79,6 +79,14 @@ from resnet18_triton.options import admin_key_file_option, repository_option
     help="Requests in flight per client address (429 beyond).",
 )
 @click.option(
+    "--key-in-flight",
+    default=proxy.Limits.key_in_flight,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Requests in flight per API key (tenant) from all its addresses, times the key's weight "
+    "(name:key:weight in --api-key-file; 429 beyond). A tenant alone gets no more than that.",
+)
+@click.option(
     "--max-in-flight",
     default=proxy.Limits.max_in_flight,
     show_default=True,
@@ -126,6 +134,7 @@ def cluster(
     rate_limit: int,
     burst: int,
     client_connections: int,
+    key_in_flight: int,
     max_in_flight: int,
     body_budget_mib: int,
     add_api_key: str | None,
@@ -152,6 +161,7 @@ def cluster(
         rate_per_s=rate_limit,
         burst=burst,
         client_connections=client_connections,
+        key_in_flight=key_in_flight,
         max_in_flight=max_in_flight,
         body_budget_bytes=body_budget_mib * proxy.MIB,
     )

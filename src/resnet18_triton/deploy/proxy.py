@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet18_triton import contract
-from resnet18_triton.deploy.keys import NJS_SCRIPT
+from resnet18_triton.deploy.keys import NJS_SCRIPT, WEIGHTS
 from resnet18_triton.errors import ProxyError
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "nginx.conf.template"
@@ -41,24 +41,28 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """What one proxy lets through, per client address and in total.
+    """What one proxy lets through, per client address, per tenant and in total.
 
     ``rate_per_s`` and ``burst``: limit_req per client address (a token bucket; requests beyond
     the burst get 429 at once, with ``Retry-After``). ``client_connections``: requests one client
-    address may have in flight. ``max_in_flight``: requests the whole proxy passes at once (429
-    beyond). ``body_budget_bytes``: request bodies the proxy holds at once (it buffers each body
-    before it goes upstream, in its temp dir); each request gets an equal share,
+    address may have in flight. ``key_in_flight``: requests one API key of weight 1 may have in
+    flight, from all its addresses together; a key of weight w (``keys.ApiKey.weight``) may have
+    w times as many, at most ``max_in_flight`` (so a tenant alone gets that much, never more).
+    ``max_in_flight``: requests the whole proxy passes at once (429 beyond).
+    ``body_budget_bytes``: request bodies the proxy holds at once (it buffers each body before it
+    goes upstream, in its temp dir); each request gets an equal share,
     ``body_budget_bytes // max_in_flight``, capped by what the model repository can accept.
     """
 
     rate_per_s: int = 100
     burst: int = 200
     client_connections: int = 8
+    key_in_flight: int = 4
     max_in_flight: int = 16
     body_budget_bytes: int = 256 * MIB
 
     def __post_init__(self) -> None:
-        for name in ("rate_per_s", "burst", "client_connections", "max_in_flight"):
+        for name in ("rate_per_s", "burst", "client_connections", "key_in_flight", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ProxyError(f"the proxy limit {name} must be at least 1")
         if self.body_budget_bytes < self.max_in_flight * MIB:
@@ -73,6 +77,10 @@ class Limits:
         one more request within 1 s, and an in-flight slot frees as soon as a request ends."""
         return 1
 
+    def tenant_in_flight(self, weight: int) -> int:
+        """Requests a key of ``weight`` may have in flight."""
+        return min(weight * self.key_in_flight, self.max_in_flight)
+
     def request_body_bytes(self, repository_limit: int) -> int:
         """client_max_body_size: a request's share of the budget, at most ``repository_limit``."""
         return min(self.body_budget_bytes // self.max_in_flight, repository_limit)
@@ -82,8 +90,8 @@ class Limits:
 class Auth:
     """API-key checking: nginx hashes the bearer token (njs) and looks the hash up in a map.
 
-    ``key_map``: the file of ``"sha256" "name";`` lines (``keys.hash_map``), included into the
-    config; ``script``: where ``NJS_SCRIPT`` is (``script_text`` writes it).
+    ``key_map``: the file of ``"sha256" "name:weight";`` lines (``keys.hash_map``), included into
+    the config; ``script``: where ``NJS_SCRIPT`` is (``script_text`` writes it).
     """
 
     key_map: str
@@ -187,12 +195,34 @@ def _auth_http(auth: Auth | None) -> str:
             "    js_set $api_key_hash edge.bearerKeyHash;",
             "    # SHA-256 hashes are 64 characters: more than the default bucket holds.",
             "    map_hash_bucket_size 128;",
-            "    map $api_key_hash $api_key_name {",
+            "    map $api_key_hash $api_key_entry {",
             '        default "";',
             f"        include {auth.key_map};",
             "    }",
+            "    map $api_key_entry $api_key_name {",
+            '        "~^(?<tenant>[^:]+)" $tenant;',
+            '        default "";',
+            "    }",
+            *_tenant_zones(),
         ]
     )
+
+
+def _tenant_zones() -> list[str]:
+    """One limit_conn zone per key weight, keyed by the names of that weight's keys (empty, so not
+    counted, for the others): limit_conn's number is fixed per directive, not per key."""
+    lines = ["    # Requests in flight per tenant (API key name), one zone per weight."]
+    for weight in WEIGHTS:
+        # A map of "hash" "name"; lines, as earlier versions wrote, means weight 1.
+        suffix = "(:1)?" if weight == 1 else f":{weight}"
+        lines += [
+            f"    map $api_key_entry $tenant_w{weight} {{",
+            f'        "~^(?<tenant>[^:]+){suffix}$" $tenant;',
+            '        default "";',
+            "    }",
+            f"    limit_conn_zone $tenant_w{weight} zone=tenant_w{weight}:1m;",
+        ]
+    return lines
 
 
 def _tls_http(tls: Tls | None) -> str:
@@ -223,6 +253,10 @@ def _guard(settings: ProxySettings) -> str:
         f"limit_conn per_client_conn {limits.client_connections};",
         f"limit_conn in_flight {limits.max_in_flight};",
     ]
+    if settings.auth is not None:
+        lines += [
+            f"limit_conn tenant_w{weight} {limits.tenant_in_flight(weight)};" for weight in WEIGHTS
+        ]
     return "\n            ".join(lines)
 
 
