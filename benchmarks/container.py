@@ -26,9 +26,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from resnet18_triton.perf import harness
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.images import distinct_jpegs
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton.server.embedded import free_port
 
 CONTAINER = "resnet18-triton-bench"
 
@@ -61,8 +62,7 @@ def start_container(image: str, repo: Path, port: int, cpus: str) -> float:
         "--tmpfs", "/tmp:size=256m", "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges", "--shm-size", "1g", "--cpus", cpus,
         "--memory", "4g", "--pids-limit", "1024", "-v", f"{repo}:/models:ro", image,
-        "serve", "--repo", "/models", f"--http-port={port}", f"--grpc-port={free_port()}",
-        f"--metrics-port={free_port()}",
+        "serve", "--repo", "/models", *harness.serve_port_arguments(port),
     )  # fmt: skip
     return wait_ready(f"127.0.0.1:{port}")
 
@@ -110,13 +110,11 @@ def main() -> None:
 
     container_port = free_port()
     startup_s = start_container(args.image, repo, container_port, args.cpus)
-    options = ServerOptions(
-        repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
-    )
+    options = harness.local_options(repo)
     results: dict[str, list[pa.Row]] = {"embedded": [], "container": []}
     urls = {"embedded": options.http_url, "container": f"127.0.0.1:{container_port}"}
     try:
-        with EmbeddedServer(options):
+        with harness.local_server(options):
             for name in urls:  # warm both up once, unmeasured
                 measure(analyzer, urls[name], data, work, args)
             for round_index in range(args.rounds):
@@ -127,11 +125,7 @@ def main() -> None:
                     results[name].append(measure(analyzer, urls[name], data, work, args))
     finally:
         docker("rm", "-f", CONTAINER)
-    cpu = next(
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    )
+    cpu = harness.cpu_model()
     embedded = statistics.median(row.throughput for row in results["embedded"])
     contained = statistics.median(row.throughput for row in results["container"])
     print(f"# Container vs embedded server ({cpu}, {args.model}, concurrency {args.concurrency})\n")

@@ -44,7 +44,8 @@ import click
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import keys, proxy
-from resnet18_triton.deploy.cluster import Cluster, ClusterOptions, child_pids
+from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
+from resnet18_triton.perf import harness
 from resnet18_triton.perf.images import encode, gradient_image
 from resnet18_triton.server.embedded import free_port
 
@@ -55,26 +56,6 @@ NEVER_REFUSE = proxy.Limits(
     max_in_flight=4096,
     body_budget_bytes=4096 * proxy.MIB,
 )
-
-
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_s(root: int, include_root: bool = True) -> float:
-    """CPU seconds (user + system) used so far by the live processes under ``root``."""
-    total, pending = 0.0, [root]
-    while pending:
-        pid = pending.pop()
-        pending += child_pids(pid)
-        if pid == root and not include_root:
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += (int(fields[11]) + int(fields[12])) / TICKS_PER_S
-    return total
 
 
 @dataclass(frozen=True)
@@ -88,11 +69,7 @@ class Target:
     master_pid: int
 
     def connect(self) -> http.client.HTTPConnection:
-        if self.context is None:
-            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        return http.client.HTTPSConnection(
-            "127.0.0.1", self.port, timeout=120, context=self.context
-        )
+        return harness.connect("127.0.0.1", self.port, tls=self.context)
 
 
 @dataclass(frozen=True)
@@ -103,13 +80,6 @@ class Workload:
     body: bytes | None
     headers: dict[str, str]
     reuse_connection: bool = True
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -146,12 +116,10 @@ def secured_cluster(
     certificate, tls_key = self_signed(workdir)
     key_file = workdir / "keys.txt"
     api_key = keys.add_api_key(key_file, "benchmark")
-    options = ClusterOptions(
-        repository=repository.resolve(),
-        replicas=replicas,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        workdir=workdir / "cluster",
+    options = harness.cluster_options(
+        repository,
+        replicas,
+        workdir / "cluster",
         restart_replicas=False,
         api_key_file=key_file,
         tls_certificate=certificate,
@@ -164,9 +132,7 @@ def secured_cluster(
 
 
 def infer_workload(image: bytes) -> Workload:
-    from benchmarks.flood import infer_request
-
-    body, headers = infer_request(image)
+    body, headers = harness.infer_request(image)
     return Workload("infer (500x375 JPEG)", "POST", f"/v2/models/{contract.ENSEMBLE_MODEL}/infer",
                     body, headers)  # fmt: skip
 
@@ -208,8 +174,8 @@ def run(
         connection.close()
 
     replicas = replica_pids or []
-    proxy_before = tree_cpu_s(target.master_pid, include_root=False)
-    replicas_before = sum(tree_cpu_s(pid) for pid in replicas)
+    proxy_before = harness.tree_cpu_seconds(target.master_pid, include_root=False)
+    replicas_before = sum(harness.tree_cpu_seconds(pid) for pid in replicas)
     started = time.monotonic()
     threads = [threading.Thread(target=client, args=(slot,)) for slot in range(concurrency)]
     for thread in threads:
@@ -217,8 +183,8 @@ def run(
     for thread in threads:
         thread.join()
     elapsed = time.monotonic() - started
-    proxy_cpu = tree_cpu_s(target.master_pid, include_root=False) - proxy_before
-    replica_cpu = sum(tree_cpu_s(pid) for pid in replicas) - replicas_before
+    proxy_cpu = harness.tree_cpu_seconds(target.master_pid, include_root=False) - proxy_before
+    replica_cpu = sum(harness.tree_cpu_seconds(pid) for pid in replicas) - replicas_before
     if failures:
         raise SystemExit(f"a request failed, the comparison is void: {failures[0]}")
     return Run(sum(counts) / elapsed, sum(counts), proxy_cpu, replica_cpu)
@@ -308,7 +274,8 @@ def main(repository: Path, replicas: int, rounds: int, seconds: float, concurren
                         results.setdefault((workload.name, target.name), []).append(measured)
         finally:
             stop_plain()
-    print(f"\nCPU: {cpu_name()}, {os.cpu_count()} logical CPUs; {replicas} replica(s); "
+    here = harness.machine()
+    print(f"\nCPU: {here.cpu}, {here.logical_cpus} logical CPUs; {replicas} replica(s); "
           f"{concurrency} client threads; {rounds} rounds x {seconds:.0f} s, A/B alternating; "
           f"load average {min(loads):.1f}-{max(loads):.1f}\n")  # fmt: skip
     print(

@@ -28,6 +28,7 @@ from benchmarks.ab_served import engine_images_per_s
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.files import link_or_copy, write_text_atomically
+from resnet18_triton.perf import harness
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.images import TYPICAL_SIZE, jpeg_bytes
 from resnet18_triton.perf.stack import StackSampler
@@ -36,7 +37,6 @@ from resnet18_triton.repository import variants
 from resnet18_triton.repository.configs import instance_count, parse, render
 from resnet18_triton.repository.layout import CONFIG_FILENAME
 from resnet18_triton.repository.writer import write_fused_model
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
 # Other instance x thread splits of the fused model measured beside the one quantize writes
 # (cores instances x 1 thread): all cores in one instance, and every instance with every core
@@ -95,19 +95,12 @@ def main() -> None:
             measurement_interval_ms=args.interval_ms,
             max_trials=6,
         )
-        options = ServerOptions(
-            repository=work / "repo",
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            models=models,
-            exit_timeout_s=5,
-        )
+        options = harness.local_options(work / "repo", models=models, exit_timeout_s=5)
         single = replace(settings, concurrency="1:1:1")
         runs: dict[str, list[tuple[float, float, float]]] = {target: [] for target in targets}
         engine: list[float] = []
         for round_index in range(args.rounds):
-            with open(work / "server.log", "a") as log, EmbeddedServer(options, log) as server:
+            with harness.local_server(options, work / "server.log", append_log=True) as server:
                 assert server.process is not None
                 for target in targets:
                     before = pa.model_inference_count(server.url, target) or 0

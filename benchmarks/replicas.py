@@ -12,7 +12,6 @@ all alike; the report gives every round and the median. Writes ``replicas.csv`` 
 from __future__ import annotations
 
 import csv
-import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import click
 
 from resnet18_triton import contract
-from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
-from resnet18_triton.perf import perf_analyzer
+from resnet18_triton.deploy.cluster import Cluster
+from resnet18_triton.perf import harness, perf_analyzer
 from resnet18_triton.perf.images import jpeg_set
 
 
@@ -49,17 +48,13 @@ def measure(
     layout: Layout, input_data: Path, concurrency: int, workdir: Path, round_: int
 ) -> Measurement:
     """Start the layout, run one perf_analyzer level through the proxy (or the replica)."""
-    options = ClusterOptions(
-        repository=layout.repository,
-        replicas=layout.replicas,
-        http_port=perf_analyzer_port(),
-        grpc_port=perf_analyzer_port(),
-        workdir=workdir / f"{_slug(layout.label)}-{round_}",
-        restart_replicas=False,
+    cluster_dir = workdir / f"{_slug(layout.label)}-{round_}"
+    cluster_dir.mkdir(parents=True, exist_ok=True)
+    options = harness.cluster_options(
+        layout.repository, layout.replicas, cluster_dir, restart_replicas=False
     )
-    options.workdir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
     with Cluster(options) as cluster:
-        load_average = os.getloadavg()[0]
+        load_average = harness.machine().load_average[0]
         url = cluster.url if layout.through_proxy else cluster.replicas[0].url
         # On a machine shared with other work a tight stability criterion never settles; the
         # interleaved rounds carry the comparison instead.
@@ -87,12 +82,6 @@ def measure(
         row.p99_ms,
         load_average,
     )
-
-
-def perf_analyzer_port() -> int:
-    from resnet18_triton.server.embedded import free_port
-
-    return free_port()
 
 
 def _slug(label: str) -> str:
@@ -181,7 +170,7 @@ def main(
             writer.writerow([m.label, m.round, m.throughput, m.p50_ms, m.p99_ms, m.load_average])
     header = (
         f"perf_analyzer, ensemble `{contract.ENSEMBLE_MODEL}`, 500x375 JPEGs, concurrency "
-        f"{concurrency}, {len(os.sched_getaffinity(0))} cores"
+        f"{concurrency}, {harness.machine().cores} cores"
     )
     text = report(measurements, layouts, header)
     (out / "replicas.md").write_text(text)

@@ -203,12 +203,12 @@ def serve_process(repository: Path, log: Path, *extra: str) -> Iterator[str]:
 
     Fails with the log's tail when it exits, or is not ready within ``SERVE_READY_TIMEOUT_S``.
     """
+    from resnet18_triton.perf.harness import serve_port_arguments
     from resnet18_triton.server.embedded import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "resnet18_triton.cli", "serve", "--repo", str(repository),
-               "--http-port", str(port), "--grpc-port", str(free_port()),
-               "--metrics-port", str(free_port()), *extra]  # fmt: skip
+               *serve_port_arguments(port), *extra]  # fmt: skip
     url = f"127.0.0.1:{port}"
     with log.open("w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)

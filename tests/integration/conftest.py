@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton.perf import harness
+from resnet18_triton.server.embedded import EmbeddedServer
 from tests.support import TorchReference
 from tests.ui_support import running_ui
 
 ADMIN_KEY = "integration-test-key"
-EXPORT_SEED = 0
+EXPORT_SEED = 0  # harness.export_random's
 DIGITS_NAME = "digits"
 
 
@@ -30,17 +31,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def exported_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository filled by the export pipeline (random weights, seed 0)."""
-    from resnet18_triton.export.pipeline import ExportRequest, export_repository
-    from resnet18_triton.repository.configs import ServingSettings
-
-    request = ExportRequest(
-        repository=tmp_path_factory.mktemp("model_repository"),
-        weights="random",
-        seed=EXPORT_SEED,
-        settings=ServingSettings.from_core_budget(max_queue_delay_us=2000),
-    )
-    return export_repository(request).repository
+    """A model repository filled by the export pipeline (random weights, seed 0, a 2 ms queue
+    delay)."""
+    target = tmp_path_factory.mktemp("model_repository")
+    return harness.export_random(target, max_queue_delay_us=2000)
 
 
 @dataclass(frozen=True)
@@ -128,15 +122,8 @@ def server(
 ) -> Iterator[EmbeddedServer]:
     """The session server: the default classifier and the digits classifier, side by side."""
     log_path = tmp_path_factory.mktemp("logs") / "tritonserver.log"
-    options = ServerOptions(
-        repository=session_repository[0],
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        admin_key=ADMIN_KEY,
-        exit_timeout_s=10,
-    )
-    with open(log_path, "w") as log, EmbeddedServer(options, log_stream=log) as running:
+    options = harness.local_options(session_repository[0], admin_key=ADMIN_KEY, exit_timeout_s=10)
+    with harness.local_server(options, log_path) as running:
         yield running
     sys.stderr.write(f"tritonserver log: {log_path}\n")
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from resnet18_triton import contract
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton.perf import harness
+from resnet18_triton.server.embedded import EmbeddedServer
 from tests.support import encode, gradient_image
 
 CACHE_BYTES = 32 * 1024 * 1024
@@ -36,18 +37,10 @@ def _repository(target: Path, **settings: object) -> Path:
 
 def _server(repo: Path, cache_bytes: int, log: io.StringIO | None = None) -> EmbeddedServer:
     """log_verbose=1: Triton logs each warm-up sample it runs (kept whole in ``log``)."""
-    return EmbeddedServer(
-        ServerOptions(
-            repository=repo,
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            response_cache_bytes=cache_bytes,
-            exit_timeout_s=5,
-            log_verbose=1,
-        ),
-        log_stream=log,
+    options = harness.local_options(
+        repo, response_cache_bytes=cache_bytes, exit_timeout_s=5, log_verbose=1
     )
+    return EmbeddedServer(options, log_stream=log)
 
 
 def _image(seed: int) -> bytes:

@@ -21,7 +21,7 @@ from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier
 from resnet18_triton.client.overload import OVERLOAD_ERROR_PREFIX
 from resnet18_triton.client.results import Prediction
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton.perf import harness
 from tests.support import PROBABILITY_ATOL, SAMPLE_FILES
 
 QUEUE_SIZE = 1
@@ -55,16 +55,8 @@ def queue_limited_url(
     shutil.copytree(exported_repository, repository)
     for model in (contract.PREPROCESS_MODEL, contract.ONNX_MODEL):
         limit_queue(repository / model / "config.pbtxt", QUEUE_SIZE)
-    options = ServerOptions(
-        repository=repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        models=contract.SERVED_MODELS,
-        exit_timeout_s=10,
-    )
-    log_path = repository.parent / "tritonserver.log"
-    with open(log_path, "w") as log, EmbeddedServer(options, log_stream=log) as running:
+    options = harness.local_options(repository, models=contract.SERVED_MODELS, exit_timeout_s=10)
+    with harness.local_server(options, repository.parent / "tritonserver.log") as running:
         yield running.url
 
 

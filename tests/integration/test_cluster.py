@@ -25,8 +25,8 @@ import tritonclient.http as httpclient
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import proxy
-from resnet18_triton.deploy.cluster import Cluster, ClusterOptions, Replica
-from resnet18_triton.server.embedded import free_port
+from resnet18_triton.deploy.cluster import Cluster, Replica
+from resnet18_triton.perf import harness
 from tests.support import PROBABILITY_ATOL, TorchReference, encode, gradient_image
 
 pytestmark = pytest.mark.skipif(
@@ -45,13 +45,11 @@ REJOIN_REQUESTS = 60
 def cluster(
     exported_repository: Path, admin_key: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    options = ClusterOptions(
-        repository=exported_repository,
-        replicas=2,
-        http_port=free_port(),
-        grpc_port=free_port(),
+    options = harness.cluster_options(
+        exported_repository,
+        2,
+        tmp_path_factory.mktemp("cluster"),
         admin_key=admin_key,
-        workdir=tmp_path_factory.mktemp("cluster"),
         # This module is about failover and spreading load from one client address; the edge's
         # limits are tested in test_edge.py.
         limits=proxy.Limits(rate_per_s=10_000, burst=10_000, client_connections=64),

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
-from benchmarks.flood import infer_request
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import keys, proxy
-from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
-from resnet18_triton.perf.images import encode, gradient_image
+from resnet18_triton.deploy.cluster import Cluster
+from resnet18_triton.perf import harness
+from resnet18_triton.perf.harness import infer_request
+from resnet18_triton.perf.images import encode, gradient_image, noisy_png
 from resnet18_triton.server.embedded import free_port
 from tests.edge_support import self_signed_certificate, write_key_file
 from tests.support import PROBABILITY_ATOL, TorchReference
@@ -53,8 +53,6 @@ LIMITS = proxy.Limits(
 # The flood: far more clients than the machine's 2 cores, each with its own address.
 FLOOD_CLIENTS = 32
 FLOOD_REQUESTS_PER_CLIENT = 6
-# The "large photo" of the flood: a noisy 1600 x 1420 PNG, about 6.8 MB (noise does not compress).
-LARGE_PNG_SIZE = (1600, 1420)
 
 
 @dataclass
@@ -68,14 +66,8 @@ class Edge:
         return self.cluster.options.http_port
 
     def connection(self, source: str = "127.0.0.1", tls: bool = True) -> http.client.HTTPConnection:
-        if not tls:
-            return http.client.HTTPConnection(
-                "127.0.0.1", self.port, timeout=120, source_address=(source, 0)
-            )
-        context = ssl.create_default_context(cafile=str(self.certificate))
-        return http.client.HTTPSConnection(
-            "127.0.0.1", self.port, timeout=120, source_address=(source, 0), context=context
-        )
+        context = ssl.create_default_context(cafile=str(self.certificate)) if tls else None
+        return harness.connect("127.0.0.1", self.port, source=source, tls=context)
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +77,11 @@ def edge(
     secrets = tmp_path_factory.mktemp("edge-secrets")
     key_file = write_key_file(secrets / "keys.txt", [f"alice:{ALICE}", f"bob:{BOB}"])
     certificate, tls_key = self_signed_certificate(secrets)
-    options = ClusterOptions(
-        repository=exported_repository,
-        replicas=2,
-        http_port=free_port(),
-        grpc_port=free_port(),
+    options = harness.cluster_options(
+        exported_repository,
+        2,
+        tmp_path_factory.mktemp("edge-cluster"),
         admin_key=admin_key,
-        workdir=tmp_path_factory.mktemp("edge-cluster"),
         api_key_file=key_file,
         tls_certificate=certificate,
         tls_key=tls_key,
@@ -129,10 +119,7 @@ def request(
 
 def probabilities(reply: Reply) -> np.ndarray:
     header_length = reply.headers.get("inference-header-content-length")
-    result = httpclient.InferenceServerClient.parse_response_body(
-        reply.body, header_length=int(header_length) if header_length else None
-    )
-    return np.asarray(result.as_numpy(contract.ENSEMBLE_OUTPUT)[0])
+    return harness.binary_probabilities(reply.body, header_length)
 
 
 INFER_PATH = f"/v2/models/{contract.ENSEMBLE_MODEL}/infer"
@@ -146,10 +133,8 @@ def photo() -> bytes:
 
 @pytest.fixture(scope="module")
 def large_png() -> bytes:
-    from PIL import Image
-
-    pixels = np.random.default_rng(5).integers(0, 256, (*LARGE_PNG_SIZE[::-1], 3), np.uint8)
-    return encode(Image.fromarray(pixels), "PNG")
+    """The "large photo" of the flood: about 6.8 MB of noise, which does not compress."""
+    return noisy_png(seed=5)
 
 
 # --- keys
@@ -326,7 +311,7 @@ def test_a_flood_of_clients_gets_right_answers_or_explicit_429s_and_replicas_sta
                     not_ready.append(f"replica {replica.index}")
 
     def client(number: int) -> list[Outcome]:
-        source = f"127.0.1.{number + 1}"
+        source = harness.loopback_address(number, "127.0.1.1")
         outcomes = []
         connection = edge.connection(source)
         for attempt in range(FLOOD_REQUESTS_PER_CLIENT):
@@ -459,7 +444,7 @@ def _classify_over_tls(edge: Edge, *options: str, env: dict[str, str] | None = N
     }
     return subprocess.run(
         [sys.executable, "-m", "resnet18_triton.cli", "classify", "--no-progress",
-         "--url", f"https://127.0.0.1:{edge.port}", *options, str(sorted(sample.glob("*.jpg"))[0])],
+         "--url", f"https://127.0.0.1:{edge.port}", *options, str(sorted(sample.iterdir())[0])],
         capture_output=True, text=True, timeout=120, env=environment,
     )  # fmt: skip
 
@@ -470,7 +455,7 @@ def test_classify_trusts_the_proxys_private_certificate_only_when_told_to(edge: 
     assert "cannot trust" in untrusted.stderr and "--ca-file" in untrusted.stderr
     assert "Traceback" not in untrusted.stderr
     by_option = _classify_over_tls(edge, "--ca-file", str(edge.certificate))
-    assert by_option.returncode == 0, by_option.stdout + by_option.stderr
+    assert by_option.returncode == 0, by_option.stderr
     by_environment = _classify_over_tls(edge, env={contract.CA_FILE_ENV_VAR: str(edge.certificate)})
-    assert by_environment.returncode == 0, by_environment.stdout + by_environment.stderr
+    assert by_environment.returncode == 0, by_environment.stderr
     assert by_option.stdout.split()[1:] == by_environment.stdout.split()[1:]

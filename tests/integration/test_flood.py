@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from benchmarks.flood import FloodReport, Target, lone_latency_s, noisy_png, run_flood
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.perf import harness
+from resnet18_triton.perf.flood import FloodReport, Target, lone_latency_s, run_flood
+from resnet18_triton.perf.images import noisy_png
 from resnet18_triton.repository.configs import read_config
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton.server.embedded import EmbeddedServer
 from tests.support import TorchReference, varied_images
 
 # Far more clients than the 2 cores and than the queue holds (75 requests on 2 cores), for long
@@ -42,16 +44,11 @@ ATOL = 1e-5
 def flood_server(
     session_repository: tuple[Path, object], tmp_path_factory
 ) -> Iterator[EmbeddedServer]:
-    options = ServerOptions(
-        repository=session_repository[0],
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        models=ClassifierNames.of().served,
-        exit_timeout_s=10,
+    options = harness.local_options(
+        session_repository[0], models=ClassifierNames.of().served, exit_timeout_s=10
     )
     log = tmp_path_factory.mktemp("flood") / "tritonserver.log"
-    with open(log, "w") as stream, EmbeddedServer(options, log_stream=stream) as server:
+    with harness.local_server(options, log) as server:
         yield server
 
 

@@ -24,8 +24,9 @@ from resnet18_triton import contract
 from resnet18_triton.contract import INT8_ENSEMBLE_MODEL, INT8_FUSED_MODEL, INT8_MODEL
 from resnet18_triton.export.fidelity import run_logits, session, softmax
 from resnet18_triton.export.quantize import load_preprocess_module
+from resnet18_triton.perf import harness
 from resnet18_triton.repository.layout import onnx_model_path, served_models
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton.server.embedded import EmbeddedServer
 from tests.corpus import build_corpus
 from tests.digits import digits_int8_repository, digits_model
 from tests.support import PROBABILITY_ATOL, TorchReference, classify_ensemble
@@ -36,15 +37,8 @@ IMAGES = 8
 @pytest.fixture(scope="module")
 def int8_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedServer, Path]]:
     repo, _ = digits_int8_repository(tmp_path_factory.mktemp("int8"))
-    options = ServerOptions(
-        repository=repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        models=served_models(repo),
-        exit_timeout_s=5,
-    )
-    with EmbeddedServer(options) as running:
+    options = harness.local_options(repo, models=served_models(repo), exit_timeout_s=5)
+    with harness.local_server(options) as running:
         yield running, repo
 
 

@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from resnet18_triton import contract
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton.perf import harness
+from resnet18_triton.server.embedded import EmbeddedServer
 from resnet18_triton.server.watchdog import stub_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,17 +37,11 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "resnet18-triton"
 def unwatched(
     exported_repository: Path, admin_key: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EmbeddedServer]:
-    options = ServerOptions(
-        repository=exported_repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        admin_key=admin_key,
-        exit_timeout_s=5,
-        restart_dead_stubs=False,
+    options = harness.local_options(
+        exported_repository, admin_key=admin_key, exit_timeout_s=5, restart_dead_stubs=False
     )
     log_path = tmp_path_factory.mktemp("liveness") / "tritonserver.log"
-    with open(log_path, "w") as log, EmbeddedServer(options, log_stream=log) as running:
+    with harness.local_server(options, log_path) as running:
         yield running
 
 

@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from resnet18_triton import contract
-from resnet18_triton.perf import soak
+from resnet18_triton.perf import harness, soak
 from tests.corpus import TOO_MANY_BYTES, build_corpus, oversized_image, write_corpus
 from tests.support import PROBABILITY_ATOL, encode, gradient_image
 
@@ -46,7 +46,7 @@ def assert_clean_400(error: InferenceServerException, pattern: str) -> None:
 
 @pytest.fixture(scope="module")
 def stub_pids(server) -> dict[str, int]:
-    return {role: p.pid for role, p in soak.server_processes(server.process.pid).items()}
+    return {role: p.pid for role, p in harness.stack_processes(server.process.pid).items()}
 
 
 @pytest.mark.parametrize("case", BAD, ids=[case.name for case in BAD])
@@ -169,15 +169,10 @@ def test_wrong_tensors_are_refused_by_name(http_client, what: str) -> None:
     assert_clean_400(caught.value, pattern)
 
 
-def tree_rss_mb(server_pid: int) -> float:
-    """Resident memory of tritonserver and all its stubs together, in MiB."""
-    return sum(mb for mb in soak.rss_mb(soak.server_processes(server_pid)).values() if mb == mb)
-
-
 def tree_threads(server_pid: int) -> int:
     """Threads of tritonserver and its stubs (what a container's pids limit counts)."""
     total = 0
-    for process in soak.server_processes(server_pid).values():
+    for process in harness.stack_processes(server_pid).values():
         try:
             total += process.num_threads()
         except Exception:  # a process that just ended has no threads to count
@@ -191,7 +186,7 @@ def test_corpus_under_concurrent_good_load(server, url, stub_pids, reference) ->
     tree grows by less than 300 MB and no backend process restarts."""
     images = soak.distinct_images(8, seed=3000)
     expected = reference.probabilities(images)
-    baseline_mb = tree_rss_mb(server.process.pid)
+    baseline_mb = sum(harness.tree_rss_mb(server.process.pid).values())
     load = soak.LoadGenerator(url, images, expected, concurrency=4, max_s=300).start()
     not_ready: list[str] = []
     peak_mb = [baseline_mb]
@@ -203,7 +198,7 @@ def test_corpus_under_concurrent_good_load(server, url, stub_pids, reference) ->
         probe = httpclient.InferenceServerClient(url, network_timeout=60.0)
         try:
             while not stop.is_set():
-                peak_mb.append(tree_rss_mb(server.process.pid))
+                peak_mb.append(sum(harness.tree_rss_mb(server.process.pid).values()))
                 threads.append(tree_threads(server.process.pid))
                 try:
                     if not probe.is_server_ready():
@@ -258,7 +253,7 @@ def test_corpus_under_concurrent_good_load(server, url, stub_pids, reference) ->
     assert stats.ok > 0
     assert not not_ready, f"server not ready: {not_ready[:3]}"
     assert growth_mb < 300, f"process tree grew by {growth_mb:.0f} MB"
-    after = {role: p.pid for role, p in soak.server_processes(server.process.pid).items()}
+    after = {role: p.pid for role, p in harness.stack_processes(server.process.pid).items()}
     assert after == stub_pids, "a backend process died or was restarted"
 
 

@@ -22,8 +22,8 @@ import pytest
 
 from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier
-from resnet18_triton.perf import soak
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, StubWatchdog, free_port
+from resnet18_triton.perf import harness, soak
+from resnet18_triton.server.embedded import EmbeddedServer, StubWatchdog
 
 ADMIN_KEY = "faults-test-key"
 RECOVERY_DEADLINE_S = 60.0  # "recovered" = good answers again within this time (measured: ~3 s)
@@ -39,20 +39,9 @@ def own_server(exported_repository: Path, tmp_path_factory: pytest.TempPathFacto
     repository = tmp_path_factory.mktemp("faults") / "repository"
     shutil.copytree(exported_repository, repository)
     log_path = repository.parent / "tritonserver.log"
-    options = ServerOptions(
-        repository=repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        admin_key=ADMIN_KEY,
-        exit_timeout_s=10,
-    )
-    with open(log_path, "w") as log:
-        server = EmbeddedServer(options, log_stream=log).start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    options = harness.local_options(repository, admin_key=ADMIN_KEY, exit_timeout_s=10)
+    with harness.local_server(options, log_path) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +110,7 @@ class ReadinessProbe:
 
 
 def _kill_stub(server: EmbeddedServer, model: str) -> tuple[int, float]:
-    victim = soak.server_processes(server.process.pid)[model]
+    victim = harness.stack_processes(server.process.pid)[model]
     killed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
     return victim.pid, killed_at
@@ -199,7 +188,7 @@ def test_killed_backend_stub_is_replaced_and_good_requests_succeed_again(
             or "has no available versions" in error
             or "unavailable" in error.lower()
         ), error
-    new = soak.server_processes(own_server.process.pid)[model]
+    new = harness.stack_processes(own_server.process.pid)[model]
     assert new.pid != dead_pid and new.is_running()
 
 
@@ -377,14 +366,14 @@ def test_oversized_body_is_refused_but_costs_memory(own_server) -> None:
 
     from tests.corpus import oversized_image
 
-    processes = soak.server_processes(own_server.process.pid)
-    before = soak.rss_mb(processes)
+    processes = harness.stack_processes(own_server.process.pid)
+    before = harness.rss_mb(processes)
     peak = dict.fromkeys(processes, 0.0)
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.05):
-            for role, mb in soak.rss_mb(processes).items():
+            for role, mb in harness.rss_mb(processes).items():
                 peak[role] = max(peak[role], mb)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -408,7 +397,7 @@ def test_oversized_body_is_refused_but_costs_memory(own_server) -> None:
         seconds=round(time.monotonic() - started, 2),
         rss_mb_before=before,
         rss_mb_peak=peak,
-        rss_mb_after=soak.rss_mb(processes),
+        rss_mb_after=harness.rss_mb(processes),
     )
     assert caught.value.status() == "400" and "image too large" in caught.value.message()
     assert own_server.is_ready()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import pytest
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ServerStartError
+from resnet18_triton.perf import harness
 from resnet18_triton.repository.layout import stub_model
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
@@ -34,12 +36,7 @@ def test_port_taken_is_named(exported_repository: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        options = ServerOptions(
-            repository=exported_repository,
-            http_port=port,
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-        )
+        options = dataclasses.replace(harness.local_options(exported_repository), http_port=port)
         with pytest.raises(ServerStartError, match=f"127.0.0.1:{port}"):
             EmbeddedServer(options).start()
 
@@ -85,23 +82,8 @@ class _StderrLines:
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_serve_stops_cleanly_without_orphans(exported_repository: Path, stop_signal: int) -> None:
-    port = free_port()
     process = subprocess.Popen(
-        [
-            *CLI,
-            "serve",
-            "--repo",
-            str(exported_repository),
-            "--http-port",
-            str(port),
-            "--grpc-port",
-            str(free_port()),
-            "--metrics-port",
-            str(free_port()),
-            "--quiet",
-            "--exit-timeout",
-            "5",
-        ],
+        _serve_command(exported_repository, free_port(), "--exit-timeout", "5"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -131,19 +113,7 @@ def test_serve_stops_cleanly_without_orphans(exported_repository: Path, stop_sig
 def test_killed_launcher_takes_the_server_with_it(exported_repository: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [
-            *CLI,
-            "serve",
-            "--repo",
-            str(exported_repository),
-            "--http-port",
-            str(port),
-            "--grpc-port",
-            str(free_port()),
-            "--metrics-port",
-            str(free_port()),
-            "--quiet",
-        ],
+        _serve_command(exported_repository, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -161,20 +131,11 @@ def test_killed_launcher_takes_the_server_with_it(exported_repository: Path) -> 
 
 
 def _serve_command(repository: Path, port: int, *extra: str) -> list[str]:
+    """``serve --quiet`` of ``repository`` on HTTP ``port`` and free other ports."""
     return [
-        *CLI,
-        "serve",
-        "--repo",
-        str(repository),
-        "--http-port",
-        str(port),
-        "--grpc-port",
-        str(free_port()),
-        "--metrics-port",
-        str(free_port()),
-        "--quiet",
+        *CLI, "serve", "--repo", str(repository), *harness.serve_port_arguments(port), "--quiet",
         *extra,
-    ]
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
@@ -215,30 +176,13 @@ def _wait_for_tritonserver(process: subprocess.Popen, timeout_s: float = 120) ->
 
 
 def test_an_ipv6_host_becomes_ready_and_answers(exported_repository: Path, reference) -> None:
-    import tritonclient.http as httpclient
+    from tests.support import PROBABILITY_ATOL, classify_ensemble, encode, gradient_image
 
-    from tests.support import PROBABILITY_ATOL, encode, gradient_image
-
-    options = ServerOptions(
-        repository=exported_repository,
-        host="::1",
-        http_port=free_port("::1"),
-        grpc_port=free_port("::1"),
-        metrics_port=free_port("::1"),
-        exit_timeout_s=5,
-    )
+    options = harness.local_options(exported_repository, host="::1", exit_timeout_s=5)
     image = encode(gradient_image(320, 240, seed=77), "JPEG")
-    with EmbeddedServer(options) as server:
+    with harness.local_server(options) as server:
         assert server.url == f"[::1]:{options.http_port}"
-        client = httpclient.InferenceServerClient(server.url, network_timeout=120.0)
-        try:
-            data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
-            data.set_data_from_numpy(__import__("numpy").array([[image]], dtype=object))
-            served = client.infer(contract.ENSEMBLE_MODEL, [data]).as_numpy(
-                contract.ENSEMBLE_OUTPUT
-            )
-        finally:
-            client.close()
+        served = classify_ensemble(server.url, contract.ENSEMBLE_MODEL, [image])
     assert abs(served - reference.probabilities([image])).max() <= PROBABILITY_ATOL
 
 

@@ -14,12 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
 
 import numpy as np
-import tritonclient.http as httpclient
 from click.testing import CliRunner
 
 from resnet18_triton import contract
 from resnet18_triton.cli import cli
-from resnet18_triton.perf import soak
+from resnet18_triton.perf import harness, soak
 from tests.support import PROBABILITY_ATOL
 
 SOAK_SECONDS = float(os.environ.get("RESNET18_SOAK_SECONDS", "20"))
@@ -55,21 +54,13 @@ def test_soak_loses_nothing_and_does_not_grow(server, url, reference) -> None:
     )
 
 
-def _classify(url: str, image: bytes) -> np.ndarray:
-    client = httpclient.InferenceServerClient(url, connection_timeout=10.0, network_timeout=120.0)
-    try:
-        return soak.infer_one(client, image)
-    finally:
-        client.close()
-
-
 def test_64_concurrent_clients_with_distinct_images_each_get_their_own_answer(
     url, reference
 ) -> None:
     images = soak.distinct_images(CONCURRENT_CLIENTS, seed=8000)
     expected = reference.probabilities(images)
     with ThreadPoolExecutor(max_workers=CONCURRENT_CLIENTS) as pool:
-        served = list(pool.map(lambda image: _classify(url, image), images))
+        served = list(pool.map(lambda image: harness.probabilities(url, [image])[0], images))
     distances = np.abs(np.stack(served)[:, None, :] - expected[None, :, :]).max(axis=2)
     for position in range(CONCURRENT_CLIENTS):
         assert distances[position, position] <= PROBABILITY_ATOL, f"client {position}: wrong answer"

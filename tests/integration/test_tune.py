@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from resnet18_triton.perf import harness
 from tests.support import tree_snapshot
 
 CLI = [sys.executable, "-m", "resnet18_triton.cli"]
@@ -58,14 +58,8 @@ def test_a_tiny_tune_applies_its_winner_which_serves_and_reverts_byte_for_byte(
     assert not (out / "scratch_repository").exists()
     assert tree_snapshot(repo, directories=False) != before
 
-    options = ServerOptions(
-        repository=repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        exit_timeout_s=5,
-    )
-    with EmbeddedServer(options):
+    options = harness.local_options(repo, exit_timeout_s=5)
+    with harness.local_server(options):
         health = run_cli("health", "--url", options.http_url)
     assert health.returncode == 0, health.stdout + health.stderr
     onnx_line = next(line for line in health.stdout.splitlines() if "resnet18_onnx" in line)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from resnet18_triton.perf.harness import serve_port_arguments
 from resnet18_triton.server.embedded import free_port
 from tests.support import SAMPLE_FILES, TorchReference
 
@@ -143,8 +144,7 @@ def test_the_installed_wheel_exports_serves_and_classifies_from_an_empty_directo
 def _serving(cwd: Path, env: dict[str, str], url: str) -> Iterator[subprocess.Popen[str]]:
     """``resnet18-triton serve`` on free ports in the background; stopped with SIGINT."""
     command = ["resnet18-triton", "serve", "--repo", "repo", "--quiet"]
-    command += ["--http-port", url.rsplit(":", 1)[1], "--grpc-port", str(free_port())]
-    command += ["--metrics-port", str(free_port())]
+    command += serve_port_arguments(int(url.rsplit(":", 1)[1]))
     process = subprocess.Popen(
         command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

@@ -1,8 +1,8 @@
 """The ``classify`` and ``health`` commands, end to end through ``cli.main``.
 
-A small in-process fake of Triton's HTTP/KServe v2 API stands in for the server, so that batching,
-the split of a rejected batch, retries and exit codes are checked without starting Triton (the
-integration tests do that against the real server).
+The in-process stand-in for Triton's HTTP/KServe v2 API (``tests.fake_triton``) takes the server's
+place, so that batching, the split of a rejected batch, retries and exit codes are checked without
+starting Triton (the integration tests do that against the real server).
 """
 
 from __future__ import annotations
@@ -10,11 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import struct
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,146 +19,30 @@ from resnet18_triton import contract
 from resnet18_triton.cli import main
 from resnet18_triton.client.api import ImageClassifier, RetryPolicy
 from resnet18_triton.errors import ImageError, ServerUnavailableError
+from tests.fake_triton import (
+    IMAGENET_PROVENANCE,
+    RANDOM_PROVENANCE,
+    FakeTriton,
+    error_answer,
+    serving,
+)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 MAX_BATCH_SIZE = 4
-
-
-@dataclass
-class FakeTriton:
-    """What the fake server answers, and what it was asked."""
-
-    max_batch_size: int = MAX_BATCH_SIZE
-    provenance: str = '{"source": "random", "seed": 0}'
-    not_ready: set[str] = field(default_factory=set)
-    unavailable_answers: int = 0  # answer this many inference requests with 503 first
-    index_restricted: bool = False  # like `resnet18-triton serve` without the admin key
-    batch_sizes: list[int] = field(default_factory=list)
-    url: str = ""
-
-
-def _bytes_elements(body: bytes, size: int) -> list[bytes]:
-    """Decode a BYTES tensor in Triton's binary format: 4-byte little-endian length, then data."""
-    elements, offset = [], 0
-    while offset < size:
-        (length,) = struct.unpack_from("<I", body, offset)
-        elements.append(body[offset + 4 : offset + 4 + length])
-        offset += 4 + length
-    return elements
-
-
-def _handler(fake: FakeTriton) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, payload: object = None) -> None:
-            body = b"" if payload is None else json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            parts = self.path.strip("/").split("/")
-            if parts[:2] == ["v2", "health"]:
-                self._send(200)
-            elif parts[:2] == ["v2", "models"] and len(parts) >= 3:
-                self._model_get(parts[2], parts[3:])
-            else:
-                self._send(404, {"error": "not found"})
-
-        def _model_get(self, name: str, rest: list[str]) -> None:
-            known = name in contract.SERVED_MODELS
-            if rest == ["ready"]:
-                self._send(200 if known and name not in fake.not_ready else 400)
-            elif not known or name in fake.not_ready:
-                self._send(400, {"error": f"Request for unknown model: '{name}' is not found"})
-            elif rest == ["config"]:
-                self._send(200, self._config(name))
-            else:
-                self._send(200, {"name": name, "versions": ["1"]})
-
-        def _config(self, name: str) -> dict:
-            config: dict = {"name": name, "max_batch_size": fake.max_batch_size}
-            if name == contract.ONNX_MODEL:
-                config["parameters"] = {
-                    contract.PROVENANCE_PARAMETER: {"string_value": fake.provenance}
-                }
-            if name == contract.ENSEMBLE_MODEL:  # as the real server describes an ensemble
-                config["ensemble_scheduling"] = {
-                    "step": [
-                        {"model_name": contract.PREPROCESS_MODEL, "model_version": -1},
-                        {"model_name": contract.ONNX_MODEL, "model_version": -1},
-                    ]
-                }
-            return config
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.path.endswith("/repository/index") and fake.index_restricted:
-                self._send(
-                    403, {"error": "This API is restricted, expecting header 'triton-admin-key'"}
-                )
-            elif self.path.endswith("/repository/index"):
-                entries = [
-                    {"name": name, "version": "1", "state": "READY"}
-                    for name in contract.SERVED_MODELS
-                ]
-                for entry in entries:
-                    if entry["name"] in fake.not_ready:
-                        entry.update(state="UNAVAILABLE", reason="load failed: no model.onnx")
-                self._send(200, entries)
-            else:
-                self._infer(body)
-
-        def _infer(self, body: bytes) -> None:
-            if fake.unavailable_answers > 0:
-                fake.unavailable_answers -= 1
-                self._send(503, {"error": "Server not ready"})
-                return
-            header_size = int(self.headers["Inference-Header-Content-Length"])
-            request = json.loads(body[:header_size])
-            size = request["inputs"][0]["parameters"]["binary_data_size"]
-            images = _bytes_elements(body[header_size:], size)
-            fake.batch_sizes.append(len(images))
-            for position, image in enumerate(images, start=1):
-                if image.startswith(b"bad"):
-                    prefix = f"image {position} of {len(images)}: " if len(images) > 1 else ""
-                    error = f"in ensemble 'resnet18', {prefix}cannot identify an image"
-                    self._send(400, {"error": error})
-                    return
-            top_k = request["outputs"][0]["parameters"]["classification"]
-            rows = [
-                [f"0.{9 - rank}:{rank}:label {rank}, with: colon" for rank in range(top_k)]
-                for _ in images
-            ]
-            output = {"name": "PROBABILITIES", "datatype": "BYTES", "shape": [len(images), top_k]}
-            self._send(
-                200,
-                {
-                    "model_name": "resnet18",
-                    "outputs": [{**output, "data": [e for row in rows for e in row]}],
-                },
-            )
-
-    return Handler
+UNAVAILABLE = error_answer(503, "Server not ready")
 
 
 @pytest.fixture
 def fake_triton() -> Iterator[FakeTriton]:
-    fake = FakeTriton()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    server.daemon_threads = True
-    fake.url = f"127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
+    """The stand-in with a small batch size (seven images make two batches), random weights, and
+    labels holding the separators of the classification extension's answers."""
+    fake = FakeTriton(
+        max_batch_size=MAX_BATCH_SIZE,
+        provenance=RANDOM_PROVENANCE,
+        label="label {rank}, with: colon",
+    )
+    with serving(fake):
+        yield fake
 
 
 @pytest.fixture(autouse=True)
@@ -373,19 +253,19 @@ def test_model_not_ready_exits_2(
 
 
 def test_503_is_retried(fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]) -> None:
-    fake_triton.unavailable_answers = 2
+    fake_triton.script = [UNAVAILABLE] * 2
     code, out, _ = run(["classify", "--url", fake_triton.url, str(SAMPLES / "rocket.jpg")], capsys)
     assert code == 0
     assert "label 0" in out
 
 
 def test_retries_are_bounded(fake_triton: FakeTriton) -> None:
-    fake_triton.unavailable_answers = 100
+    fake_triton.script = [UNAVAILABLE] * 100
     retry = RetryPolicy(attempts=3, initial_delay=0.01)
     unavailable = pytest.raises(ServerUnavailableError, match="is unavailable: Server not ready")
     with ImageClassifier(fake_triton.url, retry=retry) as classifier, unavailable:
         list(classifier.classify_files([SAMPLES / "rocket.jpg"]))
-    assert fake_triton.unavailable_answers == 97
+    assert len(fake_triton.script) == 97
 
 
 def test_progress_bar_stays_off_when_not_a_tty(
@@ -468,7 +348,7 @@ def test_health_model_not_ready_exits_1(
     fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake_triton.not_ready.add(contract.ONNX_MODEL)
-    fake_triton.provenance = '{"source": "imagenet"}'
+    fake_triton.provenance = IMAGENET_PROVENANCE
     code, out, err = run(["health", "--url", fake_triton.url], capsys)
     assert code == 1, err
     assert "NOT READY" in out and "load failed: no model.onnx" in out
@@ -487,7 +367,7 @@ def test_health_without_the_repository_index(
 
 
 def test_health_json(fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]) -> None:
-    fake_triton.provenance = '{"source": "imagenet"}'
+    fake_triton.provenance = IMAGENET_PROVENANCE
     code, out, err = run(["health", "--url", fake_triton.url, "--json"], capsys)
     assert code == 0
     report = json.loads(out)

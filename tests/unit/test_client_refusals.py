@@ -2,22 +2,18 @@
 or a full queue) is retried and counted, client errors never are, a 401 stops the run with what
 key to set, and the API key travels as a Bearer header, never on a command line.
 
-The server is a tiny ``http.server`` speaking just enough KServe v2 for ``classify``; it answers
+The server is the stand-in for Triton of ``tests.fake_triton``, on a real local port: it answers
 inference requests from a script, then with a fixed top-k, and records every request's
 ``Authorization`` header.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,15 +27,12 @@ from resnet18_triton.client.overload import (
     OverloadPolicy,
 )
 from resnet18_triton.errors import ApiKeyError, ServerUnavailableError
+from tests.fake_triton import FakeTriton, error_answer, serving
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "rocket.jpg"
 KEY = "k3y-that-must-not-leak"
-QUEUE_FULL = (
-    503,
-    {},
-    json.dumps(
-        {"error": f"in ensemble 'resnet18', [request id: <id_unknown>] {QUEUE_FULL_MESSAGE}"}
-    ).encode(),
+QUEUE_FULL = error_answer(
+    503, f"in ensemble 'resnet18', [request id: <id_unknown>] {QUEUE_FULL_MESSAGE}"
 )
 NGINX_429 = (
     429,
@@ -49,124 +42,12 @@ NGINX_429 = (
 # Quick retries: the waits themselves are tested in test_client_overload.py.
 FAST = OverloadPolicy(base_delay_s=0.01)
 
-Answer = tuple[int, dict[str, str], bytes]
-
-
-@dataclass
-class RefusingServer:
-    """What the server answers, and what it was sent."""
-
-    url: str = ""
-    # Answers to the next inference requests, in order; then a normal answer.
-    script: list[Answer] = field(default_factory=list)
-    # When set, any request without ``Authorization: Bearer <api_key>`` gets nginx's 401 page.
-    api_key: str | None = None
-    # When set, the answer to every GET (health, metadata, config).
-    health_answer: Answer | None = None
-    authorizations: list[str | None] = field(default_factory=list)
-    infer_requests: int = 0
-    # Set when an inference request arrived; the answer waits for ``release``.
-    infer_arrived: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
-
-
-def _handler(server: RefusingServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _reply(self, answer: Answer) -> None:
-            status, headers, body = answer
-            self._send(status, body, headers)
-
-        def _authorized(self) -> bool:
-            authorization = self.headers.get("Authorization")
-            server.authorizations.append(authorization)
-            if server.api_key is None or authorization == f"Bearer {server.api_key}":
-                return True
-            page = b"<html><head><title>401 Authorization Required</title></head></html>"
-            self._send(401, page, {"WWW-Authenticate": "Bearer"})
-            return False
-
-        def do_GET(self) -> None:
-            if not self._authorized():
-                return
-            if server.health_answer is not None:
-                self._reply(server.health_answer)
-                return
-            parts = self.path.strip("/").split("/")
-            if parts[-1] in ("live", "ready"):
-                self._send(200, b"")
-            elif parts[-1] == "config":
-                provenance = json.dumps({"source": "imagenet"})
-                config = {
-                    "name": parts[2],
-                    "max_batch_size": contract.MAX_BATCH_SIZE,
-                    "parameters": {contract.PROVENANCE_PARAMETER: {"string_value": provenance}},
-                }
-                self._send(200, json.dumps(config).encode())
-            else:
-                self._send(200, json.dumps({"name": parts[2], "versions": ["1"]}).encode())
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if not self._authorized():
-                return
-            if self.path.endswith("/repository/index"):  # an admin API, as `serve` keeps it
-                self._send(403, json.dumps({"error": "This API is restricted"}).encode())
-                return
-            server.infer_requests += 1
-            server.infer_arrived.set()
-            server.release.wait()
-            if server.script:
-                self._reply(server.script.pop(0))
-                return
-            header_size = int(self.headers["Inference-Header-Content-Length"])
-            request = json.loads(body[:header_size])
-            count = request["inputs"][0]["shape"][0]
-            top_k = request["outputs"][0]["parameters"]["classification"]
-            data = [
-                f"0.{9 - rank}:{rank}:label {rank}" for _ in range(count) for rank in range(top_k)
-            ]
-            output = {"name": "PROBABILITIES", "datatype": "BYTES", "shape": [count, top_k]}
-            answer = {"model_name": "resnet18", "outputs": [{**output, "data": data}]}
-            self._send(200, json.dumps(answer).encode())
-
-    return Handler
-
-
-@contextlib.contextmanager
-def serving(state: RefusingServer) -> Iterator[RefusingServer]:
-    """``state`` answered by a real HTTP server on a free loopback port (``state.url``)."""
-    state.release.set()
-    http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    http.daemon_threads = True
-    state.url = f"127.0.0.1:{http.server_address[1]}"
-    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        state.release.set()
-        http.shutdown()
-        http.server_close()
-
 
 @pytest.fixture
-def server() -> Iterator[RefusingServer]:
-    with serving(RefusingServer()) as state:
-        yield state
+def server() -> Iterator[FakeTriton]:
+    """The stand-in as ``resnet18-triton serve`` runs: the repository index is an admin API."""
+    with serving(FakeTriton(index_restricted=True)) as fake:
+        yield fake
 
 
 @pytest.fixture(autouse=True)
@@ -194,7 +75,7 @@ def key_file(directory: Path, mode: int = 0o600) -> Path:
 
 
 def test_a_429_with_retry_after_then_an_answer_is_an_answer_after_one_retry(
-    server: RefusingServer,
+    server: FakeTriton,
 ) -> None:
     server.script = [NGINX_429]
     with ImageClassifier(server.url, overload=FAST) as classifier:
@@ -205,7 +86,7 @@ def test_a_429_with_retry_after_then_an_answer_is_an_answer_after_one_retry(
 
 
 def test_classify_json_says_how_many_retries_an_image_took(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.script = [NGINX_429, (503, {"Retry-After": "0"}, b"busy")]
     code, out, _ = run(["classify", "--url", server.url, "--json", str(SAMPLE)], capsys)
@@ -215,7 +96,7 @@ def test_classify_json_says_how_many_retries_an_image_took(
 
 
 def test_an_image_refused_after_every_retry_gets_an_overload_error_line(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.script = [QUEUE_FULL] * 10
     argv = ["classify", "--url", server.url, "--json", "--overload-retries", "2", str(SAMPLE)]
@@ -231,7 +112,7 @@ def test_an_image_refused_after_every_retry_gets_an_overload_error_line(
 
 
 def test_zero_overload_retries_reports_the_first_refusal(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.script = [NGINX_429] * 3
     argv = ["classify", "--url", server.url, "--overload-retries", "0", str(SAMPLE)]
@@ -242,7 +123,7 @@ def test_zero_overload_retries_reports_the_first_refusal(
 
 
 def test_the_table_shows_the_retries_beside_the_image(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.script = [NGINX_429]
     code, out, _ = run(["classify", "--url", server.url, "--top-k", "1", str(SAMPLE)], capsys)
@@ -251,7 +132,7 @@ def test_the_table_shows_the_retries_beside_the_image(
 
 
 def test_every_image_of_a_refused_batch_is_answered_after_the_retry(
-    server: RefusingServer, tmp_path: Path
+    server: FakeTriton, tmp_path: Path
 ) -> None:
     paths = []
     for number in range(3):
@@ -276,9 +157,9 @@ def test_every_image_of_a_refused_batch_is_answered_after_the_retry(
         (413, "Request Entity Too Large"),
     ],
 )
-def test_a_client_error_is_never_retried(server: RefusingServer, status: int, error: str) -> None:
+def test_a_client_error_is_never_retried(server: FakeTriton, status: int, error: str) -> None:
     # Retry-After on a client error changes nothing: only overload and faults are resent.
-    server.script = [(status, {"Retry-After": "0"}, json.dumps({"error": error}).encode())] * 5
+    server.script = [error_answer(status, error, {"Retry-After": "0"})] * 5
     with ImageClassifier(server.url, overload=FAST) as classifier:
         [result] = classifier.classify_files([SAMPLE])
     assert result.error == error and result.retries == 0
@@ -289,7 +170,7 @@ def test_a_client_error_is_never_retried(server: RefusingServer, status: int, er
 
 
 def test_a_401_without_a_key_stops_classify_with_what_to_set(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.api_key = KEY
     code, out, err = run(["classify", "--url", server.url, str(SAMPLE)], capsys)
@@ -300,7 +181,7 @@ def test_a_401_without_a_key_stops_classify_with_what_to_set(
 
 
 def test_a_401_for_a_wrong_key_says_the_key_was_refused_without_showing_it(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    server: FakeTriton, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server.api_key = KEY
     monkeypatch.setenv(contract.API_KEY_ENV_VAR, "wrong-key")
@@ -312,7 +193,7 @@ def test_a_401_for_a_wrong_key_says_the_key_was_refused_without_showing_it(
 
 
 def test_a_401_on_an_inference_request_is_an_api_key_error_not_an_image_error(
-    server: RefusingServer,
+    server: FakeTriton,
 ) -> None:
     server.script = [(401, {}, b"")] * 3
     refused = pytest.raises(ApiKeyError, match="asks for an inference API key")
@@ -322,7 +203,7 @@ def test_a_401_on_an_inference_request_is_an_api_key_error_not_an_image_error(
 
 
 def test_health_and_its_probe_report_a_401_with_what_to_set(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.api_key = KEY
     code, _, err = run(["health", "--url", server.url], capsys)
@@ -334,7 +215,7 @@ def test_health_and_its_probe_report_a_401_with_what_to_set(
 
 
 def test_the_liveness_probe_counts_an_overload_refusal_as_live_and_says_so(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.script = [QUEUE_FULL]
     code, out, _ = run(["health", "--probe", "--url", server.url, "--json"], capsys)
@@ -345,9 +226,9 @@ def test_the_liveness_probe_counts_an_overload_refusal_as_live_and_says_so(
 
 
 def test_the_liveness_probe_fails_on_a_server_error_that_is_not_overload(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server.script = [(500, {}, json.dumps({"error": "Stub process is not healthy."}).encode())]
+    server.script = [error_answer(500, "Stub process is not healthy.")]
     code, out, _ = run(["health", "--probe", "--url", server.url, "--json"], capsys)
     record = json.loads(out)
     assert code == 1 and record["live"] is False
@@ -355,7 +236,7 @@ def test_the_liveness_probe_fails_on_a_server_error_that_is_not_overload(
 
 
 def test_the_key_from_the_environment_goes_with_every_request(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    server: FakeTriton, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server.api_key = KEY
     monkeypatch.setenv(contract.API_KEY_ENV_VAR, KEY)
@@ -371,7 +252,7 @@ def test_the_key_from_the_environment_goes_with_every_request(
 
 
 def test_the_key_from_a_private_file_is_sent(
-    server: RefusingServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: FakeTriton, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.api_key = KEY
     argv = ["classify", "--url", server.url, "--api-key-file", str(key_file(tmp_path)), str(SAMPLE)]
@@ -381,7 +262,7 @@ def test_the_key_from_a_private_file_is_sent(
 
 
 def test_a_key_file_others_can_read_is_refused_before_anything_is_sent(
-    server: RefusingServer,
+    server: FakeTriton,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -396,7 +277,7 @@ def test_a_key_file_others_can_read_is_refused_before_anything_is_sent(
 
 
 def test_there_is_no_option_that_takes_the_key_itself(
-    server: RefusingServer, capsys: pytest.CaptureFixture[str]
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = run(["classify", "--url", server.url, "--api-key", KEY, str(SAMPLE)], capsys)
     assert code == 2 and "No such option '--api-key'" in err
@@ -404,7 +285,7 @@ def test_there_is_no_option_that_takes_the_key_itself(
 
 
 def test_the_key_reaches_the_server_as_a_bearer_header_and_never_appears_in_argv(
-    server: RefusingServer,
+    server: FakeTriton,
 ) -> None:
     server.api_key = KEY
     server.release.clear()  # hold the inference answer while the client's argv is read
@@ -431,7 +312,7 @@ def test_the_key_reaches_the_server_as_a_bearer_header_and_never_appears_in_argv
     assert KEY not in out + err
 
 
-def test_the_library_takes_the_key_as_an_argument_too(server: RefusingServer) -> None:
+def test_the_library_takes_the_key_as_an_argument_too(server: FakeTriton) -> None:
     server.api_key = KEY
     with ImageClassifier(server.url, api_key=KEY) as classifier:
         classifier.ensure_ready()
@@ -440,7 +321,7 @@ def test_the_library_takes_the_key_as_an_argument_too(server: RefusingServer) ->
 
 
 def test_a_429_to_a_health_call_is_reported_as_overload_not_as_not_ready(
-    server: RefusingServer,
+    server: FakeTriton,
 ) -> None:
     server.health_answer = NGINX_429
     overloaded = pytest.raises(ServerUnavailableError, match=r"is overloaded \(HTTP 429: 429 Too")

@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("pytriton")
 from resnet18_triton.client.probe import ProbeResult
 from resnet18_triton.errors import ServerStartError
+from resnet18_triton.perf import harness
 from resnet18_triton.server import embedded
 from resnet18_triton.server.embedded import (
     ORT_BACKEND_SOURCE,
@@ -25,7 +26,6 @@ from resnet18_triton.server.embedded import (
     backend_directory_files,
     build_backend_directory,
     check_backend_directory,
-    free_port,
     prepare_backend_directory,
     server_environment,
 )
@@ -156,14 +156,7 @@ def test_every_python_based_backend_gets_shared_memory_for_a_full_pixel_batch(
 
 
 def _loopback_options(repository: Path, backend_dir: Path) -> ServerOptions:
-    return ServerOptions(
-        repository=repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        exit_timeout_s=2,
-        backend_dir=backend_dir,
-    )
+    return harness.local_options(repository, exit_timeout_s=2, backend_dir=backend_dir)
 
 
 def test_a_prepared_backend_directory_holds_every_installed_file_and_passes_the_check(

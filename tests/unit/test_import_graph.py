@@ -2,9 +2,12 @@
 
 Every import counts: module level, under ``if TYPE_CHECKING:`` and inside functions. The core
 (contract, errors, extras, files, keys, options, cli) sits in root modules; ``client`` must stay
-thin (it shares only the core with the rest), and ``export``, ``server`` and ``perf`` reach the
-client's code never. The package's own ``__init__`` is the public library API, so it may import
-the client, and only the client: ``import resnet18_triton`` must work on the base install.
+thin (it shares only the core with the rest and imports no other role), and ``export`` and
+``server`` reach the client's code never. ``perf`` may: its harness answers image ->
+probabilities through ``ImageClassifier``, as a library user would, and the client importing no
+``perf`` keeps that free of cycles. The package's own ``__init__`` is the public library API, so it
+may import the client, and only the client: ``import resnet18_triton`` must work on the base
+install.
 """
 
 from __future__ import annotations
@@ -115,8 +118,8 @@ def test_the_package_has_no_import_cycle(graph: Graph) -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_export_server_and_perf_do_not_import_the_client(graph: Graph) -> None:
-    assert crossings(graph, ("export", "server", "perf"), ("client",)) == []
+def test_export_and_server_do_not_import_the_client(graph: Graph) -> None:
+    assert crossings(graph, ("export", "server"), ("client",)) == []
 
 
 def test_the_client_imports_nothing_from_export_server_or_perf(graph: Graph) -> None:

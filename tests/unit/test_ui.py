@@ -24,9 +24,9 @@ from resnet18_triton.server.embedded import free_port
 from resnet18_triton.ui.app import choose_model, classify_response, parse_top_k
 from resnet18_triton.ui.service import Answer
 from resnet18_triton.ui.uploads import Upload, UploadLimits, read_uploads, with_idle_timeout
+from tests.fake_triton import FakeTriton, serving
 from tests.support import SAMPLE_FILES
 from tests.ui_support import curl, running_ui
-from tests.unit.test_client_refusals import RefusingServer, serving
 
 BOUNDARY = "----resnet18-triton-test"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -291,14 +291,14 @@ KEY = "ui-k3y-that-must-not-leak"
 
 
 @pytest.fixture
-def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[RefusingServer]:
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTriton]:
     """A local stand-in for Triton behind the proxy: every request without ``Authorization:
     Bearer KEY`` gets a 401; it records every request's header. The ui app started in the test
     inherits an environment without any key or URL."""
     for name in (contract.API_KEY_ENV_VAR, contract.API_KEY_FILE_ENV_VAR, contract.URL_ENV_VAR):
         monkeypatch.delenv(name, raising=False)
-    with serving(RefusingServer(api_key=KEY)) as state:
-        yield state
+    with serving(FakeTriton(api_key=KEY, index_restricted=True)) as fake:
+        yield fake
 
 
 def _everything_the_browser_gets(base: str) -> str:
@@ -314,7 +314,7 @@ def _everything_the_browser_gets(base: str) -> str:
 
 
 def test_the_ui_sends_the_key_from_its_key_file_to_triton_and_never_to_the_browser(
-    proxy: RefusingServer, tmp_path: Path
+    proxy: FakeTriton, tmp_path: Path
 ) -> None:
     key_file = tmp_path / "api-key"
     key_file.write_text(KEY + "\n")
@@ -331,7 +331,7 @@ def test_the_ui_sends_the_key_from_its_key_file_to_triton_and_never_to_the_brows
 
 
 def test_the_ui_takes_the_key_from_the_environment(
-    proxy: RefusingServer, monkeypatch: pytest.MonkeyPatch
+    proxy: FakeTriton, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(contract.API_KEY_ENV_VAR, KEY)
     with running_ui(proxy.url) as base:
@@ -339,7 +339,7 @@ def test_the_ui_takes_the_key_from_the_environment(
     assert set(proxy.authorizations) == {f"Bearer {KEY}"}
 
 
-def test_without_the_key_the_page_is_told_which_key_to_set(proxy: RefusingServer) -> None:
+def test_without_the_key_the_page_is_told_which_key_to_set(proxy: FakeTriton) -> None:
     with running_ui(proxy.url) as base:
         status, body = get_json(f"{base}/v1/models")
     assert status == 503

@@ -1,22 +1,22 @@
 """The stub watchdog: reloads only the files it started with, retries with backoff, stops fast.
 
-Talks real HTTP to a small local server standing in for Triton's repository API (the full
-kill-a-stub path against the real Triton server is in tests/integration/test_reliability_faults.py).
+Talks real HTTP to Triton's repository API as the local stand-in (``tests.fake_triton``) answers it
+(the full kill-a-stub path against the real Triton server is in
+tests/integration/test_reliability_faults.py).
 """
 
 from __future__ import annotations
 
-import http.server
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
 from resnet18_triton.server.watchdog import StubWatchdog, model_fingerprint
+from tests.fake_triton import FakeTriton, serving
 
 
 @dataclass
@@ -42,24 +42,6 @@ class _Server:
         self.notes.append(message)
 
 
-class _Repository(http.server.BaseHTTPRequestHandler):
-    """Answers the repository API with the next status of ``statuses`` (200 when empty)."""
-
-    statuses: ClassVar[list[int]] = []
-    calls: ClassVar[list[str]] = []
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        type(self).calls.append(self.path)
-        status = type(self).statuses.pop(0) if type(self).statuses else 200
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *_args: object) -> None:
-        pass
-
-
 @pytest.fixture()
 def repository(tmp_path: Path) -> Path:
     model = tmp_path / "preprocess" / "1"
@@ -70,14 +52,10 @@ def repository(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def api() -> Iterator[str]:
-    _Repository.statuses, _Repository.calls = [], []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Repository)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def api() -> Iterator[FakeTriton]:
+    """Triton's repository API: each load or unload gets the next of ``repository_statuses``."""
+    with serving(FakeTriton()) as fake:
+        yield fake
 
 
 def test_the_fingerprint_follows_the_files_but_not_the_bytecode_cache(repository: Path) -> None:
@@ -91,9 +69,9 @@ def test_the_fingerprint_follows_the_files_but_not_the_bytecode_cache(repository
 
 
 def test_changed_files_are_not_reloaded_and_the_refusal_is_reported(
-    repository: Path, api: str
+    repository: Path, api: FakeTriton
 ) -> None:
-    server = _Server(api, _Options(repository))
+    server = _Server(api.url, _Options(repository))
     watchdog = StubWatchdog(server, retry_s=0.0)
     watchdog.fingerprints = watchdog._fingerprints()
     (repository / "preprocess" / "1" / "model.py").write_text("# re-exported\n")
@@ -101,20 +79,20 @@ def test_changed_files_are_not_reloaded_and_the_refusal_is_reported(
     watchdog._attempt_due()
     (refused,) = watchdog.recoveries
     assert not refused.ok and "changed on disk since the server started" in refused.detail
-    assert _Repository.calls == []  # nothing was unloaded or loaded
+    assert api.repository_calls == []  # nothing was unloaded or loaded
     assert any("could not reload 'preprocess'" in note for note in server.notes)
 
 
-def test_a_failed_reload_is_retried_until_it_succeeds(repository: Path, api: str) -> None:
-    _Repository.statuses = [500, 200, 200]  # unload fails once, then unload + load succeed
-    server = _Server(api, _Options(repository))
+def test_a_failed_reload_is_retried_until_it_succeeds(repository: Path, api: FakeTriton) -> None:
+    api.repository_statuses = [500, 200, 200]  # unload fails once, then unload + load succeed
+    server = _Server(api.url, _Options(repository))
     watchdog = StubWatchdog(server, retry_s=0.0)
     watchdog.fingerprints = watchdog._fingerprints()
     watchdog._pending["preprocess"] = (1234, 0.0, 0.0, 0.0)
     watchdog._attempt_due()
     watchdog._attempt_due()
     assert [r.ok for r in watchdog.recoveries] == [False, True]
-    assert _Repository.calls == [
+    assert api.repository_calls == [
         "/v2/repository/models/preprocess/unload",
         "/v2/repository/models/preprocess/unload",
         "/v2/repository/models/preprocess/load",

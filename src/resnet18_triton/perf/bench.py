@@ -12,7 +12,6 @@ their targets, the sweeps), ``served.csv`` and ``served.png`` into the output fo
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import time
@@ -24,8 +23,8 @@ from pathlib import Path
 from resnet18_triton import contract
 from resnet18_triton.contract import VERSION, ClassifierNames
 from resnet18_triton.errors import ExportError
+from resnet18_triton.perf import harness, inprocess, openvino_bench
 from resnet18_triton.perf import images as image_sets
-from resnet18_triton.perf import inprocess, openvino_bench
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.inprocess import InProcessEngine
 from resnet18_triton.perf.measurements import (
@@ -182,25 +181,22 @@ def check_plan(plan: BenchPlan) -> None:
 def _export_repository(repo: Path, echo: Echo, name: str = contract.DEFAULT_CLASSIFIER) -> Path:
     """A verified repository with random weights (seed 0) and the default settings, holding
     classifier ``name``."""
-    from resnet18_triton.export.pipeline import ExportRequest, export_repository
-
     echo(
         f"exporting a model repository (classifier {name}, random weights, seed 0, default "
         f"settings) to {repo}"
     )
-    request = ExportRequest(repository=repo, weights="random", seed=0, name=name)
-    return export_repository(request).repository
+    return harness.export_random(repo, name)
 
 
 def _environment(plan: BenchPlan) -> dict[str, object]:
     import onnxruntime
 
-    load = os.getloadavg()
+    here = harness.machine()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": len(os.sched_getaffinity(0)),
-        "load_average_at_start": [round(value, 2) for value in load],
+        "cpu": here.cpu,
+        "cores": here.cores,
+        "load_average_at_start": list(here.load_average),
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "threads": plan.threads,
@@ -446,20 +442,8 @@ def _server(plan: BenchPlan, repo: Path) -> Iterator[tuple[str, int | None, str 
     if plan.url:
         yield plan.url, plan.server_pid, plan.settings.admin_key
         return
-    from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
-
-    options = ServerOptions(
-        repository=repo.resolve(),
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        exit_timeout_s=10,
-        models=served_models(repo),
-    )
-    with (
-        open(plan.out / "tritonserver.log", "w") as log,
-        EmbeddedServer(options, log_stream=log) as server,
-    ):
+    options = harness.local_options(repo, exit_timeout_s=10, models=served_models(repo))
+    with harness.local_server(options, plan.out / "tritonserver.log") as server:
         yield server.url, server.pid, options.effective_admin_key
 
 

@@ -377,6 +377,7 @@ def soak(
     from contextlib import AbstractContextManager, nullcontext
 
     from resnet18_triton.extras import require
+    from resnet18_triton.perf import harness
     from resnet18_triton.perf import soak as soaking
 
     if url and server_pid is None:
@@ -395,7 +396,7 @@ def soak(
     with server as (target, pid):
         click.echo(f"soaking {target}: {warmup:g} s warm-up, then {duration:g} s ...", err=True)
         summary = soaking.run_soak(target, pid, duration, concurrency, warmup, images=images)
-    text = json.dumps({**asdict(summary), "machine": soaking.machine()}, indent=2)
+    text = json.dumps({**asdict(summary), "machine": asdict(harness.machine())}, indent=2)
     click.echo(text)
     click.echo()
     click.echo(soaking.markdown(summary))

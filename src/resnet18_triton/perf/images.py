@@ -1,5 +1,6 @@
 """Deterministic test images: JPEG sets for the benchmarks (typical 500x375 photos and
-12-megapixel ones) and distinct small images for load and soak runs.
+12-megapixel ones), distinct small images for load and soak runs, and a large noisy PNG for
+floods.
 
 The pixels are smooth gradients plus noise (seeded), so the files compress like photographs
 (their sizes: docs/performance.md, "Figures behind the code's contracts") and decoding costs what
@@ -61,6 +62,15 @@ def encode(image: Image.Image, fmt: str, **save_args: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save_args)
     return buffer.getvalue()
+
+
+def noisy_png(width: int = 1600, height: int = 1420, seed: int = 0) -> bytes:
+    """A large PNG that does not compress (uniform noise): about 6.8 MB at the default size, the
+    "large photo" of a flood."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return encode(Image.fromarray(pixels), "PNG", compress_level=1)
 
 
 def distinct_jpegs(count: int, seed: int = 1000) -> list[bytes]:

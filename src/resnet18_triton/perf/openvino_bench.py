@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.perf import harness
 from resnet18_triton.perf import images as image_sets
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.repository import variants
@@ -374,25 +375,15 @@ def figures_json(
 
 def environment() -> BenchEnvironment:
     """Where this process runs (see ``BenchEnvironment``)."""
-    import os
-    import platform
-
     import openvino
 
     from resnet18_triton.cpu_flags import BF16_FLAGS, INT8_FLAGS, cpu_flags, present
 
-    model = next(
-        (
-            line.partition(":")[2].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    here = harness.machine()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "cpu": model,
-        "cores": len(os.sched_getaffinity(0)),
+        "cpu": here.cpu,
+        "cores": here.cores,
         "flags": ", ".join(present(BF16_FLAGS + INT8_FLAGS, cpu_flags())) or "none",
         "openvino": openvino.__version__,
     }
@@ -408,26 +399,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--pairs", type=int, default=8, help="back-to-back ORT/OpenVINO pairs")
     args = parser.parse_args(argv)
-    from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
-
     args.out.mkdir(parents=True, exist_ok=True)
     typical = image_sets.jpeg_set(args.out / "images", image_sets.TYPICAL_SIZE, 16)
     repo = ensure_repository(args.repo, args.out, args.precision, typical).resolve()
     env = environment()
     print("in-process engines (interleaved) ...")
     inprocess = inprocess_rows(repo, seconds=args.seconds)
-    options = ServerOptions(
-        repository=repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        exit_timeout_s=10,
-        models=served_models(repo, int8=False, openvino=True),
+    options = harness.local_options(
+        repo, exit_timeout_s=10, models=served_models(repo, int8=False, openvino=True)
     )
-    with (
-        open(args.out / "tritonserver.log", "w") as log,
-        EmbeddedServer(options, log_stream=log) as server,
-    ):
+    with harness.local_server(options, args.out / "tritonserver.log") as server:
         print(f"served ensembles on {server.url} ...")
         served = served_rows(
             server.url,

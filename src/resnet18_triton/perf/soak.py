@@ -14,26 +14,25 @@ tests.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
     import psutil
-    import tritonclient.http as httpclient
 
-from resnet18_triton import contract
+    from resnet18_triton.client.api import ImageClassifier
+
+from resnet18_triton.perf import harness
 from resnet18_triton.perf.images import distinct_jpegs
-from resnet18_triton.repository.layout import stub_model
 
 PROBABILITY_ATOL = 1e-6
 
@@ -41,44 +40,6 @@ Probabilities = npt.NDArray[np.float32]
 
 
 # --- server processes ---------------------------------------------------------------------------
-
-
-def process_role(process: psutil.Process) -> str:
-    """'tritonserver', or the model a Python stub serves ('preprocess', 'resnet18_onnx', ...)."""
-    try:
-        cmdline = process.cmdline()
-    except Exception:
-        return "?"
-    model = stub_model(cmdline)
-    if model:
-        return model
-    return Path(cmdline[0]).name if cmdline else "?"
-
-
-def server_processes(server_pid: int) -> dict[str, psutil.Process]:
-    """role -> psutil.Process for tritonserver and its stubs (one instance each here)."""
-    import psutil
-
-    root = psutil.Process(server_pid)
-    found: dict[str, psutil.Process] = {"tritonserver": root}
-    for child in root.children(recursive=True):
-        role = process_role(child)
-        key, n = role, 1
-        while key in found:
-            n += 1
-            key = f"{role}#{n}"
-        found[key] = child
-    return found
-
-
-def rss_mb(processes: dict[str, psutil.Process]) -> dict[str, float]:
-    result: dict[str, float] = {}
-    for role, process in processes.items():
-        try:
-            result[role] = round(process.memory_info().rss / 2**20, 1)
-        except Exception:
-            result[role] = float("nan")
-    return result
 
 
 def peak_rss_mb(
@@ -94,7 +55,8 @@ def peak_rss_mb(
     peak: dict[str, float] = {}
     deadline = time.monotonic() + window_s
     while True:
-        for role, mb in rss_mb(processes).items():
+        for role, read in harness.rss_mb(processes).items():
+            mb = round(read, 1)
             peak[role] = max(peak.get(role, mb), mb)
         if time.monotonic() >= deadline:
             return peak
@@ -109,26 +71,9 @@ def distinct_images(count: int, seed: int = 1000) -> list[bytes]:
     return distinct_jpegs(count, seed)
 
 
-def infer_one(client: httpclient.InferenceServerClient, image: bytes) -> Probabilities:
-    """The ensemble's probabilities for one encoded image (one request)."""
-    import tritonclient.http as httpclient
-
-    data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
-    data.set_data_from_numpy(np.array([[image]], dtype=object))
-    result = client.infer(contract.ENSEMBLE_MODEL, [data])
-    answer: Probabilities = result.as_numpy(contract.ENSEMBLE_OUTPUT)[0]
-    return answer
-
-
 def expected_answers(url: str, images: list[bytes]) -> Probabilities:
-    """The probabilities each image gets, one request at a time (stacked in ``images`` order)."""
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(url, network_timeout=60.0)
-    try:
-        return np.stack([infer_one(client, image) for image in images])
-    finally:
-        client.close()
+    """The probabilities each image gets (stacked in ``images`` order), without retries."""
+    return harness.probabilities(url, images, network_timeout=60.0)
 
 
 @dataclass
@@ -203,25 +148,19 @@ class LoadGenerator:
                 self.stats.errors.append(error)
 
     def _worker(self, number: int) -> None:
-        import tritonclient.http as httpclient
-
-        client = httpclient.InferenceServerClient(
-            self.url, connection_timeout=5.0, network_timeout=self.network_timeout
-        )
+        client = self._client()
         index = number
         try:
             while not self._stop.is_set() and time.monotonic() < self._deadline:
                 position = index % len(self.images)
                 index += self.concurrency
                 try:
-                    answer = infer_one(client, self.images[position])
+                    answer = client.probabilities([self.images[position]])[0]
                 except Exception as error:
                     self._record(False, error=f"{type(error).__name__}: {error}"[:300])
                     # A new connection after a failure: the old one may be half closed.
                     client.close()
-                    client = httpclient.InferenceServerClient(
-                        self.url, connection_timeout=5.0, network_timeout=self.network_timeout
-                    )
+                    client = self._client()
                     self._stop.wait(0.05)
                     continue
                 wrong = (
@@ -234,6 +173,12 @@ class LoadGenerator:
         finally:
             client.close()
 
+    def _client(self) -> ImageClassifier:
+        """One thread's client: one connection, every failure counted (no retries)."""
+        return harness.measuring_classifier(
+            self.url, connection_timeout=5.0, network_timeout=self.network_timeout
+        )
+
 
 # --- the soak -----------------------------------------------------------------------------------
 
@@ -243,8 +188,8 @@ class SoakSummary:
     """What one ``run_soak`` measured; ``dataclasses.asdict`` of it is the JSON summary
     ``resnet18-triton soak`` prints and writes, keys in field order.
 
-    RSS figures are MB per server process role (``server_processes``), NaN where a process could
-    not be read; the ``after_warmup`` and ``end`` ones are peaks over a short window
+    RSS figures are MB per server process role (``harness.stack_processes``), NaN where a process
+    could not be read; the ``after_warmup`` and ``end`` ones are peaks over a short window
     (``peak_rss_mb``). ``rss_growth_percent_after_warmup`` is the end over the after-warm-up
     peak, per role readable both times; ``max_rss_growth_percent`` its largest value (None when
     no role was readable). ``errors`` holds the first few failures' messages.
@@ -288,8 +233,8 @@ def run_soak(
     images = images or distinct_images(image_count)
     expected = expected_answers(url, images)
     reference_error = float(np.abs(expected - reference).max()) if reference is not None else None
-    processes = server_processes(server_pid)
-    rss_start = rss_mb(processes)
+    processes = harness.stack_processes(server_pid)
+    rss_start = {role: round(mb, 1) for role, mb in harness.rss_mb(processes).items()}
     load = LoadGenerator(
         url, images, expected, concurrency, max_s=warmup_s + duration_s + 30
     ).start()
@@ -327,7 +272,7 @@ def run_soak(
         max_difference_from_reference=reference_error,
         processes_alive_at_end=all(p.is_running() for p in processes.values()),
         pids_unchanged={r: p.pid for r, p in processes.items()}
-        == {r: p.pid for r, p in server_processes(server_pid).items()},
+        == {r: p.pid for r, p in harness.stack_processes(server_pid).items()},
     )
 
 
@@ -379,50 +324,16 @@ def verdict(summary: SoakSummary, max_rss_growth_percent: float) -> list[str]:
     return [message for passed, message in checks if not passed]
 
 
-class Machine(TypedDict):
-    """Where a soak ran: the cores this process may use and the 1/5/15-minute load average."""
-
-    cores: int
-    load_average: list[float]
-
-
-def machine() -> Machine:
-    """Cores available and load average: the context a soak's throughput needs."""
-    return {
-        "cores": len(os.sched_getaffinity(0)),
-        "load_average": [round(value, 2) for value in os.getloadavg()],
-    }
-
-
-def _export_repository(target: Path) -> Path:
-    """A verified repository with random weights (seed 0) and a 2 ms queue delay, so that
-    requests under load are batched."""
-    from resnet18_triton.export.pipeline import ExportRequest, export_repository
-    from resnet18_triton.repository.configs import ServingSettings
-
-    request = ExportRequest(
-        repository=target,
-        weights="random",
-        seed=0,
-        settings=ServingSettings.from_core_budget(max_queue_delay_us=2000),
-    )
-    return export_repository(request).repository
-
-
 @contextmanager
 def own_server(repository: Path | None = None) -> Iterator[tuple[str, int]]:
-    """(url, pid) of an embedded Triton serving ``repository`` (default: one exported into a
-    temporary directory) on free loopback ports, stopped on exit."""
-    from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
-
-    with tempfile.TemporaryDirectory(prefix="soak-repo-") as scratch:
-        repository = repository or _export_repository(Path(scratch))
-        options = ServerOptions(
-            repository=repository.resolve(),
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            exit_timeout_s=10,
-        )
-        with EmbeddedServer(options) as server:
-            yield server.url, server.pid
+    """(url, pid) of an embedded Triton serving ``repository`` (default: a scratch repository,
+    random weights, seed 0, a 2 ms queue delay so that requests under load are batched) on free
+    loopback ports, stopped on exit."""
+    with contextlib.ExitStack() as stack:
+        if repository is None:
+            repository = stack.enter_context(
+                harness.scratch_repository("soak-repo-", max_queue_delay_us=2000)
+            )
+        options = harness.local_options(repository, exit_timeout_s=10)
+        server = stack.enter_context(harness.local_server(options))
+        yield server.url, server.pid

@@ -2,76 +2,25 @@
 
 Triton's Python backend (and this project's Python-based ONNX Runtime backend) runs each model
 instance in a ``triton_python_backend_stub`` child of the server, so the stack's memory is the
-server's RSS plus its children's. ``StackSampler`` samples that sum in a thread during a load test
-and keeps the peak and the per-process breakdown at the peak. It also reads each process's CPU
+server's RSS plus its children's. ``StackSampler`` samples that sum (``harness.tree_rss_mb``) in a
+thread during a load test and keeps the peak and the per-process breakdown at the peak, by
+process role (``tritonserver``, or the model a stub serves). It also reads each process's CPU
 time (user + system) at start and stop, so ``cpu_seconds`` says where the CPU went during the
-test, per process kind (instances of one model are summed).
+test, per role (instances of one model are summed).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
-from resnet18_triton.repository.layout import stub_model
-
-
-def _label(process: Any) -> str:
-    """The process's kind: ``tritonserver``, ``stub:MODEL`` for a Python-backend stub, else its
-    name."""
-    try:
-        cmdline = process.cmdline()
-    except Exception:
-        return "?"
-    if not cmdline:
-        return str(process.name())
-    if cmdline[0].endswith("tritonserver"):
-        return "tritonserver"
-    model = stub_model(cmdline)
-    return f"stub:{model}" if model else str(process.name())
-
-
-def _stack(pid: int) -> tuple[Any, list[Any]]:
-    """psutil (imported on use: the ``perf`` extra) and ``pid`` with all its descendants."""
-    psutil = __import__("psutil")
-    root = psutil.Process(pid)
-    return psutil, [root, *root.children(recursive=True)]
-
-
-def stack_rss(pid: int) -> dict[str, float]:
-    """RSS in MB of ``pid`` and each descendant, keyed by a readable label."""
-    psutil, processes = _stack(pid)
-    usage: dict[str, float] = {}
-    for process in processes:
-        try:
-            rss = process.memory_info().rss / (1024 * 1024)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        label = _label(process)
-        while label in usage:
-            label += "'"
-        usage[label] = rss
-    return usage
-
-
-def stack_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
-    """CPU seconds (user + system) so far of ``pid`` and each descendant: pid -> (label, s)."""
-    psutil, processes = _stack(pid)
-    usage: dict[int, tuple[str, float]] = {}
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        usage[process.pid] = (_label(process), times.user + times.system)
-    return usage
+from resnet18_triton.perf import harness
 
 
 def cpu_delta(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
 ) -> dict[str, float]:
-    """CPU seconds each process kind used between two ``stack_cpu_seconds`` readings; a process
+    """CPU seconds each process role used between two ``harness.cpu_seconds`` readings; a process
     that started in between counts from 0, one that ended in between is not counted."""
     spent: dict[str, float] = {}
     for pid, (label, seconds) in after.items():
@@ -82,8 +31,8 @@ def cpu_delta(
 
 @dataclass
 class StackSampler:
-    """Samples ``stack_rss(pid)`` every ``interval_s`` between ``start()`` and ``stop()``, and
-    the stack's CPU time at both ends (``cpu_seconds``, per process kind)."""
+    """Samples ``harness.tree_rss_mb(pid)`` every ``interval_s`` between ``start()`` and
+    ``stop()``, and the stack's CPU time at both ends (``cpu_seconds``, per process role)."""
 
     pid: int
     interval_s: float = 0.5
@@ -96,13 +45,13 @@ class StackSampler:
 
     def _read_cpu(self) -> dict[int, tuple[str, float]]:
         try:
-            return stack_cpu_seconds(self.pid)
+            return harness.cpu_seconds(self.pid)
         except Exception:
             return {}
 
     def sample(self) -> None:
         try:
-            usage = stack_rss(self.pid)
+            usage = harness.tree_rss_mb(self.pid)
         except Exception:
             return
         total = sum(usage.values())

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from resnet18_triton import contract
 from resnet18_triton.errors import PerfAnalyzerError, ResNet18TritonError, TuneError
+from resnet18_triton.perf import harness
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.report import markdown_table
 from resnet18_triton.perf.tune_repository import (
@@ -42,7 +43,6 @@ from resnet18_triton.perf.tune_space import (
     select_winner,
     top_plans,
 )
-from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
 
 Echo = Callable[[str], None]
 # What perf_analyzer prints when no window was within the stability percentage.
@@ -160,17 +160,10 @@ class PlanMeasurer:
         )
         models = variant_models(self.plan.name, candidate.variant)
         slug = candidate.label.replace(" ", "_")
-        options = ServerOptions(
-            repository=self.scratch,
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            models=models.load_order,
-            exit_timeout_s=5,
-        )
+        options = harness.local_options(self.scratch, models=models.load_order, exit_timeout_s=5)
         logs = self.plan.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        with open(logs / f"{slug}.log", "w") as log, EmbeddedServer(options, log) as server:
+        with harness.local_server(options, logs / f"{slug}.log") as server:
             sweep = pa.Sweep(models.ensemble, server.url, self.plan.sweep, self.input_data)
             result = pa.run(
                 self.analyzer, sweep, self.plan.out / "perf" / f"{slug}.csv", label=candidate.label
