@@ -12,7 +12,6 @@ all alike; the report gives every round and the median. Writes ``replicas.csv`` 
 from __future__ import annotations
 
 import csv
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from resnet18_triton import contract
 from resnet18_triton.deploy.cluster import Cluster
 from resnet18_triton.perf import harness, perf_analyzer
 from resnet18_triton.perf.images import jpeg_set
+from resnet18_triton.perf.report import RoundMeasurement, rounds_report
 
 
 @dataclass(frozen=True)
@@ -34,19 +34,9 @@ class Layout:
     through_proxy: bool = True
 
 
-@dataclass(frozen=True)
-class Measurement:
-    label: str
-    round: int
-    throughput: float
-    p50_ms: float
-    p99_ms: float
-    load_average: float  # 1-minute load average when the measurement started
-
-
 def measure(
     layout: Layout, input_data: Path, concurrency: int, workdir: Path, round_: int
-) -> Measurement:
+) -> RoundMeasurement:
     """Start the layout, run one perf_analyzer level through the proxy (or the replica)."""
     cluster_dir = workdir / f"{_slug(layout.label)}-{round_}"
     cluster_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +64,7 @@ def measure(
             label=layout.label,
         )
     row = result.rows[-1]
-    return Measurement(
+    return RoundMeasurement(
         layout.label,
         round_,
         row.throughput,
@@ -86,44 +76,6 @@ def measure(
 
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label).strip("-")
-
-
-def report(measurements: list[Measurement], layouts: list[Layout], header: str) -> str:
-    """Markdown table: one row per layout, each round's throughput, median, ratio to the first."""
-    rounds = sorted({m.round for m in measurements})
-    medians = {
-        layout.label: statistics.median(
-            m.throughput for m in measurements if m.label == layout.label
-        )
-        for layout in layouts
-    }
-    base = medians[layouts[0].label]
-    lines = [
-        header,
-        "",
-        "| layout | "
-        + " | ".join(f"round {r} img/s" for r in rounds)
-        + " | median img/s | vs first | p50 / p99 ms (median) | load average |",
-        "|---|" + "---|" * len(rounds) + "---|---|---|---|",
-    ]
-    for layout in layouts:
-        own = [m for m in measurements if m.label == layout.label]
-        by_round = {m.round: m for m in own}
-        cells = [f"{by_round[r].throughput:.1f}" if r in by_round else "-" for r in rounds]
-        p50 = statistics.median(m.p50_ms for m in own)
-        p99 = statistics.median(m.p99_ms for m in own)
-        lines.append(
-            f"| {layout.label} | "
-            + " | ".join(cells)
-            + f" | {medians[layout.label]:.1f} | {medians[layout.label] / base:.2f}x"
-            + f" | {p50:.0f} / {p99:.0f} | {_load_range(own)} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _load_range(measurements: list[Measurement]) -> str:
-    loads = [m.load_average for m in measurements]
-    return f"{min(loads):.1f}-{max(loads):.1f}"
 
 
 @click.command()
@@ -172,7 +124,7 @@ def main(
         f"perf_analyzer, ensemble `{contract.ENSEMBLE_MODEL}`, 500x375 JPEGs, concurrency "
         f"{concurrency}, {harness.machine().cores} cores"
     )
-    text = report(measurements, layouts, header)
+    text = rounds_report(measurements, [layout.label for layout in layouts], header)
     (out / "replicas.md").write_text(text)
     click.echo(text)
 

@@ -10,8 +10,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +44,31 @@ def tree_snapshot(root: Path, directories: bool = True) -> dict[str, str]:
         for path in sorted(root.rglob("*"))
         if directories or path.is_file()
     }
+
+
+def tree_digest(repo: Path, models: tuple[str, ...]) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file of ``models`` in ``repo``."""
+    return {
+        f"{model}/{path}": digest
+        for model in models
+        for path, digest in tree_snapshot(repo / model, directories=False).items()
+    }
+
+
+@dataclass(frozen=True)
+class DigitsClassifier:
+    """The custom classifier of the integration session's repository and what it was exported
+    from."""
+
+    name: str
+    checkpoint: Path
+    labels: Path
+    model: Any
+    splits: dict[str, Any]
+    accuracy: float
+    # sha256 of every file of the default classifier's models, before and after its export.
+    default_before: dict[str, str]
+    default_after: dict[str, str]
 
 
 def classify_ensemble(url: str, model: str, images: list[bytes]) -> np.ndarray:

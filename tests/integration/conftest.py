@@ -3,7 +3,6 @@ default classifier (random weights) and, beside it, a digits classifier exported
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 
 from resnet18_triton.perf import harness
 from resnet18_triton.server.embedded import EmbeddedServer
-from tests.support import TorchReference
+from tests.support import DigitsClassifier, TorchReference, tree_digest
 from tests.ui_support import running_ui
 
 ADMIN_KEY = "integration-test-key"
@@ -35,31 +34,6 @@ def exported_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     delay)."""
     target = tmp_path_factory.mktemp("model_repository")
     return harness.export_random(target, max_queue_delay_us=2000)
-
-
-@dataclass(frozen=True)
-class DigitsClassifier:
-    """The custom classifier of the session repository and what it was exported from."""
-
-    name: str
-    checkpoint: Path
-    labels: Path
-    model: Any
-    splits: dict
-    accuracy: float
-    # sha256 of every file of the default classifier's models, before and after its export.
-    default_before: dict[str, str]
-    default_after: dict[str, str]
-
-
-def tree_digest(repo: Path, models: tuple[str, ...]) -> dict[str, str]:
-    """relative path -> sha256 of every file of ``models`` in ``repo``."""
-    return {
-        str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for model in models
-        for path in sorted((repo / model).rglob("*"))
-        if path.is_file()
-    }
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,13 @@ from resnet18_triton import contract
 from resnet18_triton.client.cli import classify, health
 from resnet18_triton.export.quantize_cli import quantize
 from tests.digits import DIGIT_LABELS, custom_preprocessing, write_images
-from tests.integration.conftest import DigitsClassifier, tree_digest
-from tests.support import PROBABILITY_ATOL, TorchReference, varied_images
+from tests.support import (
+    PROBABILITY_ATOL,
+    DigitsClassifier,
+    TorchReference,
+    tree_digest,
+    varied_images,
+)
 
 pytest.importorskip("sklearn")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from resnet18_triton.perf.perf_analyzer import Row
@@ -103,3 +105,49 @@ def plot_throughput_latency(rows: list[Row], path: Path, title: str) -> Path | N
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+@dataclass(frozen=True)
+class RoundMeasurement:
+    """One configuration measured once, in one of the interleaved rounds of a comparison."""
+
+    label: str
+    round: int
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    load_average: float  # 1-minute load average when the measurement started
+
+
+def rounds_report(measurements: list[RoundMeasurement], labels: list[str], header: str) -> str:
+    """``header`` and a Markdown table: one row per configuration (``labels``, in order), each
+    round's throughput, their median, its ratio to the first configuration's, the median p50
+    and p99, and the range of load averages its rounds started at."""
+    rounds = sorted({m.round for m in measurements})
+    medians = {
+        label: statistics.median(m.throughput for m in measurements if m.label == label)
+        for label in labels
+    }
+    base = medians[labels[0]]
+    lines = [
+        header,
+        "",
+        "| layout | "
+        + " | ".join(f"round {r} img/s" for r in rounds)
+        + " | median img/s | vs first | p50 / p99 ms (median) | load average |",
+        "|---|" + "---|" * len(rounds) + "---|---|---|---|",
+    ]
+    for label in labels:
+        own = [m for m in measurements if m.label == label]
+        by_round = {m.round: m for m in own}
+        cells = [f"{by_round[r].throughput:.1f}" if r in by_round else "-" for r in rounds]
+        p50 = statistics.median(m.p50_ms for m in own)
+        p99 = statistics.median(m.p99_ms for m in own)
+        loads = [m.load_average for m in own]
+        lines.append(
+            f"| {label} | "
+            + " | ".join(cells)
+            + f" | {medians[label]:.1f} | {medians[label] / base:.2f}x"
+            + f" | {p50:.0f} / {p99:.0f} | {min(loads):.1f}-{max(loads):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
