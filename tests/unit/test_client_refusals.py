@@ -284,6 +284,7 @@ def test_there_is_no_option_that_takes_the_key_itself(
     assert server.authorizations == []
 
 
+@pytest.mark.slow
 def test_the_key_reaches_the_server_as_a_bearer_header_and_never_appears_in_argv(
     server: FakeTriton,
 ) -> None:

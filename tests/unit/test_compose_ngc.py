@@ -95,11 +95,13 @@ def _config_quiet(tmp_path: Path, **variables: str) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow
 def test_compose_file_validates(tmp_path: Path) -> None:
     result = _config_quiet(tmp_path, TRITON_ADMIN_KEY=TEST_KEY)
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_compose_refuses_to_start_without_an_admin_key(tmp_path: Path) -> None:
     """No known fallback key: without TRITON_ADMIN_KEY compose fails, naming the variable."""
     result = _config_quiet(tmp_path)
@@ -164,6 +166,7 @@ def test_model_repository_api_is_restricted(server: dict) -> None:
         assert key.startswith("triton-admin-key="), options[flag]
 
 
+@pytest.mark.slow
 def test_admin_key_comes_from_the_environment(tmp_path: Path) -> None:
     server = _render(tmp_path, TRITON_ADMIN_KEY="s3cret")["services"][SERVER_SERVICE]
     options = dict(command_options(service_command(server)))
@@ -190,6 +193,7 @@ def test_cpu_limit_defaults_to_the_onnx_thread_budget(server: dict) -> None:
     assert limit == DEFAULT_CPUS
 
 
+@pytest.mark.slow
 def test_cpu_limit_follows_triton_cpus(tmp_path: Path) -> None:
     server = _render(tmp_path, TRITON_CPUS="3", TRITON_ADMIN_KEY=TEST_KEY)["services"][
         SERVER_SERVICE

@@ -77,6 +77,7 @@ def test_provenance_rejects_unknown_source() -> None:
 # --- weights ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_random_weights_are_deterministic_per_seed_and_differ_across_seeds() -> None:
     first, provenance = load_resnet18("random", seed=0)
     again, _ = load_resnet18("random", seed=0)
@@ -96,6 +97,7 @@ def test_random_weights_leave_the_global_rng_alone() -> None:
 
 
 @pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
+@pytest.mark.slow
 def test_weights_file_round_trip(tmp_path: Path, wrap: str | None) -> None:
     source, _ = load_resnet18("random", seed=3)
     path = tmp_path / "weights.pth"
@@ -181,6 +183,7 @@ def test_imagenet_download_failure_message_without_network(
     assert str(tmp_path) in str(caught.value)
 
 
+@pytest.mark.slow
 def test_imagenet_uses_a_cached_checkpoint_without_network(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -225,6 +228,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     return [dim.dim_param or dim.dim_value for dim in value_info.type.tensor_type.shape.dim]
 
 
+@pytest.mark.slow
 def test_export_writes_one_file_with_contract_names_and_dynamic_batch(exported: Path) -> None:
     model = onnx.load(str(exported))
     assert [value.name for value in model.graph.input] == [ONNX_INPUT]
@@ -241,6 +245,7 @@ def test_export_writes_one_file_with_contract_names_and_dynamic_batch(exported: 
     assert [path.name for path in exported.parent.iterdir()] == [exported.name]
 
 
+@pytest.mark.slow
 def test_export_records_provenance_and_producer(exported: Path, random_model: tuple) -> None:
     metadata = {prop.key: prop.value for prop in onnx.load(str(exported)).metadata_props}
     assert Provenance.from_json(metadata[PROVENANCE_PARAMETER]) == random_model[1]
@@ -255,6 +260,7 @@ def test_export_rejects_opset_the_dynamo_exporter_cannot_emit(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_verify_matches_the_source_model(exported: Path, random_model: tuple) -> None:
     report = verify_onnx(random_model[0], exported, num_inputs=4, batch_sizes=(1, 3))
     assert isinstance(report, VerificationReport)
@@ -271,6 +277,7 @@ def test_verify_matches_the_source_model(exported: Path, random_model: tuple) ->
     assert "max |probability difference| vs torch.softmax" in report.summary()
 
 
+@pytest.mark.slow
 def test_verify_rejects_a_model_that_does_not_match(exported: Path) -> None:
     other_model, _ = load_resnet18("random", seed=1)
     with pytest.raises(VerificationError, match="does NOT match") as caught:
@@ -287,6 +294,7 @@ def _edited_copy(exported: Path, path: Path, edit) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_verify_rejects_a_softmax_over_the_wrong_axis(
     exported: Path, random_model: tuple, tmp_path: Path
 ) -> None:
@@ -304,6 +312,7 @@ def test_verify_rejects_a_softmax_over_the_wrong_axis(
     assert report.max_row_sum_error > 1e-5
 
 
+@pytest.mark.slow
 def test_verify_rejects_a_file_without_the_probabilities_output(
     exported: Path, random_model: tuple, tmp_path: Path
 ) -> None:
@@ -322,6 +331,7 @@ def test_verify_rejects_a_file_that_is_not_onnx(tmp_path: Path, random_model: tu
         verify_onnx(random_model[0], path)
 
 
+@pytest.mark.slow
 def test_export_command_renders_the_preprocessing_options(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

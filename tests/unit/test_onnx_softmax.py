@@ -59,6 +59,7 @@ def exporter(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.mark.parametrize("scale", [1.0, 5000.0], ids=["ordinary", "huge_logits"])
+@pytest.mark.slow
 def test_probabilities_output_is_the_softmax_of_the_logits_output(
     tmp_path: Path, exporter: str, scale: float
 ) -> None:
@@ -78,6 +79,7 @@ def test_probabilities_output_is_the_softmax_of_the_logits_output(
         np.testing.assert_allclose(probabilities, float64_softmax(logits), rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_both_outputs_have_the_dynamic_batch_axis(tmp_path: Path, exporter: str) -> None:
     path = export_onnx(
         small_classifier(seed=0, scale=1.0), tmp_path / "model.onnx", **EXPORTERS[exporter]

@@ -235,6 +235,7 @@ def test_f32_and_int8_configs_pin_f32_without_the_bf16_hint() -> None:
 # --- the fidelity gate
 
 
+@pytest.mark.slow
 def test_the_gate_refuses_a_model_that_disagrees_with_fp32(tmp_path: Path) -> None:
     """A random-weight network put where the INT8 model belongs: OpenVINO runs it fine, but its
     answers are not the fitted model's, so the gate must refuse it and write nothing."""
@@ -274,6 +275,7 @@ openvino.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_an_openvino_build_killed_before_its_install_leaves_the_repository_byte_identical(
     tmp_path: Path,
 ) -> None:

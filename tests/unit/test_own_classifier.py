@@ -86,6 +86,7 @@ def test_names_triton_cannot_serve_are_refused(name: str) -> None:
         ),
     ],
 )
+@pytest.mark.slow
 def test_every_common_checkpoint_shape_loads_with_its_class_count(tmp_path: Path, wrap) -> None:
     model = ten_class_model()
     path = tmp_path / "weights.pth"
@@ -98,6 +99,7 @@ def test_every_common_checkpoint_shape_loads_with_its_class_count(tmp_path: Path
     assert provenance.path == "weights.pth"
 
 
+@pytest.mark.slow
 def test_a_torchscript_module_is_rebuilt_and_checked_against_itself(tmp_path: Path) -> None:
     model = ten_class_model()
     path = tmp_path / "scripted.pt"
@@ -108,6 +110,7 @@ def test_a_torchscript_module_is_rebuilt_and_checked_against_itself(tmp_path: Pa
         torch.testing.assert_close(loaded(images), model(images))
 
 
+@pytest.mark.slow
 def test_a_resnet34_state_dict_is_refused_as_another_architecture(tmp_path: Path) -> None:
     path = tmp_path / "resnet34.pth"
     torch.save(resnet34(weights=None, num_classes=10).state_dict(), path)
@@ -141,12 +144,14 @@ def onnx_file(tmp_path: Path, model: torch.nn.Module, shape: tuple[int, ...]) ->
     return path
 
 
+@pytest.mark.slow
 def test_an_onnx_classifier_is_run_to_find_its_input_size_and_class_count(tmp_path: Path) -> None:
     found = inspect_onnx(onnx_file(tmp_path, ten_class_model(), (1, 3, 128, 128)))
     assert (found.input_size, found.num_classes) == (128, 10)
     assert (found.input_name, found.output_name) == ("pixels", "scores")
 
 
+@pytest.mark.slow
 def test_an_onnx_file_is_served_through_the_repository_layout(tmp_path: Path) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -183,6 +188,7 @@ def test_an_onnx_file_is_served_through_the_repository_layout(tmp_path: Path) ->
     )
 
 
+@pytest.mark.slow
 def test_an_onnx_input_whose_size_differs_from_the_preprocessing_is_refused(
     tmp_path: Path,
 ) -> None:
@@ -246,6 +252,7 @@ def run_main(capsys: pytest.CaptureFixture[str], repo: Path, *args: str) -> tupl
     "problem",
     ["label_count", "architecture", "onnx_shape", "collides_with_onnx", "collides_with_ensemble"],
 )
+@pytest.mark.slow
 def test_each_refusal_names_the_problem_and_changes_nothing(
     default_repository: Path, tmp_path: Path, problem: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -281,6 +288,7 @@ def test_each_refusal_names_the_problem_and_changes_nothing(
     assert digest(default_repository) == before
 
 
+@pytest.mark.slow
 def test_a_second_classifier_is_added_beside_the_first_which_stays_byte_identical(
     default_repository: Path, tmp_path: Path
 ) -> None:
@@ -351,6 +359,7 @@ def test_the_readme_walkthrough_uses_only_options_the_commands_have() -> None:
     ],
     ids=["imagenet", "straight96", "bicubic288", "straight160_bicubic"],
 )
+@pytest.mark.slow
 def test_the_served_transform_read_from_its_config_equals_torchvision_bit_for_bit(
     settings: Preprocessing,
 ) -> None:

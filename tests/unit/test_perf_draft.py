@@ -39,6 +39,7 @@ def test_draft_leaves_non_jpeg_alone(preprocess) -> None:
     )
 
 
+@pytest.mark.slow
 def test_draft_within_the_stated_tolerance(preprocess) -> None:
     import torch
 

@@ -54,6 +54,7 @@ def test_jpeg_sets_are_deterministic_and_cached(tmp_path: Path) -> None:
     assert images.read_folder(tmp_path / "a") == first
 
 
+@pytest.mark.slow
 def test_rows_csv_and_plot(tmp_path: Path) -> None:
     rows = [_row("raw", 1, 50), _row("raw", 2, 60, 20), _row("ens", 1, 40)]
     path = report.write_rows_csv(rows, tmp_path / "rows.csv")
@@ -273,6 +274,7 @@ def test_evaluate_takes_any_declared_table() -> None:
     assert str(value.ratio.target) == "<= 0.4"
 
 
+@pytest.mark.slow
 def test_report_is_written(tmp_path: Path) -> None:
     plan = bench.BenchPlan(out=tmp_path)
     path = bench.write_report(plan, _results(), tmp_path / "repo")

@@ -54,6 +54,7 @@ def repo(exported: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_an_export_installs_a_complete_repository_and_keeps_unrelated_entries(
     exported: Path,
 ) -> None:
@@ -65,6 +66,7 @@ def test_an_export_installs_a_complete_repository_and_keeps_unrelated_entries(
         assert mode == (0o755 if path.is_dir() else 0o644), path
 
 
+@pytest.mark.slow
 def test_the_export_result_names_the_installed_model_and_its_verification(
     tmp_path: Path,
 ) -> None:
@@ -76,6 +78,7 @@ def test_the_export_result_names_the_installed_model_and_its_verification(
     assert result.provenance.seed == 2
 
 
+@pytest.mark.slow
 def test_a_failed_verification_leaves_the_repository_byte_identical(repo: Path) -> None:
     before = tree_snapshot(repo)
     # No float32 ONNX Runtime run reproduces PyTorch's logits exactly: a zero tolerance fails.
@@ -85,6 +88,7 @@ def test_a_failed_verification_leaves_the_repository_byte_identical(repo: Path) 
     assert _staging_dirs(repo) == []
 
 
+@pytest.mark.slow
 def test_a_refused_plan_fails_before_anything_is_written(repo: Path) -> None:
     before = tree_snapshot(repo)
     oversubscribed = ServingSettings(cores=1, onnx_instances=2, intra_op_threads=1)
@@ -94,6 +98,7 @@ def test_a_refused_plan_fails_before_anything_is_written(repo: Path) -> None:
     assert tree_snapshot(repo) == before
 
 
+@pytest.mark.slow
 def test_an_export_killed_mid_way_leaves_the_repository_byte_identical_and_the_next_succeeds(
     repo: Path,
 ) -> None:
@@ -174,6 +179,7 @@ def test_install_swaps_in_new_model_directories_and_moves_the_old_ones_to_stagin
     assert not (staging / contract.ONNX_MODEL).exists()
 
 
+@pytest.mark.slow
 def test_an_install_waits_while_another_export_installs_into_the_same_repository(
     tmp_path: Path,
 ) -> None:

@@ -158,6 +158,7 @@ def test_fidelity_figures() -> None:
     assert "top-1 agreement" in report.table() and "0.25x" in report.table()
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
     import onnx
 
@@ -186,6 +187,7 @@ def test_int8_keeps_the_decisions_of_a_fitted_model(tmp_path: Path) -> None:
     assert f'model_name: "{INT8_MODEL}"' in ensemble and '"resnet18_onnx"' not in ensemble
 
 
+@pytest.mark.slow
 def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     """Quantising the classifier head too measures ~90% agreement here: below the default 99%."""
     import onnx
@@ -220,6 +222,7 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     assert_float_softmax(int8.graph, input_from="DequantizeLinear")
 
 
+@pytest.mark.slow
 def test_calibration_takes_the_ranges_of_every_batch_not_only_the_last(tmp_path: Path) -> None:
     """Five batches of pixels whose first alone spans 0..255: the scale quantising the first
     convolution's input (the normalised image) must come from it. (ONNX Runtime's

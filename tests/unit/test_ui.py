@@ -269,6 +269,7 @@ def test_the_web_stack_comes_only_with_the_ui_extra() -> None:
     assert "ui" in dev.partition("[")[2].rstrip("]").split(",")
 
 
+@pytest.mark.slow
 def test_a_port_in_use_is_a_usage_error_naming_it() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -313,6 +314,7 @@ def _everything_the_browser_gets(base: str) -> str:
     return "\n".join([*texts, answer.headers, json.dumps(answer.body)])
 
 
+@pytest.mark.slow
 def test_the_ui_sends_the_key_from_its_key_file_to_triton_and_never_to_the_browser(
     proxy: FakeTriton, tmp_path: Path
 ) -> None:
@@ -330,6 +332,7 @@ def test_the_ui_sends_the_key_from_its_key_file_to_triton_and_never_to_the_brows
     assert set(proxy.authorizations) == {f"Bearer {KEY}"}
 
 
+@pytest.mark.slow
 def test_the_ui_takes_the_key_from_the_environment(
     proxy: FakeTriton, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -339,6 +342,7 @@ def test_the_ui_takes_the_key_from_the_environment(
     assert set(proxy.authorizations) == {f"Bearer {KEY}"}
 
 
+@pytest.mark.slow
 def test_without_the_key_the_page_is_told_which_key_to_set(proxy: FakeTriton) -> None:
     with running_ui(proxy.url) as base:
         status, body = get_json(f"{base}/v1/models")
@@ -348,6 +352,7 @@ def test_without_the_key_the_page_is_told_which_key_to_set(proxy: FakeTriton) ->
     assert proxy.authorizations == [None]
 
 
+@pytest.mark.slow
 def test_an_unsafe_key_file_stops_the_ui_before_it_listens(tmp_path: Path) -> None:
     key_file = tmp_path / "api-key"
     key_file.write_text(KEY)

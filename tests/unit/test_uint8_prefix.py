@@ -82,6 +82,7 @@ def test_uint8_model_gives_the_same_pytorch_logits_as_float_normalised_input() -
     np.testing.assert_array_equal(from_pixels, from_floats)
 
 
+@pytest.mark.slow
 def test_graph_takes_uint8_and_starts_with_cast_div_sub_div(exported) -> None:
     _model, path = exported
     graph = onnx.load(str(path)).graph
@@ -90,6 +91,7 @@ def test_graph_takes_uint8_and_starts_with_cast_div_sub_div(exported) -> None:
     assert [node.op_type for node in prefix_nodes(graph)] == ["Cast", "Div", "Sub", "Div"]
 
 
+@pytest.mark.slow
 def test_onnx_runtime_logits_from_uint8_equal_those_from_the_float_tensor(exported) -> None:
     """Bit for bit: the graph without its prefix, fed torchvision's float tensor, gives the same
     logits as the whole graph fed the pixels."""
@@ -114,6 +116,7 @@ def test_onnx_runtime_logits_from_uint8_equal_those_from_the_float_tensor(export
     np.testing.assert_array_equal(from_pixels, from_floats)
 
 
+@pytest.mark.slow
 def test_mean_and_std_given_to_export_are_the_graphs(tmp_path: Path) -> None:
     model = small_conv_classifier(seed=2)
     path = export_onnx(model, tmp_path / "model.onnx", mean=OTHER_MEAN, std=OTHER_STD)

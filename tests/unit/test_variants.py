@@ -145,6 +145,7 @@ def run_writer(repo: Path, variant: variants.Variant, die_in: str = "") -> int:
 
 
 @pytest.mark.parametrize("variant", ENSEMBLE_VARIANTS, ids=lambda variant: variant.key)
+@pytest.mark.slow
 def test_a_variant_writer_killed_anywhere_before_the_swap_leaves_the_repository_byte_identical(
     repository: Path, variant: variants.Variant
 ) -> None:
