@@ -114,6 +114,9 @@ def _classification(fake: FakeTriton, header: dict[str, Any], images: list[bytes
 def _handler(fake: FakeTriton) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as two writes: with Nagle's algorithm the body would wait for
+        # the client's delayed ACK of the headers, about 40 ms on every answer.
+        disable_nagle_algorithm = True
 
         def log_message(self, *args: object) -> None:
             pass
