@@ -116,27 +116,11 @@ def digits_int8_repository(tmp_path: Path, **settings: object) -> tuple[Path, di
 
     model, splits, _ = digits_model()
     repo = export_repository(model, tmp_path / "repo", **settings)
-    report = tmp_path / "report.json"
-    result = CliRunner().invoke(
-        quantize,
-        [
-            "--repo",
-            str(repo),
-            "--calibration-images",
-            str(write_images(tmp_path / "calibration", splits["calibration"][0])),
-            "--eval-images",
-            str(write_images(tmp_path / "held_out", splits["held_out"][0])),
-            "--report",
-            str(report),
-            # 99% (the default) is what this machine measures; 97% leaves room for CPUs whose INT8
-            # kernels differ (without VNNI, reduce_range turns on and weights get 7 bits).
-            "--min-agreement",
-            "0.97",
-        ],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
-    return repo, json.loads(report.read_text())
+    calibration = write_images(tmp_path / "calibration", splits["calibration"][0])
+    # 99% (the default) is what this machine measures; 97% leaves room for CPUs whose INT8
+    # kernels differ (without VNNI, reduce_range turns on and weights get 7 bits).
+    options = ["--calibration-images", str(calibration), "--min-agreement", "0.97"]
+    return repo, _write_variant(quantize, repo, splits, tmp_path / "report.json", options)
 
 
 def digits_openvino_repository(tmp_path: Path, precision: str = "bf16") -> tuple[Path, dict]:
@@ -146,22 +130,19 @@ def digits_openvino_repository(tmp_path: Path, precision: str = "bf16") -> tuple
     model, splits, _ = digits_model()
     repo = export_repository(model, tmp_path / "repo")
     report = tmp_path / "openvino_report.json"
+    return repo, _write_variant(openvino, repo, splits, report, ["--precision", precision])
+
+
+def _write_variant(command, repo: Path, splits: dict, report: Path, options: list[str]) -> dict:
+    """Run a variant's writer command on ``repo``, its fidelity judged on the held-out digits
+    (written beside ``report``); its JSON report."""
+    held_out = write_images(report.parent / "held_out", splits["held_out"][0])
+    arguments = ["--repo", str(repo), *options, "--eval-images", str(held_out)]
     result = CliRunner().invoke(
-        openvino,
-        [
-            "--repo",
-            str(repo),
-            "--precision",
-            precision,
-            "--eval-images",
-            str(write_images(tmp_path / "held_out", splits["held_out"][0])),
-            "--report",
-            str(report),
-        ],
-        catch_exceptions=False,
+        command, [*arguments, "--report", str(report)], catch_exceptions=False
     )
     assert result.exit_code == 0, result.output
-    return repo, json.loads(report.read_text())
+    return json.loads(report.read_text())
 
 
 # The custom classifier: a 10-class head, its own preprocessing (resize straight to 96x96, mean and

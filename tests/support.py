@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,9 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
+import pytest
 
 from resnet18_triton.perf.images import encode, gradient_image
 from resnet18_triton.repository.layout import load_model_module, python_model_source
@@ -234,8 +237,7 @@ def serve_process(repository: Path, log: Path, *extra: str) -> Iterator[str]:
     from resnet18_triton.server.embedded import free_port
 
     port = free_port()
-    command = [sys.executable, "-m", "resnet18_triton.cli", "serve", "--repo", str(repository),
-               *serve_port_arguments(port), *extra]  # fmt: skip
+    command = [*CLI, "serve", "--repo", str(repository), *serve_port_arguments(port), *extra]
     url = f"127.0.0.1:{port}"
     with log.open("w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
@@ -248,15 +250,40 @@ def serve_process(repository: Path, log: Path, *extra: str) -> Iterator[str]:
             time.sleep(0.3)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop_process(process)
 
 
 SERVE_READY_TIMEOUT_S = 300
+CLI = [sys.executable, "-m", "resnet18_triton.cli"]
+
+
+def run_cli(
+    *args: str, timeout_s: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``resnet18-triton ARGS`` as a user runs it (a subprocess of this interpreter, ``env``
+    or this process's environment), its output captured as text."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout_s, env=env)
+
+
+def missing(message: str) -> NoReturn:
+    """What a test needs is not installed (``message`` says how to install it): fail in CI (``$CI``
+    set), where everything must be, and skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def stop_process(
+    process: subprocess.Popen[Any], signum: int = signal.SIGTERM, timeout_s: float = 60
+) -> None:
+    """Send ``signum`` and wait up to ``timeout_s`` for ``process`` to exit; kill it if it has
+    not, so that no test leaves a process behind."""
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
 
 
 def _is_ready(url: str) -> bool:

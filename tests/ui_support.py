@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet18_triton.server.embedded import free_port
+from tests.support import stop_process
 
 CLI = [sys.executable, "-m", "resnet18_triton.cli"]
 START_TIMEOUT_S = 60.0
@@ -45,12 +46,7 @@ def running_ui(triton_url: str, *options: str) -> Iterator[str]:
             _wait_until_listening(base, process, log)
             yield base
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, signal.SIGINT, timeout_s=15)
 
 
 def _wait_until_listening(base: str, process: subprocess.Popen[bytes], log: Any) -> None:

@@ -38,20 +38,19 @@ def test_bad_images_get_400_with_reason(http_client, images: list[bytes], fragme
     assert infer_images(http_client, [GOOD]).as_numpy(contract.ENSEMBLE_OUTPUT).shape == (1, 1000)
 
 
-def test_wrong_dtype_to_raw_model_is_refused_by_name(http_client) -> None:
-    data = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 224, 224], "INT32")
-    data.set_data_from_numpy(np.zeros((1, 3, 224, 224), dtype=np.int32))
+@pytest.mark.parametrize(
+    ("dtype", "name"),
+    [(np.int32, "INT32"), (np.float32, "FP32")],
+    ids=["int32", "fp32 of the old raw contract"],
+)
+def test_a_raw_tensor_of_another_dtype_is_refused_naming_it_and_uint8(
+    http_client, dtype: type, name: str
+) -> None:
+    data = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 224, 224], name)
+    data.set_data_from_numpy(np.zeros((1, 3, 224, 224), dtype=dtype))
     with pytest.raises(InferenceServerException) as caught:
         http_client.infer(contract.ONNX_MODEL, [data])
-    assert "INT32" in caught.value.message() and "UINT8" in caught.value.message()
-
-
-def test_a_float_tensor_of_the_old_raw_contract_is_refused_naming_uint8(http_client) -> None:
-    data = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 224, 224], "FP32")
-    data.set_data_from_numpy(np.zeros((1, 3, 224, 224), dtype=np.float32))
-    with pytest.raises(InferenceServerException) as caught:
-        http_client.infer(contract.ONNX_MODEL, [data])
-    assert "FP32" in caught.value.message() and "UINT8" in caught.value.message()
+    assert name in caught.value.message() and "UINT8" in caught.value.message()
     assert http_client.is_server_ready()
 
 

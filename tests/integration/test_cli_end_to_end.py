@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from tests.support import SAMPLE_FILES, TorchReference
+from tests.support import SAMPLE_FILES, TorchReference, run_cli
 
 CLI = [sys.executable, "-m", "resnet18_triton.cli"]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
 
 
 def test_classify_json_matches_reference(

@@ -21,13 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import proxy
 from resnet18_triton.deploy.cluster import Cluster, Replica
 from resnet18_triton.perf import harness
-from tests.support import PROBABILITY_ATOL, TorchReference, encode, gradient_image
+from tests.edge_support import announce_oversized_body
+from tests.support import (
+    PROBABILITY_ATOL,
+    TorchReference,
+    classify_ensemble,
+    encode,
+    gradient_image,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None and not os.environ.get("CI"),
@@ -96,14 +102,8 @@ def settled_counts(replicas: list[Replica]) -> list[int]:
 
 
 def classify(url: str, image: bytes) -> np.ndarray:
-    client = httpclient.InferenceServerClient(url, network_timeout=120.0)
-    try:
-        data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
-        data.set_data_from_numpy(np.array([[image]], dtype=object))
-        result = client.infer(contract.ENSEMBLE_MODEL, [data])
-        return result.as_numpy(contract.ENSEMBLE_OUTPUT)[0]
-    finally:
-        client.close()
+    """One request, one image, no retry: a failure during failover counts."""
+    return classify_ensemble(url, contract.ENSEMBLE_MODEL, [image])[0]
 
 
 def send_all(
@@ -212,14 +212,9 @@ def test_body_over_the_limit_gets_413_from_the_proxy_and_never_reaches_triton(
     host, port = cluster.url.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
-        # nginx judges the declared length before reading the body: no need to send 256 MiB.
-        connection.putrequest("POST", f"/v2/models/{contract.ENSEMBLE_MODEL}/infer")
-        connection.putheader("Content-Length", str(limit + 1))
-        connection.putheader("Content-Type", "application/octet-stream")
-        connection.endheaders()
-        connection.send(b"\0" * 4096)
-        reply = connection.getresponse()
-        status = reply.status
+        path = f"/v2/models/{contract.ENSEMBLE_MODEL}/infer"
+        content = {"Content-Type": "application/octet-stream"}
+        status = announce_oversized_body(connection, path, limit + 1, content).status
     finally:
         connection.close()
     assert status == 413

@@ -6,24 +6,23 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import tritonclient.http as httpclient
 
 from resnet18_triton import contract
-from tests.support import PROBABILITY_ATOL, TorchReference, encode, gradient_image
+from tests.support import (
+    PROBABILITY_ATOL,
+    TorchReference,
+    classify_ensemble,
+    encode,
+    gradient_image,
+)
 
 CONCURRENT_REQUESTS = 40
 
 
 def classify_one(url: str, image: bytes) -> np.ndarray:
-    # One client per thread: tritonclient.http is gevent-based and not shared across OS threads.
-    client = httpclient.InferenceServerClient(url, network_timeout=120.0)
-    try:
-        data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
-        data.set_data_from_numpy(np.array([[image]], dtype=object))
-        result = client.infer(contract.ENSEMBLE_MODEL, [data])
-        return result.as_numpy(contract.ENSEMBLE_OUTPUT)[0]
-    finally:
-        client.close()
+    # One client per call, so per thread: tritonclient.http is gevent-based and not shared across
+    # OS threads.
+    return classify_ensemble(url, contract.ENSEMBLE_MODEL, [image])[0]
 
 
 def test_concurrent_distinct_images_each_get_their_own_answer(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -34,15 +33,16 @@ from resnet18_triton.perf import harness
 from resnet18_triton.perf.harness import infer_request
 from resnet18_triton.perf.images import encode, gradient_image, noisy_png
 from resnet18_triton.server.embedded import free_port
-from tests.edge_support import self_signed_certificate, write_key_file
+from tests.edge_support import (
+    NEEDS_NGINX_WITH_NJS,
+    announce_oversized_body,
+    secured_cluster_options,
+    self_signed_certificate,
+    write_key_file,
+)
 from tests.support import PROBABILITY_ATOL, TorchReference
 
-pytestmark = pytest.mark.skipif(
-    (shutil.which("nginx") is None or not Path(proxy.NJS_MODULE_PATH).exists())
-    and not os.environ.get("CI"),
-    reason="nginx and its njs module are not installed (apt-get install nginx "
-    "libnginx-mod-http-js; scripts/setup.sh does it)",
-)
+pytestmark = NEEDS_NGINX_WITH_NJS
 
 ALICE = "alice-" + "a1" * 16
 BOB = "bob-" + "b2" * 16
@@ -74,21 +74,13 @@ class Edge:
 def edge(
     exported_repository: Path, admin_key: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Edge]:
-    secrets = tmp_path_factory.mktemp("edge-secrets")
-    key_file = write_key_file(secrets / "keys.txt", [f"alice:{ALICE}", f"bob:{BOB}"])
-    certificate, tls_key = self_signed_certificate(secrets)
-    options = harness.cluster_options(
-        exported_repository,
-        2,
-        tmp_path_factory.mktemp("edge-cluster"),
-        admin_key=admin_key,
-        api_key_file=key_file,
-        tls_certificate=certificate,
-        tls_key=tls_key,
-        limits=LIMITS,
+    keys = [f"alice:{ALICE}", f"bob:{BOB}"]
+    work = tmp_path_factory.mktemp("edge")
+    secured = secured_cluster_options(
+        exported_repository, 2, work, keys, admin_key=admin_key, limits=LIMITS
     )
-    with Cluster(options) as running:
-        yield Edge(running, key_file, certificate)
+    with Cluster(secured.options) as running:
+        yield Edge(running, secured.key_file, secured.certificate)
 
 
 @dataclass
@@ -275,12 +267,8 @@ def test_a_body_over_the_budget_gets_413_before_any_replica_sees_it(edge: Edge) 
     limit = edge.cluster.settings.body_limit
     assert limit == LIMITS.body_budget_bytes // LIMITS.max_in_flight
     connection = edge.connection("127.0.0.7")
-    connection.putrequest("POST", INFER_PATH)
-    connection.putheader("Authorization", f"Bearer {ALICE}")
-    connection.putheader("Content-Length", str(limit + 1))
-    connection.endheaders()
-    connection.send(b"\0" * 4096)
-    response = connection.getresponse()
+    key = {"Authorization": f"Bearer {ALICE}"}
+    response = announce_oversized_body(connection, INFER_PATH, limit + 1, key)
     assert response.status == 413
     assert "send fewer or smaller images" in json.loads(response.read())["error"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,24 +50,29 @@ def test_loadtest_ensemble_and_raw(analyzer: pa.PerfAnalyzer, url: str, tmp_path
     assert (plan.out / "loadtest.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_loadtest_raw_model_in_shared_memory_with_full_batches(
-    analyzer: pa.PerfAnalyzer, url: str, admin_key: str, tmp_path: Path
-) -> None:
-    # Registering shared memory is a restricted API: the admin key header must reach the server.
-    plan = LoadTestPlan(
+def raw_in_shared_memory(url: str, tmp_path: Path, **settings: Any) -> LoadTestPlan:
+    """A plan for the raw model alone at concurrency 1, its inputs in system shared memory;
+    ``settings``: the sweep's other settings."""
+    sweep = {"measurement_interval_ms": 1000, **settings}
+    return LoadTestPlan(
         url=url,
         out=tmp_path / "out",
         targets=("raw",),
         settings=pa.SweepSettings(
             concurrency="1",
-            measurement_interval_ms=1000,
             stability_percentage=100,
             max_trials=10,
-            batch_size=8,
             shared_memory="system",
-            admin_key=admin_key,
+            **sweep,
         ),
     )
+
+
+def test_loadtest_raw_model_in_shared_memory_with_full_batches(
+    analyzer: pa.PerfAnalyzer, url: str, admin_key: str, tmp_path: Path
+) -> None:
+    # Registering shared memory is a restricted API: the admin key header must reach the server.
+    plan = raw_in_shared_memory(url, tmp_path, batch_size=8, admin_key=admin_key)
     (result,) = run_loadtest(plan, analyzer, echo=lambda _text: None)
     assert result.failed_requests == 0
     assert result.successful_requests and result.successful_requests > 0
@@ -76,18 +82,7 @@ def test_loadtest_raw_model_in_shared_memory_with_full_batches(
 def test_loadtest_shared_memory_without_the_admin_key_fails_clearly(
     analyzer: pa.PerfAnalyzer, url: str, tmp_path: Path
 ) -> None:
-    plan = LoadTestPlan(
-        url=url,
-        out=tmp_path / "out",
-        targets=("raw",),
-        settings=pa.SweepSettings(
-            concurrency="1",
-            measurement_interval_ms=500,
-            stability_percentage=100,
-            max_trials=10,
-            shared_memory="system",
-        ),
-    )
+    plan = raw_in_shared_memory(url, tmp_path, measurement_interval_ms=500)
     with pytest.raises(PerfAnalyzerError, match=r"(?s)restricted.*--admin-key") as error:
         run_loadtest(plan, analyzer, echo=lambda _text: None)
     assert "resnet18_onnx" in str(error.value)

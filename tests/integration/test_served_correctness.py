@@ -76,20 +76,37 @@ def assert_labelled_top_k(
         assert float(probability) == pytest.approx(expected[int(index)], abs=PROBABILITY_ATOL)
 
 
-def test_classification_extension_gives_labelled_top5(
-    http_client, reference: TorchReference
-) -> None:
-    image = IMAGES["chelsea.png"]
+def ensemble_tensor(reference: TorchReference, image: bytes):
+    """The ensemble's input: the encoded image."""
     data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
     data.set_data_from_numpy(np.array([[image]], dtype=object))
-    assert_labelled_top_k(
-        http_client,
-        contract.ENSEMBLE_MODEL,
-        data,
-        contract.ENSEMBLE_OUTPUT,
-        reference.probabilities([image])[0],
-        k=5,
-    )
+    return data
+
+
+def raw_tensor(reference: TorchReference, image: bytes):
+    """The raw model's input: the reference's uint8 pixels of the image."""
+    data = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 224, 224], "UINT8")
+    data.set_data_from_numpy(reference.pixels(image)[None])
+    return data
+
+
+@pytest.mark.parametrize(
+    ("model", "tensor", "output", "name", "k"),
+    [
+        (contract.ENSEMBLE_MODEL, ensemble_tensor, contract.ENSEMBLE_OUTPUT, "chelsea.png", 5),
+        (contract.ONNX_MODEL, raw_tensor, contract.ONNX_PROBABILITIES, "coffee.png", 3),
+    ],
+    ids=["ensemble", "raw model's probabilities"],
+)
+def test_the_classification_extension_gives_the_labelled_top_k(
+    http_client, reference: TorchReference, model, tensor, output, name, k
+) -> None:
+    """The classification extension (labels.txt) on the ensemble's output and on the raw
+    model's probabilities output."""
+    image = IMAGES[name]
+    data = tensor(reference, image)
+    expected = reference.probabilities([image])[0]
+    assert_labelled_top_k(http_client, model, data, output, expected, k=k)
 
 
 def test_raw_model_over_plain_kserve_json(url: str, reference: TorchReference) -> None:
@@ -128,23 +145,6 @@ def test_raw_model_over_plain_kserve_json(url: str, reference: TorchReference) -
     assert int(np.argmax(logits)) == int(expected.argmax())
     probabilities = np.array(outputs[contract.ONNX_PROBABILITIES]["data"], dtype=np.float32)
     assert_same_answer(probabilities, reference.probabilities([image])[0])
-
-
-def test_raw_model_probabilities_give_labelled_top_k(
-    http_client, reference: TorchReference
-) -> None:
-    """The classification extension on the raw model's probabilities output (labels.txt)."""
-    image = IMAGES["coffee.png"]
-    data = httpclient.InferInput(contract.ONNX_INPUT, [1, 3, 224, 224], "UINT8")
-    data.set_data_from_numpy(reference.pixels(image)[None])
-    assert_labelled_top_k(
-        http_client,
-        contract.ONNX_MODEL,
-        data,
-        contract.ONNX_PROBABILITIES,
-        reference.probabilities([image])[0],
-        k=3,
-    )
 
 
 def test_raw_model_metadata(http_client) -> None:

@@ -21,6 +21,7 @@ from resnet18_triton.errors import ServerStartError
 from resnet18_triton.perf import harness
 from resnet18_triton.repository.layout import stub_model
 from resnet18_triton.server.embedded import EmbeddedServer, ServerOptions, free_port
+from tests.support import missing
 
 CLI = [sys.executable, "-m", "resnet18_triton.cli"]
 
@@ -206,10 +207,7 @@ def test_the_server_and_its_stubs_run_on_tcmalloc_when_it_is_installed(server) -
 
     library = allocator_library("tcmalloc")
     if library is None:
-        message = "libtcmalloc-minimal4 is not installed (scripts/setup.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("libtcmalloc-minimal4 is not installed (scripts/setup.sh installs it)")
     root = psutil.Process(server.pid)
     stubs = [child for child in root.children(recursive=True) if stub_model(child.cmdline())]
     assert stubs, "no Python-backend stub found"

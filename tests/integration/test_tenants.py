@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import shutil
 import ssl
 import threading
 from collections.abc import Iterator
@@ -21,22 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import proxy
-from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
-from resnet18_triton.perf.images import encode, gradient_image
-from resnet18_triton.server.embedded import free_port
-from tests.edge_support import self_signed_certificate, write_key_file
+from resnet18_triton.deploy.cluster import Cluster
+from resnet18_triton.perf import harness
+from resnet18_triton.perf.images import encode, gradient_image, noisy_png
+from tests.edge_support import NEEDS_NGINX_WITH_NJS, secured_cluster_options
 from tests.support import PROBABILITY_ATOL, TorchReference
 
-pytestmark = pytest.mark.skipif(
-    (shutil.which("nginx") is None or not Path(proxy.NJS_MODULE_PATH).exists())
-    and not os.environ.get("CI"),
-    reason="nginx and its njs module are not installed (apt-get install nginx "
-    "libnginx-mod-http-js; scripts/setup.sh does it)",
-)
+pytestmark = NEEDS_NGINX_WITH_NJS
 
 POLITE = "polite-" + "a1" * 16
 BUSY = "busy-" + "b2" * 16
@@ -46,9 +38,6 @@ LIMITS = proxy.Limits(
     rate_per_s=100, burst=200, client_connections=4, key_in_flight=2, max_in_flight=16
 )
 BUSY_CALLERS = 10
-# A noisy 1600 x 1420 PNG (about 6.8 MB): its decode keeps each busy request in flight long
-# enough that all the simultaneous ones arrive while the first ones are still being served.
-LARGE_PNG_SIZE = (1600, 1420)
 
 
 @dataclass
@@ -56,11 +45,9 @@ class Edge:
     port: int
     certificate: Path
 
-    def connect(self, source: str) -> http.client.HTTPSConnection:
+    def connect(self, source: str) -> http.client.HTTPConnection:
         context = ssl.create_default_context(cafile=str(self.certificate))
-        connection = http.client.HTTPSConnection(
-            "127.0.0.1", self.port, timeout=120, source_address=(source, 0), context=context
-        )
+        connection = harness.connect("127.0.0.1", self.port, source=source, tls=context)
         connection.connect()  # the handshake before the start signal, not in the race
         return connection
 
@@ -69,38 +56,18 @@ class Edge:
 def edge(
     exported_repository: Path, admin_key: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Edge]:
-    secrets = tmp_path_factory.mktemp("tenant-secrets")
-    key_file = write_key_file(
-        secrets / "keys.txt", [f"polite:{POLITE}", f"busy:{BUSY}:{BUSY_WEIGHT}"]
+    keys = [f"polite:{POLITE}", f"busy:{BUSY}:{BUSY_WEIGHT}"]
+    work = tmp_path_factory.mktemp("tenants")
+    secured = secured_cluster_options(
+        exported_repository, 1, work, keys, admin_key=admin_key, limits=LIMITS
     )
-    certificate, tls_key = self_signed_certificate(secrets)
-    options = ClusterOptions(
-        repository=exported_repository,
-        replicas=1,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        admin_key=admin_key,
-        workdir=tmp_path_factory.mktemp("tenant-cluster"),
-        api_key_file=key_file,
-        tls_certificate=certificate,
-        tls_key=tls_key,
-        limits=LIMITS,
-    )
-    with Cluster(options):
-        yield Edge(options.http_port, certificate)
+    with Cluster(secured.options):
+        yield Edge(secured.options.http_port, secured.certificate)
 
 
 def _infer_request(image: bytes, key: str) -> tuple[bytes, dict[str, str]]:
-    tensor = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[image]], dtype=object))
-    output = httpclient.InferRequestedOutput(contract.ENSEMBLE_OUTPUT, binary_data=True)
-    body, header_length = httpclient.InferenceServerClient.generate_request_body(
-        [tensor], outputs=[output]
-    )
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"}
-    if header_length is not None:
-        headers["Inference-Header-Content-Length"] = str(header_length)
-    return body, headers
+    body, headers = harness.infer_request(image)
+    return body, {**headers, "Authorization": f"Bearer {key}"}
 
 
 @dataclass
@@ -112,10 +79,7 @@ class Answer:
     header_length: str | None
 
     def probabilities(self) -> np.ndarray:
-        result = httpclient.InferenceServerClient.parse_response_body(
-            self.body, header_length=int(self.header_length) if self.header_length else None
-        )
-        return np.asarray(result.as_numpy(contract.ENSEMBLE_OUTPUT)[0])
+        return harness.binary_probabilities(self.body, self.header_length)
 
 
 def _all_at_once(edge: Edge, requests: list[tuple[str, str, bytes, str]]) -> list[Answer]:
@@ -158,19 +122,18 @@ def test_a_tenant_gets_its_weighted_share_in_flight_and_the_other_tenant_is_stil
     addresses, the polite one 2 photos from 2 others, all at the same moment: the busy tenant
     gets at most its 4 through, the rest an explicit 429 with Retry-After; the polite tenant,
     within its own share, gets both answered, equal to PyTorch."""
-    import io
-
-    from PIL import Image
-
-    pixels = np.random.default_rng(0).integers(0, 256, (*LARGE_PNG_SIZE[::-1], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    large = buffer.getvalue()
+    # About 6.8 MB of noise: its decode keeps each busy request in flight long enough that all
+    # the simultaneous ones arrive while the first ones are still being served.
+    large = noisy_png()
     photos = [encode(gradient_image(500, 375, seed=seed), "JPEG") for seed in (1, 2)]
     requests = [
-        ("busy", f"127.0.1.{10 + caller // 2}", large, BUSY) for caller in range(BUSY_CALLERS)
+        ("busy", harness.loopback_address(caller // 2, "127.0.1.10"), large, BUSY)
+        for caller in range(BUSY_CALLERS)
     ]
-    requests += [("polite", f"127.0.2.{10 + n}", photo, POLITE) for n, photo in enumerate(photos)]
+    requests += [
+        ("polite", harness.loopback_address(n, "127.0.2.10"), photo, POLITE)
+        for n, photo in enumerate(photos)
+    ]
     answers = _all_at_once(edge, requests)
 
     busy = [answer for answer in answers if answer.caller == "busy"]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from resnet18_triton.perf import harness
+from tests import support
 from tests.support import tree_snapshot
 
 CLI = [sys.executable, "-m", "resnet18_triton.cli"]
@@ -18,7 +19,7 @@ TUNED_BATCH = 4  # differs from the export's 8, so health shows that the plan wa
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
+    return support.run_cli(*args, timeout_s=600)
 
 
 def test_a_tiny_tune_applies_its_winner_which_serves_and_reverts_byte_for_byte(

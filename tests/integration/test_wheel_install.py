@@ -27,7 +27,7 @@ import pytest
 
 from resnet18_triton.perf.harness import serve_port_arguments
 from resnet18_triton.server.embedded import free_port
-from tests.support import SAMPLE_FILES, TorchReference
+from tests.support import SAMPLE_FILES, TorchReference, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -151,12 +151,7 @@ def _serving(cwd: Path, env: dict[str, str], url: str) -> Iterator[subprocess.Po
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, signal.SIGINT, timeout_s=120)
         process.stderr.close()
 
 

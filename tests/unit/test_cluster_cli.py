@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from resnet18_triton.deploy.cluster import Cluster, ClusterOptions, is_loopback
 from resnet18_triton.errors import ProxyError, ServerStartError
+from tests.support import run_cli
 
 
 def _cluster(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "resnet18_triton.cli", "cluster", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli("cluster", *args, timeout_s=60)
 
 
 def test_cluster_refuses_zero_replicas_as_a_usage_error() -> None:

@@ -6,7 +6,6 @@ import hashlib
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from resnet18_triton.deploy import keys
 from resnet18_triton.errors import ProxyError
 from tests.edge_support import write_key_file
+from tests.support import run_cli
 
 GOOD = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"
@@ -90,13 +90,7 @@ def test_add_api_key_appends_a_random_key_to_a_private_file(tmp_path: Path) -> N
 
 
 def _cluster_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "resnet18_triton.cli", "cluster", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
+    return run_cli("cluster", *args, timeout_s=60, env={**os.environ, "NO_COLOR": "1"})
 
 
 def test_the_cli_adds_a_key_prints_it_once_and_hashes_the_file(tmp_path: Path) -> None:

