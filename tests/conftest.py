@@ -27,9 +27,10 @@ def _selects_no_slow_test(markexpr: str) -> bool:
     """True when the -m expression ``markexpr`` is false for every test marked ``slow``, whatever
     its other markers; False when it may select one (or when it cannot be read: pytest then
     reports it itself)."""
-    from _pytest.mark.expression import Expression  # the parser of -m itself
-
     try:
+        # The parser of -m itself: private to pytest, so a pytest without it collects everything.
+        from _pytest.mark.expression import Expression
+
         expression = Expression.compile(markexpr)
     except Exception:
         return False
