@@ -34,6 +34,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/container/" in str(item.fspath):
             item.add_marker(pytest.mark.container)
+            # The first test waits for the images' build (session fixture), which may take up to
+            # BUILD_TIMEOUT_S on vfs: the suite's per-test time-out would cut it short.
+            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_S + 300))
 
 
 def _unavailable(message: str) -> None:
@@ -159,13 +162,17 @@ class Repository:
 
 @pytest.fixture(scope="session")
 def repository() -> Iterator[Repository]:
-    """The digits classifier as ``resnet18`` with its INT8 and fused INT8 variants (the real
-    ``quantize``), plus a second classifier exported with ``--name``; readable by the containers'
-    non-root user (pytest's own temporary folders are private to root)."""
+    """The digits classifier as ``resnet18`` with every registered variant (the real ``quantize``
+    and ``openvino``, at this CPU's default precision), plus a second classifier exported with
+    ``--name``; readable by the containers' non-root user (pytest's own temporary folders are
+    private to root)."""
     from click.testing import CliRunner
 
+    from resnet18_triton.contract import ClassifierNames
+    from resnet18_triton.cpu_flags import cpu_flags
     from resnet18_triton.export.cli import export
     from tests.digits import digits_int8_repository, digits_model
+    from tests.variant_support import one_precision_each, write_matrix
 
     work = Path(tempfile.mkdtemp(prefix="r18-container-"))
     try:
@@ -176,6 +183,7 @@ def repository() -> Iterator[Repository]:
              "--name", SECOND_CLASSIFIER],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
+        write_matrix(repo, one_precision_each(ClassifierNames.of(), cpu_flags()), work)
         for path in [work, *work.rglob("*")]:
             path.chmod(
                 path.stat().st_mode | 0o055 if path.is_dir() else path.stat().st_mode | 0o044

@@ -1,7 +1,8 @@
 """The project's images in a real Docker engine, run by the real docker-compose.yml.
 
-Served answers are compared with PyTorch (torchvision transforms, same weights) and, for the
-INT8 variant, with ONNX Runtime running the INT8 file in this process on torchvision's pixels.
+Served answers are compared with PyTorch (torchvision transforms, same weights) and, for each
+registered variant (INT8, OpenVINO and their fused models, at this CPU's default precision), with
+its engine running its model file in this process on torchvision's pixels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 import pytest
 
 from resnet18_triton import contract
+from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.cpu_flags import cpu_flags
 from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.server.embedded import free_port
 from tests.compose_support import REPO_ROOT
@@ -35,12 +38,14 @@ from tests.support import (
     tree_snapshot,
     varied_images,
 )
+from tests.variant_support import ServedVariant, in_process_probabilities, one_precision_each
 
 HEALTHY_TIMEOUT_S = 240
 ADMIN_KEY = "container-test-admin-key-0123456789"
 API_KEY = "container-test-api-key-0123456789abcdef"
 PROXY_UID = 101
 PROJECT = "r18test"
+VARIANTS = one_precision_each(ClassifierNames.of(), cpu_flags())
 
 
 @dataclass
@@ -49,17 +54,21 @@ class Compose:
 
     engine: Engine
     env: dict[str, str]
+    last_stderr: str = ""
 
-    def run(self, *args: str, timeout: float = 600) -> str:
+    def run(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> str:
+        """docker-compose's stdout; fails the test with its stderr when it fails. Its stderr is
+        kept in ``last_stderr`` (warnings)."""
         result = subprocess.run(
             ["docker-compose", "-p", PROJECT, "-f", str(REPO_ROOT / "docker-compose.yml"), *args],
             cwd=REPO_ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
         )
         assert result.returncode == 0, f"docker-compose {' '.join(args)}:\n{result.stderr[-4000:]}"
+        self.last_stderr = result.stderr
         return result.stdout
 
     def container(self, service: str) -> str:
@@ -92,18 +101,26 @@ class Compose:
         return self.engine.docker("exec", self.container(service), "sh", "-c", script)
 
 
-def _write_proxy_secrets(secrets: Path) -> None:
-    """The replicas proxy's secrets: the API key's hash (never the key) and a certificate, all
-    readable by the proxy's uid 101."""
-    (secrets / "api-key-hashes.map").write_text(keys.hash_map([keys.ApiKey("ci", API_KEY)]))
-    self_signed_certificate(secrets)
+def _write_proxy_secrets(secrets: Path) -> Path:
+    """The replicas proxy's secrets folder: the API key's hash (never the key) and a
+    certificate, all readable by the proxy's uid 101; its path."""
+    folder = secrets / "proxy"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    (folder / "api-key-hashes.map").write_text(keys.hash_map([keys.ApiKey("ci", API_KEY)]))
+    self_signed_certificate(folder)
+    if os.geteuid() == 0:
+        os.chown(folder, PROXY_UID, PROXY_UID)
+        folder.chmod(0o500)
     for name in ("api-key-hashes.map", "tls.crt", "tls.key"):
-        path = secrets / name
+        path = folder / name
         if os.geteuid() == 0:
             os.chown(path, PROXY_UID, PROXY_UID)
             path.chmod(0o400)
         else:
             path.chmod(0o644)  # a test's throw-away key; the proxy's user cannot be given it
+    if os.geteuid() != 0:
+        folder.chmod(0o755)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +133,7 @@ def compose(images: Engine, repository: Repository) -> Iterator[Compose]:
     uid = 1000 if os.geteuid() == 0 else os.geteuid()
     if os.geteuid() == 0:
         os.chown(key_file, uid, uid)
-    _write_proxy_secrets(secrets)
+    proxy_secrets = _write_proxy_secrets(secrets)
     http_port = free_port()
     env = {
         **images.env,
@@ -128,9 +145,7 @@ def compose(images: Engine, repository: Repository) -> Iterator[Compose]:
         "TRITON_HTTP_PORT": str(http_port),
         "TRITON_GRPC_PORT": str(free_port()),
         "TRITON_METRICS_PORT": str(free_port()),
-        "PROXY_API_KEY_HASHES_FILE": str(secrets / "api-key-hashes.map"),
-        "PROXY_TLS_CERTIFICATE_FILE": str(secrets / "tls.crt"),
-        "PROXY_TLS_KEY_FILE": str(secrets / "tls.key"),
+        "PROXY_SECRETS_DIR": str(proxy_secrets),
     }
     running = Compose(images, env)
     try:
@@ -156,12 +171,19 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_compose_commands_say_nothing_of_the_replicas_profiles_secrets(compose: Compose) -> None:
+    """Without the proxy's secrets folder (a user who never set up the replicas profile), a
+    command about the default service warns about nothing."""
+    compose.run("ps", env={"PROXY_SECRETS_DIR": "/nonexistent/proxy-secrets"})
+    assert "secret" not in compose.last_stderr.lower(), compose.last_stderr
+
+
 def test_the_compose_service_is_healthy_and_classifies_the_sample_photos(
     triton: str, repository: Repository
 ) -> None:
     health = _cli("health", "--url", triton, f"--model={SECOND_CLASSIFIER}")
     assert health.returncode == 0, health.stdout + health.stderr
-    for model in ("resnet18", SECOND_CLASSIFIER, contract.INT8_FUSED_MODEL):
+    for model in ("resnet18", SECOND_CLASSIFIER, *(cell.entry for cell in VARIANTS)):
         assert re.search(rf"^\s*{model}\s+ready", health.stdout, re.MULTILINE), health.stdout
     samples = sorted((REPO_ROOT / "tests/data/samples").glob("*.*g"))
     classify = _cli("classify", "--url", triton, "--json", *map(str, samples))
@@ -217,27 +239,26 @@ def test_the_default_classifier_equals_its_engine_on_torchvision_pixels_and_pyto
     np.testing.assert_allclose(served, pytorch, rtol=0, atol=10 * PROBABILITY_ATOL)
 
 
-def test_the_int8_fused_variant_is_served_and_equals_onnx_runtime(
-    triton: str, repository: Repository
+@pytest.mark.parametrize("cell", VARIANTS, ids=[cell.id for cell in VARIANTS])
+def test_every_registered_variant_is_ready_in_the_image_and_answers_like_its_engine(
+    triton: str, repository: Repository, cell: ServedVariant
 ) -> None:
-    from resnet18_triton.export.fidelity import session
-    from resnet18_triton.repository.layout import onnx_model_path
+    """Each variant of the registry, at this CPU's default precision, from the image's own
+    ``serve`` (its allocator, its backends): every model ready, and within the variant's
+    tolerance of its engine run in this process on torchvision's pixels."""
+    import tritonclient.http as httpclient
 
+    client = httpclient.InferenceServerClient(triton)
+    try:
+        assert [m for m in cell.models if not client.is_model_ready(m)] == [], cell.models
+    finally:
+        client.close()
     images = repository.held_out[:4]
-    served = np.concatenate(
-        [classify_ensemble(triton, contract.INT8_FUSED_MODEL, [data]) for data in images]
-    )
-    int8 = session(onnx_model_path(repository.path, contract.INT8_MODEL))
+    served = np.concatenate([classify_ensemble(triton, cell.entry, [data]) for data in images])
     reference = TorchReference(model=repository.digits_model)
-    expected = np.concatenate(
-        [
-            int8.run(
-                [contract.ONNX_PROBABILITIES], {contract.ONNX_INPUT: reference.pixels(data)[None]}
-            )[0]
-            for data in images
-        ]
-    )
-    np.testing.assert_allclose(served, expected, atol=PROBABILITY_ATOL)
+    pixels = np.stack([reference.pixels(data) for data in images])
+    expected = in_process_probabilities(repository.path, cell, pixels)
+    assert np.abs(served - expected).max() <= cell.variant.served_atol, cell.id
 
 
 def test_the_container_runs_without_capabilities_as_non_root_on_a_read_only_root(
@@ -431,7 +452,7 @@ def test_docker_stop_under_load_drains_within_the_grace_period(
 def _proxy_connection(compose: Compose, tls: bool = True) -> http.client.HTTPConnection:
     if not tls:
         return http.client.HTTPConnection("127.0.0.1", 8080, timeout=30)
-    certificate = Path(compose.env["PROXY_TLS_CERTIFICATE_FILE"])
+    certificate = Path(compose.env["PROXY_SECRETS_DIR"]) / "tls.crt"
     context = ssl.create_default_context(cafile=str(certificate))
     return http.client.HTTPSConnection("127.0.0.1", 8080, timeout=30, context=context)
 
@@ -442,7 +463,7 @@ def test_replicas_behind_nginx_lose_no_request_when_one_is_killed(
     compose.run("stop", "triton", timeout=120)
     compose.run("--profile", "replicas", "up", "-d", "proxy", timeout=900)
     url = "127.0.0.1:8080"
-    certificate = compose.env["PROXY_TLS_CERTIFICATE_FILE"]
+    certificate = str(Path(compose.env["PROXY_SECRETS_DIR"]) / "tls.crt")
     with _load(url, repository, tls_ca=certificate, api_key=API_KEY) as load:
         load.wait_for_answers(10, timeout_s=120)
         compose.engine.docker("kill", compose.container("triton-1"))
