@@ -311,12 +311,13 @@ def compose_replica_upstream(index: int) -> Upstream:
 
 
 # Where the container proxies find their njs script, key hashes and certificate. compose mounts
-# file secrets under /run/secrets/<name>; Kubernetes mounts a ConfigMap and two Secrets.
+# the folder PROXY_SECRETS_DIR (./secrets/proxy) at /run/secrets; Kubernetes mounts a ConfigMap
+# and two Secrets.
 CONTAINER_CONFIG_DIR = "/etc/nginx/resnet18"
 COMPOSE_SECRETS_DIR = "/run/secrets"
-COMPOSE_KEY_HASHES_SECRET = "api_key_hashes"
-COMPOSE_TLS_CERTIFICATE_SECRET = "tls_certificate"
-COMPOSE_TLS_KEY_SECRET = "tls_key"
+COMPOSE_KEY_HASHES_SECRET = "api-key-hashes.map"
+COMPOSE_TLS_CERTIFICATE_SECRET = "tls.crt"
+COMPOSE_TLS_KEY_SECRET = "tls.key"
 KUBERNETES_KEY_HASHES_DIR = "/etc/nginx/resnet18-api-keys"
 KUBERNETES_KEY_HASHES_FILE = "api-key-hashes.map"
 KUBERNETES_TLS_DIR = "/etc/nginx/resnet18-tls"
@@ -325,7 +326,7 @@ KUBERNETES_TLS_DIR = "/etc/nginx/resnet18-tls"
 def compose_settings(replicas: int) -> ProxySettings:
     """The configuration docker-compose mounts: replicas ``triton-1`` .. ``triton-N`` on the
     host's loopback (host networking), the proxy on 127.0.0.1:8080 (HTTPS) and :8081 (gRPC over
-    TLS), API-key hashes and the certificate from compose secrets."""
+    TLS), API-key hashes and the certificate from the mounted secrets folder."""
     return ProxySettings(
         upstreams=tuple(compose_replica_upstream(index) for index in range(1, replicas + 1)),
         listen_http="127.0.0.1:8080",
