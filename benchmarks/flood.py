@@ -9,6 +9,7 @@ for the report (accepted throughput and p99 under the flood against the unloaded
 
     .venv/bin/python -m benchmarks.flood --repo model_repository --clients 96 --seconds 25
     .venv/bin/python -m benchmarks.flood --repo model_repository --through-proxy
+    .venv/bin/python -m benchmarks.flood --repo model_repository --allocator system  # glibc
 
 ``--through-proxy`` floods ``cluster``'s proxy instead (one replica, TLS, an API key, the default
 per-client limits), each client from its own loopback address.
@@ -133,6 +134,11 @@ def main() -> None:
         help="Flood `cluster`'s proxy (TLS, API key, per-client limits) over one replica.",
     )
     parser.add_argument(
+        "--allocator",
+        default="tcmalloc",
+        help="serve's --allocator for the server (tcmalloc, the default, or system: glibc).",
+    )
+    parser.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -146,7 +152,7 @@ def main() -> None:
     if args.through_proxy:
         unloaded, flood, recovery = through_proxy(args, image)
     else:
-        options = harness.local_options(args.repo, metrics=False)
+        options = harness.local_options(args.repo, metrics=False, allocator=args.allocator)
         with harness.local_server(options) as server:
             unloaded, flood, recovery = measure(
                 Target.from_url(server.url), server.pid, args, image

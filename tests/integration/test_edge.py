@@ -432,7 +432,7 @@ def _classify_over_tls(edge: Edge, *options: str, env: dict[str, str] | None = N
     }
     return subprocess.run(
         [sys.executable, "-m", "resnet18_triton.cli", "classify", "--no-progress",
-         "--url", f"https://127.0.0.1:{edge.port}", *options, str(sorted(sample.iterdir())[0])],
+         "--url", f"https://127.0.0.1:{edge.port}", *options, str(sorted(sample.glob("*.jpg"))[0])],
         capture_output=True, text=True, timeout=120, env=environment,
     )  # fmt: skip
 
@@ -443,7 +443,7 @@ def test_classify_trusts_the_proxys_private_certificate_only_when_told_to(edge: 
     assert "cannot trust" in untrusted.stderr and "--ca-file" in untrusted.stderr
     assert "Traceback" not in untrusted.stderr
     by_option = _classify_over_tls(edge, "--ca-file", str(edge.certificate))
-    assert by_option.returncode == 0, by_option.stderr
+    assert by_option.returncode == 0, by_option.stdout + by_option.stderr
     by_environment = _classify_over_tls(edge, env={contract.CA_FILE_ENV_VAR: str(edge.certificate)})
-    assert by_environment.returncode == 0, by_environment.stderr
+    assert by_environment.returncode == 0, by_environment.stdout + by_environment.stderr
     assert by_option.stdout.split()[1:] == by_environment.stdout.split()[1:]
