@@ -123,16 +123,6 @@ def digits_int8_repository(tmp_path: Path, **settings: object) -> tuple[Path, di
     return repo, _write_variant(quantize, repo, splits, tmp_path / "report.json", options)
 
 
-def digits_openvino_repository(tmp_path: Path, precision: str = "bf16") -> tuple[Path, dict]:
-    """Export the digits model and run the real ``openvino`` command on it (default bar, 99%)."""
-    from resnet18_triton.export.openvino_cli import openvino
-
-    model, splits, _ = digits_model()
-    repo = export_repository(model, tmp_path / "repo")
-    report = tmp_path / "openvino_report.json"
-    return repo, _write_variant(openvino, repo, splits, report, ["--precision", precision])
-
-
 def _write_variant(command, repo: Path, splits: dict, report: Path, options: list[str]) -> dict:
     """Run a variant's writer command on ``repo``, its fidelity judged on the held-out digits
     (written beside ``report``); its JSON report."""

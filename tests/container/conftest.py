@@ -17,17 +17,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.compose_support import REPO_ROOT
+from tests.container_support import SECOND_CLASSIFIER, SECOND_SEED, Engine, Repository
 
 ENGINE_START_TIMEOUT_S = 60
 BUILD_TIMEOUT_S = 1500
-SECOND_CLASSIFIER = "second"
-SECOND_SEED = 3
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,22 +48,6 @@ def _answers(env: dict[str, str]) -> bool:
         return False
     result = subprocess.run(["docker", "info"], env=env, capture_output=True, timeout=30)
     return result.returncode == 0
-
-
-@dataclass
-class Engine:
-    """How to reach the engine, and the tag this session's images carry."""
-
-    env: dict[str, str]
-    tag: str
-
-    def docker(self, *args: str, timeout: float = 120, check: bool = True) -> str:
-        result = subprocess.run(
-            ["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-        return result.stdout
 
 
 def _start_dockerd(root: Path) -> subprocess.Popen[bytes]:
@@ -149,15 +131,6 @@ def _unmount_below(root: Path) -> None:
 def _remove_images(engine: Engine) -> None:
     for name in ("server", "proxy", "model-repository"):
         engine.docker("rmi", "-f", f"resnet18-triton/{name}:{engine.tag}", check=False)
-
-
-@dataclass(frozen=True)
-class Repository:
-    """The exported repository the containers mount, and what it was made from."""
-
-    path: Path
-    digits_model: object
-    held_out: list[bytes]
 
 
 @pytest.fixture(scope="session")

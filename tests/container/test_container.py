@@ -29,7 +29,7 @@ from resnet18_triton.cpu_flags import cpu_flags
 from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.server.embedded import free_port
 from tests.compose_support import REPO_ROOT
-from tests.container.conftest import SECOND_CLASSIFIER, SECOND_SEED, Engine, Repository
+from tests.container_support import SECOND_CLASSIFIER, SECOND_SEED, Engine, Repository
 from tests.edge_support import self_signed_certificate
 from tests.support import (
     PROBABILITY_ATOL,

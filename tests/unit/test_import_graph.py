@@ -164,12 +164,6 @@ def is_test_or_conftest(module: str) -> bool:
     return last.startswith("test_") or last == "conftest"
 
 
-# The container tests' conftest still lends its names to its test module; they move to a support
-# module with the rework of tests/container/ under way, and then this allowance goes. Listed by
-# edge, so that no other import of a test module or a conftest gets in meanwhile.
-ALLOWED_FOR_NOW = {"tests.container.test_container -> tests.container.conftest"}
-
-
 def test_tests_import_no_test_module_and_no_conftest(whole: Graph) -> None:
     edges = {
         f"{module} -> {target}"
@@ -177,7 +171,7 @@ def test_tests_import_no_test_module_and_no_conftest(whole: Graph) -> None:
         for target in targets
         if is_test_or_conftest(target)
     }
-    assert sorted(edges - ALLOWED_FOR_NOW) == [], (
+    assert sorted(edges) == [], (
         "shared test code belongs in a support module such as tests/support.py"
     )
 
