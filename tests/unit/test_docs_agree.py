@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from resnet18_triton.cli import LAZY_COMMANDS
-from resnet18_triton.server.embedded import ORT_BACKEND_SOURCE
+from resnet18_triton.repository.layout import backend_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_ROOT = REPO_ROOT / "src" / "resnet18_triton"
@@ -25,7 +25,7 @@ def _page_id(page: Path) -> str:
 
 
 def test_the_ignored_accelerator_warning_quoted_in_the_docs_is_the_one_logged() -> None:
-    source = ORT_BACKEND_SOURCE.read_text()
+    source = backend_source("onnxruntime").read_text()
     logged = "".join(re.findall(r'"([^"]*)"', source[source.index("log_warn(") :][:400]))
     variants = _flat((REPO_ROOT / "docs" / "variants.md").read_text())
     assert "logs a warning" in variants and _flat(logged) in variants

@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("pytriton")
 from resnet18_triton.errors import ServerStartError
 from resnet18_triton.perf import harness
+from resnet18_triton.repository.layout import backend_source
 from resnet18_triton.server import embedded
 from resnet18_triton.server.embedded import (
-    ORT_BACKEND_SOURCE,
     EmbeddedServer,
     ServerOptions,
     TritonInstall,
@@ -50,7 +50,9 @@ def test_backend_directory_holds_real_files_not_links(tmp_path: Path) -> None:
         "openvino/model.py",
     ):
         assert (backends / path).is_file() and not (backends / path).is_symlink(), path
-    assert (backends / "onnxruntime/model.py").read_bytes() == ORT_BACKEND_SOURCE.read_bytes()
+    assert (backends / "onnxruntime/model.py").read_bytes() == backend_source(
+        "onnxruntime"
+    ).read_bytes()
 
 
 def test_server_environment_finds_libraries_and_this_python(

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnet18_triton.server.embedded import ORT_BACKEND_SOURCE
+from resnet18_triton.repository.layout import backend_source
 from tests.corpus import extreme_shapes, foreign_formats, psd_header, strip_png
 from tests.support import encode, gradient_image, load_module, preprocess_module
 
 preprocess = preprocess_module()
-backend = load_module(ORT_BACKEND_SOURCE, "ort_backend_for_hostile_input")
+backend = load_module(backend_source("onnxruntime"), "ort_backend_for_hostile_input")
 
 
 @pytest.mark.parametrize("case", extreme_shapes(), ids=lambda case: case.name)

@@ -6,10 +6,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from resnet18_triton.server.embedded import ORT_BACKEND_SOURCE
+from resnet18_triton.repository.layout import backend_source
 from tests.support import load_module
 
-backend = load_module(ORT_BACKEND_SOURCE, "ort_python_backend")
+backend = load_module(backend_source("onnxruntime"), "ort_python_backend")
 
 
 def config(parameters: dict[str, str], level: int | None = None) -> dict:

@@ -43,7 +43,6 @@ from resnet18_triton.repository.layout import (
 from resnet18_triton.server import load_failures
 from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
-ORT_BACKEND_SOURCE = backend_source("onnxruntime")
 RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
 # prctl(2) option: the signal the child gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
