@@ -10,6 +10,7 @@ Then, from an empty working directory with only the fresh environment's ``bin/``
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -107,12 +108,16 @@ def test_the_installed_wheel_exports_serves_and_classifies_from_an_empty_directo
     cwd.mkdir()
     command = shutil.which("resnet18-triton", path=user_env["PATH"])
     assert command is not None and Path(command).parent == fresh_venv / "bin"
+    # The library's public names come from the wheel, with the wheel's version.
     imported = _run(
-        ["python", "-c", "import resnet18_triton; print(resnet18_triton.__file__)"],
+        ["python", "-c", "import resnet18_triton as r; r.ImageClassifier; "
+         "print(r.__file__); print(r.__version__)"],
         cwd=cwd,
         env=user_env,
-    )
-    assert Path(imported.stdout.strip()).is_relative_to(fresh_venv), imported.stdout
+    )  # fmt: skip
+    location, version = imported.stdout.split()
+    assert Path(location).is_relative_to(fresh_venv), imported.stdout
+    assert version == importlib.metadata.version("resnet18-triton"), imported.stdout
 
     exported = _run(
         ["resnet18-triton", "export", "--weights", "random", "--repo", "repo"],
