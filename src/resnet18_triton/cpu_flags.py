@@ -68,7 +68,7 @@ def check_precision(precision: str, flags: frozenset[str]) -> None:
         raise PrecisionUnavailableError(
             f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
         )
-    if precision == "bf16" and not has_native_bf16(flags):
+    if not serves(precision, flags):
         raise PrecisionUnavailableError(
             f"this CPU has no native bfloat16 ({' or '.join(BF16_FLAGS)} missing from its "
             f"flags), so BF16 would not be faster; use --precision {FALLBACK_PRECISION} "

@@ -290,7 +290,7 @@ def prepare_backend_directory(target: Path) -> Path:
 # bodies): preload tcmalloc or jemalloc. tcmalloc held a flood's growth lowest here
 # (docs/decisions.md, "Bounded queues"). Debian's libtcmalloc-minimal4 (scripts/setup.sh, image).
 ALLOCATORS = ("tcmalloc", "system")
-TBB_NO_DEEPBIND = ("TBB_ENABLE_SANITIZERS", "1")
+TBB_NO_DEEPBIND = {"TBB_ENABLE_SANITIZERS": "1"}
 TCMALLOC_LIBRARY = "libtcmalloc_minimal.so.4"
 _LIBRARY_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
@@ -327,7 +327,7 @@ def server_environment(install: TritonInstall, preload: Path | None = None) -> d
         # hwloc then frees a tcmalloc pointer with glibc and the OpenVINO stub dies at its first
         # compile. This variable is oneTBB's documented switch to load without RTLD_DEEPBIND
         # (docs/decisions.md, "OpenVINO under tcmalloc").
-        env[TBB_NO_DEEPBIND[0]] = TBB_NO_DEEPBIND[1]
+        env.update(TBB_NO_DEEPBIND)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         filter(None, [str(install.library_dir), env.get("LD_LIBRARY_PATH")])
     )

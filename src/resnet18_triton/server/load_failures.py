@@ -81,8 +81,8 @@ def _variant_family(variant: variants.Variant, names: ClassifierNames) -> list[s
     """The models of ``variant`` and of the variants fused from it or that it fuses: what one
     writer installs together, and what goes when it is removed."""
     base = variants.by_key(variant.fuses) if variant.fuses else variant
-    family = [base, *(v for v in variants.REGISTRY if v.fuses == base.key)]
-    return [model for member in family for model in member.models(names)]
+    family = [base, variants.fused_of(base)]
+    return [model for member in family if member for model in member.models(names)]
 
 
 def explain(log: str, repository: Path) -> str | None:
