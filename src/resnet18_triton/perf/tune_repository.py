@@ -47,6 +47,7 @@ from resnet18_triton.repository.configs import repository_settings as _repositor
 from resnet18_triton.repository.layout import CONFIG_FILENAME
 from resnet18_triton.repository.transaction import install, install_lock, staging_directory
 from resnet18_triton.repository.variants import Variant
+from resnet18_triton.repository.versions import carry_over
 from resnet18_triton.repository.writer import write_fused_model, write_variant, write_warmup_data
 
 BACKUP_MANIFEST = "tune-backup.json"
@@ -167,8 +168,11 @@ def write_plan_configs(
     provenance = own_parameters(read_config(source, names.onnx)).get(
         contract.PROVENANCE_PARAMETER, ""
     )
+    configs = all_model_configs(settings, provenance, classifier)
+    # A plan changes how the classifier runs, never which of its versions answers.
+    carry_over(source, names, configs)
     written = []
-    for config in all_model_configs(settings, provenance, classifier):
+    for config in configs:
         written.append(
             write_text_atomically(target / config.name / CONFIG_FILENAME, render(config))
         )

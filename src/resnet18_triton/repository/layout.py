@@ -27,6 +27,8 @@ DEFAULT_REPOSITORY_DIRNAME = "model_repository"
 _TRITON_CODE = Path(__file__).resolve().parent.parent / "server"
 
 DEFAULT_CLASSIFIER = contract.ENSEMBLE_MODEL
+# The model file in each version directory of a classifier's ONNX model.
+ONNX_FILENAME = "model.onnx"
 
 
 # Triton runs each Python-backend model instance as this child process of the server.
@@ -69,7 +71,46 @@ def version_dir(repo: Path, model: str, version: int | str = VERSION) -> Path:
 
 
 def onnx_model_path(repo: Path, model: str = contract.ONNX_MODEL) -> Path:
-    return version_dir(repo, model) / "model.onnx"
+    """The model file of ONNX model ``model``: for a classifier's own (``NAME_onnx``), the version
+    its classifier serves (``served_version``); for any other model (a variant's), version
+    ``VERSION``, the only one variants have."""
+    if not model.endswith("_onnx"):
+        return version_dir(repo, model) / ONNX_FILENAME
+    names = ClassifierNames.of(model.removesuffix("_onnx"))
+    return version_dir(repo, model, served_version(repo, names)) / ONNX_FILENAME
+
+
+def onnx_versions(repo: Path, model: str) -> tuple[int, ...]:
+    """The versions of ONNX model ``model`` on disk (a version directory with a model file),
+    oldest first."""
+    root = repo / model
+    if not root.is_dir():
+        return ()
+    found = [
+        int(entry.name)
+        for entry in root.iterdir()
+        if entry.name.isascii()
+        and entry.name.isdigit()
+        and not entry.name.startswith("0")
+        and (entry / ONNX_FILENAME).is_file()
+    ]
+    return tuple(sorted(found))
+
+
+def served_version(repo: Path, names: ClassifierNames) -> int:
+    """The version of the classifier's ONNX model its ensemble answers with: the version its
+    ensemble step is pinned to (``repository.versions``); for an ensemble taking the latest
+    (``-1``, as repositories exported before versions were published have it) the newest version
+    on disk; ``VERSION`` when there is neither."""
+    from resnet18_triton.repository.configs import read_config_file
+
+    config = read_config_file(repo / names.ensemble / CONFIG_FILENAME)
+    if config is not None:
+        for step in config.ensemble_scheduling.step:
+            if step.model_name == names.onnx and step.model_version > 0:
+                return int(step.model_version)
+    on_disk = onnx_versions(repo, names.onnx)
+    return on_disk[-1] if on_disk else int(VERSION)
 
 
 def missing_files(repo: Path) -> list[Path]:

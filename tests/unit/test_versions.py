@@ -1,0 +1,120 @@
+"""The versions of a classifier in a repository, and the states publish and rollback move through.
+
+Built on real repositories written by the repository writer (configs rendered and parsed back as
+Triton ``ModelConfig`` protobufs); the model files are placeholders, since no server reads them
+here (tests/integration/test_publish.py serves the real thing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.repository import versions
+from resnet18_triton.repository.configs import ServingSettings, read_config
+from resnet18_triton.repository.layout import onnx_model_path, served_version, version_dir
+from resnet18_triton.repository.transaction import hold_served, install, is_served
+from resnet18_triton.repository.writer import fill_repository
+
+NAMES = ClassifierNames.of()
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    """A classifier as export writes it: version 1, its ensemble taking the latest."""
+    repo = tmp_path / "model_repository"
+    fill_repository(repo, ServingSettings(), "{}", [f"class_{i}" for i in range(1000)])
+    version_dir(repo, NAMES.onnx).mkdir(parents=True)
+    onnx_model_path(repo).write_bytes(b"weights of version 1")
+    return repo
+
+
+def _move(repo: Path, serve: tuple[int, ...], answer_with: int, new: int | None = None) -> None:
+    """Install one state as publish does (its own staging directory, one transaction)."""
+    staging = repo.parent / f"staging-{answer_with}-{len(serve)}"
+    added = None
+    if new is not None:
+        source = repo.parent / f"model-{new}.onnx"
+        source.write_bytes(f"weights of version {new}".encode())
+        added = versions.NewVersion(new, source)
+    state = versions.read_state(repo, NAMES)
+    keep = versions.retained(state.on_disk, serve, 3)
+    models = versions.stage_state(repo, staging, NAMES, serve, answer_with, keep, added)
+    install(staging, repo, models)
+
+
+def test_an_exported_classifier_answers_with_its_only_version_and_is_not_yet_pinned(repo) -> None:
+    state = versions.read_state(repo, NAMES)
+    assert (state.served, state.loaded, state.on_disk) == (1, (1,), (1,))
+    assert not state.pinned and not state.settled
+    assert state.next_version() == 2 and state.previous() is None
+
+
+def test_a_move_first_serves_both_versions_and_answers_with_the_new_one(repo) -> None:
+    _move(repo, (1, 2), 2, new=2)
+    state = versions.read_state(repo, NAMES)
+    assert (state.served, state.loaded, state.on_disk) == (2, (1, 2), (1, 2))
+    assert not state.settled
+    ensemble = read_config(repo, NAMES.ensemble)
+    step = next(s for s in ensemble.ensemble_scheduling.step if s.model_name == NAMES.onnx)
+    assert step.model_version == 2
+    # The ensemble serves the same version number, so answers name the weights' version.
+    assert versions.serving_policy(ensemble) == (2,)
+    assert (repo / NAMES.ensemble / "2").is_dir()
+    assert onnx_model_path(repo).read_bytes() == b"weights of version 2"
+
+
+def test_a_settled_move_serves_the_new_version_only_and_keeps_the_old_on_disk(repo) -> None:
+    _move(repo, (1, 2), 2, new=2)
+    _move(repo, (2,), 2)
+    state = versions.read_state(repo, NAMES)
+    assert state.settled and state.loaded == (2,) and state.on_disk == (1, 2)
+    assert state.previous() == 1
+    assert (version_dir(repo, NAMES.onnx, 1) / "model.onnx").read_bytes() == b"weights of version 1"
+
+
+def test_retention_keeps_the_needed_versions_and_the_newest_others() -> None:
+    assert versions.retained((1, 2, 3, 4), (4,), 3) == (2, 3, 4)
+    assert versions.retained((1, 2, 3, 4), (1,), 2) == (1, 4)
+    assert versions.retained((1, 2), (2, 3), 3) == (1, 2, 3)
+
+
+def test_a_version_number_never_comes_back_after_retention_removed_it(repo) -> None:
+    for new in (2, 3, 4):
+        _move(repo, (new - 1, new), new, new=new)
+        _move(repo, (new,), new)
+    state = versions.read_state(repo, NAMES)
+    assert state.on_disk == (2, 3, 4)
+    assert not (repo / NAMES.ensemble / "1").exists()
+    assert state.next_version() == 5
+
+
+def test_the_version_files_are_shared_with_the_repository_not_copied(repo) -> None:
+    before = onnx_model_path(repo).stat().st_ino
+    _move(repo, (1, 2), 2, new=2)
+    assert (version_dir(repo, NAMES.onnx, 1) / "model.onnx").stat().st_ino == before
+
+
+def test_re_rendered_configs_keep_the_version_that_answers(repo) -> None:
+    from resnet18_triton.repository.configs import all_model_configs
+
+    _move(repo, (1, 2), 2, new=2)
+    _move(repo, (1,), 1)
+    configs = all_model_configs(ServingSettings(), "{}", None)
+    versions.carry_over(repo, NAMES, configs)
+    by_name = {config.name: config for config in configs}
+    assert versions.serving_policy(by_name[NAMES.onnx]) == (1,)
+    assert versions.serving_policy(by_name[NAMES.ensemble]) == (1,)
+    assert served_version(repo, NAMES) == 1
+
+
+def test_a_running_server_marks_its_repository_as_served_until_it_stops(tmp_path) -> None:
+    import os
+
+    assert not is_served(tmp_path)
+    marker = hold_served(tmp_path)
+    assert marker is not None and is_served(tmp_path)
+    os.close(marker)
+    assert not is_served(tmp_path)
