@@ -15,6 +15,7 @@ from resnet18_triton.export.onnx_export import MIN_OPSET
 from resnet18_triton.export.pipeline import (
     ExportRequest,
     check_name_free,
+    check_not_served,
     classifier_names,
     default_of,
     export_repository,
@@ -289,6 +290,7 @@ def export(
         preprocessing=preprocessing,
     )
     check_name_free(repository.resolve(), classifier_names(name))
+    check_not_served(repository.resolve(), classifier_names(name))
     loaded = load_model(request)
     click.echo(f"weights: {loaded.provenance.describe()}", err=True)
     result = export_repository(request, loaded)

@@ -72,6 +72,7 @@ from resnet18_triton.repository.layout import (
 from resnet18_triton.repository.transaction import (
     install,
     install_lock,
+    is_served,
     remove_stale_staging,
     staging_directory,
 )
@@ -216,6 +217,19 @@ def check_name_free(repository: Path, names: ClassifierNames) -> None:
             )
 
 
+def check_not_served(repository: Path, names: ClassifierNames) -> None:
+    """Refuse to replace a classifier while a server serves its repository: its models' files
+    would change under the running server (a model reloaded by the watchdog would load them).
+    A new version goes in through ``publish``."""
+    if is_served(repository) and names.name in {found.name for found in classifiers(repository)}:
+        named = "" if names.name == contract.ENSEMBLE_MODEL else f" --name {names.name}"
+        raise ExportError(
+            f"classifier {names.name!r} of {repository} is served by a running server, and "
+            "export would replace its files in place: publish a new version instead "
+            f"(`resnet18-triton publish{named} --weights ...`), or stop the server first"
+        )
+
+
 def export_repository(request: ExportRequest, model: LoadedModel | None = None) -> ExportResult:
     """Run the pipeline (module docstring) for ``request``; ``model`` replaces step 1.
 
@@ -226,6 +240,7 @@ def export_repository(request: ExportRequest, model: LoadedModel | None = None) 
     # The real path: a symlinked repository's model directories live where it points.
     repository = Path(request.repository).resolve()
     check_name_free(repository, classifier_names(request.name))
+    check_not_served(repository, classifier_names(request.name))
     loaded = model or load_model(request)
     classifier, made_up = resolve_classifier(request, loaded)
     remove_stale_staging(repository)

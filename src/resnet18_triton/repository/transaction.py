@@ -81,6 +81,33 @@ def install_lock(repository: Path) -> Iterator[None]:
         yield
 
 
+def hold_served(repository: Path) -> int | None:
+    """Mark ``repository`` as served until the returned descriptor is closed (a shared ``flock``
+    on the directory itself, which a container bind-mounting it shares with the host), so that
+    ``is_served`` can tell; None when the directory cannot be opened."""
+    try:
+        descriptor = os.open(repository, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    fcntl.flock(descriptor, fcntl.LOCK_SH)
+    return descriptor
+
+
+def is_served(repository: Path) -> bool:
+    """True while a server started on ``repository`` runs (``hold_served``)."""
+    try:
+        descriptor = os.open(repository, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # closing releases a lock taken here
+    return False
+
+
 def install(staging: Path, repository: Path, models: Sequence[str]) -> None:
     """Swap ``staging/<model>`` into ``repository/<model>`` for each of ``models``, in order.
     Afterwards ``staging/<model>`` holds the replaced directory, if there was one. A failed swap

@@ -40,6 +40,7 @@ from resnet18_triton.repository.layout import (
     served_models,
     shipped_backends,
 )
+from resnet18_triton.repository.transaction import hold_served
 from resnet18_triton.server import load_failures
 from resnet18_triton.server.watchdog import StubRecovery, StubWatchdog
 
@@ -387,6 +388,7 @@ class EmbeddedServer:
         self._owned_backends: Path | None = None
         self._reader: threading.Thread | None = None
         self._watchdog: StubWatchdog | None = None
+        self._served_marker: int | None = None
         self._abort = threading.Event()
 
     @property
@@ -421,6 +423,8 @@ class EmbeddedServer:
         ):
             check_port_free(self.options.host, port, what)
         self._backends = self._backend_directory(install)
+        # Export refuses to replace a classifier of a served repository (publish instead).
+        self._served_marker = hold_served(repository)
         self.process = subprocess.Popen(
             server_arguments(self.options, install, self._backends),
             env=server_environment(install, allocator_library(self.options.allocator)),
@@ -578,6 +582,9 @@ class EmbeddedServer:
         if self._owned_backends is not None:
             shutil.rmtree(self._owned_backends, ignore_errors=True)
             self._owned_backends = None
+        if self._served_marker is not None:
+            os.close(self._served_marker)
+            self._served_marker = None
         return code
 
     def __enter__(self) -> EmbeddedServer:

@@ -8,24 +8,31 @@ model of a stub that died. Measured recovery times are in docs/reliability.md.
 
 It reloads only what it was serving: each model directory's files are fingerprinted (sha256) when
 the watchdog starts, and a model whose files changed since (a re-export, a half-written copy) is
-not reloaded; the refusal is reported in the log and in ``recoveries``. A failed reload is retried
+not reloaded; the refusal is reported in the log and in ``recoveries``. The one change it
+accepts is one the server itself loaded: ``publish`` and ``rollback`` record the fingerprints of
+the models they loaded (``record_loaded``). A failed reload is retried
 with exponential backoff. ``stop()`` never waits for a reload in flight.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from resnet18_triton.contract import ADMIN_KEY_HEADER
+from resnet18_triton.files import write_text_atomically
 from resnet18_triton.repository.layout import stub_model
+from resnet18_triton.server.admin import AdminEndpoint
+
+# In the repository (so a container that mounts it sees it): model -> fingerprint of the files a
+# server loaded through the repository API after it started (``record_loaded``).
+LOADED_RECORD = ".loaded-fingerprints.json"
 
 
 class WatchedOptions(Protocol):
@@ -82,6 +89,23 @@ def model_fingerprint(model_dir: Path) -> str:
                 digest.update(block)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def record_loaded(repository: Path, models: Iterable[str]) -> None:
+    """Record that ``models`` of ``repository`` were loaded as their files are now, so that a
+    watchdog reloads them after a stub dies instead of refusing their changed files."""
+    record = loaded_record(repository)
+    record.update({model: model_fingerprint(repository / model) for model in models})
+    write_text_atomically(repository / LOADED_RECORD, json.dumps(record, sort_keys=True) + "\n")
+
+
+def loaded_record(repository: Path) -> dict[str, str]:
+    """The fingerprints ``record_loaded`` wrote; empty when none (or unreadable)."""
+    try:
+        record = json.loads((repository / LOADED_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in record.items()} if isinstance(record, dict) else {}
 
 
 def stub_processes(server_pid: int) -> dict[int, tuple[str, bool]]:
@@ -212,42 +236,22 @@ class StubWatchdog:
 
     def _recover(self, model: str) -> tuple[bool, str]:
         """(ok, why not): unload + load, unless the model's files are not the ones served."""
+        repository = Path(self.server.options.repository)
         expected = self.fingerprints.get(model)
         if expected is not None:
-            current = model_fingerprint(Path(self.server.options.repository) / model)
+            current = model_fingerprint(repository / model)
+            if current == loaded_record(repository).get(model):
+                self.fingerprints[model] = expected = current
             if current != expected:
                 return False, (
                     f"the files of '{model}' changed on disk since the server started, so a "
                     "reload would serve different weights; restart the server to serve them"
                 )
-        for action, body in (
-            ("unload", b'{"parameters":{"unload_dependents":false}}'),
-            ("load", b""),
-        ):
-            status, text = self._post(f"/v2/repository/models/{model}/{action}", body)
-            if status != 200:
-                return False, f"{action} answered {status}: {text}"
-        return True, ""
-
-    def _post(self, path: str, body: bytes) -> tuple[int, str]:
-        request = urllib.request.Request(
-            f"http://{self.server.url}{path}",
-            data=body,
-            method="POST",
-            headers={
-                ADMIN_KEY_HEADER: self.server.options.effective_admin_key,
-                "Content-Type": "application/json",
-            },
+        options = self.server.options
+        endpoint = AdminEndpoint(
+            self.server.url, options.effective_admin_key, timeout_s=options.ready_timeout_s
         )
-        try:
-            with urllib.request.urlopen(
-                request, timeout=self.server.options.ready_timeout_s
-            ) as reply:
-                return reply.status, ""
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode(errors="replace")[:300]
-        except OSError as error:
-            return 0, str(error)
+        return endpoint.reload(model)
 
     def _note(self, message: str) -> None:
         self.server.log_note(message)
