@@ -26,6 +26,24 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "server",
         "Run N serve replicas behind nginx.",
     ),
+    "publish": (
+        "resnet18_triton.export.publish_cli",
+        "publish_command",
+        "export",
+        "Publish a new version of a served classifier, gated, with no failed request.",
+    ),
+    "rollback": (
+        "resnet18_triton.export.publish_cli",
+        "rollback_command",
+        "export",
+        "Answer with the previous version of a classifier again.",
+    ),
+    "versions": (
+        "resnet18_triton.export.publish_cli",
+        "versions_command",
+        "export",
+        "List a classifier's versions: which answers, which are kept.",
+    ),
     "quantize": (
         "resnet18_triton.export.quantize_cli",
         "quantize",

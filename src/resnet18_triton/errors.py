@@ -16,7 +16,8 @@ does); library callers catch ``ResNet18TritonError`` or one of its subclasses. T
     │   ├── WeightsUnavailableError     weights cannot be loaded (offline, missing, incompatible)
     │   ├── VerificationError           the ONNX model does not reproduce PyTorch
     │   ├── QuantizationRefused         the INT8 model agrees too little with FP32
-    │   └── VariantRefused              the OpenVINO variant agrees too little with FP32
+    │   ├── VariantRefused              the OpenVINO variant agrees too little with FP32
+    │   └── PublishRefused              a new version failed its gate or cannot be published
     ├── ServerStartError                the server could not start or become ready
     │   └── StartAborted (exit 130)     a signal arrived while it was starting
     ├── ProxyError                      nginx is missing, rejects its config, or did not start
@@ -129,6 +130,14 @@ class QuantizationRefused(ExportError):
     def __init__(self, message: str, report: Any) -> None:
         super().__init__(message)
         self.report = report
+
+
+class PublishRefused(ExportError):
+    """A new version of a classifier failed its gate against the served one, or cannot be a
+    version of it (other classes, other labels, variants it would leave stale). Exit 1, like a
+    check that ran and failed."""
+
+    exit_code = ExitCode.SOME_FAILED
 
 
 class VariantRefused(ExportError):

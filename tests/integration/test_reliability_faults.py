@@ -1,4 +1,5 @@
-"""Faults: kill -9 backend processes under load, swap a model version, stop under load.
+"""Faults: kill -9 backend processes under load, stop under load (a new model version under
+load: test_publish.py).
 
 Runs its OWN server on a copy of the exported repository (the session server is never touched).
 Measured figures are printed (``pytest -s``) as ``FIGURE {...}`` lines; docs/reliability.md quotes
@@ -24,6 +25,7 @@ from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier
 from resnet18_triton.perf import harness, soak
 from resnet18_triton.server.embedded import EmbeddedServer, StubWatchdog
+from tests.lifecycle_support import ReadinessProbe
 
 ADMIN_KEY = "faults-test-key"
 RECOVERY_DEADLINE_S = 60.0  # "recovered" = good answers again within this time (measured: ~3 s)
@@ -50,17 +52,6 @@ def workload(own_server):
     return images, soak.expected_answers(own_server.url, images)
 
 
-def _status(url: str, path: str) -> int | None:
-    """The HTTP status, or None when no answer came (slow is not "not ready" on 2 busy cores)."""
-    try:
-        with urllib.request.urlopen(f"http://{url}{path}", timeout=30) as reply:
-            return reply.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return None
-
-
 def _admin(url: str, path: str, body: bytes = b"") -> int:
     request = urllib.request.Request(
         f"http://{url}{path}",
@@ -73,40 +64,6 @@ def _admin(url: str, path: str, body: bytes = b"") -> int:
             return reply.status
     except urllib.error.HTTPError as error:
         return error.code
-
-
-class ReadinessProbe:
-    """Samples /v2/health/ready and the ensemble's readiness every 0.2 s in a thread."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.samples = url, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ReadinessProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.samples.append(
-                (
-                    time.monotonic(),
-                    _status(self.url, "/v2/health/ready"),
-                    _status(self.url, f"/v2/models/{contract.ENSEMBLE_MODEL}/ready"),
-                )
-            )
-
-    def not_ready(self) -> int:
-        """Samples in which the server answered not ready (/v2/health/ready != 200)."""
-        return sum(server not in (200, None) for _, server, _ in self.samples)
-
-    def ensemble_not_ready(self) -> int:
-        return sum(model not in (200, None) for _, _, model in self.samples)
 
 
 def _kill_stub(server: EmbeddedServer, model: str) -> tuple[int, float]:
@@ -308,47 +265,6 @@ def test_a_model_changed_on_disk_is_not_reloaded_until_it_is_restored(own_server
         healed_after_restore=retried[-1].ok,
     )
     assert retried[-1].ok and retried[-1].model == contract.ONNX_MODEL, retried
-
-
-def test_new_model_version_under_load_loses_no_request(own_server, workload) -> None:
-    """Publish resnet18_onnx version 2 (same weights) and load it explicitly while under load.
-
-    The config has no version_policy, i.e. ``latest { num_versions: 1 }``: Triton loads v2,
-    switches new requests to it and unloads v1 after its in-flight requests finish.
-    """
-    images, expected = workload
-    repository = own_server.options.repository
-    shutil.copytree(repository / contract.ONNX_MODEL / "1", repository / contract.ONNX_MODEL / "2")
-    load = soak.LoadGenerator(own_server.url, images, expected, LOAD_CLIENTS, max_s=120).start()
-    try:
-        time.sleep(1.5)
-        with ReadinessProbe(own_server.url) as probe:
-            started = time.monotonic()
-            status = _admin(own_server.url, f"/v2/repository/models/{contract.ONNX_MODEL}/load")
-            load_s = time.monotonic() - started
-            time.sleep(2.0)
-    finally:
-        stats = load.stop()
-    with urllib.request.urlopen(
-        f"http://{own_server.url}/v2/models/{contract.ONNX_MODEL}", timeout=5
-    ) as reply:
-        versions = json.loads(reply.read())["versions"]
-    figure(
-        fault="publish resnet18_onnx v2 under load",
-        load_s=round(load_s, 2),
-        ok_requests=stats.ok,
-        failed_requests=stats.failed,
-        wrong_answers=stats.wrong,
-        server_not_ready_samples=probe.not_ready(),
-        ensemble_not_ready_samples=probe.ensemble_not_ready(),
-        versions=versions,
-    )
-    assert status == 200
-    assert versions == ["2"]
-    assert stats.failed == 0 and stats.wrong == 0, stats.errors
-    # The ensemble stays ready. With --strict-readiness the *server* reports not ready while
-    # v2 loads (measured: ~3 s): a load balancer would drain it briefly (docs/reliability.md).
-    assert stats.ok > 0 and probe.ensemble_not_ready() == 0
 
 
 OVERSIZED_BODY_MB = int(os.environ.get("RESNET18_OVERSIZED_BODY_MB", "0"))

@@ -320,7 +320,11 @@ def test_admin_key_comes_from_the_secret_as_an_environment_variable_never_in_arg
 
 def test_probes_cover_ready_and_warm_up_for_as_long_as_serve_waits(rendered: list[dict]) -> None:
     container = _triton_container(rendered)
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    # The classifier's readiness, which a version load leaves alone (the server's does not).
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/v2/models/resnet18/ready",
+        "port": "http",
+    }
     startup = container["startupProbe"]
     assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     # serve exits by itself when the models are not ready in --ready-timeout (with the

@@ -219,11 +219,13 @@ class _Flight(Generic[Row]):
 
 @dataclass(frozen=True)
 class _Outcome(Generic[Row]):
-    """An image's outcome: its answer, or the reason it has none; and its request's retries."""
+    """An image's outcome: its answer, or the reason it has none; its request's retries; and
+    the model version the answer names."""
 
     row: Row | None = None
     error: str = ""
     retries: int = 0
+    version: str | None = None
 
 
 class _RequestFailed(Exception):
@@ -631,6 +633,7 @@ class ImageClassifier:
                 predictions=outcome.row or [],
                 error=None if outcome.row is not None else outcome.error,
                 retries=outcome.retries,
+                model_version=outcome.version,
             )
 
     @staticmethod
@@ -685,14 +688,16 @@ class ImageClassifier:
             if _is_input_error(failed.cause) and len(images) > 1:
                 return [self._single_outcome(image, flight.ask, failed.retries) for image in images]
             return [outcome] * len(images)
-        return [_Outcome(row, retries=retries) for row in rows]
+        # _answers has just read this request's answer, version included.
+        version = self._answered_version
+        return [_Outcome(row, retries=retries, version=version) for row in rows]
 
     def _single_outcome(self, image: bytes, ask: _Ask[Row], earlier_retries: int) -> _Outcome[Row]:
         try:
             rows, retries = self._answers([image], ask, self._send([image], ask))
         except _RequestFailed as failed:
             return self._failure(failed, earlier_retries)
-        return _Outcome(rows[0], retries=earlier_retries + retries)
+        return _Outcome(rows[0], retries=earlier_retries + retries, version=self._answered_version)
 
     def _failure(self, failed: _RequestFailed, earlier_retries: int) -> _Outcome[Any]:
         """The images' outcome when their request failed for good; raises when the failure is

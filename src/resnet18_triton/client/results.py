@@ -29,13 +29,16 @@ class ClassificationResult:
     """The outcome for one image: its predictions, or why there are none.
 
     ``retries`` counts the times its request was sent again after a refusal the server may get
-    over (overload, a backend process being replaced, a dropped connection).
+    over (overload, a backend process being replaced, a dropped connection). ``model_version``
+    is the version of the classifier that answered, as the server named it (``publish`` makes it
+    the version of the weights that computed the answer).
     """
 
     path: str
     predictions: list[Prediction] = field(default_factory=list)
     error: str | None = None
     retries: int = 0
+    model_version: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -47,7 +50,8 @@ def result_to_json(result: ClassificationResult) -> dict[str, Any]:
     API returns. ``{"image", "top": [{"label", "index", "probability"}, ...]}``, or
     ``{"image", "error"}`` when the image was not classified; either with ``"retries": N`` when
     its request had to be sent again (absent means none, so an answer at the first attempt reads
-    the same as before retries were counted).
+    the same as before retries were counted); an answer has ``"model_version"``, the version of
+    the classifier that computed it.
     """
     record: dict[str, Any] = {"image": result.path}
     if result.ok:
@@ -55,6 +59,8 @@ def result_to_json(result: ClassificationResult) -> dict[str, Any]:
             {"label": p.label, "index": p.index, "probability": p.probability}
             for p in result.predictions
         ]
+        if result.model_version is not None:
+            record["model_version"] = result.model_version
     else:
         record["error"] = result.error
     if result.retries:

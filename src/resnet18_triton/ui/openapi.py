@@ -29,6 +29,10 @@ _RESULT = {
     "properties": {
         "image": {"type": "string", "description": "The uploaded file's name."},
         "top": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+        "model_version": {
+            "type": "string",
+            "description": "The version of the classifier that computed this answer.",
+        },
         "error": {"type": "string", "description": "Triton's reason for rejecting the image."},
     },
 }

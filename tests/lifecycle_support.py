@@ -1,0 +1,130 @@
+"""Load and readiness while a server changes what it serves (a model version, a dead stub).
+
+``ReadinessProbe`` samples the server's and the classifier's readiness in a thread;
+``VersionedLoad`` keeps clients sending images and records, for every answer, the version the
+server named and the probabilities, so a test can check each answer against the version it names.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from resnet18_triton import contract
+
+
+def status(url: str, path: str) -> int | None:
+    """The HTTP status, or None when no answer came (slow is not "not ready" on 2 busy cores)."""
+    try:
+        with urllib.request.urlopen(f"http://{url}{path}", timeout=30) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+class ReadinessProbe:
+    """Samples /v2/health/ready and the classifier's readiness every 0.2 s in a thread."""
+
+    def __init__(self, url: str, model: str = contract.ENSEMBLE_MODEL) -> None:
+        self.url, self.model, self.samples = url, model, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ReadinessProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append(
+                (
+                    time.monotonic(),
+                    status(self.url, "/v2/health/ready"),
+                    status(self.url, f"/v2/models/{self.model}/ready"),
+                )
+            )
+
+    def not_ready(self) -> int:
+        """Samples in which the server answered not ready (/v2/health/ready != 200)."""
+        return sum(server not in (200, None) for _, server, _ in self.samples)
+
+    def ensemble_not_ready(self) -> int:
+        """Samples in which the classifier answered not ready."""
+        return sum(model not in (200, None) for _, _, model in self.samples)
+
+
+@dataclass
+class Answer:
+    image: int
+    version: str
+    probabilities: np.ndarray
+
+
+@dataclass
+class VersionedLoad:
+    """``clients`` threads classifying ``images`` in turn through ``model`` until stopped."""
+
+    url: str
+    images: list[bytes]
+    clients: int = 6
+    model: str = contract.ENSEMBLE_MODEL
+    answers: list[Answer] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> VersionedLoad:
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.clients)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+    def _run(self, number: int) -> None:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.url, network_timeout=120)
+        index = number
+        try:
+            while not self._stop.is_set():
+                image = index % len(self.images)
+                data = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
+                data.set_data_from_numpy(np.array([[self.images[image]]], dtype=object))
+                try:
+                    reply = client.infer(self.model, [data])
+                except Exception as error:  # every failure is a finding, whatever its type
+                    self.failures.append(f"{type(error).__name__}: {error}"[:300])
+                else:
+                    version = str(reply.get_response().get("model_version"))
+                    probabilities = reply.as_numpy(contract.ENSEMBLE_OUTPUT)[0]
+                    self.answers.append(Answer(image, version, probabilities))
+                index += self.clients
+        finally:
+            client.close()
+
+    def versions(self) -> Counter[str]:
+        return Counter(answer.version for answer in self.answers)
+
+    def wait_for(self, count: int, timeout_s: float = 120) -> None:
+        """Until at least ``count`` answers came (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.answers) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
