@@ -9,7 +9,8 @@
 # The base image is debian:bookworm-slim; where it cannot be pulled (no registry), an equivalent
 # minimal Debian 12 is made with debootstrap (as root) and tagged with that name, and this says so.
 #
-# Usage: bash scripts/build-image.sh [--repository DIR] [--tag TAG] [--no-proxy]
+# Usage: bash scripts/build-image.sh [--repository DIR [--repository-only]] [--tag TAG] [--no-proxy]
+# --repository-only builds the model-repository image alone (the others built before, same tag).
 # Environment: DOCKER (client, default docker), PYTHON (for pip, default .venv/bin/python or
 # python3), BASE_IMAGE, DEBIAN_MIRROR (for debootstrap), BUILD_NETWORK (default host: apt inside
 # the build uses the host's network, which works without a bridge).
@@ -28,13 +29,15 @@ VERSION="$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml
 TAG="$VERSION"
 REPOSITORY=""
 PROXY=1
+ONLY_REPOSITORY=0
 
 while (($#)); do
   case "$1" in
     --repository) REPOSITORY="${2:?--repository needs a directory}"; shift 2 ;;
     --tag) TAG="${2:?--tag needs a value}"; shift 2 ;;
     --no-proxy) PROXY=0; shift ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    --repository-only) ONLY_REPOSITORY=1; shift ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "build-image: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -113,6 +116,18 @@ SOURCES
   rm -rf "$rootfs"
 }
 
+build() {  # build IMAGE DOCKERFILE CONTEXT
+  say "docker build $1"
+  quietly "$DOCKER" build --network "$BUILD_NETWORK" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    --build-arg "VERSION=$VERSION" -t "$1" -f "$2" "$3"
+}
+
+if ((ONLY_REPOSITORY)); then
+  [ -n "$REPOSITORY" ] || { echo "build-image: --repository-only needs --repository DIR" >&2; exit 2; }
+  build "resnet18-triton/model-repository:$TAG" docker/model-repository.Dockerfile "$REPOSITORY"
+  exit 0
+fi
+
 if "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   say "base image $BASE_IMAGE is here"
 elif "$DOCKER" pull -q "$BASE_IMAGE" >/dev/null 2>"$work/pull.log"; then
@@ -141,11 +156,6 @@ for minor in $(seq 5 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64
 quietly "$PYTHON" -m pip download -d "$context/wheels" --only-binary=:all: \
   --python-version 3.11 --implementation cp --abi cp311 "${platforms[@]}" "${wheel}[server]"
 
-build() {  # build IMAGE DOCKERFILE CONTEXT
-  say "docker build $1"
-  quietly "$DOCKER" build --network "$BUILD_NETWORK" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-    --build-arg "VERSION=$VERSION" -t "$1" -f "$2" "$3"
-}
 build "resnet18-triton/server:$TAG" docker/Dockerfile "$context"
 if ((PROXY)); then
   mkdir -p "$work/proxy"

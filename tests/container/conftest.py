@@ -5,6 +5,11 @@ at the end), else a private ``dockerd`` started here with the flags this machine
 no bridge, no iptables, host networking), its data root in a temporary directory, stopped by its
 PID and removed at the end. Starting one needs root; outside CI a machine without an engine skips
 these tests, in CI it fails them.
+
+The engine and the server and proxy images take minutes and need nothing from the other tests,
+so they are made in a thread (``Prebuild``) that starts when collection ends, while the rest of
+the suite runs; the container tests run last and wait for it. Only the model-repository image,
+which copies the repository fixture, is built when they start.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,13 +35,24 @@ ENGINE_START_TIMEOUT_S = 60
 BUILD_TIMEOUT_S = 1500
 
 
+def _is_container_test(item: pytest.Item) -> bool:
+    return "tests/container/" in str(item.fspath)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/container/" in str(item.fspath):
+        if _is_container_test(item):
             item.add_marker(pytest.mark.container)
             # The first test waits for the images' build (session fixture), which may take up to
             # BUILD_TIMEOUT_S on vfs: the suite's per-test time-out would cut it short.
             item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_S + 300))
+    # Last, so that the images build while everything else runs (``Prebuild``).
+    items.sort(key=_is_container_test)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(_is_container_test(item) for item in session.items):
+        PREBUILD.start()
 
 
 def _unavailable(message: str) -> None:
@@ -94,30 +112,96 @@ def _stop_dockerd(process: subprocess.Popen[bytes], root: Path) -> None:
         process.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
-def engine() -> Iterator[Engine]:
+def _own_engine() -> tuple[Engine, subprocess.Popen[bytes] | None, Path | None]:
+    """The engine that answers, else a private dockerd (its process and root folder)."""
     if _answers(dict(os.environ)):
         # Someone else's engine: a tag of this session's own, removed at the end.
-        running = Engine(dict(os.environ), f"test-{uuid.uuid4().hex[:8]}")
-        yield running
-        _remove_images(running)
-        return
+        return Engine(dict(os.environ), f"test-{uuid.uuid4().hex[:8]}"), None, None
     if shutil.which("dockerd") is None or os.geteuid() != 0:
-        _unavailable(
+        raise EngineUnavailable(
             "no Docker engine answers and none can be started here (needs root and dockerd: "
             "apt-get install docker.io)"
         )
     # Short path: dockerd's and containerd's sockets live under the exec root.
     root = Path(tempfile.mkdtemp(prefix="r18d-", dir="/tmp"))
     process = _start_dockerd(root)
-    running = Engine({**os.environ, "DOCKER_HOST": f"unix://{root / 'docker.sock'}"}, "0.1.0")
+    return (
+        Engine({**os.environ, "DOCKER_HOST": f"unix://{root / 'docker.sock'}"}, "0.1.0"),
+        process,
+        root,
+    )
+
+
+class EngineUnavailable(Exception):
+    """No engine answers and none can be started here."""
+
+
+@dataclass
+class Prebuild:
+    """The engine, then ``scripts/build-image.sh`` for the server and proxy images, in a thread."""
+
+    engine: Engine | None = None
+    process: subprocess.Popen[bytes] | None = None
+    root: Path | None = None
+    error: BaseException | None = None
+    build: subprocess.CompletedProcess[str] | None = None
+    engine_ready: threading.Event = field(default_factory=threading.Event)
+    built: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="prebuild", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.engine, self.process, self.root = _own_engine()
+        except BaseException as error:  # reported by the engine fixture, in the main thread
+            self.error = error
+        finally:
+            self.engine_ready.set()
+        try:
+            if self.engine is not None:
+                self.build = subprocess.run(
+                    ["bash", "scripts/build-image.sh", "--tag", self.engine.tag],
+                    cwd=REPO_ROOT,
+                    env=self.engine.env,
+                    capture_output=True,
+                    text=True,
+                    timeout=BUILD_TIMEOUT_S,
+                )
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.built.set()
+
+
+PREBUILD = Prebuild()
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    PREBUILD.start()  # already running unless collection was skipped
+    PREBUILD.engine_ready.wait()
+    if isinstance(PREBUILD.error, EngineUnavailable):
+        _unavailable(str(PREBUILD.error))
+    if PREBUILD.error is not None and PREBUILD.engine is None:
+        raise PREBUILD.error
+    assert PREBUILD.engine is not None
+    running = PREBUILD.engine
     try:
         yield running
     finally:
-        running.docker("rm", "-f", *running.docker("ps", "-aq").split(), check=False)
-        _stop_dockerd(process, root)
-        _unmount_below(root)
-        shutil.rmtree(root, ignore_errors=True)
+        # A build still running (an early failure) must not outlive the engine.
+        PREBUILD.built.wait(timeout=BUILD_TIMEOUT_S)
+        if PREBUILD.process is None:
+            _remove_images(running)
+        else:
+            running.docker("rm", "-f", *running.docker("ps", "-aq").split(), check=False)
+            _stop_dockerd(PREBUILD.process, PREBUILD.root)
+            _unmount_below(PREBUILD.root)
+            shutil.rmtree(PREBUILD.root, ignore_errors=True)
 
 
 def _unmount_below(root: Path) -> None:
@@ -169,7 +253,13 @@ def repository() -> Iterator[Repository]:
 
 @pytest.fixture(scope="session")
 def images(engine: Engine, repository: Repository) -> Engine:
-    """``scripts/build-image.sh`` on this checkout: the server, proxy and repository images."""
+    """``scripts/build-image.sh`` on this checkout: the server and proxy images (``Prebuild``),
+    then the model-repository image of ``repository``."""
+    PREBUILD.built.wait()
+    if PREBUILD.error is not None:
+        raise PREBUILD.error
+    assert PREBUILD.build is not None
+    assert PREBUILD.build.returncode == 0, PREBUILD.build.stderr[-5000:]
     result = subprocess.run(
         [
             "bash",
@@ -178,6 +268,7 @@ def images(engine: Engine, repository: Repository) -> Engine:
             engine.tag,
             "--repository",
             str(repository.path),
+            "--repository-only",
         ],
         cwd=REPO_ROOT,
         env=engine.env,
