@@ -42,6 +42,10 @@ INTRA_OP_THREADS = "intra_op_thread_count"
 INTER_OP_THREADS = "inter_op_thread_count"
 OPENVINO_THREADS = "INFERENCE_NUM_THREADS"
 THREAD_KEYS: dict[Engine, str] = {"onnxruntime": INTRA_OP_THREADS, "openvino": OPENVINO_THREADS}
+# The key that names a classifier's own FP32 models (``ClassifierNames``: its ONNX classifier and
+# ensemble) where a variant's key could stand: no ``Variant`` declares them, every classifier has
+# them.
+FP32_ENSEMBLE = "fp32"
 # Numeric precisions an OpenVINO variant is compiled at (``contract.PRECISION_PARAMETER``).
 OpenVinoPrecision = Literal["f32", "bf16", "int8"]
 OPENVINO_PRECISIONS: tuple[OpenVinoPrecision, ...] = get_args(OpenVinoPrecision)
