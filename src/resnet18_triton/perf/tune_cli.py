@@ -192,7 +192,7 @@ def tune(
         raise click.BadParameter(
             f"{', '.join(absent)} not in {repository} (it has {', '.join(present)}); "
             + "; ".join(
-                f"`resnet18-triton {variant.written_by}` writes {variant.key}"
+                f"`resnet18-triton {variant.write_command}` writes {variant.key}"
                 for variant in registry.REGISTRY
             ),
             param_hint="--variants",

@@ -191,7 +191,7 @@ def write_plan_configs(
             raise TuneError(
                 f"{source / config.name / CONFIG_FILENAME} has no "
                 f"'{contract.PRECISION_PARAMETER}' parameter: run "
-                f"`resnet18-triton {variant.written_by}` again"
+                f"`resnet18-triton {variant.write_command}` again"
             )
         kept = own_parameters(config)
         written += write_variant(target, variant, kept, target, names, precision)

@@ -65,8 +65,9 @@ class Variant:
 
     ``key`` names it on the command line and in reports; ``suffixes`` name its models after the
     classifier's name, in load order (classifier, then ensemble; one model when fused);
-    ``written_by`` is the command that writes it; ``fuses`` is the ensemble variant a fused one
-    runs; ``model_filename`` is the classifier model's file in its version directory;
+    ``written_by`` is the command that writes it, ``written_with`` the options of that command
+    writing it (empty: the command always writes it); ``fuses`` is the ensemble variant a fused
+    one runs; ``model_filename`` is the classifier model's file in its version directory;
     ``precisions`` are the precisions it can be built at (the first is the default; a
     ``precision`` parameter of its configs says which), ``fixed_precision`` the one its model
     file has when it has no choice (a fused variant has those of the variant it fuses);
@@ -78,6 +79,7 @@ class Variant:
     engine: Engine
     suffixes: tuple[str, ...]
     written_by: str
+    written_with: str = ""
     fuses: str | None = None
     model_filename: str = "model.onnx"
     precisions: tuple[str, ...] = ()
@@ -87,6 +89,11 @@ class Variant:
     @property
     def fused(self) -> bool:
         return self.fuses is not None
+
+    @property
+    def write_command(self) -> str:
+        """The ``resnet18-triton`` subcommand and options writing it, e.g. ``quantize``."""
+        return " ".join(filter(None, (self.written_by, self.written_with)))
 
     def models(self, names: ClassifierNames) -> tuple[str, ...]:
         """The variant's models of classifier ``names``, in load order."""
