@@ -96,14 +96,18 @@ def write_images(folder: Path, images: list[bytes]) -> Path:
     return folder
 
 
-def export_repository(model, repo: Path, name: str | None = None, **settings: object) -> Path:
+def export_repository(
+    model, repo: Path, name: str | None = None, fused: bool = False, **settings: object
+) -> Path:
     """The digits model through the export pipeline (verified like any export) into ``repo``, as
-    classifier ``name`` (default: the default classifier)."""
+    classifier ``name`` (default: the default classifier); with ``fused`` as ``export --fused``."""
     from resnet18_triton.export import pipeline
     from resnet18_triton.export.weights import Provenance
     from resnet18_triton.repository.configs import ServingSettings
 
-    request = pipeline.ExportRequest(repository=repo, settings=ServingSettings(**settings))
+    request = pipeline.ExportRequest(
+        repository=repo, settings=ServingSettings(**settings), fused=fused
+    )
     if name is not None:
         request = dataclasses.replace(request, name=name)
     loaded = pipeline.LoadedModel(model, Provenance("file", path="digits-fitted"))

@@ -103,8 +103,15 @@ def _write_openvino(repo: Path, names: ClassifierNames, precision: str, images: 
                        "--min-agreement", GATE_MIN_AGREEMENT])  # fmt: skip
 
 
+def _write_fused_export(repo: Path, names: ClassifierNames, precision: str, images: Path) -> None:
+    """``export --fused`` of the digits model (the command's library form: the model is in
+    memory, not a checkpoint file)."""
+    export_repository(digits_model()[0], repo, name=names.name, fused=True)
+
+
 # The command that writes a variant -> how the tests run it on one classifier at one precision.
 WRITERS: dict[str, Callable[[Path, ClassifierNames, str, Path], None]] = {
+    "export": _write_fused_export,
     "quantize": _write_int8,
     "openvino": _write_openvino,
 }

@@ -109,6 +109,9 @@ PROVENANCE_PARAMETER = "weights_provenance"
 # Classifier-config parameter naming its numeric precision (bf16, f32, int8) where it is not the
 # exported FP32; `health` shows it.
 PRECISION_PARAMETER = "precision"
+# A fused model's config parameter naming the engine it runs its classifier on (the backend the
+# classifier's own config names: onnxruntime, openvino).
+FUSED_ENGINE_PARAMETER = "engine"
 
 # Where the server listens by default: loopback only (safe default), Triton's standard ports.
 DEFAULT_HOST = "127.0.0.1"

@@ -356,3 +356,34 @@ def test_export_command_renders_the_preprocessing_options(tmp_path: Path) -> Non
     config = parse((repo / "preprocess" / "config.pbtxt").read_text())
     assert [group.count for group in config.instance_group] == [2]
     assert config.parameters["jpeg_draft_min_size"].string_value == "512"
+
+
+@pytest.mark.slow
+def test_export_fused_adds_the_fused_fp32_model_and_a_plain_export_writes_only_the_classifier(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from resnet18_triton.contract import ClassifierNames
+    from resnet18_triton.export.cli import export
+    from resnet18_triton.repository import variants
+    from resnet18_triton.repository.configs import fused_model_config, read_config
+
+    repo, names = tmp_path / "repo", ClassifierNames.of()
+    argv = ["--weights", "random", "--repo", str(repo), "--cores", "2"]
+    plain = CliRunner().invoke(export, argv)
+    assert plain.exit_code == 0, plain.output
+    assert sorted(path.name for path in repo.iterdir()) == sorted(names.served)
+    fused = CliRunner().invoke(export, [*argv, "--fused"])
+    assert fused.exit_code == 0, fused.output
+    model = variants.FP32_FUSED.entry(names)
+    assert f"fused FP32 model ready: {model}" in fused.output
+    assert variants.present(repo, names) == (variants.FP32_FUSED,)
+    # The classifier's own file, not a copy of an older one.
+    onnx = repo / names.onnx / "1" / "model.onnx"
+    assert variants.FP32_FUSED.model_path(repo, names).read_bytes() == onnx.read_bytes()
+    expected = fused_model_config(
+        read_config(repo, names.onnx), read_config(repo, names.preprocess), name=model
+    )
+    assert read_config(repo, model) == expected
+    assert len(expected.instance_group) == 1 and expected.instance_group[0].count == 2

@@ -19,7 +19,7 @@ from resnet18_triton.perf import bench as benching
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf import soak as soaking
 from resnet18_triton.perf.cli import bench, loadtest
-from resnet18_triton.perf.measurements import FP32, INT8, LARGE, TYPICAL, ServedSpec
+from resnet18_triton.perf.measurements import FP32, LARGE, TYPICAL, ServedSpec
 from resnet18_triton.repository import layout, variants
 from resnet18_triton.repository.classifier import Classifier, Preprocessing, default_labels
 from resnet18_triton.repository.configs import ServingSettings
@@ -27,6 +27,7 @@ from resnet18_triton.repository.transaction import staging_directory
 from resnet18_triton.repository.writer import fill_repository, install_variant
 
 SECOND = ClassifierNames.of("second")
+INT8, INT8_FUSED = variants.INT8.key, variants.INT8_FUSED.key
 
 
 def test_loadtest_rejects_a_malformed_range() -> None:
@@ -160,11 +161,9 @@ def test_bench_name_times_that_classifiers_ensemble_onnx_model_and_int8_variant(
 ) -> None:
     plan = benching.BenchPlan(out=tmp_path / "out", repo=two_classifiers, name="second")
     models = benching.bench_models(plan, two_classifiers)
-    assert models.int8 and models.int8_inprocess and models.int8_fused and not models.openvino
-    served = {
-        spec.label: models.served(spec)
-        for spec in benching.served_specs(True, models.int8, models.int8_fused)
-    }
+    assert models.swept == (variants.INT8, variants.INT8_FUSED) and not models.openvino
+    assert models.timed_files == (variants.INT8,)
+    served = {spec.label: models.served(spec) for spec in benching.served_specs(True, models.swept)}
     assert served == {
         "ensemble 500x375": "second",
         "ensemble 12MP": "second",
@@ -186,7 +185,7 @@ def test_bench_name_times_that_classifiers_ensemble_onnx_model_and_int8_variant(
     assert models.preprocess_path(two_classifiers).is_file()
     assert models.preprocess_path(two_classifiers).parts[-3] == "second_preprocess"
     # Every in-process engine runs the second classifier's files, the INT8 one included.
-    specs = benching.engine_specs(plan, models.int8_inprocess)
+    specs = benching.engine_specs(plan, models.timed_files)
     onnx_files = {
         benching._inprocess_spec(
             spec, plan, two_classifiers, {TYPICAL: [], LARGE: []}, 1.0, models
@@ -204,7 +203,7 @@ def test_bench_of_the_default_classifier_skips_variants_only_another_classifier_
 ) -> None:
     plan = benching.BenchPlan(out=tmp_path / "out", repo=two_classifiers)
     models = benching.bench_models(plan, two_classifiers)
-    assert models.present == () and not models.int8 and not models.int8_fused
+    assert models.present == () and models.swept == () and models.timed_files == ()
     assert models.listing() == ["resnet18", "resnet18_onnx"]
     sweep = benching.sweep_for(ServedSpec("raw"), "u", pa.SweepSettings(), {}, models)
     assert sweep.model == contract.ONNX_MODEL
@@ -215,7 +214,7 @@ def test_a_sweep_sends_its_requests_to_the_named_classifiers_model(two_classifie
     data = {TYPICAL: Path("input.json")}
     settings = pa.SweepSettings()
     fused = benching.sweep_for(
-        ServedSpec("fused", precision=INT8, images=TYPICAL), "u", settings, data, models
+        ServedSpec("ensemble", variant=INT8_FUSED, images=TYPICAL), "u", settings, data, models
     )
     assert fused.model == "second_int8_fused" and fused.input_data == Path("input.json")
     assert benching.sweep_for(ServedSpec("raw"), "u", settings, data, models).model == "second_onnx"

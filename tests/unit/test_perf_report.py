@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.perf import bench, images, ratios, report
 from resnet18_triton.perf.measurements import (
-    INT8,
+    FP32,
     TYPICAL,
     BenchResults,
     EngineRow,
@@ -20,6 +21,9 @@ from resnet18_triton.perf.measurements import (
     ServedSweep,
 )
 from resnet18_triton.perf.perf_analyzer import Row
+from resnet18_triton.repository import variants
+
+INT8, INT8_FUSED = variants.INT8.key, variants.INT8_FUSED.key
 
 
 def _row(label: str, load: float, throughput: float, p50: float = 10.0) -> Row:
@@ -91,7 +95,7 @@ def _results(stack_mb: float = 300.0, interleaved: tuple[InterleavedPair, ...] =
             _engine(InProcessSpec("ort", 8), ORT_SPIN_B8),
             _engine(InProcessSpec("ort", spinning=False), ORT_NOSPIN_B1, rss=ORT_B1_RSS),
             _engine(InProcessSpec("ort", 8, spinning=False), ORT_NOSPIN_B8),
-            _engine(InProcessSpec("ort", 1, "int8", spinning=False), INT8_NOSPIN_B1),
+            _engine(InProcessSpec("ort", 1, INT8, spinning=False), INT8_NOSPIN_B1),
             EngineRow(InProcessSpec("pipeline", images="500x375"), PIPELINE_MS, 35.0, PIPELINE_RSS),
         ),
         served=(
@@ -128,9 +132,9 @@ def test_in_process_labels_come_from_the_spec() -> None:
     assert InProcessSpec("eager", 8).label == "eager"
     assert InProcessSpec("ort").label == "ort"
     assert InProcessSpec("ort", spinning=False).label == "ort-nospin"
-    assert InProcessSpec("ort", 8, "int8", spinning=False).label == "ort-int8-nospin"
+    assert InProcessSpec("ort", 8, INT8, spinning=False).label == "ort-int8-nospin"
     assert InProcessSpec("pipeline", images="12MP").label == "pipeline 12MP"
-    assert InProcessSpec("pipeline", precision="int8", images="12MP").label == "pipeline-int8 12MP"
+    assert InProcessSpec("pipeline", variant=INT8, images="12MP").label == "pipeline-int8 12MP"
 
 
 def test_served_labels_come_from_the_spec() -> None:
@@ -139,9 +143,9 @@ def test_served_labels_come_from_the_spec() -> None:
     assert ServedSpec("raw", 8).label == "raw b8"
     assert ServedSpec("raw", 8, shared_memory=True).label == "raw b8 shm"
     assert ServedSpec("ensemble", images="500x375").label == "ensemble 500x375"
-    int8 = ServedSpec("ensemble", precision="int8", images="500x375")
+    int8 = ServedSpec("ensemble", variant=INT8, images="500x375")
     assert int8.label == "int8 ensemble 500x375"
-    fused = ServedSpec("fused", precision="int8", images="500x375")
+    fused = ServedSpec("ensemble", variant=INT8_FUSED, images="500x375")
     assert fused.label == "int8 fused 500x375"
 
 
@@ -182,13 +186,13 @@ def test_served_int8_ensemble_is_held_to_three_quarters_of_the_int8_engine() -> 
     results = BenchResults(
         engines=(
             *base.engines,
-            _engine(InProcessSpec("ort", 8, "int8", spinning=False), int8_b8),
-            _engine(InProcessSpec("pipeline", precision="int8", images="500x375"), int8_loop),
+            _engine(InProcessSpec("ort", 8, INT8, spinning=False), int8_b8),
+            _engine(InProcessSpec("pipeline", variant=INT8, images="500x375"), int8_loop),
         ),
         served=(
             *base.served,
             _sweep(
-                ServedSpec("ensemble", precision="int8", images="500x375"), _row("", 2, served_int8)
+                ServedSpec("ensemble", variant=INT8, images="500x375"), _row("", 2, served_int8)
             ),
         ),
     )
@@ -207,14 +211,14 @@ def test_the_fused_int8_model_is_held_to_the_same_bar_and_compared_with_the_ense
     int8_b8, served_ensemble, served_fused = 60.0, 40.0, 46.0
     base = _results()
     results = BenchResults(
-        engines=(*base.engines, _engine(InProcessSpec("ort", 8, "int8", spinning=False), int8_b8)),
+        engines=(*base.engines, _engine(InProcessSpec("ort", 8, INT8, spinning=False), int8_b8)),
         served=(
             *base.served,
             _sweep(
-                ServedSpec("ensemble", precision="int8", images="500x375"),
+                ServedSpec("ensemble", variant=INT8, images="500x375"),
                 _row("", 8, served_ensemble),
             ),
-            _sweep(ServedSpec("fused", 1, "int8", "500x375"), _row("", 8, served_fused)),
+            _sweep(ServedSpec("ensemble", 1, INT8_FUSED, "500x375"), _row("", 8, served_fused)),
         ),
     )
     values = bench.ratios(results)
@@ -225,9 +229,11 @@ def test_the_fused_int8_model_is_held_to_the_same_bar_and_compared_with_the_ense
     assert ensemble.met is (served_ensemble / int8_b8 >= 0.75)
     versus = _one(values, "served INT8 fused model / served INT8 ensemble")
     assert versus.value == pytest.approx(served_fused / served_ensemble)
-    specs = bench.served_specs(shared_memory=False, int8=True, fused=True)
+    int8 = (variants.INT8, variants.INT8_FUSED)
+    specs = bench.served_specs(shared_memory=False, swept=int8)
     assert [spec.label for spec in specs][-2:] == ["int8 ensemble 500x375", "int8 fused 500x375"]
-    assert "int8 fused 500x375" not in [s.label for s in bench.served_specs(False, True)]
+    ensemble_only = bench.served_specs(False, (variants.INT8,))
+    assert "int8 fused 500x375" not in [spec.label for spec in ensemble_only]
 
 
 def test_ratios_without_both_figures_are_left_out() -> None:
@@ -292,11 +298,11 @@ def test_the_int8_ensemble_is_swept_until_a_full_batch_is_in_flight() -> None:
     settings = bench.pa.SweepSettings(concurrency="1:4:1")
     data = {TYPICAL: Path("input.json")}
     int8 = bench.sweep_for(
-        ServedSpec("ensemble", precision=INT8, images=TYPICAL), "u", settings, data
+        ServedSpec("ensemble", variant=INT8, images=TYPICAL), "u", settings, data
     )
     fp32 = bench.sweep_for(ServedSpec("ensemble", images=TYPICAL), "u", settings, data)
     fused = bench.sweep_for(
-        ServedSpec("fused", precision=INT8, images=TYPICAL), "u", settings, data
+        ServedSpec("ensemble", variant=INT8_FUSED, images=TYPICAL), "u", settings, data
     )
     assert int8.settings.concurrency == f"1:{bench.FAST_ENSEMBLE_MIN_CONCURRENCY}:1"
     assert fused.settings.concurrency == int8.settings.concurrency
@@ -331,7 +337,7 @@ def test_cpu_per_image_divides_each_process_kinds_time_by_the_images_served() ->
 
 def test_the_cpu_table_totals_each_path_and_bounds_its_throughput() -> None:
     sweep = ServedSweep(
-        ServedSpec("ensemble", precision=INT8, images=TYPICAL),
+        ServedSpec("ensemble", variant=INT8, images=TYPICAL),
         (_row("x", 1, 100.0),),
         cpu_ms_per_image={"stub:preprocess": 3.0, "stub:resnet18_int8": 7.0},
     )
@@ -340,3 +346,16 @@ def test_the_cpu_table_totals_each_path_and_bounds_its_throughput() -> None:
     assert "| int8 ensemble 500x375 | 3.00 | 7.00 | 10.00 | 200 |" in table
     assert "img/s bound on 2 cores" in table
     assert "| raw |" not in table
+
+
+def test_every_registered_variant_is_swept_and_compared_with_the_path_it_replaces() -> None:
+    names = ClassifierNames.of()
+    swept = bench.served_specs(False, variants.REGISTRY)[-len(variants.REGISTRY) :]
+    assert [spec.variant for spec in swept] == [variant.key for variant in variants.REGISTRY]
+    models = bench.BenchModels(names, variants.REGISTRY)
+    assert [models.served(spec) for spec in swept] == [v.entry(names) for v in variants.REGISTRY]
+    compared = {(ratio.numerator, ratio.denominator) for ratio in ratios.RATIOS}
+    for variant in variants.REGISTRY:
+        replaced = ratios.served_path(variant.fuses or FP32)
+        pair = (ratios.ServedFigure(ratios.served_path(variant.key)), ratios.ServedFigure(replaced))
+        assert pair in compared, variant.key

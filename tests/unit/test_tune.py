@@ -27,8 +27,6 @@ from resnet18_triton.perf.tune_repository import (
 )
 from resnet18_triton.perf.tune_space import (
     FP32,
-    INT8,
-    OPENVINO,
     Candidate,
     Measurement,
     SearchSpace,
@@ -58,6 +56,8 @@ from resnet18_triton.repository.writer import (
     write_variant,
     write_variant_configs,
 )
+
+INT8, OPENVINO = variants.INT8.key, variants.OPENVINO.key
 
 DEFAULT = ClassifierNames.of()
 
@@ -428,6 +428,11 @@ def test_a_plan_re_derives_the_fused_model_from_the_int8_classifier(repository: 
     write_fused_model(repository, variants.INT8_FUSED, DEFAULT)
     before = digest(repository)
     assert tuned_models(repository)[-1] == contract.INT8_FUSED_MODEL
+    # The fused model is a plan of its own: served alone, it is what clients call.
+    assert available_variants(repository) == (FP32, INT8, variants.INT8_FUSED.key)
+    fused_models = variant_models("resnet18", variants.INT8_FUSED.key)
+    assert fused_models.load_order == (contract.INT8_FUSED_MODEL,)
+    assert fused_models.ensemble == contract.INT8_FUSED_MODEL
     apply_plan(repository, Candidate(INT8, 1, 1, 1, 4, 0), cores=2)
     fused = parse((repository / contract.INT8_FUSED_MODEL / "config.pbtxt").read_text())
     assert fused.instance_group[0].count == 1 and fused.max_batch_size == 4

@@ -41,9 +41,14 @@ def test_every_registered_variant_declares_what_a_new_variant_must_provide() -> 
         # The command that writes it is a real subcommand.
         assert variant.written_by in LAZY_COMMANDS
         if variant.fused:
-            # A fused variant runs the model file of a registered ensemble variant, same engine.
-            base = variants.by_key(variant.fuses or "")
-            assert not base.fused and base.engine == variant.engine
+            # A fused variant runs the model file of a registered ensemble variant, same engine,
+            # or the classifier's own FP32 ensemble on ONNX Runtime.
+            base = variants.fused_source(variant)
+            if base is None:
+                assert variant.fuses == variants.FP32_ENSEMBLE
+                assert variant.engine == "onnxruntime"
+            else:
+                assert not base.fused and base.engine == variant.engine
             assert len(variant.suffixes) == 1
         else:
             # An ensemble variant: its classifier model, then the ensemble clients call.
@@ -77,6 +82,7 @@ def test_the_precision_chooser_serves_every_registered_variant_on_every_known_cp
     assert ("bf16" in openvino) == (cpu != "AMD EPYC Zen 2")
     assert variants.precisions_on(variants.OPENVINO_FUSED, flags) == openvino
     assert variants.precisions_on(variants.INT8_FUSED, flags) == ("int8",)
+    assert variants.precisions_on(variants.FP32_FUSED, flags) == ("fp32",)
 
 
 def test_every_variant_model_name_maps_back_to_its_classifier_and_variant() -> None:
@@ -93,7 +99,7 @@ def test_health_of_a_variant_model_checks_its_classifier_not_one_of_that_name() 
 
 
 def test_an_unknown_variant_is_refused_naming_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="int8, int8_fused, openvino, openvino_fused"):
+    with pytest.raises(KeyError, match="fp32_fused, int8, int8_fused, openvino, openvino_fused"):
         variants.by_key("fp16")
 
 
@@ -111,6 +117,27 @@ def repository(tmp_path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"fp32 stand-in " + names.name.encode())
     return repo
+
+
+def test_the_fused_fp32_model_runs_the_classifiers_own_file_by_the_fused_models_rules(
+    repository: Path,
+) -> None:
+    from resnet18_triton.repository.configs import fused_model_config
+    from resnet18_triton.repository.writer import write_fused_model
+
+    assert variants.present(repository, SECOND) == ()
+    write_fused_model(repository, variants.FP32_FUSED, SECOND)
+    assert variants.present(repository, SECOND) == (variants.FP32_FUSED,)
+    assert variants.present(repository, ClassifierNames.of()) == ()
+    linked = variants.FP32_FUSED.model_path(repository, SECOND)
+    assert linked.read_bytes() == layout.onnx_model_path(repository, SECOND.onnx).read_bytes()
+    # Instances and threads as every fused model: the classifier's cores, one thread each.
+    classifier = read_config(repository, SECOND.onnx)
+    preprocess = read_config(repository, SECOND.preprocess)
+    fused = variants.FP32_FUSED.entry(SECOND)
+    assert fused == "second_fp32_fused"
+    assert read_config(repository, fused) == fused_model_config(classifier, preprocess, name=fused)
+    assert layout.served_models(repository)[-1] == fused
 
 
 # Stage the variant's model file as its writer would, then install it with its configs and its

@@ -85,7 +85,8 @@ def precision_of(config: dict[str, Any]) -> str:
     """A classifier's numeric precision from its model config (JSON), empty when not one.
 
     The ``precision`` parameter when present (OpenVINO variants), ``int8`` for a model carrying
-    a quantisation recipe, ``fp32`` for any other ONNX Runtime model.
+    a quantisation recipe, ``fp32`` for any other ONNX Runtime model, a fused model running
+    ONNX Runtime included.
     """
     parameters = config.get("parameters", {})
     named = str(parameters.get(contract.PRECISION_PARAMETER, {}).get("string_value", ""))
@@ -93,7 +94,8 @@ def precision_of(config: dict[str, Any]) -> str:
         return named
     if "quantization" in parameters:
         return "int8"
-    return "fp32" if config.get("backend") == "onnxruntime" else ""
+    fused = parameters.get(contract.FUSED_ENGINE_PARAMETER, {}).get("string_value")
+    return "fp32" if (fused or config.get("backend")) == "onnxruntime" else ""
 
 
 def ensemble_classifier(config: dict[str, Any]) -> str | None:

@@ -22,6 +22,7 @@ from resnet18_triton.export.pipeline import (
     load_model,
 )
 from resnet18_triton.options import name_option, repository_option
+from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import INTERPOLATIONS, RESIZE_STRAIGHT, Preprocessing
 from resnet18_triton.repository.configs import (
     ServingSettings,
@@ -227,6 +228,13 @@ def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
     help="Container only: ask the native ONNX Runtime backend for its OpenVINO "
     "accelerator. The embedded server's Python-based backend ignores it.",
 )
+@click.option(
+    "--fused",
+    is_flag=True,
+    help="Also write NAME_fp32_fused: the ensemble's two steps (decode and preprocess, then "
+    "ONNX Runtime FP32) in one Python-backend model, beside the ensemble, with the "
+    "classifier's cores as that many one-thread instances (docs/variants.md).",
+)
 def export(
     weights: str,
     name: str,
@@ -252,6 +260,7 @@ def export(
     response_cache: bool,
     warmup: bool,
     openvino: bool,
+    fused: bool,
 ) -> None:
     """Export a ResNet-18 classifier to ONNX, check it and add it to the Triton model repository.
 
@@ -288,6 +297,7 @@ def export(
         name=name,
         labels=labels,
         preprocessing=preprocessing,
+        fused=fused,
     )
     check_name_free(repository.resolve(), classifier_names(name))
     check_not_served(repository.resolve(), classifier_names(name))
@@ -314,6 +324,11 @@ def export(
         f"budget; {describe_queue(settings)})",
         err=True,
     )
+    if fused:
+        fused_model = variants.FP32_FUSED.entry(classifier.names)
+        click.echo(
+            f"fused FP32 model ready: {fused_model} (classify --model {fused_model})", err=True
+        )
     if loaded.provenance.is_random:
         click.secho(
             "WARNING: random weights - served labels are meaningless (use --weights imagenet "

@@ -10,6 +10,8 @@ steps are separate functions:
 2. ``export_onnx`` into a staging directory;
 3. ``verify_onnx`` of the staged file against PyTorch;
 4. ``fill_repository`` of the staging directory: configs, labels, the Python model, warm-up data;
+   with ``fused``, also the fused FP32 model (``variants.FP32_FUSED``: the ensemble's two steps in
+   one Python-backend model, linked to the staged model file);
 5. ``install`` (``repository.transaction``): each model directory of this classifier is swapped into
    the repository with an atomic rename, steps first and the ensemble last. Other classifiers'
    directories are not touched.
@@ -54,6 +56,7 @@ from resnet18_triton.export.weights import (
     imagenet_categories,
     load_resnet18,
 )
+from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import (
     Classifier,
     Preprocessing,
@@ -76,7 +79,7 @@ from resnet18_triton.repository.transaction import (
     remove_stale_staging,
     staging_directory,
 )
-from resnet18_triton.repository.writer import fill_repository
+from resnet18_triton.repository.writer import fill_repository, write_fused_model
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,9 @@ class ExportRequest:
     name: str = contract.DEFAULT_CLASSIFIER
     labels: Path | None = None
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    # Also write the fused FP32 variant (``variants.FP32_FUSED``); off, the export writes the
+    # classifier's own models only.
+    fused: bool = False
 
     @property
     def dynamo(self) -> bool:
@@ -248,7 +254,7 @@ def export_repository(request: ExportRequest, model: LoadedModel | None = None) 
         report = stage(request, loaded, staging, classifier)
         with install_lock(repository):
             check_name_free(repository, classifier.names)  # another export may have won
-            install(staging, repository, classifier.names.served)
+            install(staging, repository, installed_models(request, classifier.names))
     installed = onnx_model_path(repository, classifier.names.onnx)
     return ExportResult(
         repository=repository,
@@ -259,6 +265,14 @@ def export_repository(request: ExportRequest, model: LoadedModel | None = None) 
         classifier=classifier,
         default_labels=made_up,
     )
+
+
+def installed_models(request: ExportRequest, names: ClassifierNames) -> tuple[str, ...]:
+    """The model directories ``request`` installs, in order: the classifier's steps, the fused
+    FP32 model when asked for, the ensemble last."""
+    *steps, ensemble = names.served
+    fused = variants.FP32_FUSED.models(names) if request.fused else ()
+    return (*steps, *fused, ensemble)
 
 
 def stage(
@@ -301,4 +315,6 @@ def stage(
         list(classifier.labels),
         classifier,
     )
+    if request.fused:
+        write_fused_model(staging, variants.FP32_FUSED, classifier.names)
     return report

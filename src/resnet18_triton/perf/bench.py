@@ -2,9 +2,12 @@
 
 Order: images, then every in-process engine in its own fresh process (nothing else of ours runs
 meanwhile), then the server (started here unless a URL is given) with perf_analyzer sweeps of
-the ensemble (500x375, then 12-MP JPEGs) and of the raw model (1 image per request over HTTP and
-through shared memory, 8 per request through shared memory) while the stack's RSS is sampled,
-then in-process ORT and the fastest raw path alternated a few times per batch size. Writes
+the ensemble (500x375, then 12-MP JPEGs), of the raw model (1 image per request over HTTP and
+through shared memory, 8 per request through shared memory) and of the model clients call of
+each variant the repository holds, while the stack's RSS is sampled, then in-process ORT and the
+fastest raw path alternated a few times per batch size. What is timed follows from
+``repository.variants.REGISTRY``: a variant declared there is swept (and its ONNX Runtime model
+file timed in-process) with no code here. Writes
 ``bench.json`` (every measurement), ``bench.md`` (the table, the ratios of ``perf.ratios`` with
 their targets, the sweeps), ``served.csv`` and ``served.png`` into the output folder.
 """
@@ -29,7 +32,6 @@ from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.inprocess import InProcessEngine
 from resnet18_triton.perf.measurements import (
     FP32,
-    INT8,
     LARGE,
     TYPICAL,
     BenchResults,
@@ -50,14 +52,16 @@ from resnet18_triton.perf.report import (
 from resnet18_triton.perf.stack import StackSampler
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.layout import classifiers, onnx_model_path, served_models
+from resnet18_triton.repository.variants import Variant
 
 Echo = Callable[[str], None]
 
 # Full batches at 1 and 2 requests in flight.
 FULL_BATCH_CONCURRENCY = "1:2:1"
 # A fast engine (INT8) needs about a full batch in flight before dynamic batching and the
-# overlap of preprocessing with inference peak: its ensemble is swept up to this concurrency at
-# least (the measurements: docs/decisions.md, "`bench` sweeps the INT8 ensemble to 8").
+# overlap of preprocessing with inference peak (the measurements: docs/decisions.md, "`bench`
+# sweeps the INT8 ensemble to 8"): every variant's JPEG path is swept up to this concurrency at
+# least, so that variants are compared at the same loads.
 FAST_ENSEMBLE_MIN_CONCURRENCY = 8
 # The raw-model target compares two measurements a few percent apart; minutes of drift on a
 # shared machine between the in-process phase and the served phase can exceed that. So they are
@@ -86,8 +90,9 @@ class BenchPlan:
     large_count: int = 4
     engines: tuple[InProcessEngine, ...] = ("eager", "torchscript", "ort")
     batches: tuple[int, ...] = BATCHES
-    # Also sweep the INT8 ensemble (also done when the repository holds one, see `quantize`).
-    int8: bool = False
+    # Keys of variants whose JPEG path is swept even when the repository lacks them (a server
+    # at ``url`` may hold more than ``repo``); those the repository holds are always swept.
+    variants: tuple[str, ...] = ()
     # Build the OpenVINO variant with this precision when the repository lacks it; its rows are
     # measured whenever the repository holds the variant.
     openvino: str | None = None
@@ -97,26 +102,29 @@ class BenchPlan:
 class BenchModels:
     """The models of one classifier that ``bench`` times, by the names the repository serves
     them under: its ensemble and ONNX model, and the variants of it in ``present``
-    (``variants.present``). ``force_int8`` sweeps the INT8 ensemble even when not present."""
+    (``variants.present``). ``forced`` are keys of variants swept even when not present."""
 
     names: ClassifierNames
-    present: tuple[variants.Variant, ...] = ()
-    force_int8: bool = False
+    present: tuple[Variant, ...] = ()
+    forced: tuple[str, ...] = ()
 
     @property
-    def int8(self) -> bool:
-        """The INT8 ensemble is swept."""
-        return self.force_int8 or variants.INT8 in self.present
+    def swept(self) -> tuple[Variant, ...]:
+        """The variants whose JPEG path is swept: those present and those forced, in registry
+        (serving) order."""
+        keys = {variant.key for variant in self.present} | set(self.forced)
+        return tuple(variant for variant in variants.REGISTRY if variant.key in keys)
 
     @property
-    def int8_inprocess(self) -> bool:
-        """The INT8 model file is timed in-process (only when the repository holds it)."""
-        return variants.INT8 in self.present
-
-    @property
-    def int8_fused(self) -> bool:
-        """The fused INT8 model is swept."""
-        return self.int8 and variants.INT8_FUSED in self.present
+    def timed_files(self) -> tuple[Variant, ...]:
+        """The variants whose own model file the in-process ONNX Runtime engines time: those
+        present that run on ONNX Runtime and are not fused (a fused variant runs the file of
+        the one it fuses)."""
+        return tuple(
+            variant
+            for variant in self.present
+            if variant.engine == "onnxruntime" and not variant.fused
+        )
 
     @property
     def openvino(self) -> bool:
@@ -125,19 +133,19 @@ class BenchModels:
         return variants.OPENVINO in self.present and self.names == ClassifierNames.of()
 
     def served(self, spec: ServedSpec) -> str:
-        """The Triton model ``spec``'s path sends requests to."""
-        int8 = spec.precision == INT8
-        if spec.path == "raw":
-            return variants.INT8.classifier(self.names) if int8 else self.names.onnx
-        if spec.path == "fused":
-            return variants.INT8_FUSED.entry(self.names)
-        return variants.INT8.entry(self.names) if int8 else self.names.ensemble
+        """The Triton model ``spec``'s path sends requests to: the classifier model (raw) or the
+        model clients call (JPEG in) of ``spec.variant``."""
+        raw = spec.path == "raw"
+        if spec.variant == FP32:
+            return self.names.onnx if raw else self.names.ensemble
+        variant = variants.by_key(spec.variant)
+        return variant.classifier(self.names) if raw else variant.entry(self.names)
 
-    def onnx_path(self, repo: Path, precision: str = FP32) -> Path:
-        """The ONNX file the in-process engines run at ``precision``."""
-        if precision == INT8:
-            return variants.INT8.model_path(repo, self.names)
-        return onnx_model_path(repo, self.names.onnx)
+    def onnx_path(self, repo: Path, variant: str = FP32) -> Path:
+        """The model file the in-process engines run for variant key ``variant``."""
+        if variant == FP32:
+            return onnx_model_path(repo, self.names.onnx)
+        return variants.by_key(variant).model_path(repo, self.names)
 
     def preprocess_path(self, repo: Path) -> Path:
         """The classifier's served preprocessing code (the in-process pipeline runs it)."""
@@ -145,14 +153,14 @@ class BenchModels:
 
     def listing(self) -> list[str]:
         """The models timed, for the log and the report."""
-        specs = served_specs(True, self.int8, self.int8_fused)
+        specs = served_specs(True, self.swept)
         return list(dict.fromkeys(self.served(spec) for spec in specs))
 
 
 def bench_models(plan: BenchPlan, repo: Path) -> BenchModels:
     """What ``plan`` times in ``repo``: classifier ``plan.name`` and its variants there."""
     names = ClassifierNames.of(plan.name)
-    return BenchModels(names, variants.present(repo, names), plan.int8)
+    return BenchModels(names, variants.present(repo, names), plan.variants)
 
 
 def check_plan(plan: BenchPlan) -> None:
@@ -203,17 +211,20 @@ def _environment(plan: BenchPlan) -> dict[str, object]:
     }
 
 
-def engine_specs(plan: BenchPlan, with_int8: bool) -> list[InProcessSpec]:
+def engine_specs(plan: BenchPlan, timed: tuple[Variant, ...] = ()) -> list[InProcessSpec]:
     """The in-process runs, in order: each engine at each batch, ORT also with spinning off (as
-    served; the served paths are compared with the faster of the two), the INT8 model like the
-    served FP32 one when present (and its decode+preprocess+ORT pipeline on 500x375 JPEGs), and
-    the FP32 decode+preprocess+ORT pipeline on each JPEG set."""
+    served; the served paths are compared with the faster of the two), the model file of each
+    variant of ``timed`` (``BenchModels.timed_files``) like the served FP32 one (and its
+    decode+preprocess+ORT pipeline on 500x375 JPEGs), and the FP32 decode+preprocess+ORT
+    pipeline on each JPEG set."""
     specs = [InProcessSpec(engine, batch) for engine in plan.engines for batch in plan.batches]
     if "ort" in plan.engines:
         specs += [InProcessSpec("ort", batch, spinning=False) for batch in plan.batches]
-    if with_int8:
-        specs += [InProcessSpec("ort", batch, INT8, spinning=False) for batch in plan.batches]
-        specs.append(InProcessSpec("pipeline", precision=INT8, images=TYPICAL))
+    for variant in timed:
+        specs += [
+            InProcessSpec("ort", batch, variant.key, spinning=False) for batch in plan.batches
+        ]
+        specs.append(InProcessSpec("pipeline", variant=variant.key, images=TYPICAL))
     return specs + [InProcessSpec("pipeline", images=name) for name in (TYPICAL, LARGE)]
 
 
@@ -231,7 +242,7 @@ def _inprocess_spec(
         spec.batch,
         plan.threads,
         seconds,
-        onnx_path=str(models.onnx_path(repo, spec.precision)),
+        onnx_path=str(models.onnx_path(repo, spec.variant)),
         preprocess_path=str(models.preprocess_path(repo)) if pipeline else None,
         images=[str(path) for path in files[spec.images or TYPICAL]] if pipeline else [],
         allow_spinning=spec.spinning,
@@ -243,7 +254,7 @@ def run_engines(
 ) -> list[EngineRow]:
     """Every in-process run of ``engine_specs``, each in a fresh process."""
     rows = []
-    for spec in engine_specs(plan, models.int8_inprocess):
+    for spec in engine_specs(plan, models.timed_files):
         echo(f"in-process: {spec.label} batch {spec.batch} ...")
         result = inprocess.measure(_inprocess_spec(spec, plan, repo, files, plan.seconds, models))
         row = EngineRow(
@@ -257,21 +268,19 @@ def run_engines(
     return rows
 
 
-def served_specs(shared_memory: bool, int8: bool, fused: bool = False) -> list[ServedSpec]:
+def served_specs(shared_memory: bool, swept: tuple[Variant, ...] = ()) -> list[ServedSpec]:
     """The served sweeps, in order. The ensembles first: the stack's RSS during them is then what
     serving JPEGs costs, not swollen by the buffers of the raw model's 8-image requests (which
     RSS never gives back). The raw model 1 image per request over HTTP and (with an admin key)
     through shared memory, then full batches, so each compares with in-process ORT at the same
-    batch size. The INT8 ensemble, then (``fused``) the fused INT8 model, last."""
+    batch size. Last, the model clients call of each variant of ``swept``
+    (``BenchModels.swept``) with 500x375 JPEGs, in that order."""
     specs = [ServedSpec("ensemble", images=TYPICAL), ServedSpec("ensemble", images=LARGE)]
     specs.append(ServedSpec("raw"))
     if shared_memory:
         specs.append(ServedSpec("raw", shared_memory=True))
     specs.append(ServedSpec("raw", FULL_BATCH, shared_memory=shared_memory))
-    if int8:
-        specs.append(ServedSpec("ensemble", precision=INT8, images=TYPICAL))
-    if int8 and fused:
-        specs.append(ServedSpec("fused", precision=INT8, images=TYPICAL))
+    specs += [ServedSpec("ensemble", variant=variant.key, images=TYPICAL) for variant in swept]
     return specs
 
 
@@ -284,7 +293,7 @@ def sweep_for(
 ) -> pa.Sweep:
     """The perf_analyzer run of ``spec`` against ``models``' model for it (default: the default
     classifier's): its batch and transport over the common settings; full batches at
-    FULL_BATCH_CONCURRENCY, the INT8 ensemble and fused model up to at least
+    FULL_BATCH_CONCURRENCY, every variant's JPEG path up to at least
     FAST_ENSEMBLE_MIN_CONCURRENCY in flight."""
     settings = replace(
         settings,
@@ -293,7 +302,7 @@ def sweep_for(
     )
     if spec.batch > 1:
         settings = replace(settings, concurrency=FULL_BATCH_CONCURRENCY)
-    elif spec.precision == INT8 and spec.images and not settings.request_rate:
+    elif spec.variant != FP32 and spec.images and not settings.request_rate:
         widened = extend_range(settings.concurrency, FAST_ENSEMBLE_MIN_CONCURRENCY)
         settings = replace(settings, concurrency=widened)
     data = input_data[spec.images] if spec.images else None
@@ -373,7 +382,7 @@ def run_served(
         for name, paths in files.items()
     }
     sweeps = []
-    for spec in served_specs(bool(settings.admin_key), models.int8, models.int8_fused):
+    for spec in served_specs(bool(settings.admin_key), models.swept):
         sweep = sweep_for(spec, url, settings, input_data, models)
         echo(
             f"served: {spec.label}, {sweep.model} (perf_analyzer, concurrency "

@@ -191,8 +191,8 @@ def loadtest(
     "random weights into the output folder).",
 )
 @name_option(
-    "Classifier to time: its ensemble, its ONNX model and each of its variants (INT8, fused) the "
-    "repository holds.",
+    "Classifier to time: its ensemble, its ONNX model and each of its variants the repository "
+    "holds.",
     "classifier",
 )
 @url_option(

@@ -1,24 +1,24 @@
 """What ``bench`` measures, as typed values: a spec per measurement and a result per spec.
 
-Every label the report prints is computed from a spec (engine, precision, batch, transport,
+Every label the report prints is computed from a spec (engine, variant, batch, transport,
 shared memory), so code never tells measurements apart by parsing strings or file names.
-Results are looked up by spec (specs are frozen, hence comparable and hashable).
+Results are looked up by spec (specs are frozen, hence comparable and hashable). A spec names a
+variant by its key in ``repository.variants.REGISTRY`` (``FP32``: the classifier's own models),
+so a variant added there is measured and labelled with no code here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Literal, get_args
+from typing import Final
 
 from resnet18_triton.perf.inprocess import InProcessEngine
 from resnet18_triton.perf.perf_analyzer import Row
 from resnet18_triton.perf.report import best
+from resnet18_triton.repository import variants
 
-# The ONNX Runtime model files a measurement runs: the exported model and its INT8 quantisation.
-Precision = Literal["fp32", "int8"]
-PRECISIONS: tuple[Precision, ...] = get_args(Precision)
-FP32: Final = "fp32"
-INT8: Final = "int8"
+# The classifier's own FP32 models (its ensemble and ONNX model), beside the registry's keys.
+FP32: Final = variants.FP32_ENSEMBLE
 # The two JPEG sets: typical photos and 12-megapixel ones (see perf/images.py).
 TYPICAL, LARGE = "500x375", "12MP"
 
@@ -28,13 +28,14 @@ class InProcessSpec:
     """One in-process engine run.
 
     ``engine``: "eager", "torchscript", "ort" (tensors in) or "pipeline" (JPEG decode + the
-    served preprocessing + ORT, batch 1, on the ``images`` set). ``precision`` applies to ORT;
-    ``spinning`` is ORT's intra-op spinning (the served model runs with it off).
+    served preprocessing + ORT, batch 1, on the ``images`` set). ``variant`` is the key of the
+    variant whose model file ORT runs (``FP32``: the exported one); ``spinning`` is ORT's
+    intra-op spinning (the served model runs with it off).
     """
 
     engine: InProcessEngine
     batch: int = 1
-    precision: Precision = FP32
+    variant: str = FP32
     spinning: bool = True
     images: str | None = None
 
@@ -42,11 +43,11 @@ class InProcessSpec:
     def label(self) -> str:
         """E.g. "eager", "ort", "ort-nospin", "ort-int8-nospin", "pipeline 500x375"."""
         if self.engine == "pipeline":
-            precision = "" if self.precision == FP32 else f"-{self.precision}"
-            return f"pipeline{precision} {self.images}"
+            variant = "" if self.variant == FP32 else f"-{self.variant}"
+            return f"pipeline{variant} {self.images}"
         parts: list[str] = [self.engine]
-        if self.precision != FP32:
-            parts.append(self.precision)
+        if self.variant != FP32:
+            parts.append(self.variant)
         if not self.spinning:
             parts.append("nospin")
         return "-".join(parts)
@@ -56,23 +57,26 @@ class InProcessSpec:
 class ServedSpec:
     """One served path swept with perf_analyzer.
 
-    ``path``: "ensemble" (encoded images of the ``images`` set in), "fused" (the same, into the
-    fused INT8 model: both steps in one process) or "raw" (uint8 pixel tensors into the ONNX
-    model). ``batch`` is images per request; ``shared_memory`` sends the tensors
-    through system shared memory instead of the HTTP body.
+    ``path``: "ensemble" (encoded images of the ``images`` set into the model clients call: the
+    ensemble, or a fused variant's one model doing both steps) or "raw" (uint8 pixel tensors
+    into the classifier model). ``variant`` is the key of the variant served (``FP32``: the
+    classifier's own models). ``batch`` is images per request; ``shared_memory`` sends the
+    tensors through system shared memory instead of the HTTP body.
     """
 
     path: str
     batch: int = 1
-    precision: Precision = FP32
+    variant: str = FP32
     images: str | None = None
     shared_memory: bool = False
 
     @property
     def label(self) -> str:
-        """E.g. "ensemble 500x375", "int8 ensemble 500x375", "raw", "raw shm", "raw b8 shm"."""
-        parts: list[str] = [] if self.precision == FP32 else [self.precision]
-        parts.append(self.path)
+        """E.g. "ensemble 500x375", "int8 ensemble 500x375", "int8 fused 500x375", "raw",
+        "raw shm", "raw b8 shm"."""
+        parts = [] if self.variant == FP32 else [variant_words(self.variant)]
+        if self.variant == FP32 or not variants.by_key(self.variant).fused:
+            parts.append(self.path)
         if self.batch != 1:
             parts.append(f"b{self.batch}")
         if self.images:
@@ -80,6 +84,11 @@ class ServedSpec:
         if self.shared_memory:
             parts.append("shm")
         return " ".join(parts)
+
+
+def variant_words(key: str) -> str:
+    """A variant's key as the report writes it: "int8", "int8 fused", "openvino fused"."""
+    return key.replace("_", " ")
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ def fastest_raw(
         for sweep in served
         if sweep.rows
         and sweep.spec.path == "raw"
-        and sweep.spec.precision == FP32
+        and sweep.spec.variant == FP32
         and sweep.spec.batch == batch
     ]
     return max(candidates, key=lambda sweep: sweep.best_images_per_s, default=None)

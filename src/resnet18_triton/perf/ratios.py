@@ -3,7 +3,9 @@
 A ``Ratio`` names two ``Figure``s (a number read from ``BenchResults``: an engine's img/s, a
 sweep's best img/s, the stack's peak RSS, ...) and an optional ``Target``. ``evaluate`` returns
 a ``RatioValue`` for each row whose two figures were measured; rows missing a figure (no INT8
-variant, no shared memory, ...) are left out.
+variant, no shared memory, ...) are left out. The rows of each variant are derived from its
+declaration in ``repository.variants.REGISTRY`` (``variant_ratios``), so a variant declared
+there gets its rows with no code here.
 """
 
 from __future__ import annotations
@@ -15,24 +17,24 @@ from typing import Protocol
 
 from resnet18_triton.perf.measurements import (
     FP32,
-    INT8,
     LARGE,
     TYPICAL,
     BenchResults,
     InProcessSpec,
-    Precision,
     ServedSpec,
 )
+from resnet18_triton.repository import variants
+from resnet18_triton.repository.variants import Variant
 
 # Full-batch requests: the configs' max_batch_size.
 FULL_BATCH = 8
 BATCHES = (1, FULL_BATCH)
 
 SERVED_ENSEMBLE_VS_ORT = 0.95
-# The serving path must not eat a faster engine's gain: the served INT8 paths (JPEG in: the
-# ensemble, and the fused model doing both steps in one process) at three quarters or more of
-# the INT8 engine on ready tensors.
-SERVED_INT8_VS_ORT_INT8 = 0.75
+# The serving path must not eat a faster engine's gain: a variant's served path (JPEG in: its
+# ensemble, or the fused model doing both steps in one process) at three quarters or more of its
+# engine on ready tensors. A path running the FP32 file is held to the FP32 ensemble's bar.
+SERVED_VARIANT_VS_ORT = 0.75
 SERVED_RAW_VS_ORT = 0.98
 ENSEMBLE_P50_SLACK_MS = 3.0
 LARGE_VS_TYPICAL = 0.6
@@ -180,26 +182,20 @@ def evaluate(table: Sequence[Ratio], results: BenchResults) -> list[RatioValue]:
     return values
 
 
-def _ort(batch: int, spinning: bool = True, precision: Precision = FP32) -> InProcessSpec:
-    return InProcessSpec("ort", batch, precision, spinning)
+def _ort(batch: int, spinning: bool = True, variant: str = FP32) -> InProcessSpec:
+    return InProcessSpec("ort", batch, variant, spinning)
 
 
 ENSEMBLE = ServedSpec("ensemble", images=TYPICAL)
 ENSEMBLE_LARGE = ServedSpec("ensemble", images=LARGE)
-INT8_ENSEMBLE = ServedSpec("ensemble", precision=INT8, images=TYPICAL)
-INT8_FUSED = ServedSpec("fused", precision=INT8, images=TYPICAL)
 RAW = ServedSpec("raw")
 RAW_PATHS = tuple(
     ServedSpec("raw", batch, shared_memory=shm) for batch in BATCHES for shm in (False, True)
 )
 PIPELINE = InProcessSpec("pipeline", images=TYPICAL)
-PIPELINE_INT8 = InProcessSpec("pipeline", precision=INT8, images=TYPICAL)
 PIPELINE_LARGE = InProcessSpec("pipeline", images=LARGE)
 BEST_ORT = FastestOf(
     tuple(EngineFigure(_ort(batch, spinning)) for batch in BATCHES for spinning in (True, False))
-)
-BEST_ORT_INT8 = FastestOf(
-    tuple(EngineFigure(_ort(batch, spinning=False, precision=INT8)) for batch in BATCHES)
 )
 
 
@@ -208,6 +204,66 @@ def _fastest_raw(batches: tuple[int, ...]) -> FastestOf:
 
 
 AS_SERVED = "in-process ORT FP32 (spinning off, as served)"
+
+
+def served_path(key: str) -> ServedSpec:
+    """The JPEG path (500x375) of variant key ``key`` (``FP32``: the classifier's ensemble)."""
+    return ServedSpec("ensemble", variant=key, images=TYPICAL)
+
+
+def _file_of(variant: Variant) -> str:
+    """The key of the variant whose model file ``variant`` runs: its own, or the one it fuses."""
+    return variant.fuses or variant.key
+
+
+def _title(variant: Variant) -> str:
+    """E.g. "INT8 ensemble", "INT8 fused model", "FP32 fused model"."""
+    return f"{_file_of(variant).upper()} {'fused model' if variant.fused else 'ensemble'}"
+
+
+def variant_ratios(variant: Variant) -> tuple[Ratio, ...]:
+    """The rows of one registered variant: its JPEG path against its engine on ready tensors
+    (best batch, with a target) and against the in-process decode + preprocess + engine loop on
+    its model file, and against the path it replaces (the ensemble it fuses, else the FP32
+    ensemble); for a variant with a model file of its own, that file against FP32 in-process."""
+    served, file = served_path(variant.key), _file_of(variant)
+    fuses = variants.by_key(variant.fuses) if variant.fuses not in (None, FP32) else None
+    source = _title(fuses) if fuses else "FP32 ensemble"
+    best_engine = FastestOf(
+        tuple(EngineFigure(_ort(batch, spinning=False, variant=file)) for batch in BATCHES)
+    )
+    bar = SERVED_ENSEMBLE_VS_ORT if file == FP32 else SERVED_VARIANT_VS_ORT
+    rows = [
+        Ratio(
+            f"served {_title(variant)} (500x375 JPEG) / in-process ORT {file.upper()} (tensors, "
+            "best batch), best img/s",
+            ServedFigure(served),
+            best_engine,
+            Target(bar),
+        ),
+        Ratio(
+            f"served {_title(variant)} (500x375 JPEG) / in-process {file.upper()} decode + "
+            "preprocess + ORT loop, best img/s",
+            ServedFigure(served),
+            EngineFigure(InProcessSpec("pipeline", variant=file, images=TYPICAL)),
+        ),
+        Ratio(
+            f"served {_title(variant)} / served {source} (500x375), best img/s",
+            ServedFigure(served),
+            ServedFigure(served_path(variant.fuses or FP32)),
+        ),
+    ]
+    if not variant.fused:
+        rows += [
+            Ratio(
+                f"in-process ORT {file.upper()} / FP32 (spinning off), batch {batch} img/s",
+                EngineFigure(_ort(batch, spinning=False, variant=file)),
+                EngineFigure(_ort(batch, spinning=False)),
+            )
+            for batch in BATCHES
+        ]
+    return tuple(rows)
+
 
 RATIOS: tuple[Ratio, ...] = (
     Ratio(
@@ -285,44 +341,10 @@ RATIOS: tuple[Ratio, ...] = (
     ),
     Ratio("served ensemble / served raw, best img/s", ServedFigure(ENSEMBLE), ServedFigure(RAW)),
     Ratio(
-        "served INT8 ensemble / served FP32 ensemble (500x375), best img/s",
-        ServedFigure(INT8_ENSEMBLE),
+        "served FP32 ensemble (500x375 JPEG) / in-process FP32 decode + preprocess + ORT loop, "
+        "best img/s",
         ServedFigure(ENSEMBLE),
+        EngineFigure(PIPELINE),
     ),
-    *(
-        Ratio(
-            f"served INT8 {path} (500x375 JPEG) / in-process ORT INT8 (tensors, best batch), "
-            "best img/s",
-            ServedFigure(served),
-            BEST_ORT_INT8,
-            Target(SERVED_INT8_VS_ORT_INT8),
-        )
-        for path, served in (("ensemble", INT8_ENSEMBLE), ("fused model", INT8_FUSED))
-    ),
-    *(
-        Ratio(
-            f"served {precision} {path} (500x375 JPEG) / in-process {precision} decode + "
-            "preprocess + ORT loop, best img/s",
-            ServedFigure(served),
-            EngineFigure(loop),
-        )
-        for precision, path, served, loop in (
-            ("FP32", "ensemble", ENSEMBLE, PIPELINE),
-            ("INT8", "ensemble", INT8_ENSEMBLE, PIPELINE_INT8),
-            ("INT8", "fused model", INT8_FUSED, PIPELINE_INT8),
-        )
-    ),
-    Ratio(
-        "served INT8 fused model / served INT8 ensemble (500x375), best img/s",
-        ServedFigure(INT8_FUSED),
-        ServedFigure(INT8_ENSEMBLE),
-    ),
-    *(
-        Ratio(
-            f"in-process ORT INT8 / FP32 (spinning off), batch {batch} img/s",
-            EngineFigure(_ort(batch, spinning=False, precision=INT8)),
-            EngineFigure(_ort(batch, spinning=False)),
-        )
-        for batch in BATCHES
-    ),
+    *(ratio for variant in variants.REGISTRY for ratio in variant_ratios(variant)),
 )

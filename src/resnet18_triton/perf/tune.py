@@ -174,7 +174,7 @@ class PlanMeasurer:
                     ("preprocess", models.preprocess),
                     ("classifier", models.classifier),
                 )
-                if (value := model_compute_ms(server.url, model)) is not None
+                if model and (value := model_compute_ms(server.url, model)) is not None
             }
         return Measurement(candidate, tuple(result.rows), result.failed_requests, compute)
 

@@ -8,7 +8,11 @@ from pathlib import Path
 import click
 
 from resnet18_triton.options import check_range, images_option, name_option, repository_option
+from resnet18_triton.repository import variants as registry
 from resnet18_triton.repository.layout import missing_files
+
+# What --variants accepts: the classifier's own FP32 models or a registered variant's key.
+VARIANT_KEYS = (registry.FP32_ENSEMBLE, *(variant.key for variant in registry.REGISTRY))
 
 
 def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
@@ -73,7 +77,7 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option(
     "--variants",
     default=None,
-    help="Comma-separated variants to try (fp32, int8, openvino). [default: every one the "
+    help=f"Comma-separated variants to try ({', '.join(VARIANT_KEYS)}). [default: every one the "
     "repository has]",
 )
 @click.option(
@@ -146,8 +150,9 @@ def tune(
     """Measure serving plans of a classifier on this machine and report the best.
 
     Each plan (ONNX Runtime instances x intra-op threads, preprocessing instances, max batch
-    size, queue delay, FP32/INT8/OpenVINO) runs in its own embedded server on a scratch copy of the
-    repository, under a perf_analyzer sweep of the ensemble with real JPEGs. The repository is
+    size, queue delay, variant) runs in its own embedded server on a scratch copy of the
+    repository, under a perf_analyzer sweep of the model clients call with real JPEGs. The
+    repository is
     changed only by --apply (atomically, with a backup that --revert restores).
     """
     from resnet18_triton.errors import TuneError
@@ -186,7 +191,10 @@ def tune(
     if absent:
         raise click.BadParameter(
             f"{', '.join(absent)} not in {repository} (it has {', '.join(present)}); "
-            "`resnet18-triton quantize` writes int8, `resnet18-triton openvino` writes openvino",
+            + "; ".join(
+                f"`resnet18-triton {variant.write_command}` writes {variant.key}"
+                for variant in registry.REGISTRY
+            ),
             param_hint="--variants",
         )
     space = SearchSpace(

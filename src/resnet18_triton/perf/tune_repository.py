@@ -55,15 +55,19 @@ BACKUP_MANIFEST = "tune-backup.json"
 
 @dataclass(frozen=True)
 class VariantModels:
-    """The models one variant of a classifier is served by (steps first, ensemble last)."""
+    """The models one variant of a classifier is served by: its preprocess step (None for a
+    fused variant, whose one model decodes too), the model running its model file, and
+    ``ensemble``, the model clients call (the fused model itself when fused)."""
 
-    preprocess: str
+    preprocess: str | None
     classifier: str
     ensemble: str
 
     @property
     def load_order(self) -> tuple[str, ...]:
-        return (self.preprocess, self.classifier, self.ensemble)
+        """Steps first, the model clients call last, each once."""
+        steps = (self.preprocess, self.classifier, self.ensemble)
+        return tuple(dict.fromkeys(model for model in steps if model))
 
 
 def _names(name: str) -> ClassifierNames:
@@ -110,20 +114,23 @@ def _variant(family: str) -> Variant:
 
 
 def variant_models(name: str, variant: str) -> VariantModels:
-    """Model names of classifier ``name`` served as ``variant`` (FP32 or a registered ensemble
-    variant, ``repository.variants``)."""
+    """Model names of classifier ``name`` served as ``variant`` (FP32 or a registered variant,
+    ``repository.variants``)."""
     names = _names(name)
     if variant == FP32:
         return VariantModels(names.preprocess, names.onnx, names.ensemble)
-    classifier, ensemble = _variant(variant).models(names)
+    served = _variant(variant)
+    if served.fused:
+        return VariantModels(None, served.classifier(names), served.entry(names))
+    classifier, ensemble = served.models(names)
     return VariantModels(names.preprocess, classifier, ensemble)
 
 
 def available_variants(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> tuple[str, ...]:
-    """Variants the repository can serve for classifier ``name``: FP32, plus each ensemble
-    variant (INT8, OpenVINO) once the command that writes it has."""
+    """Variants the repository can serve for classifier ``name``: FP32, plus each registered
+    variant (``variants.present``, fused ones included) once the command that writes it has."""
     held = variants.present(repo, _names(name))
-    return (FP32, *(variant.key for variant in held if not variant.fused))
+    return (FP32, *(variant.key for variant in held))
 
 
 def tuned_models(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> tuple[str, ...]:
@@ -188,7 +195,7 @@ def write_plan_configs(
             raise TuneError(
                 f"{source / config.name / CONFIG_FILENAME} has no "
                 f"'{contract.PRECISION_PARAMETER}' parameter: run "
-                f"`resnet18-triton {variant.written_by}` again"
+                f"`resnet18-triton {variant.write_command}` again"
             )
         kept = own_parameters(config)
         written += write_variant(target, variant, kept, target, names, precision)

@@ -27,22 +27,18 @@ import re
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
 
 from resnet18_triton.errors import TuneError
 from resnet18_triton.perf.measurements import FP32 as FP32
-from resnet18_triton.perf.measurements import INT8 as INT8
 from resnet18_triton.perf.perf_analyzer import Row
-
-# The variants a plan may serve: the ONNX Runtime precisions (``measurements.Precision``) and
-# the OpenVINO variant in whatever precision `resnet18-triton openvino` built it (bf16, f32, int8).
-OPENVINO: Final = "openvino"
 
 
 @dataclass(frozen=True, order=True)
 class Candidate:
     """One serving plan; ``label`` names it in reports (``fp32 i1xt2 p1 b8 q0``)."""
 
+    # FP32 (the classifier's own models) or the key of a registered variant
+    # (``repository.variants``), served in whatever precision its command built it.
     variant: str = FP32
     onnx_instances: int = 1
     intra_op_threads: int = 2

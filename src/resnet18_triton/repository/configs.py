@@ -409,7 +409,7 @@ def variant_configs(
 
 # The fused model's parameters naming its engine (the classifier's backend) and the classifier
 # output it answers with; and each engine's per-instance thread key.
-FUSED_ENGINE_PARAMETER = "engine"
+FUSED_ENGINE_PARAMETER = contract.FUSED_ENGINE_PARAMETER
 FUSED_OUTPUT_PARAMETER = "classifier_output"
 
 

@@ -3,19 +3,22 @@
 A classifier is exported in FP32 (``ClassifierNames``: its preprocess step, ONNX classifier and
 ensemble). A *variant* serves the same classifier with another model file or engine, beside it:
 
-==================  ================  ============  =========================================
-variant             written by        engine        models of classifier ``NAME``
-==================  ================  ============  =========================================
-``int8``            ``quantize``      onnxruntime   ``NAME_int8``, ``NAME_int8_ensemble``
-``int8_fused``      ``quantize``      onnxruntime   ``NAME_int8_fused``
-``openvino``        ``openvino``      openvino      ``NAME_openvino``, ``NAME_openvino_ensemble``
-``openvino_fused``  ``openvino``      openvino      ``NAME_openvino_fused``
-==================  ================  ============  =========================================
+==================  ===================  ============  ======================================
+variant             written by           engine        models of classifier ``NAME``
+==================  ===================  ============  ======================================
+``fp32_fused``      ``export --fused``   onnxruntime   ``NAME_fp32_fused``
+``int8``            ``quantize``         onnxruntime   ``NAME_int8``, ``NAME_int8_ensemble``
+``int8_fused``      ``quantize``         onnxruntime   ``NAME_int8_fused``
+``openvino``        ``openvino``         openvino      ``NAME_openvino``,
+                                                       ``NAME_openvino_ensemble``
+``openvino_fused``  ``openvino``         openvino      ``NAME_openvino_fused``
+==================  ===================  ============  ======================================
 
 An *ensemble* variant is a classifier model (the variant's model file, configs derived from the
 FP32 classifier's) and an ensemble running it after the classifier's own preprocess step. A
-*fused* variant is one Python-backend model running both steps of the ensemble variant it
-``fuses`` (``server/models/fused``), with that variant's model file and engine.
+*fused* variant is one Python-backend model running both steps of the ensemble it ``fuses``
+(``server/models/fused``), with that ensemble's model file and engine: an ensemble variant's, or
+(``fuses=FP32_ENSEMBLE``) the classifier's own FP32 ensemble.
 
 Adding a variant is one ``Variant`` in ``REGISTRY`` plus its engine code: the names, the files it
 needs, discovery, serving order, ownership, ``health`` and ``tune`` follow from the declaration.
@@ -42,6 +45,10 @@ INTRA_OP_THREADS = "intra_op_thread_count"
 INTER_OP_THREADS = "inter_op_thread_count"
 OPENVINO_THREADS = "INFERENCE_NUM_THREADS"
 THREAD_KEYS: dict[Engine, str] = {"onnxruntime": INTRA_OP_THREADS, "openvino": OPENVINO_THREADS}
+# The key that names a classifier's own FP32 models (``ClassifierNames``: its ONNX classifier and
+# ensemble) where a variant's key could stand: no ``Variant`` declares them, every classifier has
+# them.
+FP32_ENSEMBLE = "fp32"
 # Numeric precisions an OpenVINO variant is compiled at (``contract.PRECISION_PARAMETER``).
 OpenVinoPrecision = Literal["f32", "bf16", "int8"]
 OPENVINO_PRECISIONS: tuple[OpenVinoPrecision, ...] = get_args(OpenVinoPrecision)
@@ -61,8 +68,10 @@ class Variant:
 
     ``key`` names it on the command line and in reports; ``suffixes`` name its models after the
     classifier's name, in load order (classifier, then ensemble; one model when fused);
-    ``written_by`` is the command that writes it; ``fuses`` is the ensemble variant a fused one
-    runs; ``model_filename`` is the classifier model's file in its version directory;
+    ``written_by`` is the command that writes it, ``written_with`` the options of that command
+    writing it (empty: the command always writes it); ``fuses`` is the key of the ensemble a
+    fused one runs (a registered ensemble variant's, or ``FP32_ENSEMBLE``); ``model_filename``
+    is the classifier model's file in its version directory;
     ``precisions`` are the precisions it can be built at (the first is the default; a
     ``precision`` parameter of its configs says which), ``fixed_precision`` the one its model
     file has when it has no choice (a fused variant has those of the variant it fuses);
@@ -74,6 +83,7 @@ class Variant:
     engine: Engine
     suffixes: tuple[str, ...]
     written_by: str
+    written_with: str = ""
     fuses: str | None = None
     model_filename: str = "model.onnx"
     precisions: tuple[str, ...] = ()
@@ -83,6 +93,17 @@ class Variant:
     @property
     def fused(self) -> bool:
         return self.fuses is not None
+
+    @property
+    def write_command(self) -> str:
+        """The ``resnet18-triton`` subcommand and options writing it, e.g. ``quantize``."""
+        return " ".join(filter(None, (self.written_by, self.written_with)))
+
+    def fused_classifier(self, names: ClassifierNames) -> str:
+        """The classifier model of ``names`` whose config and model file fused variant ``self``
+        runs: that of the variant it fuses, or the classifier's own ONNX model."""
+        source = fused_source(self)
+        return source.classifier(names) if source else names.onnx
 
     def models(self, names: ClassifierNames) -> tuple[str, ...]:
         """The variant's models of classifier ``names``, in load order."""
@@ -117,6 +138,17 @@ class Variant:
         return all(path.is_file() for path in self.required_files(repo, names))
 
 
+FP32_FUSED = Variant(
+    key="fp32_fused",
+    engine="onnxruntime",
+    # Not ``_fused``: ``NAME_int8_fused`` would then also read as the FP32 fused model of a
+    # classifier ``NAME_int8``.
+    suffixes=("_fp32_fused",),
+    written_by="export",
+    # Writing it again exports the classifier again: from the weights it was exported from.
+    written_with="--fused --weights WEIGHTS",
+    fuses=FP32_ENSEMBLE,
+)
 INT8 = Variant(
     key="int8",
     engine="onnxruntime",
@@ -150,8 +182,9 @@ OPENVINO_FUSED = Variant(
     written_by="openvino",
     fuses="openvino",
 )
-# Serving order: each ensemble variant, then the fused model running it.
-REGISTRY: tuple[Variant, ...] = (INT8, INT8_FUSED, OPENVINO, OPENVINO_FUSED)
+# Serving order: each ensemble (the classifier's own FP32 one first), then the fused model running
+# it.
+REGISTRY: tuple[Variant, ...] = (FP32_FUSED, INT8, INT8_FUSED, OPENVINO, OPENVINO_FUSED)
 
 
 def by_key(key: str) -> Variant:
@@ -163,9 +196,17 @@ def by_key(key: str) -> Variant:
     raise KeyError(f"unknown variant {key!r}: expected one of {known}")
 
 
+def fused_source(variant: Variant) -> Variant | None:
+    """The ensemble variant ``variant`` fuses; None when it fuses none (not fused, or fusing the
+    classifier's own FP32 ensemble)."""
+    if variant.fuses is None or variant.fuses == FP32_ENSEMBLE:
+        return None
+    return by_key(variant.fuses)
+
+
 def built_precisions(variant: Variant) -> tuple[str, ...]:
     """Every precision ``variant`` can be built at: its own, or those of the variant it fuses."""
-    source = by_key(variant.fuses) if variant.fuses else variant
+    source = fused_source(variant) or variant
     return source.precisions or (source.fixed_precision,)
 
 
@@ -192,9 +233,9 @@ def variant_model_names(names: ClassifierNames) -> tuple[str, ...]:
 
 def present(repo: Path, names: ClassifierNames) -> tuple[Variant, ...]:
     """The variants of ``names`` that ``repo`` holds completely; a fused variant counts only with
-    the ensemble variant it fuses."""
+    the ensemble variant it fuses (the classifier's own FP32 one counts as held)."""
     found = [variant for variant in REGISTRY if variant.is_complete(repo, names)]
-    keys = {variant.key for variant in found}
+    keys = {FP32_ENSEMBLE, *(variant.key for variant in found)}
     return tuple(variant for variant in found if variant.fuses is None or variant.fuses in keys)
 
 

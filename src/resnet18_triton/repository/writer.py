@@ -207,12 +207,12 @@ def write_fused_model(
     """Fused variant ``variant`` of classifier ``names`` in ``target`` (default: ``repo``): its
     config (``fused_model_config``), labels, code (``server/models/fused``, the repository's
     preprocessing, the engine's Python-based backend) and a link to the model file of the
-    ensemble variant it fuses, whose classifier must be in ``target`` (the preprocess model in
-    ``repo``). Returns the config's path."""
+    ensemble it fuses (``Variant.fused_classifier``), whose classifier must be in ``target`` (the
+    preprocess model in ``repo``). Returns the config's path."""
     target = repo if target is None else target
     if variant.fuses is None:
         raise ExportError(f"{variant.key} is not a fused variant")
-    classifier_name = variants.by_key(variant.fuses).classifier(names)
+    classifier_name = variant.fused_classifier(names)
     fused_name = variant.entry(names)
     classifier = parse((target / classifier_name / CONFIG_FILENAME).read_text())
     preprocess = parse((repo / names.preprocess / CONFIG_FILENAME).read_text())

@@ -71,7 +71,7 @@ def _what_to_try(causes: list[LoadFailure], repository: Path) -> list[str]:
         steps.append(
             f"to serve everything else without the {variant.key} variant of {names.name}, "
             f"remove it (rm -r {models}) or write it again with `resnet18-triton "
-            f"{variant.written_by} --name {names.name}`"
+            f"{variant.write_command} --name {names.name}`"
         )
     steps.append("`resnet18-triton serve --log-verbose 1` logs each step of the load")
     return list(dict.fromkeys(steps))
@@ -80,7 +80,7 @@ def _what_to_try(causes: list[LoadFailure], repository: Path) -> list[str]:
 def _variant_family(variant: variants.Variant, names: ClassifierNames) -> list[str]:
     """The models of ``variant`` and of the variants fused from it or that it fuses: what one
     writer installs together, and what goes when it is removed."""
-    base = variants.by_key(variant.fuses) if variant.fuses else variant
+    base = variants.fused_source(variant) or variant
     family = [base, variants.fused_of(base)]
     return [model for member in family if member for model in member.models(names)]
 

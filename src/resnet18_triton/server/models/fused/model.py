@@ -1,20 +1,21 @@
 """Triton Python-backend model: encoded image bytes -> labelled class probabilities, in one process.
 
-A classifier variant's ensemble (preprocess -> classifier) run by one model instance: the
+A classifier's ensemble, or a variant's (preprocess -> classifier), run by one model instance: the
 preprocessing decodes the batch's images and the engine runs the classifier on them in the same
 process. The pixels come from the same preprocessing code and the probabilities from the same
 model file as the ensemble's, so both answer the same; this one skips the second stub, the pixel
 tensor's trip through the server and the ensemble scheduler (docs/performance.md measures what
 that saves).
 
-``resnet18-triton quantize`` (INT8, ONNX Runtime) and ``resnet18-triton openvino`` (OpenVINO)
-write this file into ``<repo>/<NAME>_int8_fused/1/`` or ``<repo>/<NAME>_openvino_fused/1/``
-beside:
+``resnet18-triton export --fused`` (FP32, ONNX Runtime), ``resnet18-triton quantize`` (INT8,
+ONNX Runtime) and ``resnet18-triton openvino`` (OpenVINO) write this file into
+``<repo>/<NAME>_fp32_fused/1/``, ``<repo>/<NAME>_int8_fused/1/`` or
+``<repo>/<NAME>_openvino_fused/1/`` beside:
 
 - ``preprocessing.py``: the preprocess model's ``model.py`` (decode, limits, transform);
 - ``<engine>_engine.py``: the Python-based backend of the engine the config's ``engine``
   parameter names (``onnxruntime`` or ``openvino``), for its session or compile options;
-- ``model.onnx``: the variant classifier's model file.
+- ``model.onnx``: the (variant) classifier's model file.
 
 The config carries the preprocessing parameters (limits, transform) and the engine's (threads,
 precision, ...), as the two steps' configs do. Each request is answered on its own: a refused
