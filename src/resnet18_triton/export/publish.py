@@ -282,11 +282,14 @@ def check_publishable(repo: Path, names: ClassifierNames) -> VersionState:
     held = variants.present(repo, names)
     if held:
         keys = ", ".join(variant.key for variant in held)
+        commands = ", ".join(
+            dict.fromkeys(f"`resnet18-triton {variant.write_command}`" for variant in held)
+        )
         raise PublishRefused(
             f"classifier {names.name!r} has variants ({keys}) derived from its served weights; "
             "a new version would leave them answering with the old ones. Versions move the FP32 "
             "classifier only: serve it without variants to publish, then derive them again "
-            "(`resnet18-triton quantize`, `resnet18-triton openvino`)"
+            f"({commands})"
         )
     return read_state(repo, names)
 
