@@ -126,9 +126,11 @@ def write_matrix(repo: Path, matrix: list[ServedVariant], work: Path) -> Path:
     model, splits, _ = digits_model()
     images = write_images(work / "gate_images", splits["held_out"][0][:GATE_IMAGES])
     for names in dict.fromkeys(cell.names for cell in matrix):
-        if names not in classifiers(repo):
-            export_repository(model, repo, name=names.name)
         cells = [cell for cell in matrix if cell.names == names]
+        if names not in classifiers(repo):
+            # One export writes the classifier and, when a cell needs it, its fused model.
+            fused = any(cell.variant.written_by == "export" for cell in cells)
+            export_repository(model, repo, name=names.name, fused=fused)
         for command in dict.fromkeys(cell.variant.written_by for cell in cells):
             written = [cell for cell in cells if cell.variant.written_by == command]
             if not all(cell.variant in variants.present(repo, names) for cell in written):
