@@ -175,8 +175,8 @@ def test_publish_under_load_answers_every_request_with_the_version_it_names(life
     assert load.answers[0].version == "1" and load.answers[-1].version == "2"
     assert probe.ensemble_not_ready() == 0
     listed = run_cli("versions", "--repo", str(lifecycle.repo), "--name", NAME)
-    assert [line.split()[:1] + line.split()[3:] for line in listed.stdout.splitlines()[1:]] == [
-        ["2", "answers"],
+    assert [line.split()[:1] + line.split()[3:5] for line in listed.stdout.splitlines()[1:]] == [
+        ["2", "answers", "since"],
         ["1", "kept"],
     ]
 

@@ -118,3 +118,19 @@ def test_a_running_server_marks_its_repository_as_served_until_it_stops(tmp_path
     assert marker is not None and is_served(tmp_path)
     os.close(marker)
     assert not is_served(tmp_path)
+
+
+def test_the_versions_command_lists_what_answers_since_when_and_an_unfinished_move(repo) -> None:
+    from click.testing import CliRunner
+
+    from resnet18_triton.export.publish_cli import versions_command
+
+    _move(repo, (1, 2), 2, new=2)
+    unfinished = CliRunner().invoke(versions_command, ["--repo", str(repo)])
+    assert unfinished.exit_code == 0, unfinished.output
+    rows = [line.split() for line in unfinished.output.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["2", "1"]
+    assert rows[0][3:5] == ["answers", "since"] and rows[1][3] == "loaded"
+    _move(repo, (2,), 2)
+    settled = CliRunner().invoke(versions_command, ["--repo", str(repo)])
+    assert [line.split()[3] for line in settled.output.splitlines()[1:]] == ["answers", "kept"]

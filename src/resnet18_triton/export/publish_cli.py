@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from resnet18_triton import contract
-from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.contract import CONFIG_FILENAME, ClassifierNames
 from resnet18_triton.export.pipeline import ExportRequest, default_of
 from resnet18_triton.export.publish import (
     DEFAULT_MAX_ACCURACY_DROP,
@@ -189,19 +189,27 @@ def rollback_command(
     _report(result, "rolled back to")
 
 
+def _utc(path: Path) -> str:
+    """When ``path`` was last written, in UTC."""
+    when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
 @click.command("versions")
 @name_option("Classifier to list the versions of.")
 @repository_option("Model repository the classifier is served from.")
 def versions_command(name: str, repository: Path) -> None:
-    """List the versions on disk: which one answers, which ones are loaded, and since when."""
+    """List the versions on disk: which one answers and since when, which ones are kept."""
     names = ClassifierNames.of(name)
     state = read_state(repository, names)
-    click.echo(f"{'version':>7}  {'on disk since (UTC)':<19}  state")
+    click.echo(f"{'version':>7}  {'written (UTC)':<19}  state")
     for version in reversed(state.on_disk):
-        since = datetime.datetime.fromtimestamp(
-            version_dir(repository, names.onnx, version).stat().st_mtime, datetime.UTC
-        ).strftime("%Y-%m-%d %H:%M:%S")
-        marks = ["answers" if version == state.served else ""]
+        written = _utc(version_dir(repository, names.onnx, version))
+        if version == state.served:
+            # The ensemble's config is rewritten exactly when it is pinned to another version.
+            marks = [f"answers since {_utc(repository / names.ensemble / CONFIG_FILENAME)} UTC"]
+        else:
+            marks = ["kept"]
         if version in state.loaded and version != state.served:
-            marks.append("loaded (a move is unfinished: publish or rollback settles it)")
-        click.echo(f"{version:>7}  {since:<19}  {' '.join(filter(None, marks)) or 'kept'}")
+            marks = ["loaded (a move is unfinished: publish or rollback settles it)"]
+        click.echo(f"{version:>7}  {written:<19}  {' '.join(marks)}")
