@@ -76,10 +76,15 @@ class FidelityReport:
                 f"({self.int8_bytes / self.fp32_bytes:.2f}x)",
             ),
         ]
-        width = max(len(name) for name, _ in rows)
-        lines = [f"| {'figure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
-        lines += [f"| {name.ljust(width)} | {value} |" for name, value in rows]
-        return "\n".join(lines)
+        return figure_table(rows)
+
+
+def figure_table(rows: list[tuple[str, str]]) -> str:
+    """``(figure, value)`` rows as a two-column Markdown table, the figure column padded."""
+    width = max(len(name) for name, _ in rows)
+    lines = [f"| {'figure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
+    lines += [f"| {name.ljust(width)} | {value} |" for name, value in rows]
+    return "\n".join(lines)
 
 
 def softmax(logits: Logits) -> npt.NDArray[np.float64]:

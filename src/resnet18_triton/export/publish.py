@@ -38,7 +38,7 @@ from resnet18_triton.files import image_files as images_in
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import load_labels
 from resnet18_triton.repository.configs import repository_classifier
-from resnet18_triton.repository.layout import classifiers, onnx_model_path, version_dir
+from resnet18_triton.repository.layout import ONNX_FILENAME, classifiers, version_dir
 from resnet18_triton.repository.transaction import (
     install,
     install_lock,
@@ -49,7 +49,6 @@ from resnet18_triton.repository.transaction import (
 from resnet18_triton.repository.versions import (
     DEFAULT_KEEP,
     NewVersion,
-    VersionState,
     read_state,
     retained,
     stage_state,
@@ -110,10 +109,7 @@ class GateReport:
             (f"accuracy of served v{self.served}", share(self.served_accuracy)),
             (f"accuracy of new v{self.candidate}", share(self.candidate_accuracy)),
         ]
-        width = max(len(name) for name, _ in rows)
-        lines = [f"| {'figure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
-        lines += [f"| {name.ljust(width)} | {value} |" for name, value in rows]
-        return "\n".join(lines)
+        return fidelity.figure_table(rows)
 
 
 @dataclass(frozen=True)
@@ -140,14 +136,20 @@ def held_out_images(folder: Path, labels: Sequence[str]) -> HeldOut:
 
 
 def gate(
-    repo: Path, names: ClassifierNames, candidate: Path, held_out: HeldOut, version: int
+    repo: Path,
+    names: ClassifierNames,
+    served: int,
+    candidate: Path,
+    held_out: HeldOut,
+    version: int,
 ) -> GateReport:
-    """Compare model file ``candidate`` (to become ``version``) with the served version's, in
-    this process, on ``held_out`` preprocessed by the classifier's own preprocessing."""
+    """Compare model file ``candidate`` (to become ``version``) with that of the ``served``
+    version, in this process, on ``held_out`` preprocessed by the classifier's own
+    preprocessing."""
     module, transform = served_preprocessing(repo, names.preprocess)
     pixels = preprocess_files(held_out.files, module, transform)
-    served = read_state(repo, names).served
-    old = fidelity.run_logits(fidelity.session(onnx_model_path(repo, names.onnx)), pixels)
+    served_file = version_dir(repo, names.onnx, served) / ONNX_FILENAME
+    old = fidelity.run_logits(fidelity.session(served_file), pixels)
     new = fidelity.run_logits(fidelity.session(candidate), pixels)
     old_top, new_top = old.argmax(1), new.argmax(1)
     accuracies: tuple[float | None, float | None] = (None, None)
@@ -271,8 +273,8 @@ def move_to(
     return first, settle(repo, names, servers, keep)
 
 
-def check_publishable(repo: Path, names: ClassifierNames) -> VersionState:
-    """The classifier's version state; ExportError when it cannot take a new version."""
+def check_publishable(repo: Path, names: ClassifierNames) -> None:
+    """ExportError when the classifier cannot take a new version."""
     if names.name not in {found.name for found in classifiers(repo)}:
         named = "" if names.name == contract.ENSEMBLE_MODEL else f" --name {names.name}"
         raise ExportError(
@@ -291,7 +293,6 @@ def check_publishable(repo: Path, names: ClassifierNames) -> VersionState:
             "classifier only: serve it without variants to publish, then derive them again "
             f"({commands})"
         )
-    return read_state(repo, names)
 
 
 @dataclass(frozen=True)
@@ -319,11 +320,8 @@ class MoveResult:
     gate: GateReport | None = None
 
 
-def _labels_match(
-    repo: Path, names: ClassifierNames, loaded: LoadedModel, labels: Path | None
-) -> tuple[str, ...]:
-    """The served labels, which the new version keeps; PublishRefused when it cannot."""
-    served = repository_classifier(repo, names.name).labels
+def _check_labels(served: tuple[str, ...], loaded: LoadedModel, labels: Path | None) -> None:
+    """PublishRefused unless the new weights can keep the ``served`` labels."""
     if loaded.num_classes != len(served):
         raise PublishRefused(
             f"the new weights have {loaded.num_classes} classes and the served classifier "
@@ -335,7 +333,6 @@ def _labels_match(
             "one classifier share its labels; a new label set is another classifier "
             "(export --name)"
         )
-    return served
 
 
 def publish(request: PublishRequest, echo: Echo = _quiet) -> MoveResult:
@@ -353,14 +350,15 @@ def publish(request: PublishRequest, echo: Echo = _quiet) -> MoveResult:
     version = state.next_version()
     remove_stale_staging(repo)
     loaded = load_model(request.export)
-    labels = _labels_match(repo, names, loaded, request.export.labels)
     classifier = repository_classifier(repo, names.name)
+    _check_labels(classifier.labels, loaded, request.export.labels)
     with staging_directory(repo) as staging:
         echo(f"exporting v{version} of {names.name!r} ...")
         stage(request.export, loaded, staging, classifier)
-        candidate = version_dir(staging, names.onnx) / "model.onnx"
+        candidate = version_dir(staging, names.onnx) / ONNX_FILENAME
         times["export_s"] = time.monotonic() - started
-        report = gate(repo, names, candidate, held_out_images(request.eval_images, labels), version)
+        held_out = held_out_images(request.eval_images, classifier.labels)
+        report = gate(repo, names, state.served, candidate, held_out, version)
         echo(report.table())
         why = report.refusal(request.min_agreement, request.max_accuracy_drop)
         if why and not request.force:
