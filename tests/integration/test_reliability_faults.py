@@ -14,8 +14,6 @@ import shutil
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -24,6 +22,7 @@ import pytest
 from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier
 from resnet18_triton.perf import harness, soak
+from resnet18_triton.server.admin import AdminEndpoint
 from resnet18_triton.server.embedded import EmbeddedServer, StubWatchdog
 from tests.lifecycle_support import ReadinessProbe
 
@@ -50,20 +49,6 @@ def own_server(exported_repository: Path, tmp_path_factory: pytest.TempPathFacto
 def workload(own_server):
     images = soak.distinct_images(12, seed=5000)
     return images, soak.expected_answers(own_server.url, images)
-
-
-def _admin(url: str, path: str, body: bytes = b"") -> int:
-    request = urllib.request.Request(
-        f"http://{url}{path}",
-        data=body,
-        method="POST",
-        headers={contract.ADMIN_KEY_HEADER: ADMIN_KEY},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as reply:
-            return reply.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def _kill_stub(server: EmbeddedServer, model: str) -> tuple[int, float]:
@@ -169,15 +154,8 @@ def test_without_the_watchdog_triton_stays_ready_but_fails_until_reloaded(
                 1 for t, ok in list(load.stats.timeline) if t > killed_at + 1.0 and not ok
             )
             reload_started = time.monotonic()
-            assert (
-                _admin(
-                    own_server.url,
-                    "/v2/repository/models/preprocess/unload",
-                    b'{"parameters":{"unload_dependents":false}}',
-                )
-                == 200
-            )
-            assert _admin(own_server.url, "/v2/repository/models/preprocess/load") == 200
+            # Unload (keeping the ensemble) and load, each answered 200.
+            assert AdminEndpoint(own_server.url, ADMIN_KEY).reload("preprocess") == (True, "")
             _wait_for_good_answers(load, reload_started, RECOVERY_DEADLINE_S)
         finally:
             stats = load.stop()
