@@ -4,13 +4,14 @@
 # is under /tmp, so the root filesystem can be read-only). Built by scripts/build-image.sh.
 # libnginx-mod-http-js (njs 0.7.9): the config loads it to hash bearer tokens (SHA-256) and
 # compare them with the API-key hashes it is given; the script is mounted beside the config.
+# libnginx-mod-http-lua: the per-tenant metrics the config keeps and serves on :8082.
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 ARG VERSION
 LABEL org.opencontainers.image.title="resnet18-triton proxy" \
       org.opencontainers.image.version="${VERSION}"
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx libnginx-mod-http-js \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx libnginx-mod-http-js libnginx-mod-http-lua \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log /etc/nginx/sites-enabled/* \
  && groupadd --gid 101 proxy-nginx \
  && useradd --uid 101 --gid 101 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin proxy-nginx

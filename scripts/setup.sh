@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # libnginx-mod-http-js: its njs module, which checks API keys against their SHA-256 hashes.
 # libtcmalloc-minimal4: the malloc `serve` preloads for tritonserver (Triton's advice; it keeps
 # less of the memory large request bodies leave behind than glibc does).
-APT_PACKAGES=(libpython3.11 libb64-0d libtcmalloc-minimal4 docker.io docker-compose debootstrap chromium chromium-driver nginx libnginx-mod-http-js)
+APT_PACKAGES=(libpython3.11 libb64-0d libtcmalloc-minimal4 docker.io docker-compose debootstrap chromium chromium-driver nginx libnginx-mod-http-js libnginx-mod-http-lua)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -13,18 +13,27 @@ import http.client
 import json
 import ssl
 import threading
+import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import proxy
 from resnet18_triton.deploy.cluster import Cluster
 from resnet18_triton.perf import harness
 from resnet18_triton.perf.images import encode, gradient_image, noisy_png
+from tests.dashboard_support import (
+    expressions,
+    missing_labels,
+    samples_of,
+    unexposed_names,
+)
 from tests.edge_support import NEEDS_NGINX_WITH_NJS, secured_cluster_options
 from tests.support import PROBABILITY_ATOL, TorchReference
 
@@ -38,12 +47,14 @@ LIMITS = proxy.Limits(
     rate_per_s=100, burst=200, client_connections=4, key_in_flight=2, max_in_flight=16
 )
 BUSY_CALLERS = 10
+PROXY_METRICS = "resnet18_proxy_"
 
 
 @dataclass
 class Edge:
     port: int
     certificate: Path
+    metrics_url: str
 
     def connect(self, source: str) -> http.client.HTTPConnection:
         context = ssl.create_default_context(cafile=str(self.certificate))
@@ -61,8 +72,9 @@ def edge(
     secured = secured_cluster_options(
         exported_repository, 1, work, keys, admin_key=admin_key, limits=LIMITS
     )
-    with Cluster(secured.options):
-        yield Edge(secured.options.http_port, secured.certificate)
+    with Cluster(secured.options) as running:
+        assert running.metrics_url is not None, "nginx has no Lua module: no tenant metrics"
+        yield Edge(secured.options.http_port, secured.certificate, running.metrics_url)
 
 
 def _infer_request(image: bytes, key: str) -> tuple[bytes, dict[str, str]]:
@@ -115,6 +127,33 @@ def _all_at_once(edge: Edge, requests: list[tuple[str, str, bytes, str]]) -> lis
     return [answer for answer in answers if answer is not None]
 
 
+def _tenant_samples(edge: Edge) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The proxy's tenant metrics now: (sample name, sorted labels) -> value, parsed by
+    prometheus_client (an independent reader of the text format)."""
+    with urllib.request.urlopen(edge.metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _outcomes(
+    before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    after: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+) -> Counter[tuple[str, str]]:
+    """(tenant, outcome) -> requests counted between the two scrapes."""
+    counted: Counter[tuple[str, str]] = Counter()
+    for (name, labels), value in after.items():
+        if name == "resnet18_proxy_requests_total":
+            label = dict(labels)
+            grown = value - before.get((name, labels), 0.0)
+            if grown:
+                counted[label["tenant"], label["outcome"]] = int(grown)
+    return counted
+
+
 def test_a_tenant_gets_its_weighted_share_in_flight_and_the_other_tenant_is_still_served(
     edge: Edge, reference: TorchReference
 ) -> None:
@@ -154,3 +193,64 @@ def test_a_tenant_gets_its_weighted_share_in_flight_and_the_other_tenant_is_stil
     expected = reference.probabilities(photos)
     for answer, probabilities in zip(polite, expected, strict=True):
         np.testing.assert_allclose(answer.probabilities(), probabilities, atol=PROBABILITY_ATOL)
+
+
+def test_the_proxy_counts_each_tenants_answers_refusals_and_answer_times_as_its_callers_saw_them(
+    edge: Edge,
+) -> None:
+    """What the callers saw (answers, 429s of the busy tenant's share, a 401 for an unknown key)
+    is what the proxy's metrics count, per key name and outcome; answered requests fill each
+    tenant's answer-time histogram and its replica time; health probes are not counted."""
+    large = noisy_png()
+    photo = encode(gradient_image(500, 375, seed=3), "JPEG")
+    before = _tenant_samples(edge)
+    requests = [
+        ("busy", harness.loopback_address(caller // 2, "127.0.3.10"), large, BUSY)
+        for caller in range(BUSY_CALLERS)
+    ]
+    requests += [("polite", "127.0.4.10", photo, POLITE), ("stranger", "127.0.4.11", photo, "x")]
+    answers = _all_at_once(edge, requests)
+    probe = edge.connect("127.0.4.12")
+    probe.request("GET", "/v2/health/ready")
+    assert probe.getresponse().status == 200
+    probe.close()
+    after = _tenant_samples(edge)
+
+    seen: Counter[tuple[str, str]] = Counter()
+    outcome_names = {200: "answered", 401: "unauthorized", 429: "too_many"}
+    for answer in answers:
+        tenant = {"stranger": "-"}.get(answer.caller, answer.caller)
+        seen[tenant, outcome_names[answer.status]] += 1
+    assert seen["-", "unauthorized"] == 1 and seen["busy", "too_many"] >= 1, seen
+    assert _outcomes(before, after) == seen
+
+    for tenant in ("busy", "polite"):
+        labels = (("tenant", tenant),)
+        count = after[("resnet18_proxy_request_duration_seconds_count", labels)] - before.get(
+            ("resnet18_proxy_request_duration_seconds_count", labels), 0.0
+        )
+        assert count == seen[tenant, "answered"]
+        infinite = (("le", "+Inf"), ("tenant", tenant))
+        assert (
+            after[("resnet18_proxy_request_duration_seconds_bucket", infinite)]
+            == after[("resnet18_proxy_request_duration_seconds_count", labels)]
+        )
+        assert after[("resnet18_proxy_upstream_seconds_total", labels)] > before.get(
+            ("resnet18_proxy_upstream_seconds_total", labels), 0.0
+        )
+    # The refused busy requests were still received (some of their bytes at least): counted.
+    busy_bytes = (("tenant", "busy"),)
+    assert after[("resnet18_proxy_received_bytes_total", busy_bytes)] - before.get(
+        ("resnet18_proxy_received_bytes_total", busy_bytes), 0.0
+    ) >= seen["busy", "answered"] * len(large)
+
+
+def test_the_dashboards_tenant_panels_query_only_what_the_proxy_exposes(edge: Edge) -> None:
+    """Run after the traffic above, so every series the panels use has samples."""
+    with urllib.request.urlopen(edge.metrics_url, timeout=10) as reply:
+        samples = samples_of(reply.read().decode())
+    queries = expressions(PROXY_METRICS)
+    assert len(queries) >= 4, queries
+    assert not unexposed_names(samples, queries, PROXY_METRICS)
+    for query in queries:
+        assert not missing_labels(samples, query, PROXY_METRICS), query

@@ -284,3 +284,60 @@ def test_each_tenant_is_capped_by_its_weight_and_never_beyond_the_proxys_total()
     # Without keys every caller is anonymous: the per-address limits are the only ones.
     anonymous = proxy.render(dataclasses.replace(settings, auth=None))
     assert "tenant_w" not in anonymous
+
+
+def _server_blocks(text: str) -> list[str]:
+    """The text of each top-level ``server { ... }`` block of a rendered config."""
+    blocks = []
+    for start in [index for index in range(len(text)) if text.startswith("    server {", index)]:
+        depth, end = 0, start
+        for end in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0 and text[end] == "}":
+                break
+        blocks.append(text[start : end + 1])
+    return blocks
+
+
+def test_tenant_metrics_load_lua_after_its_kit_and_count_every_request_of_both_ports() -> None:
+    settings = proxy.ProxySettings(
+        upstreams=(proxy.Upstream("127.0.0.1"),),
+        auth=proxy.Auth(key_map="/k.map", script="/edge.js"),
+        metrics=proxy.TenantMetrics("127.0.0.1:9182"),
+    )
+    text = proxy.render(settings)
+    loads = [line for line in text.splitlines() if line.startswith("load_module ")]
+    modules = (proxy.NJS_MODULE_PATH, *proxy.LUA_MODULE_PATHS)
+    assert loads == [f"load_module {module};" for module in modules]
+    assert f"lua_shared_dict {proxy.TENANT_METRICS_DICT};" in text
+    traffic, grpc, metrics = _ordered_servers(text)
+    for block in (traffic, grpc):
+        assert "tenant_metrics.log()" in block
+    assert "listen 127.0.0.1:9182;" in metrics and "tenant_metrics.collect()" in metrics
+    assert "proxy_pass" not in metrics and "grpc_pass" not in metrics
+
+
+def _ordered_servers(text: str) -> tuple[str, str, str]:
+    """The HTTP, gRPC and metrics server blocks of a config rendered with tenant metrics."""
+    blocks = _server_blocks(text)
+    http = next(block for block in blocks if "listen 127.0.0.1:8080" in block)
+    grpc = next(block for block in blocks if "http2;" in block)
+    metrics = next(block for block in blocks if "tenant_metrics.collect()" in block)
+    return http, grpc, metrics
+
+
+def test_without_tenant_metrics_no_lua_is_loaded_or_run() -> None:
+    text = proxy.render(proxy.ProxySettings(upstreams=(proxy.Upstream("127.0.0.1"),)))
+    assert "_by_lua" not in text and "lua_shared_dict" not in text and "load_module" not in text
+
+
+def test_container_proxies_serve_tenant_metrics_on_the_port_their_manifests_open() -> None:
+    compose, kubernetes = proxy.compose_settings(2), proxy.kubernetes_settings()
+    assert compose.metrics == proxy.TenantMetrics("127.0.0.1:8082")
+    assert kubernetes.metrics == proxy.TenantMetrics("8082")
+    deployment = (REPO_ROOT / "deploy/kubernetes/proxy-deployment.yaml").read_text()
+    policy = (REPO_ROOT / "deploy/kubernetes/networkpolicy.yaml").read_text()
+    assert "{name: metrics, containerPort: 8082}" in deployment
+    proxy_policy = policy[policy.index("name: triton-proxy") :]
+    assert "kubernetes.io/metadata.name: monitoring" in proxy_policy
+    assert "{protocol: TCP, port: 8082}" in proxy_policy

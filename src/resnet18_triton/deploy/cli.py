@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from resnet18_triton.deploy import keys, proxy
-from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
+from resnet18_triton.deploy.cluster import DEFAULT_METRICS_PORT, Cluster, ClusterOptions
 from resnet18_triton.errors import ProxyError
 from resnet18_triton.keys import admin_key_from
 from resnet18_triton.options import admin_key_file_option, repository_option
@@ -32,6 +32,14 @@ from resnet18_triton.options import admin_key_file_option, repository_option
 )
 @click.option("--http-port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--grpc-port", default=8081, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--metrics-port",
+    default=DEFAULT_METRICS_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port of the proxy's per-tenant metrics for Prometheus (GET /metrics, always on "
+    "127.0.0.1; needs nginx's Lua module). 0: none.",
+)
 @admin_key_file_option(
     "File (mode 0600) of the key for the replicas' restricted APIs (never reachable through the "
     "proxy); no option takes the key itself, so it never stands on a command line you type.",
@@ -126,6 +134,7 @@ def cluster(
     host: str,
     http_port: int,
     grpc_port: int,
+    metrics_port: int,
     admin_key_file: Path | None,
     api_key_file: Path | None,
     insecure_no_auth: bool,
@@ -178,6 +187,7 @@ def cluster(
         tls_certificate=tls_cert.resolve() if tls_cert else None,
         tls_key=tls_key.resolve() if tls_key else None,
         limits=limits,
+        metrics_port=metrics_port,
     )
     running = Cluster(options)  # refuses an exposed host without keys before anything starts
     wake = threading.Event()
@@ -207,6 +217,14 @@ def cluster(
             f"{edge}; bodies up to {body_limit} bytes; Ctrl-C to stop",
             err=True,
         )
+        if running.metrics_url:
+            click.echo(f"tenant metrics: {running.metrics_url}", err=True)
+        elif metrics_port:
+            click.echo(
+                "no tenant metrics: this nginx has no Lua module (apt-get install "
+                "libnginx-mod-http-lua)",
+                err=True,
+            )
         while not stop_requested.is_set():
             wake.wait()
             wake.clear()

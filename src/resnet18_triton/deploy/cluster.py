@@ -36,6 +36,9 @@ from resnet18_triton.server.embedded import free_port
 SERVER_BINARY_NAME = "tritonserver"
 # Replicas are reached by the proxy only, on this machine.
 REPLICA_HOST = "127.0.0.1"
+# The proxy's ports: HTTP, gRPC, then its tenant metrics.
+DEFAULT_METRICS_PORT = 8082
+METRICS_HOST = "127.0.0.1"
 
 
 def _term_with_parent() -> None:
@@ -131,6 +134,9 @@ class ClusterOptions:
     tls_key: Path | None = None
     limits: proxy.Limits = field(default_factory=proxy.Limits)
     access_log: bool = True
+    # The proxy's tenant metrics (GET /metrics), always on loopback; 0 turns them off. They need
+    # nginx's Lua module: without it the cluster runs without them (``Cluster.metrics_url``).
+    metrics_port: int = DEFAULT_METRICS_PORT
 
 
 def is_loopback(host: str) -> bool:
@@ -216,6 +222,14 @@ class Cluster:
     @property
     def access_log(self) -> Path:
         return self.workdir / "nginx-access.log"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where Prometheus scrapes the proxy's tenant metrics; None when they are off (port 0)
+        or this nginx has no Lua module."""
+        if not self.options.metrics_port or not proxy.TenantMetrics.available():
+            return None
+        return f"http://{METRICS_HOST}:{self.options.metrics_port}/metrics"
 
     @property
     def grpc_url(self) -> str:
@@ -310,6 +324,9 @@ class Cluster:
         tls = None
         if self.options.tls_certificate is not None and self.options.tls_key is not None:
             tls = proxy.Tls(str(self.options.tls_certificate), str(self.options.tls_key))
+        metrics = None
+        if self.metrics_url is not None:
+            metrics = proxy.TenantMetrics(f"{METRICS_HOST}:{self.options.metrics_port}")
         return proxy.ProxySettings(
             upstreams=tuple(replica.upstream for replica in self.replicas),
             listen_http=self.url,
@@ -322,6 +339,7 @@ class Cluster:
             auth=auth,
             tls=tls,
             limits=self.options.limits,
+            metrics=metrics,
         )
 
     def _write_key_hashes(self) -> int:

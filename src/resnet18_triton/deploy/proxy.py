@@ -36,6 +36,14 @@ FAIL_TIMEOUT_S = 5
 # Debian's libnginx-mod-http-js (njs 0.7.9); the proxy image installs the same package.
 NJS_MODULE_PATH = "/usr/lib/nginx/modules/ngx_http_js_module.so"
 NJS_SCRIPT_NAME = "edge.js"
+# Debian's libnginx-mod-http-lua and the NDK it needs (loaded first), for the tenant metrics.
+LUA_MODULE_PATHS = (
+    "/usr/lib/nginx/modules/ndk_http_module.so",
+    "/usr/lib/nginx/modules/ngx_http_lua_module.so",
+)
+TENANT_METRICS_SCRIPT = Path(__file__).resolve().parent / "tenant_metrics.lua"
+# Room for the counters of a few thousand tenants (about 25 each).
+TENANT_METRICS_DICT = "tenant_metrics 4m"
 MIB = 1024 * 1024
 
 
@@ -100,6 +108,21 @@ class Auth:
 
 
 @dataclass(frozen=True)
+class TenantMetrics:
+    """Per-tenant counters (answers, refusals by kind, answer time, replica time, bytes) that
+    nginx keeps itself (Lua, ``tenant_metrics.lua``) and serves to Prometheus at ``GET
+    /metrics`` on ``listen``, a listener of its own that passes nothing upstream."""
+
+    listen: str
+    modules: tuple[str, ...] = LUA_MODULE_PATHS
+
+    @staticmethod
+    def available() -> bool:
+        """True when this machine's nginx has the Lua module the metrics need."""
+        return all(Path(module).exists() for module in LUA_MODULE_PATHS)
+
+
+@dataclass(frozen=True)
 class Tls:
     """TLS termination at the proxy: PEM certificate (chain) and its private key."""
 
@@ -138,6 +161,7 @@ class ProxySettings:
     auth: Auth | None = None
     tls: Tls | None = None
     limits: Limits = Limits()
+    metrics: TenantMetrics | None = None
 
     @property
     def repository_limit(self) -> int:
@@ -242,6 +266,55 @@ def _tls_http(tls: Tls | None) -> str:
     )
 
 
+def _load_modules(settings: ProxySettings) -> str:
+    modules = [settings.auth.module] if settings.auth else []
+    if settings.metrics is not None:
+        modules += settings.metrics.modules
+    if not modules:
+        return "# no modules: no API keys, no tenant metrics"
+    return "\n".join(f"load_module {module};" for module in modules)
+
+
+def _metrics_http(metrics: TenantMetrics | None) -> str:
+    """The http-level lines of the tenant metrics: the counters, the script, their listener."""
+    if metrics is None:
+        return "    # No tenant metrics (they need nginx's Lua module: libnginx-mod-http-lua)."
+    script = TENANT_METRICS_SCRIPT.read_text().rstrip("\n")
+    indented = "\n".join(f"        {line}" if line else "" for line in script.splitlines())
+    return "\n".join(
+        [
+            "    # Per-tenant counters for Prometheus, shared by the workers: the chunk below is",
+            "    # resnet18_triton/deploy/tenant_metrics.lua; its value is `tenant_metrics`.",
+            f"    lua_shared_dict {TENANT_METRICS_DICT};",
+            "    init_by_lua_block {",
+            "        tenant_metrics = (function()",
+            indented,
+            "        end)()",
+            "    }",
+            "",
+            "    # GET /metrics: the tenant counters, and nothing else; no request goes upstream.",
+            "    server {",
+            f"        listen {metrics.listen};",
+            "        access_log off;",
+            "        location = /metrics {",
+            "            content_by_lua_block {",
+            "                tenant_metrics.collect()",
+            "            }",
+            "        }",
+            "        location / {",
+            "            return 404;",
+            "        }",
+            "    }",
+        ]
+    )
+
+
+def _metrics_log(metrics: TenantMetrics | None) -> str:
+    if metrics is None:
+        return "# no tenant metrics"
+    return "log_by_lua_block {\n            tenant_metrics.log()\n        }"
+
+
 def _guard(settings: ProxySettings) -> str:
     """Lines at the top of every location that reaches Triton (not health): key, then limits."""
     lines = []
@@ -266,9 +339,9 @@ def render(settings: ProxySettings) -> str:
         raise ProxyError("the proxy needs at least one upstream replica")
     ssl = " ssl" if settings.tls is not None else ""
     return _Template(TEMPLATE_PATH.read_text()).substitute(
-        load_modules=(
-            f"load_module {settings.auth.module};" if settings.auth else "# no modules: no API keys"
-        ),
+        load_modules=_load_modules(settings),
+        metrics_http=_metrics_http(settings.metrics),
+        metrics_log=_metrics_log(settings.metrics),
         http_servers=_server_lines(settings.upstreams, grpc=False),
         grpc_servers=_server_lines(settings.upstreams, grpc=True),
         listen_http=settings.listen_http + ssl,
@@ -326,11 +399,13 @@ KUBERNETES_TLS_DIR = "/etc/nginx/resnet18-tls"
 def compose_settings(replicas: int) -> ProxySettings:
     """The configuration docker-compose mounts: replicas ``triton-1`` .. ``triton-N`` on the
     host's loopback (host networking), the proxy on 127.0.0.1:8080 (HTTPS) and :8081 (gRPC over
-    TLS), API-key hashes and the certificate from the mounted secrets folder."""
+    TLS), its tenant metrics on :8082, API-key hashes and the certificate from the mounted
+    secrets folder."""
     return ProxySettings(
         upstreams=tuple(compose_replica_upstream(index) for index in range(1, replicas + 1)),
         listen_http="127.0.0.1:8080",
         listen_grpc="127.0.0.1:8081",
+        metrics=TenantMetrics("127.0.0.1:8082"),
         runtime_dir="/tmp",
         error_log="/dev/stderr",
         access_log="/dev/stdout",
@@ -358,6 +433,7 @@ def kubernetes_settings(service: str = "triton") -> ProxySettings:
         upstreams=(Upstream(service), Upstream(service)),
         listen_http="8080",
         listen_grpc="8081",
+        metrics=TenantMetrics("8082"),
         runtime_dir="/tmp",
         error_log="stderr",
         access_log="/dev/stdout",

@@ -80,6 +80,7 @@ def cluster_options(
         replicas=replicas,
         http_port=free_port(),
         grpc_port=free_port(),
+        metrics_port=free_port(),
         workdir=workdir,
         **settings,
     )
