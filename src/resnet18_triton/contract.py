@@ -8,6 +8,7 @@ repository also runs inside the official container where this package is not ins
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -120,6 +121,17 @@ DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_URL = f"{DEFAULT_HOST}:{DEFAULT_HTTP_PORT}"
 URL_ENV_VAR = "RESNET18_TRITON_URL"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1, bracketed or not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 # Client defaults: connecting to a live server takes milliseconds, so waiting longer only delays
 # "unreachable"; an answer may take long under load; requests in flight per client.

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet18_triton.deploy.cluster import Cluster, ClusterOptions, is_loopback
+from resnet18_triton.contract import is_loopback
+from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
 from resnet18_triton.errors import ProxyError, ServerStartError
 from tests.support import run_cli
 

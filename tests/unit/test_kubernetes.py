@@ -284,6 +284,8 @@ def test_server_container_runs_serve_on_the_pod_ip_through_the_image_entrypoint(
     params = _parse(args)
     # serve listens on 127.0.0.1 by default, which nothing outside the pod reaches.
     assert "--host" in args and params["host"] == "0.0.0.0"
+    # which serve refuses unless told that the proxy (and the NetworkPolicy) is the only way in.
+    assert params["behind_proxy"] is True
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {
         "http": params["http_port"],

@@ -13,7 +13,6 @@ are read from that file, and only their SHA-256 hashes are written for nginx.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import os
 import signal
 import ssl
@@ -27,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from resnet18_triton import contract
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
 from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.errors import ProxyError, ServerStartError
@@ -139,16 +139,6 @@ class ClusterOptions:
     metrics_port: int = DEFAULT_METRICS_PORT
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_edge(options: ClusterOptions) -> None:
     """``ProxyError`` when the options would expose the proxy unsafely or half-configured.
 
@@ -160,7 +150,7 @@ def check_edge(options: ClusterOptions) -> None:
     if (
         options.api_key_file is None
         and not options.insecure_no_auth
-        and not is_loopback(options.host)
+        and not contract.is_loopback(options.host)
     ):
         raise ProxyError(
             f"refusing to serve on {options.host} without API keys: anyone who can reach it "

@@ -11,7 +11,7 @@ import click
 
 from resnet18_triton import contract
 from resnet18_triton.contract import BACKEND_DIR_ENV_VAR
-from resnet18_triton.errors import StartAborted
+from resnet18_triton.errors import ServerStartError, StartAborted
 from resnet18_triton.keys import admin_key_from
 from resnet18_triton.options import admin_key_file_option, repository_option
 from resnet18_triton.repository import variants
@@ -26,13 +26,35 @@ KEY_ON_ARGV_NOTE = (
 )
 
 
+def check_exposure(host: str, behind_proxy: bool) -> None:
+    """``ServerStartError`` for a ``host`` beyond loopback, unless ``behind_proxy`` says an
+    authenticating, bounding proxy is the only way in."""
+    if behind_proxy or contract.is_loopback(host):
+        return
+    raise ServerStartError(
+        f"refusing to listen on {host}: Triton's own front end checks no API key and holds every "
+        "request body it is sent (a flood of large images grows it by gigabytes). For callers on "
+        f"other machines run `resnet18-triton cluster --replicas 1 --host {host} --api-key-file "
+        "keys.txt --tls-cert cert.pem --tls-key key.pem` (nginx in front: API keys, TLS, limits "
+        "and a body budget); pass --behind-proxy only when such a proxy is the only way to this "
+        "address (docs/deployment.md)"
+    )
+
+
 @click.command("serve")
 @repository_option("Model repository filled by `resnet18-triton export`.")
 @click.option(
     "--host",
     default=contract.DEFAULT_HOST,
     show_default=True,
-    help="Address to listen on. Use 0.0.0.0 only behind a firewall or proxy.",
+    help="Address to listen on. Beyond loopback it needs --behind-proxy.",
+)
+@click.option(
+    "--behind-proxy",
+    is_flag=True,
+    help="Allow a --host beyond loopback: an authenticating proxy that bounds requests in flight "
+    "is the only way in (Kubernetes' triton-proxy and its NetworkPolicy, an ingress). For "
+    "callers on other machines run `resnet18-triton cluster` instead.",
 )
 @click.option(
     "--http-port",
@@ -109,6 +131,7 @@ KEY_ON_ARGV_NOTE = (
 def serve(
     repository: Path,
     host: str,
+    behind_proxy: bool,
     http_port: int,
     grpc_port: int,
     metrics_port: int,
@@ -128,6 +151,7 @@ def serve(
     and NAME_onnx models, the default one's preprocess and resnet18_onnx): steps first, ensembles
     last.
     """
+    check_exposure(host, behind_proxy)
     if int8 and not variants.holds(repository.resolve(), variants.INT8):
         raise click.ClickException(
             f"--int8: {repository} holds no complete INT8 variant; run `resnet18-triton quantize`"
