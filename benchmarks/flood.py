@@ -14,6 +14,15 @@ for the report (accepted throughput and p99 under the flood against the unloaded
 ``--through-proxy`` floods ``cluster``'s proxy instead (one replica, TLS, an API key, the default
 per-client limits), each client from its own loopback address.
 
+``--url`` floods something already running, each client from its own loopback address, and
+watches the memory of the process tree of ``--tree-pid``; for compose's default services:
+
+    docker-compose up -d
+    .venv/bin/python -m benchmarks.flood --url 127.0.0.1:8000 --clients 192 \
+        --tree-pid "$(docker inspect -f '{{.State.Pid}}' "$(docker-compose ps -q triton)")"
+
+(8000 is the edge in front of the server; 8010, the server's own port, is the path without it).
+
 Prints a markdown report; numbers belong in docs/reliability.md, not in tests.
 """
 
@@ -134,6 +143,17 @@ def main() -> None:
         help="Flood `cluster`'s proxy (TLS, API key, per-client limits) over one replica.",
     )
     parser.add_argument(
+        "--url",
+        help="Flood this HOST:PORT, already running (e.g. compose's edge), from one loopback "
+        "address per client; needs --tree-pid.",
+    )
+    parser.add_argument(
+        "--tree-pid",
+        type=int,
+        help="With --url: the process whose tree's memory is watched (a container's first "
+        "process: docker inspect -f '{{.State.Pid}}' CONTAINER).",
+    )
+    parser.add_argument(
         "--allocator",
         default="tcmalloc",
         help="serve's --allocator for the server (tcmalloc, the default, or system: glibc).",
@@ -149,7 +169,14 @@ def main() -> None:
     # The server inherits this process's environment; this process itself started before it.
     os.environ.update(item.split("=", 1) for item in args.server_env)
     image = images.noisy_png()
-    if args.through_proxy:
+    if args.url:
+        if args.tree_pid is None:
+            parser.error("--url needs --tree-pid: the process tree whose memory to watch")
+        host, port = args.url.rsplit(":", 1)
+        sources = tuple(harness.loopback_address(number) for number in range(args.clients))
+        target = Target(host, int(port), sources=sources)
+        unloaded, flood, recovery = measure(target, args.tree_pid, args, image)
+    elif args.through_proxy:
         unloaded, flood, recovery = through_proxy(args, image)
     else:
         options = harness.local_options(args.repo, metrics=False, allocator=args.allocator)

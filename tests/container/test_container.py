@@ -15,6 +15,8 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +29,6 @@ from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.cpu_flags import cpu_flags
 from resnet18_triton.deploy import keys, proxy
-from resnet18_triton.server.embedded import free_port
 from tests.compose_support import REPO_ROOT
 from tests.container_support import SECOND_CLASSIFIER, SECOND_SEED, Engine, Repository
 from tests.edge_support import self_signed_certificate
@@ -42,6 +43,8 @@ from tests.variant_support import ServedVariant, in_process_probabilities, one_p
 
 HEALTHY_TIMEOUT_S = 240
 ADMIN_KEY = "container-test-admin-key-0123456789"
+# compose's default edge: what clients of the default services use (deploy.proxy).
+EDGE_URL = "127.0.0.1:8000"
 API_KEY = "container-test-api-key-0123456789abcdef"
 PROXY_UID = 101
 PROJECT = "r18test"
@@ -134,7 +137,6 @@ def compose(images: Engine, repository: Repository) -> Iterator[Compose]:
     if os.geteuid() == 0:
         os.chown(key_file, uid, uid)
     proxy_secrets = _write_proxy_secrets(secrets)
-    http_port = free_port()
     env = {
         **images.env,
         "RESNET18_TRITON_TAG": images.tag,
@@ -142,9 +144,6 @@ def compose(images: Engine, repository: Repository) -> Iterator[Compose]:
         "TRITON_ADMIN_KEY_FILE": str(key_file),
         "TRITON_UID": str(uid),
         "TRITON_GID": str(uid),
-        "TRITON_HTTP_PORT": str(http_port),
-        "TRITON_GRPC_PORT": str(free_port()),
-        "TRITON_METRICS_PORT": str(free_port()),
         "PROXY_SECRETS_DIR": str(proxy_secrets),
     }
     running = Compose(images, env)
@@ -156,10 +155,27 @@ def compose(images: Engine, repository: Repository) -> Iterator[Compose]:
 
 @pytest.fixture(scope="module")
 def triton(compose: Compose) -> str:
-    """The default service up and healthy; its URL."""
-    compose.run("up", "-d", "triton")
+    """The default services up, the server healthy and the edge in front of it answering; the
+    edge's URL, which is what clients use."""
+    compose.run("up", "-d", timeout=900)
     compose.wait_healthy("triton")
-    return f"127.0.0.1:{compose.env['TRITON_HTTP_PORT']}"
+    deadline = time.monotonic() + 60
+    while not _answers(f"http://{EDGE_URL}/v2/health/ready"):
+        assert time.monotonic() < deadline, compose.logs("edge")[-3000:]
+        time.sleep(0.5)
+    return EDGE_URL
+
+
+def _answers(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> int:
+    """The HTTP status ``url`` answers (0 when nothing answers)."""
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return 0
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -283,6 +299,24 @@ def test_the_admin_key_is_not_on_the_launchers_command_line(compose: Compose, tr
     assert not [line for line in others if ADMIN_KEY in line]
     inspect = compose.engine.docker("inspect", compose.container("triton"))
     assert ADMIN_KEY not in inspect
+
+
+def test_the_edge_refuses_the_admin_api_that_the_servers_own_port_serves_and_counts_answers(
+    triton: str,
+) -> None:
+    """Run after the classify test, so the edge has answered requests to count."""
+    admin = {contract.ADMIN_KEY_HEADER: ADMIN_KEY}
+    index = "/v2/repository/index"
+    assert _answers(f"http://{triton}{index}", "POST", admin) == 403
+    server = proxy.COMPOSE_SERVER_UPSTREAM
+    assert _answers(f"http://{server.host}:{server.http_port}{index}", "POST", admin) == 200
+    with urllib.request.urlopen(f"http://{proxy.COMPOSE_EDGE_METRICS}/metrics") as reply:
+        metrics = reply.read().decode()
+    counted = re.search(
+        r'resnet18_proxy_requests_total\{tenant="-",outcome="answered"\} (\d+)', metrics
+    )
+    assert counted and int(counted.group(1)) >= 1, metrics
+    assert 'outcome="forbidden"' in metrics, metrics
 
 
 # --- faults under load

@@ -30,6 +30,7 @@ REPOSITORY_DOCKERFILE = REPO_ROOT / "docker" / "model-repository.Dockerfile"
 SERVER_SERVICES = ("triton", "triton-1", "triton-2")
 REPLICAS = ("triton-1", "triton-2")
 KEY_FILE_IN_CONTAINER = "/run/secrets/admin_key"
+PROXY_CONFIG = "/etc/nginx/resnet18/nginx.conf"
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +112,18 @@ def test_the_healthcheck_classifies_a_probe_image_on_the_services_own_port(
         assert test[test.index("--url") + 1] == f"127.0.0.1:{port}", (name, test)
 
 
-def test_the_server_port_follows_the_environment(tmp_path: Path) -> None:
-    service = render_compose(COMPOSE_FILE, tmp_path, TRITON_HTTP_PORT="8555")["services"]["triton"]
-    assert _flag(service_command(service), "--http-port") == "8555"
-    assert service["healthcheck"]["test"][-1] == "127.0.0.1:8555"
+def test_the_edge_fronts_the_default_server_on_tritons_standard_ports(services: dict) -> None:
+    text = (REPO_ROOT / render.COMPOSE_EDGE_CONFIG).read_text()
+    assert text == proxy.render(proxy.compose_edge_settings())
+    command = service_command(services["triton"])
+    upstream = proxy.COMPOSE_SERVER_UPSTREAM
+    assert _flag(command, "--http-port") == str(upstream.http_port)
+    assert _flag(command, "--grpc-port") == str(upstream.grpc_port)
+    assert f"server 127.0.0.1:{upstream.http_port} " in text
+    assert "listen 127.0.0.1:8000;" in text and "listen 127.0.0.1:8001 http2;" in text
+    mounts = {Path(source).resolve(): target for source, target, _ in volumes(services["edge"])}
+    assert mounts == {(REPO_ROOT / render.COMPOSE_EDGE_CONFIG).resolve(): PROXY_CONFIG}
+    assert services["edge"]["depends_on"] == {"triton": {"condition": "service_healthy"}}
 
 
 def test_shared_memory_and_cpus_fit_the_exported_budget(services: dict) -> None:
@@ -131,8 +140,8 @@ def test_docker_waits_longer_than_the_servers_drain(services: dict) -> None:
         assert grace.endswith("s") and int(grace[:-1]) > SERVER_EXIT_TIMEOUT_S, grace
 
 
-def test_only_triton_starts_without_a_profile(services: dict) -> None:
-    assert not services["triton"].get("profiles")
+def test_only_the_server_and_its_edge_start_without_a_profile(services: dict) -> None:
+    assert not services["triton"].get("profiles") and not services["edge"].get("profiles")
     for name in (*REPLICAS, "proxy"):
         assert services[name].get("profiles") == ["replicas"], name
 
@@ -154,9 +163,7 @@ def test_the_proxy_waits_for_healthy_replicas_and_mounts_its_config(services: di
     assert sorted(service["depends_on"]) == list(REPLICAS)
     assert all(entry["condition"] == "service_healthy" for entry in service["depends_on"].values())
     mounts = {Path(source).resolve(): target for source, target, _ in volumes(service)}
-    assert mounts[(REPO_ROOT / render.COMPOSE_PROXY_CONFIG).resolve()] == (
-        "/etc/nginx/resnet18/nginx.conf"
-    )
+    assert mounts[(REPO_ROOT / render.COMPOSE_PROXY_CONFIG).resolve()] == PROXY_CONFIG
     settings = proxy.compose_settings(len(REPLICAS))
     assert settings.auth is not None
     assert mounts[(REPO_ROOT / render.COMPOSE_PROXY_SCRIPT).resolve()] == settings.auth.script
@@ -184,8 +191,9 @@ def _secret_name(entry: str | dict) -> str:
     return entry if isinstance(entry, str) else str(entry["source"])
 
 
-def test_the_proxy_tmpfs_and_memory_hold_the_body_budget(services: dict) -> None:
-    service = services["proxy"]
+@pytest.mark.parametrize("name", ["edge", "proxy"])
+def test_each_proxys_tmpfs_and_memory_hold_the_body_budget(services: dict, name: str) -> None:
+    service = services[name]
     tmpfs = next(entry for entry in service["tmpfs"] if entry.startswith("/tmp:"))
     budget = proxy.Limits().body_budget_bytes
     assert size_bytes(tmpfs.split("size=")[1]) > budget

@@ -377,6 +377,32 @@ COMPOSE_REPLICA_BASE_PORT = contract.DEFAULT_HTTP_PORT
 COMPOSE_REPLICA_PORT_STEP = 100
 
 
+# docker-compose's default service: its one server on these ports, the edge in front of it on
+# Triton's standard ones (8000, 8001), its tenant metrics beside Triton's metrics port (8002).
+COMPOSE_SERVER_UPSTREAM = Upstream(
+    "127.0.0.1",
+    http_port=contract.DEFAULT_HTTP_PORT + 10,
+    grpc_port=contract.DEFAULT_GRPC_PORT + 10,
+)
+COMPOSE_EDGE_METRICS = f"127.0.0.1:{contract.DEFAULT_METRICS_PORT + 1}"
+
+
+def compose_edge_settings() -> ProxySettings:
+    """The configuration of compose's default ``edge``: the same proxy in front of the one
+    ``triton`` server, on the host's loopback (host networking) at Triton's standard ports.
+    Loopback only, so no key and no TLS; the limits and the body budget are what bound the
+    server's memory when a local caller floods it."""
+    return ProxySettings(
+        upstreams=(COMPOSE_SERVER_UPSTREAM,),
+        listen_http=f"127.0.0.1:{contract.DEFAULT_HTTP_PORT}",
+        listen_grpc=f"127.0.0.1:{contract.DEFAULT_GRPC_PORT}",
+        metrics=TenantMetrics(COMPOSE_EDGE_METRICS),
+        runtime_dir="/tmp",
+        error_log="/dev/stderr",
+        access_log="/dev/stdout",
+    )
+
+
 def compose_replica_upstream(index: int) -> Upstream:
     """Replica ``index`` (1-based) of docker-compose's ``replicas`` profile."""
     http_port = COMPOSE_REPLICA_BASE_PORT + index * COMPOSE_REPLICA_PORT_STEP

@@ -13,6 +13,7 @@ from resnet18_triton.deploy import proxy
 
 COMPOSE_REPLICAS = 2
 COMPOSE_PROXY_CONFIG = Path("deploy/proxy/nginx.compose.conf")
+COMPOSE_EDGE_CONFIG = Path("deploy/proxy/nginx.edge.conf")
 KUBERNETES_PROXY_CONFIG = Path("deploy/kubernetes/proxy/nginx.conf")
 # The njs script that hashes bearer tokens, mounted beside each config.
 COMPOSE_PROXY_SCRIPT = Path("deploy/proxy") / proxy.NJS_SCRIPT_NAME
@@ -23,6 +24,7 @@ def rendered_files() -> dict[Path, bytes]:
     """Relative path -> content of every generated deployment file."""
     return {
         COMPOSE_PROXY_CONFIG: proxy.render(proxy.compose_settings(COMPOSE_REPLICAS)).encode(),
+        COMPOSE_EDGE_CONFIG: proxy.render(proxy.compose_edge_settings()).encode(),
         KUBERNETES_PROXY_CONFIG: proxy.render(proxy.kubernetes_settings()).encode(),
         COMPOSE_PROXY_SCRIPT: proxy.script_text().encode(),
         KUBERNETES_PROXY_SCRIPT: proxy.script_text().encode(),
