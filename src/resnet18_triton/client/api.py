@@ -31,7 +31,6 @@ import random
 import re
 import socket
 import ssl
-import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from geventhttpclient.response import HTTPParseError
 from tritonclient.utils import InferenceServerException
 
 from resnet18_triton import contract
+from resnet18_triton.client.inputs import Item
 from resnet18_triton.client.overload import (
     DEFAULT_POLICY,
     OverloadPolicy,
@@ -119,71 +119,6 @@ def server_message(error: InferenceServerException) -> str:
     return re.sub(r"^(in ensemble '[^']*', |\[request id: [^\]]*\] )+", "", message).strip()
 
 
-def read_image_bytes(
-    path: str | os.PathLike[str], max_bytes: int = contract.MAX_IMAGE_BYTES
-) -> bytes:
-    """Read a regular file of at most ``max_bytes`` for sending.
-
-    Never blocks on a FIFO or a device (opened non-blocking, refused unless a regular file) and
-    never reads more than ``max_bytes + 1`` bytes. Raises ImageError with a short reason a
-    person understands.
-    """
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except IsADirectoryError:
-        raise ImageError("is a directory") from None
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except OSError as error:
-        raise ImageError(error.strerror or str(error)) from None
-    info = os.fstat(descriptor)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(descriptor)
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageError("is a directory")
-        raise ImageError(f"not a regular file ({_file_kind(info.st_mode)}); not read")
-    with os.fdopen(descriptor, "rb") as file:
-        if info.st_size > max_bytes:
-            raise ImageError(_too_large(info.st_size, max_bytes))
-        try:
-            data = file.read(max_bytes + 1)
-        except OSError as error:
-            raise ImageError(error.strerror or str(error)) from None
-    if len(data) > max_bytes:  # grew while we read it
-        raise ImageError(_too_large(len(data), max_bytes))
-    if not data:
-        raise ImageError("file is empty")
-    return data
-
-
-def _too_large(size: int, max_bytes: int) -> str:
-    return (
-        f"file is {size} bytes, over the limit of {max_bytes} bytes (the server's default; "
-        "see --max-file-bytes)"
-    )
-
-
-def _file_kind(mode: int) -> str:
-    kinds = {
-        stat.S_ISFIFO: "a FIFO",
-        stat.S_ISCHR: "a character device",
-        stat.S_ISBLK: "a block device",
-        stat.S_ISSOCK: "a socket",
-    }
-    return next((name for test, name in kinds.items() if test(mode)), "not a file")
-
-
-@dataclass
-class _Item:
-    """An image on its way through the pipeline: bytes to send, or the reason it cannot be."""
-
-    path: str
-    data: bytes | None = None
-    error: str | None = None
-
-
 @dataclass(frozen=True)
 class _Ask(Generic[Row]):
     """What a request asks the ensemble's output for, and how the answer reads as one ``Row`` per
@@ -208,7 +143,7 @@ _PROBABILITIES = _Ask(0, _probability_rows)
 class _Flight(Generic[Row]):
     """A batch whose request is in flight; unreadable items ride along to keep the order."""
 
-    items: list[_Item]
+    items: list[Item]
     ask: _Ask[Row]
     request: triton_http.InferAsyncRequest | None
 
@@ -565,7 +500,7 @@ class ImageClassifier:
     def _answer_bytes(self, images: Sequence[bytes], ask: _Ask[Row]) -> list[Row]:
         """Each image's answer to ``ask``, in order; raises ImageError naming the first image
         the server rejected."""
-        items = [_bytes_item(position, data) for position, data in enumerate(images)]
+        items = [Item.numbered(position, data) for position, data in enumerate(images)]
         rows = []
         # Every answer first, so that no request is still in flight when one image fails.
         for item, outcome in list(_quietly(self._answer_items(items, ask, None, None))):
@@ -596,7 +531,7 @@ class ImageClassifier:
         so. Raises ServerUnavailableError if the server becomes unreachable (after retries) or
         does not answer in time, ApiKeyError on a 401.
         """
-        items = (_read_item(path, max_file_bytes) for path in paths)
+        items = (Item.from_file(path, max_file_bytes) for path in paths)
         return _quietly(self._classify_items(items, top_k, batch_size, concurrency))
 
     def classify_named(
@@ -610,7 +545,7 @@ class ImageClassifier:
         Like ``classify_files`` (results in input order, batching, per-image errors, retries),
         with ``name`` as each result's ``path``; an empty image is that result's error.
         """
-        items = (_named_item(name, data) for name, data in images)
+        items = (Item.named(name, data) for name, data in images)
         return _quietly(self._classify_items(items, top_k, batch_size, None))
 
     @property
@@ -621,7 +556,7 @@ class ImageClassifier:
 
     def _classify_items(
         self,
-        items: Iterable[_Item],
+        items: Iterable[Item],
         top_k: int,
         batch_size: int | None,
         concurrency: int | None,
@@ -644,11 +579,11 @@ class ImageClassifier:
 
     def _answer_items(
         self,
-        items: Iterable[_Item],
+        items: Iterable[Item],
         ask: _Ask[Row],
         batch_size: int | None,
         concurrency: int | None,
-    ) -> Iterator[tuple[_Item, _Outcome[Row]]]:
+    ) -> Iterator[tuple[Item, _Outcome[Row]]]:
         """Each item with its outcome, in input order, ``concurrency`` requests in flight."""
         self._answered_version = None
         in_flight = min(concurrency or self.concurrency, self.concurrency)
@@ -665,13 +600,13 @@ class ImageClassifier:
             raise ValueError(f"batch_size must be at least 1, not {requested}")
         return min(requested or self.max_batch_size, self.max_batch_size)
 
-    def _launch(self, items: list[_Item], ask: _Ask[Row]) -> _Flight[Row]:
+    def _launch(self, items: list[Item], ask: _Ask[Row]) -> _Flight[Row]:
         flight = _Flight(items, ask, None)
         if flight.images:
             flight.request = self._send(flight.images, ask)
         return flight
 
-    def _land(self, flight: _Flight[Row]) -> Iterator[tuple[_Item, _Outcome[Row]]]:
+    def _land(self, flight: _Flight[Row]) -> Iterator[tuple[Item, _Outcome[Row]]]:
         outcomes = iter(self._outcomes(flight) if flight.request is not None else [])
         for item in flight.items:
             outcome = next(outcomes) if item.data is not None else _Outcome(error=item.error or "")
@@ -894,22 +829,7 @@ def _is_input_error(error: BaseException) -> bool:
     return isinstance(error, InferenceServerException) and error.status() == "400"
 
 
-def _read_item(path: str | os.PathLike[str], max_bytes: int) -> _Item:
-    try:
-        return _Item(str(path), data=read_image_bytes(path, max_bytes))
-    except ImageError as error:
-        return _Item(str(path), error=str(error))
-
-
-def _bytes_item(position: int, data: bytes) -> _Item:
-    return _named_item(f"image {position}", data)
-
-
-def _named_item(name: str, data: bytes) -> _Item:
-    return _Item(name, data=bytes(data)) if data else _Item(name, error="empty image")
-
-
-def _chunks(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
+def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
