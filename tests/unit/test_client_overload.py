@@ -7,14 +7,16 @@ import random
 
 import pytest
 
-from resnet18_triton.client.overload import (
+from resnet18_triton.client.error_map import (
     OVERLOAD_ERROR_PREFIX,
     QUEUE_FULL_MESSAGE,
+    is_overload,
+    overload_error,
+)
+from resnet18_triton.client.overload import (
     OverloadPolicy,
     backoff_bound,
-    is_overload,
     overload_delay,
-    overload_error,
     parse_retry_after,
 )
 from resnet18_triton.client.transport import reason_in

@@ -28,8 +28,6 @@ import contextlib
 import json
 import os
 import random
-import re
-import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -44,18 +42,21 @@ import gevent.ssl
 import numpy as np
 import numpy.typing as npt
 import tritonclient.http as triton_http
-from geventhttpclient.response import HTTPParseError
 from tritonclient.utils import InferenceServerException
 
 from resnet18_triton import contract
-from resnet18_triton.client.inputs import Item
-from resnet18_triton.client.overload import (
-    DEFAULT_POLICY,
-    OverloadPolicy,
-    is_overload,
-    overload_delay,
+from resnet18_triton.client.error_map import (
+    NETWORK_ERRORS,
+    Blame,
+    Resend,
+    failure_of,
+    mapped_errors,
     overload_error,
+    reason,
+    status_of,
 )
+from resnet18_triton.client.inputs import Item
+from resnet18_triton.client.overload import DEFAULT_POLICY, OverloadPolicy, overload_delay
 from resnet18_triton.client.results import (
     ClassificationResult,
     ClassifierHealth,
@@ -82,9 +83,6 @@ T = TypeVar("T")
 # What the server answers for one image: its top-k predictions, or its probability vector.
 Row = TypeVar("Row")
 
-# Errors raised by the HTTP layer when the server cannot be talked to (refused, DNS, timeout,
-# reset, garbage on the wire). Server-side failures arrive as InferenceServerException instead.
-_NETWORK_ERRORS = (OSError, HTTPParseError, gevent.Timeout)
 _HINT = "see `resnet18-triton health`"
 # Errors that say the whole run cannot go on: no point asking the server anything else.
 _FATAL = (ServerUnavailableError, ApiKeyError)
@@ -110,13 +108,6 @@ class RetryPolicy:
         """The pauses between attempts (one fewer than ``attempts``)."""
         for attempt in range(max(self.attempts, 1) - 1):
             yield min(self.max_delay, self.initial_delay * 2**attempt)
-
-
-def server_message(error: InferenceServerException) -> str:
-    """The server's own words: no ``[400]`` status prefix, no ``in ensemble 'x',`` wrapper, no
-    ``[request id: ...]`` tag."""
-    message = error.message() or str(error)
-    return re.sub(r"^(in ensemble '[^']*', |\[request id: [^\]]*\] )+", "", message).strip()
 
 
 @dataclass(frozen=True)
@@ -620,7 +611,8 @@ class ImageClassifier:
             rows, retries = self._answers(images, flight.ask, flight.request)
         except _RequestFailed as failed:
             outcome: _Outcome[Row] = self._failure(failed, 0)
-            if _is_input_error(failed.cause) and len(images) > 1:
+            split = failure_of(failed.cause, self).blame is Blame.IMAGES
+            if split and len(images) > 1:
                 return [self._single_outcome(image, flight.ask, failed.retries) for image in images]
             return [outcome] * len(images)
         # _answers has just read this request's answer, version included.
@@ -636,23 +628,16 @@ class ImageClassifier:
 
     def _failure(self, failed: _RequestFailed, earlier_retries: int) -> _Outcome[Any]:
         """The images' outcome when their request failed for good; raises when the failure is
-        the server's or the key's, not the images' (see ``_rejection``)."""
+        the run's (``Blame.RUN``: the server, the network or the key), not the images'."""
         retries = earlier_retries + failed.retries
         error = failed.cause
-        if failed.overloaded and isinstance(error, InferenceServerException):
-            reason = overload_error(error.status(), server_message(error), failed.retries)
-            return _Outcome(error=reason, retries=retries)
-        return _Outcome(error=self._rejection(error), retries=retries)
-
-    def _rejection(self, error: BaseException) -> str:
-        """The server's reason for refusing the images; raises if the server itself failed or
-        refused the API key."""
-        if isinstance(error, InferenceServerException) and error.status() == "401":
-            raise self._key_refused(error) from None
-        rejected = isinstance(error, InferenceServerException) and error.status() is not None
-        if rejected and not _is_transient(error):
-            return server_message(error)
-        raise self._unavailable(error) from None
+        failure = failure_of(error, self)
+        if failure.blame is Blame.RUN:
+            raise failure.raised(error, self) from None
+        if failure.resend is Resend.OVERLOAD:  # its resends ran out
+            message = overload_error(status_of(error), reason(error), failed.retries)
+            return _Outcome(error=message, retries=retries)
+        return _Outcome(error=reason(error), retries=retries)
 
     def _answers(
         self, images: list[bytes], ask: _Ask[Row], request: triton_http.InferAsyncRequest
@@ -667,9 +652,10 @@ class ImageClassifier:
         while True:
             try:
                 return self._await(request, len(images), ask), retries
-            except (InferenceServerException, *_NETWORK_ERRORS) as error:
-                overloaded = _is_overload(error)
-                delay = self._retry_delay(error, overloaded, overloads, fault_delays)
+            except (InferenceServerException, *NETWORK_ERRORS) as error:
+                resend = failure_of(error, self).resend
+                overloaded = resend is Resend.OVERLOAD
+                delay = self._retry_delay(error, resend, overloads, fault_delays)
                 if delay is None:
                     raise _RequestFailed(error, retries, overloaded) from error
                 overloads += overloaded
@@ -678,15 +664,19 @@ class ImageClassifier:
             request = self._send(images, ask)
 
     def _retry_delay(
-        self, error: BaseException, overloaded: bool, overloads: int, fault_delays: Iterator[float]
+        self,
+        error: BaseException,
+        resend: Resend | None,
+        overloads: int,
+        fault_delays: Iterator[float],
     ) -> float | None:
         """Seconds to wait before resending after ``error``; None when it must not be resent."""
-        if overloaded:
+        if resend is Resend.OVERLOAD:
             if overloads >= self.overload.retries:
                 return None
             retry_after = getattr(error, "retry_after", None)
             return overload_delay(self.overload, overloads, retry_after, self._random)
-        if _is_transient(error):
+        if resend is Resend.FAULT:
             return next(fault_delays, None)
         return None
 
@@ -720,69 +710,9 @@ class ImageClassifier:
     # --- error mapping --------------------------------------------------------------------
 
     def _call(self, method: Callable[..., T], *args: Any) -> T:
-        """Run a synchronous client call, turning transport noise into messages for people."""
-        try:
+        """Run a synchronous client call; a failure raises what ``error_map.FAILURES`` says."""
+        with mapped_errors(self):
             return method(*args)
-        except InferenceServerException as error:
-            if error.status() == "401":
-                raise self._key_refused(error) from None
-            if error.status() is None or _is_transient(error) or _is_overload(error):
-                raise self._unavailable(error) from None
-            raise ResNet18TritonError(f"Triton at {self.url}: {server_message(error)}") from None
-        except _NETWORK_ERRORS as error:
-            raise self._unavailable(error) from None
-
-    def _key_refused(self, error: InferenceServerException) -> ApiKeyError:
-        """The 401 as a message that says which key to set or check."""
-        where = f"Triton at {self.url}"
-        reason = server_message(error)
-        key_file = f"a file only you can read (chmod 600) named by ${contract.API_KEY_FILE_ENV_VAR}"
-        if self.sends_api_key:
-            return ApiKeyError(
-                f"{where} refused the inference API key (HTTP 401: {reason}): check the key in "
-                f"${contract.API_KEY_ENV_VAR}, or in the file given by --api-key-file or "
-                f"${contract.API_KEY_FILE_ENV_VAR}"
-            )
-        return ApiKeyError(
-            f"{where} asks for an inference API key (HTTP 401: {reason}) and none was sent: set "
-            f"${contract.API_KEY_ENV_VAR}, or put the key in {key_file} or by --api-key-file"
-        )
-
-    def _unavailable(self, error: BaseException) -> ServerUnavailableError:
-        where = f"Triton at {self.url}"
-        if _is_overload(error):
-            assert isinstance(error, InferenceServerException)
-            return ServerUnavailableError(
-                f"{where} is overloaded (HTTP {error.status()}: {server_message(error)}) — send "
-                "fewer requests at once or add replicas, then try again"
-            )
-        if isinstance(error, ssl.SSLCertVerificationError):
-            return ServerUnavailableError(
-                f"cannot trust {where}: its TLS certificate did not verify "
-                f"({error.verify_message}) — pass --ca-file with the CA certificate that signed it "
-                f"(for `cluster`'s self-signed one, its certificate file) or set "
-                f"${contract.CA_FILE_ENV_VAR}"
-            )
-        if isinstance(error, socket.gaierror):
-            host = self.url.split("/")[0].rsplit(":", 1)[0]
-            return ServerUnavailableError(
-                f"cannot reach {where}: unknown host '{host}' — check --url or "
-                f"${contract.URL_ENV_VAR}"
-            )
-        if isinstance(error, ConnectionRefusedError):
-            return ServerUnavailableError(
-                f"cannot reach {where}: connection refused — is `resnet18-triton serve` running?"
-            )
-        if isinstance(error, (TimeoutError, gevent.Timeout)) or (
-            isinstance(error, InferenceServerException) and error.status() is None
-        ):
-            return ServerUnavailableError(
-                f"{where} did not answer within {self.network_timeout:g} s — overloaded or hung?"
-            )
-        if isinstance(error, InferenceServerException):
-            return ServerUnavailableError(f"{where} is unavailable: {server_message(error)}")
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        return ServerUnavailableError(f"lost the connection to {where}: {reason}")
 
 
 def _not_ready_detail(name: str, index: dict[str, list[dict[str, Any]]] | None) -> str:
@@ -797,36 +727,6 @@ def _not_ready_detail(name: str, index: dict[str, list[dict[str, Any]]] | None) 
         + (f": {entry['reason']}" if entry.get("reason") else "")
         for entry in entries
     )
-
-
-# Server-side failures that heal by themselves: a backend stub that died (500) until the
-# server reloads its model, and the ensemble while that reload runs (404). Not the image's fault.
-_TRANSIENT_MESSAGES = ("is not healthy", "has no available versions")
-
-
-def _is_transient(error: BaseException) -> bool:
-    """Worth resending: the server was briefly unreachable, said 503 (busy, not ready yet), or
-    is replacing a backend process that died (see ``_TRANSIENT_MESSAGES``)."""
-    if isinstance(error, InferenceServerException):
-        if error.status() == "503":
-            return True
-        message = error.message() or ""
-        return error.status() in ("500", "404") and any(m in message for m in _TRANSIENT_MESSAGES)
-    return isinstance(error, (ConnectionError, HTTPParseError))
-
-
-def _is_overload(error: BaseException) -> bool:
-    """Refused as overloaded (429; 503 from a full queue or with Retry-After): see
-    ``overload.is_overload``."""
-    if not isinstance(error, InferenceServerException):
-        return False
-    retry_after = getattr(error, "retry_after", None)
-    return is_overload(error.status(), error.message() or "", retry_after)
-
-
-def _is_input_error(error: BaseException) -> bool:
-    """The server rejected the request's content (preprocess answers INVALID_ARG = HTTP 400)."""
-    return isinstance(error, InferenceServerException) and error.status() == "400"
 
 
 def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:

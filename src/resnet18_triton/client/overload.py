@@ -25,10 +25,6 @@ from dataclasses import dataclass
 
 from resnet18_triton import contract
 
-# What Triton says when a model's queue is full (its HTTP front end answers 503).
-QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
-# How every per-image overload error starts, so that callers can count them.
-OVERLOAD_ERROR_PREFIX = "server overloaded:"
 # An exponent past this changes nothing (the bound is capped long before) but could overflow.
 _MAX_EXPONENT = 32
 
@@ -97,25 +93,3 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def is_overload(status: str | None, message: str, retry_after: float | None) -> bool:
-    """Whether an HTTP refusal means "overloaded, come back later": 429, or 503 that either
-    carries ``Retry-After`` or is Triton's full queue.
-
-    A 503 without either (Triton starting or stopping: "Server not ready") is not overload: it is
-    retried as a transient fault and, if it lasts, reported as the server being unavailable.
-    """
-    if status == "429":
-        return True
-    return status == "503" and (retry_after is not None or QUEUE_FULL_MESSAGE in message)
-
-
-def overload_error(status: str | None, reason: str, retries: int) -> str:
-    """The per-image error after the last refusal: what happened and what to do about it."""
-    tries = "once" if retries == 0 else f"{retries + 1} times"
-    return (
-        f"{OVERLOAD_ERROR_PREFIX} refused {tries} (HTTP {status}: {reason}); send fewer requests "
-        "at once (classify --concurrency) or add replicas (resnet18-triton cluster --replicas N), "
-        "then try these images again"
-    )
