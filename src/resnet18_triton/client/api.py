@@ -56,7 +56,13 @@ from resnet18_triton.client.error_map import (
     status_of,
 )
 from resnet18_triton.client.inputs import Item
-from resnet18_triton.client.overload import DEFAULT_POLICY, OverloadPolicy, overload_delay
+from resnet18_triton.client.policies import (
+    DEFAULT_OVERLOAD,
+    DEFAULT_RETRY,
+    OverloadPolicy,
+    RetryPolicy,
+    overload_delay,
+)
 from resnet18_triton.client.results import (
     ClassificationResult,
     ClassifierHealth,
@@ -86,28 +92,6 @@ Row = TypeVar("Row")
 _HINT = "see `resnet18-triton health`"
 # Errors that say the whole run cannot go on: no point asking the server anything else.
 _FATAL = (ServerUnavailableError, ApiKeyError)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded exponential backoff for inference that failed on a connection error, a 503 that
-    is not overload (e.g. "Server not ready"), or a backend process being replaced.
-
-    Overload refusals follow ``OverloadPolicy`` instead: fewer retries, with jitter.
-    Inference is idempotent, so resending is safe; timeouts are not retried because a server
-    that is too slow once would only make the user wait ``attempts`` times as long. The default
-    waits up to 5.75 s in all, longer than the ~3 s the server needs to replace a backend process
-    that died (docs/reliability.md).
-    """
-
-    attempts: int = 6
-    initial_delay: float = 0.25
-    max_delay: float = 2.0
-
-    def delays(self) -> Iterator[float]:
-        """The pauses between attempts (one fewer than ``attempts``)."""
-        for attempt in range(max(self.attempts, 1) - 1):
-            yield min(self.max_delay, self.initial_delay * 2**attempt)
 
 
 @dataclass(frozen=True)
@@ -251,8 +235,8 @@ class ImageClassifier:
         connection_timeout: float = contract.CONNECT_TIMEOUT_S,
         network_timeout: float = contract.REQUEST_TIMEOUT_S,
         concurrency: int = contract.CLIENT_CONCURRENCY,
-        retry: RetryPolicy = RetryPolicy(),
-        overload: OverloadPolicy = DEFAULT_POLICY,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        overload: OverloadPolicy = DEFAULT_OVERLOAD,
         api_key: str | None = None,
         ca_file: str | Path | None = None,
     ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 from typing import Any
 
@@ -25,7 +26,6 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from resnet18_triton import contract
-from resnet18_triton.client.overload import parse_retry_after
 
 # Statuses that mean "not live/ready" to nobody: health calls must raise them, not return False.
 _REFUSED_EVERYWHERE = (401, 429)
@@ -108,3 +108,18 @@ def reason_in(body: bytes, status: int) -> str:
     if len(first_line) > _MAX_REASON_CHARS:
         return first_line[: _MAX_REASON_CHARS - 3] + "..."
     return first_line
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds, or None when absent or not a number of seconds.
+
+    RFC 9110 also allows an HTTP date; that is ignored (the client then backs off on its own
+    schedule), as are negative and non-finite values.
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

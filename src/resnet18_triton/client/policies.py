@@ -1,17 +1,19 @@
-"""Overload refusals: how to recognise them, how long to wait before asking again, what to say.
+"""How the client resends a request that failed: ``RetryPolicy`` for faults the server heals from,
+``OverloadPolicy`` for overload refusals, and the waits in between.
 
-Under a flood, Triton refuses at once what a model's queue cannot hold when its config sets
-``dynamic_batching { default_queue_policy { max_queue_size: N } }``: HTTP 503 with the error
-``Exceeds maximum queue size`` (Triton 2.51; through the ensemble ``in ensemble 'resnet18',
-[request id: <id_unknown>] Exceeds maximum queue size``, and no ``Retry-After``). A proxy in front
-answers 429, or 503 with ``Retry-After``. Each says "not now", not "never": the client waits and
-sends the same request again, a few times at most, because under overload every retry is more
-load.
+Which failure is which, and what is said when resending stops, is ``error_map.FAILURES``.
 
-The wait is exponential backoff with full jitter (uniform between 0 and the exponential bound):
-clients refused together then come back spread out instead of together. A ``Retry-After`` from
-the server is honoured (plus a little jitter, for the same reason), up to a cap, so that a proxy
-that asks for an hour does not hang a command line.
+A fault (a connection error, a 503 that is not overload such as "Server not ready", a backend
+process being replaced) is resent patiently: bounded exponential backoff, long enough for the
+server to replace a backend process that died. An overload refusal (a full queue: 503 ``Exceeds
+maximum queue size``; a proxy's 429, or 503 with ``Retry-After``) says "not now", not "never":
+the client waits and sends the same request again, a few times at most, because under overload
+every retry is more load.
+
+The wait after an overload refusal is exponential backoff with full jitter (uniform between 0
+and the exponential bound): clients refused together then come back spread out instead of
+together. A ``Retry-After`` from the server is honoured (plus a little jitter, for the same
+reason), up to a cap, so that a proxy that asks for an hour does not hang a command line.
 
 Everything here is a pure function of its arguments (the random source is one of them), so the
 delays can be tested exactly with a seeded ``random.Random``.
@@ -21,12 +23,35 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from resnet18_triton import contract
 
 # An exponent past this changes nothing (the bound is capped long before) but could overflow.
 _MAX_EXPONENT = 32
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff for inference that failed on a connection error, a 503 that
+    is not overload (e.g. "Server not ready"), or a backend process being replaced.
+
+    Overload refusals follow ``OverloadPolicy`` instead: fewer retries, with jitter.
+    Inference is idempotent, so resending is safe; timeouts are not retried because a server
+    that is too slow once would only make the user wait ``attempts`` times as long. The default
+    waits up to 5.75 s in all, longer than the ~3 s the server needs to replace a backend process
+    that died (docs/reliability.md).
+    """
+
+    attempts: int = 6
+    initial_delay: float = 0.25
+    max_delay: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        """The pauses between attempts (one fewer than ``attempts``)."""
+        for attempt in range(max(self.attempts, 1) - 1):
+            yield min(self.max_delay, self.initial_delay * 2**attempt)
 
 
 @dataclass(frozen=True)
@@ -55,7 +80,8 @@ class OverloadPolicy:
 
 
 # What ImageClassifier and classify use unless told otherwise.
-DEFAULT_POLICY = OverloadPolicy()
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_OVERLOAD = OverloadPolicy()
 
 
 def backoff_bound(policy: OverloadPolicy, retry: int) -> float:
@@ -78,18 +104,3 @@ def overload_delay(
         jitter = rng.uniform(0.0, policy.base_delay_s)
         return min(max(retry_after, 0.0) + jitter, policy.max_retry_after_s)
     return rng.uniform(0.0, backoff_bound(policy, retry))
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds, or None when absent or not a number of seconds.
-
-    RFC 9110 also allows an HTTP date; that is ignored (the client then backs off on its own
-    schedule), as are negative and non-finite values.
-    """
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
