@@ -24,17 +24,14 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import ssl
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
 
 import gevent
 import gevent.ssl
@@ -69,7 +66,13 @@ from resnet18_triton.client.results import (
     Prediction,
     parse_classifications,
 )
-from resnet18_triton.client.transport import TritonHttpClient
+from resnet18_triton.client.transport import (
+    TritonHttpClient,
+    parse_url,
+    quiet_hub,
+    quietly,
+    tls_context_factory,
+)
 from resnet18_triton.errors import ImageError, ResNet18TritonError
 from resnet18_triton.keys import api_key_from
 
@@ -166,7 +169,7 @@ class ImageClassifier:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        address, tls = _parse_url(url)
+        address, tls = parse_url(url)
         if api_key is None:
             api_key = api_key_from(None)
         self.url = address
@@ -199,7 +202,7 @@ class ImageClassifier:
 
     def close(self) -> None:
         """Wait for requests still in flight, then close the connections."""
-        with _quiet_hub():
+        with quiet_hub():
             self._client.close()
 
     # --- readiness and health -------------------------------------------------------------
@@ -288,7 +291,7 @@ class ImageClassifier:
         items = [Item.numbered(position, data) for position, data in enumerate(images)]
         rows = []
         # Every answer first, so that no request is still in flight when one image fails.
-        for item, outcome in list(_quietly(self._answer_items(items, ask, None, None))):
+        for item, outcome in list(quietly(self._answer_items(items, ask, None, None))):
             if outcome.row is None:
                 raise ImageError(f"{item.path}: {outcome.error}")
             rows.append(outcome.row)
@@ -317,7 +320,7 @@ class ImageClassifier:
         does not answer in time, ApiKeyError on a 401.
         """
         items = (Item.from_file(path, max_file_bytes) for path in paths)
-        return _quietly(self._classify_items(items, top_k, batch_size, concurrency))
+        return quietly(self._classify_items(items, top_k, batch_size, concurrency))
 
     def classify_named(
         self,
@@ -331,7 +334,7 @@ class ImageClassifier:
         with ``name`` as each result's ``path``; an empty image is that result's error.
         """
         items = (Item.named(name, data) for name, data in images)
-        return _quietly(self._classify_items(items, top_k, batch_size, None))
+        return quietly(self._classify_items(items, top_k, batch_size, None))
 
     @property
     def answered_version(self) -> str | None:
@@ -513,75 +516,3 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
-
-
-def tls_context_factory(
-    ca_file: str | Path | None, environ: Mapping[str, str] = os.environ
-) -> Callable[[], ssl.SSLContext]:
-    """What makes the TLS context of each connection: the system's trusted CAs plus ``ca_file``
-    (None: ``$RESNET18_TRITON_CA_FILE``, if set). Raises ResNet18TritonError for a CA file that
-    cannot be read as PEM certificates."""
-    chosen = ca_file or environ.get(contract.CA_FILE_ENV_VAR) or None
-    # gevent's context: its sockets yield to the other requests' greenlets while they wait.
-    context = gevent.ssl.create_default_context()
-    if chosen is not None:
-        try:
-            context.load_verify_locations(cafile=str(chosen))
-        except (OSError, ssl.SSLError) as error:
-            raise ResNet18TritonError(
-                f"cannot use the CA file {chosen}: {getattr(error, 'strerror', None) or error} — "
-                "give a PEM file of CA certificates (--ca-file or "
-                f"${contract.CA_FILE_ENV_VAR})"
-            ) from None
-    return lambda: context
-
-
-def _parse_url(url: str) -> tuple[str, bool]:
-    """``host:port[/path]`` for tritonclient, which wants no scheme; ``https://`` turns on TLS.
-
-    Checked here because tritonclient fails on a bad port with a bare ``int()`` error.
-    """
-    scheme, _, address = url.rpartition("://")
-    if scheme.lower() not in ("", "http", "https"):
-        raise ResNet18TritonError(f"invalid Triton URL '{url}': only http and https are spoken")
-    try:
-        parsed = urlsplit(f"http://{address}")
-        valid = bool(parsed.hostname) and parsed.port is not None
-    except ValueError:
-        valid = False
-    if not valid:
-        raise ResNet18TritonError(
-            f"invalid Triton URL '{url}': expected host:port, e.g. {contract.DEFAULT_URL}"
-        )
-    return address, scheme.lower() == "https"
-
-
-@contextlib.contextmanager
-def _quiet_hub() -> Iterator[None]:
-    """Stop gevent from printing a traceback when a request greenlet fails.
-
-    The failure is re-raised by ``get_result`` and reported properly; gevent's hub would also
-    print it to stderr. Scoped, so that the caller's own greenlets still report errors.
-    """
-    hub = gevent.get_hub()
-    had_own_stream = "exception_stream" in vars(hub)
-    previous = vars(hub).get("exception_stream")
-    hub.exception_stream = None
-    try:
-        yield
-    finally:
-        if had_own_stream:
-            hub.exception_stream = previous
-        else:
-            del hub.exception_stream
-
-
-def _quietly(results: Iterator[T]) -> Iterator[T]:
-    """Run each step of ``results`` with a quiet hub, but not the caller's code between steps."""
-    while True:
-        with _quiet_hub():
-            try:
-                result = next(results)
-            except StopIteration:
-                return
-        yield result
