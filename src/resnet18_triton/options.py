@@ -208,15 +208,13 @@ def deprecated_spelling(new: str) -> Callable[[click.Context, click.Parameter, T
     return warn
 
 
-def given_here_or_to_the_group(ctx: click.Context, name: str) -> object:
-    """Parameter ``name`` of a subcommand as given to it, else as given to the group it runs
-    under (``tune --repo X revert`` means X, as ``tune revert --repo X`` does), else its own
-    default."""
-    parent = ctx.parent
-    if (
-        ctx.get_parameter_source(name) is _DEFAULT
-        and parent is not None
-        and parent.get_parameter_source(name) not in (None, _DEFAULT)
-    ):
-        return parent.params[name]
+def given_here_or_above(ctx: click.Context, name: str) -> object:
+    """Parameter ``name`` of a subcommand as given to it, else as given to the nearest group
+    above it that took it (``tune --repo X revert`` means X, as ``tune revert --repo X`` does),
+    else the subcommand's own default."""
+    above = ctx.parent
+    while ctx.get_parameter_source(name) is _DEFAULT and above is not None:
+        if above.get_parameter_source(name) not in (None, _DEFAULT):
+            return above.params[name]
+        above = above.parent
     return ctx.params[name]

@@ -17,7 +17,7 @@ import click
 from resnet18_triton.options import (
     check_range,
     deprecated_spelling,
-    given_here_or_to_the_group,
+    given_here_or_above,
     images_option,
     name_option,
     repository_option,
@@ -275,7 +275,7 @@ def revert_command(repository: Path) -> None:
     Byte for byte, from the backup --apply kept, which is then deleted; restart the server to
     serve them.
     """
-    chosen = given_here_or_to_the_group(click.get_current_context(), "repository")
+    chosen = given_here_or_above(click.get_current_context(), "repository")
     assert isinstance(chosen, Path)
     _revert(chosen)
 
