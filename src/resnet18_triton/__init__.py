@@ -43,8 +43,8 @@ from resnet18_triton.errors import (
 )
 
 if TYPE_CHECKING:
-    from resnet18_triton.client.api import ImageClassifier, RetryPolicy
-    from resnet18_triton.client.overload import OverloadPolicy
+    from resnet18_triton.client.api import ImageClassifier
+    from resnet18_triton.client.policies import OverloadPolicy, RetryPolicy
     from resnet18_triton.client.results import (
         ClassificationResult,
         ClassifierHealth,
@@ -58,8 +58,8 @@ if TYPE_CHECKING:
 # Name -> the module that defines it, imported by ``__getattr__`` when the name is first read.
 _CLIENT_NAMES = {
     "ImageClassifier": "resnet18_triton.client.api",
-    "RetryPolicy": "resnet18_triton.client.api",
-    "OverloadPolicy": "resnet18_triton.client.overload",
+    "RetryPolicy": "resnet18_triton.client.policies",
+    "OverloadPolicy": "resnet18_triton.client.policies",
     "Prediction": "resnet18_triton.client.results",
     "ClassificationResult": "resnet18_triton.client.results",
     "HealthReport": "resnet18_triton.client.results",

@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import TypeVar
 
 import click
+from click.core import ParameterSource
 
 from resnet18_triton import contract
 from resnet18_triton.repository.layout import DEFAULT_REPOSITORY_DIRNAME, default_repository
 
 F = TypeVar("F", bound=Callable[..., object])
+T = TypeVar("T")
+
+# Where a parameter took the value it has when nobody gave one.
+_DEFAULT = ParameterSource.DEFAULT
 
 # perf_analyzer's range syntax: START[:END[:STEP]].
 RANGE = re.compile(r"^\d+(\.\d+)?(:\d+(\.\d+)?(:\d+(\.\d+)?)?)?$")
@@ -184,3 +189,32 @@ def fidelity_gate_options(what: str, report_help: str, min_agreement: float) -> 
             help=report_help,
         ),
     )
+
+
+def deprecated_spelling(new: str) -> Callable[[click.Context, click.Parameter, T], T]:
+    """The callback of an option kept for one release after a subcommand replaced it: when the
+    option is given, it warns on stderr that it is deprecated and names ``new``, the spelling to
+    use; the value passes through unchanged, so the old spelling still works."""
+
+    def warn(ctx: click.Context, param: click.Parameter, value: T) -> T:
+        if param.name and ctx.get_parameter_source(param.name) is not _DEFAULT:
+            old = param.opts[0]
+            click.echo(
+                f"warning: {old} is deprecated and goes in the next release; use `{new}`",
+                err=True,
+            )
+        return value
+
+    return warn
+
+
+def given_here_or_above(ctx: click.Context, name: str) -> object:
+    """Parameter ``name`` of a subcommand as given to it, else as given to the nearest group
+    above it that took it (``tune --repo X revert`` means X, as ``tune revert --repo X`` does),
+    else the subcommand's own default."""
+    above = ctx.parent
+    while ctx.get_parameter_source(name) is _DEFAULT and above is not None:
+        if above.get_parameter_source(name) not in (None, _DEFAULT):
+            return above.params[name]
+        above = above.parent
+    return ctx.params[name]

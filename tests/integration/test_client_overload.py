@@ -19,7 +19,7 @@ import pytest
 
 from resnet18_triton import contract
 from resnet18_triton.client.api import ImageClassifier
-from resnet18_triton.client.overload import OVERLOAD_ERROR_PREFIX
+from resnet18_triton.client.error_map import OVERLOAD_ERROR_PREFIX
 from resnet18_triton.client.results import Prediction
 from resnet18_triton.perf import harness
 from tests.support import PROBABILITY_ATOL, SAMPLE_FILES

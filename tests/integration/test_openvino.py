@@ -76,7 +76,7 @@ def test_tune_measures_an_openvino_plan_and_applies_its_threads_per_instance(
     openvino_server, tmp_path: Path
 ) -> None:
     """A plan of the variant runs in its own real server under perf_analyzer; --apply writes its
-    instances and threads (precision and fidelity kept) and --revert restores every byte."""
+    instances and threads (precision and fidelity kept) and `tune revert` restores every byte."""
     import hashlib
     import re
     import shutil
@@ -120,7 +120,7 @@ def test_tune_measures_an_openvino_plan_and_applies_its_threads_per_instance(
     assert config.instance_group[0].count == 2 and config.max_batch_size == 4
     assert parameters["INFERENCE_NUM_THREADS"] == "1"
     assert parameters[contract.PRECISION_PARAMETER] == PRECISION and "fidelity" in parameters
-    reverted = subprocess.run([*cli, "--revert"], capture_output=True, text=True, timeout=120)
+    reverted = subprocess.run([*cli, "revert"], capture_output=True, text=True, timeout=120)
     assert reverted.returncode == 0, reverted.stderr
     assert digest() == before
 

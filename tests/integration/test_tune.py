@@ -1,5 +1,5 @@
 """``tune`` against real servers: a tiny search, ``--apply``, a server and ``health`` showing the
-winner, then ``--revert`` restoring every byte."""
+winner, then ``tune revert`` restoring every byte."""
 
 from __future__ import annotations
 
@@ -71,6 +71,6 @@ def test_a_tiny_tune_applies_its_winner_which_serves_and_reverts_byte_for_byte(
     preprocess_line = next(line for line in health.stdout.splitlines() if "preprocess" in line)
     assert f"instances: 1, max batch: {TUNED_BATCH}" in preprocess_line
 
-    reverted = run_cli("tune", "--repo", str(repo), "--revert")
+    reverted = run_cli("tune", "revert", "--repo", str(repo))
     assert reverted.returncode == 0, reverted.stderr
     assert tree_snapshot(repo, directories=False) == before

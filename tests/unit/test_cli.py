@@ -17,7 +17,8 @@ import pytest
 
 from resnet18_triton import contract
 from resnet18_triton.cli import main
-from resnet18_triton.client.api import ImageClassifier, RetryPolicy
+from resnet18_triton.client.api import ImageClassifier
+from resnet18_triton.client.policies import RetryPolicy
 from resnet18_triton.errors import ImageError, ServerUnavailableError
 from tests.fake_triton import (
     IMAGENET_PROVENANCE,

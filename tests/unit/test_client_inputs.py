@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet18_triton.client.api import read_image_bytes
-from resnet18_triton.client.inputs import NoImagesError, expand_inputs
+from resnet18_triton.client.inputs import NoImagesError, expand_inputs, read_image_bytes
 from resnet18_triton.errors import ImageError
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from resnet18_triton.client.api import RetryPolicy, server_message
 from resnet18_triton.client.cli import (
     describe_provenance,
     format_health,
@@ -16,6 +15,8 @@ from resnet18_triton.client.cli import (
     format_table,
     health_to_json,
 )
+from resnet18_triton.client.error_map import server_message
+from resnet18_triton.client.policies import RetryPolicy
 from resnet18_triton.client.results import (
     ClassificationResult,
     HealthReport,

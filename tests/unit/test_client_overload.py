@@ -7,17 +7,14 @@ import random
 
 import pytest
 
-from resnet18_triton.client.overload import (
+from resnet18_triton.client.error_map import (
     OVERLOAD_ERROR_PREFIX,
     QUEUE_FULL_MESSAGE,
-    OverloadPolicy,
-    backoff_bound,
     is_overload,
-    overload_delay,
     overload_error,
-    parse_retry_after,
 )
-from resnet18_triton.client.transport import reason_in
+from resnet18_triton.client.policies import OverloadPolicy, backoff_bound, overload_delay
+from resnet18_triton.client.transport import parse_retry_after, reason_in
 from resnet18_triton.contract import CLIENT_OVERLOAD_RETRIES
 
 POLICY = OverloadPolicy(retries=5, base_delay_s=0.5, max_delay_s=4.0, max_retry_after_s=10.0)

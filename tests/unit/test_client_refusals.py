@@ -21,11 +21,8 @@ import pytest
 from resnet18_triton import contract
 from resnet18_triton.cli import main
 from resnet18_triton.client.api import ImageClassifier
-from resnet18_triton.client.overload import (
-    OVERLOAD_ERROR_PREFIX,
-    QUEUE_FULL_MESSAGE,
-    OverloadPolicy,
-)
+from resnet18_triton.client.error_map import OVERLOAD_ERROR_PREFIX, QUEUE_FULL_MESSAGE
+from resnet18_triton.client.policies import OverloadPolicy
 from resnet18_triton.errors import ApiKeyError, ServerUnavailableError
 from tests.fake_triton import FakeTriton, error_answer, serving
 

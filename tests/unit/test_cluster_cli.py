@@ -42,7 +42,7 @@ def test_cluster_on_all_interfaces_without_a_key_file_refuses_and_says_what_to_d
     assert result.returncode == 2
     message = " ".join(result.stderr.split())
     assert "refusing to serve on 0.0.0.0 without API keys" in message
-    assert "--api-key-file" in message and "--add-api-key" in message
+    assert "--api-key-file" in message and "cluster keys add NAME" in message
     assert "--insecure-no-auth" in message
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "work").exists()

@@ -9,7 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+from resnet18_triton.cli import cli
 from resnet18_triton.deploy import keys
 from resnet18_triton.errors import ProxyError
 from tests.edge_support import write_key_file
@@ -95,11 +97,11 @@ def _cluster_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_cli_adds_a_key_prints_it_once_and_hashes_the_file(tmp_path: Path) -> None:
     path = tmp_path / "keys.txt"
-    added = _cluster_cli("--api-key-file", str(path), "--add-api-key", "alice")
+    added = _cluster_cli("keys", "add", "alice", "--api-key-file", str(path))
     assert added.returncode == 0, added.stderr
     key = added.stdout.strip()
     assert keys.read_api_keys(path)[0].key == key
-    hashed = _cluster_cli("--api-key-file", str(path), "--hash-api-keys")
+    hashed = _cluster_cli("keys", "hash", "--api-key-file", str(path))
     assert hashed.returncode == 0, hashed.stderr
     assert f'"{keys.key_hash(key)}" "alice:1";' in hashed.stdout
     assert key not in hashed.stdout + hashed.stderr
@@ -108,6 +110,72 @@ def test_the_cli_adds_a_key_prints_it_once_and_hashes_the_file(tmp_path: Path) -
 def test_the_key_helpers_need_a_key_file() -> None:
     result = _cluster_cli("--hash-api-keys")
     assert result.returncode == 2 and "--api-key-file" in result.stderr
+
+
+def _keys_cli(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["cluster", *args])
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        ("keys", "add", "alice", "--api-key-file", "{file}"),
+        ("--api-key-file", "{file}", "keys", "add", "alice"),
+    ],
+    ids=["file-after-add", "file-given-to-cluster"],
+)
+def test_cluster_keys_add_appends_a_key_and_prints_only_the_key(
+    tmp_path: Path, before: tuple[str, ...]
+) -> None:
+    path = tmp_path / "keys.txt"
+    result = _keys_cli(*(arg.format(file=path) for arg in before))
+    assert result.exit_code == 0, result.output
+    [only] = keys.read_api_keys(path)
+    assert (only.name, result.stdout) == ("alice", f"{only.key}\n")
+    assert "deprecated" not in result.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_cluster_keys_hash_prints_the_map_of_the_key_file(tmp_path: Path) -> None:
+    path = write_key_file(tmp_path / "keys.txt", [f"alice:{GOOD}"])
+    result = _keys_cli("keys", "hash", "--api-key-file", str(path))
+    assert result.exit_code == 0, result.output
+    assert f'"{keys.key_hash(GOOD)}" "alice:1";' in result.stdout
+    assert GOOD not in result.output and result.stderr == ""
+
+
+@pytest.mark.parametrize("command", ["add", "hash"])
+def test_cluster_keys_without_a_key_file_is_a_usage_error_naming_the_option(command: str) -> None:
+    result = _keys_cli("keys", command, *(["alice"] if command == "add" else []))
+    assert result.exit_code == 2
+    assert f"`cluster keys {command}` needs --api-key-file FILE" in result.stderr
+
+
+def test_the_old_add_api_key_still_adds_and_warns_naming_cluster_keys_add(tmp_path: Path) -> None:
+    path = tmp_path / "keys.txt"
+    result = _keys_cli("--api-key-file", str(path), "--add-api-key", "alice")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{keys.read_api_keys(path)[0].key}\n"
+    assert "--add-api-key is deprecated" in result.stderr
+    assert "use `resnet18-triton cluster keys add NAME --api-key-file FILE`" in result.stderr
+
+
+def test_the_old_hash_api_keys_still_hashes_and_warns_naming_cluster_keys_hash(
+    tmp_path: Path,
+) -> None:
+    path = write_key_file(tmp_path / "keys.txt", [f"alice:{GOOD}"])
+    result = _keys_cli("--api-key-file", str(path), "--hash-api-keys")
+    assert result.exit_code == 0, result.output
+    assert f'"{keys.key_hash(GOOD)}" "alice:1";' in result.stdout
+    assert "--hash-api-keys is deprecated" in result.stderr
+    assert "use `resnet18-triton cluster keys hash --api-key-file FILE`" in result.stderr
+
+
+def test_cluster_help_lists_keys_and_hides_the_old_flags() -> None:
+    result = _keys_cli("--help")
+    assert result.exit_code == 0
+    assert "keys  Make and hash the API keys" in result.stdout
+    assert "--add-api-key" not in result.stdout and "--hash-api-keys" not in result.stdout
 
 
 def test_a_key_line_may_end_with_its_tenants_weight_and_a_bad_weight_is_named() -> None:

@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from google.protobuf.json_format import MessageToDict
 
 from resnet18_triton import contract
+from resnet18_triton.cli import cli
 from resnet18_triton.client.results import serving_summary
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import TuneError
@@ -446,7 +448,7 @@ def test_a_plan_re_derives_the_fused_model_from_the_int8_classifier(repository: 
 def test_a_second_apply_is_refused_while_the_backup_exists(repository: Path) -> None:
     apply_plan(repository, Candidate(max_batch_size=4), cores=2)
     applied = digest(repository)
-    with pytest.raises(TuneError, match="--revert"):
+    with pytest.raises(TuneError, match="tune revert"):
         apply_plan(repository, Candidate(max_batch_size=1), cores=2)
     assert digest(repository) == applied
 
@@ -454,6 +456,46 @@ def test_a_second_apply_is_refused_while_the_backup_exists(repository: Path) -> 
 def test_revert_without_an_apply_says_there_is_nothing_to_revert(repository: Path) -> None:
     with pytest.raises(TuneError, match="nothing to revert"):
         revert(repository)
+
+
+def _tune_cli(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["tune", *args])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("revert", "--repo", "{repo}"), ("--repo", "{repo}", "revert")],
+    ids=["repo-after-revert", "repo-before-revert"],
+)
+def test_tune_revert_restores_every_byte_an_apply_changed(
+    repository: Path, args: tuple[str, ...]
+) -> None:
+    before = digest(repository)
+    apply_plan(repository, Candidate(max_batch_size=4), cores=2)
+    result = _tune_cli(*(arg.format(repo=repository) for arg in args))
+    assert result.exit_code == 0, result.output
+    assert f"in {repository} (restart the server)" in result.stdout
+    assert result.stderr == ""
+    assert digest(repository) == before
+
+
+def test_tune_dash_dash_revert_still_reverts_and_warns_naming_tune_revert(
+    repository: Path,
+) -> None:
+    before = digest(repository)
+    apply_plan(repository, Candidate(max_batch_size=4), cores=2)
+    result = _tune_cli("--revert", "--repo", str(repository))
+    assert result.exit_code == 0, result.output
+    assert "--revert is deprecated" in result.stderr
+    assert "use `resnet18-triton tune revert`" in result.stderr
+    assert digest(repository) == before
+
+
+def test_tune_help_lists_revert_as_a_subcommand_and_hides_the_old_flag() -> None:
+    result = _tune_cli("--help")
+    assert result.exit_code == 0
+    assert "revert  Restore the configs" in result.output
+    assert "--revert" not in result.output
 
 
 def test_a_plan_keeps_a_named_classifiers_classes_and_preprocessing(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from resnet18_triton import contract
 from resnet18_triton.cli import LAZY_COMMANDS
-from resnet18_triton.client.api import served_classifiers
+from resnet18_triton.client.health import served_classifiers
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.repository import layout, variants
 from resnet18_triton.repository.classifier import Classifier, default_labels

@@ -24,164 +24,61 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import random
-import re
-import socket
-import ssl
-import stat
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
 
 import gevent
 import gevent.ssl
 import numpy as np
 import numpy.typing as npt
 import tritonclient.http as triton_http
-from geventhttpclient.response import HTTPParseError
 from tritonclient.utils import InferenceServerException
 
 from resnet18_triton import contract
-from resnet18_triton.client.overload import (
-    DEFAULT_POLICY,
-    OverloadPolicy,
-    is_overload,
-    overload_delay,
+from resnet18_triton.client.error_map import (
+    NETWORK_ERRORS,
+    Blame,
+    Resend,
+    failure_of,
+    mapped_errors,
     overload_error,
+    reason,
+    status_of,
+)
+from resnet18_triton.client.health import HealthCheck
+from resnet18_triton.client.inputs import Item
+from resnet18_triton.client.policies import (
+    DEFAULT_OVERLOAD,
+    DEFAULT_RETRY,
+    OverloadPolicy,
+    RetryPolicy,
+    overload_delay,
 )
 from resnet18_triton.client.results import (
     ClassificationResult,
-    ClassifierHealth,
     HealthReport,
-    ModelHealth,
     Prediction,
-    ensemble_classifier,
     parse_classifications,
-    precision_of,
-    serving_summary,
 )
-from resnet18_triton.client.transport import TritonHttpClient
-from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import (
-    ApiKeyError,
-    ImageError,
-    ResNet18TritonError,
-    ServerUnavailableError,
+from resnet18_triton.client.transport import (
+    TritonHttpClient,
+    parse_url,
+    quiet_hub,
+    quietly,
+    tls_context_factory,
 )
+from resnet18_triton.errors import ImageError, ResNet18TritonError
 from resnet18_triton.keys import api_key_from
-from resnet18_triton.repository.variants import REGISTRY, classifier_of, variant_model_names
 
 T = TypeVar("T")
 # What the server answers for one image: its top-k predictions, or its probability vector.
 Row = TypeVar("Row")
-
-# Errors raised by the HTTP layer when the server cannot be talked to (refused, DNS, timeout,
-# reset, garbage on the wire). Server-side failures arrive as InferenceServerException instead.
-_NETWORK_ERRORS = (OSError, HTTPParseError, gevent.Timeout)
-_HINT = "see `resnet18-triton health`"
-# Errors that say the whole run cannot go on: no point asking the server anything else.
-_FATAL = (ServerUnavailableError, ApiKeyError)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded exponential backoff for inference that failed on a connection error, a 503 that
-    is not overload (e.g. "Server not ready"), or a backend process being replaced.
-
-    Overload refusals follow ``OverloadPolicy`` instead: fewer retries, with jitter.
-    Inference is idempotent, so resending is safe; timeouts are not retried because a server
-    that is too slow once would only make the user wait ``attempts`` times as long. The default
-    waits up to 5.75 s in all, longer than the ~3 s the server needs to replace a backend process
-    that died (docs/reliability.md).
-    """
-
-    attempts: int = 6
-    initial_delay: float = 0.25
-    max_delay: float = 2.0
-
-    def delays(self) -> Iterator[float]:
-        """The pauses between attempts (one fewer than ``attempts``)."""
-        for attempt in range(max(self.attempts, 1) - 1):
-            yield min(self.max_delay, self.initial_delay * 2**attempt)
-
-
-def server_message(error: InferenceServerException) -> str:
-    """The server's own words: no ``[400]`` status prefix, no ``in ensemble 'x',`` wrapper, no
-    ``[request id: ...]`` tag."""
-    message = error.message() or str(error)
-    return re.sub(r"^(in ensemble '[^']*', |\[request id: [^\]]*\] )+", "", message).strip()
-
-
-def read_image_bytes(
-    path: str | os.PathLike[str], max_bytes: int = contract.MAX_IMAGE_BYTES
-) -> bytes:
-    """Read a regular file of at most ``max_bytes`` for sending.
-
-    Never blocks on a FIFO or a device (opened non-blocking, refused unless a regular file) and
-    never reads more than ``max_bytes + 1`` bytes. Raises ImageError with a short reason a
-    person understands.
-    """
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except IsADirectoryError:
-        raise ImageError("is a directory") from None
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except OSError as error:
-        raise ImageError(error.strerror or str(error)) from None
-    info = os.fstat(descriptor)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(descriptor)
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageError("is a directory")
-        raise ImageError(f"not a regular file ({_file_kind(info.st_mode)}); not read")
-    with os.fdopen(descriptor, "rb") as file:
-        if info.st_size > max_bytes:
-            raise ImageError(_too_large(info.st_size, max_bytes))
-        try:
-            data = file.read(max_bytes + 1)
-        except OSError as error:
-            raise ImageError(error.strerror or str(error)) from None
-    if len(data) > max_bytes:  # grew while we read it
-        raise ImageError(_too_large(len(data), max_bytes))
-    if not data:
-        raise ImageError("file is empty")
-    return data
-
-
-def _too_large(size: int, max_bytes: int) -> str:
-    return (
-        f"file is {size} bytes, over the limit of {max_bytes} bytes (the server's default; "
-        "see --max-file-bytes)"
-    )
-
-
-def _file_kind(mode: int) -> str:
-    kinds = {
-        stat.S_ISFIFO: "a FIFO",
-        stat.S_ISCHR: "a character device",
-        stat.S_ISBLK: "a block device",
-        stat.S_ISSOCK: "a socket",
-    }
-    return next((name for test, name in kinds.items() if test(mode)), "not a file")
-
-
-@dataclass
-class _Item:
-    """An image on its way through the pipeline: bytes to send, or the reason it cannot be."""
-
-    path: str
-    data: bytes | None = None
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,7 +105,7 @@ _PROBABILITIES = _Ask(0, _probability_rows)
 class _Flight(Generic[Row]):
     """A batch whose request is in flight; unreadable items ride along to keep the order."""
 
-    items: list[_Item]
+    items: list[Item]
     ask: _Ask[Row]
     request: triton_http.InferAsyncRequest | None
 
@@ -239,66 +136,6 @@ class _RequestFailed(Exception):
         self.overloaded = overloaded
 
 
-def served_classifiers(
-    index: dict[str, list[dict[str, Any]]] | None, named: Sequence[str] = ()
-) -> list[ClassifierNames]:
-    """``named`` classifiers, then those whose ensemble, preprocess and ONNX models the
-    repository ``index`` lists (the default classifier when there is no index)."""
-    # A variant's model (``--model resnet18_int8_fused``) stands for its classifier.
-    found = []
-    for name in named:
-        owner = classifier_of(name)
-        names = owner[0] if owner else ClassifierNames.of(name)
-        if names not in found:
-            found.append(names)
-    candidates = sorted(index) if index is not None else [contract.DEFAULT_CLASSIFIER]
-    for name in candidates:
-        try:
-            names = ClassifierNames.of(name)
-        except ValueError:
-            continue
-        listed = index is None or all(model in index for model in names.served)
-        if listed and names not in found:
-            found.append(names)
-    return found
-
-
-def served_names(
-    names: ClassifierNames, index: dict[str, list[dict[str, Any]]] | None
-) -> list[str]:
-    """The models of ``names`` to check: FP32 always, each variant's where the index lists it."""
-    models = [model for variant in REGISTRY for model in variant.models(names)]
-    listed = [model for model in models if index is not None and model in index]
-    return [*names.served, *listed]
-
-
-def classifier_health(
-    name: str, ensemble: dict[str, Any], preprocess: dict[str, Any], onnx: dict[str, Any]
-) -> ClassifierHealth:
-    """``ClassifierHealth`` from the three model configs (JSON form of the model-config API)."""
-
-    def parameters(config: dict[str, Any]) -> dict[str, str]:
-        items = config.get("parameters", {}).items()
-        return {key: value.get("string_value", "") for key, value in items}
-
-    output_dims = ensemble.get("output", [{}])[0].get("dims", [0])
-    input_dims = onnx.get("input", [{}])[0].get("dims", [0, 0, 0])
-    settings = parameters(preprocess)
-    keys = ("resize_size", "input_size", "mean", "std", "interpolation")
-    text = parameters(onnx).get(contract.PROVENANCE_PARAMETER, "")
-    try:
-        provenance = json.loads(text) if text else None
-    except json.JSONDecodeError:
-        provenance = None
-    return ClassifierHealth(
-        name=name,
-        classes=int(output_dims[-1]),
-        input_size=int(input_dims[-1]),
-        preprocessing={key: settings[key] for key in keys if key in settings},
-        provenance=provenance if isinstance(provenance, dict) else None,
-    )
-
-
 class ImageClassifier:
     """A connection to the ResNet-18 ensemble on one Triton server.
 
@@ -325,14 +162,14 @@ class ImageClassifier:
         connection_timeout: float = contract.CONNECT_TIMEOUT_S,
         network_timeout: float = contract.REQUEST_TIMEOUT_S,
         concurrency: int = contract.CLIENT_CONCURRENCY,
-        retry: RetryPolicy = RetryPolicy(),
-        overload: OverloadPolicy = DEFAULT_POLICY,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        overload: OverloadPolicy = DEFAULT_OVERLOAD,
         api_key: str | None = None,
         ca_file: str | Path | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        address, tls = _parse_url(url)
+        address, tls = parse_url(url)
         if api_key is None:
             api_key = api_key_from(None)
         self.url = address
@@ -365,7 +202,7 @@ class ImageClassifier:
 
     def close(self) -> None:
         """Wait for requests still in flight, then close the connections."""
-        with _quiet_hub():
+        with quiet_hub():
             self._client.close()
 
     # --- readiness and health -------------------------------------------------------------
@@ -375,15 +212,7 @@ class ImageClassifier:
 
         Raises ServerUnavailableError with a message saying what to check.
         """
-        if not self._call(self._client.is_server_ready):
-            raise ServerUnavailableError(
-                f"Triton at {self.url} is up but not ready (models still loading?) — {_HINT}"
-            )
-        if not self._call(self._client.is_model_ready, self.model):
-            raise ServerUnavailableError(
-                f"model '{self.model}' is not ready on Triton at {self.url} "
-                f"(not loaded, still loading or unknown) — {_HINT}"
-            )
+        self._health_check().ensure_ready()
 
     @property
     def max_batch_size(self) -> int:
@@ -406,26 +235,7 @@ class ImageClassifier:
         this client's model) runs: its last ensemble step, or the model itself. Raises
         ResNet18TritonError when it is missing or not a JSON object.
         """
-        config = self._call(self._client.get_model_config, model or self.model)
-        steps = config.get("ensemble_scheduling", {}).get("step", [])
-        if steps:
-            config = self._call(self._client.get_model_config, steps[-1]["model_name"])
-        parameter = config.get("parameters", {}).get(contract.PROVENANCE_PARAMETER, {})
-        text = parameter.get("string_value", "")
-        if not text:
-            raise ResNet18TritonError(
-                f"model '{config.get('name', model or self.model)}' has no "
-                f"'{contract.PROVENANCE_PARAMETER}' parameter"
-            )
-        try:
-            provenance = json.loads(text)
-        except json.JSONDecodeError:
-            provenance = None
-        if not isinstance(provenance, dict):
-            raise ResNet18TritonError(
-                f"'{contract.PROVENANCE_PARAMETER}' is not a JSON object: {text!r}"
-            )
-        return provenance
+        return self._health_check().weights_provenance(model)
 
     def health(
         self,
@@ -442,98 +252,11 @@ class ImageClassifier:
         ``models`` defaults to their models. Raises ServerUnavailableError only when the server
         cannot be reached at all; anything else that is wrong is part of the report.
         """
-        live = self._call(self._client.is_server_live)
-        ready = self._call(self._client.is_server_ready)
-        index = self._repository_index(admin_key)
-        names = served_classifiers(index, classifiers)
-        if models is None:
-            models = [model for item in names for model in served_names(item, index)]
-            # Variants (INT8, OpenVINO) of each classifier that the server has ready.
-            variants = [
-                model
-                for item in names
-                for model in variant_model_names(item)
-                if model not in models
-            ]
-            models += [
-                model for model in variants if self._call(self._client.is_model_ready, model)
-            ]
-        try:
-            provenance, provenance_error = self.weights_provenance(), None
-        except _FATAL:
-            raise
-        except ResNet18TritonError as error:
-            provenance, provenance_error = None, str(error)
-        return HealthReport(
-            url=self.url,
-            live=live,
-            ready=ready,
-            models=tuple(self._model_health(name, index) for name in models),
-            provenance=provenance,
-            provenance_error=provenance_error,
-            classifiers=tuple(
-                info for info in (self._classifier_health(item) for item in names) if info
-            ),
-        )
+        return self._health_check().report(models, admin_key, classifiers)
 
-    def _classifier_health(self, names: ClassifierNames) -> ClassifierHealth | None:
-        """A classifier as its configs describe it (model-config API); None when not loaded."""
-        try:
-            ensemble = self._call(self._client.get_model_config, names.ensemble)
-            preprocess = self._call(self._client.get_model_config, names.preprocess)
-            onnx = self._call(self._client.get_model_config, names.onnx)
-        except _FATAL:
-            raise
-        except ResNet18TritonError:
-            return None
-        return classifier_health(names.name, ensemble, preprocess, onnx)
-
-    def _model_health(
-        self, name: str, index: dict[str, list[dict[str, Any]]] | None
-    ) -> ModelHealth:
-        if self._call(self._client.is_model_ready, name):
-            metadata = self._call(self._client.get_model_metadata, name)
-            versions = tuple(metadata.get("versions", ()))
-            config = self._call(self._client.get_model_config, name)
-            return ModelHealth(
-                name,
-                True,
-                versions,
-                precision=self._precision(name),
-                serving=serving_summary(config),
-            )
-        return ModelHealth(name, False, detail=_not_ready_detail(name, index))
-
-    def _precision(self, name: str) -> str:
-        """The model's precision; an ensemble's is that of its classifier step; "" when a config
-        cannot be read (e.g. the classifier step is not loaded: its own row says so)."""
-        try:
-            config = self._call(self._client.get_model_config, name)
-            classifier = ensemble_classifier(config)
-            if classifier is not None:
-                config = self._call(self._client.get_model_config, classifier)
-        except _FATAL:
-            raise
-        except ResNet18TritonError:
-            return ""
-        return precision_of(config)
-
-    def _repository_index(
-        self, admin_key: str | None = None
-    ) -> dict[str, list[dict[str, Any]]] | None:
-        """Model states and load-failure reasons; None if the server restricts that API (and
-        ``admin_key`` does not open it)."""
-        headers = {contract.ADMIN_KEY_HEADER: admin_key} if admin_key else None
-        try:
-            entries = self._call(self._client.get_model_repository_index, headers)
-        except _FATAL:
-            raise
-        except ResNet18TritonError:
-            return None
-        index: dict[str, list[dict[str, Any]]] = {}
-        for entry in entries:
-            index.setdefault(entry.get("name", ""), []).append(entry)
-        return index
+    def _health_check(self) -> HealthCheck:
+        # Made per question: url and model are public attributes a caller may change.
+        return HealthCheck(self._call, self._client, self.url, self.model)
 
     # --- classification -------------------------------------------------------------------
 
@@ -565,10 +288,10 @@ class ImageClassifier:
     def _answer_bytes(self, images: Sequence[bytes], ask: _Ask[Row]) -> list[Row]:
         """Each image's answer to ``ask``, in order; raises ImageError naming the first image
         the server rejected."""
-        items = [_bytes_item(position, data) for position, data in enumerate(images)]
+        items = [Item.numbered(position, data) for position, data in enumerate(images)]
         rows = []
         # Every answer first, so that no request is still in flight when one image fails.
-        for item, outcome in list(_quietly(self._answer_items(items, ask, None, None))):
+        for item, outcome in list(quietly(self._answer_items(items, ask, None, None))):
             if outcome.row is None:
                 raise ImageError(f"{item.path}: {outcome.error}")
             rows.append(outcome.row)
@@ -596,8 +319,8 @@ class ImageClassifier:
         so. Raises ServerUnavailableError if the server becomes unreachable (after retries) or
         does not answer in time, ApiKeyError on a 401.
         """
-        items = (_read_item(path, max_file_bytes) for path in paths)
-        return _quietly(self._classify_items(items, top_k, batch_size, concurrency))
+        items = (Item.from_file(path, max_file_bytes) for path in paths)
+        return quietly(self._classify_items(items, top_k, batch_size, concurrency))
 
     def classify_named(
         self,
@@ -610,8 +333,8 @@ class ImageClassifier:
         Like ``classify_files`` (results in input order, batching, per-image errors, retries),
         with ``name`` as each result's ``path``; an empty image is that result's error.
         """
-        items = (_named_item(name, data) for name, data in images)
-        return _quietly(self._classify_items(items, top_k, batch_size, None))
+        items = (Item.named(name, data) for name, data in images)
+        return quietly(self._classify_items(items, top_k, batch_size, None))
 
     @property
     def answered_version(self) -> str | None:
@@ -621,7 +344,7 @@ class ImageClassifier:
 
     def _classify_items(
         self,
-        items: Iterable[_Item],
+        items: Iterable[Item],
         top_k: int,
         batch_size: int | None,
         concurrency: int | None,
@@ -644,11 +367,11 @@ class ImageClassifier:
 
     def _answer_items(
         self,
-        items: Iterable[_Item],
+        items: Iterable[Item],
         ask: _Ask[Row],
         batch_size: int | None,
         concurrency: int | None,
-    ) -> Iterator[tuple[_Item, _Outcome[Row]]]:
+    ) -> Iterator[tuple[Item, _Outcome[Row]]]:
         """Each item with its outcome, in input order, ``concurrency`` requests in flight."""
         self._answered_version = None
         in_flight = min(concurrency or self.concurrency, self.concurrency)
@@ -665,13 +388,13 @@ class ImageClassifier:
             raise ValueError(f"batch_size must be at least 1, not {requested}")
         return min(requested or self.max_batch_size, self.max_batch_size)
 
-    def _launch(self, items: list[_Item], ask: _Ask[Row]) -> _Flight[Row]:
+    def _launch(self, items: list[Item], ask: _Ask[Row]) -> _Flight[Row]:
         flight = _Flight(items, ask, None)
         if flight.images:
             flight.request = self._send(flight.images, ask)
         return flight
 
-    def _land(self, flight: _Flight[Row]) -> Iterator[tuple[_Item, _Outcome[Row]]]:
+    def _land(self, flight: _Flight[Row]) -> Iterator[tuple[Item, _Outcome[Row]]]:
         outcomes = iter(self._outcomes(flight) if flight.request is not None else [])
         for item in flight.items:
             outcome = next(outcomes) if item.data is not None else _Outcome(error=item.error or "")
@@ -685,7 +408,8 @@ class ImageClassifier:
             rows, retries = self._answers(images, flight.ask, flight.request)
         except _RequestFailed as failed:
             outcome: _Outcome[Row] = self._failure(failed, 0)
-            if _is_input_error(failed.cause) and len(images) > 1:
+            split = failure_of(failed.cause, self).blame is Blame.IMAGES
+            if split and len(images) > 1:
                 return [self._single_outcome(image, flight.ask, failed.retries) for image in images]
             return [outcome] * len(images)
         # _answers has just read this request's answer, version included.
@@ -701,23 +425,16 @@ class ImageClassifier:
 
     def _failure(self, failed: _RequestFailed, earlier_retries: int) -> _Outcome[Any]:
         """The images' outcome when their request failed for good; raises when the failure is
-        the server's or the key's, not the images' (see ``_rejection``)."""
+        the run's (``Blame.RUN``: the server, the network or the key), not the images'."""
         retries = earlier_retries + failed.retries
         error = failed.cause
-        if failed.overloaded and isinstance(error, InferenceServerException):
-            reason = overload_error(error.status(), server_message(error), failed.retries)
-            return _Outcome(error=reason, retries=retries)
-        return _Outcome(error=self._rejection(error), retries=retries)
-
-    def _rejection(self, error: BaseException) -> str:
-        """The server's reason for refusing the images; raises if the server itself failed or
-        refused the API key."""
-        if isinstance(error, InferenceServerException) and error.status() == "401":
-            raise self._key_refused(error) from None
-        rejected = isinstance(error, InferenceServerException) and error.status() is not None
-        if rejected and not _is_transient(error):
-            return server_message(error)
-        raise self._unavailable(error) from None
+        failure = failure_of(error, self)
+        if failure.blame is Blame.RUN:
+            raise failure.raised(error, self) from None
+        if failure.resend is Resend.OVERLOAD:  # its resends ran out
+            message = overload_error(status_of(error), reason(error), failed.retries)
+            return _Outcome(error=message, retries=retries)
+        return _Outcome(error=reason(error), retries=retries)
 
     def _answers(
         self, images: list[bytes], ask: _Ask[Row], request: triton_http.InferAsyncRequest
@@ -732,9 +449,10 @@ class ImageClassifier:
         while True:
             try:
                 return self._await(request, len(images), ask), retries
-            except (InferenceServerException, *_NETWORK_ERRORS) as error:
-                overloaded = _is_overload(error)
-                delay = self._retry_delay(error, overloaded, overloads, fault_delays)
+            except (InferenceServerException, *NETWORK_ERRORS) as error:
+                resend = failure_of(error, self).resend
+                overloaded = resend is Resend.OVERLOAD
+                delay = self._retry_delay(error, resend, overloads, fault_delays)
                 if delay is None:
                     raise _RequestFailed(error, retries, overloaded) from error
                 overloads += overloaded
@@ -743,15 +461,19 @@ class ImageClassifier:
             request = self._send(images, ask)
 
     def _retry_delay(
-        self, error: BaseException, overloaded: bool, overloads: int, fault_delays: Iterator[float]
+        self,
+        error: BaseException,
+        resend: Resend | None,
+        overloads: int,
+        fault_delays: Iterator[float],
     ) -> float | None:
         """Seconds to wait before resending after ``error``; None when it must not be resent."""
-        if overloaded:
+        if resend is Resend.OVERLOAD:
             if overloads >= self.overload.retries:
                 return None
             retry_after = getattr(error, "retry_after", None)
             return overload_delay(self.overload, overloads, retry_after, self._random)
-        if _is_transient(error):
+        if resend is Resend.FAULT:
             return next(fault_delays, None)
         return None
 
@@ -785,203 +507,12 @@ class ImageClassifier:
     # --- error mapping --------------------------------------------------------------------
 
     def _call(self, method: Callable[..., T], *args: Any) -> T:
-        """Run a synchronous client call, turning transport noise into messages for people."""
-        try:
+        """Run a synchronous client call; a failure raises what ``error_map.FAILURES`` says."""
+        with mapped_errors(self):
             return method(*args)
-        except InferenceServerException as error:
-            if error.status() == "401":
-                raise self._key_refused(error) from None
-            if error.status() is None or _is_transient(error) or _is_overload(error):
-                raise self._unavailable(error) from None
-            raise ResNet18TritonError(f"Triton at {self.url}: {server_message(error)}") from None
-        except _NETWORK_ERRORS as error:
-            raise self._unavailable(error) from None
-
-    def _key_refused(self, error: InferenceServerException) -> ApiKeyError:
-        """The 401 as a message that says which key to set or check."""
-        where = f"Triton at {self.url}"
-        reason = server_message(error)
-        key_file = f"a file only you can read (chmod 600) named by ${contract.API_KEY_FILE_ENV_VAR}"
-        if self.sends_api_key:
-            return ApiKeyError(
-                f"{where} refused the inference API key (HTTP 401: {reason}): check the key in "
-                f"${contract.API_KEY_ENV_VAR}, or in the file given by --api-key-file or "
-                f"${contract.API_KEY_FILE_ENV_VAR}"
-            )
-        return ApiKeyError(
-            f"{where} asks for an inference API key (HTTP 401: {reason}) and none was sent: set "
-            f"${contract.API_KEY_ENV_VAR}, or put the key in {key_file} or by --api-key-file"
-        )
-
-    def _unavailable(self, error: BaseException) -> ServerUnavailableError:
-        where = f"Triton at {self.url}"
-        if _is_overload(error):
-            assert isinstance(error, InferenceServerException)
-            return ServerUnavailableError(
-                f"{where} is overloaded (HTTP {error.status()}: {server_message(error)}) — send "
-                "fewer requests at once or add replicas, then try again"
-            )
-        if isinstance(error, ssl.SSLCertVerificationError):
-            return ServerUnavailableError(
-                f"cannot trust {where}: its TLS certificate did not verify "
-                f"({error.verify_message}) — pass --ca-file with the CA certificate that signed it "
-                f"(for `cluster`'s self-signed one, its certificate file) or set "
-                f"${contract.CA_FILE_ENV_VAR}"
-            )
-        if isinstance(error, socket.gaierror):
-            host = self.url.split("/")[0].rsplit(":", 1)[0]
-            return ServerUnavailableError(
-                f"cannot reach {where}: unknown host '{host}' — check --url or "
-                f"${contract.URL_ENV_VAR}"
-            )
-        if isinstance(error, ConnectionRefusedError):
-            return ServerUnavailableError(
-                f"cannot reach {where}: connection refused — is `resnet18-triton serve` running?"
-            )
-        if isinstance(error, (TimeoutError, gevent.Timeout)) or (
-            isinstance(error, InferenceServerException) and error.status() is None
-        ):
-            return ServerUnavailableError(
-                f"{where} did not answer within {self.network_timeout:g} s — overloaded or hung?"
-            )
-        if isinstance(error, InferenceServerException):
-            return ServerUnavailableError(f"{where} is unavailable: {server_message(error)}")
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        return ServerUnavailableError(f"lost the connection to {where}: {reason}")
 
 
-def _not_ready_detail(name: str, index: dict[str, list[dict[str, Any]]] | None) -> str:
-    """Why a model is not ready, as far as the repository index (an admin API) tells."""
-    if index is None:
-        return "not ready"
-    entries = index.get(name)
-    if not entries:
-        return "unknown to the server"
-    return "; ".join(
-        f"version {entry.get('version', '?')} {entry.get('state') or 'not loaded'}"
-        + (f": {entry['reason']}" if entry.get("reason") else "")
-        for entry in entries
-    )
-
-
-# Server-side failures that heal by themselves: a backend stub that died (500) until the
-# server reloads its model, and the ensemble while that reload runs (404). Not the image's fault.
-_TRANSIENT_MESSAGES = ("is not healthy", "has no available versions")
-
-
-def _is_transient(error: BaseException) -> bool:
-    """Worth resending: the server was briefly unreachable, said 503 (busy, not ready yet), or
-    is replacing a backend process that died (see ``_TRANSIENT_MESSAGES``)."""
-    if isinstance(error, InferenceServerException):
-        if error.status() == "503":
-            return True
-        message = error.message() or ""
-        return error.status() in ("500", "404") and any(m in message for m in _TRANSIENT_MESSAGES)
-    return isinstance(error, (ConnectionError, HTTPParseError))
-
-
-def _is_overload(error: BaseException) -> bool:
-    """Refused as overloaded (429; 503 from a full queue or with Retry-After): see
-    ``overload.is_overload``."""
-    if not isinstance(error, InferenceServerException):
-        return False
-    retry_after = getattr(error, "retry_after", None)
-    return is_overload(error.status(), error.message() or "", retry_after)
-
-
-def _is_input_error(error: BaseException) -> bool:
-    """The server rejected the request's content (preprocess answers INVALID_ARG = HTTP 400)."""
-    return isinstance(error, InferenceServerException) and error.status() == "400"
-
-
-def _read_item(path: str | os.PathLike[str], max_bytes: int) -> _Item:
-    try:
-        return _Item(str(path), data=read_image_bytes(path, max_bytes))
-    except ImageError as error:
-        return _Item(str(path), error=str(error))
-
-
-def _bytes_item(position: int, data: bytes) -> _Item:
-    return _named_item(f"image {position}", data)
-
-
-def _named_item(name: str, data: bytes) -> _Item:
-    return _Item(name, data=bytes(data)) if data else _Item(name, error="empty image")
-
-
-def _chunks(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
+def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
-
-
-def tls_context_factory(
-    ca_file: str | Path | None, environ: Mapping[str, str] = os.environ
-) -> Callable[[], ssl.SSLContext]:
-    """What makes the TLS context of each connection: the system's trusted CAs plus ``ca_file``
-    (None: ``$RESNET18_TRITON_CA_FILE``, if set). Raises ResNet18TritonError for a CA file that
-    cannot be read as PEM certificates."""
-    chosen = ca_file or environ.get(contract.CA_FILE_ENV_VAR) or None
-    # gevent's context: its sockets yield to the other requests' greenlets while they wait.
-    context = gevent.ssl.create_default_context()
-    if chosen is not None:
-        try:
-            context.load_verify_locations(cafile=str(chosen))
-        except (OSError, ssl.SSLError) as error:
-            raise ResNet18TritonError(
-                f"cannot use the CA file {chosen}: {getattr(error, 'strerror', None) or error} — "
-                "give a PEM file of CA certificates (--ca-file or "
-                f"${contract.CA_FILE_ENV_VAR})"
-            ) from None
-    return lambda: context
-
-
-def _parse_url(url: str) -> tuple[str, bool]:
-    """``host:port[/path]`` for tritonclient, which wants no scheme; ``https://`` turns on TLS.
-
-    Checked here because tritonclient fails on a bad port with a bare ``int()`` error.
-    """
-    scheme, _, address = url.rpartition("://")
-    if scheme.lower() not in ("", "http", "https"):
-        raise ResNet18TritonError(f"invalid Triton URL '{url}': only http and https are spoken")
-    try:
-        parsed = urlsplit(f"http://{address}")
-        valid = bool(parsed.hostname) and parsed.port is not None
-    except ValueError:
-        valid = False
-    if not valid:
-        raise ResNet18TritonError(
-            f"invalid Triton URL '{url}': expected host:port, e.g. {contract.DEFAULT_URL}"
-        )
-    return address, scheme.lower() == "https"
-
-
-@contextlib.contextmanager
-def _quiet_hub() -> Iterator[None]:
-    """Stop gevent from printing a traceback when a request greenlet fails.
-
-    The failure is re-raised by ``get_result`` and reported properly; gevent's hub would also
-    print it to stderr. Scoped, so that the caller's own greenlets still report errors.
-    """
-    hub = gevent.get_hub()
-    had_own_stream = "exception_stream" in vars(hub)
-    previous = vars(hub).get("exception_stream")
-    hub.exception_stream = None
-    try:
-        yield
-    finally:
-        if had_own_stream:
-            hub.exception_stream = previous
-        else:
-            del hub.exception_stream
-
-
-def _quietly(results: Iterator[T]) -> Iterator[T]:
-    """Run each step of ``results`` with a quiet hub, but not the caller's code between steps."""
-    while True:
-        with _quiet_hub():
-            try:
-                result = next(results)
-            except StopIteration:
-                return
-        yield result

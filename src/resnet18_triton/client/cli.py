@@ -19,8 +19,9 @@ from tqdm import tqdm
 from resnet18_triton import contract
 from resnet18_triton.client import probe as probe_module
 from resnet18_triton.client.api import ImageClassifier
+from resnet18_triton.client.error_map import OVERLOAD_ERROR_PREFIX
 from resnet18_triton.client.inputs import expand_inputs
-from resnet18_triton.client.overload import OVERLOAD_ERROR_PREFIX, OverloadPolicy
+from resnet18_triton.client.policies import OverloadPolicy
 from resnet18_triton.client.results import ClassificationResult, HealthReport, result_to_json
 from resnet18_triton.errors import ExitCode, NoImagesError, ResNet18TritonError
 from resnet18_triton.keys import admin_key_from, api_key_from

@@ -1,18 +1,25 @@
-"""Turn command-line arguments (files, directories, globs) into the list of images to classify.
+"""What the client sends: the images named on a command line, each read into an ``Item``.
 
-Globs are expanded here rather than by the shell so that quoted patterns (``'photos/*.JPG'``)
-work, also on shells that do not expand them, and so that a pattern matching nothing is reported
-by name instead of being passed through as a literal file name.
+``expand_inputs`` turns command-line arguments (files, directories, globs) into the list of
+images to classify. Globs are expanded here rather than by the shell so that quoted patterns
+(``'photos/*.JPG'``) work, also on shells that do not expand them, and so that a pattern matching
+nothing is reported by name instead of being passed through as a literal file name.
+
+``read_image_bytes`` reads one file, bounded and never blocking; ``Item`` is an image on its way
+to the server: its bytes, or the reason it cannot be sent, which becomes that image's error.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from resnet18_triton.errors import NoImagesError
+from resnet18_triton import contract
+from resnet18_triton.errors import ImageError, NoImagesError
 from resnet18_triton.files import image_files, image_suffixes_text
 
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -63,3 +70,87 @@ def _expand_path(path: Path, recursive: bool) -> list[Path]:
 
 def _is_pattern(argument: str) -> bool:
     return any(character in _GLOB_CHARACTERS for character in argument)
+
+
+def read_image_bytes(
+    path: str | os.PathLike[str], max_bytes: int = contract.MAX_IMAGE_BYTES
+) -> bytes:
+    """Read a regular file of at most ``max_bytes`` for sending.
+
+    Never blocks on a FIFO or a device (opened non-blocking, refused unless a regular file) and
+    never reads more than ``max_bytes + 1`` bytes. Raises ImageError with a short reason a
+    person understands.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as error:
+        raise ImageError(error.strerror or str(error)) from None
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError("is a directory")
+        raise ImageError(f"not a regular file ({_file_kind(info.st_mode)}); not read")
+    with os.fdopen(descriptor, "rb") as file:
+        if info.st_size > max_bytes:
+            raise ImageError(_too_large(info.st_size, max_bytes))
+        try:
+            data = file.read(max_bytes + 1)
+        except OSError as error:
+            raise ImageError(error.strerror or str(error)) from None
+    if len(data) > max_bytes:  # grew while we read it
+        raise ImageError(_too_large(len(data), max_bytes))
+    if not data:
+        raise ImageError("file is empty")
+    return data
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"file is {size} bytes, over the limit of {max_bytes} bytes (the server's default; "
+        "see --max-file-bytes)"
+    )
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
+
+
+@dataclass
+class Item:
+    """An image on its way to the server: ``data`` to send, or the ``error`` that says why it
+    cannot be sent (then ``data`` is None). ``path`` names it in its result."""
+
+    path: str
+    data: bytes | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], max_bytes: int) -> Item:
+        """The file's bytes (``read_image_bytes``), or its ImageError's reason as the error."""
+        try:
+            return cls(str(path), data=read_image_bytes(path, max_bytes))
+        except ImageError as error:
+            return cls(str(path), error=str(error))
+
+    @classmethod
+    def named(cls, name: str, data: bytes) -> Item:
+        """Bytes held in memory (copied), named ``name``; empty ones are an error."""
+        return cls(name, data=bytes(data)) if data else cls(name, error="empty image")
+
+    @classmethod
+    def numbered(cls, position: int, data: bytes) -> Item:
+        """Like ``named``, for the image at ``position`` of a list: ``image <position>``."""
+        return cls.named(f"image {position}", data)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet18_triton import contract
-from resnet18_triton.client.api import ImageClassifier, RetryPolicy
-from resnet18_triton.client.overload import OVERLOAD_ERROR_PREFIX, OverloadPolicy
+from resnet18_triton.client.api import ImageClassifier
+from resnet18_triton.client.error_map import OVERLOAD_ERROR_PREFIX
+from resnet18_triton.client.policies import OverloadPolicy, RetryPolicy
 from resnet18_triton.client.results import Prediction
 from resnet18_triton.errors import ImageError
 

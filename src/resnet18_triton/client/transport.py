@@ -12,20 +12,35 @@
 This overrides tritonclient's ``_get`` and ``_post``, the two methods every call goes through,
 because the public plugin hook sees requests only, never responses. The tests run it against real
 HTTP servers, so a tritonclient release that renames them fails there.
+
+How a URL names the server (``parse_url``: ``https://`` turns on TLS) and which CAs a TLS
+connection trusts (``tls_context_factory``) are decided here too, and ``quiet_hub`` keeps gevent
+from printing the failure of a request greenlet that the caller reports anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import math
+import os
 import re
-from typing import Any
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+import gevent
+import gevent.ssl
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from resnet18_triton import contract
-from resnet18_triton.client.overload import parse_retry_after
+from resnet18_triton.errors import ResNet18TritonError
+
+T = TypeVar("T")
 
 # Statuses that mean "not live/ready" to nobody: health calls must raise them, not return False.
 _REFUSED_EVERYWHERE = (401, 429)
@@ -108,3 +123,90 @@ def reason_in(body: bytes, status: int) -> str:
     if len(first_line) > _MAX_REASON_CHARS:
         return first_line[: _MAX_REASON_CHARS - 3] + "..."
     return first_line
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds, or None when absent or not a number of seconds.
+
+    RFC 9110 also allows an HTTP date; that is ignored (the client then backs off on its own
+    schedule), as are negative and non-finite values.
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def tls_context_factory(
+    ca_file: str | Path | None, environ: Mapping[str, str] = os.environ
+) -> Callable[[], ssl.SSLContext]:
+    """What makes the TLS context of each connection: the system's trusted CAs plus ``ca_file``
+    (None: ``$RESNET18_TRITON_CA_FILE``, if set). Raises ResNet18TritonError for a CA file that
+    cannot be read as PEM certificates."""
+    chosen = ca_file or environ.get(contract.CA_FILE_ENV_VAR) or None
+    # gevent's context: its sockets yield to the other requests' greenlets while they wait.
+    context = gevent.ssl.create_default_context()
+    if chosen is not None:
+        try:
+            context.load_verify_locations(cafile=str(chosen))
+        except (OSError, ssl.SSLError) as error:
+            raise ResNet18TritonError(
+                f"cannot use the CA file {chosen}: {getattr(error, 'strerror', None) or error} — "
+                "give a PEM file of CA certificates (--ca-file or "
+                f"${contract.CA_FILE_ENV_VAR})"
+            ) from None
+    return lambda: context
+
+
+def parse_url(url: str) -> tuple[str, bool]:
+    """``host:port[/path]`` for tritonclient, which wants no scheme; ``https://`` turns on TLS.
+
+    Checked here because tritonclient fails on a bad port with a bare ``int()`` error.
+    """
+    scheme, _, address = url.rpartition("://")
+    if scheme.lower() not in ("", "http", "https"):
+        raise ResNet18TritonError(f"invalid Triton URL '{url}': only http and https are spoken")
+    try:
+        parsed = urlsplit(f"http://{address}")
+        valid = bool(parsed.hostname) and parsed.port is not None
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ResNet18TritonError(
+            f"invalid Triton URL '{url}': expected host:port, e.g. {contract.DEFAULT_URL}"
+        )
+    return address, scheme.lower() == "https"
+
+
+@contextlib.contextmanager
+def quiet_hub() -> Iterator[None]:
+    """Stop gevent from printing a traceback when a request greenlet fails.
+
+    The failure is re-raised by ``get_result`` and reported properly; gevent's hub would also
+    print it to stderr. Scoped, so that the caller's own greenlets still report errors.
+    """
+    hub = gevent.get_hub()
+    had_own_stream = "exception_stream" in vars(hub)
+    previous = vars(hub).get("exception_stream")
+    hub.exception_stream = None
+    try:
+        yield
+    finally:
+        if had_own_stream:
+            hub.exception_stream = previous
+        else:
+            del hub.exception_stream
+
+
+def quietly(results: Iterator[T]) -> Iterator[T]:
+    """Run each step of ``results`` with a quiet hub, but not the caller's code between steps."""
+    while True:
+        with quiet_hub():
+            try:
+                result = next(results)
+            except StopIteration:
+                return
+        yield result

@@ -1,8 +1,11 @@
 """``resnet18-triton cluster``: N embedded Triton replicas behind nginx, in the foreground.
 
-Also the key-file helpers of the proxy's edge: ``--add-api-key NAME`` appends a random key to
-``--api-key-file`` and ``--hash-api-keys`` prints the hash -> name map that the compose and
-Kubernetes proxies take as a secret; both exit without starting anything.
+Also the key-file helpers of the proxy's edge, as subcommands that start nothing: ``cluster
+keys add NAME`` appends a random key to ``--api-key-file`` and ``cluster keys hash`` prints the
+hash -> name map that the compose and Kubernetes proxies take as a secret. ``cluster`` is a click
+group that runs the cluster when no subcommand follows (``invoke_without_command``), so
+``resnet18-triton cluster [OPTIONS]`` works as it always did. ``--add-api-key`` and
+``--hash-api-keys``, the helpers' old spellings, still work for one release and warn.
 """
 
 from __future__ import annotations
@@ -17,10 +20,18 @@ from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.deploy.cluster import DEFAULT_METRICS_PORT, Cluster, ClusterOptions
 from resnet18_triton.errors import ProxyError
 from resnet18_triton.keys import admin_key_from
-from resnet18_triton.options import admin_key_file_option, repository_option
+from resnet18_triton.options import (
+    admin_key_file_option,
+    deprecated_spelling,
+    given_here_or_above,
+    repository_option,
+)
+
+ADD_KEY_COMMAND = "resnet18-triton cluster keys add NAME --api-key-file FILE"
+HASH_KEYS_COMMAND = "resnet18-triton cluster keys hash --api-key-file FILE"
 
 
-@click.command("cluster")
+@click.group("cluster", invoke_without_command=True, subcommand_metavar="[keys ...]")
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 16))
 @repository_option("Model repository filled by `resnet18-triton export` (shared by every replica).")
 @click.option(
@@ -113,14 +124,16 @@ from resnet18_triton.options import admin_key_file_option, repository_option
     "--add-api-key",
     metavar="NAME",
     default=None,
-    help="Append a random key named NAME to --api-key-file (created mode 0600), print it once "
-    "on stdout, and exit.",
+    hidden=True,
+    callback=deprecated_spelling(ADD_KEY_COMMAND),
+    help="Deprecated spelling of `cluster keys add`.",
 )
 @click.option(
     "--hash-api-keys",
     is_flag=True,
-    help="Print the SHA-256 -> name map of --api-key-file (the compose/Kubernetes secret) and "
-    "exit.",
+    hidden=True,
+    callback=deprecated_spelling(HASH_KEYS_COMMAND),
+    help="Deprecated spelling of `cluster keys hash`.",
 )
 @click.option(
     "--workdir",
@@ -152,17 +165,16 @@ def cluster(
 ) -> None:
     """Run N `serve` replicas behind nginx until Ctrl-C; a replica that exits is restarted.
 
-    SIGHUP reloads --api-key-file.
+    SIGHUP reloads --api-key-file. `cluster keys` adds keys to that file and hashes them.
     """
+    if click.get_current_context().invoked_subcommand is not None:
+        return  # `cluster keys ...`: nothing to start
     if add_api_key is not None or hash_api_keys:
-        if api_key_file is None:
-            raise click.UsageError("--add-api-key and --hash-api-keys need --api-key-file FILE")
+        key_file = _key_file(api_key_file, "--add-api-key and --hash-api-keys need")
         if add_api_key is not None:
-            key = keys.add_api_key(api_key_file, add_api_key)
-            click.echo(f"added key {add_api_key!r} to {api_key_file}; give the client:", err=True)
-            click.echo(key)
+            _add_key(key_file, add_api_key)
         if hash_api_keys:
-            click.echo(keys.hash_map(keys.read_api_keys(api_key_file)), nl=False)
+            _print_hashes(key_file)
         return
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -242,3 +254,64 @@ def cluster(
     finally:
         running.stop()
     click.echo("stopped", err=True)
+
+
+@cluster.group("keys")
+def keys_group() -> None:
+    """Make and hash the API keys of the proxy's edge (starts nothing)."""
+
+
+_key_file_option = click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The file of API keys (mode 0600; one key a line, or name:key[:weight]); may also be "
+    "given to `cluster` before `keys`.",
+)
+
+
+@keys_group.command("add")
+@click.argument("name")
+@_key_file_option
+def add_key_command(name: str, api_key_file: Path | None) -> None:
+    """Add a random key named NAME to the key file and print it once.
+
+    The key is appended to --api-key-file (created mode 0600 if missing) and is all that goes to
+    stdout; send SIGHUP to a running `cluster` to load it.
+    """
+    _add_key(_key_file_given(), name)
+
+
+@keys_group.command("hash")
+@_key_file_option
+def hash_keys_command(api_key_file: Path | None) -> None:
+    """Print the key file's SHA-256 -> name map, the proxies' secret.
+
+    The map of --api-key-file that the compose and Kubernetes proxies take as a secret; it holds
+    no key.
+    """
+    _print_hashes(_key_file_given())
+
+
+def _key_file_given() -> Path:
+    """The subcommand's --api-key-file, else the one given to `cluster` before `keys`."""
+    ctx = click.get_current_context()
+    given = given_here_or_above(ctx, "api_key_file")
+    assert given is None or isinstance(given, Path)
+    return _key_file(given, f"`cluster keys {ctx.info_name}` needs")
+
+
+def _key_file(api_key_file: Path | None, needs: str) -> Path:
+    if api_key_file is None:
+        raise click.UsageError(f"{needs} --api-key-file FILE")
+    return api_key_file
+
+
+def _add_key(api_key_file: Path, name: str) -> None:
+    key = keys.add_api_key(api_key_file, name)
+    click.echo(f"added key {name!r} to {api_key_file}; give the client:", err=True)
+    click.echo(key)
+
+
+def _print_hashes(api_key_file: Path) -> None:
+    click.echo(keys.hash_map(keys.read_api_keys(api_key_file)), nl=False)

@@ -154,8 +154,8 @@ def check_edge(options: ClusterOptions) -> None:
     ):
         raise ProxyError(
             f"refusing to serve on {options.host} without API keys: anyone who can reach it "
-            "could run inferences. Make a key file with `resnet18-triton cluster --api-key-file "
-            "keys.txt --add-api-key NAME` and pass --api-key-file keys.txt (add --tls-cert and "
+            "could run inferences. Make a key file with `resnet18-triton cluster keys add NAME "
+            "--api-key-file keys.txt` and pass --api-key-file keys.txt (add --tls-cert and "
             "--tls-key for HTTPS), or pass --insecure-no-auth if a firewall or another proxy "
             "already authenticates callers"
         )

@@ -99,12 +99,12 @@ def parse_api_keys(text: str, source: str = "the key file") -> list[ApiKey]:
         if not _KEY_PATTERN.fullmatch(key):
             raise ProxyError(
                 f"{where}: a key may hold only letters, digits and -._~+/ (no spaces or quotes); "
-                "make one with `resnet18-triton cluster --api-key-file FILE --add-api-key NAME`"
+                "make one with `resnet18-triton cluster keys add NAME --api-key-file FILE`"
             )
         if len(key) < MIN_KEY_CHARS:
             raise ProxyError(
                 f"{where}: the key has {len(key)} characters, fewer than {MIN_KEY_CHARS}; make a "
-                "random one with `resnet18-triton cluster --api-key-file FILE --add-api-key NAME`"
+                "random one with `resnet18-triton cluster keys add NAME --api-key-file FILE`"
             )
         if separator and not _NAME_PATTERN.fullmatch(name):
             raise ProxyError(

@@ -277,8 +277,8 @@ def measuring_classifier(
     """An ``ImageClassifier`` for a measurement: one connection, no retries and no API key, so
     that every failure shows at once (the client's errors) instead of being healed. Use it from
     one thread."""
-    from resnet18_triton.client.api import ImageClassifier, RetryPolicy
-    from resnet18_triton.client.overload import OverloadPolicy
+    from resnet18_triton.client.api import ImageClassifier
+    from resnet18_triton.client.policies import OverloadPolicy, RetryPolicy
 
     return ImageClassifier(
         url,

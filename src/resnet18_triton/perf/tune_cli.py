@@ -1,4 +1,11 @@
-"""``resnet18-triton tune`` (the ``perf`` extra): search serving plans, report, apply, revert."""
+"""``resnet18-triton tune`` (the ``perf`` extra): search serving plans, report, apply; and
+``tune revert``, which puts back the configs an ``--apply`` replaced.
+
+``tune`` is a click group that runs its own search when no subcommand follows
+(``invoke_without_command``), so ``resnet18-triton tune [OPTIONS]`` works as it always did while
+``revert``, which shares none of the search's options, is a subcommand of its own. ``tune
+--revert``, its old spelling, still works for one release and warns.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,18 @@ from pathlib import Path
 
 import click
 
-from resnet18_triton.options import check_range, images_option, name_option, repository_option
+from resnet18_triton.options import (
+    check_range,
+    deprecated_spelling,
+    given_here_or_above,
+    images_option,
+    name_option,
+    repository_option,
+)
 from resnet18_triton.repository import variants as registry
 from resnet18_triton.repository.layout import missing_files
 
+REVERT_COMMAND = "resnet18-triton tune revert"
 # What --variants accepts: the classifier's own FP32 models or a registered variant's key.
 VARIANT_KEYS = (registry.FP32_ENSEMBLE, *(variant.key for variant in registry.REGISTRY))
 
@@ -27,7 +42,7 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     return numbers
 
 
-@click.command("tune")
+@click.group("tune", invoke_without_command=True, subcommand_metavar="[revert]")
 @repository_option("Model repository to tune.")
 @name_option("Classifier (ensemble) of the repository to tune.")
 @click.option(
@@ -72,7 +87,9 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option(
     "--revert",
     is_flag=True,
-    help="Restore the configs an earlier --apply replaced (byte for byte), and stop.",
+    hidden=True,
+    callback=deprecated_spelling(REVERT_COMMAND),
+    help="Deprecated spelling of `tune revert`.",
 )
 @click.option(
     "--variants",
@@ -153,8 +170,13 @@ def tune(
     size, queue delay, variant) runs in its own embedded server on a scratch copy of the
     repository, under a perf_analyzer sweep of the model clients call with real JPEGs. The
     repository is
-    changed only by --apply (atomically, with a backup that --revert restores).
+    changed only by --apply (atomically, with a backup that `tune revert` restores).
     """
+    if click.get_current_context().invoked_subcommand is not None:
+        return  # `tune revert`: the search's options do not apply
+    if revert:
+        _revert(repository)
+        return
     from resnet18_triton.errors import TuneError
     from resnet18_triton.perf import images as image_sets
     from resnet18_triton.perf.perf_analyzer import SweepSettings
@@ -165,15 +187,10 @@ def tune(
         repository_settings,
         variant_models,
     )
-    from resnet18_triton.perf.tune_repository import revert as revert_repository
     from resnet18_triton.perf.tune_space import SearchSpace, parse_label
     from resnet18_triton.repository.configs import available_cores, describe_queue
     from resnet18_triton.server.embedded import TritonInstall
 
-    if revert:
-        restored = revert_repository(repository)
-        click.echo(f"restored {', '.join(restored)} in {repository} (restart the server)")
-        return
     missing = missing_files(repository)
     if missing:
         raise TuneError(
@@ -240,7 +257,7 @@ def tune(
         backup = apply_plan(repository, winner.candidate, cores, name)
         click.echo(
             f"applied to {repository} (previous configs kept in {backup}; "
-            "`resnet18-triton tune --revert` restores them); restart the server"
+            f"`{REVERT_COMMAND}` restores them); restart the server"
         )
         click.echo(f"serving with {describe_queue(repository_settings(repository, cores, name))}")
         ensemble = variant_models(name, winner.candidate.variant).ensemble
@@ -248,3 +265,24 @@ def tune(
             click.echo(
                 f"the winner is the {winner.candidate.variant} variant: clients ask {ensemble}"
             )
+
+
+@tune.command("revert")
+@repository_option("Model repository an earlier `tune --apply` changed.")
+def revert_command(repository: Path) -> None:
+    """Restore the configs an earlier `tune --apply` replaced.
+
+    Byte for byte, from the backup --apply kept, which is then deleted; restart the server to
+    serve them.
+    """
+    chosen = given_here_or_above(click.get_current_context(), "repository")
+    assert isinstance(chosen, Path)
+    _revert(chosen)
+
+
+def _revert(repository: Path) -> None:
+    """Put back the configs ``tune --apply`` replaced in ``repository`` and say which."""
+    from resnet18_triton.perf.tune_repository import revert
+
+    restored = revert(repository)
+    click.echo(f"restored {', '.join(restored)} in {repository} (restart the server)")

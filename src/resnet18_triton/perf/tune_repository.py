@@ -1,4 +1,4 @@
-"""Where ``tune`` reads and writes model configs: scratch copies, ``--apply`` and ``--revert``.
+"""Where ``tune`` reads and writes model configs: scratch copies, ``--apply`` and ``tune revert``.
 
 Configs are always rendered by ``repository.configs`` (Triton's ``ModelConfig`` protobuf):
 ``settings_from_configs`` reads the ``ServingSettings`` a repository was exported with (limits,
@@ -233,7 +233,7 @@ def apply_plan(
     if backup.exists():
         raise TuneError(
             f"an earlier `tune --apply` left its backup at {backup}: run `resnet18-triton tune "
-            "--revert` first (or delete that directory to keep the applied configs)"
+            "revert` first (or delete that directory to keep the applied configs)"
         )
     models = tuned_models(repository, name)
     with staging_directory(repository) as staging:
