@@ -1,7 +1,7 @@
 """Tenants through the proxy: polite callers at a fixed rate, alone and beside two kinds of flood.
 
 ``python -m benchmarks.tenants --repo model_repository [--replicas 2] [--seconds 20]
-[--key-in-flight 4]``
+[--key-in-flight 4] [--key-large-in-flight 1]``
 
 One ``cluster`` (real ``serve`` replicas, nginx with TLS, two API keys, the default limits). Each
 caller has its own loopback address, as on a real edge:
@@ -17,8 +17,9 @@ caller has its own loopback address, as on a real edge:
 
 For each fixed-rate run: the share of the scheduled requests answered (after the polite retries),
 p50 and p99 from the scheduled time to the answer (retries included), and each flood's outcomes,
-refusals by kind, and the replicas' memory. Prints markdown; figures belong in
-docs/reliability.md.
+refusals by kind, and the replicas' memory; and, from the proxy's own tenant metrics, each
+key's answers, refusals and replica time (the seconds the replicas spent on its answers: its
+share of the server). Prints markdown; figures belong in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ import ssl
 import statistics
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.edge import secured_cluster
 from resnet18_triton import contract
@@ -139,6 +142,49 @@ def beside(
     return fixed, reports[0]
 
 
+Counters = dict[tuple[str, str], float]
+
+
+def tenant_counters(metrics_url: str) -> Counters:
+    """(tenant, outcome) -> requests, and (tenant, "replica_s") -> replica seconds, from the
+    proxy's tenant metrics."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    counters: Counters = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            tenant = sample.labels.get("tenant", "")
+            if sample.name == "resnet18_proxy_requests_total":
+                key = (tenant, sample.labels["outcome"])
+                counters[key] = counters.get(key, 0.0) + sample.value
+            elif sample.name == "resnet18_proxy_upstream_seconds_total":
+                counters[tenant, "replica_s"] = (
+                    counters.get((tenant, "replica_s"), 0.0) + sample.value
+                )
+    return counters
+
+
+def _tenant_lines(name: str, before: Counters, after: Counters) -> list[str]:
+    """Per tenant during one run: answers, refusals by kind, replica seconds and their share."""
+    grown = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    grown = {key: value for key, value in grown.items() if value > 0}
+    total_s = sum(value for (_, kind), value in grown.items() if kind == "replica_s")
+    lines = []
+    for tenant in sorted({tenant for tenant, _ in grown}):
+        outcomes = ", ".join(
+            f"{kind} {value:.0f}"
+            for (who, kind), value in sorted(grown.items())
+            if who == tenant and kind != "replica_s"
+        )
+        seconds = grown.get((tenant, "replica_s"), 0.0)
+        share = 100 * seconds / total_s if total_s else 0.0
+        lines.append(
+            f"- {name}, tenant `{tenant}`: {outcomes}; replica time {seconds:.1f} s "
+            f"({share:.0f} % of the replicas' time)"
+        )
+    return lines
+
+
 def _row(name: str, fixed: FixedRate) -> str:
     failed = ", ".join(f"{n} {kind}" for kind, n in fixed.failed.items()) or "0"
     answered = f"{len(fixed.answered)} ({100 * fixed.share_answered():.1f} %)"
@@ -169,9 +215,20 @@ def main() -> None:
         default=proxy.Limits.key_in_flight,
         help="The proxy's per-key share (max-in-flight, 16, turns it off: the proxy's total).",
     )
+    parser.add_argument(
+        "--key-large-in-flight",
+        type=int,
+        default=proxy.Limits.key_large_in_flight,
+        help="Of the per-key share, requests with a large body (equal to --key-in-flight: no "
+        "separate share for them).",
+    )
     args = parser.parse_args()
 
-    limits = dataclasses.replace(proxy.Limits(), key_in_flight=args.key_in_flight)
+    limits = dataclasses.replace(
+        proxy.Limits(),
+        key_in_flight=args.key_in_flight,
+        key_large_in_flight=args.key_large_in_flight,
+    )
     secured = secured_cluster(args.repo, args.replicas, "tenants-benchmark-", limits)
     assert secured.options.api_key_file is not None
     abusive_key = keys.add_api_key(secured.options.api_key_file, "abusive")
@@ -188,6 +245,8 @@ def main() -> None:
         anonymous = flood.Target("127.0.0.1", port, context, None,
                                  tuple(harness.loopback_address(n, "127.0.5.1")
                                        for n in range(FLOOD_CONNECTIONS)))  # fmt: skip
+        assert cluster.metrics_url is not None, "nginx has no Lua module: no tenant metrics"
+        counters = [tenant_counters(cluster.metrics_url)]
         expected = harness.probabilities(cluster.replicas[0].url, [photo])[0]
         large_expected = harness.probabilities(cluster.replicas[0].url, [large])[0]
         replica = cluster.replicas[0].process
@@ -196,11 +255,15 @@ def main() -> None:
                                        clients=POLITE_CALLERS, seconds=args.seconds,
                                        server_pid=replica.pid)  # fmt: skip
         rate = args.share * alone_closed.accepted_per_s
+        counters.append(tenant_counters(cluster.metrics_url))
         alone = polite_at_rate(polite, photo, expected, rate, args.seconds)
+        counters.append(tenant_counters(cluster.metrics_url))
         keyed_fixed, keyed_flood = beside(keyed, large, large_expected, polite, photo, expected,
                                           rate, args.seconds, replica.pid)  # fmt: skip
+        counters.append(tenant_counters(cluster.metrics_url))
         anon_fixed, anon_flood = beside(anonymous, large, large_expected, polite, photo, expected,
                                         rate, args.seconds, replica.pid)  # fmt: skip
+        counters.append(tenant_counters(cluster.metrics_url))
     print(f"CPU: {harness.machine().cpu}; {args.replicas} replica(s); limits: {limits}")
     print()
     print(f"Polite tenant alone, closed loop ({POLITE_CALLERS} callers): "
@@ -215,6 +278,13 @@ def main() -> None:
     print()
     print(_flood_line("keyed flood (abusive, 6.8 MB PNGs)", keyed_flood))
     print(_flood_line("unauthenticated flood (6.8 MB PNGs)", anon_flood))
+    print()
+    print("From the proxy's tenant metrics (replica time: nginx's upstream time of the answers):")
+    runs = ("alone, fixed rate", "beside the keyed flood", "beside the unauthenticated flood")
+    for index, run in enumerate(runs, start=2):
+        for line in _tenant_lines(run, counters[index - 1], counters[index]):
+            print(line)
+    print()
     p99_ratio = keyed_fixed.quantile_ms(0.99) / alone.quantile_ms(0.99)
     print(f"- p99 beside the keyed flood / alone: {p99_ratio:.1f}x; median latency alone "
           f"{statistics.median(alone.answered) * 1000:.0f} ms")  # fmt: skip

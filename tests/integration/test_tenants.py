@@ -44,7 +44,12 @@ BUSY = "busy-" + "b2" * 16
 BUSY_WEIGHT = 2
 # Loose per-address limits (each caller has its own address anyway), a tight per-key share.
 LIMITS = proxy.Limits(
-    rate_per_s=100, burst=200, client_connections=4, key_in_flight=2, max_in_flight=16
+    rate_per_s=100,
+    burst=200,
+    client_connections=4,
+    key_in_flight=2,
+    key_large_in_flight=1,
+    max_in_flight=16,
 )
 BUSY_CALLERS = 10
 PROXY_METRICS = "resnet18_proxy_"
@@ -157,10 +162,11 @@ def _outcomes(
 def test_a_tenant_gets_its_weighted_share_in_flight_and_the_other_tenant_is_still_served(
     edge: Edge, reference: TorchReference
 ) -> None:
-    """The busy tenant (weight 2, so 2 x 2 in flight) sends 10 large PNGs at once from 5
-    addresses, the polite one 2 photos from 2 others, all at the same moment: the busy tenant
-    gets at most its 4 through, the rest an explicit 429 with Retry-After; the polite tenant,
-    within its own share, gets both answered, equal to PyTorch."""
+    """The busy tenant (weight 2, so 2 x 2 in flight, of which 2 x 1 with a large body) sends 10
+    large PNGs at once from 5 addresses, the polite one 2 photos from 2 others, all at the same
+    moment: the busy tenant gets at most its 2 large ones through, the rest an explicit 429 with
+    Retry-After; the polite tenant, within its own share, gets both answered, equal to
+    PyTorch."""
     # About 6.8 MB of noise: its decode keeps each busy request in flight long enough that all
     # the simultaneous ones arrive while the first ones are still being served.
     large = noisy_png()
@@ -178,7 +184,8 @@ def test_a_tenant_gets_its_weighted_share_in_flight_and_the_other_tenant_is_stil
     busy = [answer for answer in answers if answer.caller == "busy"]
     accepted = [answer for answer in busy if answer.status == 200]
     refused = [answer for answer in busy if answer.status == 429]
-    share = LIMITS.tenant_in_flight(BUSY_WEIGHT)
+    share = LIMITS.tenant_large_in_flight(BUSY_WEIGHT)
+    assert share < LIMITS.tenant_in_flight(BUSY_WEIGHT)
     assert 1 <= len(accepted) <= share, [answer.status for answer in busy]
     assert len(accepted) + len(refused) == BUSY_CALLERS, [answer.status for answer in busy]
     for answer in refused:

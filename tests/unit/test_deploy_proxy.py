@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -267,6 +268,40 @@ def test_every_generated_file_is_read_by_compose_or_kustomize() -> None:
 
 def test_deploy_proxy_template_is_the_shipped_one() -> None:
     assert (REPO_ROOT / "deploy/proxy/nginx.conf.template").resolve() == proxy.TEMPLATE_PATH
+
+
+def test_a_tenants_large_requests_get_a_smaller_share_within_its_share() -> None:
+    limits = proxy.Limits(key_in_flight=4, key_large_in_flight=1, max_in_flight=10)
+    assert [limits.tenant_large_in_flight(weight) for weight in keys.WEIGHTS] == [1, 2, 3, 4]
+    tight = proxy.Limits(key_in_flight=1, key_large_in_flight=2)
+    assert tight.tenant_large_in_flight(1) == tight.tenant_in_flight(1) == 1
+    capped = proxy.Limits(key_large_in_flight=2, max_large_in_flight=4)
+    assert [capped.tenant_large_in_flight(weight) for weight in keys.WEIGHTS] == [2, 4, 4, 4]
+
+
+def test_large_requests_are_capped_for_the_whole_proxy_with_or_without_keys() -> None:
+    text = proxy.render(proxy.ProxySettings(upstreams=(proxy.Upstream("127.0.0.1"),)))
+    bodies = _location_bodies(text)
+    inference = next(body for head, body in bodies.items() if "/infer" in head)
+    limit = proxy.Limits().max_large_in_flight
+    assert f"limit_conn large_in_flight {limit};" in inference
+    assert "limit_conn_zone $large_total zone=large_in_flight:1m;" in text
+
+
+def test_bodies_of_a_million_bytes_or_more_count_against_the_large_share() -> None:
+    settings = proxy.ProxySettings(
+        upstreams=(proxy.Upstream("127.0.0.1"),),
+        auth=proxy.Auth(key_map="/k.map", script="/edge.js"),
+    )
+    text = proxy.render(settings)
+    pattern = re.search(r'map \$content_length \$large_body \{\s*"~(\S+)" 1;', text)
+    assert pattern is not None, text
+    large = re.compile(pattern.group(1))
+    assert large.match(str(proxy.LARGE_BODY_BYTES)) and large.match("6800000")
+    assert not large.match(str(proxy.LARGE_BODY_BYTES - 1)) and not large.match("0123456")
+    for weight in keys.WEIGHTS:
+        share = settings.limits.tenant_large_in_flight(weight)
+        assert f"limit_conn large_w{weight} {share};" in text
 
 
 def test_each_tenant_is_capped_by_its_weight_and_never_beyond_the_proxys_total() -> None:

@@ -106,11 +106,26 @@ HASH_KEYS_COMMAND = "resnet18-triton cluster keys hash --api-key-file FILE"
     "(name:key:weight in --api-key-file; 429 beyond). A tenant alone gets no more than that.",
 )
 @click.option(
+    "--key-large-in-flight",
+    default=proxy.Limits.key_large_in_flight,
+    show_default=True,
+    type=click.IntRange(1),
+    help=f"Of those, requests with a body of {proxy.LARGE_BODY_BYTES:,} bytes or more per API key, "
+    "times its weight (429 beyond): a large image costs many photos' time.",
+)
+@click.option(
     "--max-in-flight",
     default=proxy.Limits.max_in_flight,
     show_default=True,
     type=click.IntRange(1),
     help="Requests in flight through the proxy in total (429 beyond).",
+)
+@click.option(
+    "--max-large-in-flight",
+    default=proxy.Limits.max_large_in_flight,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Requests with a large body through the proxy in total, keys or not (429 beyond).",
 )
 @click.option(
     "--body-budget-mib",
@@ -157,7 +172,9 @@ def cluster(
     burst: int,
     client_connections: int,
     key_in_flight: int,
+    key_large_in_flight: int,
     max_in_flight: int,
+    max_large_in_flight: int,
     body_budget_mib: int,
     add_api_key: str | None,
     hash_api_keys: bool,
@@ -183,7 +200,9 @@ def cluster(
         burst=burst,
         client_connections=client_connections,
         key_in_flight=key_in_flight,
+        key_large_in_flight=key_large_in_flight,
         max_in_flight=max_in_flight,
+        max_large_in_flight=max_large_in_flight,
         body_budget_bytes=body_budget_mib * proxy.MIB,
     )
     options = ClusterOptions(

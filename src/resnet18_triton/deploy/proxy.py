@@ -45,6 +45,10 @@ TENANT_METRICS_SCRIPT = Path(__file__).resolve().parent / "tenant_metrics.lua"
 # Room for the counters of a few thousand tenants (about 25 each).
 TENANT_METRICS_DICT = "tenant_metrics 4m"
 MIB = 1024 * 1024
+# A body that declares at least this many bytes is a large request: a photo is about 0.1 MB, the
+# flood's 6.8 MB PNG costs about ten photos' CPU. A power of ten, so nginx matches it by digits.
+LARGE_BODY_DIGITS = 7
+LARGE_BODY_BYTES = 10 ** (LARGE_BODY_DIGITS - 1)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ class Limits:
     address may have in flight. ``key_in_flight``: requests one API key of weight 1 may have in
     flight, from all its addresses together; a key of weight w (``keys.ApiKey.weight``) may have
     w times as many, at most ``max_in_flight`` (so a tenant alone gets that much, never more).
+    ``key_large_in_flight``: of those, how many may declare a body of ``LARGE_BODY_BYTES`` or
+    more (times the weight): a large image costs its replica many photos' time, so a key's costly
+    requests get a smaller share than its cheap ones. ``max_large_in_flight``: large requests the
+    whole proxy passes at once, keys or not; it is what bounds the replicas' memory and queue
+    when anyone floods with large images.
     ``max_in_flight``: requests the whole proxy passes at once (429 beyond).
     ``body_budget_bytes``: request bodies the proxy holds at once (it buffers each body before it
     goes upstream, in its temp dir); each request gets an equal share,
@@ -66,11 +75,21 @@ class Limits:
     burst: int = 200
     client_connections: int = 8
     key_in_flight: int = 4
+    key_large_in_flight: int = 2
     max_in_flight: int = 16
+    max_large_in_flight: int = 4
     body_budget_bytes: int = 256 * MIB
 
     def __post_init__(self) -> None:
-        for name in ("rate_per_s", "burst", "client_connections", "key_in_flight", "max_in_flight"):
+        for name in (
+            "rate_per_s",
+            "burst",
+            "client_connections",
+            "key_in_flight",
+            "key_large_in_flight",
+            "max_in_flight",
+            "max_large_in_flight",
+        ):
             if getattr(self, name) < 1:
                 raise ProxyError(f"the proxy limit {name} must be at least 1")
         if self.body_budget_bytes < self.max_in_flight * MIB:
@@ -88,6 +107,15 @@ class Limits:
     def tenant_in_flight(self, weight: int) -> int:
         """Requests a key of ``weight`` may have in flight."""
         return min(weight * self.key_in_flight, self.max_in_flight)
+
+    def tenant_large_in_flight(self, weight: int) -> int:
+        """Requests with a large body a key of ``weight`` may have in flight (within its share and
+        the proxy's)."""
+        return min(
+            weight * self.key_large_in_flight,
+            self.tenant_in_flight(weight),
+            self.max_large_in_flight,
+        )
 
     def request_body_bytes(self, repository_limit: int) -> int:
         """client_max_body_size: a request's share of the budget, at most ``repository_limit``."""
@@ -234,8 +262,9 @@ def _auth_http(auth: Auth | None) -> str:
 
 def _tenant_zones() -> list[str]:
     """One limit_conn zone per key weight, keyed by the names of that weight's keys (empty, so not
-    counted, for the others): limit_conn's number is fixed per directive, not per key."""
-    lines = ["    # Requests in flight per tenant (API key name), one zone per weight."]
+    counted, for the others): limit_conn's number is fixed per directive, not per key. The same
+    again for each weight's requests with a large body."""
+    lines = ["    # Requests in flight per tenant (API key name) by weight, and its large ones."]
     for weight in WEIGHTS:
         # A map of "hash" "name"; lines, as earlier versions wrote, means weight 1.
         suffix = "(:1)?" if weight == 1 else f":{weight}"
@@ -245,8 +274,31 @@ def _tenant_zones() -> list[str]:
             '        default "";',
             "    }",
             f"    limit_conn_zone $tenant_w{weight} zone=tenant_w{weight}:1m;",
+            f'    map "$large_body:$tenant_w{weight}" $large_tenant_w{weight} {{',
+            '        "~^1:(?<tenant>.+)$" $tenant;',
+            '        default "";',
+            "    }",
+            f"    limit_conn_zone $large_tenant_w{weight} zone=large_w{weight}:1m;",
         ]
     return lines
+
+
+def _large_http() -> str:
+    """The large-body test and the proxy-wide count of large requests in flight."""
+    return "\n".join(
+        [
+            f"    # A body that declares {LARGE_BODY_BYTES} bytes or more: a large, costly one.",
+            "    map $content_length $large_body {",
+            f'        "~^[1-9][0-9]{{{LARGE_BODY_DIGITS - 1},}}$" 1;',
+            "        default 0;",
+            "    }",
+            "    map $large_body $large_total {",
+            "        1 total;",
+            '        default "";',
+            "    }",
+            "    limit_conn_zone $large_total zone=large_in_flight:1m;",
+        ]
+    )
 
 
 def _tls_http(tls: Tls | None) -> str:
@@ -325,10 +377,15 @@ def _guard(settings: ProxySettings) -> str:
         f"limit_req zone=per_client burst={limits.burst} nodelay;",
         f"limit_conn per_client_conn {limits.client_connections};",
         f"limit_conn in_flight {limits.max_in_flight};",
+        f"limit_conn large_in_flight {limits.max_large_in_flight};",
     ]
     if settings.auth is not None:
         lines += [
             f"limit_conn tenant_w{weight} {limits.tenant_in_flight(weight)};" for weight in WEIGHTS
+        ]
+        lines += [
+            f"limit_conn large_w{weight} {limits.tenant_large_in_flight(weight)};"
+            for weight in WEIGHTS
         ]
     return "\n            ".join(lines)
 
@@ -349,9 +406,11 @@ def render(settings: ProxySettings) -> str:
         max_body_bytes=settings.body_limit,
         body_budget_bytes=settings.limits.body_budget_bytes,
         max_in_flight=settings.limits.max_in_flight,
+        max_large_in_flight=settings.limits.max_large_in_flight,
         rate_per_s=settings.limits.rate_per_s,
         retry_after_s=settings.limits.retry_after_s,
         auth_http=_auth_http(settings.auth),
+        large_http=_large_http(),
         tls_http=_tls_http(settings.tls),
         guard=_guard(settings),
         runtime_dir=settings.runtime_dir,
