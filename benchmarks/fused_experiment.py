@@ -39,7 +39,7 @@ from resnet18_triton.perf import harness
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.images import TYPICAL_SIZE, jpeg_bytes
 from resnet18_triton.perf.stack import StackSampler
-from resnet18_triton.perf.tune_repository import copy_models
+from resnet18_triton.perf.tune.repository import copy_models
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.configs import instance_count, parse, render
 from resnet18_triton.repository.layout import CONFIG_FILENAME

@@ -75,7 +75,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "Benchmark engines and the served paths.",
     ),
     "tune": (
-        "resnet18_triton.perf.tune_cli",
+        "resnet18_triton.perf.tune.cli",
         "tune",
         "perf",
         "Find the best instances x threads x batching x variant for this machine.",

@@ -2,9 +2,9 @@
 ``ast``: no cycles anywhere, and the layering holds.
 
 Every import counts: module level, under ``if TYPE_CHECKING:`` and inside functions. The core
-(contract, errors, extras, files, keys, options, cli) sits in root modules; ``client`` must stay
-thin (it shares only the core with the rest and imports no other role), and ``export`` and
-``server`` reach the client's code never. ``perf`` may: its harness answers image ->
+(contract, errors, extras, files, keys, options, signals, cli) sits in root modules; ``client``
+must stay thin (it shares only the core with the rest and imports no other role), and ``export``
+and ``server`` reach the client's code never. ``perf`` may: its harness answers image ->
 probabilities through ``ImageClassifier``, as a library user would, and the client importing no
 ``perf`` keeps that free of cycles. The package's own ``__init__`` is the public library API, so it
 may import the client, and only the client: ``import resnet18_triton`` must work on the base
@@ -253,7 +253,7 @@ def is_cli_module(module: str) -> bool:
 
 def test_no_cli_module_imports_another_cli_module(graph: Graph) -> None:
     cli_modules = {module for module in graph if is_cli_module(module)}
-    assert {f"{PACKAGE}.perf.tune_cli", f"{PACKAGE}.ui.cli", f"{PACKAGE}.cli"} <= cli_modules
+    assert {f"{PACKAGE}.perf.tune.cli", f"{PACKAGE}.ui.cli", f"{PACKAGE}.cli"} <= cli_modules
     edges = sorted(
         f"{module} -> {target}"
         for module in cli_modules

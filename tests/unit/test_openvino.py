@@ -332,54 +332,60 @@ def test_a_classifier_the_repository_lacks_is_refused_by_name(tmp_path: Path) ->
 # --- bench rows
 
 
-def test_the_served_ratio_compares_the_best_rounds_of_each_ensemble() -> None:
-    from resnet18_triton.perf.openvino_bench import (
-        ORT_LABEL,
-        InProcessRow,
-        ServedPair,
-        ServedRound,
-        figures_json,
-        report_markdown,
-        served_ratios,
+def test_bench_sets_each_openvino_path_against_its_engine_and_the_fp32_ensemble() -> None:
+    from resnet18_triton.perf.bench import comparison_section, results_json
+    from resnet18_triton.perf.measurements import (
+        BackToBack,
+        BenchResults,
+        EngineRow,
+        InProcessSpec,
+        ServedSpec,
+        ServedSweep,
     )
     from resnet18_triton.perf.perf_analyzer import Row
 
-    def row(throughput: float, load: int, round_index: int) -> ServedRound:
+    def row(throughput: float, load: int) -> Row:
         latency = 1000 / throughput
-        measured = Row("m", "l", load, "concurrency", throughput, *[latency] * 5, 0.0, 0.0)
-        return ServedRound(measured, round_index)
+        return Row("m", "l", load, "concurrency", throughput, *[latency] * 5, 0.0, 0.0)
 
-    served = {
-        ORT_LABEL: [row(9.0, 1, 0), row(10.0, 2, 0), row(11.0, 2, 1)],
-        "openvino bf16 ensemble 500x375": [row(18.0, 1, 0), row(22.0, 2, 1)],
-    }
-    ((ratio, label),) = served_ratios(served)
-    assert label == "openvino bf16 ensemble 500x375" and ratio == pytest.approx(2.0)
-    with_fused = {**served, "openvino bf16 fused 500x375": [row(33.0, 8, 0)]}
-    assert [label for _, label in served_ratios(with_fused)][-1] == "openvino bf16 fused 500x375"
-    assert served_ratios(with_fused)[-1][0] == pytest.approx(3.0)
-    environment = {"date": "d", "cpu": "AMD EPYC", "cores": 2, "flags": "avx512_bf16"}
-    inprocess = [InProcessRow("ort-fp32", 1, 2, 10, 17.1, 58.5)]
-    text = report_markdown(environment, inprocess, served)
-    assert "| ort-fp32 | 1 | 17.1 | 58.5 |" in text
-    assert "| ort fp32 ensemble 500x375 | 10.0, 11.0 |" in text
-    assert "2.00x" in text
-    # Served against in-process for each engine and precision run both ways (no openvino-bf16
-    # in-process row here, so only ONNX Runtime FP32 gets one).
-    assert "| ort fp32 ensemble 500x375 / ort-fp32 | 11.0 | 58.5 | 0.19x |" in text
-    assert "/ openvino-bf16 |" not in text
-    pairs = [ServedPair(n, 2, 10.0, 10.0 * r, r) for n, r in enumerate((1.5, 2.1, 1.9))]
-    assert "median ratio **1.90x** (range 1.50-2.10x, 3 pairs)" in report_markdown(
-        environment, inprocess, served, pairs
+    fp32 = ServedSpec("ensemble", images="500x375")
+    ensemble = ServedSpec("ensemble", variant=variants.OPENVINO.key, images="500x375")
+    fused = ServedSpec("ensemble", variant=variants.OPENVINO_FUSED.key, images="500x375")
+    served = (
+        ServedSweep(fp32, (row(10.0, 1), row(11.0, 2))),
+        ServedSweep(ensemble, (row(18.0, 1), row(22.0, 2))),
+        ServedSweep(fused, (row(33.0, 8),)),
     )
-    # The JSON figures: each served row's fields plus its round, each pair's fields.
-    figures = figures_json(inprocess, served, pairs)
-    assert figures["served"][ORT_LABEL][2] == {**served[ORT_LABEL][2].row.as_dict(), "round": 1}
-    assert figures["pairs"][0] == {
-        "pair": 0,
-        "concurrency": 2,
-        "ort_img_s": 10.0,
-        "openvino_img_s": 15.0,
-        "ratio": 1.5,
-    }
-    assert figures["inprocess"][0]["images_per_s"] == 58.5
+
+    def engine(spec: InProcessSpec, images_per_s: float) -> EngineRow:
+        return EngineRow(spec, 1000 / images_per_s, images_per_s, 300.0)
+
+    side_by_side = (
+        engine(InProcessSpec("ort", 1, spinning=False), 58.5),
+        engine(InProcessSpec("openvino", 1, variants.OPENVINO.key, precision="bf16"), 125.0),
+        engine(InProcessSpec("openvino", 1, variants.OPENVINO.key, precision="f32"), 250.0),
+    )
+    back_to_back = BackToBack(fp32, ensemble, 2, (10.0, 10.0, 10.0), (15.0, 21.0, 19.0))
+    environment = {"openvino": "2026.4", "openvino_precision": "bf16", "cpu_flags": "avx512_bf16"}
+    results = BenchResults(
+        served=served,
+        environment=environment,
+        side_by_side=side_by_side,
+        back_to_back=(back_to_back,),
+    )
+    text = "\n".join(comparison_section(results))
+    assert "| ort-nospin | 1 | 17.1 | 58.5 |" in text
+    assert "| openvino-bf16 | 1 | 8.0 | 125.0 |" in text
+    assert "**openvino ensemble 500x375 / ensemble 500x375: 2.00x**" in text
+    assert "**openvino fused 500x375 / ensemble 500x375: 3.00x**" in text
+    # Each served path against its own engine at the variant's precision: never the f32 row.
+    assert "| ensemble 500x375 / ort-nospin | 11.0 | 58.5 | 0.19x |" in text
+    assert "| openvino ensemble 500x375 / openvino-bf16 | 22.0 | 125.0 | 0.18x |" in text
+    assert "/ openvino-f32 |" not in text
+    assert "median ratio **1.90x** (range 1.50-2.10x, 3 rounds)" in text
+    # The figures are bench.json's, each with its label.
+    figures = results_json(results)
+    assert figures["side_by_side"][1]["label"] == "openvino-bf16"
+    assert figures["back_to_back"][0]["second_images_per_s"] == (15.0, 21.0, 19.0)
+    assert figures["back_to_back"][0]["label"] == "openvino ensemble 500x375 / ensemble 500x375"
+    assert comparison_section(BenchResults(served=served)) == []

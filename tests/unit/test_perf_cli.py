@@ -198,6 +198,21 @@ def test_bench_name_times_that_classifiers_ensemble_onnx_model_and_int8_variant(
     }
 
 
+def test_bench_alternates_ort_with_openvino_at_its_precision_and_at_f32_batch_by_batch(
+    tmp_path: Path,
+) -> None:
+    plan = benching.BenchPlan(out=tmp_path / "out")
+    labels = [(spec.batch, spec.label) for spec in benching.side_by_side_specs(plan, "bf16")]
+    assert labels == [
+        (batch, label)
+        for batch in (1, 8)
+        for label in ("ort-nospin", "openvino-bf16", "openvino-f32")
+    ]
+    # A variant built at f32 is timed once, not twice.
+    f32 = [spec.label for spec in benching.side_by_side_specs(plan, "f32") if spec.batch == 1]
+    assert f32 == ["ort-nospin", "openvino-f32"]
+
+
 def test_bench_of_the_default_classifier_skips_variants_only_another_classifier_has(
     two_classifiers: Path, tmp_path: Path
 ) -> None:

@@ -359,3 +359,43 @@ def test_every_registered_variant_is_swept_and_compared_with_the_path_it_replace
         replaced = ratios.served_path(variant.fuses or FP32)
         pair = (ratios.ServedFigure(ratios.served_path(variant.key)), ratios.ServedFigure(replaced))
         assert pair in compared, variant.key
+
+
+def _tiny_onnx(path: Path) -> Path:
+    """A graph with the classifier's uint8 input that only averages it: fast to time."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from resnet18_triton import contract
+
+    pixels = helper.make_tensor_value_info(
+        contract.ONNX_INPUT, TensorProto.UINT8, ["N", 3, 224, 224]
+    )
+    mean = helper.make_tensor_value_info(contract.ONNX_OUTPUT, TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Cast", [contract.ONNX_INPUT], ["floats"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["floats"], [contract.ONNX_OUTPUT]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [pixels], [mean])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_engines_timed_alternated_take_turns_and_each_get_their_own_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    from dataclasses import asdict
+
+    from resnet18_triton.perf import inprocess
+
+    model = str(_tiny_onnx(tmp_path / "tiny.onnx"))
+    specs = [inprocess.EngineSpec("ort", batch, 1, 0.05, 3, 1, onnx_path=model) for batch in (1, 2)]
+    results = inprocess.run_interleaved(specs)
+    assert [(result.engine, result.batch) for result in results] == [("ort", 1), ("ort", 2)]
+    # Call by call: every engine made as many timed calls as the others.
+    assert results[0].iterations == results[1].iterations >= 3
+    # The child's protocol: a JSON list of specs in, one JSON list of results out.
+    inprocess.main([json.dumps([asdict(spec) for spec in specs])])
+    printed = json.loads(capsys.readouterr().out)
+    assert [entry["batch"] for entry in printed] == [1, 2]

@@ -16,8 +16,7 @@ from resnet18_triton.client.results import serving_summary
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import TuneError
 from resnet18_triton.perf.perf_analyzer import Row
-from resnet18_triton.perf.tune import csv_records, summary_table
-from resnet18_triton.perf.tune_repository import (
+from resnet18_triton.perf.tune.repository import (
     apply_plan,
     available_variants,
     backup_directory,
@@ -27,7 +26,8 @@ from resnet18_triton.perf.tune_repository import (
     tuned_models,
     variant_models,
 )
-from resnet18_triton.perf.tune_space import (
+from resnet18_triton.perf.tune.search import csv_records, summary_table
+from resnet18_triton.perf.tune.space import (
     FP32,
     Candidate,
     Measurement,

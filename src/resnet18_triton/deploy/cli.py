@@ -10,8 +10,6 @@ group that runs the cluster when no subcommand follows (``invoke_without_command
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 import click
@@ -26,6 +24,7 @@ from resnet18_triton.options import (
     given_here_or_above,
     repository_option,
 )
+from resnet18_triton.signals import ForegroundSignals
 
 ADD_KEY_COMMAND = "resnet18-triton cluster keys add NAME --api-key-file FILE"
 HASH_KEYS_COMMAND = "resnet18-triton cluster keys hash --api-key-file FILE"
@@ -221,21 +220,7 @@ def cluster(
         metrics_port=metrics_port,
     )
     running = Cluster(options)  # refuses an exposed host without keys before anything starts
-    wake = threading.Event()
-    stop_requested = threading.Event()
-    reload_requested = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        stop_requested.set()
-        wake.set()
-
-    def request_reload(signum: int, _frame: object) -> None:
-        reload_requested.set()
-        wake.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGHUP, request_reload)
+    signals = ForegroundSignals.install(reload=True)
     click.echo(f"starting {replicas} replica(s); logs in {running.workdir}", err=True)
     running.start()
     try:
@@ -256,19 +241,18 @@ def cluster(
                 "libnginx-mod-http-lua)",
                 err=True,
             )
-        while not stop_requested.is_set():
-            wake.wait()
-            wake.clear()
-            if reload_requested.is_set() and not stop_requested.is_set():
-                reload_requested.clear()
-                try:
-                    count = running.reload_api_keys()
-                except ProxyError as error:
-                    click.echo(
-                        f"keys not reloaded, the previous ones stay in force: {error}", err=True
-                    )
-                else:
-                    click.echo(f"reloaded {count} API key(s) from {api_key_file}", err=True)
+
+        def reload_keys() -> None:
+            if not signals.take_reload():
+                return
+            try:
+                count = running.reload_api_keys()
+            except ProxyError as error:
+                click.echo(f"keys not reloaded, the previous ones stay in force: {error}", err=True)
+            else:
+                click.echo(f"reloaded {count} API key(s) from {api_key_file}", err=True)
+
+        signals.wait_for_stop(reload_keys)
         click.echo("stopping: waiting for in-flight requests...", err=True)
     finally:
         running.stop()

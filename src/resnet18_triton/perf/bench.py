@@ -7,9 +7,13 @@ through shared memory, 8 per request through shared memory) and of the model cli
 each variant the repository holds, while the stack's RSS is sampled, then in-process ORT and the
 fastest raw path alternated a few times per batch size. What is timed follows from
 ``repository.variants.REGISTRY``: a variant declared there is swept (and its ONNX Runtime model
-file timed in-process) with no code here. Writes
+file timed in-process) with no code here. A variant on another engine (OpenVINO) of the default
+classifier is also compared with ONNX Runtime FP32 where noise hurts least: in-process, alternated
+call by call in one process at its precision and at f32 (``side_by_side``), and served, its JPEG
+path and the FP32 ensemble back to back (``back_to_back``). Writes
 ``bench.json`` (every measurement), ``bench.md`` (the table, the ratios of ``perf.ratios`` with
-their targets, the sweeps), ``served.csv`` and ``served.png`` into the output folder.
+their targets, the sweeps, the comparison), ``served.csv`` and ``served.png`` into the output
+folder.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from resnet18_triton import contract
 from resnet18_triton.contract import VERSION, ClassifierNames
 from resnet18_triton.errors import ExportError
-from resnet18_triton.perf import harness, inprocess, openvino_bench
+from resnet18_triton.perf import harness, inprocess
 from resnet18_triton.perf import images as image_sets
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.inprocess import InProcessEngine
@@ -34,6 +40,7 @@ from resnet18_triton.perf.measurements import (
     FP32,
     LARGE,
     TYPICAL,
+    BackToBack,
     BenchResults,
     EngineRow,
     InProcessSpec,
@@ -68,6 +75,13 @@ FAST_ENSEMBLE_MIN_CONCURRENCY = 8
 # also alternated (in-process, served, in-process, served, ...) and compared by their medians.
 INTERLEAVED_ROUNDS = 3
 INTERLEAVED_SECONDS = 5.0
+# The comparison with another engine: its JPEG path and the FP32 ensemble back to back, this many
+# rounds of short measurements at one concurrency; in-process, each engine at these batches for
+# half of ``BenchPlan.seconds``.
+BACK_TO_BACK_ROUNDS = 8
+BACK_TO_BACK_CONCURRENCY = 2
+BACK_TO_BACK_INTERVAL_MS = 3000
+SIDE_BY_SIDE_MIN_ITERATIONS = 5
 
 
 @dataclass(frozen=True)
@@ -128,8 +142,8 @@ class BenchModels:
 
     @property
     def openvino(self) -> bool:
-        """The OpenVINO section runs (``perf.openvino_bench`` times the default classifier's
-        variant only)."""
+        """The OpenVINO comparison runs (``side_by_side``, ``back_to_back``): for the default
+        classifier's variant only."""
         return variants.OPENVINO in self.present and self.names == ClassifierNames.of()
 
     def served(self, spec: ServedSpec) -> str:
@@ -366,21 +380,13 @@ def run_served(
     url: str,
     pid: int | None,
     settings: pa.SweepSettings,
-    files: dict[str, list[Path]],
+    input_data: dict[str, Path],
     echo: Echo,
     models: BenchModels,
 ) -> list[ServedSweep]:
     """Every served sweep of ``served_specs`` for ``models``, in order, sampling the stack's RSS
-    with ``pid``."""
+    with ``pid``; ``input_data`` holds perf_analyzer's input file of each JPEG set."""
     analyzer = pa.locate()
-    input_data = {
-        name: pa.write_input_data(
-            [path.read_bytes() for path in paths],
-            contract.ENSEMBLE_INPUT,
-            plan.out / f"input_data_{name}.json",
-        )
-        for name, paths in files.items()
-    }
     sweeps = []
     for spec in served_specs(bool(settings.admin_key), models.swept):
         sweep = sweep_for(spec, url, settings, input_data, models)
@@ -396,6 +402,18 @@ def run_served(
         )
         sweeps.append(measured)
     return sweeps
+
+
+def _input_data(plan: BenchPlan, files: dict[str, list[Path]]) -> dict[str, Path]:
+    """perf_analyzer's input file of each JPEG set, written into ``plan.out``."""
+    return {
+        name: pa.write_input_data(
+            [path.read_bytes() for path in paths],
+            contract.ENSEMBLE_INPUT,
+            plan.out / f"input_data_{name}.json",
+        )
+        for name, paths in files.items()
+    }
 
 
 def _slug(label: str) -> str:
@@ -474,7 +492,7 @@ def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
     repo = plan.repo or _export_repository(plan.out / "model_repository", echo, plan.name)
     files = _image_files(plan)
     if plan.openvino and not plan.url:
-        repo = openvino_bench.ensure_repository(repo, plan.out, plan.openvino, files[TYPICAL])
+        add_openvino_variant(repo, plan.openvino, files[TYPICAL])
     models = bench_models(plan, repo)
     environment["classifier"] = plan.name
     echo(f"timing classifier {plan.name}: {', '.join(models.listing())}")
@@ -484,7 +502,12 @@ def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
             f"variant only, not {plan.name}'s"
         )
     engines = run_engines(plan, repo, files, echo, models)
-    openvino_section = ""
+    side_by_side: list[EngineRow] = []
+    if models.openvino:
+        precision = openvino_precision(repo, models.names)
+        environment.update(openvino_environment(), openvino_precision=precision)
+        side_by_side = run_side_by_side(plan, repo, echo, models)
+    back_to_back: list[BackToBack] = []
     with _server(plan, repo) as (url, pid, admin_key):
         if not admin_key:
             echo(
@@ -492,50 +515,145 @@ def run_bench(plan: BenchPlan, echo: Echo = print) -> BenchResults:
                 "the raw model is timed over HTTP only (no shared memory)"
             )
         settings = replace(plan.settings, admin_key=admin_key)
-        served = run_served(plan, url, pid, settings, files, echo, models)
+        input_data = _input_data(plan, files)
+        served = run_served(plan, url, pid, settings, input_data, echo, models)
         interleaved = run_interleaved(plan, repo, url, settings, served, echo, models)
         if models.openvino:
-            openvino_section = run_openvino(plan, repo, url, files[TYPICAL], environment, echo)
-    results = BenchResults(tuple(engines), tuple(served), tuple(interleaved), environment)
+            back_to_back = run_back_to_back(plan, url, input_data, echo, models)
+    results = BenchResults(
+        tuple(engines),
+        tuple(served),
+        tuple(interleaved),
+        environment,
+        tuple(side_by_side),
+        tuple(back_to_back),
+    )
     (plan.out / "bench.json").write_text(json.dumps(results_json(results), indent=2, default=str))
-    report = write_report(plan, results, repo)
-    if openvino_section:
-        report.write_text(report.read_text() + "\n" + openvino_section)
+    write_report(plan, results, repo)
     return results
 
 
-def run_openvino(
-    plan: BenchPlan,
-    repo: Path,
-    url: str,
-    typical: list[Path],
-    environment: dict[str, object],
-    echo: Echo,
-) -> str:
-    """The OpenVINO variant against ONNX Runtime FP32: in-process (interleaved), served sweeps of
-    both ensembles (alternated) and back-to-back pairs; returns the report section."""
-    precision = openvino_bench.variant_precision(repo)
-    echo(f"OpenVINO {precision} vs ONNX Runtime FP32: in-process, interleaved ...")
-    inprocess = openvino_bench.inprocess_rows(repo, plan.threads, seconds=plan.seconds / 2)
-    out = plan.out / "openvino"
-    out.mkdir(parents=True, exist_ok=True)
-    echo("OpenVINO: served ensembles, alternated ...")
-    served = openvino_bench.served_rows(
-        url,
-        typical,
-        out,
-        precision,
-        concurrency=plan.settings.concurrency,
-        echo=echo,
-        fused=variants.holds(repo, variants.OPENVINO_FUSED),
+def add_openvino_variant(repo: Path, precision: str, typical: list[Path]) -> None:
+    """Build the OpenVINO variant at ``precision`` into ``repo`` unless it holds one.
+
+    The fidelity gate is forced: a random-weight export has near-flat logits, and this variant
+    is for measuring speed (fidelity is measured on the fitted digits model in the tests).
+    """
+    from resnet18_triton.export.openvino_variant import build_openvino_variant
+    from resnet18_triton.export.quantize import load_preprocess_module, preprocess_files
+
+    if variants.holds(repo, variants.OPENVINO):
+        return
+    held_out = preprocess_files(typical, load_preprocess_module(repo))
+    report = build_openvino_variant(repo, precision, held_out, force=True)
+    print(f"OpenVINO {precision} variant written; fidelity on the bench JPEGs:\n{report.table()}")
+
+
+def openvino_config(
+    repo: Path, names: ClassifierNames, precision: str | None = None
+) -> dict[str, Any]:
+    """The OpenVINO variant's classifier config as JSON, as served; with ``precision`` "f32" the
+    same config at f32 (its precision parameters replaced by OpenVINO's f32 hint)."""
+    from resnet18_triton.repository.configs import as_json, read_config
+
+    config = as_json(read_config(repo, variants.OPENVINO.classifier(names)))
+    if precision == "f32":
+        parameters = config.setdefault("parameters", {})
+        for key in ("HINT_BF16", contract.PRECISION_PARAMETER):
+            parameters.pop(key, None)
+        parameters["INFERENCE_PRECISION_HINT"] = {"string_value": "f32"}
+    return config
+
+
+def openvino_precision(repo: Path, names: ClassifierNames) -> str:
+    """The precision the OpenVINO variant of ``names`` in ``repo`` was built with."""
+    parameters: dict[str, Any] = openvino_config(repo, names).get("parameters", {})
+    return str(parameters.get(contract.PRECISION_PARAMETER, {}).get("string_value", "unknown"))
+
+
+def openvino_environment() -> dict[str, object]:
+    """The OpenVINO version and the CPU's BF16/INT8 flags (what decides its precisions)."""
+    import openvino
+
+    from resnet18_triton.cpu_flags import BF16_FLAGS, INT8_FLAGS, cpu_flags, present
+
+    flags = ", ".join(present(BF16_FLAGS + INT8_FLAGS, cpu_flags())) or "none"
+    return {"openvino": openvino.__version__, "cpu_flags": flags}
+
+
+def side_by_side_specs(plan: BenchPlan, precision: str) -> list[InProcessSpec]:
+    """ORT FP32 (spinning off, as served) and the OpenVINO variant at ``precision`` and at f32,
+    at each batch of ``plan``: the engines ``run_side_by_side`` alternates, batch by batch."""
+    precisions = dict.fromkeys((precision, "f32"))
+    return [
+        spec
+        for batch in plan.batches
+        for spec in (
+            InProcessSpec("ort", batch, spinning=False),
+            *(
+                InProcessSpec("openvino", batch, variants.OPENVINO.key, precision=value)
+                for value in precisions
+            ),
+        )
+    ]
+
+
+def run_side_by_side(
+    plan: BenchPlan, repo: Path, echo: Echo, models: BenchModels
+) -> list[EngineRow]:
+    """The engines of ``side_by_side_specs``, those of one batch alternated call by call in one
+    fresh process, each for half of ``plan.seconds``."""
+    rows = []
+    specs = side_by_side_specs(plan, openvino_precision(repo, models.names))
+    for batch in plan.batches:
+        group = [spec for spec in specs if spec.batch == batch]
+        echo(f"in-process, alternated: {', '.join(spec.label for spec in group)} batch {batch} ...")
+        engines = [
+            replace(
+                _inprocess_spec(spec, plan, repo, {}, plan.seconds / 2, models),
+                min_iterations=SIDE_BY_SIDE_MIN_ITERATIONS,
+                openvino_config=(
+                    openvino_config(repo, models.names, spec.precision)
+                    if spec.engine == "openvino"
+                    else None
+                ),
+            )
+            for spec in group
+        ]
+        for spec, result in zip(group, inprocess.measure_interleaved(engines), strict=True):
+            row = EngineRow(spec, result.ms_per_image, result.images_per_s, result.peak_rss_mb)
+            echo(f"  {spec.label}: {row.ms_per_image:.1f} ms/img, {row.images_per_s:.1f} img/s")
+            rows.append(row)
+    return rows
+
+
+def run_back_to_back(
+    plan: BenchPlan, url: str, input_data: dict[str, Path], echo: Echo, models: BenchModels
+) -> list[BackToBack]:
+    """The FP32 ensemble then the OpenVINO variant's ensemble (500x375 JPEGs), seconds apart at
+    BACK_TO_BACK_CONCURRENCY, BACK_TO_BACK_ROUNDS times."""
+    analyzer = pa.locate()
+    first = ServedSpec("ensemble", images=TYPICAL)
+    second = ServedSpec("ensemble", variant=variants.OPENVINO.key, images=TYPICAL)
+    settings = pa.SweepSettings(
+        concurrency=str(BACK_TO_BACK_CONCURRENCY),
+        measurement_interval_ms=BACK_TO_BACK_INTERVAL_MS,
     )
-    pairs = openvino_bench.served_pairs(url, out / "input_500x375.json", out, precision, echo=echo)
-    env = {**environment, **openvino_bench.environment()}
-    text = openvino_bench.report_markdown(env, inprocess, served, pairs)
-    (out / "openvino.json").write_text(
-        json.dumps(openvino_bench.figures_json(inprocess, served, pairs), indent=2)
+    rates: dict[ServedSpec, list[float]] = {first: [], second: []}
+    for round_ in range(1, BACK_TO_BACK_ROUNDS + 1):
+        for spec, measured in rates.items():
+            sweep = pa.Sweep(models.served(spec), url, settings, input_data[TYPICAL])
+            csv_path = plan.out / f"back_to_back_{_slug(spec.label)}_{round_}.csv"
+            measured.append(pa.run(analyzer, sweep, csv_path, label=spec.label).rows[0].throughput)
+        echo(
+            f"back to back {round_}/{BACK_TO_BACK_ROUNDS}: {first.label} {rates[first][-1]:.1f}, "
+            f"{second.label} {rates[second][-1]:.1f} img/s -> "
+            f"{rates[second][-1] / rates[first][-1]:.2f}x"
+        )
+    pair = BackToBack(
+        first, second, BACK_TO_BACK_CONCURRENCY, tuple(rates[first]), tuple(rates[second])
     )
-    return text.replace("# OpenVINO bench", "## OpenVINO variant", 1)
+    return [pair]
 
 
 def results_json(results: BenchResults) -> dict[str, object]:
@@ -545,6 +663,10 @@ def results_json(results: BenchResults) -> dict[str, object]:
         "engines": [row.label for row in results.engines],
         "served": [sweep.label for sweep in results.served],
         "interleaved": [pair.served.label for pair in results.interleaved],
+        "side_by_side": [row.label for row in results.side_by_side],
+        "back_to_back": [
+            f"{pair.second.label} / {pair.first.label}" for pair in results.back_to_back
+        ],
     }
     for key, names in labels.items():
         for entry, name in zip(document[key], names, strict=True):
@@ -619,8 +741,106 @@ def _cpu_section(served: list[ServedSweep], cores: int) -> list[str]:
     ]
 
 
+def _on_openvino(spec: ServedSpec) -> bool:
+    return spec.variant != FP32 and variants.by_key(spec.variant).engine == variants.OPENVINO.engine
+
+
+def served_vs_side_by_side(results: BenchResults) -> list[tuple[ServedSweep, EngineRow]]:
+    """(500x375 JPEG path, its engine's fastest side-by-side row): the FP32 ensemble with ORT,
+    each OpenVINO path with OpenVINO at the variant's precision; paths without a row are left
+    out."""
+    precision = results.environment.get("openvino_precision")
+    found = []
+    for sweep in results.served:
+        spec = sweep.spec
+        if not sweep.rows or spec.path != "ensemble" or spec.images != TYPICAL:
+            continue
+        if spec.variant == FP32:
+            rows = [row for row in results.side_by_side if row.spec.engine == "ort"]
+        elif _on_openvino(spec):
+            rows = [
+                row
+                for row in results.side_by_side
+                if row.spec.engine == "openvino" and row.spec.precision == precision
+            ]
+        else:
+            continue
+        if rows:
+            found.append((sweep, max(rows, key=lambda row: row.images_per_s)))
+    return found
+
+
+def comparison_section(results: BenchResults) -> list[str]:
+    """The OpenVINO comparison's Markdown (``side_by_side``, ``back_to_back``, and each OpenVINO
+    path's sweep against the FP32 ensemble's); none when it did not run."""
+    if not results.side_by_side and not results.back_to_back:
+        return []
+    env = results.environment
+    lines = [
+        "## OpenVINO variant against ONNX Runtime FP32",
+        "",
+        f"OpenVINO {env.get('openvino')}, variant built at {env.get('openvino_precision')}; CPU "
+        f"flags: {env.get('cpu_flags')}. In-process, the engines of one batch ran alternated call "
+        "by call in one process, so their ratios hold on a busy machine.",
+        "",
+        markdown_table(
+            ["engine (in-process, alternated)", "batch", "ms/img (median)", "img/s"],
+            [
+                [
+                    row.label,
+                    str(row.spec.batch),
+                    f"{row.ms_per_image:.1f}",
+                    f"{row.images_per_s:.1f}",
+                ]
+                for row in results.side_by_side
+            ],
+        ),
+        "",
+    ]
+    versus = served_vs_side_by_side(results)
+    if versus:
+        lines += [
+            markdown_table(
+                [
+                    "served / in-process, same engine and precision",
+                    "served best img/s",
+                    "in-process best img/s (any batch)",
+                    "ratio",
+                ],
+                [
+                    [
+                        f"{sweep.label} / {row.label}",
+                        f"{sweep.best_images_per_s:.1f}",
+                        f"{row.images_per_s:.1f}",
+                        f"{sweep.best_images_per_s / row.images_per_s:.2f}x",
+                    ]
+                    for sweep, row in versus
+                ],
+            ),
+            "",
+        ]
+    fp32 = results.sweep(ServedSpec("ensemble", images=TYPICAL))
+    for sweep in results.served:
+        if fp32 and sweep.rows and sweep.spec.images == TYPICAL and _on_openvino(sweep.spec):
+            ratio = sweep.best_images_per_s / fp32.best_images_per_s
+            lines += [
+                f"**{sweep.label} / {fp32.label}: {ratio:.2f}x** (best img/s, same server)",
+                "",
+            ]
+    for pair in results.back_to_back:
+        ratios = pair.ratios
+        lines += [
+            f"Back to back at concurrency {pair.concurrency}, {pair.second.label} / "
+            f"{pair.first.label}: median ratio **{statistics.median(ratios):.2f}x** (range "
+            f"{min(ratios):.2f}-{max(ratios):.2f}x, {len(ratios)} rounds)",
+            "",
+        ]
+    return lines
+
+
 def write_report(plan: BenchPlan, results: BenchResults, repo: Path) -> Path:
-    """``bench.md`` (table, ratios, sweeps), ``served.csv`` and ``served.png`` in ``plan.out``."""
+    """``bench.md`` (table, ratios, sweeps, the OpenVINO comparison when it ran), ``served.csv``
+    and ``served.png`` in ``plan.out``."""
     env = results.environment
     served = [sweep for sweep in results.served if sweep.rows]
     table = markdown_table(
@@ -666,6 +886,7 @@ def write_report(plan: BenchPlan, results: BenchResults, repo: Path) -> Path:
             "",
             "![served](served.png)",
             "",
+            *comparison_section(results),
         ]
     )
     path = plan.out / "bench.md"

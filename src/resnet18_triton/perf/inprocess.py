@@ -7,7 +7,13 @@ JSON result line. Engines:
 * ``torchscript``: the same model traced and frozen (``torch.jit.trace`` + ``torch.jit.freeze``);
 * ``ort``: ONNX Runtime FP32 on the served ``model.onnx`` (CPU provider, sequential execution);
 * ``pipeline``: what a single in-process service does per image: decode the JPEG + preprocess with
-  the served ``preprocess/1/model.py`` code + ONNX Runtime (batch 1 only).
+  the served ``preprocess/1/model.py`` code + ONNX Runtime (batch 1 only);
+* ``openvino``: OpenVINO on ``onnx_path`` compiled with a variant's config (``openvino_config``,
+  the shipped backend's ``compile_model``), as the served OpenVINO variant runs it.
+
+``measure_interleaved(specs)`` times several engines in one fresh process, alternated (A, B, C,
+A, B, C, ...), so that load from other processes hits them alike and their ratios hold even on a
+busy machine; their ``peak_rss_mb`` is that shared process's.
 
 Tensor engines run on already-decoded random tensors (speed does not depend on values). Timings
 are per batch; ``ms_per_image`` = median batch time / batch size, ``images_per_s`` = images / total
@@ -35,7 +41,7 @@ if TYPE_CHECKING:
 
 # The engines timed in-process (see the module docstring). Not the serving engines of
 # ``repository.variants.Engine`` (the backends Triton runs a classifier model on).
-InProcessEngine = Literal["eager", "torchscript", "ort", "pipeline"]
+InProcessEngine = Literal["eager", "torchscript", "ort", "pipeline", "openvino"]
 ENGINES: tuple[InProcessEngine, ...] = get_args(InProcessEngine)
 
 
@@ -55,6 +61,8 @@ class EngineSpec:
     images: list[str] = field(default_factory=list)  # JPEG files for the pipeline
     seed: int = 0
     allow_spinning: bool = True
+    # The openvino engine's model config as JSON (``repository.configs.as_json``).
+    openvino_config: dict[str, Any] | None = None
 
 
 @dataclass
@@ -75,27 +83,38 @@ class EngineResult:
 
 def measure(spec: EngineSpec, python: str | None = None, timeout_s: float = 900.0) -> EngineResult:
     """Run ``spec`` in a fresh interpreter and return its result."""
+    (result,) = _run_child([spec], python, timeout_s)
+    return result
+
+
+def measure_interleaved(
+    specs: list[EngineSpec], python: str | None = None, timeout_s: float = 900.0
+) -> list[EngineResult]:
+    """Run ``specs`` alternated in one fresh interpreter (``run_interleaved``); one result per
+    spec, in order."""
+    return _run_child(specs, python, timeout_s, interleaved=True)
+
+
+def _run_child(
+    specs: list[EngineSpec], python: str | None, timeout_s: float, interleaved: bool = False
+) -> list[EngineResult]:
     env = dict(os.environ)
     # One engine's threads must not be multiplied by another library's default pool.
-    env.setdefault("OMP_NUM_THREADS", str(spec.threads))
+    env.setdefault("OMP_NUM_THREADS", str(max(spec.threads for spec in specs)))
+    argument = json.dumps([asdict(spec) for spec in specs] if interleaved else asdict(specs[0]))
     result = subprocess.run(
-        [
-            python or sys.executable,
-            "-m",
-            "resnet18_triton.perf.inprocess",
-            json.dumps(asdict(spec)),
-        ],
+        [python or sys.executable, "-m", "resnet18_triton.perf.inprocess", argument],
         capture_output=True,
         text=True,
         timeout=timeout_s,
         env=env,
     )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("{", "["))]
     if result.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"engine {spec.engine} (batch {spec.batch}) failed:\n{result.stderr[-3000:]}"
-        )
-    return EngineResult(**json.loads(lines[-1]))
+        names = ", ".join(f"{spec.engine} (batch {spec.batch})" for spec in specs)
+        raise RuntimeError(f"engine {names} failed:\n{result.stderr[-3000:]}")
+    parsed = json.loads(lines[-1])
+    return [EngineResult(**fields) for fields in (parsed if interleaved else [parsed])]
 
 
 def _peak_rss_mb() -> float:
@@ -173,9 +192,15 @@ def random_input(session: Any, shape: tuple[int, ...], seed: int) -> npt.NDArray
     return rng.standard_normal(shape, dtype=np.float32)
 
 
-def run_engine(spec: EngineSpec) -> EngineResult:
-    """Time ``spec`` in this process."""
-    extra: dict[str, float] = {}
+Step = Callable[[int], None]
+# The pipeline's per-call split: preprocess and inference seconds.
+Split = dict[str, list[float]]
+
+
+def _step(spec: EngineSpec) -> tuple[Step, Split | None]:
+    """One call of ``spec``'s engine (its argument: the call's index), ready to time, and the
+    pipeline's split it appends to (None for other engines)."""
+    split: Split | None = None
     shape = (spec.batch, 3, 224, 224)
     if spec.engine in ("eager", "torchscript"):
         torch, model = _torch_model(spec)
@@ -204,21 +229,73 @@ def run_engine(spec: EngineSpec) -> EngineResult:
             raise ValueError("the pipeline engine needs the repository's preprocess model.py")
         preprocess = _load_preprocess(spec.preprocess_path)
         payloads = [Path(path).read_bytes() for path in spec.images]
-        split: dict[str, list[float]] = {"preprocess": [], "inference": []}
+        parts: Split = {"preprocess": [], "inference": []}
+        split = parts
 
         def step(index: int) -> None:  # type: ignore[misc]  # each engine defines its own step
             begin = time.perf_counter()
             tensor = preprocess.preprocess_bytes(payloads[index % len(payloads)])[None]
             middle = time.perf_counter()
             session.run(None, {name: tensor})
-            split["preprocess"].append(middle - begin)
-            split["inference"].append(time.perf_counter() - middle)
+            parts["preprocess"].append(middle - begin)
+            parts["inference"].append(time.perf_counter() - middle)
+
+    elif spec.engine == "openvino":
+        import numpy as np
+
+        from resnet18_triton import contract
+        from resnet18_triton.export.openvino_variant import openvino_backend
+
+        backend = openvino_backend()
+        request = backend.compile_model(spec.onnx_path, spec.openvino_config).create_infer_request()
+        rng = np.random.default_rng(spec.seed)
+        pixels = {contract.ONNX_INPUT: rng.integers(0, 256, shape, dtype=np.uint8)}
+
+        def step(_index: int) -> None:
+            backend.infer(request, pixels, [contract.ONNX_OUTPUT])
 
     else:
         raise ValueError(f"unknown engine {spec.engine!r}; choose from {ENGINES}")
+    return step, split
 
+
+def run_engine(spec: EngineSpec) -> EngineResult:
+    """Time ``spec`` in this process."""
+    step, split = _step(spec)
     times, total = _time_loop(step, spec)
-    if spec.engine == "pipeline":
+    return _result(spec, times, total, split)
+
+
+def run_interleaved(specs: list[EngineSpec]) -> list[EngineResult]:
+    """Time ``specs`` in this process, alternated call by call (A, B, C, A, B, C, ...) after each
+    one's warm-up, until together they ran for the sum of their ``seconds`` and each made its
+    ``min_iterations``; ``images_per_s`` is over each engine's own timed calls."""
+    steps = [_step(spec) for spec in specs]
+    for spec, (step, _) in zip(specs, steps, strict=True):
+        for _ in range(spec.warmup):
+            step(0)
+    times: list[list[float]] = [[] for _ in specs]
+    deadline = time.perf_counter() + sum(spec.seconds for spec in specs)
+    index = 0
+    while time.perf_counter() < deadline or any(
+        len(done) < spec.min_iterations for done, spec in zip(times, specs, strict=True)
+    ):
+        for (step, _), done in zip(steps, times, strict=True):
+            begin = time.perf_counter()
+            step(index)
+            done.append(time.perf_counter() - begin)
+        index += 1
+    return [
+        _result(spec, done, sum(done), split)
+        for spec, done, (_, split) in zip(specs, times, steps, strict=True)
+    ]
+
+
+def _result(
+    spec: EngineSpec, times: list[float], total: float, split: Split | None
+) -> EngineResult:
+    extra: dict[str, float] = {}
+    if split is not None:
         measured = len(times)
         extra = {
             f"{key}_ms_median": 1000 * statistics.median(values[-measured:])
@@ -239,8 +316,14 @@ def run_engine(spec: EngineSpec) -> EngineResult:
 
 
 def main(argv: list[str]) -> None:
-    spec = EngineSpec(**json.loads(argv[0]))
-    print(json.dumps(asdict(run_engine(spec))), flush=True)
+    """Time the spec (a JSON object) or the specs alternated (a JSON list) of ``argv[0]``; print
+    the result(s) as one JSON line."""
+    parsed = json.loads(argv[0])
+    if isinstance(parsed, list):
+        results = run_interleaved([EngineSpec(**fields) for fields in parsed])
+        print(json.dumps([asdict(result) for result in results]), flush=True)
+    else:
+        print(json.dumps(asdict(run_engine(EngineSpec(**parsed)))), flush=True)
 
 
 if __name__ == "__main__":

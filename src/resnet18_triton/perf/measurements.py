@@ -28,9 +28,10 @@ class InProcessSpec:
     """One in-process engine run.
 
     ``engine``: "eager", "torchscript", "ort" (tensors in) or "pipeline" (JPEG decode + the
-    served preprocessing + ORT, batch 1, on the ``images`` set). ``variant`` is the key of the
-    variant whose model file ORT runs (``FP32``: the exported one); ``spinning`` is ORT's
-    intra-op spinning (the served model runs with it off).
+    served preprocessing + ORT, batch 1, on the ``images`` set) or "openvino" (a variant on
+    OpenVINO, compiled at ``precision``). ``variant`` is the key of the variant whose model file
+    the engine runs (``FP32``: the exported one); ``spinning`` is ORT's intra-op spinning (the
+    served model runs with it off).
     """
 
     engine: InProcessEngine
@@ -38,16 +39,21 @@ class InProcessSpec:
     variant: str = FP32
     spinning: bool = True
     images: str | None = None
+    precision: str | None = None
 
     @property
     def label(self) -> str:
-        """E.g. "eager", "ort", "ort-nospin", "ort-int8-nospin", "pipeline 500x375"."""
+        """E.g. "eager", "ort", "ort-nospin", "ort-int8-nospin", "pipeline 500x375",
+        "openvino-bf16"."""
         if self.engine == "pipeline":
             variant = "" if self.variant == FP32 else f"-{self.variant}"
             return f"pipeline{variant} {self.images}"
         parts: list[str] = [self.engine]
-        if self.variant != FP32:
+        # A variant named after its engine (openvino) is said once.
+        if self.variant not in (FP32, self.engine):
             parts.append(self.variant)
+        if self.precision:
+            parts.append(self.precision)
         if not self.spinning:
             parts.append("nospin")
         return "-".join(parts)
@@ -156,13 +162,37 @@ class InterleavedPair:
 
 
 @dataclass(frozen=True)
+class BackToBack:
+    """Two served paths at one concurrency, measured back to back (``first`` then ``second``,
+    seconds apart) round by round; images/s of each round, in order. A ratio taken within one
+    round is far less exposed to other processes' load than best-of-sweep figures minutes
+    apart."""
+
+    first: ServedSpec
+    second: ServedSpec
+    concurrency: int
+    first_images_per_s: tuple[float, ...]
+    second_images_per_s: tuple[float, ...]
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """second / first, round by round."""
+        pairs = zip(self.second_images_per_s, self.first_images_per_s, strict=True)
+        return tuple(second / first for second, first in pairs)
+
+
+@dataclass(frozen=True)
 class BenchResults:
-    """Everything one ``bench`` run measured, plus where it ran."""
+    """Everything one ``bench`` run measured, plus where it ran. ``side_by_side`` are in-process
+    engines timed alternated in one process (a non-ONNX Runtime variant against ORT FP32);
+    ``back_to_back`` its served path against the FP32 ensemble."""
 
     engines: tuple[EngineRow, ...] = ()
     served: tuple[ServedSweep, ...] = ()
     interleaved: tuple[InterleavedPair, ...] = ()
     environment: dict[str, object] = field(default_factory=dict)
+    side_by_side: tuple[EngineRow, ...] = ()
+    back_to_back: tuple[BackToBack, ...] = ()
 
     def engine(self, spec: InProcessSpec) -> EngineRow | None:
         return next((row for row in self.engines if row.spec == spec), None)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
@@ -17,6 +15,7 @@ from resnet18_triton.options import admin_key_file_option, repository_option
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.layout import served_models
 from resnet18_triton.server.embedded import ALLOCATORS, EmbeddedServer, ServerOptions
+from resnet18_triton.signals import ForegroundSignals
 
 # Triton 2.51 reads the restricted-API key only from its command line (no variable, no file).
 KEY_ON_ARGV_NOTE = (
@@ -171,15 +170,9 @@ def serve(
         models=served_models(repository.resolve(), int8),
         allocator=allocator,
     )
-    stop_requested = threading.Event()
     server = EmbeddedServer(options, log_stream=None if quiet else sys.stderr)
-
-    def request_stop(signum: int, _frame: object) -> None:
-        stop_requested.set()
-        server.abort_start()  # a signal during start-up stops the launcher at once
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    # A signal during start-up stops the launcher at once.
+    signals = ForegroundSignals.install(on_stop=server.abort_start)
     click.echo(KEY_ON_ARGV_NOTE, err=True)
     try:
         server.start()
@@ -191,12 +184,14 @@ def serve(
             f"ready: http://{server.url} (models: {', '.join(options.load_order)}); Ctrl-C to stop",
             err=True,
         )
-        while not stop_requested.is_set():
+
+        def check_alive() -> None:
             if server.process is None or server.process.poll() is not None:
                 raise click.ClickException(
                     "tritonserver exited unexpectedly:\n" + server.log_tail[-2000:]
                 )
-            stop_requested.wait(0.5)
+
+        signals.wait_for_stop(check_alive, every_s=0.5)
         click.echo("stopping: waiting for in-flight requests...", err=True)
     finally:
         code = server.stop()

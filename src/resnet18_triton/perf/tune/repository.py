@@ -32,7 +32,7 @@ from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError, TuneError
 from resnet18_triton.files import fsync_directory, link_or_copy, write_text_atomically
-from resnet18_triton.perf.tune_space import FP32, Candidate
+from resnet18_triton.perf.tune.space import FP32, Candidate
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import Classifier
 from resnet18_triton.repository.configs import (

@@ -1,7 +1,7 @@
 """``resnet18-triton tune``: measure serving plans on this machine and pick the best.
 
-Each plan (``tune_space.Candidate``) is measured the same way: its configs are rendered into a
-scratch copy of the repository (``tune_repository``), a fresh ``EmbeddedServer`` starts on free
+Each plan (``tune.space.Candidate``) is measured the same way: its configs are rendered into a
+scratch copy of the repository (``tune.repository``), a fresh ``EmbeddedServer`` starts on free
 loopback ports with that plan's models, and one perf_analyzer sweep of the ensemble runs with
 real JPEG input at fixed concurrency levels (the same levels for every plan, so plans are compared
 at equal load). The server's statistics give each model's compute time per image. Then the server
@@ -27,12 +27,12 @@ from resnet18_triton.errors import PerfAnalyzerError, ResNet18TritonError, TuneE
 from resnet18_triton.perf import harness
 from resnet18_triton.perf import perf_analyzer as pa
 from resnet18_triton.perf.report import markdown_table
-from resnet18_triton.perf.tune_repository import (
+from resnet18_triton.perf.tune.repository import (
     scratch_repository,
     variant_models,
     write_plan_configs,
 )
-from resnet18_triton.perf.tune_space import (
+from resnet18_triton.perf.tune.space import (
     Candidate,
     Measurement,
     SearchSpace,

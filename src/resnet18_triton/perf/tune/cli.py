@@ -180,14 +180,14 @@ def tune(
     from resnet18_triton.errors import TuneError
     from resnet18_triton.perf import images as image_sets
     from resnet18_triton.perf.perf_analyzer import SweepSettings
-    from resnet18_triton.perf.tune import TunePlan, run_tune
-    from resnet18_triton.perf.tune_repository import (
+    from resnet18_triton.perf.tune.repository import (
         apply_plan,
         available_variants,
         repository_settings,
         variant_models,
     )
-    from resnet18_triton.perf.tune_space import SearchSpace, parse_label
+    from resnet18_triton.perf.tune.search import TunePlan, run_tune
+    from resnet18_triton.perf.tune.space import SearchSpace, parse_label
     from resnet18_triton.repository.configs import available_cores, describe_queue
     from resnet18_triton.server.embedded import TritonInstall
 
@@ -282,7 +282,7 @@ def revert_command(repository: Path) -> None:
 
 def _revert(repository: Path) -> None:
     """Put back the configs ``tune --apply`` replaced in ``repository`` and say which."""
-    from resnet18_triton.perf.tune_repository import revert
+    from resnet18_triton.perf.tune.repository import revert
 
     restored = revert(repository)
     click.echo(f"restored {', '.join(restored)} in {repository} (restart the server)")
