@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
+import click
 import pytest
 
 from resnet18_triton.contract import is_loopback
+from resnet18_triton.deploy import proxy
+from resnet18_triton.deploy.cli import cluster
 from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
 from resnet18_triton.errors import ProxyError, ServerStartError
 from tests.support import run_cli
@@ -81,3 +85,12 @@ def test_a_bad_key_file_is_refused_before_any_process_starts(tmp_path: Path) -> 
 )  # fmt: skip
 def test_only_loopback_hosts_count_as_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_every_proxy_limit_is_a_cluster_option_with_the_limits_default() -> None:
+    options = {param.name: param for param in cluster.params if isinstance(param, click.Option)}
+    for field in dataclasses.fields(proxy.Limits):
+        if field.name == "body_budget_bytes":  # given in MiB: --body-budget-mib
+            assert options["body_budget_mib"].default == field.default // proxy.MIB
+            continue
+        assert options[field.name].default == field.default, field.name

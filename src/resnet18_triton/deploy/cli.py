@@ -10,7 +10,9 @@ group that runs the cluster when no subcommand follows (``invoke_without_command
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -28,6 +30,62 @@ from resnet18_triton.signals import ForegroundSignals
 
 ADD_KEY_COMMAND = "resnet18-triton cluster keys add NAME --api-key-file FILE"
 HASH_KEYS_COMMAND = "resnet18-triton cluster keys hash --api-key-file FILE"
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+# The proxy's limits, one option each: (flag, ``proxy.Limits`` field, help). Each takes a whole
+# number of at least 1 and defaults to the field's default.
+LIMIT_OPTIONS = (
+    (
+        "--rate-limit",
+        "rate_per_s",
+        "Requests per second per client address; beyond --burst: 429 with Retry-After.",
+    ),
+    ("--burst", "burst", "Requests a client address may send at once above --rate-limit."),
+    (
+        "--client-connections",
+        "client_connections",
+        "Requests in flight per client address (429 beyond).",
+    ),
+    (
+        "--key-in-flight",
+        "key_in_flight",
+        "Requests in flight per API key (tenant) from all its addresses, times the key's weight "
+        "(name:key:weight in --api-key-file; 429 beyond). A tenant alone gets no more than that.",
+    ),
+    (
+        "--key-large-in-flight",
+        "key_large_in_flight",
+        f"Of those, requests with a body of {proxy.LARGE_BODY_BYTES:,} bytes or more, times the "
+        "key's weight (429 beyond): a large image costs many photos' time.",
+    ),
+    (
+        "--max-in-flight",
+        "max_in_flight",
+        "Requests in flight through the proxy in total (429 beyond).",
+    ),
+    (
+        "--max-large-in-flight",
+        "max_large_in_flight",
+        "Requests with a large body through the proxy in total, keys or not (429 beyond).",
+    ),
+)
+
+
+def limit_options(command: F) -> F:
+    """The options of ``LIMIT_OPTIONS``, in that order; each reaches the command under its field's
+    name."""
+    for flag, field, help_text in reversed(LIMIT_OPTIONS):
+        command = click.option(
+            flag,
+            field,
+            default=getattr(proxy.Limits, field),
+            show_default=True,
+            type=click.IntRange(1),
+            help=help_text,
+        )(command)
+    return command
 
 
 @click.group("cluster", invoke_without_command=True, subcommand_metavar="[keys ...]")
@@ -81,51 +139,7 @@ HASH_KEYS_COMMAND = "resnet18-triton cluster keys hash --api-key-file FILE"
     default=None,
     help="PEM private key of --tls-cert.",
 )
-@click.option(
-    "--rate-limit",
-    default=proxy.Limits.rate_per_s,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Requests per second per client address; beyond --burst: 429 with Retry-After.",
-)
-@click.option("--burst", default=proxy.Limits.burst, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--client-connections",
-    default=proxy.Limits.client_connections,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Requests in flight per client address (429 beyond).",
-)
-@click.option(
-    "--key-in-flight",
-    default=proxy.Limits.key_in_flight,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Requests in flight per API key (tenant) from all its addresses, times the key's weight "
-    "(name:key:weight in --api-key-file; 429 beyond). A tenant alone gets no more than that.",
-)
-@click.option(
-    "--key-large-in-flight",
-    default=proxy.Limits.key_large_in_flight,
-    show_default=True,
-    type=click.IntRange(1),
-    help=f"Of those, requests with a body of {proxy.LARGE_BODY_BYTES:,} bytes or more per API key, "
-    "times its weight (429 beyond): a large image costs many photos' time.",
-)
-@click.option(
-    "--max-in-flight",
-    default=proxy.Limits.max_in_flight,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Requests in flight through the proxy in total (429 beyond).",
-)
-@click.option(
-    "--max-large-in-flight",
-    default=proxy.Limits.max_large_in_flight,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Requests with a large body through the proxy in total, keys or not (429 beyond).",
-)
+@limit_options
 @click.option(
     "--body-budget-mib",
     default=proxy.Limits.body_budget_bytes // proxy.MIB,
@@ -167,17 +181,11 @@ def cluster(
     insecure_no_auth: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
-    rate_limit: int,
-    burst: int,
-    client_connections: int,
-    key_in_flight: int,
-    key_large_in_flight: int,
-    max_in_flight: int,
-    max_large_in_flight: int,
     body_budget_mib: int,
     add_api_key: str | None,
     hash_api_keys: bool,
     workdir: Path | None,
+    **limit_values: int,
 ) -> None:
     """Run N `serve` replicas behind nginx until Ctrl-C; a replica that exits is restarted.
 
@@ -194,16 +202,7 @@ def cluster(
         return
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-    limits = proxy.Limits(
-        rate_per_s=rate_limit,
-        burst=burst,
-        client_connections=client_connections,
-        key_in_flight=key_in_flight,
-        key_large_in_flight=key_large_in_flight,
-        max_in_flight=max_in_flight,
-        max_large_in_flight=max_large_in_flight,
-        body_budget_bytes=body_budget_mib * proxy.MIB,
-    )
+    limits = proxy.Limits(**limit_values, body_budget_bytes=body_budget_mib * proxy.MIB)
     options = ClusterOptions(
         repository=repository.resolve(),
         replicas=replicas,
