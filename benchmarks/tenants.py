@@ -1,7 +1,7 @@
 """Tenants through the proxy: polite callers at a fixed rate, alone and beside two kinds of flood.
 
 ``python -m benchmarks.tenants --repo model_repository [--replicas 2] [--seconds 20]
-[--key-in-flight 4] [--key-large-in-flight 1]``
+[--key-in-flight 4] [--key-large-in-flight 2] [--max-large-in-flight 4]``
 
 One ``cluster`` (real ``serve`` replicas, nginx with TLS, two API keys, the default limits). Each
 caller has its own loopback address, as on a real edge:
@@ -178,9 +178,11 @@ def _tenant_lines(name: str, before: Counters, after: Counters) -> list[str]:
         )
         seconds = grown.get((tenant, "replica_s"), 0.0)
         share = 100 * seconds / total_s if total_s else 0.0
+        answered = grown.get((tenant, "answered"), 0.0)
+        each = f", {1000 * seconds / answered:.0f} ms per answer" if answered else ""
         lines.append(
             f"- {name}, tenant `{tenant}`: {outcomes}; replica time {seconds:.1f} s "
-            f"({share:.0f} % of the replicas' time)"
+            f"({share:.0f} % of the replicas' time{each})"
         )
     return lines
 
@@ -222,12 +224,19 @@ def main() -> None:
         help="Of the per-key share, requests with a large body (equal to --key-in-flight: no "
         "separate share for them).",
     )
+    parser.add_argument(
+        "--max-large-in-flight",
+        type=int,
+        default=proxy.Limits.max_large_in_flight,
+        help="Large requests through the proxy in total (16, the proxy's total: no such cap).",
+    )
     args = parser.parse_args()
 
     limits = dataclasses.replace(
         proxy.Limits(),
         key_in_flight=args.key_in_flight,
         key_large_in_flight=args.key_large_in_flight,
+        max_large_in_flight=args.max_large_in_flight,
     )
     secured = secured_cluster(args.repo, args.replicas, "tenants-benchmark-", limits)
     assert secured.options.api_key_file is not None

@@ -29,8 +29,10 @@ class Engine:
 
 @dataclass(frozen=True)
 class Repository:
-    """The exported repository the containers mount, and what it was made from."""
+    """The exported repository the containers mount, and what it was made from. ``exported``:
+    its files' digests as exported (a publish test adds versions to it later)."""
 
     path: Path
     digits_model: object
     held_out: list[bytes]
+    exported: dict[str, str]

@@ -229,6 +229,7 @@ def repository() -> Iterator[Repository]:
     from resnet18_triton.cpu_flags import cpu_flags
     from resnet18_triton.export.cli import export
     from tests.digits import digits_int8_repository, digits_model
+    from tests.support import tree_snapshot
     from tests.variant_support import one_precision_each, write_matrix
 
     work = Path(tempfile.mkdtemp(prefix="r18-container-"))
@@ -246,7 +247,8 @@ def repository() -> Iterator[Repository]:
                 path.stat().st_mode | 0o055 if path.is_dir() else path.stat().st_mode | 0o044
             )
         model, splits, _ = digits_model()
-        yield Repository(repo, model, list(splits["held_out"][0][:8]))
+        exported = tree_snapshot(repo, directories=False)
+        yield Repository(repo, model, list(splits["held_out"][0][:8]), exported)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -319,6 +319,40 @@ def test_the_edge_refuses_the_admin_api_that_the_servers_own_port_serves_and_cou
     assert 'outcome="forbidden"' in metrics, metrics
 
 
+def test_publishing_to_the_compose_server_under_load_through_the_edge_loses_no_request(
+    compose: Compose, triton: str, repository: Repository, tmp_path: Path
+) -> None:
+    """The second classifier's weights published again as v2, through the server's own port
+    (the edge refuses the admin API) while clients classify through the edge: every request is
+    answered, equal to what v1 answered (same weights), and v2 is what answers afterwards."""
+    import tritonclient.http as httpclient
+
+    eval_images = tmp_path / "eval"
+    eval_images.mkdir()
+    for number, image in enumerate(repository.held_out):
+        (eval_images / f"{number}.png").write_bytes(image)
+    image = repository.held_out[0]
+    expected = classify_ensemble(triton, SECOND_CLASSIFIER, [image])[0]
+    server = proxy.COMPOSE_SERVER_UPSTREAM
+    key_file = Path(compose.env["TRITON_ADMIN_KEY_FILE"])
+    with Load(triton, SECOND_CLASSIFIER, image, expected, threads=4) as load:
+        load.wait_for_answers(5, timeout_s=60)
+        published = subprocess.run(
+            [str(Path(os.sys.executable).parent / "resnet18-triton"), "publish",
+             "--name", SECOND_CLASSIFIER, "--weights", "random", "--seed", str(SECOND_SEED),
+             "--opset", "17", "--eval-images", str(eval_images), "--repo", str(repository.path),
+             "--url", f"{server.host}:{server.http_port}", "--admin-key-file", str(key_file)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        load.wait_for_answers(10, timeout_s=120)
+    outcomes = load.snapshot()
+    print(f"publish through compose under load: outcomes {dict(outcomes)}")
+    assert published.returncode == 0, published.stdout + published.stderr
+    assert set(outcomes) == {"ok"}, dict(outcomes)
+    client = httpclient.InferenceServerClient(triton)
+    assert client.get_model_metadata(SECOND_CLASSIFIER)["versions"] == ["2"]
+
+
 # --- faults under load
 
 
@@ -561,5 +595,5 @@ def test_the_model_repository_image_copies_the_repository_as_exported(
         f"resnet18-triton/model-repository:{images.tag}",
     )  # fmt: skip
     copied = tree_snapshot(target, directories=False)
-    assert copied == tree_snapshot(repository.path, directories=False)
+    assert copied == repository.exported
     assert "resnet18_int8_fused/config.pbtxt" in copied
