@@ -98,6 +98,21 @@ def test_repository_body_limit_reads_the_preprocess_config(tmp_path: Path) -> No
     assert proxy.repository_body_limit(tmp_path) == proxy.body_limit(4, 1000)
 
 
+def test_repository_body_limit_reads_a_named_classifiers_config_when_it_is_the_only_one(
+    tmp_path: Path,
+) -> None:
+    from resnet18_triton.contract import ClassifierNames
+    from resnet18_triton.repository.classifier import Classifier
+    from resnet18_triton.repository.configs import ServingSettings
+    from resnet18_triton.repository.writer import fill_repository
+
+    digits = Classifier(ClassifierNames.of("digits"), tuple(str(d) for d in range(10)))
+    fill_repository(tmp_path, ServingSettings(max_batch_size=2, max_image_bytes=500), "{}",
+                    list(digits.labels), digits)  # fmt: skip
+    assert not (tmp_path / "preprocess").exists()
+    assert proxy.repository_body_limit(tmp_path) == proxy.body_limit(2, 500)
+
+
 def test_repository_body_limit_names_the_missing_config(tmp_path: Path) -> None:
     with pytest.raises(ProxyError, match="resnet18-triton export"):
         proxy.repository_body_limit(tmp_path)

@@ -208,23 +208,28 @@ def body_limit(max_batch_size: int, max_image_bytes: int) -> int:
 
 
 def repository_body_limit(repository: Path) -> int:
-    """``body_limit`` from the repository's preprocess config (max_batch_size, max_image_bytes).
+    """``body_limit`` of the repository: the largest over its classifiers' preprocess configs
+    (max_batch_size, max_image_bytes), so that no classifier's largest request is refused.
 
-    Needs Triton's ModelConfig schema (``tritonclient[grpc]``); raises ``ProxyError`` when the
+    Needs Triton's ModelConfig schema (``tritonclient[grpc]``); raises ``ProxyError`` when a
     config is missing.
     """
+    from resnet18_triton.contract import ClassifierNames
     from resnet18_triton.repository.configs import read_config_file
-    from resnet18_triton.repository.layout import CONFIG_FILENAME
+    from resnet18_triton.repository.layout import CONFIG_FILENAME, classifiers
 
-    path = repository / contract.PREPROCESS_MODEL / CONFIG_FILENAME
-    config = read_config_file(path)
-    if config is None:
-        raise ProxyError(
-            f"{path} is missing: run `resnet18-triton export` to fill the repository first"
-        )
-    parameter = config.parameters.get("max_image_bytes")
-    image_bytes = int(parameter.string_value) if parameter else DEFAULT_MAX_IMAGE_BYTES
-    return body_limit(config.max_batch_size or 1, image_bytes)
+    limits = []
+    for names in classifiers(repository) or [ClassifierNames.of()]:
+        path = repository / names.preprocess / CONFIG_FILENAME
+        config = read_config_file(path)
+        if config is None:
+            raise ProxyError(
+                f"{path} is missing: run `resnet18-triton export` to fill the repository first"
+            )
+        parameter = config.parameters.get("max_image_bytes")
+        image_bytes = int(parameter.string_value) if parameter else DEFAULT_MAX_IMAGE_BYTES
+        limits.append(body_limit(config.max_batch_size or 1, image_bytes))
+    return max(limits)
 
 
 def _server_lines(upstreams: Sequence[Upstream], grpc: bool) -> str:
