@@ -151,6 +151,16 @@ class TenantMetrics:
 
 
 @dataclass(frozen=True)
+class CanaryRoute:
+    """A canary (``repository.versions``): ``percent`` of the inference requests to ``model`` go
+    to ``canary``, the same classifier pinned to its new version; the rest stay on ``model``."""
+
+    model: str
+    canary: str
+    percent: int
+
+
+@dataclass(frozen=True)
 class Tls:
     """TLS termination at the proxy: PEM certificate (chain) and its private key."""
 
@@ -190,6 +200,7 @@ class ProxySettings:
     tls: Tls | None = None
     limits: Limits = Limits()
     metrics: TenantMetrics | None = None
+    canaries: tuple[CanaryRoute, ...] = ()
 
     @property
     def repository_limit(self) -> int:
@@ -208,23 +219,28 @@ def body_limit(max_batch_size: int, max_image_bytes: int) -> int:
 
 
 def repository_body_limit(repository: Path) -> int:
-    """``body_limit`` from the repository's preprocess config (max_batch_size, max_image_bytes).
+    """``body_limit`` of the repository: the largest over its classifiers' preprocess configs
+    (max_batch_size, max_image_bytes), so that no classifier's largest request is refused.
 
-    Needs Triton's ModelConfig schema (``tritonclient[grpc]``); raises ``ProxyError`` when the
+    Needs Triton's ModelConfig schema (``tritonclient[grpc]``); raises ``ProxyError`` when a
     config is missing.
     """
+    from resnet18_triton.contract import ClassifierNames
     from resnet18_triton.repository.configs import read_config_file
-    from resnet18_triton.repository.layout import CONFIG_FILENAME
+    from resnet18_triton.repository.layout import CONFIG_FILENAME, classifiers
 
-    path = repository / contract.PREPROCESS_MODEL / CONFIG_FILENAME
-    config = read_config_file(path)
-    if config is None:
-        raise ProxyError(
-            f"{path} is missing: run `resnet18-triton export` to fill the repository first"
-        )
-    parameter = config.parameters.get("max_image_bytes")
-    image_bytes = int(parameter.string_value) if parameter else DEFAULT_MAX_IMAGE_BYTES
-    return body_limit(config.max_batch_size or 1, image_bytes)
+    limits = []
+    for names in classifiers(repository) or [ClassifierNames.of()]:
+        path = repository / names.preprocess / CONFIG_FILENAME
+        config = read_config_file(path)
+        if config is None:
+            raise ProxyError(
+                f"{path} is missing: run `resnet18-triton export` to fill the repository first"
+            )
+        parameter = config.parameters.get("max_image_bytes")
+        image_bytes = int(parameter.string_value) if parameter else DEFAULT_MAX_IMAGE_BYTES
+        limits.append(body_limit(config.max_batch_size or 1, image_bytes))
+    return max(limits)
 
 
 def _server_lines(upstreams: Sequence[Upstream], grpc: bool) -> str:
@@ -299,6 +315,37 @@ def _large_http() -> str:
             "    limit_conn_zone $large_total zone=large_in_flight:1m;",
         ]
     )
+
+
+def _canary_http(routes: Sequence[CanaryRoute]) -> str:
+    """One split per canary: each request, by a hash of its random id, to the canary or not."""
+    if not routes:
+        return "    # No canary: every request goes to the model it names."
+    lines = ["    # Canaries: a share of a classifier's requests to its canary ensemble."]
+    for index, route in enumerate(routes):
+        lines += [
+            f'    split_clients "${{request_id}}" $canary_{index} {{',
+            f"        {route.percent}% {route.canary};",
+            f"        * {route.model};",
+            "    }",
+        ]
+    return "\n".join(lines)
+
+
+def _canary_locations(routes: Sequence[CanaryRoute], guard: str) -> str:
+    """An exact location per canaried model's inference path, sending it where its split says
+    (with the same key check and limits as every path to Triton)."""
+    if not routes:
+        return "# no canary"
+    blocks = []
+    for index, route in enumerate(routes):
+        blocks.append(
+            f"location = /v2/models/{route.model}/infer {{\n"
+            f"            {guard}\n"
+            f"            proxy_pass http://triton_http/v2/models/$canary_{index}/infer;\n"
+            "        }"
+        )
+    return "\n        ".join(blocks)
 
 
 def _tls_http(tls: Tls | None) -> str:
@@ -413,6 +460,8 @@ def render(settings: ProxySettings) -> str:
         large_http=_large_http(),
         tls_http=_tls_http(settings.tls),
         guard=_guard(settings),
+        canary_http=_canary_http(settings.canaries),
+        canary_locations=_canary_locations(settings.canaries, _guard(settings)),
         runtime_dir=settings.runtime_dir,
         error_log=settings.error_log,
         access_log=settings.access_log
