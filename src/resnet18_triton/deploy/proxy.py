@@ -323,10 +323,12 @@ def _canary_http(routes: Sequence[CanaryRoute]) -> str:
         return "    # No canary: every request goes to the model it names."
     lines = ["    # Canaries: a share of a classifier's requests to its canary ensemble."]
     for index, route in enumerate(routes):
+        shares = [f"        {route.percent}% {route.canary};", f"        * {route.model};"]
+        if route.percent >= 100:  # promote: all of them, for the moment the ensemble moves
+            shares = [f"        * {route.canary};"]
         lines += [
             f'    split_clients "${{request_id}}" $canary_{index} {{',
-            f"        {route.percent}% {route.canary};",
-            f"        * {route.model};",
+            *shares,
             "    }",
         ]
     return "\n".join(lines)

@@ -5,7 +5,9 @@ the new one; the proxy in front (``resnet18-triton cluster``) sends it ``percent
 ensemble's inference requests. Starting installs and loads the canary while its share is still 0,
 and only then gives it its share, so the proxy never sends a request to a model not yet loaded.
 Ending sets the share to 0, waits for the proxies to stop sending (``DRAIN_S``), then unloads and
-removes the canary ensemble: no request reaches a model that is gone.
+removes the canary ensemble: no request reaches a model that is gone. Promoting first sends every
+request to the canary (``route_all``), so that the ensemble moves to the canary's version while
+no request is inside it, then ends the canary.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from resnet18_triton.server.watchdog import record_loaded
 # The cluster's proxy reads the canaries every 0.5 s and reloads nginx gracefully (its old
 # workers finish their requests); this leaves it several times that.
 DRAIN_S = 3.0
-# The largest share a canary may take: beyond half, it is the stable version.
+# The largest share a user gives a canary: beyond half, it is the stable version. ``promote``
+# gives it ALL for the moment the ensemble moves to the canary's version.
 MAX_PERCENT = 50
+ALL = 100
 
 
 def start(
@@ -70,6 +74,13 @@ def set_percent(repo: Path, names: ClassifierNames, percent: int) -> None:
         model = stage_canary(repo, staging, names, canary.version, percent)
         with install_lock(repo):
             install(staging, repo, (model,))
+
+
+def route_all(repo: Path, names: ClassifierNames, drain_s: float = DRAIN_S) -> None:
+    """Send every request of the classifier to its canary, and wait ``drain_s`` for the proxies
+    to do so."""
+    set_percent(repo, names, ALL)
+    time.sleep(drain_s)
 
 
 def end(

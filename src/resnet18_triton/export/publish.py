@@ -416,10 +416,15 @@ def promote(
             "--canary PERCENT`"
         )
     servers = find_servers(repo, endpoints)
-    echo(f"ending the canary of v{state.canary.version} ...")
+    version = state.canary.version
+    # The canary answers every request while the ensemble moves to its version, so no request
+    # is inside the ensemble while Triton reloads it with the new pin.
+    echo(f"sending every request to the canary of v{version} ...")
+    canaries.route_all(repo, names)
+    first, second = move_to(repo, names, servers, version, keep, None, echo)
+    echo("ending the canary ...")
     canaries.end(repo, names, servers.live)
-    first, second = move_to(repo, names, servers, state.canary.version, keep, None, echo)
-    return MoveResult(state.served, state.canary.version, servers, _move_times(first, second))
+    return MoveResult(state.served, version, servers, _move_times(first, second))
 
 
 def rollback(
