@@ -1,6 +1,6 @@
 """The KServe canary overlays, deploy/kubernetes/kserve-canary and kserve-canary-promoted,
 rendered by ``kubectl kustomize`` and checked offline like deploy/kubernetes/kserve
-(tests/unit/test_kubernetes.py, whose helpers this module uses).
+(tests/unit/test_kubernetes.py; both use tests/kubernetes_support.py).
 
 The canary is KServe 0.20's ``spec.canary`` of RawDeployment (Standard) mode: a predictor of its
 own, named, beside the stable one. Built-in kinds (the canary's Job) go through
@@ -20,18 +20,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.test_kubernetes import (
+from tests.kubernetes_support import (
     KSERVE,
     KUBERNETES,
     MODEL_REPOSITORY_IMAGE,
     REPO_ROOT,
-    _documents,
-    _image_name,
-    _images,
-    _kustomize,
-    _kustomize_images,
-    _one,
-    _validate,
+    container_images,
+    image_name,
+    kustomize,
+    kustomize_images,
+    one,
+    validate,
+    yaml_documents,
 )
 
 CANARY = KUBERNETES / "kserve-canary"
@@ -51,7 +51,7 @@ DOC_SECTION = "### A canary on KServe"
 @pytest.fixture(scope="module")
 def renders() -> dict[Path, list[dict]]:
     """What ``kubectl kustomize`` renders from the stable, canary and promoted kustomizations."""
-    return {directory: _kustomize(directory) for directory in (KSERVE, CANARY, PROMOTED)}
+    return {directory: kustomize(directory) for directory in (KSERVE, CANARY, PROMOTED)}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def _without(predictor: dict, *fields: str) -> dict:
 
 
 def _job_pod(documents: list[dict], name: str) -> dict:
-    return _one(documents, "Job", name)["spec"]["template"]["spec"]
+    return one(documents, "Job", name)["spec"]["template"]["spec"]
 
 
 def _doc_section() -> str:
@@ -109,7 +109,7 @@ def test_canary_kustomizations_validate_and_land_in_the_one_namespace(
 ) -> None:
     documents = renders[directory]
     for document in documents:
-        _validate(document, f"kustomize {directory.relative_to(REPO_ROOT)}")
+        validate(document, f"kustomize {directory.relative_to(REPO_ROOT)}")
     assert {d["metadata"].get("namespace") for d in documents} == {"resnet18-triton"}
 
 
@@ -177,7 +177,7 @@ def test_canary_job_fills_the_folder_the_canary_reads_from_the_new_repository_im
     mount = copier["volumeMounts"][0]
     assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim
     assert copier["command"] == ["cp", "-R", "/model_repository/.", f"{mount['mountPath']}/{path}/"]
-    assert _image_name(copier["image"]) == MODEL_REPOSITORY_IMAGE
+    assert image_name(copier["image"]) == MODEL_REPOSITORY_IMAGE
     assert copier["image"] != stable_copier["image"]
     # Everything else as the stable Job: user, security, resources, volume.
     for container in (copier, stable_copier):
@@ -188,12 +188,12 @@ def test_canary_job_fills_the_folder_the_canary_reads_from_the_new_repository_im
 def test_canary_image_entry_is_the_only_one_and_retags_only_the_canarys_job(
     tmp_path: Path, canary: list[dict]
 ) -> None:
-    entries = _kustomize_images(CANARY)
+    entries = kustomize_images(CANARY)
     written = {
-        _image_name(image)
+        image_name(image)
         for path in CANARY.glob("*.yaml")
         if path.name != "kustomization.yaml"
-        for image in _images(_documents(path.read_text()))
+        for image in container_images(yaml_documents(path.read_text()))
     }
     assert written == set(entries)
     assert all(entry["newName"] == MODEL_REPOSITORY_IMAGE for entry in entries.values())
@@ -205,7 +205,7 @@ def test_canary_image_entry_is_the_only_one_and_retags_only_the_canarys_job(
         entry["newName"] = f"registry.example:5000/team/{MODEL_REPOSITORY_IMAGE}"
         entry["newTag"] = "9.9.9"
     (copied / CANARY.name / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    retagged = _kustomize(copied / CANARY.name)
+    retagged = kustomize(copied / CANARY.name)
     moved = _job_pod(retagged, CANARY_JOB)["containers"][0]["image"]
     assert moved == f"registry.example:5000/team/{MODEL_REPOSITORY_IMAGE}:9.9.9"
     assert [d for d in retagged if d["metadata"]["name"] != CANARY_JOB] == [

