@@ -7,14 +7,12 @@ server named and the probabilities, so a test can check each answer against the 
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -130,46 +128,3 @@ class VersionedLoad:
         deadline = time.monotonic() + timeout_s
         while len(self.answers) < count and time.monotonic() < deadline:
             time.sleep(0.1)
-
-
-def head_variant(model, scale: float = 1.0, shuffle: bool = False):
-    """A "retrained" copy of ``model``: its head scaled by ``scale`` (same top-1 answers, other
-    probabilities), or its rows shuffled (a model trained on shuffled labels)."""
-    import torch
-
-    changed = copy.deepcopy(model)
-    with torch.no_grad():
-        changed.fc.weight.mul_(scale)
-        changed.fc.bias.mul_(scale)
-        if shuffle:
-            changed.fc.weight.copy_(torch.roll(changed.fc.weight, 1, dims=0))
-            changed.fc.bias.copy_(torch.roll(changed.fc.bias, 1, dims=0))
-    return changed
-
-
-# The TorchScript exporter: 1.4 s for the digits model where the default (torch.export) takes
-# 10 s; the export tests cover the default, the lifecycle tests the lifecycle around it.
-FAST_EXPORT = ("--opset", "17")
-
-
-def export_digits(work: Path, name: str, models: dict[str, object]) -> dict[str, Path]:
-    """Save each of ``models`` (version name -> digits network) as a checkpoint in ``work``, and
-    export the one named "1" as the 10-class digits classifier ``name`` into
-    ``work/model_repository``, with its own labels and preprocessing, as the lifecycle tests
-    serve it. Returns the checkpoints."""
-    from tests import digits
-    from tests.support import run_cli
-
-    checkpoints = {
-        version: digits.save_lightning_checkpoint(model, work / f"{version}.ckpt")
-        for version, model in models.items()
-    }
-    labels = digits.write_digit_labels(work / "labels.txt")
-    exported = run_cli(
-        "export", "--repo", str(work / "model_repository"), "--weights", str(checkpoints["1"]),
-        "--name", name, "--labels", str(labels), "--resize-straight",
-        "--input-size", str(digits.CUSTOM_INPUT_SIZE), "--mean", "0.5,0.5,0.5",
-        "--std", "0.5,0.5,0.5", *FAST_EXPORT,
-    )  # fmt: skip
-    assert exported.returncode == 0, exported.stderr
-    return checkpoints

@@ -55,12 +55,6 @@ DEFAULT_CLASSIFIER = ENSEMBLE_MODEL
 CLASSIFIER_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
-CANARY_SUFFIX = "_canary"
-# The canary ensemble's config parameter: the percent of its classifier's requests the proxy
-# sends it (0: none, the canary is ending).
-CANARY_PERCENT_PARAMETER = "canary_percent"
-
-
 @dataclass(frozen=True)
 class ClassifierNames:
     """Every model name of one classifier, derived from its name (``ClassifierNames.of``).
@@ -87,12 +81,6 @@ class ClassifierNames:
     def served(self) -> tuple[str, ...]:
         """The FP32 models in load order: steps first, the ensemble last."""
         return (self.preprocess, self.onnx, self.ensemble)
-
-    @property
-    def canary(self) -> str:
-        """The second ensemble a canary adds: the same steps, pinned to the new version
-        (``repository.versions``); the proxy sends it a share of the ensemble's requests."""
-        return f"{self.name}{CANARY_SUFFIX}"
 
 
 def check_classifier_name(name: str) -> None:

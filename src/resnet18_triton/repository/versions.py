@@ -17,12 +17,6 @@ ensemble that depends on it:
 2. *settled*: the ONNX model serves N only. S stays on disk for a rollback until retention
    (``retained``) removes it.
 
-A canary is a third state, between the two: the ONNX model serves S and N, the ensemble stays
-pinned to S, and a second ensemble, ``NAME_canary`` (``ClassifierNames.canary``), the same steps
-pinned to N, answers the share of requests the proxy sends it (its config parameter
-``canary_percent``). Ending it, by promoting N or rolling back to S, first sets that share to 0,
-then unloads and removes the canary ensemble, then moves as above.
-
 Whichever state a killed publish leaves on disk, a server (re)started on the repository, or a
 model the watchdog reloads, answers with one version only and names it: S until state 1 is
 installed, N from then on. ``read_state`` tells a half-done move (``settled`` is False) so the
@@ -38,12 +32,11 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet18_triton.contract import CANARY_PERCENT_PARAMETER, CONFIG_FILENAME, ClassifierNames
+from resnet18_triton.contract import CONFIG_FILENAME, ClassifierNames
 from resnet18_triton.files import link_or_copy, write_text_atomically
-from resnet18_triton.repository.configs import read_config, read_config_file, render
+from resnet18_triton.repository.configs import read_config, render
 from resnet18_triton.repository.layout import (
     ONNX_FILENAME,
-    classifiers,
     onnx_versions,
     served_version,
     version_dir,
@@ -52,40 +45,6 @@ from resnet18_triton.repository.layout import (
 # Versions kept on disk after a publish, the served one included: the served one, and the two
 # before it to roll back to.
 DEFAULT_KEEP = 3
-
-
-@dataclass(frozen=True)
-class Canary:
-    """A canary of a classifier: its ensemble answers with ``version`` and the proxy sends it
-    ``percent`` of the classifier's requests."""
-
-    model: str
-    stable_model: str
-    version: int
-    percent: int
-
-
-def read_canary(repo: Path, names: ClassifierNames) -> Canary | None:
-    """The classifier's canary in ``repo``; None when it has none."""
-    config = read_config_file(repo / names.canary / CONFIG_FILENAME)
-    if config is None:
-        return None
-    version = next(
-        (int(step.model_version) for step in config.ensemble_scheduling.step if step.model_name
-         == names.onnx and step.model_version > 0),
-        None,
-    )  # fmt: skip
-    if version is None:
-        return None
-    parameter = config.parameters.get(CANARY_PERCENT_PARAMETER)
-    percent = int(parameter.string_value) if parameter and parameter.string_value.isdigit() else 0
-    return Canary(names.canary, names.ensemble, version, percent)
-
-
-def canaries(repo: Path) -> tuple[Canary, ...]:
-    """Every canary in ``repo`` that the proxy should send requests to (percent above 0)."""
-    found = (read_canary(repo, names) for names in classifiers(repo))
-    return tuple(canary for canary in found if canary is not None and canary.percent > 0)
 
 
 @dataclass(frozen=True)
@@ -98,18 +57,11 @@ class VersionState:
     loaded: tuple[int, ...]
     on_disk: tuple[int, ...]
     pinned: bool
-    canary: Canary | None = None
-
-    @property
-    def answering(self) -> tuple[int, ...]:
-        """The versions that answer: the served one, and a canary's."""
-        canary = (self.canary.version,) if self.canary else ()
-        return tuple(sorted({self.served, *canary}))
 
     @property
     def settled(self) -> bool:
         """True unless a publish or rollback stopped between its two states."""
-        return self.loaded == self.answering and self.pinned
+        return self.loaded == (self.served,) and self.pinned
 
     def previous(self) -> int | None:
         """The newest version on disk older than the served one: what a rollback goes back to."""
@@ -144,7 +96,6 @@ def read_state(repo: Path, names: ClassifierNames) -> VersionState:
         loaded=serving_policy(onnx) or (served,),
         on_disk=onnx_versions(repo, names.onnx),
         pinned=pinned,
-        canary=read_canary(repo, names),
     )
 
 
@@ -225,22 +176,6 @@ def stage_state(
     for directory, config in ((onnx_dir, onnx), (ensemble_dir, ensemble)):
         write_text_atomically(directory / CONFIG_FILENAME, render(config))
     return names.onnx, names.ensemble
-
-
-def stage_canary(
-    repo: Path, staging: Path, names: ClassifierNames, version: int, percent: int
-) -> str:
-    """Build in ``staging`` the canary ensemble of classifier ``names``: its ensemble's directory
-    as it is in ``repo`` but no version, its config renamed, pinned to ``version``, sending it
-    ``percent``. Returns its model name."""
-    canary = pin(read_config(repo, names.ensemble), names.onnx, version)
-    canary.name = names.canary
-    canary.parameters[CANARY_PERCENT_PARAMETER].string_value = str(percent)
-    # The ensemble's other files too (its labels, which its output names).
-    _copy_without_versions(repo / names.ensemble, staging / names.canary, ())
-    version_dir(staging, names.canary, version).mkdir()
-    write_text_atomically(staging / names.canary / CONFIG_FILENAME, render(canary))
-    return names.canary
 
 
 def _copy_without_versions(source: Path, target: Path, keep: tuple[int, ...]) -> None:
