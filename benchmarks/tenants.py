@@ -30,13 +30,11 @@ import ssl
 import statistics
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.edge import secured_cluster
 from resnet18_triton import contract
@@ -148,19 +146,15 @@ Counters = dict[tuple[str, str], float]
 def tenant_counters(metrics_url: str) -> Counters:
     """(tenant, outcome) -> requests, and (tenant, "replica_s") -> replica seconds, from the
     proxy's tenant metrics."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        text = reply.read().decode()
     counters: Counters = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            tenant = sample.labels.get("tenant", "")
-            if sample.name == "resnet18_proxy_requests_total":
-                key = (tenant, sample.labels["outcome"])
-                counters[key] = counters.get(key, 0.0) + sample.value
-            elif sample.name == "resnet18_proxy_upstream_seconds_total":
-                counters[tenant, "replica_s"] = (
-                    counters.get((tenant, "replica_s"), 0.0) + sample.value
-                )
+    for (name, pairs), value in harness.metric_samples(metrics_url).items():
+        labels = dict(pairs)
+        tenant = labels.get("tenant", "")
+        if name == "resnet18_proxy_requests_total":
+            key = (tenant, labels["outcome"])
+            counters[key] = counters.get(key, 0.0) + value
+        elif name == "resnet18_proxy_upstream_seconds_total":
+            counters[tenant, "replica_s"] = counters.get((tenant, "replica_s"), 0.0) + value
     return counters
 
 

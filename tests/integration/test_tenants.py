@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import proxy
@@ -132,21 +131,9 @@ def _all_at_once(edge: Edge, requests: list[tuple[str, str, bytes, str]]) -> lis
     return [answer for answer in answers if answer is not None]
 
 
-def _tenant_samples(edge: Edge) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The proxy's tenant metrics now: (sample name, sorted labels) -> value, parsed by
-    prometheus_client (an independent reader of the text format)."""
-    with urllib.request.urlopen(edge.metrics_url, timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def _outcomes(
-    before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
-    after: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    before: harness.MetricSamples,
+    after: harness.MetricSamples,
 ) -> Counter[tuple[str, str]]:
     """(tenant, outcome) -> requests counted between the two scrapes."""
     counted: Counter[tuple[str, str]] = Counter()
@@ -210,7 +197,7 @@ def test_the_proxy_counts_each_tenants_answers_refusals_and_answer_times_as_its_
     tenant's answer-time histogram and its replica time; health probes are not counted."""
     large = noisy_png()
     photo = encode(gradient_image(500, 375, seed=3), "JPEG")
-    before = _tenant_samples(edge)
+    before = harness.metric_samples(edge.metrics_url)
     requests = [
         ("busy", harness.loopback_address(caller // 2, "127.0.3.10"), large, BUSY)
         for caller in range(BUSY_CALLERS)
@@ -221,7 +208,7 @@ def test_the_proxy_counts_each_tenants_answers_refusals_and_answer_times_as_its_
     probe.request("GET", "/v2/health/ready")
     assert probe.getresponse().status == 200
     probe.close()
-    after = _tenant_samples(edge)
+    after = harness.metric_samples(edge.metrics_url)
 
     seen: Counter[tuple[str, str]] = Counter()
     outcome_names = {200: "answered", 401: "unauthorized", 429: "too_many"}

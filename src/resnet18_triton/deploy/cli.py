@@ -17,7 +17,7 @@ from typing import TypeVar
 import click
 
 from resnet18_triton.deploy import keys, proxy
-from resnet18_triton.deploy.cluster import DEFAULT_METRICS_PORT, Cluster, ClusterOptions
+from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
 from resnet18_triton.errors import ProxyError
 from resnet18_triton.keys import admin_key_from
 from resnet18_triton.options import (
@@ -102,7 +102,7 @@ def limit_options(command: F) -> F:
 @click.option("--grpc-port", default=8081, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--metrics-port",
-    default=DEFAULT_METRICS_PORT,
+    default=proxy.METRICS_PORT,
     show_default=True,
     type=click.IntRange(0, 65535),
     help="Port of the proxy's per-tenant metrics for Prometheus (GET /metrics, always on "

@@ -36,8 +36,7 @@ from resnet18_triton.server.embedded import free_port
 SERVER_BINARY_NAME = "tritonserver"
 # Replicas are reached by the proxy only, on this machine.
 REPLICA_HOST = "127.0.0.1"
-# The proxy's ports: HTTP, gRPC, then its tenant metrics.
-DEFAULT_METRICS_PORT = 8082
+# The proxy's tenant metrics listen here, whatever host the proxy serves.
 METRICS_HOST = "127.0.0.1"
 
 
@@ -136,7 +135,7 @@ class ClusterOptions:
     access_log: bool = True
     # The proxy's tenant metrics (GET /metrics), always on loopback; 0 turns them off. They need
     # nginx's Lua module: without it the cluster runs without them (``Cluster.metrics_url``).
-    metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_port: int = proxy.METRICS_PORT
 
 
 def check_edge(options: ClusterOptions) -> None:
@@ -193,6 +192,10 @@ class Cluster:
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Decided once: the metrics need the port and nginx's Lua module.
+        self._metrics = None
+        if options.metrics_port and proxy.TenantMetrics.available():
+            self._metrics = proxy.TenantMetrics(f"{METRICS_HOST}:{options.metrics_port}")
 
     @property
     def url(self) -> str:
@@ -217,9 +220,7 @@ class Cluster:
     def metrics_url(self) -> str | None:
         """Where Prometheus scrapes the proxy's tenant metrics; None when they are off (port 0)
         or this nginx has no Lua module."""
-        if not self.options.metrics_port or not proxy.TenantMetrics.available():
-            return None
-        return f"http://{METRICS_HOST}:{self.options.metrics_port}/metrics"
+        return None if self._metrics is None else f"http://{self._metrics.listen}/metrics"
 
     @property
     def grpc_url(self) -> str:
@@ -314,9 +315,6 @@ class Cluster:
         tls = None
         if self.options.tls_certificate is not None and self.options.tls_key is not None:
             tls = proxy.Tls(str(self.options.tls_certificate), str(self.options.tls_key))
-        metrics = None
-        if self.metrics_url is not None:
-            metrics = proxy.TenantMetrics(f"{METRICS_HOST}:{self.options.metrics_port}")
         return proxy.ProxySettings(
             upstreams=tuple(replica.upstream for replica in self.replicas),
             listen_http=self.url,
@@ -329,7 +327,7 @@ class Cluster:
             auth=auth,
             tls=tls,
             limits=self.options.limits,
-            metrics=metrics,
+            metrics=self._metrics,
         )
 
     def _write_key_hashes(self) -> int:

@@ -42,6 +42,8 @@ LUA_MODULE_PATHS = (
     "/usr/lib/nginx/modules/ngx_http_lua_module.so",
 )
 TENANT_METRICS_SCRIPT = Path(__file__).resolve().parent / "tenant_metrics.lua"
+# The proxy's ports: HTTP, gRPC, then its tenant metrics (cluster, compose's replicas, Kubernetes).
+METRICS_PORT = 8082
 # Room for the counters of a few thousand tenants (about 25 each).
 TENANT_METRICS_DICT = "tenant_metrics 4m"
 MIB = 1024 * 1024
@@ -495,7 +497,7 @@ def compose_settings(replicas: int) -> ProxySettings:
         upstreams=tuple(compose_replica_upstream(index) for index in range(1, replicas + 1)),
         listen_http="127.0.0.1:8080",
         listen_grpc="127.0.0.1:8081",
-        metrics=TenantMetrics("127.0.0.1:8082"),
+        metrics=TenantMetrics(f"127.0.0.1:{METRICS_PORT}"),
         runtime_dir="/tmp",
         error_log="/dev/stderr",
         access_log="/dev/stdout",
@@ -523,7 +525,7 @@ def kubernetes_settings(service: str = "triton") -> ProxySettings:
         upstreams=(Upstream(service), Upstream(service)),
         listen_http="8080",
         listen_grpc="8081",
-        metrics=TenantMetrics("8082"),
+        metrics=TenantMetrics(str(METRICS_PORT)),
         runtime_dir="/tmp",
         error_log="stderr",
         access_log="/dev/stdout",

@@ -331,3 +331,23 @@ def connect(
     return http.client.HTTPSConnection(
         host, port, timeout=timeout_s, source_address=(source, 0), context=tls
     )
+
+
+MetricSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(url: str) -> MetricSamples:
+    """Every sample of the Prometheus text exposition at ``url`` (a metrics port, such as the
+    proxy's tenant metrics): (sample name, sorted labels) -> value, read by prometheus_client's
+    parser (the ``test`` extra), not by ours."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
