@@ -7,16 +7,37 @@ server named and the probabilities, so a test can check each answer against the 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from resnet18_triton import contract
+from resnet18_triton.repository.configs import read_config
+
+
+def served_pins(url: str, model: str) -> tuple[list[int], dict[str, int]]:
+    """The ensemble ``model`` as the server at ``url`` runs it (``GET /v2/models/M/config``): the
+    versions its policy serves, and each step's model version (-1: the latest)."""
+    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/config", timeout=30) as reply:
+        config = json.load(reply)
+    policy = config.get("version_policy", {}).get("specific", {}).get("versions", [])
+    steps = config["ensemble_scheduling"]["step"]
+    return [int(v) for v in policy], {s["model_name"]: int(s["model_version"]) for s in steps}
+
+
+def repository_pins(repo: Path, model: str) -> tuple[list[int], dict[str, int]]:
+    """``served_pins`` as the repository's config of ``model`` says it should be."""
+    config = read_config(repo, model)
+    policy = [int(v) for v in config.version_policy.specific.versions]
+    steps = config.ensemble_scheduling.step
+    return policy, {step.model_name: int(step.model_version) for step in steps}
 
 
 def status(url: str, path: str) -> int | None:

@@ -25,11 +25,17 @@ import pytest
 
 from resnet18_triton.server.embedded import free_port
 from tests import digits
-from tests.lifecycle_support import ReadinessProbe, VersionedLoad
+from tests.lifecycle_support import (
+    ReadinessProbe,
+    VersionedLoad,
+    repository_pins,
+    served_pins,
+)
 from tests.support import CLI, TorchReference, run_cli, serve_process, tree_digest
 
 NAME = "digits"
 ONNX = f"{NAME}_onnx"
+PREPROCESS = f"{NAME}_preprocess"
 # Served probabilities against PyTorch's on the same weights (the FP32 path's bar, with room for
 # the 96x96 digits' tempered head).
 ATOL = 1e-5
@@ -171,6 +177,11 @@ def test_publish_under_load_answers_every_request_with_the_version_it_names(life
         output = _published(lifecycle, load, lifecycle.publish_args("2"))
     assert "published v2 (was v1)" in output
     _check_answers(load, lifecycle, {"1", "2"})
+    # The server runs the ensemble's config as the repository has it now, not the one it read
+    # at start (unpinned): reloaded later as a dependant, a stale one would answer under one
+    # version number with another version's weights.
+    assert served_pins(lifecycle.url, NAME) == repository_pins(lifecycle.repo, NAME)
+    assert served_pins(lifecycle.url, NAME)[0] == [2]
     # Answers move from v1 to v2 and stay there; the classifier stays ready throughout.
     assert load.answers[0].version == "1" and load.answers[-1].version == "2"
     assert probe.ensemble_not_ready() == 0
@@ -204,6 +215,14 @@ def test_rollback_under_load_answers_every_request_and_goes_back_to_the_previous
         output = _published(lifecycle, load, lifecycle.command("rollback"))
     assert "rolled back to v1 (was v2)" in output
     _check_answers(load, lifecycle, {"1", "2"})
+    assert (
+        served_pins(lifecycle.url, NAME)
+        == repository_pins(lifecycle.repo, NAME)
+        == (
+            [1],
+            {PREPROCESS: -1, ONNX: 1},
+        )
+    )
     assert load.answers[-1].version == "1"
     assert probe.ensemble_not_ready() == 0
 

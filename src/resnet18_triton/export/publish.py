@@ -199,15 +199,19 @@ class MoveTimes:
 def load_everywhere(
     repo: Path, names: ClassifierNames, servers: Servers, answer_with: int
 ) -> list[float]:
-    """Load the classifier's ONNX model on every live server, check that its ensemble now
-    answers with ``answer_with`` (loading it too where Triton did not), and record the loaded
-    files for the watchdog. Returns each server's load time."""
+    """Load the classifier's ONNX model, then its ensemble, on every live server, check that the
+    ensemble now answers with ``answer_with``, and record the loaded files for the watchdog.
+    Returns each server's load time."""
     times = []
     for endpoint in servers.live:
         started = time.monotonic()
         endpoint.load(names.onnx)
-        if endpoint.versions(names.ensemble) != (answer_with,):
-            endpoint.load(names.ensemble)
+        # Always, even when the ensemble already answers with ``answer_with``: loading the ONNX
+        # model makes Triton reload the ensemble with the config it read when it last loaded it,
+        # over the version directories on disk now. Only loading the ensemble itself reads its
+        # new config; a stale one (an exported, unpinned ensemble) would later answer under one
+        # version number with another version's weights.
+        endpoint.load(names.ensemble)
         got = endpoint.versions(names.ensemble)
         if got != (answer_with,):
             raise ServerUnavailableError(
