@@ -7,6 +7,7 @@ server named and the probabilities, so a test can check each answer against the 
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -91,6 +92,8 @@ class Answer:
     image: int
     version: str
     probabilities: np.ndarray
+    model: str = ""
+    at: float = 0.0  # time.monotonic() when it came
 
 
 @dataclass
@@ -134,9 +137,13 @@ class VersionedLoad:
                 except Exception as error:  # every failure is a finding, whatever its type
                     self.failures.append(f"{type(error).__name__}: {error}"[:300])
                 else:
-                    version = str(reply.get_response().get("model_version"))
+                    response = reply.get_response()
+                    version = str(response.get("model_version"))
                     probabilities = reply.as_numpy(contract.ENSEMBLE_OUTPUT)[0]
-                    self.answers.append(Answer(image, version, probabilities))
+                    model = str(response.get("model_name"))
+                    self.answers.append(
+                        Answer(image, version, probabilities, model, time.monotonic())
+                    )
                 index += self.clients
         finally:
             client.close()
@@ -149,3 +156,46 @@ class VersionedLoad:
         deadline = time.monotonic() + timeout_s
         while len(self.answers) < count and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def head_variant(model, scale: float = 1.0, shuffle: bool = False):
+    """A "retrained" copy of ``model``: its head scaled by ``scale`` (same top-1 answers, other
+    probabilities), or its rows shuffled (a model trained on shuffled labels)."""
+    import torch
+
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.fc.weight.mul_(scale)
+        changed.fc.bias.mul_(scale)
+        if shuffle:
+            changed.fc.weight.copy_(torch.roll(changed.fc.weight, 1, dims=0))
+            changed.fc.bias.copy_(torch.roll(changed.fc.bias, 1, dims=0))
+    return changed
+
+
+# The TorchScript exporter: 1.4 s for the digits model where the default (torch.export) takes
+# 10 s; the export tests cover the default, the lifecycle tests the lifecycle around it.
+FAST_EXPORT = ("--opset", "17")
+
+
+def export_digits(work: Path, name: str, models: dict[str, object]) -> dict[str, Path]:
+    """Save each of ``models`` (version name -> digits network) as a checkpoint in ``work``, and
+    export the one named "1" as the 10-class digits classifier ``name`` into
+    ``work/model_repository``, with its own labels and preprocessing, as the lifecycle tests
+    serve it. Returns the checkpoints."""
+    from tests import digits
+    from tests.support import run_cli
+
+    checkpoints = {
+        version: digits.save_lightning_checkpoint(model, work / f"{version}.ckpt")
+        for version, model in models.items()
+    }
+    labels = digits.write_digit_labels(work / "labels.txt")
+    exported = run_cli(
+        "export", "--repo", str(work / "model_repository"), "--weights", str(checkpoints["1"]),
+        "--name", name, "--labels", str(labels), "--resize-straight",
+        "--input-size", str(digits.CUSTOM_INPUT_SIZE), "--mean", "0.5,0.5,0.5",
+        "--std", "0.5,0.5,0.5", *FAST_EXPORT,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    return checkpoints

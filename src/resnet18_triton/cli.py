@@ -36,7 +36,13 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "resnet18_triton.export.publish_cli",
         "rollback_command",
         "export",
-        "Answer with the previous version of a classifier again.",
+        "Answer with the previous version of a classifier again, or end its canary.",
+    ),
+    "promote": (
+        "resnet18_triton.export.publish_cli",
+        "promote_command",
+        "export",
+        "End a classifier's canary: its version answers every request.",
     ),
     "versions": (
         "resnet18_triton.export.publish_cli",

@@ -55,6 +55,12 @@ DEFAULT_CLASSIFIER = ENSEMBLE_MODEL
 CLASSIFIER_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
+CANARY_SUFFIX = "_canary"
+# The canary ensemble's config parameter: the percent of its classifier's requests the proxy
+# sends it (0: none, the canary is ending).
+CANARY_PERCENT_PARAMETER = "canary_percent"
+
+
 @dataclass(frozen=True)
 class ClassifierNames:
     """Every model name of one classifier, derived from its name (``ClassifierNames.of``).
@@ -81,6 +87,23 @@ class ClassifierNames:
     def served(self) -> tuple[str, ...]:
         """The FP32 models in load order: steps first, the ensemble last."""
         return (self.preprocess, self.onnx, self.ensemble)
+
+    @property
+    def canary(self) -> str:
+        """The second ensemble a canary adds: the same preprocessing, then ``canary_onnx``
+        (``repository.versions``); the proxy sends it a share of the ensemble's requests."""
+        return f"{self.name}{CANARY_SUFFIX}"
+
+    @property
+    def canary_onnx(self) -> str:
+        """The ONNX model of a canary: the new version only, a model of its own so that starting
+        or ending a canary never reloads a model the classifier serves."""
+        return f"{self.onnx}{CANARY_SUFFIX}"
+
+    @property
+    def canary_models(self) -> tuple[str, str]:
+        """A canary's models in load order: its ONNX model, then its ensemble."""
+        return (self.canary_onnx, self.canary)
 
 
 def check_classifier_name(name: str) -> None:

@@ -10,7 +10,6 @@ labels. The tests run in order on one server: refused, published, rolled back, k
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import subprocess
@@ -26,8 +25,11 @@ import pytest
 from resnet18_triton.server.embedded import free_port
 from tests import digits
 from tests.lifecycle_support import (
+    FAST_EXPORT,
     ReadinessProbe,
     VersionedLoad,
+    export_digits,
+    head_variant,
     repository_pins,
     served_pins,
 )
@@ -40,9 +42,6 @@ PREPROCESS = f"{NAME}_preprocess"
 # the 96x96 digits' tempered head).
 ATOL = 1e-5
 LOAD_CLIENTS = 6
-# The TorchScript exporter: 1.4 s for this model where the default (torch.export) takes 10 s; the
-# export tests cover the default, these the lifecycle around it.
-FAST_EXPORT = ("--opset", "17")
 
 
 @dataclass
@@ -75,40 +74,17 @@ class Lifecycle:
         )  # fmt: skip
 
 
-def _variant(model, scale: float = 1.0, shuffle: bool = False):
-    import torch
-
-    changed = copy.deepcopy(model)
-    with torch.no_grad():
-        changed.fc.weight.mul_(scale)
-        changed.fc.bias.mul_(scale)
-        if shuffle:
-            changed.fc.weight.copy_(torch.roll(changed.fc.weight, 1, dims=0))
-            changed.fc.bias.copy_(torch.roll(changed.fc.bias, 1, dims=0))
-    return changed
-
-
 @pytest.fixture(scope="module")
 def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
     work = tmp_path_factory.mktemp("publish")
     model, splits, _ = digits.custom_digits_model()
     models = {
         "1": model,
-        "2": _variant(model, scale=2.0),
-        "shuffled": _variant(model, shuffle=True),
+        "2": head_variant(model, scale=2.0),
+        "shuffled": head_variant(model, shuffle=True),
     }
-    checkpoints = {
-        name: digits.save_lightning_checkpoint(m, work / f"{name}.ckpt")
-        for name, m in models.items()
-    }
-    labels = digits.write_digit_labels(work / "labels.txt")
+    checkpoints = export_digits(work, NAME, models)
     repo = work / "model_repository"
-    exported = run_cli(
-        "export", "--repo", str(repo), "--weights", str(checkpoints["1"]), "--name", NAME,
-        "--labels", str(labels), "--resize-straight", "--input-size", str(digits.CUSTOM_INPUT_SIZE),
-        "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", *FAST_EXPORT,
-    )  # fmt: skip
-    assert exported.returncode == 0, exported.stderr
     held_out, truth = splits["held_out"]
     eval_images = work / "held-out"
     for index, (data, digit) in enumerate(zip(held_out, truth, strict=True)):

@@ -391,3 +391,23 @@ def test_container_proxies_serve_tenant_metrics_on_the_port_their_manifests_open
     proxy_policy = policy[policy.index("name: triton-proxy") :]
     assert "kubernetes.io/metadata.name: monitoring" in proxy_policy
     assert "{protocol: TCP, port: 8082}" in proxy_policy
+
+
+def test_a_canary_takes_its_share_of_its_models_inference_requests_only(tmp_path: Path) -> None:
+    route = proxy.CanaryRoute("digits", "digits_canary", 10)
+    settings = proxy.ProxySettings(
+        upstreams=(proxy.Upstream("127.0.0.1", 9000, 9001),),
+        runtime_dir=str(tmp_path),
+        auth=proxy.Auth(key_map="unused", script="unused"),
+        canaries=(route,),
+    )
+    text = proxy.render(settings)
+    split = text[text.index('split_clients "${request_id}" $canary_0') :]
+    assert split.splitlines()[1:3] == ["        10% digits_canary;", "        * digits;"]
+    bodies = _location_bodies(text)
+    canaried = bodies["= /v2/models/digits/infer"]
+    assert "proxy_pass http://triton_http/v2/models/$canary_0/infer;" in canaried
+    # The same key check and limits as every other path to Triton.
+    assert 'if ($api_key_name = "")' in canaried and "limit_conn large_in_flight" in canaried
+    assert text.count("$canary_0") == 2
+    _check(_on_loopback(settings, tmp_path), tmp_path)

@@ -7,6 +7,7 @@ here (tests/integration/test_publish.py serves the real thing).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,13 @@ import pytest
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.repository import versions
 from resnet18_triton.repository.configs import ServingSettings, read_config
-from resnet18_triton.repository.layout import onnx_model_path, served_version, version_dir
+from resnet18_triton.repository.layout import (
+    classifiers,
+    onnx_model_path,
+    served_models,
+    served_version,
+    version_dir,
+)
 from resnet18_triton.repository.transaction import hold_served, install, is_served
 from resnet18_triton.repository.writer import fill_repository
 
@@ -134,3 +141,75 @@ def test_the_versions_command_lists_what_answers_since_when_and_an_unfinished_mo
     _move(repo, (2,), 2)
     settled = CliRunner().invoke(versions_command, ["--repo", str(repo)])
     assert [line.split()[3] for line in settled.output.splitlines()[1:]] == ["answers", "kept"]
+
+
+def _start_canary(repo: Path, percent: int) -> None:
+    """The canary state as ``export.canary.start`` installs it: v1 answers, v2 its canary."""
+    _move(repo, (1,), 1)  # pinned to v1, as the first publish settles it
+    staging = repo.parent / "staging-canary"
+    source = repo.parent / "model-2.onnx"
+    source.write_bytes(b"weights of version 2")
+    served_config = (repo / NAMES.onnx / "config.pbtxt").read_text()
+    models = versions.stage_state(
+        repo, staging, NAMES, (1,), 1, (1,), versions.NewVersion(2, source)
+    )
+    canary = versions.stage_canary(staging, staging, NAMES, 2, percent)
+    install(staging, repo, (*models, *canary))
+    assert (repo / NAMES.onnx / "config.pbtxt").read_text() == served_config
+
+
+def test_a_canary_answers_with_the_new_version_through_models_of_its_own(repo) -> None:
+    _start_canary(repo, 10)
+    state = versions.read_state(repo, NAMES)
+    assert state.served == 1 and state.loaded == (1,) and state.on_disk == (1, 2)
+    assert state.settled, "a running canary is a state of its own, not an unfinished move"
+    assert state.canary == versions.Canary(NAMES.canary, NAMES.ensemble, 2, 10)
+    canary = read_config(repo, NAMES.canary)
+    assert canary.name == NAMES.canary and versions.serving_policy(canary) == (2,)
+    steps = {step.model_name: step.model_version for step in canary.ensemble_scheduling.step}
+    assert steps == {NAMES.preprocess: -1, NAMES.canary_onnx: 2}
+    onnx = read_config(repo, NAMES.canary_onnx)
+    assert onnx.name == NAMES.canary_onnx and versions.serving_policy(onnx) == (2,)
+    assert [p.name for p in (repo / NAMES.canary_onnx).iterdir() if p.name.isdigit()] == ["2"]
+    new_file = version_dir(repo, NAMES.canary_onnx, 2) / "model.onnx"
+    assert new_file.read_bytes() == b"weights of version 2"
+    assert os.path.samefile(new_file, version_dir(repo, NAMES.onnx, 2) / "model.onnx")
+    assert versions.canaries(repo) == (state.canary,)
+    # A server started now loads it too: its ONNX model, then its ensemble, after the others.
+    assert served_models(repo)[-2:] == NAMES.canary_models
+    # It is not a classifier of its own.
+    assert NAMES.canary not in {names.name for names in classifiers(repo)}
+
+
+def test_changing_a_canarys_share_rewrites_its_ensemble_only(repo) -> None:
+    _start_canary(repo, 0)
+    before = {model: (repo / model / "config.pbtxt").read_text() for model in NAMES.served}
+    staging = repo.parent / "staging-share"
+    install(staging, repo, (versions.stage_canary_share(repo, staging, NAMES, 25),))
+    state = versions.read_state(repo, NAMES)
+    assert state.canary is not None and state.canary.percent == 25
+    assert {model: (repo / model / "config.pbtxt").read_text() for model in NAMES.served} == before
+
+
+def test_a_canary_at_share_zero_is_loaded_but_sent_nothing(repo) -> None:
+    _start_canary(repo, 0)
+    state = versions.read_state(repo, NAMES)
+    assert state.canary is not None and state.canary.percent == 0
+    assert versions.canaries(repo) == ()
+
+
+def test_a_classifier_without_a_canary_has_none(repo) -> None:
+    assert versions.read_state(repo, NAMES).canary is None
+    assert versions.canaries(repo) == () and NAMES.canary not in served_models(repo)
+
+
+def test_the_versions_command_shows_a_running_canary_and_its_share(repo) -> None:
+    from click.testing import CliRunner
+
+    from resnet18_triton.export.publish_cli import versions_command
+
+    _start_canary(repo, 10)
+    result = CliRunner().invoke(versions_command, ["--repo", str(repo)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    assert "canary, 10 % of the requests" in rows["2"] and "answers since" in rows["1"]

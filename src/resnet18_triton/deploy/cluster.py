@@ -30,6 +30,7 @@ from resnet18_triton import contract
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
 from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.errors import ProxyError, ServerStartError
+from resnet18_triton.repository import versions
 from resnet18_triton.repository.layout import missing_files
 from resnet18_triton.server.embedded import free_port
 
@@ -196,6 +197,7 @@ class Cluster:
         self._metrics = None
         if options.metrics_port and proxy.TenantMetrics.available():
             self._metrics = proxy.TenantMetrics(f"{METRICS_HOST}:{options.metrics_port}")
+        self._reload_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -248,9 +250,8 @@ class Cluster:
         except BaseException:
             self.stop()
             raise
-        if self.options.restart_replicas:
-            self._supervisor = threading.Thread(target=self._supervise, daemon=True)
-            self._supervisor.start()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
         return self
 
     def _serve_command(self, replica: Replica) -> list[str]:
@@ -328,6 +329,7 @@ class Cluster:
             tls=tls,
             limits=self.options.limits,
             metrics=self._metrics,
+            canaries=self.canary_routes(),
         )
 
     def _write_key_hashes(self) -> int:
@@ -375,23 +377,59 @@ class Cluster:
         if self.options.api_key_file is None or self.nginx is None:
             raise ProxyError("this cluster runs without API keys: start it with --api-key-file")
         count = self._write_key_hashes()
-        proxy.check_config(self.nginx_config, self.workdir / "nginx")
-        old_workers = set(child_pids(self.nginx.pid))
-        self.nginx.send_signal(signal.SIGHUP)
+        self._reload_nginx(timeout_s)
+        return count
+
+    def _reload_nginx(self, timeout_s: float | None) -> None:
+        """Render the config again (keys, canaries), check it, and make nginx use it (SIGHUP: new
+        workers take new requests, old ones finish theirs). With ``timeout_s``, returns once every
+        old worker has exited."""
+        assert self.nginx is not None
+        with self._reload_lock:
+            self.settings = self.proxy_settings()
+            self.nginx_config.write_text(proxy.render(self.settings))
+            proxy.check_config(self.nginx_config, self.workdir / "nginx")
+            old_workers = set(child_pids(self.nginx.pid))
+            self.nginx.send_signal(signal.SIGHUP)
+        if timeout_s is None:
+            return
         deadline = time.monotonic() + timeout_s
         while True:
             current = set(child_pids(self.nginx.pid))
             if current and not current & old_workers:
-                return count
+                return
             if self.nginx.poll() is not None or time.monotonic() > deadline:
                 raise ProxyError(
-                    f"nginx did not finish reloading the keys; see {self.workdir}/nginx-error.log"
+                    f"nginx did not finish reloading; see {self.workdir}/nginx-error.log"
                 )
             time.sleep(0.05)
 
+    def canary_routes(self) -> tuple[proxy.CanaryRoute, ...]:
+        """The running canaries of the repository, as the proxy routes them."""
+        return tuple(
+            proxy.CanaryRoute(canary.stable_model, canary.model, canary.percent)
+            for canary in versions.canaries(self.options.repository)
+        )
+
+    def _follow_canaries(self) -> None:
+        """Reload nginx when a canary started, changed its share or ended (``publish --canary``,
+        ``promote``, ``rollback`` write them into the repository)."""
+        if self.settings is None or self.nginx is None:
+            return
+        try:
+            changed = self.canary_routes() != self.settings.canaries
+            if changed:
+                self._reload_nginx(None)
+        except (ProxyError, OSError) as error:  # a half-written repository: try again next turn
+            print(f"cluster: canaries not applied yet: {error}", file=sys.stderr)
+
     def _supervise(self) -> None:
-        """Restart a replica whose serve process exited (its tritonserver died or was killed)."""
+        """Restart a replica whose serve process exited (its tritonserver died or was killed),
+        when told to, and follow the repository's canaries."""
         while not self._stopping.wait(0.5):
+            self._follow_canaries()
+            if not self.options.restart_replicas:
+                continue
             for replica in self.replicas:
                 with self._lock:
                     if self._stopping.is_set():

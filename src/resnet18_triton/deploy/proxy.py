@@ -153,6 +153,16 @@ class TenantMetrics:
 
 
 @dataclass(frozen=True)
+class CanaryRoute:
+    """A canary (``repository.versions``): ``percent`` of the inference requests to ``model`` go
+    to ``canary``, the same classifier pinned to its new version; the rest stay on ``model``."""
+
+    model: str
+    canary: str
+    percent: int
+
+
+@dataclass(frozen=True)
 class Tls:
     """TLS termination at the proxy: PEM certificate (chain) and its private key."""
 
@@ -192,6 +202,7 @@ class ProxySettings:
     tls: Tls | None = None
     limits: Limits = Limits()
     metrics: TenantMetrics | None = None
+    canaries: tuple[CanaryRoute, ...] = ()
 
     @property
     def repository_limit(self) -> int:
@@ -308,6 +319,39 @@ def _large_http() -> str:
     )
 
 
+def _canary_http(routes: Sequence[CanaryRoute]) -> str:
+    """One split per canary: each request, by a hash of its random id, to the canary or not."""
+    if not routes:
+        return "    # No canary: every request goes to the model it names."
+    lines = ["    # Canaries: a share of a classifier's requests to its canary ensemble."]
+    for index, route in enumerate(routes):
+        shares = [f"        {route.percent}% {route.canary};", f"        * {route.model};"]
+        if route.percent >= 100:  # promote: all of them, for the moment the ensemble moves
+            shares = [f"        * {route.canary};"]
+        lines += [
+            f'    split_clients "${{request_id}}" $canary_{index} {{',
+            *shares,
+            "    }",
+        ]
+    return "\n".join(lines)
+
+
+def _canary_locations(routes: Sequence[CanaryRoute], guard: str) -> str:
+    """An exact location per canaried model's inference path, sending it where its split says
+    (with the same key check and limits as every path to Triton)."""
+    if not routes:
+        return "# no canary"
+    blocks = []
+    for index, route in enumerate(routes):
+        blocks.append(
+            f"location = /v2/models/{route.model}/infer {{\n"
+            f"            {guard}\n"
+            f"            proxy_pass http://triton_http/v2/models/$canary_{index}/infer;\n"
+            "        }"
+        )
+    return "\n        ".join(blocks)
+
+
 def _tls_http(tls: Tls | None) -> str:
     if tls is None:
         return "    # No TLS: plain HTTP (loopback, or TLS terminated in front of this proxy)."
@@ -420,6 +464,8 @@ def render(settings: ProxySettings) -> str:
         large_http=_large_http(),
         tls_http=_tls_http(settings.tls),
         guard=_guard(settings),
+        canary_http=_canary_http(settings.canaries),
+        canary_locations=_canary_locations(settings.canaries, _guard(settings)),
         runtime_dir=settings.runtime_dir,
         error_log=settings.error_log,
         access_log=settings.access_log

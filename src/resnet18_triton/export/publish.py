@@ -13,10 +13,15 @@
    (``repository.versions`` explains the two states). Older versions stay on disk for
    ``rollback`` (``keep``).
 
-``rollback`` is steps 3 and 4 towards an earlier version on disk. Servers are reached through their
-model-repository API (``server.admin.AdminEndpoint``) with the admin key they run with; loading
-the ONNX model makes Triton reload the ensemble that depends on it, and in-flight requests finish
-on the version they started on.
+With a canary (``PublishRequest.canary_percent``), step 4 installs the canary state instead
+(``export.canary``): the served version keeps answering, the new one answers the share the proxy
+sends its canary ensemble. ``promote`` ends the canary and moves to its version as in step 4;
+``rollback`` ends it and settles on the served version.
+
+``rollback`` is otherwise steps 3 and 4 towards an earlier version on disk. Servers are reached
+through their model-repository API (``server.admin.AdminEndpoint``) with the admin key they run
+with; loading the ONNX model makes Triton reload the ensemble that depends on it, and in-flight
+requests finish on the version they started on.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError, PublishRefused, ServerUnavailableError
+from resnet18_triton.export import canary as canaries
 from resnet18_triton.export import fidelity
 from resnet18_triton.export.pipeline import ExportRequest, LoadedModel, load_model, stage
 from resnet18_triton.export.quantize import image_files, preprocess_files, served_preprocessing
@@ -285,6 +291,12 @@ def check_publishable(repo: Path, names: ClassifierNames) -> None:
             f"{repo} has no classifier {names.name!r} to publish to: run "
             f"`resnet18-triton export{named}` first"
         )
+    running = read_state(repo, names).canary
+    if running is not None:
+        raise PublishRefused(
+            f"a canary of v{running.version} of {names.name!r} is running: end it first with "
+            f"`resnet18-triton promote` or `resnet18-triton rollback`"
+        )
     held = variants.present(repo, names)
     if held:
         keys = ", ".join(variant.key for variant in held)
@@ -311,6 +323,8 @@ class PublishRequest:
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     force: bool = False
     keep: int = DEFAULT_KEEP
+    # Above 0: start a canary with this percent of the requests instead of moving at once.
+    canary_percent: int = 0
 
 
 @dataclass(frozen=True)
@@ -373,11 +387,48 @@ def publish(request: PublishRequest, echo: Echo = _quiet) -> MoveResult:
         if why:
             echo(f"WARNING: published despite the gate (--force): {why}")
         settle(repo, names, servers, request.keep)
-        first, second = move_to(
-            repo, names, servers, version, request.keep, NewVersion(version, candidate), echo
-        )
+        new = NewVersion(version, candidate)
+        if request.canary_percent:
+            echo(f"loading v{version} as a canary beside v{state.served} ...")
+            started = time.monotonic()
+            on_disk = read_state(repo, names).on_disk
+            canaries.start(
+                repo, names, servers.live, state.served, new, on_disk, request.canary_percent
+            )
+            times["canary_s"] = time.monotonic() - started
+            return MoveResult(state.served, version, servers, times, report)
+        first, second = move_to(repo, names, servers, version, request.keep, new, echo)
     times.update(_move_times(first, second))
     return MoveResult(state.served, version, servers, times, report)
+
+
+def promote(
+    repo: Path,
+    name: str,
+    endpoints: Sequence[AdminEndpoint],
+    keep: int = DEFAULT_KEEP,
+    echo: Echo = _quiet,
+) -> MoveResult:
+    """End the classifier's canary and make its version answer all requests, the way a publish
+    moves. ExportError when no canary runs."""
+    repo = Path(repo).resolve()
+    names = ClassifierNames.of(name)
+    state = read_state(repo, names)
+    if state.canary is None:
+        raise ExportError(
+            f"{names.name!r} has no canary to promote: start one with `resnet18-triton publish "
+            "--canary PERCENT`"
+        )
+    servers = find_servers(repo, endpoints)
+    version = state.canary.version
+    # The canary answers every request while the ensemble moves to its version, so no request
+    # is inside the ensemble while Triton reloads it with the new pin.
+    echo(f"sending every request to the canary of v{version} ...")
+    canaries.route_all(repo, names)
+    first, second = move_to(repo, names, servers, version, keep, None, echo)
+    echo("ending the canary ...")
+    canaries.end(repo, names, servers.live)
+    return MoveResult(state.served, version, servers, _move_times(first, second))
 
 
 def rollback(
@@ -392,6 +443,15 @@ def rollback(
     same way a publish moves. ExportError when there is no such version on disk."""
     repo = Path(repo).resolve()
     names = ClassifierNames.of(name)
+    state = read_state(repo, names)
+    if state.canary is not None:
+        # Rolling back a canary is ending it: the served version never stopped answering.
+        servers = find_servers(repo, endpoints)
+        echo(f"ending the canary of v{state.canary.version} ...")
+        canaries.end(repo, names, servers.live)
+        settled = settle(repo, names, servers, keep)
+        times = _move_times(settled, None) if settled else {}
+        return MoveResult(state.canary.version, state.served, servers, times)
     check_publishable(repo, names)
     servers = find_servers(repo, endpoints)
     settle(repo, names, servers, keep)

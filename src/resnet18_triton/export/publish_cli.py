@@ -10,12 +10,14 @@ import click
 
 from resnet18_triton import contract
 from resnet18_triton.contract import CONFIG_FILENAME, ClassifierNames
+from resnet18_triton.export.canary import MAX_PERCENT
 from resnet18_triton.export.pipeline import ExportRequest, default_of
 from resnet18_triton.export.publish import (
     DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MIN_AGREEMENT,
     MoveResult,
     PublishRequest,
+    promote,
     publish,
     rollback,
 )
@@ -109,6 +111,15 @@ def _report(result: MoveResult, verb: str) -> None:
     help="With labelled images: refuse when accuracy falls by more than this (0.01 = 1 point).",
 )
 @click.option("--force", is_flag=True, help="Publish even below the bar (the report still shows).")
+@click.option(
+    "--canary",
+    "canary_percent",
+    type=click.IntRange(1, MAX_PERCENT),
+    default=None,
+    help="Start a canary instead: the served version keeps answering, and the proxy in front "
+    "(resnet18-triton cluster) sends this percent of the requests to the new one, until "
+    "`promote` or `rollback`.",
+)
 @click.option("--seed", default=default_of(ExportRequest, "seed"), show_default=True, type=int)
 @click.option("--opset", default=default_of(ExportRequest, "opset"), show_default=True, type=int)
 @click.option("--atol", default=default_of(ExportRequest, "atol"), show_default=True, type=float)
@@ -123,6 +134,7 @@ def publish_command(
     min_agreement: float,
     max_accuracy_drop: float,
     force: bool,
+    canary_percent: int | None,
     seed: int,
     opset: int,
     atol: float,
@@ -153,8 +165,10 @@ def publish_command(
         max_accuracy_drop=max_accuracy_drop,
         force=force,
         keep=keep,
+        canary_percent=canary_percent or 0,
     )
-    _report(publish(request, echo=lambda line: click.echo(line, err=True)), "published")
+    result = publish(request, echo=lambda line: click.echo(line, err=True))
+    _report(result, f"a {canary_percent} % canary of" if canary_percent else "published")
 
 
 @click.command("rollback")
@@ -189,6 +203,25 @@ def rollback_command(
     _report(result, "rolled back to")
 
 
+@click.command("promote")
+@name_option("Classifier whose canary to promote.")
+@repository_option("Model repository the classifier is served from.")
+@_keep
+@_servers
+def promote_command(
+    name: str, repository: Path, keep: int, urls: tuple[str, ...], admin_key_file: Path | None
+) -> None:
+    """End the canary: its version answers every request, the way publish moves."""
+    result = promote(
+        repository,
+        name,
+        _endpoints(urls, admin_key_file),
+        keep,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    _report(result, "promoted")
+
+
 def _utc(path: Path) -> str:
     """When ``path`` was last written, in UTC."""
     when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
@@ -210,6 +243,10 @@ def versions_command(name: str, repository: Path) -> None:
             marks = [f"answers since {_utc(repository / names.ensemble / CONFIG_FILENAME)} UTC"]
         else:
             marks = ["kept"]
-        if version in state.loaded and version != state.served:
+        if state.canary is not None and version == state.canary.version:
+            marks = [
+                f"canary, {state.canary.percent} % of the requests (promote or rollback ends it)"
+            ]
+        elif version in state.loaded and version != state.served:
             marks = ["loaded (a move is unfinished: publish or rollback settles it)"]
         click.echo(f"{version:>7}  {written:<19}  {' '.join(marks)}")

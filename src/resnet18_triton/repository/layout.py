@@ -173,6 +173,10 @@ def served_models(
     forced = {"int8": int8, "openvino": openvino}
     models = [model for names in found for model in (names.preprocess, names.onnx)]
     models += [names.ensemble for names in found]
+    # A running canary (repository.versions) is served too: a server (re)started while it runs
+    # answers its share as well.
+    running = [names for names in found if (repo / names.canary / CONFIG_FILENAME).is_file()]
+    models += [model for names in running for model in names.canary_models]
     # What each classifier holds, read once: present() checks every variant's files.
     held_by = {names: variants.present(repo, names) for names in found}
     for variant in variants.REGISTRY:

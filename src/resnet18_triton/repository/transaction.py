@@ -129,6 +129,16 @@ def install(staging: Path, repository: Path, models: Sequence[str]) -> None:
     fsync_directory(repository)
 
 
+def remove(repository: Path, model: str) -> None:
+    """Take ``repository/<model>`` out in one rename (to a staging directory, then deleted), under
+    the install lock; nothing when it is absent."""
+    target = repository / model
+    with staging_directory(repository) as staging, install_lock(repository):
+        if target.exists():
+            os.rename(target, staging / model)
+            fsync_directory(repository)
+
+
 def swap_in(new: Path, target: Path) -> bool:
     """Put directory ``new`` at ``target``; a previous ``target`` ends up at ``new``. Returns
     whether there was one.

@@ -17,6 +17,14 @@ ensemble that depends on it:
 2. *settled*: the ONNX model serves N only. S stays on disk for a rollback until retention
    (``retained``) removes it.
 
+A canary runs beside the settled state S and touches none of its models: the ONNX model's
+directory gains N on disk (its config still serves S only, so nothing reloads), and two models of
+the canary's own answer with N, ``NAME_onnx_canary`` (N only) and ``NAME_canary``, the same
+preprocessing followed by it (``ClassifierNames.canary_models``). The proxy sends the canary
+ensemble the share of requests its config parameter ``canary_percent`` names. Ending it sets that
+share to 0, then unloads and removes the canary's two models; promoting N first sends every
+request to the canary, then moves as above while the ensemble has no traffic, then ends it.
+
 Whichever state a killed publish leaves on disk, a server (re)started on the repository, or a
 model the watchdog reloads, answers with one version only and names it: S until state 1 is
 installed, N from then on. ``read_state`` tells a half-done move (``settled`` is False) so the
@@ -32,11 +40,12 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet18_triton.contract import CONFIG_FILENAME, ClassifierNames
+from resnet18_triton.contract import CANARY_PERCENT_PARAMETER, CONFIG_FILENAME, ClassifierNames
 from resnet18_triton.files import link_or_copy, write_text_atomically
-from resnet18_triton.repository.configs import read_config, render
+from resnet18_triton.repository.configs import read_config, read_config_file, render
 from resnet18_triton.repository.layout import (
     ONNX_FILENAME,
+    classifiers,
     onnx_versions,
     served_version,
     version_dir,
@@ -45,6 +54,40 @@ from resnet18_triton.repository.layout import (
 # Versions kept on disk after a publish, the served one included: the served one, and the two
 # before it to roll back to.
 DEFAULT_KEEP = 3
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A canary of a classifier: its ensemble ``model`` answers with ``version`` and the proxy
+    sends it ``percent`` of the requests to ``stable_model``."""
+
+    model: str
+    stable_model: str
+    version: int
+    percent: int
+
+
+def read_canary(repo: Path, names: ClassifierNames) -> Canary | None:
+    """The classifier's canary in ``repo``; None when it has none."""
+    config = read_config_file(repo / names.canary / CONFIG_FILENAME)
+    if config is None:
+        return None
+    version = next(
+        (int(step.model_version) for step in config.ensemble_scheduling.step if step.model_name
+         == names.canary_onnx and step.model_version > 0),
+        None,
+    )  # fmt: skip
+    if version is None:
+        return None
+    parameter = config.parameters.get(CANARY_PERCENT_PARAMETER)
+    percent = int(parameter.string_value) if parameter and parameter.string_value.isdigit() else 0
+    return Canary(names.canary, names.ensemble, version, percent)
+
+
+def canaries(repo: Path) -> tuple[Canary, ...]:
+    """Every canary in ``repo`` that the proxy should send requests to (percent above 0)."""
+    found = (read_canary(repo, names) for names in classifiers(repo))
+    return tuple(canary for canary in found if canary is not None and canary.percent > 0)
 
 
 @dataclass(frozen=True)
@@ -57,6 +100,7 @@ class VersionState:
     loaded: tuple[int, ...]
     on_disk: tuple[int, ...]
     pinned: bool
+    canary: Canary | None = None
 
     @property
     def settled(self) -> bool:
@@ -96,6 +140,7 @@ def read_state(repo: Path, names: ClassifierNames) -> VersionState:
         loaded=serving_policy(onnx) or (served,),
         on_disk=onnx_versions(repo, names.onnx),
         pinned=pinned,
+        canary=read_canary(repo, names),
     )
 
 
@@ -176,6 +221,42 @@ def stage_state(
     for directory, config in ((onnx_dir, onnx), (ensemble_dir, ensemble)):
         write_text_atomically(directory / CONFIG_FILENAME, render(config))
     return names.onnx, names.ensemble
+
+
+def stage_canary(
+    repo: Path, staging: Path, names: ClassifierNames, version: int, percent: int
+) -> tuple[str, str]:
+    """Build in ``staging`` the canary of classifier ``names`` (``ClassifierNames.canary_models``)
+    from its models in ``repo`` (which may be ``staging`` itself): its ONNX model serving only
+    ``version`` (a hard link to that version's file in the classifier's ONNX model), and its
+    ensemble, the classifier's with that model in place of the served one,
+    pinned to ``version`` and sending it ``percent``. Returns the two names in install order."""
+    onnx = serve_only(read_config(repo, names.onnx), (version,))
+    onnx.name = names.canary_onnx
+    _copy_without_versions(repo / names.onnx, staging / names.canary_onnx, (version,))
+    write_text_atomically(staging / names.canary_onnx / CONFIG_FILENAME, render(onnx))
+    ensemble = read_config(repo, names.ensemble)
+    for step in ensemble.ensemble_scheduling.step:
+        if step.model_name == names.onnx:
+            step.model_name = names.canary_onnx
+    canary = pin(ensemble, names.canary_onnx, version)
+    canary.name = names.canary
+    canary.parameters[CANARY_PERCENT_PARAMETER].string_value = str(percent)
+    # The ensemble's other files too (its labels, which its output names).
+    _copy_without_versions(repo / names.ensemble, staging / names.canary, ())
+    version_dir(staging, names.canary, version).mkdir()
+    write_text_atomically(staging / names.canary / CONFIG_FILENAME, render(canary))
+    return names.canary_models
+
+
+def stage_canary_share(repo: Path, staging: Path, names: ClassifierNames, percent: int) -> str:
+    """Build in ``staging`` the running canary's ensemble as it is in ``repo``, sending it
+    ``percent``: the proxy reads the share, Triton does not. Returns its name."""
+    canary = read_config(repo, names.canary)
+    canary.parameters[CANARY_PERCENT_PARAMETER].string_value = str(percent)
+    shutil.copytree(repo / names.canary, staging / names.canary, copy_function=link_or_copy)
+    write_text_atomically(staging / names.canary / CONFIG_FILENAME, render(canary))
+    return names.canary
 
 
 def _copy_without_versions(source: Path, target: Path, keep: tuple[int, ...]) -> None:

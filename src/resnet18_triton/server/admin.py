@@ -74,6 +74,16 @@ class AdminEndpoint:
                 f"({status or 'no answer'}: {text.strip()})"
             )
 
+    def unload(self, model: str) -> None:
+        """Unload ``model`` (Triton lets its in-flight requests finish first);
+        ServerUnavailableError when the server refuses."""
+        status, text = self.post(f"/v2/repository/models/{model}/unload")
+        if status != 200:
+            raise ServerUnavailableError(
+                f"the server at {self.url} could not unload {model!r} "
+                f"({status or 'no answer'}: {text.strip()})"
+            )
+
     def reload(self, model: str) -> tuple[bool, str]:
         """Unload ``model`` (keeping the ensembles using it), then load it: (ok, why not)."""
         for action, body in (("unload", KEEP_DEPENDENTS), ("load", b"")):
