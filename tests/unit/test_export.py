@@ -336,7 +336,7 @@ def test_export_command_renders_the_preprocessing_options(tmp_path: Path) -> Non
     from click.testing import CliRunner
 
     from resnet18_triton.export.cli import export
-    from resnet18_triton.repository.configs import parse
+    from resnet18_triton.repository.configs.parser import parse
 
     repo = tmp_path / "repo"
     result = CliRunner().invoke(
@@ -367,7 +367,8 @@ def test_export_fused_adds_the_fused_fp32_model_and_a_plain_export_writes_only_t
     from resnet18_triton.contract import ClassifierNames
     from resnet18_triton.export.cli import export
     from resnet18_triton.repository import variants
-    from resnet18_triton.repository.configs import fused_model_config, read_config
+    from resnet18_triton.repository.configs.builders import fused_model_config
+    from resnet18_triton.repository.configs.parser import read_config
 
     repo, names = tmp_path / "repo", ClassifierNames.of()
     argv = ["--weights", "random", "--repo", str(repo), "--cores", "2"]

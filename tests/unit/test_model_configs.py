@@ -12,12 +12,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
 from resnet18_triton.errors import ExportError
-from resnet18_triton.repository.configs import (
-    ServingSettings,
-    all_model_configs,
-    parse,
-    render,
-)
+from resnet18_triton.repository.configs.builders import all_model_configs
+from resnet18_triton.repository.configs.parser import parse, render
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import missing_files, onnx_model_path, version_dir
 from resnet18_triton.repository.writer import (
     install_python_models,

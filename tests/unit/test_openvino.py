@@ -17,12 +17,9 @@ from resnet18_triton.errors import PrecisionUnavailableError
 from resnet18_triton.export.openvino_cli import choose_precision
 from resnet18_triton.export.openvino_variant import openvino_backend
 from resnet18_triton.repository import layout, variants
-from resnet18_triton.repository.configs import (
-    ServingSettings,
-    all_model_configs,
-    as_json,
-    openvino_variant_configs,
-)
+from resnet18_triton.repository.configs.builders import all_model_configs, openvino_variant_configs
+from resnet18_triton.repository.configs.parser import as_json
+from resnet18_triton.repository.configs.settings import ServingSettings
 from tests.support import tree_snapshot
 
 DEFAULT = ClassifierNames.of()
@@ -172,7 +169,7 @@ def _variant(precision: str, settings: ServingSettings):
 
 def test_the_fused_openvino_model_spends_the_core_budget_as_single_thread_instances() -> None:
     from resnet18_triton.errors import ExportError
-    from resnet18_triton.repository.configs import fused_model_config
+    from resnet18_triton.repository.configs.builders import fused_model_config
 
     settings = ServingSettings.from_core_budget(cores=4, onnx_instances=2)
     model, ensemble = _variant("bf16", settings)

@@ -24,7 +24,7 @@ from resnet18_triton.export.pipeline import ExportRequest, export_repository
 from resnet18_triton.export.weights import load_resnet18
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import Preprocessing, load_labels
-from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import classifiers, served_models
 
 
@@ -366,7 +366,7 @@ def test_the_served_transform_read_from_its_config_equals_torchvision_bit_for_bi
     import numpy as np
     from google.protobuf import json_format
 
-    from resnet18_triton.repository.configs import preprocess_model_config
+    from resnet18_triton.repository.configs.builders import preprocess_model_config
     from tests.support import (
         normalised,
         preprocess_module,

@@ -21,7 +21,7 @@ from resnet18_triton import contract
 from resnet18_triton.errors import ExportError, VerificationError
 from resnet18_triton.export import pipeline
 from resnet18_triton.repository import transaction
-from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import missing_files, onnx_model_path
 from tests.support import tree_snapshot
 

@@ -13,18 +13,17 @@ from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExportError
 from resnet18_triton.repository import layout, variants
-from resnet18_triton.repository.configs import (
+from resnet18_triton.repository.configs.builders import (
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
-    ServingSettings,
     all_model_configs,
     ensemble_model_config,
     fused_model_config,
     onnx_model_config,
-    parse,
-    render,
     variant_configs,
 )
+from resnet18_triton.repository.configs.parser import parse, render
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.writer import (
     install_python_models,
     write_configs,

@@ -42,14 +42,12 @@ from resnet18_triton.perf.tune.space import (
     top_plans,
 )
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.configs import (
+from resnet18_triton.repository.configs.builders import all_model_configs, fused_model_config
+from resnet18_triton.repository.configs.parser import parse, settings_from_configs
+from resnet18_triton.repository.configs.settings import (
     ServingSettings,
-    all_model_configs,
-    fused_model_config,
-    parse,
     queue_bound,
     queue_timeout_us,
-    settings_from_configs,
 )
 from resnet18_triton.repository.layout import onnx_model_path
 from resnet18_triton.repository.writer import (

@@ -24,7 +24,7 @@ from resnet18_triton.export.pipeline import (
 from resnet18_triton.options import name_option, repository_option
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import INTERPOLATIONS, RESIZE_STRAIGHT, Preprocessing
-from resnet18_triton.repository.configs import (
+from resnet18_triton.repository.configs.settings import (
     ServingSettings,
     available_cores,
     describe_queue,

@@ -64,7 +64,7 @@ from resnet18_triton.repository.classifier import (
     default_labels,
     load_labels,
 )
-from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import (
     all_models,
     classifiers,

@@ -37,7 +37,7 @@ from resnet18_triton.export.quantize import image_files, preprocess_files, serve
 from resnet18_triton.files import image_files as images_in
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import load_labels
-from resnet18_triton.repository.configs import repository_classifier
+from resnet18_triton.repository.configs.parser import repository_classifier
 from resnet18_triton.repository.layout import ONNX_FILENAME, classifiers, version_dir
 from resnet18_triton.repository.transaction import (
     install,

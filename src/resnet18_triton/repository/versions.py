@@ -34,7 +34,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton.contract import CONFIG_FILENAME, ClassifierNames
 from resnet18_triton.files import link_or_copy, write_text_atomically
-from resnet18_triton.repository.configs import read_config, render
+from resnet18_triton.repository.configs.parser import read_config, render
 from resnet18_triton.repository.layout import (
     ONNX_FILENAME,
     onnx_versions,

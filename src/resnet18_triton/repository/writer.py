@@ -25,19 +25,17 @@ from resnet18_triton.errors import ExportError
 from resnet18_triton.files import link_or_copy, write_bytes_atomically, write_text_atomically
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import Classifier
-from resnet18_triton.repository.configs import (
-    FUSED_ENGINE_PARAMETER,
+from resnet18_triton.repository.configs.builders import (
     OPENVINO_BACKEND,
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
-    ServingSettings,
     all_model_configs,
     fused_model_config,
     openvino_variant_configs,
-    parse,
-    render,
     variant_configs,
 )
+from resnet18_triton.repository.configs.parser import parse, render
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
     PYTHON_MODELS,
@@ -217,7 +215,7 @@ def write_fused_model(
     classifier = parse((target / classifier_name / CONFIG_FILENAME).read_text())
     preprocess = parse((repo / names.preprocess / CONFIG_FILENAME).read_text())
     config = fused_model_config(classifier, preprocess, name=fused_name)
-    engine = config.parameters[FUSED_ENGINE_PARAMETER].string_value
+    engine = config.parameters[contract.FUSED_ENGINE_PARAMETER].string_value
     directory = target / fused_name
     version = version_dir(target, fused_name)
     sources = {

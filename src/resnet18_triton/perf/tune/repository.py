@@ -35,15 +35,14 @@ from resnet18_triton.files import fsync_directory, link_or_copy, write_text_atom
 from resnet18_triton.perf.tune.space import FP32, Candidate
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import Classifier
-from resnet18_triton.repository.configs import (
-    ServingSettings,
-    all_model_configs,
-    own_parameters,
-    render,
+from resnet18_triton.repository.configs.builders import all_model_configs, own_parameters
+from resnet18_triton.repository.configs.parser import read_config as _read_config
+from resnet18_triton.repository.configs.parser import render
+from resnet18_triton.repository.configs.parser import (
+    repository_classifier as _repository_classifier,
 )
-from resnet18_triton.repository.configs import read_config as _read_config
-from resnet18_triton.repository.configs import repository_classifier as _repository_classifier
-from resnet18_triton.repository.configs import repository_settings as _repository_settings
+from resnet18_triton.repository.configs.parser import repository_settings as _repository_settings
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import CONFIG_FILENAME
 from resnet18_triton.repository.transaction import install, install_lock, staging_directory
 from resnet18_triton.repository.variants import Variant
@@ -87,7 +86,7 @@ def _as_tune_error() -> Iterator[None]:
 
 
 def read_config(repo: Path, model: str) -> mc.ModelConfig:
-    """``configs.read_config``, refusing with TuneError."""
+    """``parser.read_config``, refusing with TuneError."""
     with _as_tune_error():
         return _read_config(repo, model)
 
@@ -101,7 +100,7 @@ def repository_settings(
 
 
 def repository_classifier(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> Classifier:
-    """Classifier ``name`` as exported into ``repo`` (``configs.repository_classifier``)."""
+    """Classifier ``name`` as exported into ``repo`` (``parser.repository_classifier``)."""
     with _as_tune_error():
         return _repository_classifier(repo, _names(name).name)
 
