@@ -20,7 +20,9 @@ from resnet18_triton.contract import (
     PROVENANCE_PARAMETER,
 )
 from resnet18_triton.errors import (
+    ExitCode,
     ExportError,
+    RepositoryError,
     ResNet18TritonError,
     VerificationError,
     WeightsUnavailableError,
@@ -48,6 +50,13 @@ def test_error_hierarchy() -> None:
     assert issubclass(ExportError, ResNet18TritonError)
     assert issubclass(WeightsUnavailableError, ExportError)
     assert issubclass(VerificationError, ExportError)
+
+
+def test_the_repository_core_has_its_own_error_with_the_exit_code_of_a_refused_export() -> None:
+    # Every command reads the repository; none of them should have to catch an export's error.
+    assert issubclass(RepositoryError, ResNet18TritonError)
+    assert not issubclass(RepositoryError, ExportError)
+    assert RepositoryError.exit_code == ExportError.exit_code == ExitCode.USAGE_OR_UNREACHABLE
 
 
 # --- provenance ---------------------------------------------------------------------------------

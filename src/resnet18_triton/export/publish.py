@@ -337,7 +337,7 @@ def _check_labels(served: tuple[str, ...], loaded: LoadedModel, labels: Path | N
 
 def publish(request: PublishRequest, echo: Echo = _quiet) -> MoveResult:
     """Steps 1-4 of the module docstring. Raises PublishRefused below the bar (the repository
-    unchanged), ExportError, ServerUnavailableError or AdminKeyError."""
+    unchanged), ExportError, RepositoryError, ServerUnavailableError or AdminKeyError."""
     repo = Path(request.export.repository).resolve()
     names = ClassifierNames.of(request.export.name)
     check_publishable(repo, names)

@@ -82,7 +82,8 @@ def serving_policy(config: mc.ModelConfig) -> tuple[int, ...] | None:
 
 
 def read_state(repo: Path, names: ClassifierNames) -> VersionState:
-    """The versions of classifier ``names`` in ``repo``; ExportError when it was never exported."""
+    """The versions of classifier ``names`` in ``repo``; RepositoryError when it was never
+    exported."""
     onnx = read_config(repo, names.onnx)
     ensemble = read_config(repo, names.ensemble)
     served = served_version(repo, names)

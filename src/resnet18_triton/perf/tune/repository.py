@@ -30,7 +30,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import ExportError, TuneError
+from resnet18_triton.errors import RepositoryError, TuneError
 from resnet18_triton.files import fsync_directory, link_or_copy, write_text_atomically
 from resnet18_triton.perf.tune.space import FP32, Candidate
 from resnet18_triton.repository import variants
@@ -78,10 +78,10 @@ def _names(name: str) -> ClassifierNames:
 
 @contextlib.contextmanager
 def _as_tune_error() -> Iterator[None]:
-    """The repository core's refusals (ExportError) surface as TuneError."""
+    """The repository core's refusals (RepositoryError) surface as TuneError."""
     try:
         yield
-    except ExportError as error:
+    except RepositoryError as error:
         raise TuneError(str(error)) from None
 
 

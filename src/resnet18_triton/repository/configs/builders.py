@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import ExportError
+from resnet18_triton.errors import RepositoryError
 from resnet18_triton.repository.classifier import Classifier, Preprocessing
 from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.variants import (
@@ -294,7 +294,7 @@ def variant_configs(
             step.model_name = onnx_name
             renamed += 1
     if renamed != 1:
-        raise ExportError(
+        raise RepositoryError(
             f"ensemble {ensemble_config.name!r} has {renamed} steps running {onnx_config.name!r}; "
             "expected exactly one"
         )
@@ -323,7 +323,7 @@ def fused_model_config(
     engine = classifier.backend or ORT_BACKEND
     threads_key = THREAD_KEYS.get(engine) if engine in ENGINES else None
     if threads_key is None:
-        raise ExportError(f"no fused model for the {engine!r} backend of {classifier.name!r}")
+        raise RepositoryError(f"no fused model for the {engine!r} backend of {classifier.name!r}")
     probabilities = next(
         output for output in classifier.output if output.name == contract.ONNX_PROBABILITIES
     )
@@ -393,7 +393,7 @@ def openvino_parameters(threads: int, precision: str) -> dict[str, str]:
     backend's key, see its docstring).
     """
     if threads < 1:
-        raise ExportError("an OpenVINO instance needs at least 1 thread")
+        raise RepositoryError("an OpenVINO instance needs at least 1 thread")
     parameters = {
         OPENVINO_THREADS: str(threads),
         "NUM_STREAMS": "1",

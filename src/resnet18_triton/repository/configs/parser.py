@@ -16,9 +16,9 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
-from resnet18_triton.contract import CONFIG_FILENAME, ClassifierNames
-from resnet18_triton.errors import ExportError
-from resnet18_triton.repository.classifier import Classifier, Preprocessing
+from resnet18_triton.contract import CONFIG_FILENAME
+from resnet18_triton.errors import RepositoryError
+from resnet18_triton.repository.classifier import Classifier, Preprocessing, classifier_names
 from resnet18_triton.repository.configs.builders import instance_count
 from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.variants import INTER_OP_THREADS, INTRA_OP_THREADS
@@ -51,12 +51,12 @@ def read_config_file(path: Path) -> mc.ModelConfig | None:
 
 
 def read_config(repo: Path, model: str) -> mc.ModelConfig:
-    """Model ``model``'s config in ``repo``; raises ExportError saying how to write it."""
+    """Model ``model``'s config in ``repo``; raises RepositoryError saying how to write it."""
     path = repo / model / CONFIG_FILENAME
     config = read_config_file(path)
     if config is None:
         state = "is not a readable model config" if path.exists() else "is missing"
-        raise ExportError(f"{path} {state}: run `resnet18-triton export` first")
+        raise RepositoryError(f"{path} {state}: run `resnet18-triton export` first")
     return config
 
 
@@ -97,8 +97,9 @@ def settings_from_configs(
 def repository_settings(
     repo: Path, cores: int, name: str = contract.ENSEMBLE_MODEL
 ) -> ServingSettings:
-    """The FP32 serving settings classifier ``name`` has in the repository now."""
-    names = ClassifierNames.of(name)
+    """The FP32 serving settings classifier ``name`` has in the repository now; RepositoryError
+    when its configs are missing or unreadable, or ``name`` is not a classifier name."""
+    names = classifier_names(name)
     return settings_from_configs(
         read_config(repo, names.preprocess),
         read_config(repo, names.onnx),
@@ -110,7 +111,7 @@ def repository_settings(
 def repository_classifier(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> Classifier:
     """Classifier ``name`` as exported into ``repo``: its labels (so its class count) and its
     preprocessing, read back from its files, so a plan re-renders exactly that classifier."""
-    names = ClassifierNames.of(name)
+    names = classifier_names(name)
     preprocess = read_config(repo, names.preprocess)
     parameters = {key: value.string_value for key, value in preprocess.parameters.items()}
     labels = (repo / names.onnx / contract.LABELS_FILENAME).read_text().splitlines()

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resnet18_triton import contract
-from resnet18_triton.errors import ExportError
+from resnet18_triton.errors import RepositoryError
 
 # Seconds of work a queue holds for the cores given to inference.
 QUEUE_BUDGET_S = 2.0
@@ -113,7 +113,7 @@ class ServingSettings:
         the module docstring); ``overrides`` win over what is derived."""
         cores = cores or available_cores()
         if cores < 1 or onnx_instances < 1:
-            raise ExportError("the core budget and the instance count must be at least 1")
+            raise RepositoryError("the core budget and the instance count must be at least 1")
         intra = overrides.pop("intra_op_threads", None) or max(1, cores // onnx_instances)
         batch = overrides.get("max_batch_size", contract.MAX_BATCH_SIZE)
         overrides.setdefault("max_queue_size", queue_bound(cores, batch))
@@ -128,18 +128,18 @@ class ServingSettings:
         """Refuse plans that oversubscribe the cores or cannot batch."""
         threads = self.onnx_instances * self.intra_op_threads
         if threads > self.cores:
-            raise ExportError(
+            raise RepositoryError(
                 f"{self.onnx_instances} ONNX Runtime instance(s) x {self.intra_op_threads} "
                 f"intra-op threads = {threads} threads oversubscribe the {self.cores}-core "
                 "budget; lower the instances or threads, or raise --cores"
             )
         if self.max_batch_size < 1:
-            raise ExportError("max_batch_size must be at least 1")
+            raise RepositoryError("max_batch_size must be at least 1")
         if self.max_queue_size < 0 or self.queue_timeout_us < 0:
-            raise ExportError("the queue size and timeout must be 0 (unbounded) or more")
+            raise RepositoryError("the queue size and timeout must be 0 (unbounded) or more")
         too_big = [size for size in self.preferred_batch_sizes if size > self.max_batch_size]
         if too_big:
-            raise ExportError(
+            raise RepositoryError(
                 f"preferred batch sizes {too_big} exceed max_batch_size {self.max_batch_size}"
             )
 
