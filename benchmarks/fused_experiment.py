@@ -41,7 +41,8 @@ from resnet18_triton.perf.images import TYPICAL_SIZE, jpeg_bytes
 from resnet18_triton.perf.stack import StackSampler
 from resnet18_triton.perf.tune.repository import copy_models
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.configs import instance_count, parse, render
+from resnet18_triton.repository.configs.builders import instance_count
+from resnet18_triton.repository.configs.parser import parse, render
 from resnet18_triton.repository.layout import CONFIG_FILENAME
 from resnet18_triton.repository.variants import Variant
 from resnet18_triton.repository.writer import write_fused_model

@@ -103,7 +103,7 @@ def export_repository(
     classifier ``name`` (default: the default classifier); with ``fused`` as ``export --fused``."""
     from resnet18_triton.export import pipeline
     from resnet18_triton.export.weights import Provenance
-    from resnet18_triton.repository.configs import ServingSettings
+    from resnet18_triton.repository.configs.settings import ServingSettings
 
     request = pipeline.ExportRequest(
         repository=repo, settings=ServingSettings(**settings), fused=fused

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet18_triton import contract
-from resnet18_triton.repository.configs import read_config
+from resnet18_triton.repository.configs.parser import read_config
 
 
 def served_pins(url: str, model: str) -> tuple[list[int], dict[str, int]]:

@@ -140,7 +140,7 @@ def write_matrix(repo: Path, matrix: list[ServedVariant], work: Path) -> Path:
 
 def classifier_config(repo: Path, cell: ServedVariant) -> dict:
     """The written config (JSON form) of the model that runs ``cell``'s model file."""
-    from resnet18_triton.repository.configs import as_json, read_config
+    from resnet18_triton.repository.configs.parser import as_json, read_config
 
     return as_json(read_config(repo, cell.variant.classifier(cell.names)))
 

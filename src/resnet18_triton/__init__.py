@@ -16,7 +16,8 @@ Exported (``__all__``): ``ImageClassifier``; its policies ``RetryPolicy`` (fault
 heals from) and ``OverloadPolicy`` (overload refusals); what it returns (``Prediction``,
 ``ClassificationResult``, ``HealthReport``, ``ModelHealth``, ``ClassifierHealth``); the errors it
 raises, ``ResNet18TritonError`` and its subclasses ``ServerUnavailableError``, ``ApiKeyError``
-and ``ImageError``; and ``__version__``. The errors of export, server and perf are in ``errors``.
+and ``ImageError``; and ``__version__``. The errors of the repository, export, server and perf are
+in ``errors``.
 
 The client's names and ``__version__`` are looked up when first read, not with the package:
 every ``resnet18_triton.*`` module imports this package first, and the server launcher,

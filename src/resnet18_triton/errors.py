@@ -12,7 +12,8 @@ does); library callers catch ``ResNet18TritonError`` or one of its subclasses. T
     ├── AdminKeyError                   the admin key file is missing, unsafe or empty
     ├── ApiKeyError                     the inference API key is missing, refused or unsafe
     ├── PrecisionUnavailableError       the CPU lacks what a precision needs
-    ├── ExportError                     exporting or filling the repository failed
+    ├── RepositoryError                 the model repository cannot be read or written as asked
+    ├── ExportError                     a model could not be exported, converted or published
     │   ├── WeightsUnavailableError     weights cannot be loaded (offline, missing, incompatible)
     │   ├── VerificationError           the ONNX model does not reproduce PyTorch
     │   ├── QuantizationRefused         the INT8 model agrees too little with FP32
@@ -74,6 +75,13 @@ class ImageError(ResNet18TritonError):
 
 class NoImagesError(ResNet18TritonError):
     """The inputs named no image file at all."""
+
+
+class RepositoryError(ResNet18TritonError):
+    """The model repository cannot be read or written as asked: a config or file is missing or
+    unreadable, a classifier is not there, settings cannot be served, an install failed. Raised
+    by ``repository`` for every command that reads or writes one; the message says what to run
+    or change."""
 
 
 class ExportError(ResNet18TritonError):

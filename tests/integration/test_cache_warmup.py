@@ -27,7 +27,7 @@ CACHE_BYTES = 32 * 1024 * 1024
 
 def _repository(target: Path, **settings: object) -> Path:
     from resnet18_triton.export.pipeline import ExportRequest, export_repository
-    from resnet18_triton.repository.configs import ServingSettings
+    from resnet18_triton.repository.configs.settings import ServingSettings
 
     request = ExportRequest(
         repository=target, weights="random", seed=0, settings=ServingSettings(**settings)

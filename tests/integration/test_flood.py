@@ -20,7 +20,7 @@ from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.perf import harness
 from resnet18_triton.perf.flood import FloodReport, Target, lone_latency_s, run_flood
 from resnet18_triton.perf.images import noisy_png
-from resnet18_triton.repository.configs import read_config
+from resnet18_triton.repository.configs.parser import read_config
 from resnet18_triton.server.embedded import EmbeddedServer
 from tests.support import TorchReference, varied_images
 

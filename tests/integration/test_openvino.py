@@ -24,7 +24,7 @@ from resnet18_triton import contract
 from resnet18_triton.cpu_flags import cpu_flags, default_precision
 from resnet18_triton.export.openvino_variant import openvino_backend
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.configs import as_json, parse
+from resnet18_triton.repository.configs.parser import as_json, parse
 from resnet18_triton.repository.layout import CONFIG_FILENAME
 from tests.corpus import build_corpus
 from tests.digits import digits_model

@@ -84,11 +84,9 @@ def test_limits_refuse_a_budget_below_one_mib_per_request() -> None:
 
 
 def test_repository_body_limit_reads_the_preprocess_config(tmp_path: Path) -> None:
-    from resnet18_triton.repository.configs import (
-        ServingSettings,
-        preprocess_model_config,
-    )
-    from resnet18_triton.repository.configs import render as render_config
+    from resnet18_triton.repository.configs.builders import preprocess_model_config
+    from resnet18_triton.repository.configs.parser import render as render_config
+    from resnet18_triton.repository.configs.settings import ServingSettings
 
     settings = ServingSettings(max_batch_size=4, max_image_bytes=1000)
     (tmp_path / "preprocess").mkdir()
@@ -103,7 +101,7 @@ def test_repository_body_limit_reads_a_named_classifiers_config_when_it_is_the_o
 ) -> None:
     from resnet18_triton.contract import ClassifierNames
     from resnet18_triton.repository.classifier import Classifier
-    from resnet18_triton.repository.configs import ServingSettings
+    from resnet18_triton.repository.configs.settings import ServingSettings
     from resnet18_triton.repository.writer import fill_repository
 
     digits = Classifier(ClassifierNames.of("digits"), tuple(str(d) for d in range(10)))

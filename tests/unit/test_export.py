@@ -20,7 +20,9 @@ from resnet18_triton.contract import (
     PROVENANCE_PARAMETER,
 )
 from resnet18_triton.errors import (
+    ExitCode,
     ExportError,
+    RepositoryError,
     ResNet18TritonError,
     VerificationError,
     WeightsUnavailableError,
@@ -48,6 +50,13 @@ def test_error_hierarchy() -> None:
     assert issubclass(ExportError, ResNet18TritonError)
     assert issubclass(WeightsUnavailableError, ExportError)
     assert issubclass(VerificationError, ExportError)
+
+
+def test_the_repository_core_has_its_own_error_with_the_exit_code_of_a_refused_export() -> None:
+    # Every command reads the repository; none of them should have to catch an export's error.
+    assert issubclass(RepositoryError, ResNet18TritonError)
+    assert not issubclass(RepositoryError, ExportError)
+    assert RepositoryError.exit_code == ExportError.exit_code == ExitCode.USAGE_OR_UNREACHABLE
 
 
 # --- provenance ---------------------------------------------------------------------------------
@@ -336,7 +345,7 @@ def test_export_command_renders_the_preprocessing_options(tmp_path: Path) -> Non
     from click.testing import CliRunner
 
     from resnet18_triton.export.cli import export
-    from resnet18_triton.repository.configs import parse
+    from resnet18_triton.repository.configs.parser import parse
 
     repo = tmp_path / "repo"
     result = CliRunner().invoke(
@@ -367,7 +376,8 @@ def test_export_fused_adds_the_fused_fp32_model_and_a_plain_export_writes_only_t
     from resnet18_triton.contract import ClassifierNames
     from resnet18_triton.export.cli import export
     from resnet18_triton.repository import variants
-    from resnet18_triton.repository.configs import fused_model_config, read_config
+    from resnet18_triton.repository.configs.builders import fused_model_config
+    from resnet18_triton.repository.configs.parser import read_config
 
     repo, names = tmp_path / "repo", ClassifierNames.of()
     argv = ["--weights", "random", "--repo", str(repo), "--cores", "2"]

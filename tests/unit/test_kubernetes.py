@@ -27,7 +27,7 @@ import yaml
 from resnet18_triton import contract
 from resnet18_triton.cli import cli
 from resnet18_triton.deploy import render
-from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.configs.settings import ServingSettings
 from tests.kubernetes_support import (
     KSERVE,
     KUBERNETES,

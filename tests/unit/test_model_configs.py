@@ -11,13 +11,10 @@ pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
-from resnet18_triton.errors import ExportError
-from resnet18_triton.repository.configs import (
-    ServingSettings,
-    all_model_configs,
-    parse,
-    render,
-)
+from resnet18_triton.errors import RepositoryError
+from resnet18_triton.repository.configs.builders import all_model_configs
+from resnet18_triton.repository.configs.parser import parse, render
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import missing_files, onnx_model_path, version_dir
 from resnet18_triton.repository.writer import (
     install_python_models,
@@ -137,7 +134,7 @@ def test_core_budget_rule(cores: int, instances: int, expected_threads: int) -> 
 
 
 def test_oversubscription_is_refused() -> None:
-    with pytest.raises(ExportError, match="oversubscribe the 2-core budget"):
+    with pytest.raises(RepositoryError, match="oversubscribe the 2-core budget"):
         ServingSettings.from_core_budget(2, 3)
-    with pytest.raises(ExportError, match="oversubscribe"):
+    with pytest.raises(RepositoryError, match="oversubscribe"):
         ServingSettings.from_core_budget(2, 1, intra_op_threads=4)

@@ -17,12 +17,9 @@ from resnet18_triton.errors import PrecisionUnavailableError
 from resnet18_triton.export.openvino_cli import choose_precision
 from resnet18_triton.export.openvino_variant import openvino_backend
 from resnet18_triton.repository import layout, variants
-from resnet18_triton.repository.configs import (
-    ServingSettings,
-    all_model_configs,
-    as_json,
-    openvino_variant_configs,
-)
+from resnet18_triton.repository.configs.builders import all_model_configs, openvino_variant_configs
+from resnet18_triton.repository.configs.parser import as_json
+from resnet18_triton.repository.configs.settings import ServingSettings
 from tests.support import tree_snapshot
 
 DEFAULT = ClassifierNames.of()
@@ -171,8 +168,8 @@ def _variant(precision: str, settings: ServingSettings):
 
 
 def test_the_fused_openvino_model_spends_the_core_budget_as_single_thread_instances() -> None:
-    from resnet18_triton.errors import ExportError
-    from resnet18_triton.repository.configs import fused_model_config
+    from resnet18_triton.errors import RepositoryError
+    from resnet18_triton.repository.configs.builders import fused_model_config
 
     settings = ServingSettings.from_core_budget(cores=4, onnx_instances=2)
     model, ensemble = _variant("bf16", settings)
@@ -189,7 +186,7 @@ def test_the_fused_openvino_model_spends_the_core_budget_as_single_thread_instan
     properties = openvino_backend().compile_properties(as_json(fused))
     assert properties["INFERENCE_NUM_THREADS"] == "1"
     model.backend = "tensorrt"
-    with pytest.raises(ExportError, match="no fused model for the 'tensorrt' backend"):
+    with pytest.raises(RepositoryError, match="no fused model for the 'tensorrt' backend"):
         fused_model_config(model, preprocess, name="x")
 
 
@@ -314,14 +311,14 @@ def test_an_openvino_build_killed_before_its_install_leaves_the_repository_byte_
 def test_a_classifier_the_repository_lacks_is_refused_by_name(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from resnet18_triton.errors import ExportError
+    from resnet18_triton.errors import ExportError, RepositoryError
     from resnet18_triton.export.openvino_cli import openvino
     from resnet18_triton.export.openvino_variant import source_model
 
     (tmp_path / "held_out").mkdir()
     arguments = ["--repo", str(tmp_path), "--name", "digits", "--eval-images"]
     result = CliRunner().invoke(openvino, [*arguments, str(tmp_path / "held_out")])
-    assert isinstance(result.exception, ExportError), result.output
+    assert isinstance(result.exception, RepositoryError), result.output
     assert "no exported classifier 'digits'" in str(result.exception)
     assert "resnet18-triton export --name digits" in str(result.exception)
     names = contract.ClassifierNames.of("digits")

@@ -17,14 +17,14 @@ from torchvision.models import resnet18, resnet34
 
 from resnet18_triton.cli import main
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import ExitCode, ExportError, WeightsUnavailableError
+from resnet18_triton.errors import ExitCode, RepositoryError, WeightsUnavailableError
 from resnet18_triton.export.cli import export
 from resnet18_triton.export.onnx_input import inspect_onnx
 from resnet18_triton.export.pipeline import ExportRequest, export_repository
 from resnet18_triton.export.weights import load_resnet18
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import Preprocessing, load_labels
-from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import classifiers, served_models
 
 
@@ -196,7 +196,7 @@ def test_an_onnx_input_whose_size_differs_from_the_preprocessing_is_refused(
     request = ExportRequest(
         repository=tmp_path / "repo", weights=str(path), name="mine", settings=ServingSettings()
     )
-    with pytest.raises(ExportError, match=r"model takes 128x128; set --input-size 128"):
+    with pytest.raises(RepositoryError, match=r"model takes 128x128; set --input-size 128"):
         export_repository(request)
     assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
 
@@ -215,7 +215,7 @@ def test_labels_come_from_lines_a_json_list_or_a_class_to_idx_mapping(tmp_path: 
 def test_a_class_to_idx_mapping_with_a_gap_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "gap.json"
     path.write_text(json.dumps({"cat": 0, "dog": 2}))
-    with pytest.raises(ExportError, match=r"indices must be 0\.\.1"):
+    with pytest.raises(RepositoryError, match=r"indices must be 0\.\.1"):
         load_labels(path)
 
 
@@ -223,7 +223,7 @@ def test_a_class_to_idx_mapping_with_a_gap_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_resize_smaller_than_the_crop_is_refused() -> None:
-    with pytest.raises(ExportError, match="resize size 200 is smaller than the 224-pixel crop"):
+    with pytest.raises(RepositoryError, match="resize size 200 is smaller than the 224-pixel crop"):
         Preprocessing(resize_size=200).check()
 
 
@@ -366,7 +366,7 @@ def test_the_served_transform_read_from_its_config_equals_torchvision_bit_for_bi
     import numpy as np
     from google.protobuf import json_format
 
-    from resnet18_triton.repository.configs import preprocess_model_config
+    from resnet18_triton.repository.configs.builders import preprocess_model_config
     from tests.support import (
         normalised,
         preprocess_module,

@@ -22,7 +22,7 @@ from resnet18_triton.perf.cli import bench, loadtest
 from resnet18_triton.perf.measurements import FP32, LARGE, TYPICAL, ServedSpec
 from resnet18_triton.repository import layout, variants
 from resnet18_triton.repository.classifier import Classifier, Preprocessing, default_labels
-from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.transaction import staging_directory
 from resnet18_triton.repository.writer import fill_repository, install_variant
 

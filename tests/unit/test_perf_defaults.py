@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 
-from resnet18_triton.repository.configs import (
-    ServingSettings,
-    onnx_model_config,
-    preprocess_model_config,
-)
+from resnet18_triton.repository.configs.builders import onnx_model_config, preprocess_model_config
+from resnet18_triton.repository.configs.settings import ServingSettings
 from tests.support import preprocess_module
 
 PROVENANCE = '{"path":null,"seed":0,"sha256":null,"source":"random"}'

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from resnet18_triton import contract
-from resnet18_triton.errors import ExportError, VerificationError
+from resnet18_triton.errors import RepositoryError, VerificationError
 from resnet18_triton.export import pipeline
 from resnet18_triton.repository import transaction
-from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import missing_files, onnx_model_path
 from tests.support import tree_snapshot
 
@@ -93,7 +93,7 @@ def test_a_refused_plan_fails_before_anything_is_written(repo: Path) -> None:
     before = tree_snapshot(repo)
     oversubscribed = ServingSettings(cores=1, onnx_instances=2, intra_op_threads=1)
     request = pipeline.ExportRequest(repository=repo, weights="random", settings=oversubscribed)
-    with pytest.raises(ExportError, match="oversubscribe"):
+    with pytest.raises(RepositoryError, match="oversubscribe"):
         pipeline.export_repository(request)
     assert tree_snapshot(repo) == before
 
@@ -157,7 +157,7 @@ def test_a_failed_swap_undoes_the_swaps_already_made(tmp_path: Path) -> None:
             (root / name / "file").write_text(f"{text} {name}")
     shutil.rmtree(staging / contract.ENSEMBLE_MODEL)  # the last swap finds nothing to swap in
     before = tree_snapshot(repo)
-    with pytest.raises(ExportError, match="the repository is unchanged"):
+    with pytest.raises(RepositoryError, match="the repository is unchanged"):
         transaction.install(staging, repo, contract.SERVED_MODELS)
     assert tree_snapshot(repo) == before
     assert (staging / contract.PREPROCESS_MODEL / "file").read_text() == "new preprocess"

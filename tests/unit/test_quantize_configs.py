@@ -11,20 +11,19 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import ExportError
+from resnet18_triton.errors import RepositoryError
 from resnet18_triton.repository import layout, variants
-from resnet18_triton.repository.configs import (
+from resnet18_triton.repository.configs.builders import (
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
-    ServingSettings,
     all_model_configs,
     ensemble_model_config,
     fused_model_config,
     onnx_model_config,
-    parse,
-    render,
     variant_configs,
 )
+from resnet18_triton.repository.configs.parser import parse, render
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.writer import (
     install_python_models,
     write_configs,
@@ -119,7 +118,7 @@ def test_variant_configs_copy_every_serving_choice() -> None:
     assert steps == [contract.PREPROCESS_MODEL, contract.INT8_MODEL]
     assert [o.name for o in onnx.output] == list(contract.ONNX_OUTPUTS)
     assert ensemble.response_cache.enable
-    with pytest.raises(ExportError, match="exactly one"):
+    with pytest.raises(RepositoryError, match="exactly one"):
         variant_configs(
             configs[contract.ONNX_MODEL],
             configs[contract.ONNX_MODEL],
@@ -129,7 +128,7 @@ def test_variant_configs_copy_every_serving_choice() -> None:
 
 
 def test_write_int8_configs_needs_the_fp32_export(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="export"):
+    with pytest.raises(RepositoryError, match="export"):
         write_variant(tmp_path, variants.INT8, {})
     write_configs(tmp_path, ServingSettings(), PROVENANCE)
     for name in (contract.ONNX_MODEL, contract.ENSEMBLE_MODEL):

@@ -190,7 +190,8 @@ def test_container_runs_as_non_root() -> None:
 def test_pixel_and_byte_limits_are_explicit_configured_and_enforced_in_pillow() -> None:
     from PIL import Image
 
-    from resnet18_triton.repository.configs import ServingSettings, preprocess_model_config
+    from resnet18_triton.repository.configs.builders import preprocess_model_config
+    from resnet18_triton.repository.configs.settings import ServingSettings
 
     preprocess = preprocess_module()
     settings = ServingSettings(max_image_pixels=1_000_000, max_image_bytes=2_000_000)

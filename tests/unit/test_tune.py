@@ -14,14 +14,13 @@ from resnet18_triton import contract
 from resnet18_triton.cli import cli
 from resnet18_triton.client.results import serving_summary
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import TuneError
+from resnet18_triton.errors import RepositoryError, TuneError
 from resnet18_triton.perf.perf_analyzer import Row
 from resnet18_triton.perf.tune.repository import (
     apply_plan,
     available_variants,
     backup_directory,
     plan_settings,
-    repository_settings,
     revert,
     tuned_models,
     variant_models,
@@ -42,14 +41,16 @@ from resnet18_triton.perf.tune.space import (
     top_plans,
 )
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.configs import (
-    ServingSettings,
-    all_model_configs,
-    fused_model_config,
+from resnet18_triton.repository.configs.builders import all_model_configs, fused_model_config
+from resnet18_triton.repository.configs.parser import (
     parse,
+    repository_settings,
+    settings_from_configs,
+)
+from resnet18_triton.repository.configs.settings import (
+    ServingSettings,
     queue_bound,
     queue_timeout_us,
-    settings_from_configs,
 )
 from resnet18_triton.repository.layout import onnx_model_path
 from resnet18_triton.repository.writer import (
@@ -451,6 +452,17 @@ def test_a_second_apply_is_refused_while_the_backup_exists(repository: Path) -> 
     with pytest.raises(TuneError, match="tune revert"):
         apply_plan(repository, Candidate(max_batch_size=1), cores=2)
     assert digest(repository) == applied
+
+
+def test_a_plan_over_an_unreadable_config_is_refused_as_the_repository_refuses_it(
+    repository: Path,
+) -> None:
+    (repository / contract.INT8_MODEL / "config.pbtxt").write_text("not a model config {")
+    before = digest(repository)
+    with pytest.raises(RepositoryError, match="not a readable model config: run `resnet18-triton"):
+        apply_plan(repository, Candidate(INT8, max_batch_size=4), cores=2)
+    assert digest(repository) == before
+    assert not backup_directory(repository).exists()
 
 
 def test_revert_without_an_apply_says_there_is_nothing_to_revert(repository: Path) -> None:

@@ -21,7 +21,8 @@ from resnet18_triton.client.health import served_classifiers
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.repository import layout, variants
 from resnet18_triton.repository.classifier import Classifier, default_labels
-from resnet18_triton.repository.configs import ServingSettings, read_config
+from resnet18_triton.repository.configs.parser import read_config
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.writer import fill_repository
 from tests.support import tree_snapshot
 
@@ -122,7 +123,7 @@ def repository(tmp_path: Path) -> Path:
 def test_the_fused_fp32_model_runs_the_classifiers_own_file_by_the_fused_models_rules(
     repository: Path,
 ) -> None:
-    from resnet18_triton.repository.configs import fused_model_config
+    from resnet18_triton.repository.configs.builders import fused_model_config
     from resnet18_triton.repository.writer import write_fused_model
 
     assert variants.present(repository, SECOND) == ()

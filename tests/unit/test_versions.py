@@ -14,7 +14,8 @@ import pytest
 
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.repository import versions
-from resnet18_triton.repository.configs import ServingSettings, read_config
+from resnet18_triton.repository.configs.parser import read_config
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import (
     classifiers,
     onnx_model_path,
@@ -105,7 +106,7 @@ def test_the_version_files_are_shared_with_the_repository_not_copied(repo) -> No
 
 
 def test_re_rendered_configs_keep_the_version_that_answers(repo) -> None:
-    from resnet18_triton.repository.configs import all_model_configs
+    from resnet18_triton.repository.configs.builders import all_model_configs
 
     _move(repo, (1, 2), 2, new=2)
     _move(repo, (1,), 1)

@@ -228,7 +228,7 @@ def repository_body_limit(repository: Path) -> int:
     config is missing.
     """
     from resnet18_triton.contract import ClassifierNames
-    from resnet18_triton.repository.configs import read_config_file
+    from resnet18_triton.repository.configs.parser import read_config_file
     from resnet18_triton.repository.layout import CONFIG_FILENAME, classifiers
 
     limits = []

@@ -16,15 +16,19 @@ from resnet18_triton.export.pipeline import (
     ExportRequest,
     check_name_free,
     check_not_served,
-    classifier_names,
     default_of,
     export_repository,
     load_model,
 )
 from resnet18_triton.options import name_option, repository_option
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.classifier import INTERPOLATIONS, RESIZE_STRAIGHT, Preprocessing
-from resnet18_triton.repository.configs import (
+from resnet18_triton.repository.classifier import (
+    INTERPOLATIONS,
+    RESIZE_STRAIGHT,
+    Preprocessing,
+    classifier_names,
+)
+from resnet18_triton.repository.configs.settings import (
     ServingSettings,
     available_cores,
     describe_queue,

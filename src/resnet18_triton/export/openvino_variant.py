@@ -37,7 +37,7 @@ from resnet18_triton.export.fidelity import (
 )
 from resnet18_triton.files import write_bytes_atomically
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.configs import as_json
+from resnet18_triton.repository.configs.parser import as_json
 from resnet18_triton.repository.layout import backend_source, load_model_module, onnx_model_path
 from resnet18_triton.repository.transaction import remove_stale_staging, staging_directory
 from resnet18_triton.repository.writer import install_variant, variant_model_configs

@@ -61,10 +61,11 @@ from resnet18_triton.repository.classifier import (
     Classifier,
     Preprocessing,
     check_label_count,
+    classifier_names,
     default_labels,
     load_labels,
 )
-from resnet18_triton.repository.configs import ServingSettings
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import (
     all_models,
     classifiers,
@@ -180,7 +181,7 @@ def _load_onnx(path: Path) -> LoadedModel:
 
 
 def resolve_classifier(request: ExportRequest, loaded: LoadedModel) -> tuple[Classifier, bool]:
-    """The classifier to export and whether its labels are made up; raises ExportError for a
+    """The classifier to export and whether its labels are made up; raises RepositoryError for a
     label count or a preprocessing that does not fit the model."""
     names = classifier_names(request.name)
     count = loaded.num_classes
@@ -194,14 +195,6 @@ def resolve_classifier(request: ExportRequest, loaded: LoadedModel) -> tuple[Cla
     else:
         labels, made_up = default_labels(count), True
     return Classifier(names, tuple(labels), request.preprocessing), made_up
-
-
-def classifier_names(name: str) -> ClassifierNames:
-    """The model names of classifier ``name``; ExportError for a name Triton cannot serve."""
-    try:
-        return ClassifierNames.of(name)
-    except ValueError as error:
-        raise ExportError(str(error)) from None
 
 
 def check_name_free(repository: Path, names: ClassifierNames) -> None:
@@ -239,7 +232,8 @@ def check_not_served(repository: Path, names: ClassifierNames) -> None:
 def export_repository(request: ExportRequest, model: LoadedModel | None = None) -> ExportResult:
     """Run the pipeline (module docstring) for ``request``; ``model`` replaces step 1.
 
-    Raises ExportError (VerificationError, WeightsUnavailableError, ...) with the repository
+    Raises ExportError (VerificationError, WeightsUnavailableError, ...), or RepositoryError
+    (settings that cannot be served, a name or labels that do not fit), with the repository
     unchanged.
     """
     request.settings.check()

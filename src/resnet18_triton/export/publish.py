@@ -43,7 +43,7 @@ from resnet18_triton.export.quantize import image_files, preprocess_files, serve
 from resnet18_triton.files import image_files as images_in
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import load_labels
-from resnet18_triton.repository.configs import repository_classifier
+from resnet18_triton.repository.configs.parser import repository_classifier
 from resnet18_triton.repository.layout import ONNX_FILENAME, classifiers, version_dir
 from resnet18_triton.repository.transaction import (
     install,
@@ -355,7 +355,7 @@ def _check_labels(served: tuple[str, ...], loaded: LoadedModel, labels: Path | N
 
 def publish(request: PublishRequest, echo: Echo = _quiet) -> MoveResult:
     """Steps 1-4 of the module docstring. Raises PublishRefused below the bar (the repository
-    unchanged), ExportError, ServerUnavailableError or AdminKeyError."""
+    unchanged), ExportError, RepositoryError, ServerUnavailableError or AdminKeyError."""
     repo = Path(request.export.repository).resolve()
     names = ClassifierNames.of(request.export.name)
     check_publishable(repo, names)

@@ -168,7 +168,7 @@ def split_holdout(files: Sequence[Path], every: int = 5) -> tuple[list[Path], li
 
 def served_transform(preprocess: ModuleType, config_path: Path | None) -> Any:
     """The ``Transform`` a preprocess model's config sets (ImageNet's without a config)."""
-    from resnet18_triton.repository.configs import as_json, read_config_file
+    from resnet18_triton.repository.configs.parser import as_json, read_config_file
 
     config = None if config_path is None else read_config_file(config_path)
     if config is None:

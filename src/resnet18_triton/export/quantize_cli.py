@@ -61,7 +61,7 @@ def quantize_repository(
 ) -> FidelityReport:
     """Library form of the command for classifier ``name``; returns the FidelityReport. Its
     images go through that classifier's own preprocessing. Raises QuantizationRefused, or
-    ExportError for a classifier the repository does not hold."""
+    RepositoryError for a classifier the repository does not hold."""
     names = held_classifier(repository, name)
     preprocess, transform = served_preprocessing(repository, names.preprocess)
     fp32_path = onnx_model_path(repository, names.onnx)

@@ -189,7 +189,7 @@ def check_plan(plan: BenchPlan) -> None:
             f"{plan.repo} holds no classifier {plan.name!r} (classifiers: {held}); run "
             f"`resnet18-triton export --name {plan.name}` first"
         )
-    from resnet18_triton.repository.configs import repository_classifier
+    from resnet18_triton.repository.configs.parser import repository_classifier
 
     size = repository_classifier(plan.repo, plan.name).preprocessing.input_size
     if size != contract.IMAGE_SIZE:
@@ -554,7 +554,7 @@ def openvino_config(
 ) -> dict[str, Any]:
     """The OpenVINO variant's classifier config as JSON, as served; with ``precision`` "f32" the
     same config at f32 (its precision parameters replaced by OpenVINO's f32 hint)."""
-    from resnet18_triton.repository.configs import as_json, read_config
+    from resnet18_triton.repository.configs.parser import as_json, read_config
 
     config = as_json(read_config(repo, variants.OPENVINO.classifier(names)))
     if precision == "f32":

@@ -120,7 +120,7 @@ def export_random(
     ``target``; returns it. ``max_queue_delay_us``: the queue delay of the core-budget settings
     (None: the export's default settings); 2000 batches the requests of a load test."""
     from resnet18_triton.export.pipeline import ExportRequest, export_repository
-    from resnet18_triton.repository.configs import ServingSettings
+    from resnet18_triton.repository.configs.settings import ServingSettings
 
     budget = {} if max_queue_delay_us is None else {"max_queue_delay_us": max_queue_delay_us}
     settings = ServingSettings.from_core_budget(**budget)

@@ -61,7 +61,7 @@ class EngineSpec:
     images: list[str] = field(default_factory=list)  # JPEG files for the pipeline
     seed: int = 0
     allow_spinning: bool = True
-    # The openvino engine's model config as JSON (``repository.configs.as_json``).
+    # The openvino engine's model config as JSON (``repository.configs.parser.as_json``).
     openvino_config: dict[str, Any] | None = None
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import ExportError
+from resnet18_triton.errors import RepositoryError
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,24 +37,25 @@ class Preprocessing:
     interpolation: str = "bilinear"
 
     def check(self, model_input_size: int | None = None) -> None:
-        """Raise ExportError naming the setting that cannot work (or does not fit the model)."""
+        """Raise RepositoryError naming the setting that cannot work (or does not fit the
+        model)."""
         if self.interpolation not in INTERPOLATIONS:
-            raise ExportError(
+            raise RepositoryError(
                 f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
             )
         if self.input_size < 1:
-            raise ExportError(f"input size {self.input_size} must be at least 1")
+            raise RepositoryError(f"input size {self.input_size} must be at least 1")
         if self.resize_size != RESIZE_STRAIGHT and self.resize_size < self.input_size:
-            raise ExportError(
+            raise RepositoryError(
                 f"resize size {self.resize_size} is smaller than the {self.input_size}-pixel crop "
                 "the model needs; raise --resize-size or use --resize-straight"
             )
         if len(self.mean) != 3 or len(self.std) != 3:
-            raise ExportError("--mean and --std take 3 values each (R,G,B)")
+            raise RepositoryError("--mean and --std take 3 values each (R,G,B)")
         if min(self.std) <= 0:
-            raise ExportError(f"std {self.std} must be above 0 for every channel")
+            raise RepositoryError(f"std {self.std} must be above 0 for every channel")
         if model_input_size is not None and model_input_size != self.input_size:
-            raise ExportError(
+            raise RepositoryError(
                 f"the preprocessing produces {self.input_size}x{self.input_size} images but the "
                 f"model takes {model_input_size}x{model_input_size}; set --input-size "
                 f"{model_input_size}"
@@ -114,6 +115,14 @@ class Classifier:
         return len(self.labels)
 
 
+def classifier_names(name: str) -> ClassifierNames:
+    """The model names of classifier ``name``; RepositoryError for a name Triton cannot serve."""
+    try:
+        return ClassifierNames.of(name)
+    except ValueError as error:
+        raise RepositoryError(str(error)) from None
+
+
 def default_labels(count: int) -> list[str]:
     """``class_0`` ... ``class_<count-1>``, for a model exported without ``--labels``."""
     return [f"class_{index}" for index in range(count)]
@@ -123,26 +132,26 @@ def load_labels(path: Path) -> list[str]:
     """Labels in class order from one label per line, a JSON list, or an ImageFolder
     ``class_to_idx`` JSON mapping (name -> index, indices 0..N-1 each once).
 
-    Raises ExportError naming what is wrong with the file.
+    Raises RepositoryError naming what is wrong with the file.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise ExportError(f"cannot read labels file {path}: {error}") from error
+        raise RepositoryError(f"cannot read labels file {path}: {error}") from error
     stripped = text.strip()
     if stripped.startswith(("[", "{")):
         try:
             data = json.loads(stripped)
         except json.JSONDecodeError as error:
-            raise ExportError(f"labels file {path} is not valid JSON: {error}") from error
+            raise RepositoryError(f"labels file {path} is not valid JSON: {error}") from error
         labels = _labels_from_json(data, path)
     else:
         labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
-        raise ExportError(f"labels file {path} holds no labels")
+        raise RepositoryError(f"labels file {path} holds no labels")
     bad = [label for label in labels if "\n" in label or not label.strip()]
     if bad:
-        raise ExportError(f"labels file {path} has empty or multi-line labels: {bad[:3]}")
+        raise RepositoryError(f"labels file {path} has empty or multi-line labels: {bad[:3]}")
     return labels
 
 
@@ -152,22 +161,22 @@ def _labels_from_json(data: object, path: Path) -> list[str]:
     if isinstance(data, dict) and all(isinstance(value, int) for value in data.values()):
         indices = sorted(data.values())
         if indices != list(range(len(data))):
-            raise ExportError(
+            raise RepositoryError(
                 f"labels file {path}: the class_to_idx indices must be 0..{len(data) - 1}, each "
                 "once"
             )
         by_index = {index: name for name, index in data.items()}
         return [str(by_index[index]).strip() for index in range(len(data))]
-    raise ExportError(
+    raise RepositoryError(
         f"labels file {path} must be one label per line, a JSON list of strings, or a JSON "
         "class_to_idx mapping of name to index"
     )
 
 
 def check_label_count(labels: list[str], num_classes: int, source: str) -> None:
-    """Raise ExportError unless there is exactly one label per class."""
+    """Raise RepositoryError unless there is exactly one label per class."""
     if len(labels) != num_classes:
-        raise ExportError(
+        raise RepositoryError(
             f"{source} has {len(labels)} labels but the model has {num_classes} classes; give "
             "exactly one label per class, in class order"
         )

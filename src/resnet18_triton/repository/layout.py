@@ -102,7 +102,7 @@ def served_version(repo: Path, names: ClassifierNames) -> int:
     ensemble step is pinned to (``repository.versions``); for an ensemble taking the latest
     (``-1``, as repositories exported before versions were published have it) the newest version
     on disk; ``VERSION`` when there is neither."""
-    from resnet18_triton.repository.configs import read_config_file
+    from resnet18_triton.repository.configs.parser import read_config_file
 
     config = read_config_file(repo / names.ensemble / CONFIG_FILENAME)
     if config is not None:
@@ -136,7 +136,7 @@ def ensemble_steps(config_path: Path) -> tuple[str, ...] | None:
     """The models an ensemble's config.pbtxt runs, in order; None when it is no ensemble (or no
     readable config)."""
     # Imported here: the protobuf schema is not needed for the paths and names above.
-    from resnet18_triton.repository.configs import read_config_file
+    from resnet18_triton.repository.configs.parser import read_config_file
 
     config = read_config_file(config_path)
     if config is None or config.platform != "ensemble":

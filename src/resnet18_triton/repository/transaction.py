@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from resnet18_triton.errors import ExportError
+from resnet18_triton.errors import RepositoryError
 from resnet18_triton.files import fsync_directory
 
 # Installed directories must be readable by a server running as another user (a container uid).
@@ -111,7 +111,7 @@ def is_served(repository: Path) -> bool:
 def install(staging: Path, repository: Path, models: Sequence[str]) -> None:
     """Swap ``staging/<model>`` into ``repository/<model>`` for each of ``models``, in order.
     Afterwards ``staging/<model>`` holds the replaced directory, if there was one. A failed swap
-    undoes the earlier ones and raises ExportError."""
+    undoes the earlier ones and raises RepositoryError."""
     repository.mkdir(parents=True, exist_ok=True)
     _make_readable(staging)
     done: list[tuple[Path, Path, bool]] = []
@@ -122,7 +122,7 @@ def install(staging: Path, repository: Path, models: Sequence[str]) -> None:
     except OSError as error:
         for new, target, replaced in reversed(done):
             swap_back(new, target, replaced)
-        raise ExportError(
+        raise RepositoryError(
             f"cannot install the exported models into {repository}: {error}; the repository "
             "is unchanged"
         ) from error

@@ -42,7 +42,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton.contract import CANARY_PERCENT_PARAMETER, CONFIG_FILENAME, ClassifierNames
 from resnet18_triton.files import link_or_copy, write_text_atomically
-from resnet18_triton.repository.configs import read_config, read_config_file, render
+from resnet18_triton.repository.configs.parser import read_config, read_config_file, render
 from resnet18_triton.repository.layout import (
     ONNX_FILENAME,
     classifiers,
@@ -126,7 +126,8 @@ def serving_policy(config: mc.ModelConfig) -> tuple[int, ...] | None:
 
 
 def read_state(repo: Path, names: ClassifierNames) -> VersionState:
-    """The versions of classifier ``names`` in ``repo``; ExportError when it was never exported."""
+    """The versions of classifier ``names`` in ``repo``; RepositoryError when it was never
+    exported."""
     onnx = read_config(repo, names.onnx)
     ensemble = read_config(repo, names.ensemble)
     served = served_version(repo, names)

@@ -21,23 +21,21 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import ExportError
+from resnet18_triton.errors import RepositoryError
 from resnet18_triton.files import link_or_copy, write_bytes_atomically, write_text_atomically
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.classifier import Classifier
-from resnet18_triton.repository.configs import (
-    FUSED_ENGINE_PARAMETER,
+from resnet18_triton.repository.classifier import Classifier, classifier_names
+from resnet18_triton.repository.configs.builders import (
     OPENVINO_BACKEND,
     WARMUP_DIRNAME,
     WARMUP_IMAGE_FILENAME,
-    ServingSettings,
     all_model_configs,
     fused_model_config,
     openvino_variant_configs,
-    parse,
-    render,
     variant_configs,
 )
+from resnet18_triton.repository.configs.parser import parse, render
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import (
     CONFIG_FILENAME,
     PYTHON_MODELS,
@@ -58,7 +56,9 @@ def install_python_models(repo: Path, names: ClassifierNames | None = None) -> N
     for name in PYTHON_MODELS:
         source = python_model_source(name)
         if not source.is_file():
-            raise ExportError(f"the Python model {source} is missing: reinstall resnet18-triton")
+            raise RepositoryError(
+                f"the Python model {source} is missing: reinstall resnet18-triton"
+            )
         write_bytes_atomically(
             version_dir(repo, names.preprocess) / "model.py", source.read_bytes()
         )
@@ -74,7 +74,7 @@ def write_labels(
     names = names or ClassifierNames.of()
     expected = contract.NUM_CLASSES if count is None else count
     if len(categories) != expected:
-        raise ExportError(f"expected {expected} class names, got {len(categories)}")
+        raise RepositoryError(f"expected {expected} class names, got {len(categories)}")
     text = "".join(f"{name}\n" for name in categories)
     for model in (names.onnx, names.ensemble):
         write_text_atomically(repo / model / contract.LABELS_FILENAME, text)
@@ -131,20 +131,17 @@ def _fp32_configs(repo: Path, names: ClassifierNames) -> dict[str, mc.ModelConfi
     for name in (names.onnx, names.ensemble):
         path = repo / name / CONFIG_FILENAME
         if not path.is_file():
-            raise ExportError(f"{path} is missing: run `resnet18-triton export` first")
+            raise RepositoryError(f"{path} is missing: run `resnet18-triton export` first")
         sources[name] = parse(path.read_text())
     return sources
 
 
 def held_classifier(repository: Path, name: str) -> ClassifierNames:
     """The names of classifier ``name``, which ``repository`` must hold (exported FP32)."""
-    try:
-        names = ClassifierNames.of(name)
-    except ValueError as error:
-        raise ExportError(str(error)) from None
+    names = classifier_names(name)
     if not onnx_model_path(repository, names.onnx).is_file():
         held = ", ".join(item.name for item in classifiers(repository)) or "none"
-        raise ExportError(
+        raise RepositoryError(
             f"{repository} holds no exported classifier {name!r} (classifiers: {held}); run "
             f"`resnet18-triton export --name {name}` first"
         )
@@ -164,7 +161,7 @@ def variant_model_configs(
     (default: the variant's first)."""
     names = names or ClassifierNames.of()
     if variant.fused:
-        raise ExportError(f"{variant.key} is a fused variant: write it with write_fused_model")
+        raise RepositoryError(f"{variant.key} is a fused variant: write it with write_fused_model")
     sources = _fp32_configs(repo, names)
     classifier, ensemble = variant.models(names)
     if variant.engine == OPENVINO_BACKEND:
@@ -211,13 +208,13 @@ def write_fused_model(
     preprocess model in ``repo``). Returns the config's path."""
     target = repo if target is None else target
     if variant.fuses is None:
-        raise ExportError(f"{variant.key} is not a fused variant")
+        raise RepositoryError(f"{variant.key} is not a fused variant")
     classifier_name = variant.fused_classifier(names)
     fused_name = variant.entry(names)
     classifier = parse((target / classifier_name / CONFIG_FILENAME).read_text())
     preprocess = parse((repo / names.preprocess / CONFIG_FILENAME).read_text())
     config = fused_model_config(classifier, preprocess, name=fused_name)
-    engine = config.parameters[FUSED_ENGINE_PARAMETER].string_value
+    engine = config.parameters[contract.FUSED_ENGINE_PARAMETER].string_value
     directory = target / fused_name
     version = version_dir(target, fused_name)
     sources = {
@@ -228,7 +225,7 @@ def write_fused_model(
     }
     for filename, source in sources.items():
         if not source.is_file():
-            raise ExportError(f"{source} is missing: reinstall resnet18-triton or re-export")
+            raise RepositoryError(f"{source} is missing: reinstall resnet18-triton or re-export")
         write_bytes_atomically(version / filename, source.read_bytes())
     model_file = classifier.default_model_filename or "model.onnx"
     linked = version / "model.onnx"
@@ -266,7 +263,7 @@ def install_variant(
     variant installs through here, so a failure or a kill at any point leaves ``repo``
     byte-identical. Returns the models installed."""
     if not variant.model_path(staging, names).is_file():
-        raise ExportError(f"{variant.key}: the model file was not staged before the install")
+        raise RepositoryError(f"{variant.key}: the model file was not staged before the install")
     write_variant(repo, variant, parameters, staging, names, precision)
     fused = variants.fused_of(variant)
     if fused is not None:

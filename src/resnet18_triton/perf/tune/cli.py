@@ -183,12 +183,12 @@ def tune(
     from resnet18_triton.perf.tune.repository import (
         apply_plan,
         available_variants,
-        repository_settings,
         variant_models,
     )
     from resnet18_triton.perf.tune.search import TunePlan, run_tune
     from resnet18_triton.perf.tune.space import SearchSpace, parse_label
-    from resnet18_triton.repository.configs import available_cores, describe_queue
+    from resnet18_triton.repository.configs.parser import repository_settings
+    from resnet18_triton.repository.configs.settings import available_cores, describe_queue
     from resnet18_triton.server.embedded import TritonInstall
 
     missing = missing_files(repository)

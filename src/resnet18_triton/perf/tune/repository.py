@@ -17,33 +17,27 @@ the backup always holds the files from before tuning.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
 from resnet18_triton import contract
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import ExportError, TuneError
+from resnet18_triton.errors import RepositoryError, TuneError
 from resnet18_triton.files import fsync_directory, link_or_copy, write_text_atomically
 from resnet18_triton.perf.tune.space import FP32, Candidate
 from resnet18_triton.repository import variants
-from resnet18_triton.repository.classifier import Classifier
-from resnet18_triton.repository.configs import (
-    ServingSettings,
-    all_model_configs,
-    own_parameters,
+from resnet18_triton.repository.configs.builders import all_model_configs, own_parameters
+from resnet18_triton.repository.configs.parser import (
+    read_config,
     render,
+    repository_classifier,
+    repository_settings,
 )
-from resnet18_triton.repository.configs import read_config as _read_config
-from resnet18_triton.repository.configs import repository_classifier as _repository_classifier
-from resnet18_triton.repository.configs import repository_settings as _repository_settings
+from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import CONFIG_FILENAME
 from resnet18_triton.repository.transaction import install, install_lock, staging_directory
 from resnet18_triton.repository.variants import Variant
@@ -75,35 +69,6 @@ def _names(name: str) -> ClassifierNames:
         return ClassifierNames.of(name)
     except ValueError as error:
         raise TuneError(str(error)) from None
-
-
-@contextlib.contextmanager
-def _as_tune_error() -> Iterator[None]:
-    """The repository core's refusals (ExportError) surface as TuneError."""
-    try:
-        yield
-    except ExportError as error:
-        raise TuneError(str(error)) from None
-
-
-def read_config(repo: Path, model: str) -> mc.ModelConfig:
-    """``configs.read_config``, refusing with TuneError."""
-    with _as_tune_error():
-        return _read_config(repo, model)
-
-
-def repository_settings(
-    repo: Path, cores: int, name: str = contract.ENSEMBLE_MODEL
-) -> ServingSettings:
-    """The FP32 serving settings classifier ``name`` has in the repository now."""
-    with _as_tune_error():
-        return _repository_settings(repo, cores, _names(name).name)
-
-
-def repository_classifier(repo: Path, name: str = contract.ENSEMBLE_MODEL) -> Classifier:
-    """Classifier ``name`` as exported into ``repo`` (``configs.repository_classifier``)."""
-    with _as_tune_error():
-        return _repository_classifier(repo, _names(name).name)
 
 
 def _variant(family: str) -> Variant:
@@ -159,7 +124,7 @@ def plan_settings(base: ServingSettings, plan: Candidate, cores: int) -> Serving
     )
     try:
         settings.check()
-    except Exception as error:
+    except RepositoryError as error:
         raise TuneError(f"plan {plan.label} is not servable: {error}") from None
     return settings
 
