@@ -222,7 +222,7 @@ def test_stale_staging_of_a_dead_export_is_removed_and_a_live_one_kept(tmp_path:
 
 def test_export_command_defaults_are_the_request_defaults() -> None:
     # The settings options' defaults: tests/unit/test_serving_options.py.
-    from resnet18_triton.export.cli import export
+    from resnet18_triton.export.cli.export import export
 
     defaults = {param.name: param.default for param in export.params}
     for name in ("weights", "seed", "opset", "atol"):

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from resnet18_triton.cli import cli
-from resnet18_triton.export import cli as export_cli
+from resnet18_triton.export.cli import export as export_module
 from resnet18_triton.export.pipeline import ExportRequest
 from resnet18_triton.export.serving_options import SETTING_OPTIONS, WITHOUT_OPTION, SettingOption
 from resnet18_triton.repository.configs import ServingSettings
@@ -69,7 +69,7 @@ def exported_settings(
         requests.append(request)
         raise Stop
 
-    monkeypatch.setattr(export_cli, "load_model", load_model)
+    monkeypatch.setattr(export_module, "load_model", load_model)
     result = CliRunner().invoke(cli, ["export", "--repo", str(tmp_path / "repo"), *args])
     assert isinstance(result.exception, Stop), result.output
     (request,) = requests

@@ -123,7 +123,7 @@ def test_a_running_server_marks_its_repository_as_served_until_it_stops(tmp_path
 def test_the_versions_command_lists_what_answers_since_when_and_an_unfinished_move(repo) -> None:
     from click.testing import CliRunner
 
-    from resnet18_triton.export.publish_cli import versions_command
+    from resnet18_triton.export.cli.publish import versions_command
 
     _move(repo, (1, 2), 2, new=2)
     unfinished = CliRunner().invoke(versions_command, ["--repo", str(repo)])
