@@ -125,3 +125,31 @@ def test_the_rule_takes_cli_modules_and_cli_package_modules_named_after_a_comman
     module: str, names: set[str], follows: bool
 ) -> None:
     assert follows_the_rule(module, names) is follows
+
+
+# A command's function reads as its steps: parse, call the library, report. Past this many lines
+# it is doing the library's work; the work goes into short functions beside it.
+MAX_COMMAND_LINES = 60
+
+
+def body_lines(function: ast.FunctionDef) -> int:
+    """Lines from the first statement of ``function``'s body, its docstring included, to its
+    last."""
+    assert function.end_lineno is not None
+    return function.end_lineno - function.body[0].lineno + 1
+
+
+@pytest.mark.parametrize(
+    "command", COMMANDS, ids=lambda command: f"{command.module}:{command.function.name}"
+)
+def test_no_command_function_body_is_longer_than_sixty_lines(command: Command) -> None:
+    lines = body_lines(command.function)
+    assert lines <= MAX_COMMAND_LINES, (
+        f"{command.module}.{command.function.name} is {lines} lines long: extract its steps into "
+        "short functions"
+    )
+
+
+def test_a_body_is_counted_from_its_docstring_to_its_last_line() -> None:
+    (function,) = ast.parse('def f():\n    """Doc."""\n\n    x = 1\n    return x\n').body
+    assert isinstance(function, ast.FunctionDef) and body_lines(function) == 4

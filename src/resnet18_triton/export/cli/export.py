@@ -26,7 +26,7 @@ from resnet18_triton.export.serving_options import serving_options, serving_sett
 from resnet18_triton.options import name_option, repository_option
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import INTERPOLATIONS, RESIZE_STRAIGHT, Preprocessing
-from resnet18_triton.repository.configs import describe_queue
+from resnet18_triton.repository.configs import ServingSettings, describe_queue
 
 
 def _request_default(name: str) -> object:
@@ -54,6 +54,29 @@ def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise click.BadParameter(f"{text!r} needs 1 or 3 values (R,G,B)", param_hint=option)
     return values
+
+
+def _preprocessing(
+    input_size: int, resize_size: int, mean: str, std: str, interpolation: str
+) -> Preprocessing:
+    """The preprocessing the options ask for; ``mean`` and ``std`` as ``--mean`` and ``--std``
+    spell them (a usage error when malformed)."""
+    return Preprocessing(
+        resize_size=resize_size,
+        input_size=input_size,
+        mean=_parse_triple(mean, "--mean"),
+        std=_parse_triple(std, "--std"),
+        interpolation=interpolation,
+    )
+
+
+def _repository_ready(repository: Path, settings: ServingSettings) -> str:
+    """The line saying the repository is ready, with the core budget and queues it serves with."""
+    return (
+        f"model repository ready: {repository} ({settings.onnx_instances} ONNX Runtime "
+        f"instance(s) x {settings.intra_op_threads} intra-op threads on a {settings.cores}-core "
+        f"budget; {describe_queue(settings)})"
+    )
 
 
 @click.command("export")
@@ -170,12 +193,8 @@ def export(
     Re-exporting a classifier replaces only its own models; the others stay byte-identical.
     """
     settings = serving_settings(setting_values)
-    preprocessing = Preprocessing(
-        resize_size=RESIZE_STRAIGHT if resize_straight else resize_size,
-        input_size=input_size,
-        mean=_parse_triple(mean, "--mean"),
-        std=_parse_triple(std, "--std"),
-        interpolation=interpolation,
+    preprocessing = _preprocessing(
+        input_size, RESIZE_STRAIGHT if resize_straight else resize_size, mean, std, interpolation
     )
     request = ExportRequest(
         repository=repository,
@@ -208,12 +227,7 @@ def export(
             err=True,
             fg="yellow",
         )
-    click.echo(
-        f"model repository ready: {result.repository} ({settings.onnx_instances} ONNX Runtime "
-        f"instance(s) x {settings.intra_op_threads} intra-op threads on a {settings.cores}-core "
-        f"budget; {describe_queue(settings)})",
-        err=True,
-    )
+    click.echo(_repository_ready(result.repository, settings), err=True)
     if fused:
         fused_model = variants.FP32_FUSED.entry(classifier.names)
         click.echo(
