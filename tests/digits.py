@@ -116,7 +116,7 @@ def export_repository(
 
 def digits_int8_repository(tmp_path: Path, **settings: object) -> tuple[Path, dict]:
     """Export the digits model and run the real ``quantize`` command on it."""
-    from resnet18_triton.export.quantize_cli import quantize
+    from resnet18_triton.export.cli.quantize import quantize
 
     model, splits, _ = digits_model()
     repo = export_repository(model, tmp_path / "repo", **settings)

@@ -88,7 +88,7 @@ def _invoke(command, args: list[str]) -> None:
 
 
 def _write_int8(repo: Path, names: ClassifierNames, precision: str, images: Path) -> None:
-    from resnet18_triton.export.quantize_cli import quantize
+    from resnet18_triton.export.cli.quantize import quantize
 
     _invoke(quantize, ["--repo", str(repo), "--name", names.name,
                        "--calibration-images", str(images), "--eval-images", str(images),
@@ -96,7 +96,7 @@ def _write_int8(repo: Path, names: ClassifierNames, precision: str, images: Path
 
 
 def _write_openvino(repo: Path, names: ClassifierNames, precision: str, images: Path) -> None:
-    from resnet18_triton.export.openvino_cli import openvino
+    from resnet18_triton.export.cli.openvino import openvino
 
     _invoke(openvino, ["--repo", str(repo), "--name", names.name, "--precision", precision,
                        "--eval-images", str(images),

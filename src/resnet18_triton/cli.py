@@ -18,7 +18,12 @@ from resnet18_triton.errors import ExitCode, MissingExtraError, ResNet18TritonEr
 LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "classify": ("resnet18_triton.client.cli", "classify", "", "Classify image files."),
     "health": ("resnet18_triton.client.cli", "health", "", "Show server and model health."),
-    "export": ("resnet18_triton.export.cli", "export", "export", "Export ResNet-18 to ONNX."),
+    "export": (
+        "resnet18_triton.export.cli.export",
+        "export",
+        "export",
+        "Export ResNet-18 to ONNX.",
+    ),
     "serve": ("resnet18_triton.server.cli", "serve", "server", "Run the embedded Triton server."),
     "cluster": (
         "resnet18_triton.deploy.cli",
@@ -27,31 +32,31 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "Run N serve replicas behind nginx.",
     ),
     "publish": (
-        "resnet18_triton.export.publish_cli",
+        "resnet18_triton.export.cli.publish",
         "publish_command",
         "export",
         "Publish a new version of a served classifier, gated, with no failed request.",
     ),
     "rollback": (
-        "resnet18_triton.export.publish_cli",
+        "resnet18_triton.export.cli.publish",
         "rollback_command",
         "export",
         "Answer with the previous version of a classifier again, or end its canary.",
     ),
     "promote": (
-        "resnet18_triton.export.publish_cli",
+        "resnet18_triton.export.cli.publish",
         "promote_command",
         "export",
         "End a classifier's canary: its version answers every request.",
     ),
     "versions": (
-        "resnet18_triton.export.publish_cli",
+        "resnet18_triton.export.cli.publish",
         "versions_command",
         "export",
         "List a classifier's versions: which answers, which are kept.",
     ),
     "quantize": (
-        "resnet18_triton.export.quantize_cli",
+        "resnet18_triton.export.cli.quantize",
         "quantize",
         "export",
         "Quantise the exported model to INT8 (static, calibrated).",
@@ -63,7 +68,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "Web page and curl endpoint (POST /v1/classify) for uploads.",
     ),
     "openvino": (
-        "resnet18_triton.export.openvino_cli",
+        "resnet18_triton.export.cli.openvino",
         "openvino",
         "export",
         "Serve the classifier with OpenVINO too (bf16, f32, int8), if faithful.",

@@ -227,7 +227,7 @@ def repository() -> Iterator[Repository]:
 
     from resnet18_triton.contract import ClassifierNames
     from resnet18_triton.cpu_flags import cpu_flags
-    from resnet18_triton.export.cli import export
+    from resnet18_triton.export.cli.export import export
     from tests.digits import digits_int8_repository, digits_model
     from tests.support import tree_snapshot
     from tests.variant_support import one_precision_each, write_matrix

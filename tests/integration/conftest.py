@@ -45,7 +45,7 @@ def session_repository(
     from click.testing import CliRunner
 
     from resnet18_triton.contract import ClassifierNames
-    from resnet18_triton.export.cli import export
+    from resnet18_triton.export.cli.export import export
     from tests import digits
 
     work = tmp_path_factory.mktemp("digits")

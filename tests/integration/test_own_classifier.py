@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from resnet18_triton import contract
 from resnet18_triton.client.cli import classify, health
-from resnet18_triton.export.quantize_cli import quantize
+from resnet18_triton.export.cli.quantize import quantize
 from tests.digits import DIGIT_LABELS, custom_preprocessing, write_images
 from tests.support import (
     PROBABILITY_ATOL,
@@ -193,7 +193,7 @@ def test_openvino_by_name_builds_the_digits_variant_on_its_own_held_out_images(
     session_repository, tmp_path: Path
 ) -> None:
     pytest.importorskip("openvino")
-    from resnet18_triton.export.openvino_cli import openvino
+    from resnet18_triton.export.cli.openvino import openvino
     from resnet18_triton.repository.layout import served_models
 
     source, digits = session_repository

@@ -11,7 +11,7 @@ import pytest
 
 from resnet18_triton.contract import is_loopback
 from resnet18_triton.deploy import proxy
-from resnet18_triton.deploy.cli import cluster
+from resnet18_triton.deploy.cli import _ready_lines, cluster
 from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
 from resnet18_triton.errors import ProxyError, ServerStartError
 from tests.support import run_cli
@@ -94,3 +94,11 @@ def test_every_proxy_limit_is_a_cluster_option_with_the_limits_default() -> None
             assert options["body_budget_mib"].default == field.default // proxy.MIB
             continue
         assert options[field.name].default == field.default, field.name
+
+
+def test_a_ready_cluster_names_each_replica_then_the_proxy_and_its_edge(tmp_path: Path) -> None:
+    running = Cluster(ClusterOptions(repository=tmp_path, workdir=tmp_path, metrics_port=0))
+    *replicas, ready = _ready_lines(running)
+    assert [line.split(":")[0] for line in replicas] == ["replica 1", "replica 2"]
+    assert ready.startswith("ready: http://127.0.0.1:8080 (gRPC 127.0.0.1:8081) through nginx")
+    assert "no API keys" in ready  # and no metrics line: port 0 asks for none

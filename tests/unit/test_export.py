@@ -344,7 +344,7 @@ def test_verify_rejects_a_file_that_is_not_onnx(tmp_path: Path, random_model: tu
 def test_export_command_renders_the_preprocessing_options(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from resnet18_triton.export.cli import export
+    from resnet18_triton.export.cli.export import export
     from resnet18_triton.repository.configs.parser import parse
 
     repo = tmp_path / "repo"
@@ -374,7 +374,7 @@ def test_export_fused_adds_the_fused_fp32_model_and_a_plain_export_writes_only_t
     from click.testing import CliRunner
 
     from resnet18_triton.contract import ClassifierNames
-    from resnet18_triton.export.cli import export
+    from resnet18_triton.export.cli.export import export
     from resnet18_triton.repository import variants
     from resnet18_triton.repository.configs.builders import fused_model_config
     from resnet18_triton.repository.configs.parser import read_config

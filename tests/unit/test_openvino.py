@@ -14,7 +14,7 @@ pytest.importorskip("tritonclient.grpc")
 from resnet18_triton import contract, cpu_flags
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import PrecisionUnavailableError
-from resnet18_triton.export.openvino_cli import choose_precision
+from resnet18_triton.export.cli.openvino import choose_precision
 from resnet18_triton.export.openvino_variant import openvino_backend
 from resnet18_triton.repository import layout, variants
 from resnet18_triton.repository.configs.builders import all_model_configs, openvino_variant_configs
@@ -240,8 +240,8 @@ def test_the_gate_refuses_a_model_that_disagrees_with_fp32(tmp_path: Path) -> No
     from click.testing import CliRunner
 
     from resnet18_triton.errors import ExportError
+    from resnet18_triton.export.cli.openvino import openvino
     from resnet18_triton.export.onnx_export import export_onnx
-    from resnet18_triton.export.openvino_cli import openvino
     from resnet18_triton.export.weights import load_resnet18
     from tests.digits import digits_model, export_repository, write_images
 
@@ -267,7 +267,7 @@ _KILLED_BUILD = """
 import os, signal, sys
 from resnet18_triton.export import openvino_variant
 openvino_variant.install_variant = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
-from resnet18_triton.export.openvino_cli import openvino
+from resnet18_triton.export.cli.openvino import openvino
 openvino.main(sys.argv[1:])
 """
 
@@ -285,7 +285,7 @@ def test_an_openvino_build_killed_before_its_install_leaves_the_repository_byte_
 
     from click.testing import CliRunner
 
-    from resnet18_triton.export.openvino_cli import openvino
+    from resnet18_triton.export.cli.openvino import openvino
     from tests.digits import digits_model, export_repository, write_images
 
     model, splits, _ = digits_model()
@@ -312,7 +312,7 @@ def test_a_classifier_the_repository_lacks_is_refused_by_name(tmp_path: Path) ->
     from click.testing import CliRunner
 
     from resnet18_triton.errors import ExportError, RepositoryError
-    from resnet18_triton.export.openvino_cli import openvino
+    from resnet18_triton.export.cli.openvino import openvino
     from resnet18_triton.export.openvino_variant import source_model
 
     (tmp_path / "held_out").mkdir()

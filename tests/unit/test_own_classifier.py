@@ -18,7 +18,7 @@ from torchvision.models import resnet18, resnet34
 from resnet18_triton.cli import main
 from resnet18_triton.contract import ClassifierNames
 from resnet18_triton.errors import ExitCode, RepositoryError, WeightsUnavailableError
-from resnet18_triton.export.cli import export
+from resnet18_triton.export.cli.export import export
 from resnet18_triton.export.onnx_input import inspect_onnx
 from resnet18_triton.export.pipeline import ExportRequest, export_repository
 from resnet18_triton.export.weights import load_resnet18

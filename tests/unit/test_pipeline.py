@@ -220,14 +220,12 @@ def test_stale_staging_of_a_dead_export_is_removed_and_a_live_one_kept(tmp_path:
     assert live.is_dir() and other.is_dir() and not dead.exists()
 
 
-def test_export_command_defaults_are_the_request_and_settings_defaults() -> None:
-    from resnet18_triton.export.cli import export
+def test_export_command_defaults_are_the_request_defaults() -> None:
+    # The settings options' defaults: tests/unit/test_serving_options.py.
+    from resnet18_triton.export.cli.export import export
 
     defaults = {param.name: param.default for param in export.params}
     for name in ("weights", "seed", "opset", "atol"):
         assert defaults[name] == pipeline.default_of(pipeline.ExportRequest, name), name
-    for name in ("max_batch_size", "max_image_pixels", "preprocess_instances", "warmup"):
-        assert defaults[name] == pipeline.default_of(ServingSettings, name), name
-    assert defaults["onnx_instances"] == ServingSettings().onnx_instances
     assert ServingSettings().max_batch_size == contract.MAX_BATCH_SIZE
     assert ServingSettings().max_image_pixels == contract.MAX_IMAGE_PIXELS

@@ -193,7 +193,7 @@ def test_below_threshold_is_refused_unless_forced(tmp_path: Path) -> None:
     import onnx
 
     from resnet18_triton.contract import INT8_MODEL
-    from resnet18_triton.export.quantize_cli import quantize
+    from resnet18_triton.export.cli.quantize import quantize
     from resnet18_triton.repository import variants
     from resnet18_triton.repository.layout import onnx_model_path
 

@@ -503,6 +503,41 @@ def test_tune_dash_dash_revert_still_reverts_and_warns_naming_tune_revert(
     assert digest(repository) == before
 
 
+def test_tune_on_a_repository_nothing_was_exported_into_says_to_export_first(
+    tmp_path: Path,
+) -> None:
+    result = _tune_cli("--repo", str(tmp_path))
+    assert isinstance(result.exception, TuneError)
+    assert "run `resnet18-triton export` first" in str(result.exception)
+
+
+@pytest.fixture()
+def tritonserver_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tune`` gets past its check for tritonserver, whether or not this machine has it."""
+    from resnet18_triton.server.embedded import TritonInstall
+
+    monkeypatch.setattr(TritonInstall, "locate", classmethod(lambda cls: None))
+
+
+@pytest.mark.usefixtures("tritonserver_found")
+def test_tune_refuses_a_variant_the_repository_lacks_naming_the_command_that_writes_it(
+    repository: Path,
+) -> None:
+    result = _tune_cli("--repo", str(repository), "--variants", f"{FP32},{OPENVINO}")
+    assert result.exit_code == 2, result.output
+    assert f"{OPENVINO} not in {repository} (it has {FP32}, {INT8})" in result.output
+    assert f"`resnet18-triton openvino` writes {OPENVINO}" in result.output
+
+
+@pytest.mark.usefixtures("tritonserver_found")
+def test_tune_refuses_an_image_folder_without_images(repository: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    result = _tune_cli("--repo", str(repository), "--images", str(empty))
+    assert result.exit_code == 2, result.output
+    assert "no images in" in result.output
+
+
 def test_tune_help_lists_revert_as_a_subcommand_and_hides_the_old_flag() -> None:
     result = _tune_cli("--help")
     assert result.exit_code == 0

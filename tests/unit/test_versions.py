@@ -131,7 +131,7 @@ def test_a_running_server_marks_its_repository_as_served_until_it_stops(tmp_path
 def test_the_versions_command_lists_what_answers_since_when_and_an_unfinished_move(repo) -> None:
     from click.testing import CliRunner
 
-    from resnet18_triton.export.publish_cli import versions_command
+    from resnet18_triton.export.cli.publish import versions_command
 
     _move(repo, (1, 2), 2, new=2)
     unfinished = CliRunner().invoke(versions_command, ["--repo", str(repo)])
@@ -207,7 +207,7 @@ def test_a_classifier_without_a_canary_has_none(repo) -> None:
 def test_the_versions_command_shows_a_running_canary_and_its_share(repo) -> None:
     from click.testing import CliRunner
 
-    from resnet18_triton.export.publish_cli import versions_command
+    from resnet18_triton.export.cli.publish import versions_command
 
     _start_canary(repo, 10)
     result = CliRunner().invoke(versions_command, ["--repo", str(repo)])

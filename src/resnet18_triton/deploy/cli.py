@@ -223,23 +223,8 @@ def cluster(
     click.echo(f"starting {replicas} replica(s); logs in {running.workdir}", err=True)
     running.start()
     try:
-        for replica in running.replicas:
-            click.echo(f"replica {replica.index}: http://{replica.url}", err=True)
-        edge = "API keys required" if api_key_file else "no API keys"
-        body_limit = running.settings.body_limit if running.settings else 0
-        click.echo(
-            f"ready: {running.scheme}://{running.url} (gRPC {running.grpc_url}) through nginx; "
-            f"{edge}; bodies up to {body_limit} bytes; Ctrl-C to stop",
-            err=True,
-        )
-        if running.metrics_url:
-            click.echo(f"tenant metrics: {running.metrics_url}", err=True)
-        elif metrics_port:
-            click.echo(
-                "no tenant metrics: this nginx has no Lua module (apt-get install "
-                "libnginx-mod-http-lua)",
-                err=True,
-            )
+        for line in _ready_lines(running):
+            click.echo(line, err=True)
 
         def reload_keys() -> None:
             if not signals.take_reload():
@@ -256,6 +241,26 @@ def cluster(
     finally:
         running.stop()
     click.echo("stopped", err=True)
+
+
+def _ready_lines(running: Cluster) -> list[str]:
+    """What a started cluster tells its operator: each replica, the proxy's address and edge,
+    and where its tenant metrics are (or why there are none although a port was asked for)."""
+    lines = [f"replica {replica.index}: http://{replica.url}" for replica in running.replicas]
+    edge = "API keys required" if running.options.api_key_file else "no API keys"
+    body_limit = running.settings.body_limit if running.settings else 0
+    lines.append(
+        f"ready: {running.scheme}://{running.url} (gRPC {running.grpc_url}) through nginx; "
+        f"{edge}; bodies up to {body_limit} bytes; Ctrl-C to stop"
+    )
+    if running.metrics_url:
+        lines.append(f"tenant metrics: {running.metrics_url}")
+    elif running.options.metrics_port:
+        lines.append(
+            "no tenant metrics: this nginx has no Lua module (apt-get install "
+            "libnginx-mod-http-lua)"
+        )
+    return lines
 
 
 @cluster.group("keys")

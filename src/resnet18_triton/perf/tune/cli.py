@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,6 +25,9 @@ from resnet18_triton.options import (
 )
 from resnet18_triton.repository import variants as registry
 from resnet18_triton.repository.layout import missing_files
+
+if TYPE_CHECKING:
+    from resnet18_triton.perf.tune.space import Candidate
 
 REVERT_COMMAND = "resnet18-triton tune revert"
 # What --variants accepts: the classifier's own FP32 models or a registered variant's key.
@@ -177,65 +181,30 @@ def tune(
     if revert:
         _revert(repository)
         return
-    from resnet18_triton.errors import TuneError
-    from resnet18_triton.perf import images as image_sets
     from resnet18_triton.perf.perf_analyzer import SweepSettings
     from resnet18_triton.perf.tune.repository import (
-        apply_plan,
         available_variants,
-        variant_models,
     )
     from resnet18_triton.perf.tune.search import TunePlan, run_tune
     from resnet18_triton.perf.tune.space import SearchSpace, parse_label
-    from resnet18_triton.repository.configs.parser import repository_settings
-    from resnet18_triton.repository.configs.settings import available_cores, describe_queue
-    from resnet18_triton.server.embedded import TritonInstall
+    from resnet18_triton.repository.configs.settings import available_cores
 
-    missing = missing_files(repository)
-    if missing:
-        raise TuneError(
-            f"the model repository {repository} is not ready ({missing[0]} is missing): run "
-            "`resnet18-triton export` first"
-        )
-    TritonInstall.locate()  # each plan runs in its own server: fail now, not once per plan
+    _check_ready(repository)
     cores = cores or available_cores()
     present = available_variants(repository, name)
     plans = tuple(parse_label(label) for label in compare)
-    chosen = tuple(v.strip() for v in variants.split(",")) if variants else present
-    if plans:
-        chosen = tuple(dict.fromkeys(plan.variant for plan in plans))
-    absent = [v for v in chosen if v not in present]
-    if absent:
-        raise click.BadParameter(
-            f"{', '.join(absent)} not in {repository} (it has {', '.join(present)}); "
-            + "; ".join(
-                f"`resnet18-triton {variant.write_command}` writes {variant.key}"
-                for variant in registry.REGISTRY
-            ),
-            param_hint="--variants",
-        )
     space = SearchSpace(
         cores=cores,
-        variants=chosen,
+        variants=_chosen_variants(variants, plans, present, repository),
         preprocess_instances=preprocess or tuple(range(1, min(2, cores) + 1)),
         max_batch_sizes=batch_sizes,
         queue_delays_us=queue_delays_us,
     )
-    out = out or Path("reports") / f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
-    files = (
-        image_sets.read_folder(images, max_images)
-        if images is not None
-        else image_sets.jpeg_set(
-            Path("reports") / "images" / "500x375", image_sets.TYPICAL_SIZE, max_images
-        )
-    )
-    if not files:
-        raise click.BadParameter(f"no images in {images}", param_hint="--images")
     plan = TunePlan(
         repository=repository,
-        out=out,
+        out=out or Path("reports") / f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
         space=space,
-        images=tuple(files),
+        images=_images(images, max_images),
         sweep=SweepSettings(
             concurrency=concurrency, measurement_interval_ms=interval_ms, max_trials=max_trials
         ),
@@ -254,17 +223,78 @@ def tune(
         f"report: {result.report}"
     )
     if apply_winner:
-        backup = apply_plan(repository, winner.candidate, cores, name)
-        click.echo(
-            f"applied to {repository} (previous configs kept in {backup}; "
-            f"`{REVERT_COMMAND}` restores them); restart the server"
+        _apply(repository, winner.candidate, cores, name)
+
+
+def _check_ready(repository: Path) -> None:
+    """Refuse a repository nothing was exported into, and a machine without tritonserver, before
+    the first plan: each plan runs in its own server, so fail now, not once per plan."""
+    from resnet18_triton.errors import TuneError
+    from resnet18_triton.server.embedded import TritonInstall
+
+    missing = missing_files(repository)
+    if missing:
+        raise TuneError(
+            f"the model repository {repository} is not ready ({missing[0]} is missing): run "
+            "`resnet18-triton export` first"
         )
-        click.echo(f"serving with {describe_queue(repository_settings(repository, cores, name))}")
-        ensemble = variant_models(name, winner.candidate.variant).ensemble
-        if ensemble != name:
-            click.echo(
-                f"the winner is the {winner.candidate.variant} variant: clients ask {ensemble}"
-            )
+    TritonInstall.locate()
+
+
+def _chosen_variants(
+    requested: str | None,
+    plans: tuple[Candidate, ...],
+    present: tuple[str, ...],
+    repository: Path,
+) -> tuple[str, ...]:
+    """The variants to measure: those of the ``--compare`` plans, else the comma-separated
+    ``--variants``, else every one the repository has (``present``). One the repository lacks is
+    a usage error naming the commands that write each variant."""
+    chosen = tuple(v.strip() for v in requested.split(",")) if requested else present
+    if plans:
+        chosen = tuple(dict.fromkeys(plan.variant for plan in plans))
+    absent = [v for v in chosen if v not in present]
+    if absent:
+        raise click.BadParameter(
+            f"{', '.join(absent)} not in {repository} (it has {', '.join(present)}); "
+            + "; ".join(
+                f"`resnet18-triton {variant.write_command}` writes {variant.key}"
+                for variant in registry.REGISTRY
+            ),
+            param_hint="--variants",
+        )
+    return chosen
+
+
+def _images(folder: Path | None, max_images: int) -> tuple[Path, ...]:
+    """The images every plan is measured with: up to ``max_images`` from ``folder`` (a usage
+    error when it has none), else that many generated 500x375 JPEGs."""
+    from resnet18_triton.perf import images as image_sets
+
+    if folder is None:
+        generated = Path("reports") / "images" / "500x375"
+        return tuple(image_sets.jpeg_set(generated, image_sets.TYPICAL_SIZE, max_images))
+    files = image_sets.read_folder(folder, max_images)
+    if not files:
+        raise click.BadParameter(f"no images in {folder}", param_hint="--images")
+    return tuple(files)
+
+
+def _apply(repository: Path, winner: Candidate, cores: int, name: str) -> None:
+    """Write the winning plan into the repository and say what clients and operators do next."""
+    from resnet18_triton.perf.tune.repository import apply_plan, variant_models
+    from resnet18_triton.repository.configs.parser import repository_settings
+    from resnet18_triton.repository.configs.settings import describe_queue
+
+    backup = apply_plan(repository, winner, cores, name)
+    click.echo(
+        f"applied to {repository} (previous configs kept in {backup}; "
+        f"`{REVERT_COMMAND}` restores them); restart the server"
+    )
+    click.echo(f"serving with {describe_queue(repository_settings(repository, cores, name))}")
+    ensemble = variant_models(name, winner.variant).ensemble
+    if ensemble != name:
+        click.echo(f"the winner is the {winner.variant} variant: clients ask {ensemble}")
 
 
 @tune.command("revert")

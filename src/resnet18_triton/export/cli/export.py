@@ -1,7 +1,8 @@
 """``resnet18-triton export``: weights -> ONNX -> verification -> a filled model repository.
 
-A thin layer over ``export.pipeline``: every option's default comes from ``ExportRequest`` or
-``ServingSettings``, and the repository changes only once the export is verified.
+A thin layer over ``export.pipeline``: every option's default comes from ``ExportRequest``,
+``Preprocessing`` or ``ServingSettings`` (whose options come from ``export.serving_options``),
+and the repository changes only once the export is verified.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from resnet18_triton.export.pipeline import (
     export_repository,
     load_model,
 )
+from resnet18_triton.export.serving_options import serving_options, serving_settings
 from resnet18_triton.options import name_option, repository_option
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import (
@@ -30,17 +32,12 @@ from resnet18_triton.repository.classifier import (
 )
 from resnet18_triton.repository.configs.settings import (
     ServingSettings,
-    available_cores,
     describe_queue,
 )
 
 
 def _request_default(name: str) -> object:
     return default_of(ExportRequest, name)
-
-
-def _settings_default(name: str) -> object:
-    return default_of(ServingSettings, name)
 
 
 def _preprocessing_default(name: str) -> Any:
@@ -64,6 +61,29 @@ def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise click.BadParameter(f"{text!r} needs 1 or 3 values (R,G,B)", param_hint=option)
     return values
+
+
+def _preprocessing(
+    input_size: int, resize_size: int, mean: str, std: str, interpolation: str
+) -> Preprocessing:
+    """The preprocessing the options ask for; ``mean`` and ``std`` as ``--mean`` and ``--std``
+    spell them (a usage error when malformed)."""
+    return Preprocessing(
+        resize_size=resize_size,
+        input_size=input_size,
+        mean=_parse_triple(mean, "--mean"),
+        std=_parse_triple(std, "--std"),
+        interpolation=interpolation,
+    )
+
+
+def _repository_ready(repository: Path, settings: ServingSettings) -> str:
+    """The line saying the repository is ready, with the core budget and queues it serves with."""
+    return (
+        f"model repository ready: {repository} ({settings.onnx_instances} ONNX Runtime "
+        f"instance(s) x {settings.intra_op_threads} intra-op threads on a {settings.cores}-core "
+        f"budget; {describe_queue(settings)})"
+    )
 
 
 @click.command("export")
@@ -150,88 +170,7 @@ def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
     type=click.FloatRange(0, 1e-3),
     help="Largest absolute logit difference ONNX Runtime may show against PyTorch.",
 )
-@click.option(
-    "--cores",
-    default=None,
-    type=click.IntRange(1),
-    help="Cores given to inference (default: the cores this process may use).",
-)
-@click.option(
-    "--instances",
-    "onnx_instances",
-    default=_settings_default("onnx_instances"),
-    show_default=True,
-    type=click.IntRange(1),
-    help="ONNX Runtime model instances; intra-op threads = cores // instances.",
-)
-@click.option(
-    "--max-batch-size",
-    default=_settings_default("max_batch_size"),
-    show_default=True,
-    type=click.IntRange(1, 256),
-)
-@click.option(
-    "--max-queue-delay-us",
-    default=_settings_default("max_queue_delay_us"),
-    show_default=True,
-    type=click.IntRange(0),
-    help="Dynamic batching: how long a request may wait for others to join its batch.",
-)
-@click.option(
-    "--max-queue-size",
-    default=None,
-    type=click.IntRange(0),
-    help="Requests each batching model queues before refusing more at once (503, 'Exceeds "
-    "maximum queue size'). Default: about 2 s of work for the core budget; 0: unbounded, "
-    "so a flood queues until clients time out.",
-)
-@click.option(
-    "--max-image-pixels",
-    default=_settings_default("max_image_pixels"),
-    show_default=True,
-    type=click.IntRange(1),
-    help="Preprocessing refuses images with more pixels (decompression bombs).",
-)
-@click.option(
-    "--preprocess-instances",
-    default=_settings_default("preprocess_instances"),
-    show_default=True,
-    type=click.IntRange(1),
-    help="Python preprocessing instances (one core each while decoding). 2 pays for "
-    "large photos, whose decode dominates (12-MP JPEGs: 1.3x with --jpeg-draft-min-size "
-    "256); no gain for ~500x375 images, +50 MB (docs/performance.md).",
-)
-@click.option(
-    "--jpeg-draft-min-size",
-    default=_settings_default("jpeg_draft_min_size"),
-    show_default=True,
-    type=click.IntRange(0),
-    help="Decode JPEGs at least twice this size per side at 1/2..1/8 scale in the DCT "
-    "domain (Image.draft); 256 makes 12-MP JPEGs ~3x cheaper but moves their "
-    "probabilities by up to ~1e-4, so 0 (off, exact torchvision preprocessing) is the "
-    "default.",
-)
-@click.option(
-    "--response-cache/--no-response-cache",
-    default=_settings_default("response_cache"),
-    show_default=True,
-    help="Mark the ensemble and classifier configs `response_cache { enable: true }`. "
-    "Triton then answers a repeated request from its cache, but only when the "
-    "server runs with a cache (serve --response-cache-bytes N); harmless without.",
-)
-@click.option(
-    "--warmup/--no-warmup",
-    default=_settings_default("warmup"),
-    show_default=True,
-    help="Add model_warmup samples (a generated JPEG for preprocess, zeros for the "
-    "classifier) so the server is ready only once the models are warm.",
-)
-@click.option(
-    "--openvino",
-    is_flag=True,
-    help="Container only: ask the native ONNX Runtime backend for its OpenVINO "
-    "accelerator. The embedded server's Python-based backend ignores it.",
-)
+@serving_options
 @click.option(
     "--fused",
     is_flag=True,
@@ -253,43 +192,16 @@ def export(
     repository: Path,
     opset: int,
     atol: float,
-    cores: int | None,
-    onnx_instances: int,
-    max_batch_size: int,
-    max_queue_delay_us: int,
-    max_queue_size: int | None,
-    max_image_pixels: int,
-    preprocess_instances: int,
-    jpeg_draft_min_size: int,
-    response_cache: bool,
-    warmup: bool,
-    openvino: bool,
     fused: bool,
+    **setting_values: Any,
 ) -> None:
     """Export a ResNet-18 classifier to ONNX, check it and add it to the Triton model repository.
 
     Re-exporting a classifier replaces only its own models; the others stay byte-identical.
     """
-    bounded = {} if max_queue_size is None else {"max_queue_size": max_queue_size}
-    settings = ServingSettings.from_core_budget(
-        cores or available_cores(),
-        onnx_instances,
-        **bounded,
-        max_batch_size=max_batch_size,
-        max_queue_delay_us=max_queue_delay_us,
-        max_image_pixels=max_image_pixels,
-        preprocess_instances=preprocess_instances,
-        jpeg_draft_min_size=jpeg_draft_min_size,
-        response_cache=response_cache,
-        warmup=warmup,
-        openvino=openvino,
-    )
-    preprocessing = Preprocessing(
-        resize_size=RESIZE_STRAIGHT if resize_straight else resize_size,
-        input_size=input_size,
-        mean=_parse_triple(mean, "--mean"),
-        std=_parse_triple(std, "--std"),
-        interpolation=interpolation,
+    settings = serving_settings(setting_values)
+    preprocessing = _preprocessing(
+        input_size, RESIZE_STRAIGHT if resize_straight else resize_size, mean, std, interpolation
     )
     request = ExportRequest(
         repository=repository,
@@ -322,12 +234,7 @@ def export(
             err=True,
             fg="yellow",
         )
-    click.echo(
-        f"model repository ready: {result.repository} ({settings.onnx_instances} ONNX Runtime "
-        f"instance(s) x {settings.intra_op_threads} intra-op threads on a {settings.cores}-core "
-        f"budget; {describe_queue(settings)})",
-        err=True,
-    )
+    click.echo(_repository_ready(result.repository, settings), err=True)
     if fused:
         fused_model = variants.FP32_FUSED.entry(classifier.names)
         click.echo(
