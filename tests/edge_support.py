@@ -8,10 +8,12 @@ written to files with mode 0600 and never passed on a command line.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from resnet18_triton.deploy import proxy
-from resnet18_triton.deploy.cluster import ClusterOptions
+from resnet18_triton.deploy.cluster import Cluster, ClusterOptions
 from resnet18_triton.perf import harness
 from tests.support import missing
 
@@ -93,6 +95,17 @@ def secured_cluster_options(
         **settings,
     )
     return SecuredOptions(options, key_file, certificate)
+
+
+@contextlib.contextmanager
+def secured_cluster(
+    repository: Path, replicas: int, work: Path, keys: list[str], **settings: Any
+) -> Iterator[tuple[Cluster, SecuredOptions]]:
+    """A running ``Cluster`` with ``secured_cluster_options``, and those options; stopped on
+    exit."""
+    secured = secured_cluster_options(repository, replicas, work, keys, **settings)
+    with Cluster(secured.options) as running:
+        yield running, secured
 
 
 def announce_oversized_body(

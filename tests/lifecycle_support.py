@@ -97,6 +97,36 @@ class Answer:
 
 
 @dataclass
+class Published:
+    """A classifier the lifecycle tests publish to: its repository, the server whose admin API
+    ``publish`` loads through (``admin_url``, with the key in ``key_file``), the held-out images
+    of its gate, checkpoints by label, and each version's reference probabilities of
+    ``images``."""
+
+    name: str
+    work: Path
+    repo: Path
+    admin_url: str
+    key_file: Path
+    eval_images: Path
+    checkpoints: dict[str, Path]
+    references: dict[str, np.ndarray]  # version -> probabilities of ``images``
+    images: list[bytes]
+
+    def command(self, *args: str) -> list[str]:
+        """``resnet18-triton ARGS`` for this classifier, repository and server."""
+        servers = ["--url", self.admin_url, "--admin-key-file", str(self.key_file)]
+        return [*args, "--name", self.name, "--repo", str(self.repo), *servers]
+
+    def publish(self, weights: str, *extra: str) -> list[str]:
+        """``publish`` of the checkpoint labelled ``weights``, gated on the held-out images."""
+        return self.command(
+            "publish", "--weights", str(self.checkpoints[weights]),
+            "--eval-images", str(self.eval_images), *FAST_EXPORT, *extra,
+        )  # fmt: skip
+
+
+@dataclass
 class VersionedLoad:
     """``clients`` threads classifying ``images`` in turn through ``model`` until stopped."""
 
@@ -199,3 +229,28 @@ def export_digits(work: Path, name: str, models: dict[str, object]) -> dict[str,
     )  # fmt: skip
     assert exported.returncode == 0, exported.stderr
     return checkpoints
+
+
+def version_references(
+    models: dict[str, object], weights_of: dict[str, str], images: list[bytes]
+) -> dict[str, np.ndarray]:
+    """The independent PyTorch reference of ``images`` for each version, its network being
+    ``models[weights_of[version]]`` under the digits classifier's own preprocessing."""
+    from tests import digits
+    from tests.support import TorchReference
+
+    preprocessing = digits.custom_preprocessing()
+    return {
+        version: TorchReference(model=models[weights], preprocessing=preprocessing).probabilities(
+            images
+        )
+        for version, weights in weights_of.items()
+    }
+
+
+def admin_key_file(work: Path, key: str) -> Path:
+    """A private file in ``work`` holding the admin key ``key``, as an operator keeps it."""
+    path = work / "admin.key"
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return path

@@ -13,7 +13,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,15 @@ from resnet18_triton.deploy import proxy
 from resnet18_triton.deploy.cluster import Cluster
 from resnet18_triton.perf import harness
 from tests import digits
-from tests.lifecycle_support import FAST_EXPORT, VersionedLoad, export_digits, head_variant
-from tests.support import TorchReference, run_cli
+from tests.lifecycle_support import (
+    Published,
+    VersionedLoad,
+    admin_key_file,
+    export_digits,
+    head_variant,
+    version_references,
+)
+from tests.support import run_cli
 
 NAME = "digits"
 CANARY = f"{NAME}_canary"
@@ -38,29 +44,11 @@ ADMIN_KEY = "canary-test-admin-key"
 
 
 @dataclass
-class Stack:
-    work: Path
-    repo: Path
+class Stack(Published):
     proxy_url: str
-    replica_url: str
     metrics_url: str
-    key_file: Path
-    eval_images: Path
-    checkpoints: dict[str, Path]
-    references: dict[str, np.ndarray]  # version -> probabilities of ``images``
-    images: list[bytes]
     marks: dict[str, int] = field(default_factory=dict)  # phase -> its first answer's index
     times: dict[str, float] = field(default_factory=dict)  # phase -> time.monotonic()
-
-    def command(self, *args: str) -> list[str]:
-        servers = ["--url", self.replica_url, "--admin-key-file", str(self.key_file)]
-        return [*args, "--name", NAME, "--repo", str(self.repo), *servers]
-
-    def publish(self, weights: str, *extra: str) -> list[str]:
-        return self.command(
-            "publish", "--weights", str(self.checkpoints[weights]),
-            "--eval-images", str(self.eval_images), *FAST_EXPORT, *extra,
-        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +64,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     for index, data in enumerate(held_out):
         (eval_images / f"{index:03d}.png").write_bytes(data)
     images = list(held_out[:8])
-    preprocessing = digits.custom_preprocessing()
-    references = {
-        version: TorchReference(model=models[weights], preprocessing=preprocessing).probabilities(
-            images
-        )
-        for version, weights in (("1", "1"), ("2", "2"), ("3", "1"))
-    }
+    references = version_references(models, {"1": "1", "2": "2", "3": "1"}, images)
     assert np.abs(references["1"] - references["2"]).max() > 100 * ATOL
-    key_file = work / "admin.key"
-    key_file.write_text(ADMIN_KEY + "\n")
-    key_file.chmod(0o600)
+    key_file = admin_key_file(work, ADMIN_KEY)
     (work / "cluster").mkdir()
     # The clients send without pause, and the small digits model answers well over the proxy's
     # default 100 requests/s per address on a fast host: rate limits are not what this tests.
@@ -95,9 +75,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with Cluster(options) as cluster:
         replica = cluster.replicas[0]
         yield Stack(
-            work, repo, cluster.url, replica.url,
-            f"http://{replica.host}:{replica.metrics_port}/metrics",
-            key_file, eval_images, checkpoints, references, images,
+            NAME, work, repo, replica.url, key_file, eval_images, checkpoints, references, images,
+            cluster.url, f"http://{replica.host}:{replica.metrics_port}/metrics",
         )  # fmt: skip
 
 

@@ -36,7 +36,7 @@ from resnet18_triton.server.embedded import free_port
 from tests.edge_support import (
     NEEDS_NGINX_WITH_NJS,
     announce_oversized_body,
-    secured_cluster_options,
+    secured_cluster,
     self_signed_certificate,
     write_key_file,
 )
@@ -76,10 +76,9 @@ def edge(
 ) -> Iterator[Edge]:
     keys = [f"alice:{ALICE}", f"bob:{BOB}"]
     work = tmp_path_factory.mktemp("edge")
-    secured = secured_cluster_options(
+    with secured_cluster(
         exported_repository, 2, work, keys, admin_key=admin_key, limits=LIMITS
-    )
-    with Cluster(secured.options) as running:
+    ) as (running, secured):
         yield Edge(running, secured.key_file, secured.certificate)
 
 

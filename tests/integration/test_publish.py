@@ -17,7 +17,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,15 +24,17 @@ import pytest
 from resnet18_triton.server.embedded import free_port
 from tests import digits
 from tests.lifecycle_support import (
-    FAST_EXPORT,
+    Published,
     ReadinessProbe,
     VersionedLoad,
+    admin_key_file,
     export_digits,
     head_variant,
     repository_pins,
     served_pins,
+    version_references,
 )
-from tests.support import CLI, TorchReference, run_cli, serve_process, tree_digest
+from tests.support import CLI, run_cli, serve_process, tree_digest
 
 NAME = "digits"
 ONNX = f"{NAME}_onnx"
@@ -45,33 +46,8 @@ LOAD_CLIENTS = 6
 
 
 @dataclass
-class Lifecycle:
-    work: Path
-    repo: Path
-    url: str
+class Lifecycle(Published):
     metrics_port: int
-    key_file: Path
-    eval_images: Path
-    checkpoints: dict[str, Path]
-    references: dict[str, np.ndarray]  # version -> probabilities of ``images``
-    images: list[bytes]
-
-    def command(self, *args: str) -> list[str]:
-        servers = [
-            "--repo",
-            str(self.repo),
-            "--url",
-            self.url,
-            "--admin-key-file",
-            str(self.key_file),
-        ]
-        return [*args, "--name", NAME, *servers]
-
-    def publish_args(self, weights: str) -> list[str]:
-        checkpoint, images = str(self.checkpoints[weights]), str(self.eval_images)
-        return self.command(
-            "publish", "--weights", checkpoint, "--eval-images", images, *FAST_EXPORT
-        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -92,24 +68,17 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{index:03d}.png").write_bytes(data)
     images = list(held_out[:8])
-    preprocessing = digits.custom_preprocessing()
-    references = {
-        version: TorchReference(model=models[version], preprocessing=preprocessing).probabilities(
-            images
-        )
-        for version in ("1", "2")
-    }
+    references = version_references(models, {"1": "1", "2": "2"}, images)
     # The two versions must be told apart by value, far beyond the tolerance.
     assert np.abs(references["1"] - references["2"]).max() > 100 * ATOL
-    key_file = work / "admin.key"
-    key_file.write_text("publish-test-admin-key\n")
-    key_file.chmod(0o600)
+    key_file = admin_key_file(work, "publish-test-admin-key")
     metrics_port = free_port()
     extra = ("--admin-key-file", str(key_file), "--metrics-port", str(metrics_port))
     with serve_process(repo, work / "serve.log", *extra) as url:
         yield Lifecycle(
-            work, repo, url, metrics_port, key_file, eval_images, checkpoints, references, images
-        )
+            NAME, work, repo, url, key_file, eval_images, checkpoints, references, images,
+            metrics_port,
+        )  # fmt: skip
 
 
 def _check_answers(load: VersionedLoad, lifecycle: Lifecycle, versions: set[str]) -> None:
@@ -130,9 +99,21 @@ def _published(lifecycle: Lifecycle, load: VersionedLoad, args: list[str]) -> st
     return result.stderr
 
 
+def _while_serving(
+    lifecycle: Lifecycle, args: list[str]
+) -> tuple[str, VersionedLoad, ReadinessProbe]:
+    """Run ``args`` while clients send and readiness is sampled: its output, the load, the probe."""
+    with (
+        ReadinessProbe(lifecycle.admin_url, NAME) as probe,
+        VersionedLoad(lifecycle.admin_url, lifecycle.images, LOAD_CLIENTS, NAME) as load,
+    ):
+        output = _published(lifecycle, load, args)
+    return output, load, probe
+
+
 def test_a_model_trained_on_shuffled_labels_is_refused_and_nothing_changes(lifecycle) -> None:
     before = tree_digest(lifecycle.repo, (ONNX, NAME))
-    result = run_cli(*lifecycle.publish_args("shuffled"), timeout_s=600)
+    result = run_cli(*lifecycle.publish("shuffled"), timeout_s=600)
     assert result.returncode == 1, result.stderr
     assert "was not published" in result.stderr and "accuracy" in result.stderr
     assert "| accuracy of new v2" in result.stderr  # the report is printed
@@ -146,18 +127,14 @@ def test_export_refuses_to_replace_a_served_classifier_and_points_to_publish(lif
 
 
 def test_publish_under_load_answers_every_request_with_the_version_it_names(lifecycle) -> None:
-    with (
-        ReadinessProbe(lifecycle.url, NAME) as probe,
-        VersionedLoad(lifecycle.url, lifecycle.images, LOAD_CLIENTS, NAME) as load,
-    ):
-        output = _published(lifecycle, load, lifecycle.publish_args("2"))
+    output, load, probe = _while_serving(lifecycle, lifecycle.publish("2"))
     assert "published v2 (was v1)" in output
     _check_answers(load, lifecycle, {"1", "2"})
     # The server runs the ensemble's config as the repository has it now, not the one it read
     # at start (unpinned): reloaded later as a dependant, a stale one would answer under one
     # version number with another version's weights.
-    assert served_pins(lifecycle.url, NAME) == repository_pins(lifecycle.repo, NAME)
-    assert served_pins(lifecycle.url, NAME)[0] == [2]
+    assert served_pins(lifecycle.admin_url, NAME) == repository_pins(lifecycle.repo, NAME)
+    assert served_pins(lifecycle.admin_url, NAME)[0] == [2]
     # Answers move from v1 to v2 and stay there; the classifier stays ready throughout.
     assert load.answers[0].version == "1" and load.answers[-1].version == "2"
     assert probe.ensemble_not_ready() == 0
@@ -171,7 +148,9 @@ def test_publish_under_load_answers_every_request_with_the_version_it_names(life
 def test_every_answer_names_its_version_in_the_json_and_the_metrics(lifecycle) -> None:
     image = lifecycle.work / "digit.png"
     image.write_bytes(lifecycle.images[0])
-    result = run_cli("classify", "--url", lifecycle.url, "--model", NAME, "--json", str(image))
+    result = run_cli(
+        "classify", "--url", lifecycle.admin_url, "--model", NAME, "--json", str(image)
+    )
     assert result.returncode == 0, result.stderr
     assert '"model_version": "2"' in result.stdout
     metrics = f"http://127.0.0.1:{lifecycle.metrics_port}/metrics"
@@ -184,15 +163,11 @@ def test_every_answer_names_its_version_in_the_json_and_the_metrics(lifecycle) -
 def test_rollback_under_load_answers_every_request_and_goes_back_to_the_previous_version(
     lifecycle,
 ) -> None:
-    with (
-        ReadinessProbe(lifecycle.url, NAME) as probe,
-        VersionedLoad(lifecycle.url, lifecycle.images, LOAD_CLIENTS, NAME) as load,
-    ):
-        output = _published(lifecycle, load, lifecycle.command("rollback"))
+    output, load, probe = _while_serving(lifecycle, lifecycle.command("rollback"))
     assert "rolled back to v1 (was v2)" in output
     _check_answers(load, lifecycle, {"1", "2"})
     assert (
-        served_pins(lifecycle.url, NAME)
+        served_pins(lifecycle.admin_url, NAME)
         == repository_pins(lifecycle.repo, NAME)
         == (
             [1],
@@ -224,15 +199,15 @@ def test_a_publish_killed_at_each_step_leaves_one_version_answering_and_the_next
         for entry in lifecycle.repo.parent.iterdir()
     )
     before = tree_digest(lifecycle.repo, (ONNX, NAME))
-    with VersionedLoad(lifecycle.url, lifecycle.images, LOAD_CLIENTS, NAME) as load:
+    with VersionedLoad(lifecycle.admin_url, lifecycle.images, LOAD_CLIENTS, NAME) as load:
         # While it exports: the repository is untouched.
-        _kill_when(lifecycle.publish_args("2"), staging)
+        _kill_when(lifecycle.publish("2"), staging)
         assert tree_digest(lifecycle.repo, (ONNX, NAME)) == before
         # Once the next version is on disk, while the servers load it.
-        _kill_when(lifecycle.publish_args("2"), lambda: (lifecycle.repo / ONNX / "3").is_dir())
+        _kill_when(lifecycle.publish("2"), lambda: (lifecycle.repo / ONNX / "3").is_dir())
         load.wait_for(len(load.answers) + 20)
         # The next publish finishes the move first, then publishes.
-        output = _published(lifecycle, load, lifecycle.publish_args("2"))
+        output = _published(lifecycle, load, lifecycle.publish("2"))
     assert "published v4 (was v3)" in output or "published v4 (was v1)" in output, output
     lifecycle.references["3"] = lifecycle.references["4"] = lifecycle.references["2"]
     _check_answers(load, lifecycle, {"1", "3", "4"})

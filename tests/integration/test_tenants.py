@@ -24,7 +24,6 @@ import pytest
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import proxy
-from resnet18_triton.deploy.cluster import Cluster
 from resnet18_triton.perf import harness
 from resnet18_triton.perf.images import encode, gradient_image, noisy_png
 from tests.dashboard_support import (
@@ -33,7 +32,7 @@ from tests.dashboard_support import (
     samples_of,
     unexposed_names,
 )
-from tests.edge_support import NEEDS_NGINX_WITH_NJS, secured_cluster_options
+from tests.edge_support import NEEDS_NGINX_WITH_NJS, secured_cluster
 from tests.support import PROBABILITY_ATOL, TorchReference
 
 pytestmark = NEEDS_NGINX_WITH_NJS
@@ -73,10 +72,9 @@ def edge(
 ) -> Iterator[Edge]:
     keys = [f"polite:{POLITE}", f"busy:{BUSY}:{BUSY_WEIGHT}"]
     work = tmp_path_factory.mktemp("tenants")
-    secured = secured_cluster_options(
+    with secured_cluster(
         exported_repository, 1, work, keys, admin_key=admin_key, limits=LIMITS
-    )
-    with Cluster(secured.options) as running:
+    ) as (running, secured):
         assert running.metrics_url is not None, "nginx has no Lua module: no tenant metrics"
         yield Edge(secured.options.http_port, secured.certificate, running.metrics_url)
 
