@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from resnet18_triton.perf import perf_analyzer as pa
+from resnet18_triton.perf.bench import served_round
 
 CSV = (
     "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
@@ -112,3 +113,26 @@ def test_locate_without_cuda_runtime_says_what_to_install(monkeypatch, tmp_path:
     monkeypatch.setattr(pa, "cuda_runtime_lib_dir", lambda: None)
     with pytest.raises(pa.PerfAnalyzerError, match="nvidia-cuda-runtime-cu12"):
         pa.locate(tmp_path / "perf_analyzer")
+
+
+def _analyzer_printing(tmp_path: Path, output: str) -> pa.PerfAnalyzer:
+    """A stand-in binary that prints ``output`` and exits 2, as perf_analyzer does on failure."""
+    binary = tmp_path / "perf_analyzer"
+    binary.write_text(f"#!/bin/sh\necho '{output}'\nexit 2\n")
+    binary.chmod(0o755)
+    return pa.PerfAnalyzer(binary, {"PATH": "/usr/bin:/bin"})
+
+
+def test_a_bench_round_without_a_stable_window_is_dropped_not_fatal(tmp_path: Path) -> None:
+    analyzer = _analyzer_printing(
+        tmp_path, "Failed to obtain stable measurement within 10 measurement windows"
+    )
+    sweep = pa.Sweep("resnet18_onnx", "127.0.0.1:9")
+    assert served_round(analyzer, sweep, tmp_path / "round.csv", "raw") is None
+
+
+def test_a_bench_round_that_fails_for_another_reason_still_raises(tmp_path: Path) -> None:
+    analyzer = _analyzer_printing(tmp_path, "Failed to retrieve server metadata")
+    sweep = pa.Sweep("resnet18_onnx", "127.0.0.1:9")
+    with pytest.raises(pa.PerfAnalyzerError, match="server metadata"):
+        served_round(analyzer, sweep, tmp_path / "round.csv", "raw")

@@ -454,13 +454,35 @@ def run_interleaved(
                 f"interleaved {round_}/{INTERLEAVED_ROUNDS}: in-process ORT batch {batch}, "
                 f"then served {spec.label} at concurrency {load:g} ..."
             )
-            in_process.append(inprocess.measure(engine).images_per_s)
+            engine_rate = inprocess.measure(engine).images_per_s
             csv_path = plan.out / f"interleaved_{_slug(spec.label)}_{round_}.csv"
-            result = pa.run(analyzer, sweep, csv_path, label=spec.label)
-            served_rates.append(max(row.throughput for row in result.rows))
+            served_rate = served_round(analyzer, sweep, csv_path, spec.label)
+            if served_rate is None:
+                echo(f"  round {round_} dropped: perf_analyzer found no stable window")
+                continue
+            in_process.append(engine_rate)
+            served_rates.append(served_rate)
+        if not served_rates:
+            echo(f"  batch {batch}: no round measured; no interleaved pair")
+            continue
         pairs.append(InterleavedPair(spec, load, tuple(in_process), tuple(served_rates)))
         echo(f"  batch {batch}: in-process {in_process} vs served {served_rates} img/s")
     return pairs
+
+
+def served_round(
+    analyzer: pa.PerfAnalyzer, sweep: pa.Sweep, csv_path: Path, label: str
+) -> float | None:
+    """The best served images/s of one interleaved round; None when perf_analyzer found no
+    stable window (a busy host), so that one noisy round drops only itself, not a bench of many
+    minutes. Any other failure of perf_analyzer raises."""
+    try:
+        result = pa.run(analyzer, sweep, csv_path, label=label)
+    except pa.PerfAnalyzerError as error:
+        if pa.UNSTABLE_MESSAGE not in str(error):
+            raise
+        return None
+    return max(row.throughput for row in result.rows)
 
 
 @contextmanager

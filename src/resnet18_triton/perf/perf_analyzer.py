@@ -32,6 +32,9 @@ from resnet18_triton.contract import ADMIN_KEY_ENV_VAR, ADMIN_KEY_HEADER
 # Re-exported: callers catch the error of the tool they drive (pa.PerfAnalyzerError).
 from resnet18_triton.errors import PerfAnalyzerError as PerfAnalyzerError
 
+# What perf_analyzer prints when no window met --stability-percentage within --max-trials.
+UNSTABLE_MESSAGE = "Failed to obtain stable measurement"
+
 BINARY_NAME = "perf_analyzer"
 
 

@@ -45,8 +45,6 @@ from resnet18_triton.perf.tune.space import (
 )
 
 Echo = Callable[[str], None]
-# What perf_analyzer prints when no window was within the stability percentage.
-UNSTABLE = "Failed to obtain stable measurement"
 
 
 @dataclass(frozen=True)
@@ -149,7 +147,7 @@ class PlanMeasurer:
         try:
             return self._measure(candidate)
         except PerfAnalyzerError as error:
-            if UNSTABLE not in str(error):
+            if pa.UNSTABLE_MESSAGE not in str(error):
                 raise
             self.echo("    no stable measurement; measuring once more")
             return self._measure(candidate)
