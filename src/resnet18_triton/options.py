@@ -279,3 +279,18 @@ def max_trials_option(default: int) -> Callable[[F], F]:
 def max_images_option(default: int) -> Callable[[F], F]:
     """``--max-images``: the most images of a folder (``--images``) a command reads, at least 1."""
     return click.option("--max-images", default=default, show_default=True, type=click.IntRange(1))
+
+
+def host_option(default: str, help: str) -> Callable[[F], F]:
+    """``--host``: the address a command listens on (default ``default``)."""
+    return click.option("--host", default=default, show_default=True, help=help)
+
+
+def port_option(
+    flag: str, default: int, help: str | None = None, *, lowest: int = 1
+) -> Callable[[F], F]:
+    """A port to listen on, ``flag`` (e.g. ``--http-port``): a whole number from ``lowest`` (0
+    where 0 means "none") to 65535, by default ``default``."""
+    return click.option(
+        flag, default=default, show_default=True, type=click.IntRange(lowest, 65535), help=help
+    )
