@@ -139,13 +139,27 @@ def admin_key_file_option(help: str, unset: str = "") -> Callable[[F], F]:
     )
 
 
-def images_option(help: str) -> Callable[[F], F]:
-    """``--images``: a folder of images to send (default: generated ones, as ``help`` says)."""
+def image_folder_option(flag: str, help: str, *, required: bool = False) -> Callable[[F], F]:
+    """``flag`` (e.g. ``--eval-images``): an existing folder of images, a usage error when it is
+    missing; None when not given, unless ``required``."""
     return click.option(
-        "--images",
+        flag,
+        required=required,
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         default=None,
         help=help,
+    )
+
+
+def images_option(help: str) -> Callable[[F], F]:
+    """``--images``: a folder of images to send (default: generated ones, as ``help`` says)."""
+    return image_folder_option("--images", help)
+
+
+def labels_option(help: str) -> Callable[[F], F]:
+    """``--labels``: a file of class labels (a path, read when the command runs), or None."""
+    return click.option(
+        "--labels", type=click.Path(dir_okay=False, path_type=Path), default=None, help=help
     )
 
 

@@ -30,7 +30,12 @@ from resnet18_triton.export.quantize import (
     preprocess_files,
     served_preprocessing,
 )
-from resnet18_triton.options import fidelity_gate_options, name_option, repository_option
+from resnet18_triton.options import (
+    fidelity_gate_options,
+    image_folder_option,
+    name_option,
+    repository_option,
+)
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.writer import held_classifier
 
@@ -72,11 +77,10 @@ def choose_precision(requested: str, flags: frozenset[str]) -> tuple[str, str | 
     help="bf16 (needs avx512_bf16 or amx_bf16), f32, or int8 (the QDQ model of "
     "`resnet18-triton quantize`). auto: bf16 where the CPU has it, else f32.",
 )
-@click.option(
+@image_folder_option(
     "--eval-images",
+    "Folder of held-out images (JPEG, PNG, ...) for the fidelity report against FP32.",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of held-out images (JPEG, PNG, ...) for the fidelity report against FP32.",
 )
 @fidelity_gate_options(
     "the variant",
