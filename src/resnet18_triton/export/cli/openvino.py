@@ -22,8 +22,8 @@ from resnet18_triton.cpu_flags import (
     has_fast_int8,
     present,
 )
-from resnet18_triton.errors import VariantRefused
 from resnet18_triton.export.fidelity import DEFAULT_MIN_AGREEMENT
+from resnet18_triton.export.gate_output import shown_gate
 from resnet18_triton.export.openvino_variant import build_openvino_variant
 from resnet18_triton.export.quantize import (
     image_files,
@@ -110,17 +110,12 @@ def openvino(
         f"(CPU flags: {found})",
         err=True,
     )
-    try:
-        report = build_openvino_variant(
+    report = shown_gate(
+        lambda: build_openvino_variant(
             repository, chosen, held_out, min_agreement, force, names=names
-        )
-    except VariantRefused as refused:
-        click.echo(refused.report.table())
-        raise
-    click.echo(report.table())
-    warning = report.forced_warning(min_agreement)
-    if warning:
-        click.secho(warning, err=True, fg="yellow", bold=True)
+        ),
+        min_agreement,
+    )
     if report_path is not None:
         figures = {"precision": chosen, "fidelity": json.loads(report.to_json())}
         report_path.write_text(json.dumps(figures, indent=2) + "\n")

@@ -25,6 +25,7 @@ from resnet18_triton.export.fidelity import (
     measure_fidelity,
     measure_speed,
 )
+from resnet18_triton.export.gate_output import shown_gate
 from resnet18_triton.export.quantize import (
     CALIBRATION_METHODS,
     QUANTIZATION_PARAMETER,
@@ -187,17 +188,12 @@ def quantize(
         f"{len(calibration)} images, evaluating on {len(held_out)} held-out images",
         err=True,
     )
-    try:
-        report = quantize_repository(
+    report = shown_gate(
+        lambda: quantize_repository(
             repository, calibration, held_out, recipe, min_agreement, force, name
-        )
-    except QuantizationRefused as refused:
-        click.echo(refused.report.table())
-        raise
-    click.echo(report.table())
-    warning = report.forced_warning(min_agreement)
-    if warning:
-        click.secho(warning, err=True, fg="yellow", bold=True)
+        ),
+        min_agreement,
+    )
     figures = {
         "classifier": name,
         "recipe": json.loads(recipe.to_json()),
