@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 FILE_MODE = 0o644
 # The formats the preprocessing accepts by default (contract.ALLOWED_FORMATS: JPEG, PNG, WebP,
@@ -39,20 +41,7 @@ def write_bytes_atomically(path: Path, data: bytes) -> Path:
 
     Creates missing parent directories. On any error the target is left as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600; chmod (not the umask) so the result does not depend on the caller.
-        os.chmod(tmp_name, FILE_MODE)
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-    return path
+    return _replace_atomically(Path(path), lambda handle: handle.write(data))
 
 
 def write_text_atomically(path: Path, text: str) -> Path:
@@ -63,20 +52,29 @@ def write_text_atomically(path: Path, text: str) -> Path:
 def install_file_atomically(source: Path, target: Path) -> Path:
     """Copy ``source`` over ``target`` atomically (temporary copy beside ``target``, fsync,
     mode 0644, rename); returns ``target``. Streams the data, so large models need no memory."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    with Path(source).open("rb") as stream:
+        return _replace_atomically(
+            Path(target), lambda handle: shutil.copyfileobj(stream, handle, 1 << 20)
+        )
+
+
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Replace ``path`` with what ``write`` writes to the open temporary file beside it, as the
+    module docstring says (parents created, fsync, mode 0644, rename); returns ``path``. On any
+    error the target is left as it was and the temporary file removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle, Path(source).open("rb") as stream:
-            while chunk := stream.read(1 << 20):
-                handle.write(chunk)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; chmod (not the umask) so the result does not depend on the caller.
         os.chmod(tmp_name, FILE_MODE)
-        os.replace(tmp_name, target)
+        os.replace(tmp_name, path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
-    return target
+    return path
 
 
 def link_or_copy(source: str | Path, target: str | Path) -> None:

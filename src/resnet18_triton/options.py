@@ -139,13 +139,27 @@ def admin_key_file_option(help: str, unset: str = "") -> Callable[[F], F]:
     )
 
 
-def images_option(help: str) -> Callable[[F], F]:
-    """``--images``: a folder of images to send (default: generated ones, as ``help`` says)."""
+def image_folder_option(flag: str, help: str, *, required: bool = False) -> Callable[[F], F]:
+    """``flag`` (e.g. ``--eval-images``): an existing folder of images, a usage error when it is
+    missing; None when not given, unless ``required``."""
     return click.option(
-        "--images",
+        flag,
+        required=required,
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         default=None,
         help=help,
+    )
+
+
+def images_option(help: str) -> Callable[[F], F]:
+    """``--images``: a folder of images to send (default: generated ones, as ``help`` says)."""
+    return image_folder_option("--images", help)
+
+
+def labels_option(help: str) -> Callable[[F], F]:
+    """``--labels``: a file of class labels (a path, read when the command runs), or None."""
+    return click.option(
+        "--labels", type=click.Path(dir_okay=False, path_type=Path), default=None, help=help
     )
 
 
@@ -218,3 +232,79 @@ def given_here_or_above(ctx: click.Context, name: str) -> object:
             return above.params[name]
         above = above.parent
     return ctx.params[name]
+
+
+def served_repository_option(help: str) -> Callable[[F], F]:
+    """``--repo`` as the ``repository`` parameter of a command that can make its own repository:
+    an existing folder, or None (no default, no environment variable)."""
+    return click.option(
+        "--repo",
+        "repository",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help=help,
+    )
+
+
+def out_option(help: str) -> Callable[[F], F]:
+    """``--out``: the folder a report goes to (None: the command picks a dated one, as ``help``
+    says)."""
+    return click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help=help,
+    )
+
+
+def concurrency_range_option(default: str, help: str | None = None) -> Callable[[F], F]:
+    """``--concurrency``: perf_analyzer's concurrency levels as a range ``START[:END[:STEP]]``,
+    checked by ``check_range``."""
+    return click.option(
+        "--concurrency", default=default, show_default=True, callback=check_range, help=help
+    )
+
+
+def measurement_interval_option(default: int, help: str | None = None) -> Callable[[F], F]:
+    """``--measurement-interval`` as the ``interval_ms`` parameter: perf_analyzer's window in
+    milliseconds, at least 100."""
+    return click.option(
+        "--measurement-interval",
+        "interval_ms",
+        default=default,
+        show_default=True,
+        type=click.IntRange(100),
+        help=help,
+    )
+
+
+def stability_option(help: str | None = None) -> Callable[[F], F]:
+    """``--stability``: perf_analyzer's stability percentage, 1 to 100 (default 50)."""
+    return click.option(
+        "--stability", default=50, show_default=True, type=click.IntRange(1, 100), help=help
+    )
+
+
+def max_trials_option(default: int) -> Callable[[F], F]:
+    """``--max-trials``: the most windows perf_analyzer measures per level, at least 1."""
+    return click.option("--max-trials", default=default, show_default=True, type=click.IntRange(1))
+
+
+def max_images_option(default: int) -> Callable[[F], F]:
+    """``--max-images``: the most images of a folder (``--images``) a command reads, at least 1."""
+    return click.option("--max-images", default=default, show_default=True, type=click.IntRange(1))
+
+
+def host_option(default: str, help: str) -> Callable[[F], F]:
+    """``--host``: the address a command listens on (default ``default``)."""
+    return click.option("--host", default=default, show_default=True, help=help)
+
+
+def port_option(
+    flag: str, default: int, help: str | None = None, *, lowest: int = 1
+) -> Callable[[F], F]:
+    """A port to listen on, ``flag`` (e.g. ``--http-port``): a whole number from ``lowest`` (0
+    where 0 means "none") to 65535, by default ``default``."""
+    return click.option(
+        flag, default=default, show_default=True, type=click.IntRange(lowest, 65535), help=help
+    )

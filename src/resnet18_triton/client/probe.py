@@ -67,16 +67,8 @@ def probe(
     """
     started = time.monotonic()
     try:
-        with ImageClassifier(
-            url,
-            model,
-            connection_timeout=timeout_s,
-            network_timeout=timeout_s,
-            concurrency=1,
-            retry=RetryPolicy(attempts=1),
-            overload=OverloadPolicy(retries=0),
-            api_key=api_key,
-            ca_file=ca_file,
+        with unhealed_classifier(
+            url, model, timeout_s, timeout_s, api_key=api_key, ca_file=ca_file
         ) as classifier:
             predictions = classifier.classify_bytes([PROBE_JPEG], top_k=1)
     except ImageError as error:
@@ -87,6 +79,30 @@ def probe(
     except Exception as error:
         return ProbeResult(False, f"{type(error).__name__}: {error}", _since(started))
     return _judge(predictions, _since(started))
+
+
+def unhealed_classifier(
+    url: str,
+    model: str,
+    connection_timeout: float,
+    network_timeout: float,
+    api_key: str | None = None,
+    ca_file: str | Path | None = None,
+) -> ImageClassifier:
+    """An ``ImageClassifier`` on one connection that sends each request once: no retry, not even
+    after an overload refusal, so that every failure shows at once instead of being healed.
+    ``api_key`` and ``ca_file`` as for ``ImageClassifier`` (None: from the environment)."""
+    return ImageClassifier(
+        url,
+        model,
+        connection_timeout=connection_timeout,
+        network_timeout=network_timeout,
+        concurrency=1,
+        retry=RetryPolicy(attempts=1),
+        overload=OverloadPolicy(retries=0),
+        api_key=api_key,
+        ca_file=ca_file,
+    )
 
 
 def _judge(predictions: list[list[Prediction]], seconds: float) -> ProbeResult:

@@ -24,6 +24,8 @@ from resnet18_triton.options import (
     admin_key_file_option,
     deprecated_spelling,
     given_here_or_above,
+    host_option,
+    port_option,
     repository_option,
 )
 from resnet18_triton.signals import ForegroundSignals
@@ -73,6 +75,14 @@ LIMIT_OPTIONS = (
 )
 
 
+def _key_file_option(help: str) -> Callable[[F], F]:
+    """``--api-key-file`` as the ``api_key_file`` parameter: the proxy's file of API keys (a
+    path, read when the command runs), which ``cluster`` and its ``keys`` subcommands take."""
+    return click.option(
+        "--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help=help
+    )
+
+
 def limit_options(command: F) -> F:
     """The options of ``LIMIT_OPTIONS``, in that order; each reaches the command under its field's
     name."""
@@ -91,35 +101,29 @@ def limit_options(command: F) -> F:
 @click.group("cluster", invoke_without_command=True, subcommand_metavar="[keys ...]")
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 16))
 @repository_option("Model repository filled by `resnet18-triton export` (shared by every replica).")
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address of the proxy (the replicas stay on 127.0.0.1). Beyond loopback it needs "
+@host_option(
+    "127.0.0.1",
+    "Address of the proxy (the replicas stay on 127.0.0.1). Beyond loopback it needs "
     "--api-key-file, or --insecure-no-auth.",
 )
-@click.option("--http-port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--grpc-port", default=8081, show_default=True, type=click.IntRange(1, 65535))
-@click.option(
+@port_option("--http-port", 8080)
+@port_option("--grpc-port", 8081)
+@port_option(
     "--metrics-port",
-    default=proxy.METRICS_PORT,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="Port of the proxy's per-tenant metrics for Prometheus (GET /metrics, always on "
+    proxy.METRICS_PORT,
+    "Port of the proxy's per-tenant metrics for Prometheus (GET /metrics, always on "
     "127.0.0.1; needs nginx's Lua module). 0: none.",
+    lowest=0,
 )
 @admin_key_file_option(
     "File (mode 0600) of the key for the replicas' restricted APIs (never reachable through the "
     "proxy); no option takes the key itself, so it never stands on a command line you type.",
     "Unset: each replica makes a random one.",
 )
-@click.option(
-    "--api-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="File of API keys (mode 0600; one key a line, or name:key). Clients must send "
+@_key_file_option(
+    "File of API keys (mode 0600; one key a line, or name:key). Clients must send "
     "`Authorization: Bearer <key>`; nginx stores only the keys' SHA-256. Send SIGHUP to this "
-    "process after editing the file (revoking a key is deleting its line).",
+    "process after editing the file (revoking a key is deleting its line)."
 )
 @click.option(
     "--insecure-no-auth",
@@ -268,18 +272,15 @@ def keys_group() -> None:
     """Make and hash the API keys of the proxy's edge (starts nothing)."""
 
 
-_key_file_option = click.option(
-    "--api-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The file of API keys (mode 0600; one key a line, or name:key[:weight]); may also be "
-    "given to `cluster` before `keys`.",
+_KEYS_FILE_HELP = (
+    "The file of API keys (mode 0600; one key a line, or name:key[:weight]); may also be "
+    "given to `cluster` before `keys`."
 )
 
 
 @keys_group.command("add")
 @click.argument("name")
-@_key_file_option
+@_key_file_option(_KEYS_FILE_HELP)
 def add_key_command(name: str, api_key_file: Path | None) -> None:
     """Add a random key named NAME to the key file and print it once.
 
@@ -290,7 +291,7 @@ def add_key_command(name: str, api_key_file: Path | None) -> None:
 
 
 @keys_group.command("hash")
-@_key_file_option
+@_key_file_option(_KEYS_FILE_HELP)
 def hash_keys_command(api_key_file: Path | None) -> None:
     """Print the key file's SHA-256 -> name map, the proxies' secret.
 

@@ -16,9 +16,16 @@ from resnet18_triton.errors import SoakFailedError
 from resnet18_triton.options import (
     admin_key_file_option,
     check_range,
+    concurrency_range_option,
     image_count_option,
     images_option,
+    max_images_option,
+    max_trials_option,
+    measurement_interval_option,
     name_option,
+    out_option,
+    served_repository_option,
+    stability_option,
     url_option,
 )
 
@@ -44,36 +51,17 @@ def _strip_scheme(url: str) -> str:
 )
 @name_option("Classifier to load: its ensemble NAME and its ONNX model NAME_onnx.", "classifier")
 @images_option("Folder of images sent to the ensemble (default: generated 500x375 JPEGs).")
-@click.option("--max-images", default=32, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--concurrency",
-    default="1:4:1",
-    show_default=True,
-    callback=check_range,
-    help="Concurrency sweep START:END:STEP.",
-)
+@max_images_option(32)
+@concurrency_range_option("1:4:1", "Concurrency sweep START:END:STEP.")
 @click.option(
     "--request-rate",
     default=None,
     callback=check_range,
     help="Request-rate sweep START:END:STEP (requests/s) instead of concurrency.",
 )
-@click.option(
-    "--measurement-interval",
-    "interval_ms",
-    default=4000,
-    show_default=True,
-    type=click.IntRange(100),
-    help="perf_analyzer window (ms).",
-)
-@click.option(
-    "--stability",
-    default=50,
-    show_default=True,
-    type=click.IntRange(1, 100),
-    help="perf_analyzer stability percentage (a shared, noisy machine needs a wide one).",
-)
-@click.option("--max-trials", default=10, show_default=True, type=click.IntRange(1))
+@measurement_interval_option(4000, "perf_analyzer window (ms).")
+@stability_option("perf_analyzer stability percentage (a shared, noisy machine needs a wide one).")
+@max_trials_option(10)
 @click.option(
     "--stats-url",
     default=None,
@@ -99,12 +87,7 @@ def _strip_scheme(url: str) -> str:
     "File (mode 0600) with the server's admin key: registering shared memory is a restricted "
     "API on `resnet18-triton serve`."
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Output folder (default reports/loadtest-<time>).",
-)
+@out_option("Output folder (default reports/loadtest-<time>).")
 def loadtest(
     url: str,
     protocol: str,
@@ -182,13 +165,9 @@ def loadtest(
 
 
 @click.command("bench")
-@click.option(
-    "--repo",
-    "repository",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Model repository to serve and time (default: export one with "
-    "random weights into the output folder).",
+@served_repository_option(
+    "Model repository to serve and time (default: export one with "
+    "random weights into the output folder)."
 )
 @name_option(
     "Classifier to time: its ensemble, its ONNX model and each of its variants the repository "
@@ -232,21 +211,10 @@ def loadtest(
     type=click.IntRange(1),
     help="12-megapixel JPEGs generated.",
 )
-@click.option("--concurrency", default="1:4:1", show_default=True, callback=check_range)
-@click.option(
-    "--measurement-interval",
-    "interval_ms",
-    default=5000,
-    show_default=True,
-    type=click.IntRange(100),
-)
-@click.option("--stability", default=50, show_default=True, type=click.IntRange(1, 100))
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Output folder (default reports/bench-<time>).",
-)
+@concurrency_range_option("1:4:1")
+@measurement_interval_option(5000)
+@stability_option()
+@out_option("Output folder (default reports/bench-<time>).")
 @click.option(
     "--openvino",
     "openvino_precision",
@@ -341,12 +309,8 @@ def bench(
     type=click.IntRange(1),
     help="With --url: the tritonserver pid, to watch its processes' RSS.",
 )
-@click.option(
-    "--repo",
-    "repository",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Without --url: serve this repository (default: export one with random weights).",
+@served_repository_option(
+    "Without --url: serve this repository (default: export one with random weights)."
 )
 @click.option(
     "--max-rss-growth",

@@ -277,19 +277,9 @@ def measuring_classifier(
     """An ``ImageClassifier`` for a measurement: one connection, no retries and no API key, so
     that every failure shows at once (the client's errors) instead of being healed. Use it from
     one thread."""
-    from resnet18_triton.client.api import ImageClassifier
-    from resnet18_triton.client.policies import OverloadPolicy, RetryPolicy
+    from resnet18_triton.client.probe import unhealed_classifier
 
-    return ImageClassifier(
-        url,
-        model,
-        connection_timeout=connection_timeout,
-        network_timeout=network_timeout,
-        concurrency=1,
-        retry=RetryPolicy(attempts=1),
-        overload=OverloadPolicy(retries=0),
-        api_key="",
-    )
+    return unhealed_classifier(url, model, connection_timeout, network_timeout, api_key="")
 
 
 def probabilities(

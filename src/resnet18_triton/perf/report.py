@@ -7,8 +7,13 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from resnet18_triton.perf.perf_analyzer import Row
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def write_rows_csv(rows: list[Row], path: Path) -> Path:
@@ -98,11 +103,19 @@ def plot_throughput_latency(rows: list[Row], path: Path, title: str) -> Path | N
     axis.set_xlabel("throughput (inferences/s)")
     axis.set_ylabel("latency (ms)")
     axis.set_title(title)
+    return save_plot(figure, axis, path, dpi=110)
+
+
+def save_plot(figure: Figure, axis: Axes, path: Path, dpi: int) -> Path:
+    """Grid, legend and a tight layout for ``axis``, then ``figure`` written to ``path`` (parents
+    created) at ``dpi`` and closed; returns ``path``. Needs matplotlib (the ``perf`` extra)."""
+    import matplotlib.pyplot as plt
+
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=dpi)
     plt.close(figure)
     return path
 

@@ -11,7 +11,12 @@ from resnet18_triton import contract
 from resnet18_triton.contract import BACKEND_DIR_ENV_VAR
 from resnet18_triton.errors import ServerStartError, StartAborted
 from resnet18_triton.keys import admin_key_from
-from resnet18_triton.options import admin_key_file_option, repository_option
+from resnet18_triton.options import (
+    admin_key_file_option,
+    host_option,
+    port_option,
+    repository_option,
+)
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.layout import served_models
 from resnet18_triton.server.embedded import ALLOCATORS, EmbeddedServer, ServerOptions
@@ -42,11 +47,8 @@ def check_exposure(host: str, behind_proxy: bool) -> None:
 
 @click.command("serve")
 @repository_option("Model repository filled by `resnet18-triton export`.")
-@click.option(
-    "--host",
-    default=contract.DEFAULT_HOST,
-    show_default=True,
-    help="Address to listen on. Beyond loopback it needs --behind-proxy.",
+@host_option(
+    contract.DEFAULT_HOST, "Address to listen on. Beyond loopback it needs --behind-proxy."
 )
 @click.option(
     "--behind-proxy",
@@ -55,24 +57,9 @@ def check_exposure(host: str, behind_proxy: bool) -> None:
     "is the only way in (Kubernetes' triton-proxy and its NetworkPolicy, an ingress). For "
     "callers on other machines run `resnet18-triton cluster` instead.",
 )
-@click.option(
-    "--http-port",
-    default=contract.DEFAULT_HTTP_PORT,
-    show_default=True,
-    type=click.IntRange(1, 65535),
-)
-@click.option(
-    "--grpc-port",
-    default=contract.DEFAULT_GRPC_PORT,
-    show_default=True,
-    type=click.IntRange(1, 65535),
-)
-@click.option(
-    "--metrics-port",
-    default=contract.DEFAULT_METRICS_PORT,
-    show_default=True,
-    type=click.IntRange(1, 65535),
-)
+@port_option("--http-port", contract.DEFAULT_HTTP_PORT)
+@port_option("--grpc-port", contract.DEFAULT_GRPC_PORT)
+@port_option("--metrics-port", contract.DEFAULT_METRICS_PORT)
 @admin_key_file_option(
     "File (mode 0600) holding the key for the restricted APIs (model repository, shared memory, "
     f"logging, trace), sent as header '{contract.ADMIN_KEY_HEADER}'.",

@@ -10,7 +10,13 @@ import click
 from resnet18_triton import contract
 from resnet18_triton.extras import require
 from resnet18_triton.keys import api_key_from
-from resnet18_triton.options import api_key_file_option, ca_file_option, url_option
+from resnet18_triton.options import (
+    api_key_file_option,
+    ca_file_option,
+    host_option,
+    port_option,
+    url_option,
+)
 from resnet18_triton.ui.app import UiSettings, create_app
 from resnet18_triton.ui.service import DEFAULT_MODELS
 from resnet18_triton.ui.uploads import MEGABYTE, UploadLimits
@@ -26,8 +32,8 @@ from resnet18_triton.ui.uploads import MEGABYTE, UploadLimits
     "read command lines."
 )
 @ca_file_option()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@host_option("127.0.0.1", "Address to listen on.")
+@port_option("--port", 8080)
 @click.option(
     "--model",
     "models",

@@ -22,7 +22,7 @@ from resnet18_triton.export.pipeline import (
     load_model,
 )
 from resnet18_triton.export.serving_options import serving_options, serving_settings
-from resnet18_triton.options import name_option, repository_option
+from resnet18_triton.options import labels_option, name_option, repository_option
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import (
     INTERPOLATIONS,
@@ -101,12 +101,9 @@ def _repository_ready(repository: Path, settings: ServingSettings) -> str:
     "(the default name keeps preprocess and resnet18_onnx). Other classifiers in the repository "
     "are left as they are."
 )
-@click.option(
-    "--labels",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Class labels: one per line, a JSON list, or an ImageFolder class_to_idx JSON mapping; "
-    "exactly one per class. Default: ImageNet's for 1000 classes, else class_0..class_N-1.",
+@labels_option(
+    "Class labels: one per line, a JSON list, or an ImageFolder class_to_idx JSON mapping; "
+    "exactly one per class. Default: ImageNet's for 1000 classes, else class_0..class_N-1."
 )
 @click.option(
     "--input-size",

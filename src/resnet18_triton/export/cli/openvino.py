@@ -22,15 +22,20 @@ from resnet18_triton.cpu_flags import (
     has_fast_int8,
     present,
 )
-from resnet18_triton.errors import VariantRefused
 from resnet18_triton.export.fidelity import DEFAULT_MIN_AGREEMENT
+from resnet18_triton.export.gate_output import shown_gate
 from resnet18_triton.export.openvino_variant import build_openvino_variant
 from resnet18_triton.export.quantize import (
     image_files,
     preprocess_files,
     served_preprocessing,
 )
-from resnet18_triton.options import fidelity_gate_options, name_option, repository_option
+from resnet18_triton.options import (
+    fidelity_gate_options,
+    image_folder_option,
+    name_option,
+    repository_option,
+)
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.writer import held_classifier
 
@@ -72,11 +77,10 @@ def choose_precision(requested: str, flags: frozenset[str]) -> tuple[str, str | 
     help="bf16 (needs avx512_bf16 or amx_bf16), f32, or int8 (the QDQ model of "
     "`resnet18-triton quantize`). auto: bf16 where the CPU has it, else f32.",
 )
-@click.option(
+@image_folder_option(
     "--eval-images",
+    "Folder of held-out images (JPEG, PNG, ...) for the fidelity report against FP32.",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of held-out images (JPEG, PNG, ...) for the fidelity report against FP32.",
 )
 @fidelity_gate_options(
     "the variant",
@@ -106,17 +110,12 @@ def openvino(
         f"(CPU flags: {found})",
         err=True,
     )
-    try:
-        report = build_openvino_variant(
+    report = shown_gate(
+        lambda: build_openvino_variant(
             repository, chosen, held_out, min_agreement, force, names=names
-        )
-    except VariantRefused as refused:
-        click.echo(refused.report.table())
-        raise
-    click.echo(report.table())
-    warning = report.forced_warning(min_agreement)
-    if warning:
-        click.secho(warning, err=True, fg="yellow", bold=True)
+        ),
+        min_agreement,
+    )
     if report_path is not None:
         figures = {"precision": chosen, "fidelity": json.loads(report.to_json())}
         report_path.write_text(json.dumps(figures, indent=2) + "\n")

@@ -22,7 +22,13 @@ from resnet18_triton.export.publish import (
     rollback,
 )
 from resnet18_triton.keys import admin_key_from
-from resnet18_triton.options import admin_key_file_option, name_option, repository_option
+from resnet18_triton.options import (
+    admin_key_file_option,
+    image_folder_option,
+    labels_option,
+    name_option,
+    repository_option,
+)
 from resnet18_triton.repository.layout import version_dir
 from resnet18_triton.repository.versions import DEFAULT_KEEP, read_state
 from resnet18_triton.server.admin import AdminEndpoint
@@ -83,18 +89,14 @@ def _report(result: MoveResult, verb: str) -> None:
     "takes (or 'random' with --seed, for trying the command out).",
 )
 @name_option("Classifier to publish a new version of.")
-@click.option(
+@image_folder_option(
     "--eval-images",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Held-out images the new version is judged on against the served one: a folder per "
+    "Held-out images the new version is judged on against the served one: a folder per "
     "label (accuracy, and agreement), or images directly in it (agreement only).",
+    required=True,
 )
-@click.option(
-    "--labels",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The new weights' labels, checked to be the served classifier's (a version keeps them).",
+@labels_option(
+    "The new weights' labels, checked to be the served classifier's (a version keeps them)."
 )
 @click.option(
     "--min-agreement",

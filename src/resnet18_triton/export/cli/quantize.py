@@ -25,6 +25,7 @@ from resnet18_triton.export.fidelity import (
     measure_fidelity,
     measure_speed,
 )
+from resnet18_triton.export.gate_output import shown_gate
 from resnet18_triton.export.quantize import (
     CALIBRATION_METHODS,
     QUANTIZATION_PARAMETER,
@@ -37,7 +38,12 @@ from resnet18_triton.export.quantize import (
     served_preprocessing,
     split_holdout,
 )
-from resnet18_triton.options import fidelity_gate_options, name_option, repository_option
+from resnet18_triton.options import (
+    fidelity_gate_options,
+    image_folder_option,
+    name_option,
+    repository_option,
+)
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.layout import onnx_model_path
 from resnet18_triton.repository.transaction import remove_stale_staging, staging_directory
@@ -94,19 +100,13 @@ def quantize_repository(
 @name_option(
     "Classifier to quantise; its INT8 models are NAME_int8, NAME_int8_ensemble and NAME_int8_fused."
 )
-@click.option(
+@image_folder_option(
     "--calibration-images",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of representative images (JPEG, PNG, ...), preprocessed exactly like "
+    "Folder of representative images (JPEG, PNG, ...), preprocessed exactly like "
     "the server does. Without --eval-images every 5th is held out for the report.",
+    required=True,
 )
-@click.option(
-    "--eval-images",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Separate folder of held-out images for the fidelity report.",
-)
+@image_folder_option("--eval-images", "Separate folder of held-out images for the fidelity report.")
 @click.option(
     "--max-calibration-images",
     default=64,
@@ -188,17 +188,12 @@ def quantize(
         f"{len(calibration)} images, evaluating on {len(held_out)} held-out images",
         err=True,
     )
-    try:
-        report = quantize_repository(
+    report = shown_gate(
+        lambda: quantize_repository(
             repository, calibration, held_out, recipe, min_agreement, force, name
-        )
-    except QuantizationRefused as refused:
-        click.echo(refused.report.table())
-        raise
-    click.echo(report.table())
-    warning = report.forced_warning(min_agreement)
-    if warning:
-        click.secho(warning, err=True, fg="yellow", bold=True)
+        ),
+        min_agreement,
+    )
     figures = {
         "classifier": name,
         "recipe": json.loads(recipe.to_json()),

@@ -15,14 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from resnet18_triton.options import (
-    check_range,
-    deprecated_spelling,
-    given_here_or_above,
-    images_option,
-    name_option,
-    repository_option,
-)
+from resnet18_triton import options
 from resnet18_triton.repository import variants as registry
 from resnet18_triton.repository.layout import missing_files
 
@@ -47,8 +40,8 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 @click.group("tune", invoke_without_command=True, subcommand_metavar="[revert]")
-@repository_option("Model repository to tune.")
-@name_option("Classifier (ensemble) of the repository to tune.")
+@options.repository_option("Model repository to tune.")
+@options.name_option("Classifier (ensemble) of the repository to tune.")
 @click.option(
     "--cores",
     type=click.IntRange(1, 1024),
@@ -92,7 +85,7 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     "--revert",
     is_flag=True,
     hidden=True,
-    callback=deprecated_spelling(REVERT_COMMAND),
+    callback=options.deprecated_spelling(REVERT_COMMAND),
     help="Deprecated spelling of `tune revert`.",
 )
 @click.option(
@@ -122,30 +115,14 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     show_default=True,
     help="Dynamic-batching queue delays to try (microseconds).",
 )
-@click.option(
-    "--concurrency",
-    default="2:8:6",
-    show_default=True,
-    callback=check_range,
-    help="perf_analyzer concurrency levels START:END:STEP, the same for every plan.",
+@options.concurrency_range_option(
+    "2:8:6", "perf_analyzer concurrency levels START:END:STEP, the same for every plan."
 )
-@click.option(
-    "--measurement-interval",
-    "interval_ms",
-    default=2000,
-    show_default=True,
-    type=click.IntRange(100),
-    help="perf_analyzer window (ms).",
-)
-@click.option("--max-trials", default=6, show_default=True, type=click.IntRange(1))
-@images_option("Folder of images sent to the ensemble (default: generated 500x375 JPEGs).")
-@click.option("--max-images", default=8, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Report folder (default reports/tune-<time>).",
-)
+@options.measurement_interval_option(2000, "perf_analyzer window (ms).")
+@options.max_trials_option(6)
+@options.images_option("Folder of images sent to the ensemble (default: generated 500x375 JPEGs).")
+@options.max_images_option(8)
+@options.out_option("Report folder (default reports/tune-<time>).")
 def tune(
     repository: Path,
     name: str,
@@ -298,14 +275,14 @@ def _apply(repository: Path, winner: Candidate, cores: int, name: str) -> None:
 
 
 @tune.command("revert")
-@repository_option("Model repository an earlier `tune --apply` changed.")
+@options.repository_option("Model repository an earlier `tune --apply` changed.")
 def revert_command(repository: Path) -> None:
     """Restore the configs an earlier `tune --apply` replaced.
 
     Byte for byte, from the backup --apply kept, which is then deleted; restart the server to
     serve them.
     """
-    chosen = given_here_or_above(click.get_current_context(), "repository")
+    chosen = options.given_here_or_above(click.get_current_context(), "repository")
     assert isinstance(chosen, Path)
     _revert(chosen)
 

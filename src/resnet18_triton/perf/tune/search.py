@@ -26,7 +26,7 @@ from resnet18_triton import contract
 from resnet18_triton.errors import PerfAnalyzerError, ResNet18TritonError, TuneError
 from resnet18_triton.perf import harness
 from resnet18_triton.perf import perf_analyzer as pa
-from resnet18_triton.perf.report import markdown_table
+from resnet18_triton.perf.report import markdown_table, save_plot
 from resnet18_triton.perf.tune.repository import (
     scratch_repository,
     variant_models,
@@ -395,10 +395,4 @@ def plot_plans(
     axis.set_xlabel("throughput (images/s)")
     axis.set_ylabel("p99 latency (ms)")
     axis.set_title(f"{len(measurements)} plans, one point per concurrency level")
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_plot(figure, axis, path, dpi=100)
