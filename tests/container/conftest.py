@@ -51,6 +51,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    # Not for --collect-only: no fixture teardown would run, and the engine would outlive pytest.
+    if session.config.option.collectonly:
+        return
     if any(_is_container_test(item) for item in session.items):
         PREBUILD.start()
 
