@@ -23,8 +23,9 @@ from collections import Counter
 from pathlib import Path
 
 from resnet18_triton import contract
+from resnet18_triton.export.moves import MoveResult, rollback
 from resnet18_triton.export.pipeline import ExportRequest
-from resnet18_triton.export.publish import MoveResult, PublishRequest, publish, rollback
+from resnet18_triton.export.publish import PublishRequest, publish
 from resnet18_triton.perf import harness
 from resnet18_triton.perf.images import distinct_jpegs
 from resnet18_triton.server.admin import AdminEndpoint

@@ -38,19 +38,19 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "Publish a new version of a served classifier, gated, with no failed request.",
     ),
     "rollback": (
-        "resnet18_triton.export.cli.publish",
+        "resnet18_triton.export.cli.versions",
         "rollback_command",
         "export",
         "Answer with the previous version of a classifier again, or end its canary.",
     ),
     "promote": (
-        "resnet18_triton.export.cli.publish",
+        "resnet18_triton.export.cli.versions",
         "promote_command",
         "export",
         "End a classifier's canary: its version answers every request.",
     ),
     "versions": (
-        "resnet18_triton.export.cli.publish",
+        "resnet18_triton.export.cli.versions",
         "versions_command",
         "export",
         "List a classifier's versions: which answers, which are kept.",

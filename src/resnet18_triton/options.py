@@ -139,6 +139,38 @@ def admin_key_file_option(help: str, unset: str = "") -> Callable[[F], F]:
     )
 
 
+def move_servers_options() -> Callable[[F], F]:
+    """``--url`` (repeatable, as ``urls``) and ``--admin-key-file``: the servers that load a
+    version move (publish, promote, rollback)."""
+    return _compose(
+        click.option(
+            "--url",
+            "urls",
+            multiple=True,
+            default=(contract.DEFAULT_URL,),
+            show_default=True,
+            help="HTTP endpoint (host:port) of a server of this repository; repeat it for each "
+            "replica. One that does not answer is skipped: it serves the new version when it "
+            "starts.",
+        ),
+        admin_key_file_option(
+            "File (mode 0600) holding the admin key the servers were started with (serve "
+            "--admin-key-file, cluster --admin-key-file)."
+        ),
+    )
+
+
+def keep_option(default: int) -> Callable[[F], F]:
+    """``--keep``: how many versions a move leaves on disk."""
+    return click.option(
+        "--keep",
+        default=default,
+        show_default=True,
+        type=click.IntRange(2),
+        help="Versions kept on disk, the one answering included (the others: to roll back to).",
+    )
+
+
 def image_folder_option(flag: str, help: str, *, required: bool = False) -> Callable[[F], F]:
     """``flag`` (e.g. ``--eval-images``): an existing folder of images, a usage error when it is
     missing; None when not given, unless ``required``."""

@@ -3,13 +3,15 @@
 The rule (docs/architecture.md, "Where commands live"): a package's commands live in its ``cli``
 module, ``cli.py``; a package with several commands too large to share one module has a ``cli/``
 package instead, with one module per command named after it (a command's subcommands, or a few
-commands that are one feature, such as ``publish``, ``rollback`` and ``versions``, share the
+commands that are one feature, such as ``versions``, ``rollback`` and ``promote``, share the
 module of the first).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,3 +155,22 @@ def test_no_command_function_body_is_longer_than_sixty_lines(command: Command) -
 def test_a_body_is_counted_from_its_docstring_to_its_last_line() -> None:
     (function,) = ast.parse('def f():\n    """Doc."""\n\n    x = 1\n    return x\n').body
     assert isinstance(function, ast.FunctionDef) and body_lines(function) == 4
+
+
+def test_the_version_commands_start_without_importing_torch_or_onnx_runtime() -> None:
+    # `rollback` is what an operator reaches for when a new version misbehaves: it must not wait
+    # seconds for an export stack it never uses.
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from resnet18_triton.cli import cli\n"
+        "for command in ('versions', 'rollback', 'promote'):\n"
+        "    result = CliRunner().invoke(cli, [command, '--help'], prog_name='resnet18-triton')\n"
+        "    assert result.exit_code == 0, command\n"
+        "print(sorted({'torch', 'torchvision', 'onnxruntime', 'openvino'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

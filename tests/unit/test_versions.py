@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from resnet18_triton.contract import ClassifierNames
+from resnet18_triton.errors import RepositoryError
+from resnet18_triton.export import canary
 from resnet18_triton.repository import versions
 from resnet18_triton.repository.configs.parser import read_config
 from resnet18_triton.repository.configs.settings import ServingSettings
@@ -131,7 +133,7 @@ def test_a_running_server_marks_its_repository_as_served_until_it_stops(tmp_path
 def test_the_versions_command_lists_what_answers_since_when_and_an_unfinished_move(repo) -> None:
     from click.testing import CliRunner
 
-    from resnet18_triton.export.cli.publish import versions_command
+    from resnet18_triton.export.cli.versions import versions_command
 
     _move(repo, (1, 2), 2, new=2)
     unfinished = CliRunner().invoke(versions_command, ["--repo", str(repo)])
@@ -199,6 +201,14 @@ def test_a_canary_at_share_zero_is_loaded_but_sent_nothing(repo) -> None:
     assert versions.canaries(repo) == ()
 
 
+def test_a_share_for_a_canary_that_does_not_run_is_refused_with_the_command_to_start_one(
+    repo,
+) -> None:
+    with pytest.raises(RepositoryError, match="publish --canary"):
+        canary.set_percent(repo, NAMES, 10)
+    assert versions.read_state(repo, NAMES).canary is None
+
+
 def test_a_classifier_without_a_canary_has_none(repo) -> None:
     assert versions.read_state(repo, NAMES).canary is None
     assert versions.canaries(repo) == () and NAMES.canary not in served_models(repo)
@@ -207,7 +217,7 @@ def test_a_classifier_without_a_canary_has_none(repo) -> None:
 def test_the_versions_command_shows_a_running_canary_and_its_share(repo) -> None:
     from click.testing import CliRunner
 
-    from resnet18_triton.export.cli.publish import versions_command
+    from resnet18_triton.export.cli.versions import versions_command
 
     _start_canary(repo, 10)
     result = CliRunner().invoke(versions_command, ["--repo", str(repo)])

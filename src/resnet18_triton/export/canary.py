@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from resnet18_triton.contract import ClassifierNames
-from resnet18_triton.errors import ServerUnavailableError
+from resnet18_triton.errors import RepositoryError, ServerUnavailableError
 from resnet18_triton.repository.transaction import install, install_lock, remove, staging_directory
 from resnet18_triton.repository.versions import (
     NewVersion,
@@ -72,8 +72,12 @@ def start(
 
 def set_percent(repo: Path, names: ClassifierNames, percent: int) -> None:
     """Give the running canary ``percent`` of the requests (its config only: Triton does not
-    read it, the proxy does)."""
-    assert read_canary(repo, names) is not None, "set_percent needs a canary"
+    read it, the proxy does). RepositoryError when no canary of the classifier runs."""
+    if read_canary(repo, names) is None:
+        raise RepositoryError(
+            f"{names.name!r} has no canary in {repo}: start one with `resnet18-triton publish "
+            "--canary PERCENT`"
+        )
     with staging_directory(repo) as staging:
         model = stage_canary_share(repo, staging, names, percent)
         with install_lock(repo):
