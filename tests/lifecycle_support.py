@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,22 +213,28 @@ def export_digits(work: Path, name: str, models: dict[str, object]) -> dict[str,
     """Save each of ``models`` (version name -> digits network) as a checkpoint in ``work``, and
     export the one named "1" as the 10-class digits classifier ``name`` into
     ``work/model_repository``, with its own labels and preprocessing, as the lifecycle tests
-    serve it. Returns the checkpoints."""
+    serve it (the real command, in this process: torch is loaded already). Returns the
+    checkpoints."""
+    from click.testing import CliRunner
+
+    from resnet18_triton.export.cli.export import export
     from tests import digits
-    from tests.support import run_cli
 
     checkpoints = {
         version: digits.save_lightning_checkpoint(model, work / f"{version}.ckpt")
         for version, model in models.items()
     }
     labels = digits.write_digit_labels(work / "labels.txt")
-    exported = run_cli(
-        "export", "--repo", str(work / "model_repository"), "--weights", str(checkpoints["1"]),
-        "--name", name, "--labels", str(labels), "--resize-straight",
-        "--input-size", str(digits.CUSTOM_INPUT_SIZE), "--mean", "0.5,0.5,0.5",
-        "--std", "0.5,0.5,0.5", *FAST_EXPORT,
-    )  # fmt: skip
-    assert exported.returncode == 0, exported.stderr
+    with warnings.catch_warnings():
+        # The TorchScript exporter's deprecation notice: FAST_EXPORT chooses it on purpose.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        exported = CliRunner().invoke(export, [
+            "--repo", str(work / "model_repository"), "--weights", str(checkpoints["1"]),
+            "--name", name, "--labels", str(labels), "--resize-straight",
+            "--input-size", str(digits.CUSTOM_INPUT_SIZE), "--mean", "0.5,0.5,0.5",
+            "--std", "0.5,0.5,0.5", *FAST_EXPORT,
+        ], catch_exceptions=False)  # fmt: skip
+    assert exported.exit_code == 0, exported.output
     return checkpoints
 
 

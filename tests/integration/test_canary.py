@@ -122,7 +122,6 @@ def _run(stack: Stack, load: VersionedLoad, args: list[str]) -> int:
     assert result.returncode == 0, result.stderr
     stack.marks[args[0] + " returned"] = len(load.answers)
     stack.times[args[0] + " returned"] = time.monotonic()
-    print(result.stdout)
     return len(load.answers)
 
 

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from resnet18_triton.errors import ExportError
+from resnet18_triton.export.cli.export import export
 from resnet18_triton.server.embedded import free_port
 from tests import digits
 from tests.lifecycle_support import (
@@ -121,9 +124,14 @@ def test_a_model_trained_on_shuffled_labels_is_refused_and_nothing_changes(lifec
 
 
 def test_export_refuses_to_replace_a_served_classifier_and_points_to_publish(lifecycle) -> None:
-    result = run_cli("export", "--repo", str(lifecycle.repo), "--name", NAME, "--weights", "random")
-    assert result.returncode == 2
-    assert "served by a running server" in result.stderr and "publish" in result.stderr
+    before = tree_digest(lifecycle.repo, (ONNX, NAME))
+    args = ["--repo", str(lifecycle.repo), "--name", NAME, "--weights", "random"]
+    result = CliRunner().invoke(export, args)
+    assert isinstance(result.exception, ExportError), result.output
+    assert result.exception.exit_code == 2
+    message = str(result.exception)
+    assert "served by a running server" in message and "publish" in message
+    assert tree_digest(lifecycle.repo, (ONNX, NAME)) == before
 
 
 def test_publish_under_load_answers_every_request_with_the_version_it_names(lifecycle) -> None:
