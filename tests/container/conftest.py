@@ -151,6 +151,7 @@ class Prebuild:
     engine_ready: threading.Event = field(default_factory=threading.Event)
     built: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _stopped: bool = False
 
     def start(self) -> None:
         if self._thread is None:
@@ -179,8 +180,39 @@ class Prebuild:
         finally:
             self.built.set()
 
+    def stop(self, build_wait_s: float) -> None:
+        """Undo ``start``, once: remove the images from an engine that was running already, or
+        stop the private engine and remove its data. First waits up to ``build_wait_s`` for a
+        build still running (always to its end on an engine that stays up, which would keep the
+        images a late build makes); a private engine stopped under a build ends it."""
+        if self._thread is None or self._stopped:
+            return
+        self._stopped = True
+        self.engine_ready.wait()
+        engine = self.engine
+        if engine is None:
+            return
+        if self.process is None:
+            self.built.wait(timeout=BUILD_TIMEOUT_S)
+            _remove_images(engine)
+            return
+        self.built.wait(timeout=build_wait_s)
+        engine.docker("rm", "-f", *engine.docker("ps", "-aq").split(), check=False)
+        _stop_dockerd(self.process, self.root)
+        self.built.wait(timeout=60)
+        assert self.root is not None
+        _unmount_below(self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
+
 
 PREBUILD = Prebuild()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # A run that ends before any container test used the engine (-x after an early failure, an
+    # interrupt) never tears the engine fixture down: stop the engine here, at once, rather than
+    # leave a dockerd behind. After the fixture did, this does nothing.
+    PREBUILD.stop(build_wait_s=0)
 
 
 @pytest.fixture(scope="session")
@@ -192,19 +224,11 @@ def engine() -> Iterator[Engine]:
     if PREBUILD.error is not None and PREBUILD.engine is None:
         raise PREBUILD.error
     assert PREBUILD.engine is not None
-    running = PREBUILD.engine
     try:
-        yield running
+        yield PREBUILD.engine
     finally:
         # A build still running (an early failure) must not outlive the engine.
-        PREBUILD.built.wait(timeout=BUILD_TIMEOUT_S)
-        if PREBUILD.process is None:
-            _remove_images(running)
-        else:
-            running.docker("rm", "-f", *running.docker("ps", "-aq").split(), check=False)
-            _stop_dockerd(PREBUILD.process, PREBUILD.root)
-            _unmount_below(PREBUILD.root)
-            shutil.rmtree(PREBUILD.root, ignore_errors=True)
+        PREBUILD.stop(build_wait_s=BUILD_TIMEOUT_S)
 
 
 def _unmount_below(root: Path) -> None:
