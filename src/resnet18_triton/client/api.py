@@ -28,10 +28,8 @@ import os
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import gevent
 import gevent.ssl
@@ -50,6 +48,15 @@ from resnet18_triton.client.error_map import (
     overload_error,
     reason,
     status_of,
+)
+from resnet18_triton.client.flights import (
+    PROBABILITIES,
+    Ask,
+    Flight,
+    Outcome,
+    RequestFailed,
+    Row,
+    chunks,
 )
 from resnet18_triton.client.health import HealthCheck
 from resnet18_triton.client.inputs import Item
@@ -77,63 +84,6 @@ from resnet18_triton.errors import ImageError, ResNet18TritonError
 from resnet18_triton.keys import api_key_from
 
 T = TypeVar("T")
-# What the server answers for one image: its top-k predictions, or its probability vector.
-Row = TypeVar("Row")
-
-
-@dataclass(frozen=True)
-class _Ask(Generic[Row]):
-    """What a request asks the ensemble's output for, and how the answer reads as one ``Row`` per
-    image: the top ``class_count`` classes (Triton's classification extension), or with
-    ``class_count`` 0 the whole probability vector."""
-
-    class_count: int
-    rows: Callable[[npt.NDArray[Any]], list[Row]]
-
-
-def _probability_rows(entries: npt.NDArray[Any]) -> list[npt.NDArray[np.float32]]:
-    """The ``[N, classes]`` PROBABILITIES tensor as one float32 vector per image."""
-    if entries.ndim != 2:
-        raise ValueError(f"probabilities of shape {entries.shape}, expected [images, classes]")
-    return list(entries.astype(np.float32, copy=False))
-
-
-_PROBABILITIES = _Ask(0, _probability_rows)
-
-
-@dataclass
-class _Flight(Generic[Row]):
-    """A batch whose request is in flight; unreadable items ride along to keep the order."""
-
-    items: list[Item]
-    ask: _Ask[Row]
-    request: triton_http.InferAsyncRequest | None
-
-    @property
-    def images(self) -> list[bytes]:
-        return [item.data for item in self.items if item.data is not None]
-
-
-@dataclass(frozen=True)
-class _Outcome(Generic[Row]):
-    """An image's outcome: its answer, or the reason it has none; its request's retries; and
-    the model version the answer names."""
-
-    row: Row | None = None
-    error: str = ""
-    retries: int = 0
-    version: str | None = None
-
-
-class _RequestFailed(Exception):
-    """A request that failed for good after ``retries`` resends; ``cause`` is the last failure,
-    ``overloaded`` whether it was an overload refusal (then the retries for overload ran out)."""
-
-    def __init__(self, cause: BaseException, retries: int, overloaded: bool) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.retries = retries
-        self.overloaded = overloaded
 
 
 class ImageClassifier:
@@ -277,7 +227,7 @@ class ImageClassifier:
         retries, API key and errors): raises ImageError naming the first image (by position) the
         server rejected, ServerUnavailableError when it cannot answer, ApiKeyError on a 401.
         """
-        rows = self._answer_bytes(images, _PROBABILITIES)
+        rows = self._answer_bytes(images, PROBABILITIES)
         if rows:
             return np.stack(rows)
         # Nothing was sent: the ensemble's config says how many classes there are.
@@ -285,7 +235,7 @@ class ImageClassifier:
         classes = int(config.get("output", [{}])[0].get("dims", [0])[-1])
         return np.empty((0, classes), dtype=np.float32)
 
-    def _answer_bytes(self, images: Sequence[bytes], ask: _Ask[Row]) -> list[Row]:
+    def _answer_bytes(self, images: Sequence[bytes], ask: Ask[Row]) -> list[Row]:
         """Each image's answer to ``ask``, in order; raises ImageError naming the first image
         the server rejected."""
         items = [Item.numbered(position, data) for position, data in enumerate(images)]
@@ -360,23 +310,23 @@ class ImageClassifier:
             )
 
     @staticmethod
-    def _top_classes(top_k: int) -> _Ask[list[Prediction]]:
+    def _top_classes(top_k: int) -> Ask[list[Prediction]]:
         if not 1 <= top_k <= contract.NUM_CLASSES:
             raise ValueError(f"top_k must be between 1 and {contract.NUM_CLASSES}, not {top_k}")
-        return _Ask(top_k, parse_classifications)
+        return Ask(top_k, parse_classifications)
 
     def _answer_items(
         self,
         items: Iterable[Item],
-        ask: _Ask[Row],
+        ask: Ask[Row],
         batch_size: int | None,
         concurrency: int | None,
-    ) -> Iterator[tuple[Item, _Outcome[Row]]]:
+    ) -> Iterator[tuple[Item, Outcome[Row]]]:
         """Each item with its outcome, in input order, ``concurrency`` requests in flight."""
         self._answered_version = None
         in_flight = min(concurrency or self.concurrency, self.concurrency)
-        window: deque[_Flight[Row]] = deque()
-        for chunk in _chunks(items, self._batch_size(batch_size)):
+        window: deque[Flight[Row]] = deque()
+        for chunk in chunks(items, self._batch_size(batch_size)):
             window.append(self._launch(chunk, ask))
             if len(window) >= in_flight:
                 yield from self._land(window.popleft())
@@ -388,42 +338,42 @@ class ImageClassifier:
             raise ValueError(f"batch_size must be at least 1, not {requested}")
         return min(requested or self.max_batch_size, self.max_batch_size)
 
-    def _launch(self, items: list[Item], ask: _Ask[Row]) -> _Flight[Row]:
-        flight = _Flight(items, ask, None)
+    def _launch(self, items: list[Item], ask: Ask[Row]) -> Flight[Row]:
+        flight = Flight(items, ask, None)
         if flight.images:
             flight.request = self._send(flight.images, ask)
         return flight
 
-    def _land(self, flight: _Flight[Row]) -> Iterator[tuple[Item, _Outcome[Row]]]:
+    def _land(self, flight: Flight[Row]) -> Iterator[tuple[Item, Outcome[Row]]]:
         outcomes = iter(self._outcomes(flight) if flight.request is not None else [])
         for item in flight.items:
-            outcome = next(outcomes) if item.data is not None else _Outcome(error=item.error or "")
+            outcome = next(outcomes) if item.data is not None else Outcome(error=item.error or "")
             yield item, outcome
 
-    def _outcomes(self, flight: _Flight[Row]) -> Sequence[_Outcome[Row]]:
+    def _outcomes(self, flight: Flight[Row]) -> Sequence[Outcome[Row]]:
         """Each image's outcome; splits a rejected batch so only the bad images fail."""
         assert flight.request is not None
         images = flight.images
         try:
             rows, retries = self._answers(images, flight.ask, flight.request)
-        except _RequestFailed as failed:
-            outcome: _Outcome[Row] = self._failure(failed, 0)
+        except RequestFailed as failed:
+            outcome: Outcome[Row] = self._failure(failed, 0)
             split = failure_of(failed.cause, self).blame is Blame.IMAGES
             if split and len(images) > 1:
                 return [self._single_outcome(image, flight.ask, failed.retries) for image in images]
             return [outcome] * len(images)
         # _answers has just read this request's answer, version included.
         version = self._answered_version
-        return [_Outcome(row, retries=retries, version=version) for row in rows]
+        return [Outcome(row, retries=retries, version=version) for row in rows]
 
-    def _single_outcome(self, image: bytes, ask: _Ask[Row], earlier_retries: int) -> _Outcome[Row]:
+    def _single_outcome(self, image: bytes, ask: Ask[Row], earlier_retries: int) -> Outcome[Row]:
         try:
             rows, retries = self._answers([image], ask, self._send([image], ask))
-        except _RequestFailed as failed:
+        except RequestFailed as failed:
             return self._failure(failed, earlier_retries)
-        return _Outcome(rows[0], retries=earlier_retries + retries, version=self._answered_version)
+        return Outcome(rows[0], retries=earlier_retries + retries, version=self._answered_version)
 
-    def _failure(self, failed: _RequestFailed, earlier_retries: int) -> _Outcome[Any]:
+    def _failure(self, failed: RequestFailed, earlier_retries: int) -> Outcome[Any]:
         """The images' outcome when their request failed for good; raises when the failure is
         the run's (``Blame.RUN``: the server, the network or the key), not the images'."""
         retries = earlier_retries + failed.retries
@@ -433,16 +383,16 @@ class ImageClassifier:
             raise failure.raised(error, self) from None
         if failure.resend is Resend.OVERLOAD:  # its resends ran out
             message = overload_error(status_of(error), reason(error), failed.retries)
-            return _Outcome(error=message, retries=retries)
-        return _Outcome(error=reason(error), retries=retries)
+            return Outcome(error=message, retries=retries)
+        return Outcome(error=reason(error), retries=retries)
 
     def _answers(
-        self, images: list[bytes], ask: _Ask[Row], request: triton_http.InferAsyncRequest
+        self, images: list[bytes], ask: Ask[Row], request: triton_http.InferAsyncRequest
     ) -> tuple[list[Row], int]:
         """Wait for ``request`` and return its rows and how many times it was resent.
 
         A fault is resent per ``self.retry``, an overload refusal per ``self.overload``, anything
-        else not at all. Raises _RequestFailed when a failure is final.
+        else not at all. Raises RequestFailed when a failure is final.
         """
         fault_delays = self.retry.delays()
         overloads = retries = 0
@@ -454,7 +404,7 @@ class ImageClassifier:
                 overloaded = resend is Resend.OVERLOAD
                 delay = self._retry_delay(error, resend, overloads, fault_delays)
                 if delay is None:
-                    raise _RequestFailed(error, retries, overloaded) from error
+                    raise RequestFailed(error, retries, overloaded) from error
                 overloads += overloaded
             gevent.sleep(delay)
             retries += 1
@@ -477,7 +427,7 @@ class ImageClassifier:
             return next(fault_delays, None)
         return None
 
-    def _send(self, images: list[bytes], ask: _Ask[Any]) -> triton_http.InferAsyncRequest:
+    def _send(self, images: list[bytes], ask: Ask[Any]) -> triton_http.InferAsyncRequest:
         image_input = triton_http.InferInput(contract.ENSEMBLE_INPUT, [len(images), 1], "BYTES")
         image_input.set_data_from_numpy(np.array(images, dtype=np.object_).reshape(-1, 1))
         output = triton_http.InferRequestedOutput(
@@ -486,7 +436,7 @@ class ImageClassifier:
         return self._client.async_infer(self.model, [image_input], outputs=[output])
 
     def _await(
-        self, request: triton_http.InferAsyncRequest, count: int, ask: _Ask[Row]
+        self, request: triton_http.InferAsyncRequest, count: int, ask: Ask[Row]
     ) -> list[Row]:
         deadline = self.connection_timeout + self.network_timeout
         answer = request.get_result(block=True, timeout=deadline)
@@ -510,9 +460,3 @@ class ImageClassifier:
         """Run a synchronous client call; a failure raises what ``error_map.FAILURES`` says."""
         with mapped_errors(self):
             return method(*args)
-
-
-def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
