@@ -353,6 +353,57 @@ def test_publishing_to_the_compose_server_under_load_through_the_edge_loses_no_r
     assert client.get_model_metadata(SECOND_CLASSIFIER)["versions"] == ["2"]
 
 
+def _answering_models(url: str, model: str, image: bytes, count: int) -> Counter[str]:
+    """``count`` requests for ``model`` through ``url``: how many each model and version
+    answered (the names the answers carry)."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url, network_timeout=120.0)
+    tensor = httpclient.InferInput(contract.ENSEMBLE_INPUT, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([image], dtype=object).reshape(-1, 1))
+    answered: Counter[str] = Counter()
+    try:
+        for _ in range(count):
+            response = client.infer(model, [tensor]).get_response()
+            answered[f"{response['model_name']} v{response['model_version']}"] += 1
+    finally:
+        client.close()
+    return answered
+
+
+def test_a_canary_published_to_compose_takes_its_share_of_the_edges_requests_until_rolled_back(
+    compose: Compose, triton: str, repository: Repository, tmp_path: Path
+) -> None:
+    """Run after the publish test (v2 answers). Other weights start as a 20 % canary (forced
+    past the gate: random weights disagree), through the server's own port; the edge, which
+    reads the share from the repository it mounts, sends the canary about a fifth of its
+    requests with no reload; rollback ends it and v2 answers alone again."""
+    eval_images = tmp_path / "eval"
+    eval_images.mkdir()
+    for number, image in enumerate(repository.held_out[:20]):
+        (eval_images / f"{number}.png").write_bytes(image)
+    names = ClassifierNames.of(SECOND_CLASSIFIER)
+    server = proxy.COMPOSE_SERVER_UPSTREAM
+    servers = ["--url", f"{server.host}:{server.http_port}"]
+    servers += ["--admin-key-file", compose.env["TRITON_ADMIN_KEY_FILE"]]
+    common = ["--name", SECOND_CLASSIFIER, "--repo", str(repository.path), *servers]
+    published = _cli(
+        "publish", "--weights", "random", "--seed", str(SECOND_SEED + 1), "--opset", "17",
+        "--eval-images", str(eval_images), "--force", "--canary", "20", *common,
+    )  # fmt: skip
+    assert published.returncode == 0, published.stdout + published.stderr
+    during = _answering_models(triton, SECOND_CLASSIFIER, repository.held_out[0], 400)
+    rolled_back = _cli("rollback", *common)
+    assert rolled_back.returncode == 0, rolled_back.stdout + rolled_back.stderr
+    after = _answering_models(triton, SECOND_CLASSIFIER, repository.held_out[0], 40)
+    print(f"a 20 % canary through compose's edge: {dict(during)}")
+    assert set(during) == {f"{SECOND_CLASSIFIER} v2", f"{names.canary} v3"}, dict(during)
+    # 400 requests at 20 %: 80 expected, standard deviation 8.
+    assert 48 <= during[f"{names.canary} v3"] <= 112, dict(during)
+    assert after == Counter({f"{SECOND_CLASSIFIER} v2": 40})
+    assert not (repository.path / names.canary).exists()
+
+
 # --- faults under load
 
 

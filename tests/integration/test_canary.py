@@ -20,6 +20,7 @@ import pytest
 from resnet18_triton.deploy import proxy
 from resnet18_triton.deploy.cluster import Cluster
 from resnet18_triton.perf import harness
+from resnet18_triton.server.watchdog import loaded_record, model_fingerprint
 from tests import digits
 from tests.lifecycle_support import (
     Published,
@@ -34,6 +35,7 @@ from tests.support import run_cli
 NAME = "digits"
 CANARY = f"{NAME}_canary"
 CANARY_ONNX = f"{NAME}_onnx_canary"
+ONNX = f"{NAME}_onnx"
 ATOL = 1e-5
 CLIENTS = 4
 PERCENT = 10
@@ -130,6 +132,11 @@ def test_a_canary_answers_its_share_through_the_proxy_and_promote_moves_every_re
 ) -> None:
     with VersionedLoad(stack.proxy_url, stack.images, CLIENTS, model=NAME) as load:
         published = _run(stack, load, stack.publish("2", "--canary", str(PERCENT)))
+        # A stub that dies during the canary is reloaded by the watchdog, which reloads only
+        # models whose files are recorded as the ones served.
+        record = loaded_record(stack.repo)
+        for model in (ONNX, NAME, CANARY_ONNX, CANARY):
+            assert record.get(model) == model_fingerprint(stack.repo / model), model
         # The proxy applies the canary within a second of publish returning: count from its
         # first answer on.
         started = _first_answer_of(load, "2", published)

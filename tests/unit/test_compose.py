@@ -122,8 +122,33 @@ def test_the_edge_fronts_the_default_server_on_tritons_standard_ports(services: 
     assert f"server 127.0.0.1:{upstream.http_port} " in text
     assert "listen 127.0.0.1:8000;" in text and "listen 127.0.0.1:8001 http2;" in text
     mounts = {Path(source).resolve(): target for source, target, _ in volumes(services["edge"])}
-    assert mounts == {(REPO_ROOT / render.COMPOSE_EDGE_CONFIG).resolve(): PROXY_CONFIG}
+    canaries = proxy.compose_edge_settings().canaries
+    assert canaries is not None
+    assert mounts == {
+        (REPO_ROOT / render.COMPOSE_EDGE_CONFIG).resolve(): PROXY_CONFIG,
+        (REPO_ROOT / render.COMPOSE_PROXY_SCRIPT).resolve(): canaries.script,
+        (REPO_ROOT / "model_repository").resolve(): canaries.repository,
+    }
     assert services["edge"]["depends_on"] == {"triton": {"condition": "service_healthy"}}
+
+
+def test_both_proxies_read_canaries_from_the_repository_the_servers_serve_read_only(
+    services: dict,
+) -> None:
+    served = {source for source, target, _ in volumes(services["triton"]) if target == "/models"}
+    for name, settings in (
+        ("edge", proxy.compose_edge_settings()),
+        ("proxy", proxy.compose_settings(len(REPLICAS))),
+    ):
+        assert settings.canaries is not None, name
+        text = proxy.render(settings)
+        assert f'set $canary_repository "{settings.canaries.repository}";' in text, name
+        mounted = [
+            (source, read_only)
+            for source, target, read_only in volumes(services[name])
+            if target == settings.canaries.repository
+        ]
+        assert [source for source, _ in mounted] == sorted(served) and mounted[0][1], name
 
 
 def test_shared_memory_and_cpus_fit_the_exported_budget(services: dict) -> None:

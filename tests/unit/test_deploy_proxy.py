@@ -12,9 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tritonclient.grpc import model_config_pb2 as model_config
 
+from resnet18_triton.contract import CANARY_PERCENT_PARAMETER, CONFIG_FILENAME, ClassifierNames
 from resnet18_triton.deploy import keys, proxy, render
 from resnet18_triton.errors import ProxyError
+from resnet18_triton.repository.configs import parser
 from tests.edge_support import self_signed_certificate
 from tests.support import missing
 
@@ -38,18 +41,22 @@ def _on_loopback(settings: proxy.ProxySettings, runtime: Path) -> proxy.ProxySet
     upstreams = tuple(
         dataclasses.replace(upstream, host="127.0.0.1") for upstream in settings.upstreams
     )
-    auth, tls = settings.auth, settings.tls
+    auth, tls, canaries = settings.auth, settings.tls, settings.canaries
+    script = runtime / "edge.js"
+    script.write_text(proxy.script_text())
     if auth is not None:
-        script, key_map = runtime / "edge.js", runtime / "keys.map"
-        script.write_text(proxy.script_text())
+        key_map = runtime / "keys.map"
         key_map.write_text(keys.hash_map([keys.ApiKey("ci", "k" * 32)]))
         auth = dataclasses.replace(auth, script=str(script), key_map=str(key_map))
+    if canaries is not None:
+        canaries = dataclasses.replace(canaries, script=str(script))
     if tls is not None:
         certificate, key = self_signed_certificate(runtime / "tls")
         tls = proxy.Tls(str(certificate), str(key))
     return dataclasses.replace(
-        settings, upstreams=upstreams, runtime_dir=str(runtime), auth=auth, tls=tls
-    )
+        settings, upstreams=upstreams, runtime_dir=str(runtime), auth=auth, tls=tls,
+        canaries=canaries,
+    )  # fmt: skip
 
 
 def _check(settings: proxy.ProxySettings, tmp_path: Path) -> None:
@@ -235,8 +242,12 @@ def test_container_configs_ask_for_keys_and_tls_from_their_secrets() -> None:
 
 @pytest.mark.parametrize(
     "settings",
-    [proxy.compose_settings(render.COMPOSE_REPLICAS), proxy.kubernetes_settings()],
-    ids=["compose", "kubernetes"],
+    [
+        proxy.compose_settings(render.COMPOSE_REPLICAS),
+        proxy.compose_edge_settings(),
+        proxy.kubernetes_settings(),
+    ],
+    ids=["compose", "compose-edge", "kubernetes"],
 )
 def test_container_configs_pass_nginx_syntax_check(
     settings: proxy.ProxySettings, tmp_path: Path
@@ -391,21 +402,47 @@ def test_container_proxies_serve_tenant_metrics_on_the_port_their_manifests_open
     assert "{protocol: TCP, port: 8082}" in proxy_policy
 
 
-def test_a_canary_takes_its_share_of_its_models_inference_requests_only(tmp_path: Path) -> None:
-    route = proxy.CanaryRoute("digits", "digits_canary", 10)
+def test_canaries_route_every_models_inference_path_by_the_share_read_from_the_repository(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "edge.js"
     settings = proxy.ProxySettings(
         upstreams=(proxy.Upstream("127.0.0.1", 9000, 9001),),
         runtime_dir=str(tmp_path),
-        auth=proxy.Auth(key_map="unused", script="unused"),
-        canaries=(route,),
+        auth=proxy.Auth(key_map="unused", script=str(script)),
+        canaries=proxy.CanaryRouting(repository="/srv/models", script=str(script)),
     )
     text = proxy.render(settings)
-    split = text[text.index('split_clients "${request_id}" $canary_0') :]
-    assert split.splitlines()[1:3] == ["        10% digits_canary;", "        * digits;"]
-    bodies = _location_bodies(text)
-    canaried = bodies["= /v2/models/digits/infer"]
-    assert "proxy_pass http://triton_http/v2/models/$canary_0/infer;" in canaried
+    assert text.count("js_import edge from") == 1 and text.count(proxy.NJS_MODULE_PATH) == 1
+    assert "js_set $routed_model edge.routedModel;" in text
+    routed = _location_bodies(text)["~ ^/v2/models/(?<canary_model>[^/]+)/infer$"]
+    assert 'set $canary_repository "/srv/models";' in routed
+    assert "proxy_pass http://triton_http/v2/models/$routed_model/infer;" in routed
     # The same key check and limits as every other path to Triton.
-    assert 'if ($api_key_name = "")' in canaried and "limit_conn large_in_flight" in canaried
-    assert text.count("$canary_0") == 2
+    assert 'if ($api_key_name = "")' in routed and "limit_conn large_in_flight" in routed
+    # Before the generic model location, which nginx would otherwise pick (first regex match).
+    assert text.index("(?<canary_model>") < text.index("location ~ ^/v2/models/[^/]+(/versions")
     _check(_on_loopback(settings, tmp_path), tmp_path)
+
+
+def test_without_canary_routing_no_request_is_rerouted_and_no_njs_is_loaded() -> None:
+    settings = proxy.ProxySettings(upstreams=(proxy.Upstream("127.0.0.1", 9000, 9001),))
+    text = proxy.render(settings)
+    assert "routed_model" not in text and "js_import" not in text and "load_module" not in text
+
+
+def test_the_njs_script_reads_the_canary_share_where_and_as_the_repository_writes_it() -> None:
+    script = proxy.script_text()
+    names = ClassifierNames.of("digits")
+    assert f"const CANARY_SUFFIX = '{names.canary.removeprefix(names.name)}';" in script
+    assert f"'/{CONFIG_FILENAME}'" in script
+    assert "export default {bearerKeyHash, routedModel};" in script
+    # The script's pattern (the same syntax in JavaScript and Python) on configs rendered as
+    # the repository renders a canary's ensemble, with and without other parameters around it.
+    share = re.compile(re.search(r"const SHARE = /(.+)/;", script).group(1))
+    for percent, others in ((10, {}), (100, {"a": "1", "z": "2"})):
+        config = model_config.ModelConfig(name=names.canary, platform="ensemble")
+        for key, value in {**others, CANARY_PERCENT_PARAMETER: str(percent)}.items():
+            config.parameters[key].string_value = value
+        found = share.search(parser.render(config))
+        assert found is not None and found.group(1) == str(percent)

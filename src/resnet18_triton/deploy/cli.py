@@ -249,7 +249,8 @@ def cluster(
 
 def _ready_lines(running: Cluster) -> list[str]:
     """What a started cluster tells its operator: each replica, the proxy's address and edge,
-    and where its tenant metrics are (or why there are none although a port was asked for)."""
+    and where its tenant metrics are (or why there are none although a port was asked for), and
+    why canaries are not routed when they are not."""
     lines = [f"replica {replica.index}: http://{replica.url}" for replica in running.replicas]
     edge = "API keys required" if running.options.api_key_file else "no API keys"
     body_limit = running.settings.body_limit if running.settings else 0
@@ -263,6 +264,11 @@ def _ready_lines(running: Cluster) -> list[str]:
         lines.append(
             "no tenant metrics: this nginx has no Lua module (apt-get install "
             "libnginx-mod-http-lua)"
+        )
+    if not running.canary_routing:
+        lines.append(
+            "no canary routing (publish --canary): this nginx has no njs module (apt-get install "
+            "libnginx-mod-http-js)"
         )
     return lines
 

@@ -30,7 +30,6 @@ from resnet18_triton import contract
 from resnet18_triton.contract import ADMIN_KEY_ENV_VAR
 from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.errors import ProxyError, ServerStartError
-from resnet18_triton.repository import versions
 from resnet18_triton.repository.layout import missing_files
 from resnet18_triton.server.embedded import free_port
 
@@ -197,6 +196,8 @@ class Cluster:
         self._metrics = None
         if options.metrics_port and proxy.TenantMetrics.available():
             self._metrics = proxy.TenantMetrics(f"{METRICS_HOST}:{options.metrics_port}")
+        # Canaries (publish --canary) are routed by nginx's njs module, read from the repository.
+        self.canary_routing = proxy.CanaryRouting.available()
         self._reload_lock = threading.Lock()
 
     @property
@@ -307,12 +308,16 @@ class Cluster:
     def proxy_settings(self) -> proxy.ProxySettings:
         """The nginx settings of this cluster (writes the key hashes and the njs script)."""
         runtime = self.workdir / "nginx"
-        auth = None
+        script = self.workdir / proxy.NJS_SCRIPT_NAME
+        auth = canaries = None
         if self.options.api_key_file is not None:
             self._write_key_hashes()
-            script = self.workdir / proxy.NJS_SCRIPT_NAME
             script.write_text(proxy.script_text())
             auth = proxy.Auth(key_map=str(self.api_key_hashes), script=str(script))
+        if self.canary_routing:
+            script.write_text(proxy.script_text())
+            repository = str(self.options.repository.resolve())
+            canaries = proxy.CanaryRouting(repository=repository, script=str(script))
         tls = None
         if self.options.tls_certificate is not None and self.options.tls_key is not None:
             tls = proxy.Tls(str(self.options.tls_certificate), str(self.options.tls_key))
@@ -329,7 +334,7 @@ class Cluster:
             tls=tls,
             limits=self.options.limits,
             metrics=self._metrics,
-            canaries=self.canary_routes(),
+            canaries=canaries,
         )
 
     def _write_key_hashes(self) -> int:
@@ -381,7 +386,7 @@ class Cluster:
         return count
 
     def _reload_nginx(self, timeout_s: float | None) -> None:
-        """Render the config again (keys, canaries), check it, and make nginx use it (SIGHUP: new
+        """Render the config again (keys), check it, and make nginx use it (SIGHUP: new
         workers take new requests, old ones finish theirs). With ``timeout_s``, returns once every
         old worker has exited."""
         assert self.nginx is not None
@@ -404,30 +409,10 @@ class Cluster:
                 )
             time.sleep(0.05)
 
-    def canary_routes(self) -> tuple[proxy.CanaryRoute, ...]:
-        """The running canaries of the repository, as the proxy routes them."""
-        return tuple(
-            proxy.CanaryRoute(canary.stable_model, canary.model, canary.percent)
-            for canary in versions.canaries(self.options.repository)
-        )
-
-    def _follow_canaries(self) -> None:
-        """Reload nginx when a canary started, changed its share or ended (``publish --canary``,
-        ``promote``, ``rollback`` write them into the repository)."""
-        if self.settings is None or self.nginx is None:
-            return
-        try:
-            changed = self.canary_routes() != self.settings.canaries
-            if changed:
-                self._reload_nginx(None)
-        except (ProxyError, OSError) as error:  # a half-written repository: try again next turn
-            print(f"cluster: canaries not applied yet: {error}", file=sys.stderr)
-
     def _supervise(self) -> None:
         """Restart a replica whose serve process exited (its tritonserver died or was killed),
-        when told to, and follow the repository's canaries."""
+        when told to."""
         while not self._stopping.wait(0.5):
-            self._follow_canaries()
             if not self.options.restart_replicas:
                 continue
             for replica in self.replicas:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet18_triton import contract
-from resnet18_triton.deploy.keys import NJS_SCRIPT, WEIGHTS
+from resnet18_triton.deploy.keys import WEIGHTS
 from resnet18_triton.errors import ProxyError
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "nginx.conf.template"
@@ -36,6 +36,8 @@ FAIL_TIMEOUT_S = 5
 # Debian's libnginx-mod-http-js (njs 0.7.9); the proxy image installs the same package.
 NJS_MODULE_PATH = "/usr/lib/nginx/modules/ngx_http_js_module.so"
 NJS_SCRIPT_NAME = "edge.js"
+# The njs script: API-key hashes and canary routing (``script_text`` gives deployments a copy).
+NJS_SCRIPT = Path(__file__).resolve().parent / NJS_SCRIPT_NAME
 # Debian's libnginx-mod-http-lua and the NDK it needs (loaded first), for the tenant metrics.
 LUA_MODULE_PATHS = (
     "/usr/lib/nginx/modules/ndk_http_module.so",
@@ -129,7 +131,7 @@ class Auth:
     """API-key checking: nginx hashes the bearer token (njs) and looks the hash up in a map.
 
     ``key_map``: the file of ``"sha256" "name:weight";`` lines (``keys.hash_map``), included into
-    the config; ``script``: where ``NJS_SCRIPT`` is (``script_text`` writes it).
+    the config; ``script``: where the njs script is (``script_text`` gives its text).
     """
 
     key_map: str
@@ -153,13 +155,21 @@ class TenantMetrics:
 
 
 @dataclass(frozen=True)
-class CanaryRoute:
-    """A canary (``repository.versions``): ``percent`` of the inference requests to ``model`` go
-    to ``canary``, the same classifier pinned to its new version; the rest stay on ``model``."""
+class CanaryRouting:
+    """Canaries (``repository.versions``) routed at the proxy: an inference request for a model
+    goes to its canary ensemble for the share the canary's config names. The njs script at
+    ``script`` reads that share from the model repository at ``repository`` (as the proxy sees
+    it) on every request, so canaries start, change and end with no reload of nginx. Requests
+    that name a version, and gRPC ones (the model is inside the body), go where they ask."""
 
-    model: str
-    canary: str
-    percent: int
+    repository: str
+    script: str
+    module: str = NJS_MODULE_PATH
+
+    @staticmethod
+    def available() -> bool:
+        """True when this machine's nginx has the njs module the routing needs."""
+        return Path(NJS_MODULE_PATH).exists()
 
 
 @dataclass(frozen=True)
@@ -202,7 +212,7 @@ class ProxySettings:
     tls: Tls | None = None
     limits: Limits = Limits()
     metrics: TenantMetrics | None = None
-    canaries: tuple[CanaryRoute, ...] = ()
+    canaries: CanaryRouting | None = None
 
     @property
     def repository_limit(self) -> int:
@@ -261,7 +271,6 @@ def _auth_http(auth: Auth | None) -> str:
         return '    map $remote_addr $api_key_name {\n        default "-";\n    }'
     return "\n".join(
         [
-            f"    js_import edge from {auth.script};",
             "    js_set $api_key_hash edge.bearerKeyHash;",
             "    # SHA-256 hashes are 64 characters: more than the default bucket holds.",
             "    map_hash_bucket_size 128;",
@@ -319,37 +328,40 @@ def _large_http() -> str:
     )
 
 
-def _canary_http(routes: Sequence[CanaryRoute]) -> str:
-    """One split per canary: each request, by a hash of its random id, to the canary or not."""
-    if not routes:
-        return "    # No canary: every request goes to the model it names."
-    lines = ["    # Canaries: a share of a classifier's requests to its canary ensemble."]
-    for index, route in enumerate(routes):
-        shares = [f"        {route.percent}% {route.canary};", f"        * {route.model};"]
-        if route.percent >= 100:  # promote: all of them, for the moment the ensemble moves
-            shares = [f"        * {route.canary};"]
-        lines += [
-            f'    split_clients "${{request_id}}" $canary_{index} {{',
-            *shares,
-            "    }",
+def _njs_http(settings: ProxySettings) -> str:
+    """The njs script's import, when API keys or canaries use it (one script for both)."""
+    scripts = {used.script for used in (settings.auth, settings.canaries) if used is not None}
+    if not scripts:
+        return "    # No njs: no API keys, no canary routing."
+    if len(scripts) > 1:
+        raise ProxyError(f"API keys and canaries must use the same njs script, not {scripts}")
+    return f"    js_import edge from {scripts.pop()};"
+
+
+def _canary_http(canaries: CanaryRouting | None) -> str:
+    if canaries is None:
+        return "    # No canary routing: every request goes to the model it names."
+    return "\n".join(
+        [
+            "    # Canaries: a share of a classifier's inference requests to its canary ensemble,",
+            "    # read from the model repository on each request (edge.js, routedModel).",
+            "    js_set $routed_model edge.routedModel;",
         ]
-    return "\n".join(lines)
+    )
 
 
-def _canary_locations(routes: Sequence[CanaryRoute], guard: str) -> str:
-    """An exact location per canaried model's inference path, sending it where its split says
-    (with the same key check and limits as every path to Triton)."""
-    if not routes:
-        return "# no canary"
-    blocks = []
-    for index, route in enumerate(routes):
-        blocks.append(
-            f"location = /v2/models/{route.model}/infer {{\n"
-            f"            {guard}\n"
-            f"            proxy_pass http://triton_http/v2/models/$canary_{index}/infer;\n"
-            "        }"
-        )
-    return "\n        ".join(blocks)
+def _canary_locations(canaries: CanaryRouting | None, guard: str) -> str:
+    """The inference path of every model, routed by its canary's share (with the same key check
+    and limits as every path to Triton)."""
+    if canaries is None:
+        return "# no canary routing"
+    return (
+        "location ~ ^/v2/models/(?<canary_model>[^/]+)/infer$ {\n"
+        f"            {guard}\n"
+        f'            set $canary_repository "{canaries.repository}";\n'
+        "            proxy_pass http://triton_http/v2/models/$routed_model/infer;\n"
+        "        }"
+    )
 
 
 def _tls_http(tls: Tls | None) -> str:
@@ -370,11 +382,12 @@ def _tls_http(tls: Tls | None) -> str:
 
 
 def _load_modules(settings: ProxySettings) -> str:
-    modules = [settings.auth.module] if settings.auth else []
+    modules = [used.module for used in (settings.auth, settings.canaries) if used is not None]
     if settings.metrics is not None:
         modules += settings.metrics.modules
+    modules = list(dict.fromkeys(modules))
     if not modules:
-        return "# no modules: no API keys, no tenant metrics"
+        return "# no modules: no API keys, no canary routing, no tenant metrics"
     return "\n".join(f"load_module {module};" for module in modules)
 
 
@@ -460,6 +473,7 @@ def render(settings: ProxySettings) -> str:
         max_large_in_flight=settings.limits.max_large_in_flight,
         rate_per_s=settings.limits.rate_per_s,
         retry_after_s=settings.limits.retry_after_s,
+        njs_http=_njs_http(settings),
         auth_http=_auth_http(settings.auth),
         large_http=_large_http(),
         tls_http=_tls_http(settings.tls),
@@ -479,8 +493,9 @@ def render(settings: ProxySettings) -> str:
 
 
 def script_text() -> str:
-    """The njs script ``Auth.script`` must point at (the same for every deployment)."""
-    return NJS_SCRIPT
+    """The njs script ``Auth.script`` and ``CanaryRouting.script`` point at (the same for every
+    deployment)."""
+    return NJS_SCRIPT.read_text()
 
 
 # docker-compose runs its replicas with host networking: replica N serves HTTP on N*100 + 8000 and
@@ -512,6 +527,7 @@ def compose_edge_settings() -> ProxySettings:
         runtime_dir="/tmp",
         error_log="/dev/stderr",
         access_log="/dev/stdout",
+        canaries=COMPOSE_CANARIES,
     )
 
 
@@ -532,6 +548,12 @@ COMPOSE_TLS_KEY_SECRET = "tls.key"
 KUBERNETES_KEY_HASHES_DIR = "/etc/nginx/resnet18-api-keys"
 KUBERNETES_KEY_HASHES_FILE = "api-key-hashes.map"
 KUBERNETES_TLS_DIR = "/etc/nginx/resnet18-tls"
+# compose mounts the model repository into its proxies read-only, where the servers see it: the
+# njs script reads each canary's share there. (Kubernetes pods copy the repository from an
+# image, so a new version there is a rollout, or KServe's canary: docs/deployment.md.)
+COMPOSE_CANARIES = CanaryRouting(
+    repository="/models", script=f"{CONTAINER_CONFIG_DIR}/{NJS_SCRIPT_NAME}"
+)
 
 
 def compose_settings(replicas: int) -> ProxySettings:
@@ -555,6 +577,7 @@ def compose_settings(replicas: int) -> ProxySettings:
             certificate=f"{COMPOSE_SECRETS_DIR}/{COMPOSE_TLS_CERTIFICATE_SECRET}",
             key=f"{COMPOSE_SECRETS_DIR}/{COMPOSE_TLS_KEY_SECRET}",
         ),
+        canaries=COMPOSE_CANARIES,
     )
 
 

@@ -1,15 +1,15 @@
 """A canary of a served classifier (``repository.versions``): start it, end it.
 
 While it runs, the ensemble keeps answering with the stable version and the canary's own two
-models with the new one; the proxy in front (``resnet18-triton cluster``) sends the canary
-ensemble ``percent`` of the classifier's inference requests. No served model is reloaded to start
-or end a canary: the stable version's models keep their config, and the canary's are loaded and
-unloaded on their own. Starting installs and loads the canary while its share is still 0, and only
-then gives it its share, so the proxy never sends a request to a model not yet loaded. Ending sets
-the share to 0, waits for the proxies to stop sending (``DRAIN_S``), then unloads and removes the
-canary's models: no request reaches a model that is gone. Promoting first sends every request to
-the canary (``route_all``), so that the ensemble moves to the canary's version while no request
-is inside it, then ends the canary.
+models with the new one; the proxy in front (``resnet18-triton cluster``, compose's edge and
+proxy) sends the canary ensemble ``percent`` of the classifier's inference requests. No served
+model is reloaded to start or end a canary: the stable version's models keep their config, and
+the canary's are loaded and unloaded on their own. Starting installs and loads the canary while
+its share is still 0, and only then gives it its share, so the proxy never sends a request to a
+model not yet loaded. Ending sets the share to 0, waits for the requests the canary took
+(``DRAIN_S``), then unloads and removes the canary's models: no request reaches a model that is
+gone. Promoting first sends every request to the canary (``route_all``), so that the ensemble
+moves to the canary's version while no request is inside it, then ends the canary.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from resnet18_triton.repository.versions import (
 from resnet18_triton.server.admin import AdminEndpoint
 from resnet18_triton.server.watchdog import record_loaded
 
-# The cluster's proxy reads the canaries every 0.5 s and reloads nginx gracefully (its old
-# workers finish their requests); this leaves it several times that.
+# The proxies read a canary's share on every request (deploy/edge.js), so none is sent to the
+# canary once its share is 0; this leaves the requests it already took time to finish.
 DRAIN_S = 3.0
 # The largest share a user gives a canary: beyond half, it is the stable version. ``promote``
 # gives it ALL for the moment the ensemble moves to the canary's version.
@@ -67,7 +67,9 @@ def start(
                 f"{names.canary!r} after loading the canary; see its log"
             )
     set_percent(repo, names, percent)
-    record_loaded(repo, names.canary_models)
+    # The served models' files changed too (the ONNX model holds the new version, unserved), yet
+    # a reload serves what they serve now: the watchdog may reload them after a stub dies.
+    record_loaded(repo, (*models, *names.canary_models))
 
 
 def set_percent(repo: Path, names: ClassifierNames, percent: int) -> None:
