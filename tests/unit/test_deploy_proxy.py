@@ -415,11 +415,22 @@ def test_canaries_route_every_models_inference_path_by_the_share_read_from_the_r
     text = proxy.render(settings)
     assert text.count("js_import edge from") == 1 and text.count(proxy.NJS_MODULE_PATH) == 1
     assert "js_set $routed_model edge.routedModel;" in text
-    routed = _location_bodies(text)["~ ^/v2/models/(?<canary_model>[^/]+)/infer$"]
+    bodies = _location_bodies(text)
+    routed = bodies["~ ^/v2/models/(?<canary_model>[^/]+)/infer$"]
     assert 'set $canary_repository "/srv/models";' in routed
-    assert "proxy_pass http://triton_http/v2/models/$routed_model/infer;" in routed
-    # The same key check and limits as every other path to Triton.
-    assert 'if ($api_key_name = "")' in routed and "limit_conn large_in_flight" in routed
+    # Requests for the named model pass as they came; those the share picks go on inside.
+    assert f"rewrite ^ {proxy.CANARY_PATH} last;" in routed
+    assert routed.rstrip().endswith("proxy_pass http://triton_http;")
+    picked = bodies[f"= {proxy.CANARY_PATH}"]
+    assert "internal;" in picked
+    assert "proxy_pass http://triton_http/v2/models/$routed_model/infer;" in picked
+    # A canary gone before the request arrived: Triton says 400 or 404; the named model instead.
+    assert "error_page 400 404 = @canary_gone;" in picked
+    gone = bodies["@canary_gone"]
+    assert gone.strip() == "proxy_pass http://triton_http/v2/models/$canary_model/infer;"
+    # The same key check and limits as every other path to Triton, on both ways.
+    for body in (routed, picked):
+        assert 'if ($api_key_name = "")' in body and "limit_conn large_in_flight" in body
     # Before the generic model location, which nginx would otherwise pick (first regex match).
     assert text.index("(?<canary_model>") < text.index("location ~ ^/v2/models/[^/]+(/versions")
     _check(_on_loopback(settings, tmp_path), tmp_path)

@@ -154,6 +154,10 @@ class TenantMetrics:
         return all(Path(module).exists() for module in LUA_MODULE_PATHS)
 
 
+# The internal location of the requests a canary's share picked (never reachable from outside).
+CANARY_PATH = "/resnet18-canary-infer"
+
+
 @dataclass(frozen=True)
 class CanaryRouting:
     """Canaries (``repository.versions``) routed at the proxy: an inference request for a model
@@ -352,16 +356,31 @@ def _canary_http(canaries: CanaryRouting | None) -> str:
 
 def _canary_locations(canaries: CanaryRouting | None, guard: str) -> str:
     """The inference path of every model, routed by its canary's share (with the same key check
-    and limits as every path to Triton)."""
+    and limits as every path to Triton). A request is picked for a canary when its headers
+    arrive; if the canary is unloaded before the request reaches Triton (its body took longer
+    than ending a canary waits), Triton answers 404 (400 for a model it never loaded), and the
+    request is sent to the model it named instead. So is a bad request the canary refused, which
+    the named model then refuses too; requests not picked are never sent twice."""
     if canaries is None:
         return "# no canary routing"
-    return (
-        "location ~ ^/v2/models/(?<canary_model>[^/]+)/infer$ {\n"
-        f"            {guard}\n"
-        f'            set $canary_repository "{canaries.repository}";\n'
-        "            proxy_pass http://triton_http/v2/models/$routed_model/infer;\n"
-        "        }"
-    )
+    return f"""location ~ ^/v2/models/(?<canary_model>[^/]+)/infer$ {{
+            {guard}
+            set $canary_repository "{canaries.repository}";
+            if ($routed_model != $canary_model) {{
+                rewrite ^ {CANARY_PATH} last;
+            }}
+            proxy_pass http://triton_http;
+        }}
+        location = {CANARY_PATH} {{
+            internal;
+            {guard}
+            proxy_intercept_errors on;
+            error_page 400 404 = @canary_gone;
+            proxy_pass http://triton_http/v2/models/$routed_model/infer;
+        }}
+        location @canary_gone {{
+            proxy_pass http://triton_http/v2/models/$canary_model/infer;
+        }}"""
 
 
 def _tls_http(tls: Tls | None) -> str:
