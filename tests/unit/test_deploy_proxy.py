@@ -423,7 +423,7 @@ def test_canaries_route_every_models_inference_path_by_the_share_read_from_the_r
     assert routed.rstrip().endswith("proxy_pass http://triton_http;")
     picked = bodies[f"= {proxy.CANARY_PATH}"]
     assert "internal;" in picked
-    assert "proxy_pass http://triton_http/v2/models/$routed_model/infer;" in picked
+    assert "proxy_pass http://triton_http/v2/models/${canary_model}_canary/infer;" in picked
     # A canary gone before the request arrived: Triton says 400 or 404; the named model instead.
     assert "error_page 400 404 = @canary_gone;" in picked
     gone = bodies["@canary_gone"]

@@ -309,13 +309,13 @@ class Cluster:
         """The nginx settings of this cluster (writes the key hashes and the njs script)."""
         runtime = self.workdir / "nginx"
         script = self.workdir / proxy.NJS_SCRIPT_NAME
+        if self.options.api_key_file is not None or self.canary_routing:
+            script.write_text(proxy.script_text())
         auth = canaries = None
         if self.options.api_key_file is not None:
             self._write_key_hashes()
-            script.write_text(proxy.script_text())
             auth = proxy.Auth(key_map=str(self.api_key_hashes), script=str(script))
         if self.canary_routing:
-            script.write_text(proxy.script_text())
             repository = str(self.options.repository.resolve())
             canaries = proxy.CanaryRouting(repository=repository, script=str(script))
         tls = None

@@ -360,7 +360,8 @@ def _canary_locations(canaries: CanaryRouting | None, guard: str) -> str:
     arrive; if the canary is unloaded before the request reaches Triton (its body took longer
     than ending a canary waits), Triton answers 404 (400 for a model it never loaded), and the
     request is sent to the model it named instead. So is a bad request the canary refused, which
-    the named model then refuses too; requests not picked are never sent twice."""
+    the named model then refuses too; requests not picked are never sent twice. The handler runs
+    once per request, in the ``if``: a picked request goes to the canary by its name."""
     if canaries is None:
         return "# no canary routing"
     return f"""location ~ ^/v2/models/(?<canary_model>[^/]+)/infer$ {{
@@ -376,7 +377,7 @@ def _canary_locations(canaries: CanaryRouting | None, guard: str) -> str:
             {guard}
             proxy_intercept_errors on;
             error_page 400 404 = @canary_gone;
-            proxy_pass http://triton_http/v2/models/$routed_model/infer;
+            proxy_pass http://triton_http/v2/models/${{canary_model}}{contract.CANARY_SUFFIX}/infer;
         }}
         location @canary_gone {{
             proxy_pass http://triton_http/v2/models/$canary_model/infer;
