@@ -205,9 +205,9 @@ class MoveResult:
     servers: Servers
     times: dict[str, float]
 
-    def describe(self, verb: str) -> list[str]:
+    def describe(self, verb: str) -> str:
         """What a person reads: ``verb`` ("published", ...), the version, where it was loaded,
-        how long each part took, and the servers that did not answer."""
+        how long each part took, then a line for each server that did not answer."""
         served = ", ".join(endpoint.url for endpoint in self.servers.live) or "no running server"
         timing = ", ".join(
             f"{name.removesuffix('_s')} {value:.1f} s" for name, value in self.times.items()
@@ -217,7 +217,7 @@ class MoveResult:
             f"note: nothing answered at {url}; it serves v{self.version} when it starts"
             for url in self.servers.absent
         ]
-        return lines
+        return "\n".join(lines)
 
 
 def promote(

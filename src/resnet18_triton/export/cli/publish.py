@@ -118,5 +118,4 @@ def publish_command(
     )
     result = publish(request, echo=lambda line: click.echo(line, err=True))
     verb = f"a {canary_percent} % canary of" if canary_percent else "published"
-    for line in result.describe(verb):
-        click.echo(line, err=True)
+    click.echo(result.describe(verb), err=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from resnet18_triton.contract import CONFIG_FILENAME, ClassifierNames
-from resnet18_triton.export.moves import MoveResult, admin_endpoints, promote, rollback
+from resnet18_triton.export.moves import admin_endpoints, promote, rollback
 from resnet18_triton.options import (
     keep_option,
     move_servers_options,
@@ -19,11 +19,6 @@ from resnet18_triton.options import (
 )
 from resnet18_triton.repository.layout import version_dir
 from resnet18_triton.repository.versions import DEFAULT_KEEP, read_state
-
-
-def _report(result: MoveResult, verb: str) -> None:
-    for line in result.describe(verb):
-        click.echo(line, err=True)
 
 
 def _utc(path: Path) -> str:
@@ -85,7 +80,7 @@ def rollback_command(
         keep,
         echo=lambda line: click.echo(line, err=True),
     )
-    _report(result, "rolled back to")
+    click.echo(result.describe("rolled back to"), err=True)
 
 
 @click.command("promote")
@@ -104,4 +99,4 @@ def promote_command(
         keep,
         echo=lambda line: click.echo(line, err=True),
     )
-    _report(result, "promoted")
+    click.echo(result.describe("promoted"), err=True)
