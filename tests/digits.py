@@ -158,6 +158,17 @@ def custom_preprocessing():
     )
 
 
+def custom_export_options() -> list[str]:
+    """The ``export`` options that give a classifier ``custom_preprocessing()``."""
+    preprocessing = custom_preprocessing()
+    return [
+        "--resize-straight",
+        "--input-size", str(preprocessing.input_size),
+        "--mean", ",".join(str(value) for value in preprocessing.mean),
+        "--std", ",".join(str(value) for value in preprocessing.std),
+    ]  # fmt: skip
+
+
 @functools.lru_cache(maxsize=1)
 def custom_digits_model():
     """(model, splits, held-out accuracy) of a 10-class ResNet-18 fitted on digits through the

@@ -230,9 +230,8 @@ def export_digits(work: Path, name: str, models: dict[str, object]) -> dict[str,
         warnings.simplefilter("ignore", DeprecationWarning)
         exported = CliRunner().invoke(export, [
             "--repo", str(work / "model_repository"), "--weights", str(checkpoints["1"]),
-            "--name", name, "--labels", str(labels), "--resize-straight",
-            "--input-size", str(digits.CUSTOM_INPUT_SIZE), "--mean", "0.5,0.5,0.5",
-            "--std", "0.5,0.5,0.5", *FAST_EXPORT,
+            "--name", name, "--labels", str(labels), *digits.custom_export_options(),
+            *FAST_EXPORT,
         ], catch_exceptions=False)  # fmt: skip
     assert exported.exit_code == 0, exported.output
     return checkpoints

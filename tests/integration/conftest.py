@@ -56,7 +56,6 @@ def session_repository(
     labels = digits.write_digit_labels(work / "digit_labels.txt")
     default_models = ClassifierNames.of().served
     before = tree_digest(repo, default_models)
-    preprocessing = digits.custom_preprocessing()
     result = CliRunner().invoke(
         export,
         [
@@ -64,10 +63,7 @@ def session_repository(
             "--weights", str(checkpoint),
             "--name", DIGITS_NAME,
             "--labels", str(labels),
-            "--resize-straight",
-            "--input-size", str(preprocessing.input_size),
-            "--mean", "0.5,0.5,0.5",
-            "--std", "0.5,0.5,0.5",
+            *digits.custom_export_options(),
             "--max-queue-delay-us", "2000",
         ],
     )  # fmt: skip
