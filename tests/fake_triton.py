@@ -55,6 +55,8 @@ class FakeTriton:
     api_key: str | None = None
     # When set, the answer to every GET (health, readiness, metadata, config).
     health_answer: Answer | None = None
+    # The answers to the first GETs, in order (then as usual).
+    get_script: list[Answer] = field(default_factory=list)
     script: list[Answer] = field(default_factory=list)
     repository_statuses: list[int] = field(default_factory=list)
     # What was asked: every request's Authorization header (None when absent), the number of
@@ -151,8 +153,9 @@ def _handler(fake: FakeTriton) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if not self._authorized():
                 return
-            if fake.health_answer is not None:
-                self._reply(fake.health_answer)
+            answer = fake.get_script.pop(0) if fake.get_script else fake.health_answer
+            if answer is not None:
+                self._reply(answer)
                 return
             parts = self.path.strip("/").split("/")
             if parts[:2] == ["v2", "health"]:

@@ -82,6 +82,27 @@ def test_a_429_with_retry_after_then_an_answer_is_an_answer_after_one_retry(
     assert server.infer_requests == 2
 
 
+def test_a_429_to_the_calls_before_the_first_image_is_waited_out_like_one_to_an_image(
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A proxy's rate limit counts readiness and metadata calls too.
+    server.get_script = [NGINX_429, NGINX_429]
+    code, out, err = run(["classify", "--url", server.url, "--json", str(SAMPLE)], capsys)
+    assert code == 0, err
+    assert json.loads(out)["top"][0]["label"] == "label 0"
+    assert server.get_script == []
+
+
+def test_a_call_before_the_first_image_refused_after_every_retry_says_overloaded(
+    server: FakeTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.health_answer = NGINX_429
+    code, _, err = run(["classify", "--url", server.url, str(SAMPLE)], capsys)
+    assert code == 2
+    assert "is overloaded (HTTP 429: 429 Too Many Requests)" in err and "replicas" in err
+    assert server.infer_requests == 0
+
+
 def test_classify_json_says_how_many_retries_an_image_took(
     server: FakeTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -44,7 +44,6 @@ from resnet18_triton.client.error_map import (
     Blame,
     Resend,
     failure_of,
-    mapped_errors,
     overload_error,
     reason,
     status_of,
@@ -457,6 +456,20 @@ class ImageClassifier:
     # --- error mapping --------------------------------------------------------------------
 
     def _call(self, method: Callable[..., T], *args: Any) -> T:
-        """Run a synchronous client call; a failure raises what ``error_map.FAILURES`` says."""
-        with mapped_errors(self):
-            return method(*args)
+        """Run a synchronous client call (readiness, metadata, config). A refusal as overloaded
+        is sent again per ``self.overload``, as an inference request is, since a proxy's rate
+        limit counts these calls too; any other failure, or the last refusal, raises what
+        ``error_map.FAILURES`` says."""
+        overloads = 0
+        while True:
+            try:
+                return method(*args)
+            except (InferenceServerException, *NETWORK_ERRORS) as error:
+                failure = failure_of(error, self)
+                delay = None
+                if failure.resend is Resend.OVERLOAD:
+                    delay = self._retry_delay(error, failure.resend, overloads, iter(()))
+                if delay is None:
+                    raise failure.raised(error, self) from None
+            overloads += 1
+            gevent.sleep(delay)
