@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from resnet18_triton.deploy.cluster import Cluster
 from resnet18_triton.perf import harness
 from resnet18_triton.server.embedded import EmbeddedServer
+from tests.edge_support import SecuredOptions, secured_cluster
 from tests.support import DigitsClassifier, TorchReference, tree_digest
 from tests.ui_support import running_ui
 
@@ -102,6 +104,29 @@ def server(
 def admin_key() -> str:
     """The session server's key for its restricted APIs (repository, shared memory, ...)."""
     return ADMIN_KEY
+
+
+@pytest.fixture(scope="module")
+def secured(
+    exported_repository: Path,
+    admin_key: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[Cluster, SecuredOptions]]:
+    """The test module's secured cluster, running for the module: ``REPLICAS`` replicas of the
+    exported repository behind the proxy with TLS, the module's ``KEYS`` (key-file lines) and
+    ``LIMITS``."""
+    module = request.module
+    work = tmp_path_factory.mktemp(module.__name__.rsplit(".", 1)[-1])
+    with secured_cluster(
+        exported_repository,
+        module.REPLICAS,
+        work,
+        list(module.KEYS),
+        admin_key=admin_key,
+        limits=module.LIMITS,
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

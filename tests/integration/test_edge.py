@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,8 @@ from resnet18_triton.perf.images import encode, gradient_image, noisy_png
 from resnet18_triton.server.embedded import free_port
 from tests.edge_support import (
     NEEDS_NGINX_WITH_NJS,
+    SecuredOptions,
     announce_oversized_body,
-    secured_cluster,
     self_signed_certificate,
     write_key_file,
 )
@@ -50,6 +49,9 @@ WRONG = "nobody-" + "c3" * 16
 LIMITS = proxy.Limits(
     rate_per_s=2, burst=3, client_connections=2, max_in_flight=6, body_budget_bytes=96 * proxy.MIB
 )
+# The module's secured cluster (conftest's ``secured``).
+REPLICAS = 2
+KEYS = (f"alice:{ALICE}", f"bob:{BOB}")
 # The flood: far more clients than the machine's 2 cores, each with its own address.
 FLOOD_CLIENTS = 32
 FLOOD_REQUESTS_PER_CLIENT = 6
@@ -71,15 +73,9 @@ class Edge:
 
 
 @pytest.fixture(scope="module")
-def edge(
-    exported_repository: Path, admin_key: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Edge]:
-    keys = [f"alice:{ALICE}", f"bob:{BOB}"]
-    work = tmp_path_factory.mktemp("edge")
-    with secured_cluster(
-        exported_repository, 2, work, keys, admin_key=admin_key, limits=LIMITS
-    ) as (running, secured):
-        yield Edge(running, secured.key_file, secured.certificate)
+def edge(secured: tuple[Cluster, SecuredOptions]) -> Edge:
+    running, options = secured
+    return Edge(running, options.key_file, options.certificate)
 
 
 @dataclass

@@ -15,7 +15,6 @@ import ssl
 import threading
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 
 from resnet18_triton import contract
 from resnet18_triton.deploy import proxy
+from resnet18_triton.deploy.cluster import Cluster
 from resnet18_triton.perf import harness
 from resnet18_triton.perf.images import encode, gradient_image, noisy_png
 from tests.dashboard_support import (
@@ -32,7 +32,7 @@ from tests.dashboard_support import (
     samples_of,
     unexposed_names,
 )
-from tests.edge_support import NEEDS_NGINX_WITH_NJS, secured_cluster
+from tests.edge_support import NEEDS_NGINX_WITH_NJS, SecuredOptions
 from tests.support import PROBABILITY_ATOL, TorchReference
 
 pytestmark = NEEDS_NGINX_WITH_NJS
@@ -50,6 +50,9 @@ LIMITS = proxy.Limits(
     max_in_flight=16,
 )
 BUSY_CALLERS = 10
+# The module's secured cluster (conftest's ``secured``).
+REPLICAS = 1
+KEYS = (f"polite:{POLITE}", f"busy:{BUSY}:{BUSY_WEIGHT}")
 PROXY_METRICS = "resnet18_proxy_"
 
 
@@ -67,16 +70,10 @@ class Edge:
 
 
 @pytest.fixture(scope="module")
-def edge(
-    exported_repository: Path, admin_key: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Edge]:
-    keys = [f"polite:{POLITE}", f"busy:{BUSY}:{BUSY_WEIGHT}"]
-    work = tmp_path_factory.mktemp("tenants")
-    with secured_cluster(
-        exported_repository, 1, work, keys, admin_key=admin_key, limits=LIMITS
-    ) as (running, secured):
-        assert running.metrics_url is not None, "nginx has no Lua module: no tenant metrics"
-        yield Edge(secured.options.http_port, secured.certificate, running.metrics_url)
+def edge(secured: tuple[Cluster, SecuredOptions]) -> Edge:
+    running, options = secured
+    assert running.metrics_url is not None, "nginx has no Lua module: no tenant metrics"
+    return Edge(options.options.http_port, options.certificate, running.metrics_url)
 
 
 def _infer_request(image: bytes, key: str) -> tuple[bytes, dict[str, str]]:
