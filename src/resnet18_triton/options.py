@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -252,6 +252,26 @@ def deprecated_spelling(new: str) -> Callable[[click.Context, click.Parameter, T
         return value
 
     return warn
+
+
+def deprecated_option(
+    flag: str, subcommand: str, new: str, *, metavar: str | None = None
+) -> Callable[[F], F]:
+    """``flag``, hidden from ``--help``: the old spelling of ``subcommand`` (e.g. ``tune revert``),
+    kept for one release. Given, it warns and names ``new``, the command line to use
+    (``deprecated_spelling``). A switch; with ``metavar``, an option taking a value (None when
+    not given)."""
+    # A switch gets click's own default (False); only the option with a value defaults to None.
+    takes: dict[str, Any] = (
+        {"is_flag": True} if metavar is None else {"metavar": metavar, "default": None}
+    )
+    return click.option(
+        flag,
+        hidden=True,
+        callback=deprecated_spelling(new),
+        help=f"Deprecated spelling of `{subcommand}`.",
+        **takes,
+    )
 
 
 def given_here_or_above(ctx: click.Context, name: str) -> object:

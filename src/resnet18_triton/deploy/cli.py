@@ -22,7 +22,7 @@ from resnet18_triton.errors import ProxyError
 from resnet18_triton.keys import admin_key_from
 from resnet18_triton.options import (
     admin_key_file_option,
-    deprecated_spelling,
+    deprecated_option,
     given_here_or_above,
     host_option,
     port_option,
@@ -152,21 +152,8 @@ def limit_options(command: F) -> F:
     help="Request bodies the proxy holds at once; each request may send "
     "budget / --max-in-flight (413 beyond).",
 )
-@click.option(
-    "--add-api-key",
-    metavar="NAME",
-    default=None,
-    hidden=True,
-    callback=deprecated_spelling(ADD_KEY_COMMAND),
-    help="Deprecated spelling of `cluster keys add`.",
-)
-@click.option(
-    "--hash-api-keys",
-    is_flag=True,
-    hidden=True,
-    callback=deprecated_spelling(HASH_KEYS_COMMAND),
-    help="Deprecated spelling of `cluster keys hash`.",
-)
+@deprecated_option("--add-api-key", "cluster keys add", ADD_KEY_COMMAND, metavar="NAME")
+@deprecated_option("--hash-api-keys", "cluster keys hash", HASH_KEYS_COMMAND)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),

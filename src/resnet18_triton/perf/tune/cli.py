@@ -81,13 +81,7 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="How many of a search's best plans are re-measured side by side.",
 )
 @click.option("--apply", "apply_winner", is_flag=True, help="Write the winner into the repository.")
-@click.option(
-    "--revert",
-    is_flag=True,
-    hidden=True,
-    callback=options.deprecated_spelling(REVERT_COMMAND),
-    help="Deprecated spelling of `tune revert`.",
-)
+@options.deprecated_option("--revert", "tune revert", REVERT_COMMAND)
 @click.option(
     "--variants",
     default=None,
