@@ -95,6 +95,17 @@ def url_option(help: str = URL_HELP, *, optional: bool = False) -> Callable[[F],
     )
 
 
+def answer_timeout_option(default: float, help: str) -> Callable[[F], F]:
+    """``--timeout``: the seconds a client of Triton waits for an answer, more than 0."""
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
 API_KEY_FILE_HELP = (
     "File (mode 0600) holding the inference API key, sent as 'Authorization: Bearer' with every "
     f"request to a proxy that asks for one. Or set ${contract.API_KEY_ENV_VAR} (or "

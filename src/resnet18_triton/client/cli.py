@@ -25,7 +25,12 @@ from resnet18_triton.client.policies import OverloadPolicy
 from resnet18_triton.client.results import ClassificationResult, HealthReport, result_to_json
 from resnet18_triton.errors import ExitCode, NoImagesError, ResNet18TritonError
 from resnet18_triton.keys import admin_key_from, api_key_from
-from resnet18_triton.options import api_key_file_option, ca_file_option, url_option
+from resnet18_triton.options import (
+    answer_timeout_option,
+    api_key_file_option,
+    ca_file_option,
+    url_option,
+)
 
 # A health check is a few small requests: a server slower than this is not healthy.
 HEALTH_TIMEOUT = 10.0
@@ -57,12 +62,8 @@ PROGRESS_MIN_IMAGES = 10
     help="Requests in flight at once.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image and line.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=contract.REQUEST_TIMEOUT_S,
-    show_default=True,
-    help="Seconds to wait for each answer before giving up.",
+@answer_timeout_option(
+    contract.REQUEST_TIMEOUT_S, "Seconds to wait for each answer before giving up."
 )
 @click.option(
     "--overload-retries",

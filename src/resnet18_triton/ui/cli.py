@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -11,6 +13,7 @@ from resnet18_triton import contract
 from resnet18_triton.extras import require
 from resnet18_triton.keys import api_key_from
 from resnet18_triton.options import (
+    answer_timeout_option,
     api_key_file_option,
     ca_file_option,
     host_option,
@@ -20,6 +23,30 @@ from resnet18_triton.options import (
 from resnet18_triton.ui.app import UiSettings, create_app
 from resnet18_triton.ui.service import DEFAULT_MODELS
 from resnet18_triton.ui.uploads import MEGABYTE, UploadLimits
+
+F = TypeVar("F", bound=Callable[..., object])
+
+# The limits' defaults are the app's own, stated once in UiSettings and UploadLimits.
+_SETTINGS = UiSettings()
+_LIMITS = _SETTINGS.limits
+
+
+def _megabytes_option(flag: str, default_bytes: int, help: str) -> Callable[[F], F]:
+    """``flag``: a size in MB, more than 0; by default ``default_bytes`` in MB."""
+    return click.option(
+        flag,
+        type=click.FloatRange(min=0, min_open=True),
+        default=default_bytes / MEGABYTE,
+        show_default=True,
+        help=help,
+    )
+
+
+def _limit_option(flag: str, default: int, help: str) -> Callable[[F], F]:
+    """``flag``: how many of something the app takes at most, at least 1."""
+    return click.option(
+        flag, type=click.IntRange(min=1), default=default, show_default=True, help=help
+    )
 
 
 @click.command("ui")
@@ -43,48 +70,20 @@ from resnet18_triton.ui.uploads import MEGABYTE, UploadLimits
     help="A classifier the page may pick (repeatable; the first is the default). "
     "Only those ready on the server are offered.",
 )
-@click.option(
-    "--max-image-mb",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Largest image accepted, in MB.",
-)
-@click.option(
-    "--max-images",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Most images in one request.",
-)
-@click.option(
-    "--max-request-mb",
-    type=click.FloatRange(min=0, min_open=True),
-    default=32.0,
-    show_default=True,
-    help="Largest request body, in MB.",
-)
-@click.option(
-    "--max-in-flight",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Requests handled at once; more get 503.",
+@_megabytes_option("--max-image-mb", _LIMITS.max_file_bytes, "Largest image accepted, in MB.")
+@_limit_option("--max-images", _LIMITS.max_files, "Most images in one request.")
+@_megabytes_option("--max-request-mb", _LIMITS.max_request_bytes, "Largest request body, in MB.")
+@_limit_option(
+    "--max-in-flight", _SETTINGS.max_in_flight, "Requests handled at once; more get 503."
 )
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
-    default=4,
+    default=_SETTINGS.workers,
     show_default=True,
     help="Threads (each with its own connections) that talk to Triton.",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for Triton's answer.",
-)
+@answer_timeout_option(_SETTINGS.timeout, "Seconds to wait for Triton's answer.")
 def ui(
     url: str,
     host: str,
