@@ -16,8 +16,9 @@ does); library callers catch ``ResNet18TritonError`` or one of its subclasses. T
     ├── ExportError                     a model could not be exported, converted or published
     │   ├── WeightsUnavailableError     weights cannot be loaded (offline, missing, incompatible)
     │   ├── VerificationError           the ONNX model does not reproduce PyTorch
-    │   ├── QuantizationRefused         the INT8 model agrees too little with FP32
-    │   ├── VariantRefused              the OpenVINO variant agrees too little with FP32
+    │   ├── FidelityRefused             a variant agrees too little with FP32
+    │   │   ├── QuantizationRefused     the INT8 model
+    │   │   └── VariantRefused          the OpenVINO variant
     │   └── PublishRefused              a new version failed its gate or cannot be published
     ├── ServerStartError                the server could not start or become ready
     │   └── StartAborted (exit 130)     a signal arrived while it was starting
@@ -131,13 +132,17 @@ class VerificationError(ExportError):
         self.report = report
 
 
-class QuantizationRefused(ExportError):
-    """The quantised model agrees too little with the FP32 model (``report``: an
-    ``export.fidelity.FidelityReport``)."""
+class FidelityRefused(ExportError):
+    """A variant agrees too little with the FP32 model, so it was not written (``report``: an
+    ``export.fidelity.FidelityReport``, whose table says by how much)."""
 
     def __init__(self, message: str, report: Any) -> None:
         super().__init__(message)
         self.report = report
+
+
+class QuantizationRefused(FidelityRefused):
+    """The quantised model agrees too little with the FP32 model."""
 
 
 class PublishRefused(ExportError):
@@ -148,13 +153,8 @@ class PublishRefused(ExportError):
     exit_code = ExitCode.SOME_FAILED
 
 
-class VariantRefused(ExportError):
-    """The OpenVINO variant agrees too little with FP32 (``report``: an
-    ``export.fidelity.FidelityReport``)."""
-
-    def __init__(self, message: str, report: Any) -> None:
-        super().__init__(message)
-        self.report = report
+class VariantRefused(FidelityRefused):
+    """The OpenVINO variant agrees too little with FP32."""
 
 
 class ProxyError(ResNet18TritonError):

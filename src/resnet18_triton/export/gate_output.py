@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from resnet18_triton.errors import QuantizationRefused, VariantRefused
+from resnet18_triton.errors import FidelityRefused
 from resnet18_triton.export.fidelity import FidelityReport
 
 
@@ -16,7 +16,7 @@ def shown_gate(build: Callable[[], FidelityReport], min_agreement: float) -> Fid
     variant was forced below ``min_agreement``, the warning on stderr."""
     try:
         report = build()
-    except (QuantizationRefused, VariantRefused) as refused:
+    except FidelityRefused as refused:
         click.echo(refused.report.table())
         raise
     click.echo(report.table())
