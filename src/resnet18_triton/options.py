@@ -106,6 +106,13 @@ def answer_timeout_option(default: float, help: str) -> Callable[[F], F]:
     )
 
 
+def client_concurrency_option(flag: str, default: int, help: str) -> Callable[[F], F]:
+    """``flag``: how many requests a client of Triton keeps in flight at once, 1 to 64."""
+    return click.option(
+        flag, type=click.IntRange(1, 64), default=default, show_default=True, help=help
+    )
+
+
 API_KEY_FILE_HELP = (
     "File (mode 0600) holding the inference API key, sent as 'Authorization: Bearer' with every "
     f"request to a proxy that asks for one. Or set ${contract.API_KEY_ENV_VAR} (or "

@@ -29,6 +29,7 @@ from resnet18_triton.options import (
     answer_timeout_option,
     api_key_file_option,
     ca_file_option,
+    client_concurrency_option,
     url_option,
 )
 
@@ -54,12 +55,8 @@ PROGRESS_MIN_IMAGES = 10
     type=click.IntRange(min=1),
     help="Images per request.  [default and maximum: the model's max_batch_size]",
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 64),
-    default=contract.CLIENT_CONCURRENCY,
-    show_default=True,
-    help="Requests in flight at once.",
+@client_concurrency_option(
+    "--concurrency", contract.CLIENT_CONCURRENCY, "Requests in flight at once."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image and line.")
 @answer_timeout_option(

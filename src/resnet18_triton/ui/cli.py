@@ -16,6 +16,7 @@ from resnet18_triton.options import (
     answer_timeout_option,
     api_key_file_option,
     ca_file_option,
+    client_concurrency_option,
     host_option,
     port_option,
     url_option,
@@ -76,12 +77,8 @@ def _limit_option(flag: str, default: int, help: str) -> Callable[[F], F]:
 @_limit_option(
     "--max-in-flight", _SETTINGS.max_in_flight, "Requests handled at once; more get 503."
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    default=_SETTINGS.workers,
-    show_default=True,
-    help="Threads (each with its own connections) that talk to Triton.",
+@client_concurrency_option(
+    "--workers", _SETTINGS.workers, "Threads (each with its own connections) that talk to Triton."
 )
 @answer_timeout_option(_SETTINGS.timeout, "Seconds to wait for Triton's answer.")
 def ui(
