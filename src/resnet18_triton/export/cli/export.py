@@ -7,8 +7,9 @@ and the repository changes only once the export is verified.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -34,6 +35,8 @@ from resnet18_triton.repository.configs.settings import (
     ServingSettings,
     describe_queue,
 )
+
+F = TypeVar("F", bound=Callable[..., object])
 
 
 def _request_default(name: str) -> object:
@@ -61,6 +64,18 @@ def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise click.BadParameter(f"{text!r} needs 1 or 3 values (R,G,B)", param_hint=option)
     return values
+
+
+def _per_channel_option(field: str, help: str) -> Callable[[F], F]:
+    """``--FIELD`` (``R,G,B``) as text, which ``_parse_triple`` reads: the per-channel values of
+    ``Preprocessing`` field ``field``, by default that field's."""
+    return click.option(
+        f"--{field}",
+        default=_triple_text(_preprocessing_default(field)),
+        show_default=True,
+        metavar="R,G,B",
+        help=help,
+    )
 
 
 def _preprocessing(
@@ -125,20 +140,8 @@ def _repository_ready(repository: Path, settings: ServingSettings) -> str:
     help="Resize the whole image straight to --input-size x --input-size instead (no crop, "
     "aspect ratio not kept).",
 )
-@click.option(
-    "--mean",
-    default=_triple_text(_preprocessing_default("mean")),
-    show_default=True,
-    metavar="R,G,B",
-    help="Per-channel mean subtracted after scaling pixels to [0, 1].",
-)
-@click.option(
-    "--std",
-    default=_triple_text(_preprocessing_default("std")),
-    show_default=True,
-    metavar="R,G,B",
-    help="Per-channel standard deviation divided by after subtracting the mean.",
-)
+@_per_channel_option("mean", "Per-channel mean subtracted after scaling pixels to [0, 1].")
+@_per_channel_option("std", "Per-channel standard deviation divided by after subtracting the mean.")
 @click.option(
     "--interpolation",
     type=click.Choice(INTERPOLATIONS),
