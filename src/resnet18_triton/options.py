@@ -7,6 +7,7 @@ has it. No CLI module imports another; what two of them share lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,17 @@ def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
         return function
 
     return apply
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """The declared default of dataclass field ``name`` (so option defaults have one source)."""
+    for item in dataclasses.fields(cls):
+        if item.name == name:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+    raise KeyError(f"{cls.__name__} has no field {name!r} with a default")
 
 
 def repository_option(help: str) -> Callable[[F], F]:

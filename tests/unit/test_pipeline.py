@@ -20,6 +20,7 @@ import pytest
 from resnet18_triton import contract
 from resnet18_triton.errors import RepositoryError, VerificationError
 from resnet18_triton.export import pipeline
+from resnet18_triton.options import default_of
 from resnet18_triton.repository import transaction
 from resnet18_triton.repository.configs.settings import ServingSettings
 from resnet18_triton.repository.layout import missing_files, onnx_model_path
@@ -226,6 +227,6 @@ def test_export_command_defaults_are_the_request_defaults() -> None:
 
     defaults = {param.name: param.default for param in export.params}
     for name in ("weights", "seed", "opset", "atol"):
-        assert defaults[name] == pipeline.default_of(pipeline.ExportRequest, name), name
+        assert defaults[name] == default_of(pipeline.ExportRequest, name), name
     assert ServingSettings().max_batch_size == contract.MAX_BATCH_SIZE
     assert ServingSettings().max_image_pixels == contract.MAX_IMAGE_PIXELS

@@ -29,7 +29,6 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -151,17 +150,6 @@ class ExportResult:
     classifier: Classifier
     # True when the labels were made up (class_0...): the caller should warn.
     default_labels: bool = False
-
-
-def default_of(cls: type[Any], name: str) -> Any:
-    """The declared default of dataclass field ``name`` (so option defaults have one source)."""
-    for item in dataclasses.fields(cls):
-        if item.name == name:
-            if item.default is not dataclasses.MISSING:
-                return item.default
-            if item.default_factory is not dataclasses.MISSING:
-                return item.default_factory()
-    raise KeyError(f"{cls.__name__} has no field {name!r} with a default")
 
 
 def load_model(request: ExportRequest) -> LoadedModel:

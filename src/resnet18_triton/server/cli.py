@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -13,6 +15,7 @@ from resnet18_triton.errors import ServerStartError, StartAborted
 from resnet18_triton.keys import admin_key_from
 from resnet18_triton.options import (
     admin_key_file_option,
+    default_of,
     host_option,
     port_option,
     repository_option,
@@ -29,6 +32,8 @@ KEY_ON_ARGV_NOTE = (
     "dedicated user (docs/reliability.md)"
 )
 
+F = TypeVar("F", bound=Callable[..., object])
+
 
 def check_exposure(host: str, behind_proxy: bool) -> None:
     """``ServerStartError`` for a ``host`` beyond loopback, unless ``behind_proxy`` says an
@@ -42,6 +47,21 @@ def check_exposure(host: str, behind_proxy: bool) -> None:
         "keys.txt --tls-cert cert.pem --tls-key key.pem` (nginx in front: API keys, TLS, limits "
         "and a body budget); pass --behind-proxy only when such a proxy is the only way to this "
         "address (docs/deployment.md)"
+    )
+
+
+def _server_option(
+    flag: str, field: str, type: click.ParamType[Any], help: str | None = None
+) -> Callable[[F], F]:
+    """``flag`` as the parameter ``field``: sets that ``ServerOptions`` field, by default the
+    field's own default."""
+    return click.option(
+        flag,
+        field,
+        default=default_of(ServerOptions, field),
+        show_default=True,
+        type=type,
+        help=help,
     )
 
 
@@ -65,28 +85,23 @@ def check_exposure(host: str, behind_proxy: bool) -> None:
     f"logging, trace), sent as header '{contract.ADMIN_KEY_HEADER}'.",
     unset="Unset: a random key, so they stay closed.",
 )
-@click.option(
+@_server_option(
     "--response-cache-bytes",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Size of Triton's local response cache; 0 disables it.",
+    "response_cache_bytes",
+    click.IntRange(0),
+    "Size of Triton's local response cache; 0 disables it.",
 )
-@click.option(
+@_server_option(
     "--exit-timeout",
     "exit_timeout_s",
-    default=contract.SERVER_EXIT_TIMEOUT_S,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Seconds in-flight requests get to finish on shutdown.",
+    click.IntRange(0),
+    "Seconds in-flight requests get to finish on shutdown.",
 )
-@click.option(
+@_server_option(
     "--ready-timeout",
     "ready_timeout_s",
-    default=contract.SERVER_READY_TIMEOUT_S,
-    show_default=True,
-    type=click.FloatRange(1),
-    help="Seconds to wait for the models to load.",
+    click.FloatRange(1),
+    "Seconds to wait for the models to load.",
 )
 @click.option(
     "--backend-dir",
@@ -96,7 +111,7 @@ def check_exposure(host: str, behind_proxy: bool) -> None:
     help="A backend directory prepared with `python -m resnet18_triton.server.embedded DIR`, "
     "used read-only (the container image sets it). Unset: a fresh copy under $TMPDIR per start.",
 )
-@click.option("--log-verbose", default=0, show_default=True, type=click.IntRange(0))
+@_server_option("--log-verbose", "log_verbose", click.IntRange(0))
 @click.option("--quiet", is_flag=True, help="Do not echo the server log.")
 @click.option(
     "--int8/--no-int8",
@@ -106,12 +121,11 @@ def check_exposure(host: str, behind_proxy: bool) -> None:
     "NAME_int8_fused, e.g. resnet18_int8_fused; written by `resnet18-triton quantize`). "
     "Default: those the repository holds.",
 )
-@click.option(
+@_server_option(
     "--allocator",
-    type=click.Choice(ALLOCATORS),
-    default="tcmalloc",
-    show_default=True,
-    help="malloc for tritonserver and its stubs: tcmalloc (preloaded when installed; Triton's "
+    "allocator",
+    click.Choice(ALLOCATORS),
+    "malloc for tritonserver and its stubs: tcmalloc (preloaded when installed; Triton's "
     "advice for memory glibc keeps after large request bodies) or the system's.",
 )
 def serve(

@@ -18,12 +18,11 @@ from resnet18_triton.export.pipeline import (
     ExportRequest,
     check_name_free,
     check_not_served,
-    default_of,
     export_repository,
     load_model,
 )
 from resnet18_triton.export.serving_options import serving_options, serving_settings
-from resnet18_triton.options import labels_option, name_option, repository_option
+from resnet18_triton.options import default_of, labels_option, name_option, repository_option
 from resnet18_triton.repository import variants
 from resnet18_triton.repository.classifier import (
     INTERPOLATIONS,

@@ -9,7 +9,7 @@ import click
 
 from resnet18_triton.export.canary import MAX_PERCENT
 from resnet18_triton.export.moves import admin_endpoints
-from resnet18_triton.export.pipeline import ExportRequest, default_of
+from resnet18_triton.export.pipeline import ExportRequest
 from resnet18_triton.export.publish import (
     DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MIN_AGREEMENT,
@@ -17,6 +17,7 @@ from resnet18_triton.export.publish import (
     publish,
 )
 from resnet18_triton.options import (
+    default_of,
     image_folder_option,
     keep_option,
     labels_option,
