@@ -257,13 +257,7 @@ def fidelity_gate_options(what: str, report_help: str, min_agreement: float) -> 
             help=f"Refuse {what} below this top-1 agreement with FP32 (0.99 = 99%).",
         ),
         click.option("--force", is_flag=True, help=f"Write {what} even below --min-agreement."),
-        click.option(
-            "--report",
-            "report_path",
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            help=report_help,
-        ),
+        output_file_option("--report", report_help, "report_path"),
     )
 
 
@@ -328,15 +322,32 @@ def served_repository_option(help: str) -> Callable[[F], F]:
     )
 
 
-def out_option(help: str) -> Callable[[F], F]:
-    """``--out``: the folder a report goes to (None: the command picks a dated one, as ``help``
-    says)."""
+def output_folder_option(flag: str, help: str) -> Callable[[F], F]:
+    """``flag``: a folder the command writes into, made when missing (None when not given:
+    ``help`` says where the command writes then)."""
     return click.option(
-        "--out",
+        flag,
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
         help=help,
     )
+
+
+def output_file_option(flag: str, help: str, parameter: str | None = None) -> Callable[[F], F]:
+    """``flag``, passed as ``parameter`` when given: a file the command also writes its result
+    to (None when not given: not written)."""
+    return click.option(
+        *filter(None, (flag, parameter)),
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=help,
+    )
+
+
+def out_option(help: str) -> Callable[[F], F]:
+    """``--out``: the folder a report goes to (None: the command picks a dated one, as ``help``
+    says)."""
+    return output_folder_option("--out", help)
 
 
 def concurrency_range_option(default: str, help: str | None = None) -> Callable[[F], F]:

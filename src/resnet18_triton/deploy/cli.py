@@ -25,6 +25,7 @@ from resnet18_triton.options import (
     deprecated_option,
     given_here_or_above,
     host_option,
+    output_folder_option,
     port_option,
     repository_option,
 )
@@ -154,11 +155,8 @@ def limit_options(command: F) -> F:
 )
 @deprecated_option("--add-api-key", "cluster keys add", ADD_KEY_COMMAND, metavar="NAME")
 @deprecated_option("--hash-api-keys", "cluster keys hash", HASH_KEYS_COMMAND)
-@click.option(
-    "--workdir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where the nginx config, runtime files and replica logs go (default: a temp dir).",
+@output_folder_option(
+    "--workdir", "Where the nginx config, runtime files and replica logs go (default: a temp dir)."
 )
 def cluster(
     replicas: int,

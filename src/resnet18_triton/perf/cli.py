@@ -24,6 +24,7 @@ from resnet18_triton.options import (
     measurement_interval_option,
     name_option,
     out_option,
+    output_file_option,
     served_repository_option,
     stability_option,
     url_option,
@@ -319,12 +320,7 @@ def bench(
     type=click.FloatRange(min=0, min_open=True),
     help="Percent any server process may grow after the warm-up.",
 )
-@click.option(
-    "--json-out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write the JSON summary here.",
-)
+@output_file_option("--json-out", "Also write the JSON summary here.")
 def soak(
     duration: float,
     warmup: float,
