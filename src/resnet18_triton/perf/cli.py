@@ -6,8 +6,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -37,6 +39,23 @@ def _default_out(kind: str) -> Path:
 
 def _strip_scheme(url: str) -> str:
     return re.sub(r"^https?://", "", url).rstrip("/")
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _load_seconds_option(
+    flag: str, default: float, help: str, *, may_be_zero: bool = False
+) -> Callable[[F], F]:
+    """``flag``: how long a phase of the soak's load lasts, in seconds: more than 0, or also 0
+    when ``may_be_zero`` (a phase that may be left out)."""
+    return click.option(
+        flag,
+        default=default,
+        show_default=True,
+        type=click.FloatRange(min=0, min_open=not may_be_zero),
+        help=help,
+    )
 
 
 @click.command("loadtest")
@@ -287,19 +306,9 @@ def bench(
 
 
 @click.command("soak")
-@click.option(
-    "--duration",
-    default=300.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds of load after the warm-up.",
-)
-@click.option(
-    "--warmup",
-    default=20.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds of load before the RSS baseline.",
+@_load_seconds_option("--duration", 300.0, "Seconds of load after the warm-up.")
+@_load_seconds_option(
+    "--warmup", 20.0, "Seconds of load before the RSS baseline.", may_be_zero=True
 )
 @click.option("--concurrency", default=64, show_default=True, type=click.IntRange(1))
 @image_count_option("image_count", 64, "Distinct images sent in turn.")

@@ -3,19 +3,16 @@ layer over ``export.publish``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from resnet18_triton.export.canary import MAX_PERCENT
 from resnet18_triton.export.moves import admin_endpoints
 from resnet18_triton.export.pipeline import ExportRequest
-from resnet18_triton.export.publish import (
-    DEFAULT_MAX_ACCURACY_DROP,
-    DEFAULT_MIN_AGREEMENT,
-    PublishRequest,
-    publish,
-)
+from resnet18_triton.export.publish import PublishRequest, publish
 from resnet18_triton.options import (
     default_of,
     image_folder_option,
@@ -26,6 +23,21 @@ from resnet18_triton.options import (
     repository_option,
 )
 from resnet18_triton.repository.versions import DEFAULT_KEEP
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _bar_option(flag: str, help: str) -> Callable[[F], F]:
+    """``flag``: a bar of the gate, a share from 0 to 1; it sets the ``PublishRequest`` field
+    the flag names and takes that field's default."""
+    field = flag.removeprefix("--").replace("-", "_")
+    return click.option(
+        flag,
+        default=default_of(PublishRequest, field),
+        show_default=True,
+        type=click.FloatRange(0, 1),
+        help=help,
+    )
 
 
 @click.command("publish")
@@ -46,19 +58,13 @@ from resnet18_triton.repository.versions import DEFAULT_KEEP
 @labels_option(
     "The new weights' labels, checked to be the served classifier's (a version keeps them)."
 )
-@click.option(
+@_bar_option(
     "--min-agreement",
-    default=DEFAULT_MIN_AGREEMENT,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Without labelled images: refuse below this top-1 agreement with the served version.",
+    "Without labelled images: refuse below this top-1 agreement with the served version.",
 )
-@click.option(
+@_bar_option(
     "--max-accuracy-drop",
-    default=DEFAULT_MAX_ACCURACY_DROP,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="With labelled images: refuse when accuracy falls by more than this (0.01 = 1 point).",
+    "With labelled images: refuse when accuracy falls by more than this (0.01 = 1 point).",
 )
 @click.option("--force", is_flag=True, help="Publish even below the bar (the report still shows).")
 @click.option(
