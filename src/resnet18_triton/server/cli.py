@@ -54,7 +54,7 @@ def _server_option(
     flag: str, field: str, type: click.ParamType[Any], help: str | None = None
 ) -> Callable[[F], F]:
     """``flag`` as the parameter ``field``: sets that ``ServerOptions`` field, by default the
-    field's own default."""
+    field's own default. ``serve`` passes every such option to ``ServerOptions`` as it is."""
     return click.option(
         flag,
         field,
@@ -136,14 +136,10 @@ def serve(
     grpc_port: int,
     metrics_port: int,
     admin_key_file: Path | None,
-    response_cache_bytes: int,
-    exit_timeout_s: int,
-    ready_timeout_s: float,
     backend_dir: Path | None,
-    log_verbose: int,
     quiet: bool,
     int8: bool | None = None,
-    allocator: str = "tcmalloc",
+    **server_fields: Any,
 ) -> None:
     """Run the real Triton server on this machine (no Docker) until Ctrl-C or SIGTERM.
 
@@ -163,13 +159,9 @@ def serve(
         grpc_port=grpc_port,
         metrics_port=metrics_port,
         admin_key=admin_key_from(admin_key_file),
-        response_cache_bytes=response_cache_bytes,
-        exit_timeout_s=exit_timeout_s,
-        ready_timeout_s=ready_timeout_s,
-        log_verbose=log_verbose,
         backend_dir=backend_dir.resolve() if backend_dir else None,
         models=served_models(repository.resolve(), int8),
-        allocator=allocator,
+        **server_fields,
     )
     server = EmbeddedServer(options, log_stream=None if quiet else sys.stderr)
     # A signal during start-up stops the launcher at once.
