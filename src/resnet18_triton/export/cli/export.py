@@ -35,8 +35,6 @@ from resnet18_triton.repository.configs.settings import (
     describe_queue,
 )
 
-F = TypeVar("F", bound=Callable[..., object])
-
 
 def _request_default(name: str) -> object:
     return default_of(ExportRequest, name)
@@ -63,6 +61,9 @@ def _parse_triple(text: str, option: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise click.BadParameter(f"{text!r} needs 1 or 3 values (R,G,B)", param_hint=option)
     return values
+
+
+F = TypeVar("F", bound=Callable[..., object])
 
 
 def _per_channel_option(field: str, help: str) -> Callable[[F], F]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -27,16 +27,29 @@ from resnet18_triton.repository.versions import DEFAULT_KEEP
 F = TypeVar("F", bound=Callable[..., object])
 
 
+def _field_of(flag: str) -> str:
+    """The parameter click makes of ``flag`` (``--max-accuracy-drop``: ``max_accuracy_drop``),
+    which is also the name of the request field the option sets."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def _bar_option(flag: str, help: str) -> Callable[[F], F]:
     """``flag``: a bar of the gate, a share from 0 to 1; it sets the ``PublishRequest`` field
     the flag names and takes that field's default."""
-    field = flag.removeprefix("--").replace("-", "_")
     return click.option(
         flag,
-        default=default_of(PublishRequest, field),
+        default=default_of(PublishRequest, _field_of(flag)),
         show_default=True,
         type=click.FloatRange(0, 1),
         help=help,
+    )
+
+
+def _export_option(flag: str, type: type[int | float]) -> Callable[[F], F]:
+    """``flag``: how the new version is exported, the ``ExportRequest`` field the flag names,
+    by default that field's; ``publish_command`` passes it to the export as it is."""
+    return click.option(
+        flag, default=default_of(ExportRequest, _field_of(flag)), show_default=True, type=type
     )
 
 
@@ -76,9 +89,9 @@ def _bar_option(flag: str, help: str) -> Callable[[F], F]:
     "(resnet18-triton cluster) sends this percent of the requests to the new one, until "
     "`promote` or `rollback`.",
 )
-@click.option("--seed", default=default_of(ExportRequest, "seed"), show_default=True, type=int)
-@click.option("--opset", default=default_of(ExportRequest, "opset"), show_default=True, type=int)
-@click.option("--atol", default=default_of(ExportRequest, "atol"), show_default=True, type=float)
+@_export_option("--seed", int)
+@_export_option("--opset", int)
+@_export_option("--atol", float)
 @repository_option("Model repository the classifier is served from.")
 @keep_option(DEFAULT_KEEP)
 @move_servers_options()
@@ -91,13 +104,11 @@ def publish_command(
     max_accuracy_drop: float,
     force: bool,
     canary_percent: int | None,
-    seed: int,
-    opset: int,
-    atol: float,
     repository: Path,
     keep: int,
     urls: tuple[str, ...],
     admin_key_file: Path | None,
+    **export_fields: Any,
 ) -> None:
     """Publish new weights as the next version of a served classifier, with no failed request.
 
@@ -107,13 +118,7 @@ def publish_command(
     """
     request = PublishRequest(
         export=ExportRequest(
-            repository=repository,
-            weights=weights,
-            seed=seed,
-            opset=opset,
-            atol=atol,
-            name=name,
-            labels=labels,
+            repository=repository, weights=weights, name=name, labels=labels, **export_fields
         ),
         eval_images=eval_images,
         endpoints=admin_endpoints(urls, admin_key_file),
