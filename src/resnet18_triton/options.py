@@ -51,6 +51,21 @@ def default_of(cls: type[Any], name: str) -> Any:
     raise KeyError(f"{cls.__name__} has no field {name!r} with a default")
 
 
+def field_option(
+    cls: type[Any], flag: str, field: str, type: click.ParamType[Any], help: str | None = None
+) -> Callable[[F], F]:
+    """``flag`` as the parameter ``field``: sets that field of dataclass ``cls``, by default the
+    field's own default (``default_of``), shown in ``--help``."""
+    return click.option(
+        flag,
+        field,
+        default=default_of(cls, field),
+        show_default=True,
+        type=type,
+        help=help,
+    )
+
+
 def repository_option(help: str) -> Callable[[F], F]:
     """``--repo`` as the ``repository`` parameter: a folder, by default
     ``$RESNET18_TRITON_REPO`` or ``./model_repository`` (read when the command runs)."""

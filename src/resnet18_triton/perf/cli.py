@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -19,6 +19,8 @@ from resnet18_triton.options import (
     admin_key_file_option,
     check_range,
     concurrency_range_option,
+    default_of,
+    field_option,
     image_count_option,
     images_option,
     max_images_option,
@@ -31,6 +33,7 @@ from resnet18_triton.options import (
     stability_option,
     url_option,
 )
+from resnet18_triton.perf.perf_analyzer import SweepSettings
 
 
 def _default_out(kind: str) -> Path:
@@ -42,6 +45,14 @@ def _strip_scheme(url: str) -> str:
 
 
 F = TypeVar("F", bound=Callable[..., object])
+
+
+def _sweep_option(
+    flag: str, field: str, type: click.ParamType[Any], help: str | None = None
+) -> Callable[[F], F]:
+    """``flag`` as the parameter ``field``: sets that ``SweepSettings`` field, by default the
+    field's own default."""
+    return field_option(SweepSettings, flag, field, type, help)
 
 
 def _load_seconds_option(
@@ -60,7 +71,7 @@ def _load_seconds_option(
 
 @click.command("loadtest")
 @url_option("Server to load (the embedded server or the container).")
-@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@_sweep_option("--protocol", "protocol", click.Choice(["http", "grpc"]))
 @click.option(
     "--model",
     "targets",
@@ -72,35 +83,37 @@ def _load_seconds_option(
 @name_option("Classifier to load: its ensemble NAME and its ONNX model NAME_onnx.", "classifier")
 @images_option("Folder of images sent to the ensemble (default: generated 500x375 JPEGs).")
 @max_images_option(32)
-@concurrency_range_option("1:4:1", "Concurrency sweep START:END:STEP.")
+@concurrency_range_option(
+    default_of(SweepSettings, "concurrency"), "Concurrency sweep START:END:STEP."
+)
 @click.option(
     "--request-rate",
     default=None,
     callback=check_range,
     help="Request-rate sweep START:END:STEP (requests/s) instead of concurrency.",
 )
-@measurement_interval_option(4000, "perf_analyzer window (ms).")
+@measurement_interval_option(
+    default_of(SweepSettings, "measurement_interval_ms"), "perf_analyzer window (ms)."
+)
 @stability_option("perf_analyzer stability percentage (a shared, noisy machine needs a wide one).")
-@max_trials_option(10)
+@max_trials_option(default_of(SweepSettings, "max_trials"))
 @click.option(
     "--stats-url",
     default=None,
     help="HTTP address for the failed-request count when --protocol grpc (host:port).",
 )
-@click.option(
+@_sweep_option(
     "--batch-size",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1),
-    help=f"Images per request (at most the model's max_batch_size, {contract.MAX_BATCH_SIZE} "
+    "batch_size",
+    click.IntRange(1),
+    f"Images per request (at most the model's max_batch_size, {contract.MAX_BATCH_SIZE} "
     "unless exported otherwise).",
 )
-@click.option(
+@_sweep_option(
     "--shared-memory",
-    type=click.Choice(["none", "system"]),
-    default="none",
-    show_default=True,
-    help="system: send tensors through POSIX shared memory instead of the HTTP body "
+    "shared_memory",
+    click.Choice(["none", "system"]),
+    "system: send tensors through POSIX shared memory instead of the HTTP body "
     "(perf_analyzer on the server's host; the container needs ipc: host).",
 )
 @admin_key_file_option(
@@ -130,7 +143,6 @@ def loadtest(
     from resnet18_triton.keys import admin_key_from
     from resnet18_triton.perf import images as image_sets
     from resnet18_triton.perf.loadtest import LoadTestPlan, run_loadtest
-    from resnet18_triton.perf.perf_analyzer import SweepSettings
 
     admin_key = admin_key_from(admin_key_file)
     if shared_memory != "none" and admin_key and protocol == "grpc":
@@ -270,7 +282,6 @@ def bench(
     require("torch", "export")
     from resnet18_triton.keys import admin_key_from
     from resnet18_triton.perf.bench import BenchPlan, run_bench
-    from resnet18_triton.perf.perf_analyzer import SweepSettings
 
     if url and repository is None:
         raise click.BadParameter(

@@ -15,7 +15,7 @@ from resnet18_triton.errors import ServerStartError, StartAborted
 from resnet18_triton.keys import admin_key_from
 from resnet18_triton.options import (
     admin_key_file_option,
-    default_of,
+    field_option,
     host_option,
     port_option,
     repository_option,
@@ -55,14 +55,7 @@ def _server_option(
 ) -> Callable[[F], F]:
     """``flag`` as the parameter ``field``: sets that ``ServerOptions`` field, by default the
     field's own default. ``serve`` passes every such option to ``ServerOptions`` as it is."""
-    return click.option(
-        flag,
-        field,
-        default=default_of(ServerOptions, field),
-        show_default=True,
-        type=type,
-        help=help,
-    )
+    return field_option(ServerOptions, flag, field, type, help)
 
 
 @click.command("serve")
