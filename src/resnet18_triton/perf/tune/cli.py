@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 REVERT_COMMAND = "resnet18-triton tune revert"
 # What --variants accepts: the classifier's own FP32 models or a registered variant's key.
 VARIANT_KEYS = (registry.FP32_ENSEMBLE, *(variant.key for variant in registry.REGISTRY))
+# The most finalists a search re-measures, and the most rounds it measures them (or --compare's
+# plans) in.
+MAX_REMEASURED = 20
+
+F = TypeVar("F", bound=Callable[..., object])
 
 
 def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
@@ -37,6 +43,18 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     if not numbers or min(numbers) < 0:
         raise click.BadParameter("expected one or more non-negative integers, e.g. 1,4,8")
     return numbers
+
+
+def _remeasure_option(flag: str, default: int, help: str, *, lowest: int) -> Callable[[F], F]:
+    """``flag``: how much is measured again side by side after a search (its best plans, or
+    rounds of them), from ``lowest`` to ``MAX_REMEASURED``."""
+    return click.option(
+        flag,
+        default=default,
+        show_default=True,
+        type=click.IntRange(lowest, MAX_REMEASURED),
+        help=help,
+    )
 
 
 @click.group("tune", invoke_without_command=True, subcommand_metavar="[revert]")
@@ -65,20 +83,15 @@ def _int_list(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="Instead of searching, measure these plans side by side, interleaved (repeatable; "
     "labels as in the report, e.g. 'fp32 i1xt2 p1 b8 q0').",
 )
-@click.option(
+@_remeasure_option(
     "--rounds",
-    default=2,
-    show_default=True,
-    type=click.IntRange(0, 20),
-    help="Interleaved rounds for --compare, and for re-measuring a search's finalists "
+    2,
+    "Interleaved rounds for --compare, and for re-measuring a search's finalists "
     "(0: trust one measurement each); the best median wins.",
+    lowest=0,
 )
-@click.option(
-    "--finalists",
-    default=3,
-    show_default=True,
-    type=click.IntRange(1, 20),
-    help="How many of a search's best plans are re-measured side by side.",
+@_remeasure_option(
+    "--finalists", 3, "How many of a search's best plans are re-measured side by side.", lowest=1
 )
 @click.option("--apply", "apply_winner", is_flag=True, help="Write the winner into the repository.")
 @options.deprecated_option("--revert", "tune revert", REVERT_COMMAND)
