@@ -49,6 +49,8 @@ class FakeTriton:
     provenance: str = IMAGENET_PROVENANCE  # the classifier's weights_provenance parameter
     label: str = "label {rank}"  # format of the label of class ``rank``
     not_ready: set[str] = field(default_factory=set)
+    # False: the server's own readiness says no (Triton's is strict: any model loading).
+    server_ready: bool = True
     # True: the repository index answers 403, as `resnet18-triton serve` without the admin key.
     index_restricted: bool = False
     # When set, any request without ``Authorization: Bearer <api_key>`` gets nginx's 401 page.
@@ -158,7 +160,9 @@ def _handler(fake: FakeTriton) -> type[BaseHTTPRequestHandler]:
                 self._reply(answer)
                 return
             parts = self.path.strip("/").split("/")
-            if parts[:2] == ["v2", "health"]:
+            if parts == ["v2", "health", "ready"]:
+                self._send(200 if fake.server_ready else 503)
+            elif parts[:2] == ["v2", "health"]:
                 self._send(200)
             elif parts[:2] == ["v2", "models"] and len(parts) >= 3:
                 self._model_get(parts[2], parts[3:])

@@ -253,6 +253,17 @@ def test_model_not_ready_exits_2(
     assert fake_triton.batch_sizes == []
 
 
+def test_classify_answers_while_another_model_loads_and_the_servers_own_readiness_says_no(
+    fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As while publish or rollback moves a version: Triton's readiness is strict.
+    fake_triton.server_ready = False
+    argv = ["classify", "--url", fake_triton.url, str(SAMPLES / "rocket.jpg")]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert "label 0" in out
+
+
 def test_503_is_retried(fake_triton: FakeTriton, capsys: pytest.CaptureFixture[str]) -> None:
     fake_triton.script = [UNAVAILABLE] * 2
     code, out, _ = run(["classify", "--url", fake_triton.url, str(SAMPLES / "rocket.jpg")], capsys)

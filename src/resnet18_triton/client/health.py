@@ -112,11 +112,11 @@ class HealthCheck:
     model: str
 
     def ensure_ready(self) -> None:
-        """``ImageClassifier.ensure_ready``: raises ServerUnavailableError saying what to check."""
-        if not self.call(self.client.is_server_ready):
-            raise ServerUnavailableError(
-                f"Triton at {self.url} is up but not ready (models still loading?) — {_HINT}"
-            )
+        """``ImageClassifier.ensure_ready``: raises ServerUnavailableError saying what to check.
+
+        Only this client's model must be ready. The server's own readiness is strict: it says no
+        while any model loads or unloads, such as a version that ``publish`` or ``rollback``
+        moves away from, while this model answers."""
         if not self.call(self.client.is_model_ready, self.model):
             raise ServerUnavailableError(
                 f"model '{self.model}' is not ready on Triton at {self.url} "
