@@ -265,6 +265,33 @@ def run_cli(
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout_s, env=env)
 
 
+@dataclass(frozen=True)
+class Ran:
+    """How a command run in this process ended, in ``subprocess.CompletedProcess``'s terms."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke_cli(*args: str) -> Ran:
+    """``resnet18-triton ARGS`` in this process, driven by click's ``CliRunner``, ending as
+    ``main`` ends it: a library error is ``error: MESSAGE`` on stderr and its exit code. Saves the
+    seconds a subprocess spends importing torch; a command a test must kill needs ``run_cli``."""
+    from click.testing import CliRunner
+
+    from resnet18_triton.cli import cli
+    from resnet18_triton.errors import ResNet18TritonError
+
+    result = CliRunner().invoke(cli, list(args), prog_name="resnet18-triton")
+    error = result.exception
+    if isinstance(error, ResNet18TritonError):
+        return Ran(error.exit_code, result.stdout, f"{result.stderr}error: {error}\n")
+    if error is not None and not isinstance(error, SystemExit):
+        raise error
+    return Ran(result.exit_code, result.stdout, result.stderr)
+
+
 def missing(message: str) -> NoReturn:
     """What a test needs is not installed (``message`` says how to install it): fail in CI (``$CI``
     set), where everything must be, and skip elsewhere."""

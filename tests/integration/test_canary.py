@@ -32,7 +32,7 @@ from tests.lifecycle_support import (
     head_variant,
     version_references,
 )
-from tests.support import run_cli
+from tests.support import invoke_cli
 
 NAME = "digits"
 CANARY = f"{NAME}_canary"
@@ -122,7 +122,7 @@ def _run(stack: Stack, load: VersionedLoad, args: list[str]) -> int:
     load.wait_for(20)
     stack.marks[args[0] + " began"] = len(load.answers)
     stack.times[args[0] + " began"] = time.monotonic()
-    result = run_cli(*args, timeout_s=600)
+    result = invoke_cli(*args)
     assert result.returncode == 0, result.stderr
     stack.marks[args[0] + " returned"] = len(load.answers)
     stack.times[args[0] + " returned"] = time.monotonic()
@@ -169,7 +169,7 @@ def test_rolling_back_a_canary_ends_it_and_the_served_version_answers_alone(stac
         load.wait_for(rolled_back + 40)
     _check_answers(load, stack)
     assert {answer.version for answer in load.answers[rolled_back:]} == {"2"}
-    versions = run_cli("versions", "--name", NAME, "--repo", str(stack.repo))
+    versions = invoke_cli("versions", "--name", NAME, "--repo", str(stack.repo))
     assert versions.returncode == 0, versions.stderr
     assert "canary" not in versions.stdout
     assert not (stack.repo / CANARY).exists() and not (stack.repo / CANARY_ONNX).exists()

@@ -37,7 +37,7 @@ from tests.lifecycle_support import (
     served_pins,
     version_references,
 )
-from tests.support import CLI, run_cli, serve_process, tree_digest
+from tests.support import CLI, invoke_cli, run_cli, serve_process, tree_digest
 
 NAME = "digits"
 ONNX = f"{NAME}_onnx"
@@ -95,7 +95,7 @@ def _check_answers(load: VersionedLoad, lifecycle: Lifecycle, versions: set[str]
 
 def _published(lifecycle: Lifecycle, load: VersionedLoad, args: list[str]) -> str:
     load.wait_for(20)
-    result = run_cli(*args, timeout_s=600)
+    result = invoke_cli(*args)
     assert result.returncode == 0, result.stderr
     settled = len(load.answers)
     load.wait_for(settled + 20)
@@ -116,7 +116,7 @@ def _while_serving(
 
 def test_a_model_trained_on_shuffled_labels_is_refused_and_nothing_changes(lifecycle) -> None:
     before = tree_digest(lifecycle.repo, (ONNX, NAME))
-    result = run_cli(*lifecycle.publish("shuffled"), timeout_s=600)
+    result = invoke_cli(*lifecycle.publish("shuffled"))
     assert result.returncode == 1, result.stderr
     assert "was not published" in result.stderr and "accuracy" in result.stderr
     assert "| accuracy of new v2" in result.stderr  # the report is printed
@@ -146,7 +146,7 @@ def test_publish_under_load_answers_every_request_with_the_version_it_names(life
     # Answers move from v1 to v2 and stay there; the classifier stays ready throughout.
     assert load.answers[0].version == "1" and load.answers[-1].version == "2"
     assert probe.ensemble_not_ready() == 0
-    listed = run_cli("versions", "--repo", str(lifecycle.repo), "--name", NAME)
+    listed = invoke_cli("versions", "--repo", str(lifecycle.repo), "--name", NAME)
     assert [line.split()[:1] + line.split()[3:5] for line in listed.stdout.splitlines()[1:]] == [
         ["2", "answers", "since"],
         ["1", "kept"],
@@ -220,7 +220,7 @@ def test_a_publish_killed_at_each_step_leaves_one_version_answering_and_the_next
     lifecycle.references["3"] = lifecycle.references["4"] = lifecycle.references["2"]
     _check_answers(load, lifecycle, {"1", "3", "4"})
     assert load.answers[-1].version == "4"
-    listed = run_cli("versions", "--repo", str(lifecycle.repo), "--name", NAME).stdout
+    listed = invoke_cli("versions", "--repo", str(lifecycle.repo), "--name", NAME).stdout
     assert "unfinished" not in listed
     # Retention: the served version and the two before it.
     assert sorted(p.name for p in (lifecycle.repo / ONNX).iterdir() if p.name.isdigit()) == [
