@@ -1,7 +1,8 @@
 """Tenants through the proxy: polite callers at a fixed rate, alone and beside two kinds of flood.
 
 ``python -m benchmarks.tenants --repo model_repository [--replicas 2] [--seconds 20]
-[--key-in-flight 4] [--key-large-in-flight 2] [--max-large-in-flight 4]``
+[--key-in-flight 4] [--key-large-in-flight 2] [--max-large-in-flight 4] [--flood-nice 10]
+[--fresh-connections]``
 
 One ``cluster`` (real ``serve`` replicas, nginx with TLS, two API keys, the default limits). Each
 caller has its own loopback address, as on a real edge:
@@ -9,23 +10,35 @@ caller has its own loopback address, as on a real edge:
 1. **alone, closed loop**: 8 polite callers (key ``benchmark``) each send one 500x375 JPEG at a
    time; their throughput is what the polite tenant gets alone;
 2. **alone, fixed rate**: the polite callers send ``--share`` (35 %) of that rate, spread evenly,
-   each request retried after ``Retry-After`` up to 5 tries, as the project's client does;
+   each request retried after ``Retry-After`` up to 5 tries, as the project's client does. Each
+   caller keeps its TLS connection, as the project's client does (``--fresh-connections``: a
+   handshake per request);
 3. **beside a keyed flood**: the same fixed rate while another tenant (key ``abusive``, 4
-   addresses x 48 connections) sends 6.8 MB noise PNGs in closed loops;
+   addresses x 48 connections) sends 6.8 MB noise PNGs in closed loops, a new connection each;
 4. **beside an unauthenticated flood**: the same fixed rate while 192 connections without a key
    send the same PNGs.
 
+The flood runs in a process of its own, at ``--flood-nice`` (10): its senders stand for other
+machines, so they must neither hold the polite callers' GIL nor take the cores first.
+
 For each fixed-rate run: the share of the scheduled requests answered (after the polite retries),
-p50 and p99 from the scheduled time to the answer (retries included), and each flood's outcomes,
-refusals by kind, and the replicas' memory; and, from the proxy's own tenant metrics, each
-key's answers, refusals and replica time (the seconds the replicas spent on its answers: its
-share of the server). Prints markdown; figures belong in docs/reliability.md.
+p50, p99 and mean from the scheduled time to the answer (retries included), and each flood's
+outcomes, refusals by kind, and the replicas' memory; and, from the proxy's own tenant metrics,
+each key's answers, refusals, replica time (the seconds the replicas spent on its answers: its
+share of the server) and time in nginx per request (from its first byte to its last: what the
+client waited beyond it went to connecting and the TLS handshake). Prints markdown; figures
+belong in docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import http.client
+import multiprocessing
+import os
+import queue
 import ssl
 import statistics
 import threading
@@ -57,9 +70,13 @@ class FixedRate:
     answered: list[float] = field(default_factory=list)  # seconds from schedule to answer
     retries: int = 0
     failed: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)  # broken connections, resent
 
     def share_answered(self) -> float:
         return len(self.answered) / self.scheduled if self.scheduled else float("nan")
+
+    def mean_ms(self) -> float:
+        return 1000 * statistics.fmean(self.answered) if self.answered else float("nan")
 
     def quantile_ms(self, q: float) -> float:
         if not self.answered:
@@ -69,29 +86,59 @@ class FixedRate:
 
 
 def polite_at_rate(
-    target: flood.Target, image: bytes, expected: np.ndarray, rate: float, seconds: float
+    target: flood.Target,
+    image: bytes,
+    expected: np.ndarray,
+    rate: float,
+    seconds: float,
+    keep_alive: bool = True,
 ) -> FixedRate:
-    """Requests at ``rate`` per second for ``seconds``, round-robin over the target's addresses,
-    each on its own thread, retried after Retry-After (429 or 503) up to ``POLITE_TRIES``."""
+    """Requests at ``rate`` per second for ``seconds``, each on its own thread, retried after
+    Retry-After (429 or 503), or at once after a broken connection, up to ``POLITE_TRIES``.
+
+    ``keep_alive``: each caller (one per address of the target) keeps its TLS connection between
+    requests, as the project's client, tritonclient and browsers do; a request waits for a free
+    caller. Otherwise each request opens a connection of its own, round-robin over the
+    addresses, and pays a TLS handshake.
+    """
     result = FixedRate()
     lock = threading.Lock()
     request = harness.infer_request(image)
     threads = []
+    callers: queue.Queue[http.client.HTTPConnection] = queue.Queue()
+    for number in range(len(target.sources) if keep_alive else 0):
+        connection = target.connect(60.0, number)
+        connection.connect()  # the handshake before the first scheduled request
+        callers.put(connection)
+
+    def attempt(number: int) -> flood.Outcome:
+        if not keep_alive:
+            return flood.send(target, contract.ENSEMBLE_MODEL, request, expected, 60.0, 1e-5,
+                              number)  # fmt: skip
+        connection = callers.get()
+        try:
+            return flood.exchange(connection, target, contract.ENSEMBLE_MODEL, request, expected,
+                                  1e-5)  # fmt: skip
+        finally:
+            callers.put(connection)
 
     def one(number: int, scheduled_at: float) -> None:
-        for attempt in range(POLITE_TRIES):
-            outcome = flood.send(target, contract.ENSEMBLE_MODEL, request, expected, 60.0, 1e-5,
-                                 number)  # fmt: skip
+        for tries in range(POLITE_TRIES):
+            outcome = attempt(number)
             if outcome.kind == "ok":
                 with lock:
                     result.answered.append(time.monotonic() - scheduled_at)
-                    result.retries += attempt
+                    result.retries += tries
                 return
+            if outcome.kind == "error":  # a fault: resent at once, as the client's RetryPolicy
+                with lock:
+                    result.faults[outcome.detail] += 1
+                continue
             if outcome.kind != "refused" or outcome.status not in (429, 503):
                 break
             time.sleep(1.0)  # the proxy's Retry-After
         with lock:
-            result.failed[f"{outcome.kind} {outcome.status or ''}".strip()] += 1
+            result.failed[f"{outcome.kind} {outcome.status or outcome.detail}".strip()] += 1
 
     start = time.monotonic()
     count = int(rate * seconds)
@@ -104,7 +151,25 @@ def polite_at_rate(
     result.scheduled = count
     for thread in threads:
         thread.join()
+    while not callers.empty():
+        callers.get().close()
     return result
+
+
+def _flood_in_child(
+    target: flood.Target,
+    large: bytes,
+    expected: np.ndarray,
+    seconds: float,
+    replica_pid: int,
+    nice: int,
+    reports: multiprocessing.Queue,  # type: ignore[type-arg]
+) -> None:
+    """The flood, in a process of its own (forked: the TLS context needs no pickling)."""
+    os.nice(nice)
+    reports.put(flood.run_flood(target, contract.ENSEMBLE_MODEL, large, expected,
+                                clients=FLOOD_CONNECTIONS, seconds=seconds,
+                                server_pid=replica_pid))  # fmt: skip
 
 
 def beside(
@@ -117,35 +182,39 @@ def beside(
     rate: float,
     seconds: float,
     replica_pid: int,
+    flood_nice: int,
+    keep_alive: bool,
 ) -> tuple[FixedRate, flood.FloodReport]:
-    """The polite fixed-rate run while ``flood_target`` floods with ``large`` in closed loops."""
-    reports: list[flood.FloodReport] = []
-    flooding = threading.Thread(
-        target=lambda: reports.append(
-            flood.run_flood(
-                flood_target,
-                contract.ENSEMBLE_MODEL,
-                large,
-                large_expected,
-                clients=FLOOD_CONNECTIONS,
-                seconds=seconds + 4,
-                server_pid=replica_pid,
-            )
-        )
+    """The polite fixed-rate run while ``flood_target`` floods with ``large`` in closed loops.
+
+    The flood's 192 senders run in a process of their own at niceness ``flood_nice``: on a real
+    edge they are other machines. In the polite callers' process their threads would hold the
+    GIL between the polite callers' sends and reads, and at the same priority they would take
+    the cores the proxy and the replicas need; both would be measured as the server's latency.
+    """
+    context = multiprocessing.get_context("fork")
+    reports = context.Queue()
+    flooding = context.Process(
+        target=_flood_in_child,
+        args=(flood_target, large, large_expected, seconds + 4, replica_pid, flood_nice, reports),
     )
     flooding.start()
     time.sleep(4)  # the flood fills the proxy first
-    fixed = polite_at_rate(polite, photo, expected, rate, seconds)
+    fixed = polite_at_rate(polite, photo, expected, rate, seconds, keep_alive)
+    report: flood.FloodReport = reports.get(timeout=600)
     flooding.join()
-    return fixed, reports[0]
+    return fixed, report
 
 
 Counters = dict[tuple[str, str], float]
+TIMES = ("replica_s", "proxy_s", "proxy_n")
 
 
 def tenant_counters(metrics_url: str) -> Counters:
-    """(tenant, outcome) -> requests, and (tenant, "replica_s") -> replica seconds, from the
-    proxy's tenant metrics."""
+    """(tenant, outcome) -> requests, (tenant, "replica_s") -> replica seconds, and
+    (tenant, "proxy_s") and (tenant, "proxy_n") -> the seconds nginx spent on the tenant's
+    requests from their first byte to their last, and how many, from the proxy's tenant
+    metrics."""
     counters: Counters = {}
     for (name, pairs), value in harness.metric_samples(metrics_url).items():
         labels = dict(pairs)
@@ -155,6 +224,10 @@ def tenant_counters(metrics_url: str) -> Counters:
             counters[key] = counters.get(key, 0.0) + value
         elif name == "resnet18_proxy_upstream_seconds_total":
             counters[tenant, "replica_s"] = counters.get((tenant, "replica_s"), 0.0) + value
+        elif name == "resnet18_proxy_request_duration_seconds_sum":
+            counters[tenant, "proxy_s"] = value
+        elif name == "resnet18_proxy_request_duration_seconds_count":
+            counters[tenant, "proxy_n"] = value
     return counters
 
 
@@ -168,12 +241,16 @@ def _tenant_lines(name: str, before: Counters, after: Counters) -> list[str]:
         outcomes = ", ".join(
             f"{kind} {value:.0f}"
             for (who, kind), value in sorted(grown.items())
-            if who == tenant and kind != "replica_s"
+            if who == tenant and kind not in TIMES
         )
         seconds = grown.get((tenant, "replica_s"), 0.0)
         share = 100 * seconds / total_s if total_s else 0.0
         answered = grown.get((tenant, "answered"), 0.0)
         each = f", {1000 * seconds / answered:.0f} ms per answer" if answered else ""
+        requests = grown.get((tenant, "proxy_n"), 0.0)
+        if requests:
+            each += f"; in nginx {1000 * grown.get((tenant, 'proxy_s'), 0.0) / requests:.0f} ms"
+            each += " per request"
         lines.append(
             f"- {name}, tenant `{tenant}`: {outcomes}; replica time {seconds:.1f} s "
             f"({share:.0f} % of the replicas' time{each})"
@@ -184,9 +261,10 @@ def _tenant_lines(name: str, before: Counters, after: Counters) -> list[str]:
 def _row(name: str, fixed: FixedRate) -> str:
     failed = ", ".join(f"{n} {kind}" for kind, n in fixed.failed.items()) or "0"
     answered = f"{len(fixed.answered)} ({100 * fixed.share_answered():.1f} %)"
+    times = " | ".join(f"{fixed.quantile_ms(q):.0f}" for q in (0.5, 0.95, 0.99))
     return (
-        f"| {name} | {fixed.scheduled} | {answered} | {fixed.quantile_ms(0.5):.0f} "
-        f"| {fixed.quantile_ms(0.99):.0f} | {fixed.retries} | {failed} |"
+        f"| {name} | {fixed.scheduled} | {answered} | {times} | {fixed.mean_ms():.0f} "
+        f"| {fixed.retries} | {failed} |"
     )
 
 
@@ -205,6 +283,18 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--share", type=float, default=0.35)
+    parser.add_argument(
+        "--flood-nice",
+        type=int,
+        default=10,
+        help="Niceness of the flood's process (0: the same priority as the proxy and replicas).",
+    )
+    parser.add_argument(
+        "--fresh-connections",
+        action="store_true",
+        help="Each polite request opens a TLS connection of its own (default: each polite caller "
+        "keeps its connection, as the project's client does).",
+    )
     parser.add_argument(
         "--key-in-flight",
         type=int,
@@ -225,6 +315,7 @@ def main() -> None:
         help="Large requests through the proxy in total (16, the proxy's total: no such cap).",
     )
     args = parser.parse_args()
+    keep_alive = not args.fresh_connections
 
     limits = dataclasses.replace(
         proxy.Limits(),
@@ -259,25 +350,35 @@ def main() -> None:
                                        server_pid=replica.pid)  # fmt: skip
         rate = args.share * alone_closed.accepted_per_s
         counters.append(tenant_counters(cluster.metrics_url))
-        alone = polite_at_rate(polite, photo, expected, rate, args.seconds)
+        alone = polite_at_rate(polite, photo, expected, rate, args.seconds, keep_alive)
         counters.append(tenant_counters(cluster.metrics_url))
-        keyed_fixed, keyed_flood = beside(keyed, large, large_expected, polite, photo, expected,
-                                          rate, args.seconds, replica.pid)  # fmt: skip
+        polite_beside = functools.partial(beside, large=large, large_expected=large_expected,
+                                          polite=polite, photo=photo, expected=expected, rate=rate,
+                                          seconds=args.seconds, replica_pid=replica.pid,
+                                          flood_nice=args.flood_nice,
+                                          keep_alive=keep_alive)  # fmt: skip
+        keyed_fixed, keyed_flood = polite_beside(keyed)
         counters.append(tenant_counters(cluster.metrics_url))
-        anon_fixed, anon_flood = beside(anonymous, large, large_expected, polite, photo, expected,
-                                        rate, args.seconds, replica.pid)  # fmt: skip
+        anon_fixed, anon_flood = polite_beside(anonymous)
         counters.append(tenant_counters(cluster.metrics_url))
-    print(f"CPU: {harness.machine().cpu}; {args.replicas} replica(s); limits: {limits}")
+    connections = "keep their connections" if keep_alive else "open a connection per request"
+    print(f"CPU: {harness.machine().cpu}; {args.replicas} replica(s); limits: {limits}; "
+          f"flood senders at nice {args.flood_nice}; polite callers {connections}")  # fmt: skip
     print()
     print(f"Polite tenant alone, closed loop ({POLITE_CALLERS} callers): "
           f"{alone_closed.accepted_per_s:.1f} img/s; fixed rate {rate:.1f} img/s "
           f"({100 * args.share:.0f} %)")  # fmt: skip
     print()
-    print("| polite at a fixed rate | scheduled | answered | p50 ms | p99 ms | retries | failed |")
-    print("|---|---|---|---|---|---|---|")
-    for name, fixed in (("alone", alone), ("beside a keyed flood", keyed_fixed),
-                        ("beside an unauthenticated flood", anon_fixed)):  # fmt: skip
+    print("| polite at a fixed rate | scheduled | answered | p50 ms | p95 ms | p99 ms | mean ms "
+          "| retries | failed |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    fixed_runs = (("alone", alone), ("beside a keyed flood", keyed_fixed),
+                  ("beside an unauthenticated flood", anon_fixed))  # fmt: skip
+    for name, fixed in fixed_runs:
         print(_row(name, fixed))
+    for name, fixed in fixed_runs:
+        if fixed.faults:
+            print(f"- polite {name}: connections broken and resent: {dict(fixed.faults)}")
     print()
     print(_flood_line("keyed flood (abusive, 6.8 MB PNGs)", keyed_flood))
     print(_flood_line("unauthenticated flood (6.8 MB PNGs)", anon_flood))

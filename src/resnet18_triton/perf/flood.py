@@ -80,19 +80,35 @@ def send(
     client: int = 0,
 ) -> Outcome:
     """One request on a fresh connection, classified as an ``Outcome``."""
-    start = time.monotonic()
     connection = target.connect(timeout_s, client)
+    try:
+        return exchange(connection, target, model, request, expected, atol)
+    finally:
+        connection.close()
+
+
+def exchange(
+    connection: http.client.HTTPConnection,
+    target: Target,
+    model: str,
+    request: tuple[bytes, dict[str, str]],
+    expected: NDArray[np.float32],
+    atol: float,
+) -> Outcome:
+    """One request on ``connection`` (opened first if it is not open), classified as an
+    ``Outcome``. A connection that failed is closed, so the next request opens it again."""
+    start = time.monotonic()
     try:
         path = f"/v2/models/{model}/infer"
         connection.request("POST", path, request[0], target.headers(request[1]))
         response = connection.getresponse()
         payload = response.read()
     except TimeoutError:
-        return Outcome("timeout", time.monotonic() - start, start)
-    except OSError as error:
-        return Outcome("error", time.monotonic() - start, start, detail=type(error).__name__)
-    finally:
         connection.close()
+        return Outcome("timeout", time.monotonic() - start, start)
+    except (OSError, http.client.HTTPException) as error:
+        connection.close()
+        return Outcome("error", time.monotonic() - start, start, detail=type(error).__name__)
     seconds = time.monotonic() - start
     if response.status != 200:
         detail = payload[:200].decode(errors="replace")
