@@ -45,7 +45,6 @@ from resnet18_triton.files import link_or_copy, write_text_atomically
 from resnet18_triton.repository.configs.parser import read_config, read_config_file, render
 from resnet18_triton.repository.layout import (
     ONNX_FILENAME,
-    classifiers,
     onnx_versions,
     served_version,
     version_dir,
@@ -82,12 +81,6 @@ def read_canary(repo: Path, names: ClassifierNames) -> Canary | None:
     parameter = config.parameters.get(CANARY_PERCENT_PARAMETER)
     percent = int(parameter.string_value) if parameter and parameter.string_value.isdigit() else 0
     return Canary(names.canary, names.ensemble, version, percent)
-
-
-def canaries(repo: Path) -> tuple[Canary, ...]:
-    """Every canary in ``repo`` that the proxy should send requests to (percent above 0)."""
-    found = (read_canary(repo, names) for names in classifiers(repo))
-    return tuple(canary for canary in found if canary is not None and canary.percent > 0)
 
 
 @dataclass(frozen=True)
