@@ -8,7 +8,8 @@ One ``cluster`` (real ``serve`` replicas, nginx with TLS, two API keys, the defa
 caller has its own loopback address, as on a real edge:
 
 1. **alone, closed loop**: 8 polite callers (key ``benchmark``) each send one 500x375 JPEG at a
-   time; their throughput is what the polite tenant gets alone;
+   time, waiting 1 s after a 429 as Retry-After asks; their throughput is what the polite tenant
+   gets alone;
 2. **alone, fixed rate**: the polite callers send ``--share`` (35 %) of that rate, spread evenly,
    each request retried after ``Retry-After`` up to 5 tries, as the project's client does. Each
    caller keeps its TLS connection, as the project's client does (``--fresh-connections``: a
@@ -16,7 +17,9 @@ caller has its own loopback address, as on a real edge:
 3. **beside a keyed flood**: the same fixed rate while another tenant (key ``abusive``, 4
    addresses x 48 connections) sends 6.8 MB noise PNGs in closed loops, a new connection each;
 4. **beside an unauthenticated flood**: the same fixed rate while 192 connections without a key
-   send the same PNGs.
+   send the same PNGs;
+5. **both busy**: the polite callers in a closed loop again, beside the keyed flood: each key's
+   share of the replicas' time against its fair share, half.
 
 The flood runs in a process of its own, at ``--flood-nice`` (10): its senders stand for other
 machines, so they must neither hold the polite callers' GIL nor take the cores first.
@@ -44,8 +47,10 @@ import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -60,6 +65,7 @@ POLITE_CALLERS = 8
 FLOOD_ADDRESSES = 4
 FLOOD_CONNECTIONS = 192
 POLITE_TRIES = 5
+T = TypeVar("T")
 
 
 @dataclass
@@ -156,6 +162,36 @@ def polite_at_rate(
     return result
 
 
+def closed_loop(
+    target: flood.Target, image: bytes, expected: np.ndarray, seconds: float, keep_alive: bool
+) -> float:
+    """One caller per address of ``target`` sending ``image`` in a closed loop for ``seconds``,
+    pausing 1 s after a 429 or 503 as Retry-After asks; answers per second. ``keep_alive``:
+    each caller keeps its connection (else a new one per request)."""
+    request = harness.infer_request(image)
+    answered = [0] * len(target.sources)
+    deadline = time.monotonic() + seconds
+
+    def caller(number: int) -> None:
+        connection = target.connect(60.0, number)
+        while time.monotonic() < deadline:
+            if not keep_alive:
+                connection.close()
+            outcome = flood.exchange(connection, target, contract.ENSEMBLE_MODEL, request,
+                                     expected, 1e-5)  # fmt: skip
+            answered[number] += outcome.kind == "ok"
+            if outcome.kind == "refused":
+                time.sleep(1.0)
+        connection.close()
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(len(target.sources))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(answered) / seconds
+
+
 def _flood_in_child(
     target: flood.Target,
     large: bytes,
@@ -176,16 +212,13 @@ def beside(
     flood_target: flood.Target,
     large: bytes,
     large_expected: np.ndarray,
-    polite: flood.Target,
-    photo: bytes,
-    expected: np.ndarray,
-    rate: float,
     seconds: float,
     replica_pid: int,
     flood_nice: int,
-    keep_alive: bool,
-) -> tuple[FixedRate, flood.FloodReport]:
-    """The polite fixed-rate run while ``flood_target`` floods with ``large`` in closed loops.
+    polite_run: Callable[[], T],
+) -> tuple[T, flood.FloodReport]:
+    """``polite_run()`` while ``flood_target`` floods with ``large`` in closed loops for
+    ``seconds`` (after 4 s in which the flood fills the proxy first).
 
     The flood's 192 senders run in a process of their own at niceness ``flood_nice``: on a real
     edge they are other machines. In the polite callers' process their threads would hold the
@@ -199,11 +232,11 @@ def beside(
         args=(flood_target, large, large_expected, seconds + 4, replica_pid, flood_nice, reports),
     )
     flooding.start()
-    time.sleep(4)  # the flood fills the proxy first
-    fixed = polite_at_rate(polite, photo, expected, rate, seconds, keep_alive)
+    time.sleep(4)
+    polite = polite_run()
     report: flood.FloodReport = reports.get(timeout=600)
     flooding.join()
-    return fixed, report
+    return polite, report
 
 
 Counters = dict[tuple[str, str], float]
@@ -229,6 +262,17 @@ def tenant_counters(metrics_url: str) -> Counters:
         elif name == "resnet18_proxy_request_duration_seconds_count":
             counters[tenant, "proxy_n"] = value
     return counters
+
+
+def replica_shares(before: Counters, after: Counters) -> dict[str, float]:
+    """Each tenant's share of the replicas' time between two readings of the counters."""
+    grown = {
+        tenant: value - before.get((tenant, kind), 0.0)
+        for (tenant, kind), value in after.items()
+        if kind == "replica_s"
+    }
+    total = sum(value for value in grown.values() if value > 0)
+    return {tenant: value / total for tenant, value in grown.items() if value > 0 and total}
 
 
 def _tenant_lines(name: str, before: Counters, after: Counters) -> list[str]:
@@ -345,28 +389,29 @@ def main() -> None:
         large_expected = harness.probabilities(cluster.replicas[0].url, [large])[0]
         replica = cluster.replicas[0].process
         assert replica is not None
-        alone_closed = flood.run_flood(polite, contract.ENSEMBLE_MODEL, photo, expected,
-                                       clients=POLITE_CALLERS, seconds=args.seconds,
-                                       server_pid=replica.pid)  # fmt: skip
-        rate = args.share * alone_closed.accepted_per_s
+        alone_closed = closed_loop(polite, photo, expected, args.seconds, keep_alive)
+        rate = args.share * alone_closed
         counters.append(tenant_counters(cluster.metrics_url))
         alone = polite_at_rate(polite, photo, expected, rate, args.seconds, keep_alive)
         counters.append(tenant_counters(cluster.metrics_url))
-        polite_beside = functools.partial(beside, large=large, large_expected=large_expected,
-                                          polite=polite, photo=photo, expected=expected, rate=rate,
-                                          seconds=args.seconds, replica_pid=replica.pid,
-                                          flood_nice=args.flood_nice,
-                                          keep_alive=keep_alive)  # fmt: skip
-        keyed_fixed, keyed_flood = polite_beside(keyed)
+        with_flood = functools.partial(beside, large=large, large_expected=large_expected,
+                                       seconds=args.seconds, replica_pid=replica.pid,
+                                       flood_nice=args.flood_nice)  # fmt: skip
+        at_rate = functools.partial(polite_at_rate, polite, photo, expected, rate, args.seconds,
+                                    keep_alive)  # fmt: skip
+        keyed_fixed, keyed_flood = with_flood(keyed, polite_run=at_rate)
         counters.append(tenant_counters(cluster.metrics_url))
-        anon_fixed, anon_flood = polite_beside(anonymous)
+        anon_fixed, anon_flood = with_flood(anonymous, polite_run=at_rate)
+        counters.append(tenant_counters(cluster.metrics_url))
+        both_busy, _ = with_flood(keyed, polite_run=functools.partial(
+            closed_loop, polite, photo, expected, args.seconds, keep_alive))  # fmt: skip
         counters.append(tenant_counters(cluster.metrics_url))
     connections = "keep their connections" if keep_alive else "open a connection per request"
     print(f"CPU: {harness.machine().cpu}; {args.replicas} replica(s); limits: {limits}; "
           f"flood senders at nice {args.flood_nice}; polite callers {connections}")  # fmt: skip
     print()
     print(f"Polite tenant alone, closed loop ({POLITE_CALLERS} callers): "
-          f"{alone_closed.accepted_per_s:.1f} img/s; fixed rate {rate:.1f} img/s "
+          f"{alone_closed:.1f} img/s; fixed rate {rate:.1f} img/s "
           f"({100 * args.share:.0f} %)")  # fmt: skip
     print()
     print("| polite at a fixed rate | scheduled | answered | p50 ms | p95 ms | p99 ms | mean ms "
@@ -384,10 +429,15 @@ def main() -> None:
     print(_flood_line("unauthenticated flood (6.8 MB PNGs)", anon_flood))
     print()
     print("From the proxy's tenant metrics (replica time: nginx's upstream time of the answers):")
-    runs = ("alone, fixed rate", "beside the keyed flood", "beside the unauthenticated flood")
+    runs = ("alone, fixed rate", "beside the keyed flood", "beside the unauthenticated flood",
+            "both busy (polite in a closed loop beside the keyed flood)")  # fmt: skip
     for index, run in enumerate(runs, start=2):
         for line in _tenant_lines(run, counters[index - 1], counters[index]):
             print(line)
+    shares = replica_shares(counters[-2], counters[-1])
+    of_fair = ", ".join(f"`{tenant}` {share * len(shares):.2f}" for tenant, share in shares.items())
+    print(f"- both busy: polite {both_busy:.1f} img/s in a closed loop; each busy "
+          f"key's share of the replicas' time over its fair share: {of_fair}")  # fmt: skip
     print()
     p99_ratio = keyed_fixed.quantile_ms(0.99) / alone.quantile_ms(0.99)
     print(f"- p99 beside the keyed flood / alone: {p99_ratio:.1f}x; median latency alone "
