@@ -44,6 +44,7 @@ from resnet18_triton.client.error_map import (
     Blame,
     Resend,
     failure_of,
+    mapped_errors,
     overload_error,
     reason,
     status_of,
@@ -462,14 +463,14 @@ class ImageClassifier:
         ``error_map.FAILURES`` says."""
         overloads = 0
         while True:
-            try:
-                return method(*args)
-            except (InferenceServerException, *NETWORK_ERRORS) as error:
-                failure = failure_of(error, self)
-                delay = None
-                if failure.resend is Resend.OVERLOAD:
-                    delay = self._retry_delay(error, failure.resend, overloads, iter(()))
-                if delay is None:
-                    raise failure.raised(error, self) from None
+            with mapped_errors(self):
+                try:
+                    return method(*args)
+                except (InferenceServerException, *NETWORK_ERRORS) as error:
+                    # No fault delays: only an overload refusal is sent again here.
+                    resend = failure_of(error, self).resend
+                    delay = self._retry_delay(error, resend, overloads, iter(()))
+                    if delay is None:
+                        raise
             overloads += 1
             gevent.sleep(delay)
