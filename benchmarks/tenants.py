@@ -25,7 +25,7 @@ The flood runs in a process of its own, at ``--flood-nice`` (10): its senders st
 machines, so they must neither hold the polite callers' GIL nor take the cores first.
 
 For each fixed-rate run: the share of the scheduled requests answered (after the polite retries),
-p50, p99 and mean from the scheduled time to the answer (retries included), and each flood's
+p50, p95, p99 and mean from the scheduled time to the answer (retries included), and each flood's
 outcomes, refusals by kind, and the replicas' memory; and, from the proxy's own tenant metrics,
 each key's answers, refusals, replica time (the seconds the replicas spent on its answers: its
 share of the server) and time in nginx per request (from its first byte to its last: what the
@@ -279,7 +279,7 @@ def _tenant_lines(name: str, before: Counters, after: Counters) -> list[str]:
     """Per tenant during one run: answers, refusals by kind, replica seconds and their share."""
     grown = {key: value - before.get(key, 0.0) for key, value in after.items()}
     grown = {key: value for key, value in grown.items() if value > 0}
-    total_s = sum(value for (_, kind), value in grown.items() if kind == "replica_s")
+    shares = replica_shares(before, after)
     lines = []
     for tenant in sorted({tenant for tenant, _ in grown}):
         outcomes = ", ".join(
@@ -288,7 +288,7 @@ def _tenant_lines(name: str, before: Counters, after: Counters) -> list[str]:
             if who == tenant and kind not in TIMES
         )
         seconds = grown.get((tenant, "replica_s"), 0.0)
-        share = 100 * seconds / total_s if total_s else 0.0
+        share = 100 * shares.get(tenant, 0.0)
         answered = grown.get((tenant, "answered"), 0.0)
         each = f", {1000 * seconds / answered:.0f} ms per answer" if answered else ""
         requests = grown.get((tenant, "proxy_n"), 0.0)
