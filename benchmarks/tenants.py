@@ -19,7 +19,12 @@ caller has its own loopback address, as on a real edge:
 4. **beside an unauthenticated flood**: the same fixed rate while 192 connections without a key
    send the same PNGs;
 5. **both busy**: the polite callers in a closed loop again, beside the keyed flood: each key's
-   share of the replicas' time against its fair share, half.
+   share of the replicas' CPU against its fair share, half. A key's CPU is its answers times the
+   CPU seconds one answer to its image costs the replicas' process trees, measured before the
+   runs with one request at a time straight to a replica (``cpu_per_answer``); the sum is checked
+   against the trees' measured CPU over the run. nginx's upstream time per key is printed too,
+   but it counts a request's wait in the replica's queue as its own: a key with more requests in
+   flight looks busier than it is.
 
 The flood runs in a process of its own, at ``--flood-nice`` (10): its senders stand for other
 machines, so they must neither hold the polite callers' GIL nor take the cores first.
@@ -48,6 +53,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -112,10 +118,9 @@ def polite_at_rate(
     request = harness.infer_request(image)
     threads = []
     callers: queue.Queue[http.client.HTTPConnection] = queue.Queue()
-    for number in range(len(target.sources) if keep_alive else 0):
-        connection = target.connect(60.0, number)
-        connection.connect()  # the handshake before the first scheduled request
-        callers.put(connection)
+    if keep_alive:
+        for connection in _open_connections(target):
+            callers.put(connection)
 
     def attempt(number: int) -> flood.Outcome:
         if not keep_alive:
@@ -160,6 +165,25 @@ def polite_at_rate(
     while not callers.empty():
         callers.get().close()
     return result
+
+
+def _open_connections(target: flood.Target) -> list[http.client.HTTPConnection]:
+    """One connection per address of ``target``, each past its TLS handshake and one request.
+
+    The handshakes run at once, each followed by a readiness check: nginx closes a connection
+    that sends no request within ``client_header_timeout`` (10 s) of its handshake, and
+    handshakes made one after another behind a flood's queue can take longer than that in all.
+    After one request the connection waits under ``keepalive_timeout`` (65 s) instead.
+    """
+
+    def open_one(number: int) -> http.client.HTTPConnection:
+        connection = target.connect(60.0, number)
+        connection.request("GET", "/v2/health/ready")
+        connection.getresponse().read()
+        return connection
+
+    with ThreadPoolExecutor(len(target.sources)) as pool:
+        return list(pool.map(open_one, range(len(target.sources))))
 
 
 def closed_loop(
@@ -237,6 +261,28 @@ def beside(
     report: flood.FloodReport = reports.get(timeout=600)
     flooding.join()
     return polite, report
+
+
+def cpu_per_answer(url: str, image: bytes, replica_pids: list[int], count: int) -> float:
+    """CPU seconds the replicas' process trees spend per answer to ``image``: ``count`` requests
+    one at a time to the replica at ``url`` (no queue, no other caller), the trees' CPU before
+    and after (the other replicas idle; their few milliseconds count against the estimate)."""
+    before = replicas_cpu_seconds(replica_pids)
+    for _ in range(count):
+        harness.probabilities(url, [image])
+    return (replicas_cpu_seconds(replica_pids) - before) / count
+
+
+def replicas_cpu_seconds(replica_pids: list[int]) -> float:
+    """CPU seconds used so far by the process trees of the replicas."""
+    return sum(harness.tree_cpu_seconds(pid) for pid in replica_pids)
+
+
+def cpu_shares(answers: dict[str, float], cost: dict[str, float]) -> dict[str, float]:
+    """Each tenant's share of the replicas' CPU: its answers times the CPU one of them costs."""
+    spent = {tenant: answers[tenant] * cost[tenant] for tenant in answers}
+    total = sum(spent.values())
+    return {tenant: value / total for tenant, value in spent.items() if total}
 
 
 Counters = dict[tuple[str, str], float]
@@ -389,6 +435,9 @@ def main() -> None:
         large_expected = harness.probabilities(cluster.replicas[0].url, [large])[0]
         replica = cluster.replicas[0].process
         assert replica is not None
+        pids = [r.process.pid for r in cluster.replicas if r.process is not None]
+        cost = {"benchmark": cpu_per_answer(cluster.replicas[0].url, photo, pids, 40),
+                "abusive": cpu_per_answer(cluster.replicas[0].url, large, pids, 10)}  # fmt: skip
         alone_closed = closed_loop(polite, photo, expected, args.seconds, keep_alive)
         rate = args.share * alone_closed
         counters.append(tenant_counters(cluster.metrics_url))
@@ -403,8 +452,10 @@ def main() -> None:
         counters.append(tenant_counters(cluster.metrics_url))
         anon_fixed, anon_flood = with_flood(anonymous, polite_run=at_rate)
         counters.append(tenant_counters(cluster.metrics_url))
+        cpu_before = replicas_cpu_seconds(pids)
         both_busy, _ = with_flood(keyed, polite_run=functools.partial(
             closed_loop, polite, photo, expected, args.seconds, keep_alive))  # fmt: skip
+        cpu_measured = replicas_cpu_seconds(pids) - cpu_before
         counters.append(tenant_counters(cluster.metrics_url))
     connections = "keep their connections" if keep_alive else "open a connection per request"
     print(f"CPU: {harness.machine().cpu}; {args.replicas} replica(s); limits: {limits}; "
@@ -436,8 +487,21 @@ def main() -> None:
             print(line)
     shares = replica_shares(counters[-2], counters[-1])
     of_fair = ", ".join(f"`{tenant}` {share * len(shares):.2f}" for tenant, share in shares.items())
-    print(f"- both busy: polite {both_busy:.1f} img/s in a closed loop; each busy "
-          f"key's share of the replicas' time over its fair share: {of_fair}")  # fmt: skip
+    answers = {tenant: counters[-1].get((tenant, "answered"), 0.0)
+               - counters[-2].get((tenant, "answered"), 0.0) for tenant in cost}  # fmt: skip
+    cpu = cpu_shares(answers, cost)
+    cpu_of_fair = ", ".join(f"`{tenant}` {share * len(cpu):.2f}" for tenant, share in cpu.items())
+    estimated = sum(answers[tenant] * cost[tenant] for tenant in cost)
+    print(
+        "- CPU per answer, one request at a time: "
+        + ", ".join(f"`{tenant}` {1000 * seconds:.0f} ms" for tenant, seconds in cost.items())
+    )
+    print(f"- both busy: polite {both_busy:.1f} img/s in a closed loop; answers "
+          + ", ".join(f"`{tenant}` {n:.0f}" for tenant, n in answers.items())
+          + f"; each busy key's share of the replicas' CPU over its fair share: {cpu_of_fair} "
+          f"(answers x CPU per answer: {estimated:.1f} CPU-s; the trees measured "
+          f"{cpu_measured:.1f} CPU-s over the run); of the replicas' time (nginx's upstream "
+          f"time, queueing included): {of_fair}")  # fmt: skip
     print()
     p99_ratio = keyed_fixed.quantile_ms(0.99) / alone.quantile_ms(0.99)
     print(f"- p99 beside the keyed flood / alone: {p99_ratio:.1f}x; median latency alone "
