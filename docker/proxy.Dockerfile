@@ -4,7 +4,8 @@
 # is under /tmp, so the root filesystem can be read-only). Built by scripts/build-image.sh.
 # libnginx-mod-http-js (njs 0.7.9): the config loads it to hash bearer tokens (SHA-256) and
 # compare them with the API-key hashes it is given; the script is mounted beside the config.
-# libnginx-mod-http-lua: the per-tenant metrics the config keeps and serves on :8082.
+# libnginx-mod-http-lua: the per-tenant metrics the config keeps and serves on :8082, and the
+# wait for a slot of its key that a request over its key's share gets before a 429.
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 ARG VERSION

@@ -3,8 +3,9 @@
 A real nginx (TLS, API keys with weights) in front of one real ``serve`` replica. Every caller has
 its own loopback source address (127.0.x.y), as on a real edge, so the per-address limits do not
 decide anything here: the per-key ones do. The tests assert invariants, never timings: how many of
-a tenant's simultaneous requests got through, that the rest got an explicit 429, and that the
-other tenant's requests were all answered, correctly.
+a tenant's simultaneous requests got through, that the rest got an explicit 429 (or, within the
+share again, waited for a slot and were answered), and that the other tenant's requests were
+all answered, correctly.
 """
 
 from __future__ import annotations
@@ -182,6 +183,27 @@ def test_a_tenant_gets_its_weighted_share_in_flight_and_the_other_tenant_is_stil
     expected = reference.probabilities(photos)
     for answer, probabilities in zip(polite, expected, strict=True):
         np.testing.assert_allclose(answer.probabilities(), probabilities, atol=PROBABILITY_ATOL)
+
+
+def test_a_burst_over_a_keys_share_waits_for_its_slots_and_every_request_is_answered(
+    edge: Edge, reference: TorchReference
+) -> None:
+    """The polite tenant (share 2) sends 4 photos at once from 4 addresses: the 2 over its share
+    wait for a slot (at most Retry-After) instead of getting a 429, so all 4 are answered, equal
+    to PyTorch, and the proxy counts no refusal for the tenant."""
+    photos = [encode(gradient_image(320, 240, seed=seed), "JPEG") for seed in range(10, 14)]
+    assert len(photos) == 2 * LIMITS.tenant_in_flight(1)
+    before = harness.metric_samples(edge.metrics_url)
+    requests = [
+        ("polite", harness.loopback_address(n, "127.0.5.10"), photo, POLITE)
+        for n, photo in enumerate(photos)
+    ]
+    answers = _all_at_once(edge, requests)
+    after = harness.metric_samples(edge.metrics_url)
+    assert [answer.status for answer in answers] == [200] * len(photos)
+    for answer, expected in zip(answers, reference.probabilities(photos), strict=True):
+        np.testing.assert_allclose(answer.probabilities(), expected, atol=PROBABILITY_ATOL)
+    assert _outcomes(before, after) == {("polite", "answered"): len(photos)}
 
 
 def test_the_proxy_counts_each_tenants_answers_refusals_and_answer_times_as_its_callers_saw_them(

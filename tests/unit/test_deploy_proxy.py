@@ -376,6 +376,35 @@ def test_tenant_metrics_load_lua_after_its_kit_and_count_every_request_of_both_p
     assert "proxy_pass" not in metrics and "grpc_pass" not in metrics
 
 
+def test_with_keys_and_lua_a_request_over_its_keys_share_waits_for_a_slot_before_its_429() -> None:
+    limits = proxy.Limits(key_in_flight=3, max_in_flight=10)
+    settings = proxy.ProxySettings(
+        upstreams=(proxy.Upstream("127.0.0.1"),),
+        auth=proxy.Auth(key_map="/k.map", script="/edge.js"),
+        metrics=proxy.TenantMetrics("127.0.0.1:9182"),
+        limits=limits,
+    )
+    text = proxy.render(settings)
+    assert f"lua_shared_dict {proxy.TENANT_SLOTS_DICT};" in text
+    # The queue's numbers are the proxy's: its share per key, its total, its Retry-After.
+    assert "tenant_queue.key_in_flight = 3" in text and "tenant_queue.max_in_flight = 10" in text
+    assert f"tenant_queue.wait_s = {limits.retry_after_s}" in text
+    traffic, grpc, _ = _ordered_servers(text)
+    for block in (traffic, grpc):
+        assert block.count("tenant_queue.admit()") == block.count("limit_conn in_flight ") >= 1
+        assert "tenant_queue.release()" in block
+        # limit_conn counts the waiting requests too: the share in flight, the share waiting.
+        for weight in keys.WEIGHTS:
+            assert f"limit_conn tenant_w{weight} {2 * limits.tenant_in_flight(weight)};" in block
+    # Without keys there is no tenant to queue for; without Lua, the share refuses at once.
+    for other in (
+        dataclasses.replace(settings, auth=None),
+        dataclasses.replace(settings, metrics=None),
+    ):
+        rendered = proxy.render(other)
+        assert "tenant_queue.admit" not in rendered and "tenant_slot" not in rendered
+
+
 def _ordered_servers(text: str) -> tuple[str, str, str]:
     """The HTTP, gRPC and metrics server blocks of a config rendered with tenant metrics."""
     blocks = _server_blocks(text)

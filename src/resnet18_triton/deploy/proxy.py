@@ -44,6 +44,10 @@ LUA_MODULE_PATHS = (
     "/usr/lib/nginx/modules/ngx_http_lua_module.so",
 )
 TENANT_METRICS_SCRIPT = Path(__file__).resolve().parent / "tenant_metrics.lua"
+# With keys and the Lua module: a request over its key's share waits for a slot first.
+TENANT_QUEUE_SCRIPT = Path(__file__).resolve().parent / "tenant_queue.lua"
+# One counter per tenant with requests in flight.
+TENANT_SLOTS_DICT = "tenant_slots 1m"
 # The proxy's ports: HTTP, gRPC, then its tenant metrics (cluster, compose's replicas, Kubernetes).
 METRICS_PORT = 8082
 # Room for the counters of a few thousand tenants (about 25 each).
@@ -411,21 +415,49 @@ def _load_modules(settings: ProxySettings) -> str:
     return "\n".join(f"load_module {module};" for module in modules)
 
 
-def _metrics_http(metrics: TenantMetrics | None) -> str:
-    """The http-level lines of the tenant metrics: the counters, the script, their listener."""
+def _queued(settings: ProxySettings) -> bool:
+    """True when a keyed request over its key's share waits for a slot (``tenant_queue.lua``)
+    before its 429: with API keys and nginx's Lua module (the tenant metrics' module)."""
+    return settings.auth is not None and settings.metrics is not None
+
+
+def _lua_chunk(script: Path) -> str:
+    """A Lua file as the body of a function in ``init_by_lua_block`` (its value: the module)."""
+    text = script.read_text().rstrip("\n")
+    indented = "\n".join(f"        {line}" if line else "" for line in text.splitlines())
+    return f"(function()\n{indented}\n        end)()"
+
+
+def _queue_init(settings: ProxySettings) -> list[str]:
+    """The tenant queue's lines inside ``init_by_lua_block``, with the proxy's numbers."""
+    if not _queued(settings):
+        return []
+    limits = settings.limits
+    return [
+        "        -- resnet18_triton/deploy/tenant_queue.lua; its value is `tenant_queue`.",
+        f"        tenant_queue = {_lua_chunk(TENANT_QUEUE_SCRIPT)}",
+        f"        tenant_queue.key_in_flight = {limits.key_in_flight}",
+        f"        tenant_queue.max_in_flight = {limits.max_in_flight}",
+        f"        tenant_queue.wait_s = {limits.retry_after_s}",
+    ]
+
+
+def _metrics_http(settings: ProxySettings) -> str:
+    """The http-level lines of the tenant metrics (the counters, the script, their listener) and
+    of the tenant queue, which needs the same module."""
+    metrics = settings.metrics
     if metrics is None:
         return "    # No tenant metrics (they need nginx's Lua module: libnginx-mod-http-lua)."
-    script = TENANT_METRICS_SCRIPT.read_text().rstrip("\n")
-    indented = "\n".join(f"        {line}" if line else "" for line in script.splitlines())
+    queue = [f"    lua_shared_dict {TENANT_SLOTS_DICT};"] if _queued(settings) else []
     return "\n".join(
         [
             "    # Per-tenant counters for Prometheus, shared by the workers: the chunk below is",
             "    # resnet18_triton/deploy/tenant_metrics.lua; its value is `tenant_metrics`.",
             f"    lua_shared_dict {TENANT_METRICS_DICT};",
+            *queue,
             "    init_by_lua_block {",
-            "        tenant_metrics = (function()",
-            indented,
-            "        end)()",
+            f"        tenant_metrics = {_lua_chunk(TENANT_METRICS_SCRIPT)}",
+            *_queue_init(settings),
             "    }",
             "",
             "    # GET /metrics: the tenant counters, and nothing else; no request goes upstream.",
@@ -445,10 +477,11 @@ def _metrics_http(metrics: TenantMetrics | None) -> str:
     )
 
 
-def _metrics_log(metrics: TenantMetrics | None) -> str:
-    if metrics is None:
+def _metrics_log(settings: ProxySettings) -> str:
+    if settings.metrics is None:
         return "# no tenant metrics"
-    return "log_by_lua_block {\n            tenant_metrics.log()\n        }"
+    release = "\n            tenant_queue.release()" if _queued(settings) else ""
+    return f"log_by_lua_block {{\n            tenant_metrics.log(){release}\n        }}"
 
 
 def _guard(settings: ProxySettings) -> str:
@@ -464,12 +497,20 @@ def _guard(settings: ProxySettings) -> str:
         f"limit_conn large_in_flight {limits.max_large_in_flight};",
     ]
     if settings.auth is not None:
+        # With the queue, limit_conn counts a key's waiting requests too: its share may wait.
+        waiting = 2 if _queued(settings) else 1
         lines += [
-            f"limit_conn tenant_w{weight} {limits.tenant_in_flight(weight)};" for weight in WEIGHTS
+            f"limit_conn tenant_w{weight} {waiting * limits.tenant_in_flight(weight)};"
+            for weight in WEIGHTS
         ]
         lines += [
             f"limit_conn large_w{weight} {limits.tenant_large_in_flight(weight)};"
             for weight in WEIGHTS
+        ]
+    if _queued(settings):
+        lines += [
+            'set $tenant_slot "";',
+            "access_by_lua_block {\n                tenant_queue.admit()\n            }",
         ]
     return "\n            ".join(lines)
 
@@ -481,8 +522,8 @@ def render(settings: ProxySettings) -> str:
     ssl = " ssl" if settings.tls is not None else ""
     return _Template(TEMPLATE_PATH.read_text()).substitute(
         load_modules=_load_modules(settings),
-        metrics_http=_metrics_http(settings.metrics),
-        metrics_log=_metrics_log(settings.metrics),
+        metrics_http=_metrics_http(settings),
+        metrics_log=_metrics_log(settings),
         http_servers=_server_lines(settings.upstreams, grpc=False),
         grpc_servers=_server_lines(settings.upstreams, grpc=True),
         listen_http=settings.listen_http + ssl,
