@@ -14,6 +14,7 @@ import http.client
 import json
 import ssl
 import threading
+import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
@@ -204,6 +205,41 @@ def test_a_burst_over_a_keys_share_waits_for_its_slots_and_every_request_is_answ
     for answer, expected in zip(answers, reference.probabilities(photos), strict=True):
         np.testing.assert_allclose(answer.probabilities(), expected, atol=PROBABILITY_ATOL)
     assert _outcomes(before, after) == {("polite", "answered"): len(photos)}
+
+
+def test_a_request_that_waits_past_retry_after_gets_the_429_and_abandoned_requests_free_their_slots(
+    edge: Edge,
+) -> None:
+    """Two uploads of the polite tenant (share 2) stall halfway through their bodies, holding
+    both its slots (the proxy admits a request on its headers). A third request waits for a slot
+    for Retry-After, then gets the explicit 429 naming the API key. When the stalled callers
+    hang up, their slots are freed: the next request is answered at once."""
+    photo = encode(gradient_image(320, 240, seed=20), "JPEG")
+    body, headers = _infer_request(photo, POLITE)
+    path = f"/v2/models/{contract.ENSEMBLE_MODEL}/infer"
+    stalled = []
+    for n in range(LIMITS.tenant_in_flight(1)):
+        connection = edge.connect(harness.loopback_address(n, "127.0.6.10"))
+        connection.putrequest("POST", path)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            connection.putheader(name, value)
+        connection.endheaders(body[: len(body) // 2])
+        stalled.append(connection)
+    time.sleep(1.0)  # the stalled uploads' headers reach nginx, which admits them
+    waiting = edge.connect("127.0.6.20")
+    waiting.request("POST", path, body, headers)
+    refused = waiting.getresponse()
+    assert refused.status == 429
+    assert refused.getheader("Retry-After") == str(LIMITS.retry_after_s)
+    assert "API key" in json.loads(refused.read())["error"]
+    waiting.close()
+    for connection in stalled:
+        connection.close()
+    time.sleep(1.0)  # nginx notices the hang-ups and ends those requests
+    after = edge.connect("127.0.6.21")
+    after.request("POST", path, body, headers)
+    assert after.getresponse().status == 200
+    after.close()
 
 
 def test_the_proxy_counts_each_tenants_answers_refusals_and_answer_times_as_its_callers_saw_them(
