@@ -94,10 +94,21 @@ def user_env(fresh_venv: Path) -> dict[str, str]:
     return env
 
 
-def test_the_wheel_ships_the_code_that_runs_inside_triton(wheel: Path) -> None:
+def test_the_wheel_ships_the_code_that_runs_inside_triton_and_the_proxys_files(
+    wheel: Path,
+) -> None:
+    """Besides the models' code, every file the proxy renders from (its template, the njs and Lua
+    scripts it embeds): ``cluster`` from the wheel reads them all."""
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert set(TRITON_CODE) <= names
+    package = PROJECT / "src/resnet18_triton"
+    proxy_files = {
+        path.relative_to(package.parent).as_posix()
+        for path in (package / "deploy").iterdir()
+        if path.is_file() and path.suffix != ".py"
+    }
+    assert {"resnet18_triton/deploy/tenant_queue.lua"} <= proxy_files <= names
     assert not any(name.startswith(("tests/", "src/")) for name in names)
 
 
