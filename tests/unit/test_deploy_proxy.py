@@ -386,8 +386,8 @@ def test_with_keys_and_lua_a_request_over_its_keys_share_waits_for_a_slot_before
     )
     text = proxy.render(settings)
     assert f"lua_shared_dict {proxy.TENANT_SLOTS_DICT};" in text
-    # The queue's numbers are the proxy's: its share per key, its total, its Retry-After.
-    assert "tenant_queue.key_in_flight = 3" in text and "tenant_queue.max_in_flight = 10" in text
+    # The queue's numbers are the proxy's: each weight's share (within the total), Retry-After.
+    assert "tenant_queue.shares = { [1] = 3, [2] = 6, [3] = 9, [4] = 10 }" in text
     assert f"tenant_queue.wait_s = {limits.retry_after_s}" in text
     traffic, grpc, _ = _ordered_servers(text)
     for block in (traffic, grpc):

@@ -433,11 +433,11 @@ def _queue_init(settings: ProxySettings) -> list[str]:
     if not _queued(settings):
         return []
     limits = settings.limits
+    shares = ", ".join(f"[{weight}] = {limits.tenant_in_flight(weight)}" for weight in WEIGHTS)
     return [
         "        -- resnet18_triton/deploy/tenant_queue.lua; its value is `tenant_queue`.",
         f"        tenant_queue = {_lua_chunk(TENANT_QUEUE_SCRIPT)}",
-        f"        tenant_queue.key_in_flight = {limits.key_in_flight}",
-        f"        tenant_queue.max_in_flight = {limits.max_in_flight}",
+        f"        tenant_queue.shares = {{ {shares} }}",
         f"        tenant_queue.wait_s = {limits.retry_after_s}",
     ]
 

@@ -1,12 +1,12 @@
 -- A short wait per tenant in front of its share of requests in flight.
 --
 -- Rendered into nginx.conf by resnet18_triton.deploy.proxy (init_by_lua_block), which makes this
--- chunk's value the global `tenant_queue` and sets its numbers there (key_in_flight,
--- max_in_flight, wait_s: the proxy's Limits and its Retry-After).
+-- chunk's value the global `tenant_queue` and sets its numbers there (shares: each key weight's
+-- share, from proxy.Limits.tenant_in_flight, as nginx's limit_conn caps are; wait_s: the
+-- proxy's Retry-After).
 --
 -- tenant_queue.admit(): in the access phase of every request with a valid key that goes to
--- Triton. A request within its key's share (key_in_flight x the key's weight, at most
--- max_in_flight) goes on at once. One over it waits for one of its key's slots for up to wait_s,
+-- Triton. A request within its key's share (the share of its weight) goes on at once. One over it waits for one of its key's slots for up to wait_s,
 -- then gets the 429 it would have had at once: a tenant's burst is smoothed instead of refused,
 -- and a refused caller waits no longer than its Retry-After would have made it. How many requests
 -- of a key may wait is bounded before this runs, by nginx's limit_conn on the key.
@@ -16,20 +16,21 @@
 -- slot a request holds is kept in the variable $tenant_slot, which (unlike ngx.ctx) survives
 -- the internal redirects of error pages and canary routing, so a slot is always freed.
 
-local M = { key_in_flight = 4, max_in_flight = 16, wait_s = 1 }
+local M = { shares = {}, wait_s = 1 }
 
 -- The first pause is short (a photo takes tens of milliseconds), the longest 20 ms: a waiting
 -- request costs a timer, not a core.
 local FIRST_PAUSE_S = 0.002
 local LONGEST_PAUSE_S = 0.02
 
--- "name:weight" (or "name", weight 1) from the key map -> name, share; nil for no key.
+-- "name:weight" (or "name", weight 1) from the key map -> name, share; nil for no key. A weight
+-- without a share (the key file allows none) gets none: its requests wait, then get the 429.
 local function share_of(entry)
   local name, weight = entry:match("^([^:]+):?(%d*)$")
   if name == nil then
     return nil, 0
   end
-  return name, math.min(M.key_in_flight * (tonumber(weight) or 1), M.max_in_flight)
+  return name, M.shares[tonumber(weight) or 1] or 0
 end
 
 -- Takes one of name's slots if fewer than share are taken; true when it did.
