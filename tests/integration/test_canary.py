@@ -41,9 +41,11 @@ ONNX = f"{NAME}_onnx"
 ATOL = 1e-5
 CLIENTS = 4
 PERCENT = 10
-# Answers counted during the canary: the share sent to it is binomial, so 2,400 answers put
-# 10 % +- 2 % at 3.3 standard deviations.
-COUNTED = 2400
+# Answers counted during the canary: the share sent to it is binomial, so 1,000 answers put
+# 10 % +- 3 % (TOLERANCE) at 3.2 standard deviations: a failure by chance about once in 700
+# runs, while a canary at half or twice its share still fails.
+COUNTED = 1000
+TOLERANCE = 0.03
 ADMIN_KEY = "canary-test-admin-key"
 
 
@@ -154,7 +156,7 @@ def test_a_canary_answers_its_share_through_the_proxy_and_promote_moves_every_re
     share = sum(answer.version == "2" for answer in during) / len(during)
     print(f"canary at {PERCENT} %: {100 * share:.1f} % of {len(during)} answers from v2")
     assert len(during) == COUNTED
-    assert abs(share - PERCENT / 100) <= 0.02
+    assert abs(share - PERCENT / 100) <= TOLERANCE
     assert {answer.version for answer in load.answers[promoted:]} == {"2"}
     assert f'nv_inference_request_success{{model="{CANARY}",version="2"}}' in metrics
     assert not (stack.repo / CANARY).exists() and not (stack.repo / CANARY_ONNX).exists()
