@@ -1,25 +1,42 @@
 """The signals of a command that runs in the foreground (``serve``, ``cluster``) and its wait loop.
 
 SIGINT and SIGTERM ask it to stop, SIGHUP (where the command takes it) to reload. The handlers
-only set events: the command's own thread does the work between waits, so nothing runs inside a
-handler but ``on_stop``. Standard library only.
+only set flags and write a byte to a pipe that ends the wait: they take no lock, because Python
+runs a handler in the main thread between two bytecodes, possibly while that thread holds a
+lock a handler would need (a ``threading.Event``'s, inside ``wait`` or ``set``), and a second
+signal can arrive inside the first one's handler. Two stop signals back to back (``cluster``'s
+SIGTERM, and the kernel's parent-death SIGTERM when the thread that started a restarted replica
+ends) deadlocked ``serve`` that way. The command's own thread does the work between waits, so
+nothing runs inside a handler but ``on_stop``, which must take no lock either. Standard library
+only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import signal
-import threading
 from collections.abc import Callable
 
 
 class ForegroundSignals:
-    """What the signals asked for since ``install``: ``stop`` (SIGINT, SIGTERM) and ``reload``
-    (SIGHUP); ``wake`` is set by each of them and ends a wait."""
+    """What the signals asked for since ``install``: ``stopping`` (SIGINT, SIGTERM) and a reload
+    (SIGHUP, ``take_reload``); each of them also ends a ``wait_for_stop`` wait."""
 
     def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.reload = threading.Event()
-        self.wake = threading.Event()
+        self._stop = False
+        self._reload = False
+        # The self-pipe: a handler writes a byte, the wait reads it (both ends non-blocking, so
+        # a handler never blocks on a full pipe; one byte is as good as many).
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop signal came."""
+        return self._stop
 
     @classmethod
     def install(
@@ -28,20 +45,20 @@ class ForegroundSignals:
         """Handle SIGINT and SIGTERM, and SIGHUP with ``reload``, in this process from now on.
 
         ``on_stop`` also runs in the handler of a stop signal (e.g. to abort a start-up that is
-        under way), so it must return quickly. Call from the main thread (Python's rule for
-        ``signal.signal``).
+        under way), so it must return quickly and take no lock. Call from the main thread
+        (Python's rule for ``signal.signal``).
         """
         signals = cls()
 
         def request_stop(signum: int, _frame: object) -> None:
-            signals.stop.set()
-            signals.wake.set()
+            signals._stop = True
+            signals._wake()
             if on_stop is not None:
                 on_stop()
 
         def request_reload(signum: int, _frame: object) -> None:
-            signals.reload.set()
-            signals.wake.set()
+            signals._reload = True
+            signals._wake()
 
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
@@ -49,17 +66,24 @@ class ForegroundSignals:
             signal.signal(signal.SIGHUP, request_reload)
         return signals
 
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"\0")
+
     def take_reload(self) -> bool:
         """True, once per request, when a reload was asked for and no stop since; clears it."""
-        if not self.reload.is_set() or self.stop.is_set():
+        if not self._reload or self._stop:
             return False
-        self.reload.clear()
+        self._reload = False
         return True
 
     def wait_for_stop(self, check: Callable[[], None], every_s: float | None = None) -> None:
         """Return once a stop was asked for. Until then run ``check`` now, after each signal and,
         with ``every_s``, at least that often; an exception from ``check`` ends the wait."""
-        while not self.stop.is_set():
+        while not self._stop:
             check()
-            self.wake.wait(every_s)
-            self.wake.clear()
+            if self._stop:
+                return
+            select.select([self._wake_read], [], [], every_s)
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_read, 4096)

@@ -290,3 +290,19 @@ def test_grpc_inference_passes_the_proxy_over_http2(
             )
     finally:
         client.close()
+
+
+def test_stopping_the_cluster_after_a_replica_restart_ends_every_process_by_itself(
+    cluster: Cluster,
+) -> None:
+    """Last in this module (it stops the module's cluster), after the kill -9 test restarted a
+    replica from the cluster's supervisor thread: that replica gets two SIGTERMs back to back
+    (the cluster's, and the kernel's parent-death signal when that thread ends). Every process
+    still stops on its own, exit code 0; none is left to the SIGKILL that ends a stop which
+    waited too long."""
+    restarted = [replica for replica in cluster.replicas if replica.starts > 1]
+    assert restarted, "no replica was restarted before this test"
+    processes = [cluster.nginx, *(replica.process for replica in cluster.replicas)]
+    cluster.stop()
+    codes = [process.returncode for process in processes if process is not None]
+    assert codes == [0] * len(processes), codes

@@ -389,7 +389,8 @@ class EmbeddedServer:
         self._reader: threading.Thread | None = None
         self._watchdog: StubWatchdog | None = None
         self._served_marker: int | None = None
-        self._abort = threading.Event()
+        # A plain flag, not an Event: it is set from a signal handler, which must take no lock.
+        self._aborted = False
 
     @property
     def url(self) -> str:
@@ -517,19 +518,20 @@ class EmbeddedServer:
             return False
 
     def abort_start(self) -> None:
-        """Make a ``start()`` in progress give up at once (safe to call from a signal handler)."""
-        self._abort.set()
+        """Make a ``start()`` in progress give up within 0.2 s (safe to call from a signal handler:
+        it takes no lock)."""
+        self._aborted = True
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._abort.is_set():
+            if self._aborted:
                 raise StartAborted("start-up interrupted by a signal; the server was stopped")
             if self.process is None or self.process.poll() is not None:
                 raise ServerStartError(self._explain_exit())
             if self.is_ready(timeout_s=1.0):
                 return
-            self._abort.wait(0.2)
+            time.sleep(0.2)
         raise ServerStartError(
             f"the server did not become ready within {timeout_s:.0f} s; last log lines:\n"
             + self._last_lines(15)
