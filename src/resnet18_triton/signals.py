@@ -21,8 +21,9 @@ from collections.abc import Callable
 
 
 class ForegroundSignals:
-    """What the signals asked for since ``install``: ``stopping`` (SIGINT, SIGTERM) and a reload
-    (SIGHUP, ``take_reload``); each of them also ends a ``wait_for_stop`` wait."""
+    """What the signals asked for since ``install``: a stop (SIGINT, SIGTERM), which ends
+    ``wait_for_stop``, and a reload (SIGHUP, ``take_reload``); each of them also ends the wait
+    between two checks."""
 
     def __init__(self) -> None:
         self._stop = False
@@ -32,11 +33,6 @@ class ForegroundSignals:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
-
-    @property
-    def stopping(self) -> bool:
-        """True once a stop signal came."""
-        return self._stop
 
     @classmethod
     def install(
@@ -82,8 +78,6 @@ class ForegroundSignals:
         with ``every_s``, at least that often; an exception from ``check`` ends the wait."""
         while not self._stop:
             check()
-            if self._stop:
-                return
             select.select([self._wake_read], [], [], every_s)
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_read, 4096)

@@ -6,10 +6,11 @@
 -- proxy's Retry-After).
 --
 -- tenant_queue.admit(): in the access phase of every request with a valid key that goes to
--- Triton. A request within its key's share (the share of its weight) goes on at once. One over it waits for one of its key's slots for up to wait_s,
--- then gets the 429 it would have had at once: a tenant's burst is smoothed instead of refused,
--- and a refused caller waits no longer than its Retry-After would have made it. How many requests
--- of a key may wait is bounded before this runs, by nginx's limit_conn on the key.
+-- Triton. A request within its key's share (the share of its weight) goes on at once. One over
+-- it waits for one of its key's slots for up to wait_s, then gets the 429 it would have had at
+-- once: a tenant's burst is smoothed instead of refused, and a refused caller waits no longer
+-- than its Retry-After would have made it. How many requests of a key may wait is bounded
+-- before this runs, by nginx's limit_conn on the key.
 -- tenant_queue.release(): in the log phase of every request; frees the slot it took, if any.
 --
 -- The counts live in the shared dict `tenant_slots`, so every worker sees the same ones. The
