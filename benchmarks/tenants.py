@@ -278,11 +278,15 @@ def replicas_cpu_seconds(replica_pids: list[int]) -> float:
     return sum(harness.tree_cpu_seconds(pid) for pid in replica_pids)
 
 
+def normalised(amounts: dict[str, float]) -> dict[str, float]:
+    """Each tenant's part of the amounts' total (nothing when the total is 0)."""
+    total = sum(amounts.values())
+    return {tenant: value / total for tenant, value in amounts.items()} if total else {}
+
+
 def cpu_shares(answers: dict[str, float], cost: dict[str, float]) -> dict[str, float]:
     """Each tenant's share of the replicas' CPU: its answers times the CPU one of them costs."""
-    spent = {tenant: answers[tenant] * cost[tenant] for tenant in answers}
-    total = sum(spent.values())
-    return {tenant: value / total for tenant, value in spent.items() if total}
+    return normalised({tenant: answers[tenant] * cost[tenant] for tenant in answers})
 
 
 Counters = dict[tuple[str, str], float]
@@ -317,8 +321,7 @@ def replica_shares(before: Counters, after: Counters) -> dict[str, float]:
         for (tenant, kind), value in after.items()
         if kind == "replica_s"
     }
-    total = sum(value for value in grown.values() if value > 0)
-    return {tenant: value / total for tenant, value in grown.items() if value > 0 and total}
+    return normalised({tenant: value for tenant, value in grown.items() if value > 0})
 
 
 def _tenant_lines(name: str, before: Counters, after: Counters) -> list[str]:

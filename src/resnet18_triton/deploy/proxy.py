@@ -520,6 +520,7 @@ def render(settings: ProxySettings) -> str:
     if not settings.upstreams:
         raise ProxyError("the proxy needs at least one upstream replica")
     ssl = " ssl" if settings.tls is not None else ""
+    guard = _guard(settings)  # the same checks in every inference location
     return _Template(TEMPLATE_PATH.read_text()).substitute(
         load_modules=_load_modules(settings),
         metrics_http=_metrics_http(settings),
@@ -538,9 +539,9 @@ def render(settings: ProxySettings) -> str:
         auth_http=_auth_http(settings.auth),
         large_http=_large_http(),
         tls_http=_tls_http(settings.tls),
-        guard=_guard(settings),
+        guard=guard,
         canary_http=_canary_http(settings.canaries),
-        canary_locations=_canary_locations(settings.canaries, _guard(settings)),
+        canary_locations=_canary_locations(settings.canaries, guard),
         runtime_dir=settings.runtime_dir,
         error_log=settings.error_log,
         access_log=settings.access_log
