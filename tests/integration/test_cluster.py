@@ -40,9 +40,9 @@ pytestmark = pytest.mark.skipif(
     reason="nginx is not installed (apt-get install nginx; scripts/setup.sh does it)",
 )
 
-LOAD_REQUESTS = 1000
+LOAD_REQUESTS = 600
 CLIENT_THREADS = 4
-KILL_AFTER = 250
+KILL_AFTER = 150
 DISTINCT_IMAGES = 12
 REJOIN_REQUESTS = 60
 
