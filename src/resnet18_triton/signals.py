@@ -18,16 +18,18 @@ import os
 import select
 import signal
 from collections.abc import Callable
+from typing import Any
 
 
 class ForegroundSignals:
     """What the signals asked for since ``install``: a stop (SIGINT, SIGTERM), which ends
     ``wait_for_stop``, and a reload (SIGHUP, ``take_reload``); each of them also ends the wait
-    between two checks."""
+    between two checks. As a context manager, leaving it is ``close``."""
 
     def __init__(self) -> None:
         self._stop = False
         self._reload = False
+        self._previous: dict[int, Any] = {}  # signal -> the handler before install
         # The self-pipe: a handler writes a byte, the wait reads it (both ends non-blocking, so
         # a handler never blocks on a full pipe; one byte is as good as many).
         self._wake_read, self._wake_write = os.pipe()
@@ -56,11 +58,33 @@ class ForegroundSignals:
             signals._reload = True
             signals._wake()
 
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
+        handlers = {signal.SIGINT: request_stop, signal.SIGTERM: request_stop}
         if reload:
-            signal.signal(signal.SIGHUP, request_reload)
+            handlers[signal.SIGHUP] = request_reload
+        for signum, handler in handlers.items():
+            signals._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handler)
         return signals
+
+    def close(self) -> None:
+        """Give each signal back the handler it had before ``install``, then close the pipe.
+        Call from the main thread, once the command no longer waits; a second call does
+        nothing."""
+        # Handlers first: a handler of ours that ran after the pipe closed would write to a
+        # closed descriptor (or to whatever file reused its number).
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+        if self._wake_read >= 0:
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            self._wake_read = self._wake_write = -1
+
+    def __enter__(self) -> ForegroundSignals:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 
@@ -72,3 +73,23 @@ def test_an_error_from_the_check_ends_the_wait(handlers: dict[int, Handler]) -> 
 
     with pytest.raises(RuntimeError, match="exited"):
         signals.wait_for_stop(check, every_s=0.01)
+
+
+def test_closing_gives_each_signal_its_earlier_handler_back_and_closes_the_pipe() -> None:
+    def earlier(signum: int, frame: object) -> None:
+        raise AssertionError("not called in this test")
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGTERM, earlier)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    try:
+        with ForegroundSignals.install(reload=True) as signals:
+            assert signal.getsignal(signal.SIGTERM) is not earlier
+            assert len(os.listdir("/proc/self/fd")) == descriptors + 2  # the pipe's two ends
+        assert signal.getsignal(signal.SIGTERM) is earlier
+        assert signal.getsignal(signal.SIGHUP) == saved[signal.SIGHUP]
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+        signals.close()  # a second close does nothing
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)

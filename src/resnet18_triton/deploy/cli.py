@@ -208,27 +208,29 @@ def cluster(
         metrics_port=metrics_port,
     )
     running = Cluster(options)  # refuses an exposed host without keys before anything starts
-    signals = ForegroundSignals.install(reload=True)
-    click.echo(f"starting {replicas} replica(s); logs in {running.workdir}", err=True)
-    running.start()
-    try:
-        for line in _ready_lines(running):
-            click.echo(line, err=True)
+    with ForegroundSignals.install(reload=True) as signals:
+        click.echo(f"starting {replicas} replica(s); logs in {running.workdir}", err=True)
+        running.start()
+        try:
+            for line in _ready_lines(running):
+                click.echo(line, err=True)
 
-        def reload_keys() -> None:
-            if not signals.take_reload():
-                return
-            try:
-                count = running.reload_api_keys()
-            except ProxyError as error:
-                click.echo(f"keys not reloaded, the previous ones stay in force: {error}", err=True)
-            else:
-                click.echo(f"reloaded {count} API key(s) from {api_key_file}", err=True)
+            def reload_keys() -> None:
+                if not signals.take_reload():
+                    return
+                try:
+                    count = running.reload_api_keys()
+                except ProxyError as error:
+                    click.echo(
+                        f"keys not reloaded, the previous ones stay in force: {error}", err=True
+                    )
+                else:
+                    click.echo(f"reloaded {count} API key(s) from {api_key_file}", err=True)
 
-        signals.wait_for_stop(reload_keys)
-        click.echo("stopping: waiting for in-flight requests...", err=True)
-    finally:
-        running.stop()
+            signals.wait_for_stop(reload_keys)
+            click.echo("stopping: waiting for in-flight requests...", err=True)
+        finally:
+            running.stop()
     click.echo("stopped", err=True)
 
 

@@ -158,27 +158,28 @@ def serve(
     )
     server = EmbeddedServer(options, log_stream=None if quiet else sys.stderr)
     # A signal during start-up stops the launcher at once.
-    signals = ForegroundSignals.install(on_stop=server.abort_start)
-    click.echo(KEY_ON_ARGV_NOTE, err=True)
-    try:
-        server.start()
-    except StartAborted as error:
-        click.echo(f"stopped: {error}", err=True)
-        sys.exit(error.exit_code)
-    try:
-        click.echo(
-            f"ready: http://{server.url} (models: {', '.join(options.load_order)}); Ctrl-C to stop",
-            err=True,
-        )
+    with ForegroundSignals.install(on_stop=server.abort_start) as signals:
+        click.echo(KEY_ON_ARGV_NOTE, err=True)
+        try:
+            server.start()
+        except StartAborted as error:
+            click.echo(f"stopped: {error}", err=True)
+            sys.exit(error.exit_code)
+        try:
+            click.echo(
+                f"ready: http://{server.url} (models: {', '.join(options.load_order)}); "
+                "Ctrl-C to stop",
+                err=True,
+            )
 
-        def check_alive() -> None:
-            if server.process is None or server.process.poll() is not None:
-                raise click.ClickException(
-                    "tritonserver exited unexpectedly:\n" + server.log_tail[-2000:]
-                )
+            def check_alive() -> None:
+                if server.process is None or server.process.poll() is not None:
+                    raise click.ClickException(
+                        "tritonserver exited unexpectedly:\n" + server.log_tail[-2000:]
+                    )
 
-        signals.wait_for_stop(check_alive, every_s=0.5)
-        click.echo("stopping: waiting for in-flight requests...", err=True)
-    finally:
-        code = server.stop()
+            signals.wait_for_stop(check_alive, every_s=0.5)
+            click.echo("stopping: waiting for in-flight requests...", err=True)
+        finally:
+            code = server.stop()
     click.echo(f"stopped (tritonserver exit code {code})", err=True)
