@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import tempfile
 from pathlib import Path
 
 import click
@@ -61,6 +62,25 @@ def test_cluster_on_loopback_needs_no_key_file(tmp_path: Path) -> None:
 def test_insecure_no_auth_lets_an_exposed_cluster_start_without_keys(tmp_path: Path) -> None:
     result = _cluster("--host", "0.0.0.0", "--insecure-no-auth", "--repo", str(tmp_path))
     assert result.returncode == 2 and "resnet18-triton export" in result.stderr
+
+
+def test_a_cluster_that_cannot_start_leaves_no_folder_of_its_own_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    running = Cluster(ClusterOptions(repository=tmp_path / "empty"))
+    assert running.workdir.parent == scratch
+    with pytest.raises(ServerStartError, match="resnet18-triton export"):
+        running.start()
+    assert list(scratch.iterdir()) == []
+    # A folder the caller named stays.
+    named = tmp_path / "named"
+    named.mkdir()
+    with pytest.raises(ServerStartError):
+        Cluster(ClusterOptions(repository=tmp_path / "empty", workdir=named)).start()
+    assert named.is_dir()
 
 
 def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ are read from that file, and only their SHA-256 hashes are written for nginx.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -234,14 +235,15 @@ class Cluster:
         return self.workdir / "nginx.conf"
 
     def start(self) -> Cluster:
-        missing = missing_files(self.options.repository)
-        if missing:
-            raise ServerStartError(
-                f"the model repository {self.options.repository} is not ready "
-                f"({missing[0].relative_to(self.options.repository)} missing): run "
-                "`resnet18-triton export` first"
-            )
-        proxy.nginx_binary()  # fail before starting replicas when nginx is not installed
+        try:
+            self._check_startable()
+        except Exception:
+            # Nothing was written yet: the folder this cluster made goes too (one the caller
+            # named stays).
+            if self.options.workdir is None:
+                with contextlib.suppress(OSError):  # rmdir refuses a folder that is not empty
+                    self.workdir.rmdir()
+            raise
         try:
             for replica in self.replicas:
                 self._start_replica(replica)
@@ -254,6 +256,18 @@ class Cluster:
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
         self._supervisor.start()
         return self
+
+    def _check_startable(self) -> None:
+        """``ServerStartError`` for a repository that is not filled, ``ProxyError`` when nginx is
+        not installed: before any replica starts."""
+        missing = missing_files(self.options.repository)
+        if missing:
+            raise ServerStartError(
+                f"the model repository {self.options.repository} is not ready "
+                f"({missing[0].relative_to(self.options.repository)} missing): run "
+                "`resnet18-triton export` first"
+            )
+        proxy.nginx_binary()
 
     def _serve_command(self, replica: Replica) -> list[str]:
         return [
