@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,9 +187,16 @@ def test_rollback_under_load_answers_every_request_and_goes_back_to_the_previous
     assert probe.ensemble_not_ready() == 0
 
 
-def _kill_when(command: list[str], ready) -> None:
-    """Run ``resnet18-triton COMMAND`` and SIGKILL it as soon as ``ready()`` is true."""
-    process = subprocess.Popen([*CLI, *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _kill_when(command: list[str], ready, scratch: Path) -> None:
+    """Run ``resnet18-triton COMMAND`` and SIGKILL it as soon as ``ready()`` is true. Its
+    temporary files, which a killed process cannot remove, go to ``scratch``."""
+    scratch.mkdir(exist_ok=True)
+    process = subprocess.Popen(
+        [*CLI, *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
     try:
         deadline = time.monotonic() + 300
         while not ready() and process.poll() is None and time.monotonic() < deadline:
@@ -209,10 +217,14 @@ def test_a_publish_killed_at_each_step_leaves_one_version_answering_and_the_next
     before = tree_digest(lifecycle.repo, (ONNX, NAME))
     with VersionedLoad(lifecycle.admin_url, lifecycle.images, LOAD_CLIENTS, NAME) as load:
         # While it exports: the repository is untouched.
-        _kill_when(lifecycle.publish("2"), staging)
+        _kill_when(lifecycle.publish("2"), staging, lifecycle.work / "tmp")
         assert tree_digest(lifecycle.repo, (ONNX, NAME)) == before
         # Once the next version is on disk, while the servers load it.
-        _kill_when(lifecycle.publish("2"), lambda: (lifecycle.repo / ONNX / "3").is_dir())
+        _kill_when(
+            lifecycle.publish("2"),
+            lambda: (lifecycle.repo / ONNX / "3").is_dir(),
+            lifecycle.work / "tmp",
+        )
         load.wait_for(len(load.answers) + 20)
         # The next publish finishes the move first, then publishes.
         output = _published(lifecycle, load, lifecycle.publish("2"))

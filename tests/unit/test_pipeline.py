@@ -101,7 +101,7 @@ def test_a_refused_plan_fails_before_anything_is_written(repo: Path) -> None:
 
 @pytest.mark.slow
 def test_an_export_killed_mid_way_leaves_the_repository_byte_identical_and_the_next_succeeds(
-    repo: Path,
+    repo: Path, tmp_path: Path
 ) -> None:
     before = tree_snapshot(repo)
     command = [
@@ -116,7 +116,11 @@ def test_an_export_killed_mid_way_leaves_the_repository_byte_identical_and_the_n
         "--repo",
         str(repo),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A killed process cannot remove its temporary files: they go to pytest's folder.
+    environment = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment
+    )
     # The staged ONNX appears once exported; verification and configs follow, then the install.
     staged = _wait_for_staged_onnx(repo, process)
     os.kill(process.pid, signal.SIGKILL)
