@@ -27,6 +27,7 @@ Prints a markdown table with every round, the medians and the ratio edge / plain
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import os
@@ -36,7 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,10 @@ NEVER_REFUSE = proxy.Limits(
     burst=1_000_000,
     client_connections=4096,
     max_in_flight=4096,
+    # The per-key shares too: the benchmark's one key sends at --concurrency.
+    key_in_flight=4096,
+    key_large_in_flight=4096,
+    max_large_in_flight=4096,
     body_budget_bytes=4096 * proxy.MIB,
 )
 
@@ -106,29 +111,31 @@ class SecuredCluster:
     api_key: str
 
 
+@contextlib.contextmanager
 def secured_cluster(
     repository: Path, replicas: int, prefix: str, limits: proxy.Limits | None = None
-) -> SecuredCluster:
+) -> Iterator[SecuredCluster]:
     """Options for ``cluster`` with a self-signed certificate and one new API key, in a fresh
-    temporary directory; the key is read from its file, never from argv. ``limits``: the
-    proxy's (None: its defaults)."""
-    workdir = Path(tempfile.mkdtemp(prefix=prefix))
-    certificate, tls_key = self_signed(workdir)
-    key_file = workdir / "keys.txt"
-    api_key = keys.add_api_key(key_file, "benchmark")
-    options = harness.cluster_options(
-        repository,
-        replicas,
-        workdir / "cluster",
-        restart_replicas=False,
-        api_key_file=key_file,
-        tls_certificate=certificate,
-        tls_key=tls_key,
-    )
-    if limits is not None:
-        options = dataclasses.replace(options, limits=limits)
-    (workdir / "cluster").mkdir()
-    return SecuredCluster(options, certificate, api_key)
+    temporary directory, removed on exit with the keys and the private TLS key in it; the key is
+    read from its file, never from argv. ``limits``: the proxy's (None: its defaults)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        workdir = Path(scratch)
+        certificate, tls_key = self_signed(workdir)
+        key_file = workdir / "keys.txt"
+        api_key = keys.add_api_key(key_file, "benchmark")
+        options = harness.cluster_options(
+            repository,
+            replicas,
+            workdir / "cluster",
+            restart_replicas=False,
+            api_key_file=key_file,
+            tls_certificate=certificate,
+            tls_key=tls_key,
+        )
+        if limits is not None:
+            options = dataclasses.replace(options, limits=limits)
+        (workdir / "cluster").mkdir()
+        yield SecuredCluster(options, certificate, api_key)
 
 
 def infer_workload(image: bytes) -> Workload:
@@ -238,7 +245,13 @@ def start_plain_proxy(cluster: Cluster, workdir: Path) -> tuple[int, int, Callab
 @click.option("--seconds", default=8.0, show_default=True)
 @click.option("--concurrency", default=8, show_default=True)
 def main(repository: Path, replicas: int, rounds: int, seconds: float, concurrency: int) -> None:
-    secured = secured_cluster(repository, replicas, "edge-benchmark-", NEVER_REFUSE)
+    with secured_cluster(repository, replicas, "edge-benchmark-", NEVER_REFUSE) as secured:
+        _compare(secured, replicas, rounds, seconds, concurrency)
+
+
+def _compare(
+    secured: SecuredCluster, replicas: int, rounds: int, seconds: float, concurrency: int
+) -> None:
     options, certificate, api_key = secured.options, secured.certificate, secured.api_key
     workdir = certificate.parent
     image = encode(gradient_image(500, 375, seed=7), "JPEG")

@@ -115,9 +115,11 @@ def measure(
 def through_proxy(args: argparse.Namespace, image: bytes) -> tuple[FloodReport, FloodReport, float]:
     """The same flood through ``cluster``'s proxy (one replica, TLS, an API key, the default
     per-client limits), each client from its own loopback address as distinct callers would."""
-    secured = secured_cluster(args.repo, 1, "flood-benchmark-")
-    options = secured.options
-    with Cluster(options) as cluster:
+    with (
+        secured_cluster(args.repo, 1, "flood-benchmark-") as secured,
+        Cluster(secured.options) as cluster,
+    ):
+        options = secured.options
         replica = cluster.replicas[0].process
         assert replica is not None
         target = Target(

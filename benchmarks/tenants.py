@@ -60,7 +60,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from benchmarks.edge import secured_cluster
+from benchmarks.edge import SecuredCluster, secured_cluster
 from resnet18_triton import contract
 from resnet18_triton.deploy import keys, proxy
 from resnet18_triton.deploy.cluster import Cluster
@@ -408,15 +408,20 @@ def main() -> None:
         help="Large requests through the proxy in total (16, the proxy's total: no such cap).",
     )
     args = parser.parse_args()
-    keep_alive = not args.fresh_connections
-
     limits = dataclasses.replace(
         proxy.Limits(),
         key_in_flight=args.key_in_flight,
         key_large_in_flight=args.key_large_in_flight,
         max_large_in_flight=args.max_large_in_flight,
     )
-    secured = secured_cluster(args.repo, args.replicas, "tenants-benchmark-", limits)
+    with secured_cluster(args.repo, args.replicas, "tenants-benchmark-", limits) as secured:
+        _measure(args, secured, limits)
+
+
+def _measure(args: argparse.Namespace, secured: SecuredCluster, limits: proxy.Limits) -> None:
+    """The runs of the module docstring on the cluster ``secured`` describes; prints the
+    report."""
+    keep_alive = not args.fresh_connections
     assert secured.options.api_key_file is not None
     abusive_key = keys.add_api_key(secured.options.api_key_file, "abusive")
     context = ssl.create_default_context(cafile=str(secured.certificate))
