@@ -381,8 +381,10 @@ class Cluster:
         deadline = time.monotonic() + 15
         while not http_ok(url, context=context):
             if self.nginx.poll() is not None or time.monotonic() > deadline:
+                errors = self.workdir / "nginx-error.log"
                 raise ProxyError(
-                    f"nginx did not start on {self.url}; see {self.workdir / 'nginx-error.log'}"
+                    f"nginx did not start on {self.url}; last lines of {errors}:\n"
+                    f"{_tail(errors, lines=5)}"
                 )
             time.sleep(0.1)
 
