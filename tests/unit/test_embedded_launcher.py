@@ -276,3 +276,9 @@ def test_a_server_refuses_a_stale_prepared_directory_before_launching(
     options = _loopback_options(_placeholder_repository(tmp_path / "repo"), prepared)
     with pytest.raises(ServerStartError, match="triton_python_backend_stub is missing"):
         EmbeddedServer(options).start()
+
+
+def test_free_port_never_gives_this_process_the_same_port_twice() -> None:
+    # The OS may hand back a port it returned a moment ago; three per replica must differ.
+    ports = [embedded.free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)

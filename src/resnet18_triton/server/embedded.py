@@ -196,12 +196,23 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+# Ports ``free_port`` gave this process: the OS may give a port it returned a moment ago once
+# more, before the first caller binds it (a replica's HTTP and metrics ports once came out equal).
+_GIVEN_PORTS: set[int] = set()
+_GIVEN_PORTS_LOCK = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free now (used by tests to run servers side by side)."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
-        probe.bind((host.strip("[]"), 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port the OS says is free now, and one this process was not given before (used to run
+    servers side by side)."""
+    with _GIVEN_PORTS_LOCK:
+        while True:
+            with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+                probe.bind((host.strip("[]"), 0))
+                port: int = probe.getsockname()[1]
+            if port not in _GIVEN_PORTS:
+                _GIVEN_PORTS.add(port)
+                return port
 
 
 def check_port_free(host: str, port: int, what: str) -> None:
