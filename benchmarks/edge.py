@@ -246,12 +246,10 @@ def start_plain_proxy(cluster: Cluster, workdir: Path) -> tuple[int, int, Callab
 @click.option("--concurrency", default=8, show_default=True)
 def main(repository: Path, replicas: int, rounds: int, seconds: float, concurrency: int) -> None:
     with secured_cluster(repository, replicas, "edge-benchmark-", NEVER_REFUSE) as secured:
-        _compare(secured, replicas, rounds, seconds, concurrency)
+        _compare(secured, rounds, seconds, concurrency)
 
 
-def _compare(
-    secured: SecuredCluster, replicas: int, rounds: int, seconds: float, concurrency: int
-) -> None:
+def _compare(secured: SecuredCluster, rounds: int, seconds: float, concurrency: int) -> None:
     options, certificate, api_key = secured.options, secured.certificate, secured.api_key
     workdir = certificate.parent
     image = encode(gradient_image(500, 375, seed=7), "JPEG")
@@ -288,7 +286,7 @@ def _compare(
         finally:
             stop_plain()
     here = harness.machine()
-    print(f"\nCPU: {here.cpu}, {here.logical_cpus} logical CPUs; {replicas} replica(s); "
+    print(f"\nCPU: {here.cpu}, {here.logical_cpus} logical CPUs; {options.replicas} replica(s); "
           f"{concurrency} client threads; {rounds} rounds x {seconds:.0f} s, A/B alternating; "
           f"load average {min(loads):.1f}-{max(loads):.1f}\n")  # fmt: skip
     print(

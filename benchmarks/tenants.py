@@ -415,10 +415,10 @@ def main() -> None:
         max_large_in_flight=args.max_large_in_flight,
     )
     with secured_cluster(args.repo, args.replicas, "tenants-benchmark-", limits) as secured:
-        _measure(args, secured, limits)
+        _measure(args, secured)
 
 
-def _measure(args: argparse.Namespace, secured: SecuredCluster, limits: proxy.Limits) -> None:
+def _measure(args: argparse.Namespace, secured: SecuredCluster) -> None:
     """The runs of the module docstring on the cluster ``secured`` describes; prints the
     report."""
     keep_alive = not args.fresh_connections
@@ -466,7 +466,8 @@ def _measure(args: argparse.Namespace, secured: SecuredCluster, limits: proxy.Li
         cpu_measured = replicas_cpu_seconds(pids) - cpu_before
         counters.append(tenant_counters(cluster.metrics_url))
     connections = "keep their connections" if keep_alive else "open a connection per request"
-    print(f"CPU: {harness.machine().cpu}; {args.replicas} replica(s); limits: {limits}; "
+    print(f"CPU: {harness.machine().cpu}; {args.replicas} replica(s); "
+          f"limits: {secured.options.limits}; "
           f"flood senders at nice {args.flood_nice}; polite callers {connections}")  # fmt: skip
     print()
     print(f"Polite tenant alone, closed loop ({POLITE_CALLERS} callers): "

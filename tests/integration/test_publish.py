@@ -214,16 +214,17 @@ def test_a_publish_killed_at_each_step_leaves_one_version_answering_and_the_next
         entry.name.startswith(f".{lifecycle.repo.name}.export-")
         for entry in lifecycle.repo.parent.iterdir()
     )
+    scratch = lifecycle.work / "tmp"
     before = tree_digest(lifecycle.repo, (ONNX, NAME))
     with VersionedLoad(lifecycle.admin_url, lifecycle.images, LOAD_CLIENTS, NAME) as load:
         # While it exports: the repository is untouched.
-        _kill_when(lifecycle.publish("2"), staging, lifecycle.work / "tmp")
+        _kill_when(lifecycle.publish("2"), staging, scratch)
         assert tree_digest(lifecycle.repo, (ONNX, NAME)) == before
         # Once the next version is on disk, while the servers load it.
         _kill_when(
             lifecycle.publish("2"),
             lambda: (lifecycle.repo / ONNX / "3").is_dir(),
-            lifecycle.work / "tmp",
+            scratch,
         )
         load.wait_for(len(load.answers) + 20)
         # The next publish finishes the move first, then publishes.
